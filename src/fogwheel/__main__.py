@@ -1,0 +1,3 @@
+from fogwheel.cli import main
+
+main()

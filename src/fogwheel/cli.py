@@ -1,0 +1,446 @@
+"""The `fogwheel` command: run a coordinator or a node, bring up a local fog, submit work."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fogwheel import __version__
+
+app = typer.Typer(
+    name="fogwheel",
+    help="fogwheel: pool idle Linux devices into one cloud. "
+    "Start with `fogwheel demo`, then `fogwheel up` and `fogwheel run`.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+out = Console()
+err = Console(stderr=True)
+
+CoordinatorOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--coordinator",
+        "-c",
+        envvar="FOGWHEEL_COORDINATOR",
+        help="Coordinator URL, e.g. http://127.0.0.1:8470.",
+    ),
+]
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option("--api-key", "-k", envvar="FOGWHEEL_API_KEY", help="Your customer API key."),
+]
+LocalOpt = Annotated[
+    int,
+    typer.Option("--local", min=0, help="Run on a throwaway local fog of N nodes instead."),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"fogwheel {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    pass
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+# -- operator and device owner ---------------------------------------------------------------
+
+
+@app.command()
+def coordinator(
+    db: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FOGWHEEL_DB",
+            help="Database URL: sqlite:///path.db (default: in --data-dir) or postgresql+psycopg://user@host/db.",
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path,
+        typer.Option(
+            envvar="FOGWHEEL_DATA_DIR", help="Where the SQLite file and the blob store live."
+        ),
+    ] = Path.home() / ".fogwheel" / "coordinator",
+    host: Annotated[
+        str, typer.Option(envvar="FOGWHEEL_HOST", help="Address to listen on.")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(envvar="FOGWHEEL_PORT", help="Port (0: any free port).")
+    ] = 8470,
+    lease_seconds: Annotated[
+        float, typer.Option(min=1.0, help="How long a node holds a task without renewing it.")
+    ] = 15.0,
+    join_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FOGWHEEL_JOIN_TOKEN",
+            help="Join token that nodes present (created and printed when none exists).",
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FOGWHEEL_API_KEY",
+            help="A customer API key to accept (created and printed when none exists).",
+        ),
+    ] = None,
+    admin_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FOGWHEEL_ADMIN_KEY",
+            help="The operator key (created and printed when none exists).",
+        ),
+    ] = None,
+    max_body_mb: Annotated[int, typer.Option(min=1, help="Largest request body accepted.")] = 64,
+    ready_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
+    quiet: Annotated[bool, typer.Option(help="Print nothing at start.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the coordinator: the HTTP API under /v1, OpenAPI at /docs, metrics at /metrics."""
+    from fogwheel.coordinator import CoordinatorConfig, serve
+
+    _logging(verbose)
+    config = CoordinatorConfig(
+        data_dir=data_dir,
+        db=db,
+        host=host,
+        port=port,
+        lease_seconds=lease_seconds,
+        join_token=join_token,
+        api_key=api_key,
+        admin_key=admin_key,
+        max_body_mb=max_body_mb,
+        ready_file=ready_file,
+    )
+    try:
+        serve(config, announce=not quiet)
+    except OSError as e:
+        raise _fail(f"cannot listen on {host}:{port}: {e.strerror}; pick another --port") from None
+    except Exception as e:
+        if "psycopg" in type(e).__module__ or "sqlalchemy" in type(e).__module__:
+            raise _fail(f"cannot open the database: {e}") from None
+        raise
+
+
+@app.command()
+def node(
+    coordinator: CoordinatorOpt = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FOGWHEEL_JOIN_TOKEN", help="The fog's join token (needed the first time only)."
+        ),
+    ] = None,
+    cores: Annotated[
+        int | None, typer.Option(min=1, help="Slots to offer (default: all cores).")
+    ] = None,
+    memory: Annotated[
+        int | None, typer.Option(min=16, help="Memory to offer, MB (default: all).")
+    ] = None,
+    data_dir: Annotated[
+        Path,
+        typer.Option(envvar="FOGWHEEL_NODE_DIR", help="Credential, blob cache and scratch space."),
+    ] = Path.home() / ".fogwheel" / "node",
+    name: Annotated[
+        str | None, typer.Option(help="A name for this device (default: host name).")
+    ] = None,
+    poll: Annotated[
+        float, typer.Option(min=0.05, help="Seconds between asks for work when idle.")
+    ] = 0.5,
+    capability: Annotated[
+        list[str] | None, typer.Option(help="Extra capability to advertise.")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run a node agent: join the fog, pull tasks, run them, report back. SIGTERM drains."""
+    from fogwheel.node.agent import Agent, FatalNodeError, NodeConfig
+
+    _logging(verbose)
+    if not coordinator:
+        raise _fail("no coordinator: pass --coordinator URL or set FOGWHEEL_COORDINATOR")
+    agent = Agent(
+        NodeConfig(
+            coordinator=coordinator.rstrip("/"),
+            token=token,
+            cores=cores,
+            memory_mb=memory,
+            data_dir=data_dir,
+            name=name,
+            poll_s=poll,
+            capabilities=capability or [],
+        )
+    )
+    agent.install_signal_handlers()
+    try:
+        agent.run()
+    except FatalNodeError as e:
+        raise _fail(str(e)) from None
+
+
+@app.command()
+def up(
+    nodes: Annotated[int, typer.Option("--nodes", "-n", min=0, help="Local node agents.")] = 4,
+    cores_per_node: Annotated[int, typer.Option(min=1)] = 1,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Keep state here (default: a temporary dir).")
+    ] = None,
+    lease_seconds: Annotated[float, typer.Option(min=1.0)] = 10.0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print URL and key as one JSON line.")
+    ] = False,
+) -> None:
+    """Start a coordinator and N local nodes, print the URL and an API key, stay up."""
+    from fogwheel.localfog import LocalFog
+
+    fog = LocalFog(
+        nodes, cores_per_node=cores_per_node, workdir=data_dir, lease_seconds=lease_seconds
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        fog.start()
+        info = {
+            "url": fog.url,
+            "api_key": fog.api_key,
+            "join_token": fog.join_token,
+            "admin_key": fog.admin_key,
+            "nodes": nodes,
+            "dir": str(fog.dir),
+        }
+        if as_json:
+            print(json.dumps(info), flush=True)
+        else:
+            out.print(f"[bold green]fog up[/] at {fog.url} with {nodes} nodes")
+            out.print(f"  export FOGWHEEL_COORDINATOR={fog.url}")
+            out.print(f"  export FOGWHEEL_API_KEY={fog.api_key}")
+            out.print(f"  join more nodes: fogwheel node -c {fog.url} --token {fog.join_token}")
+            out.print("  Ctrl-C to stop")
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        fog.stop()
+
+
+@app.command()
+def demo(
+    nodes: Annotated[int, typer.Option("--nodes", "-n", min=2, help="Local node agents.")] = 4,
+    tasks: Annotated[int, typer.Option(min=2, help="Tasks in the job.")] = 400,
+    kill: Annotated[bool, typer.Option(help="SIGKILL one node halfway.")] = True,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="End with one JSON line of figures.")
+    ] = False,
+) -> None:
+    """Start a local fog, run a prime-counting job on it, kill a node halfway, check the result."""
+    from fogwheel.demo import run_demo
+
+    summary = run_demo(nodes=nodes, tasks=tasks, kill=kill, console=err if as_json else out)
+    if as_json:
+        print(json.dumps(summary), flush=True)
+    if not summary["ok"]:
+        raise typer.Exit(1)
+
+
+# -- customer --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _client(coordinator: str | None, api_key: str | None, local: int) -> Iterator[Any]:
+    from fogwheel.client import Client
+    from fogwheel.errors import ConfigError
+
+    if local:
+        from fogwheel.localfog import LocalFog
+
+        fog = LocalFog(local)
+        with err.status(f"starting a local fog of {local} nodes…"):
+            fog.start()
+        try:
+            with Client(fog.url, fog.api_key) as c:
+                yield c
+        finally:
+            fog.stop()
+        return
+    try:
+        client = Client(coordinator, api_key)
+    except ConfigError as e:
+        raise _fail(f"{e} (or use --local N for a throwaway local fog)") from None
+    with client:
+        yield client
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def run(
+    command: Annotated[list[str], typer.Argument(help="The program and its arguments (after --).")],
+    input: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--input",
+            "-i",
+            exists=True,
+            dir_okay=False,
+            help="A file to place in the task's working directory.",
+        ),
+    ] = None,
+    output: Annotated[
+        list[str] | None,
+        typer.Option("--output", "-o", help="A file the program writes, to bring back."),
+    ] = None,
+    out_dir: Annotated[Path, typer.Option(help="Where to save output files.")] = Path("."),
+    memory: Annotated[int, typer.Option(min=16, help="Memory limit, MB.")] = 256,
+    wall: Annotated[float, typer.Option(help="Wall-time limit, seconds.")] = 600.0,
+    coordinator: CoordinatorOpt = None,
+    api_key: ApiKeyOpt = None,
+    local: LocalOpt = 0,
+) -> None:
+    """Run a program on one node of the fog: fogwheel run -i data.txt -o out.txt -- sort -o out.txt data.txt"""
+    from fogwheel.errors import CommandFailed, FogwheelError
+
+    inputs = {p.name: p for p in input or []}
+    with _client(coordinator, api_key, local) as client:
+        try:
+            with err.status(f"running {command[0]} on the fog…"):
+                res = client.run(
+                    command, inputs=inputs, outputs=output or [], memory_mb=memory, wall_s=wall
+                ).result()
+        except CommandFailed as e:
+            if e.result is not None:
+                sys.stdout.write(e.result.stdout)
+                sys.stderr.write(e.result.stderr)
+            raise _fail(str(e), e.result.returncode if e.result else 1) from None
+        except FogwheelError as e:
+            raise _fail(str(e)) from None
+    sys.stdout.write(res.stdout)
+    sys.stderr.write(res.stderr)
+    for path in res.save(out_dir):
+        err.print(f"saved {path}")
+
+
+@app.command()
+def jobs(
+    job_id: Annotated[
+        int | None, typer.Argument(help="Show one job and why each task went where.")
+    ] = None,
+    coordinator: CoordinatorOpt = None,
+    api_key: ApiKeyOpt = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+) -> None:
+    """List your jobs, or show one job's tasks with their placement history."""
+    from fogwheel.errors import FogwheelError
+
+    with _client(coordinator, api_key, 0) as client:
+        try:
+            if job_id is None:
+                _print_jobs(client.jobs(limit))
+            else:
+                _print_job(client.job(job_id), client.tasks(job_id, limit=limit))
+        except FogwheelError as e:
+            raise _fail(str(e)) from None
+
+
+def _print_jobs(rows: list[dict[str, Any]]) -> None:
+    table = Table(title="jobs")
+    for col in ("id", "name", "kind", "state", "done", "failed"):
+        table.add_column(col)
+    for j in rows:
+        table.add_row(
+            str(j["id"]),
+            j["name"],
+            j["kind"],
+            j["state"],
+            f"{j['finished']}/{j['total']}",
+            str(j["failed"]),
+        )
+    out.print(table)
+
+
+def _print_job(job: dict[str, Any], tasks: list[dict[str, Any]]) -> None:
+    out.print(
+        f"[bold]job {job['id']}[/] {job['name']}: {job['state']}, "
+        f"{job['finished']}/{job['total']} finished, {job['failed']} failed"
+    )
+    table = Table()
+    for col in ("task", "state", "attempt", "node", "outcome", "why it went there"):
+        table.add_column(col)
+    for t in tasks:
+        for h in t["history"] or [
+            {"n": "-", "node_id": "-", "outcome": "-", "reason": "not placed yet"}
+        ]:
+            table.add_row(
+                str(t["index"]),
+                t["state"],
+                str(h["n"]),
+                h["node_id"],
+                str(h["outcome"] or "running"),
+                h["reason"],
+            )
+    out.print(table)
+
+
+@app.command()
+def nodes(coordinator: CoordinatorOpt = None, api_key: ApiKeyOpt = None) -> None:
+    """List the fog's nodes with their state, capacity and reliability."""
+    from fogwheel.errors import FogwheelError
+
+    with _client(coordinator, api_key, 0) as client:
+        try:
+            rows = client.nodes()
+        except FogwheelError as e:
+            raise _fail(str(e)) from None
+    table = Table(title="nodes")
+    for col in ("id", "name", "state", "cores", "memory", "held", "done", "lost", "reliability"):
+        table.add_column(col)
+    for n in rows:
+        table.add_row(
+            n["id"],
+            n["name"],
+            n["state"],
+            str(n["cores"]),
+            f"{n['memory_mb']} MB",
+            str(n["held"]),
+            str(n["done"]),
+            str(n["lost"]),
+            f"{n['reliability']:.2f}",
+        )
+    out.print(table)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,438 @@
+"""The SDK: `Client.submit / map / run` with `concurrent.futures` futures.
+
+    with Client("http://127.0.0.1:8470", api_key="fwc_…") as fog:
+        fut = fog.submit(pow, 2, 10)          # a concurrent.futures.Future
+        print(fut.result(timeout=60))          # 1024
+        print(list(fog.map(str.upper, ["a", "b"])))
+
+Functions travel as cloudpickle blobs named by their SHA-256; arguments and results travel
+inline when small and as blobs when large, and every byte is checked against its name. An
+exception raised on a node is raised again here, with the node's traceback as its cause.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, as_completed, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import httpx
+
+from fogwheel.errors import (
+    ApiError,
+    AuthError,
+    CommandFailed,
+    ConfigError,
+    CoordinatorUnreachable,
+    IntegrityError,
+    NotFound,
+    RemoteTraceback,
+    TaskFailed,
+)
+
+INLINE_MAX = 64 * 1024
+SUBMIT_CHUNK = 20_000  # tasks per request when a map is large
+
+__all__ = ["Client", "CommandResult", "TaskFuture", "as_completed", "wait"]
+
+
+@dataclass
+class CommandResult:
+    """What a command task left behind: its exit status, output tails and output files."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    outputs: dict[str, bytes] = field(default_factory=dict)
+
+    def save(self, directory: str | os.PathLike[str]) -> list[Path]:
+        """Write the output files under `directory`; returns their paths."""
+        paths = []
+        for name, data in self.outputs.items():
+            p = Path(directory) / name
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(data)
+            paths.append(p)
+        return paths
+
+
+class TaskFuture(Future):  # type: ignore[type-arg]
+    """A `concurrent.futures.Future` for one task on the fog."""
+
+    def __init__(self, job_id: int, index: int) -> None:
+        super().__init__()
+        self.job_id = job_id
+        self.index = index
+
+    def __repr__(self) -> str:
+        return f"<TaskFuture job={self.job_id} index={self.index} {self._state.lower()}>"
+
+
+@dataclass
+class _Watch:
+    kind: str
+    futures: dict[int, TaskFuture]
+    cursor: int = 0
+    total: int = 0
+
+
+class Client:
+    """A connection to one fog. Thread-safe; close it (or use `with`) to stop its watcher."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        retry_for: float = 120.0,
+    ) -> None:
+        url = url or os.environ.get("FOGWHEEL_COORDINATOR")
+        api_key = api_key or os.environ.get("FOGWHEEL_API_KEY")
+        if not url:
+            raise ConfigError("no coordinator: pass url= or set FOGWHEEL_COORDINATOR")
+        if not api_key:
+            raise ConfigError("no API key: pass api_key= or set FOGWHEEL_API_KEY")
+        self.url = url.rstrip("/")
+        self.retry_for = retry_for
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers={"authorization": f"Bearer {api_key}"},
+            timeout=httpx.Timeout(timeout, connect=5.0),
+        )
+        self._uploaded: set[str] = set()
+        self._watches: dict[int, _Watch] = {}
+        self._lock = threading.Lock()
+        self._news = threading.Event()
+        self._closed = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    # -- context ----------------------------------------------------------------------------
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._news.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+        self._http.close()
+
+    # -- submitting -------------------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:
+        """Run `fn(*args, **kwargs)` on the fog; returns a future of its result."""
+        return self.submit_many(fn, [(args, kwargs)], name=_name_of(fn))[0]
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        name: str | None = None,
+    ) -> Iterator[Any]:
+        """Like `Executor.map`: one task per item, results yielded in input order."""
+        calls = [(args, {}) for args in zip(*iterables, strict=False)]
+        futures = self.submit_many(fn, calls, name=name or _name_of(fn))
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def results() -> Iterator[Any]:
+            for f in futures:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                yield f.result(left)
+
+        return results()
+
+    def submit_many(
+        self,
+        fn: Callable[..., Any],
+        calls: Sequence[tuple[tuple[Any, ...], Mapping[str, Any]]],
+        *,
+        name: str = "job",
+        memory_mb: int = 256,
+        wall_s: float = 600.0,
+        cpu_s: float | None = None,
+        max_attempts: int = 3,
+    ) -> list[TaskFuture]:
+        """One job of many calls of `fn`; the lower layer under `submit` and `map`."""
+        fn_value = self._blob_value(cloudpickle.dumps(fn), upload=True)
+        futures: list[TaskFuture] = []
+        for start in range(0, max(1, len(calls)), SUBMIT_CHUNK):
+            chunk = calls[start : start + SUBMIT_CHUNK]
+            tasks = [{"args": self._blob_value(cloudpickle.dumps((a, dict(k))))} for a, k in chunk]
+            job = {
+                "name": name,
+                "kind": "python",
+                "fn": fn_value,
+                "tasks": tasks,
+                "limits": _limits(memory_mb, wall_s, cpu_s),
+                "max_attempts": max_attempts,
+                "client_token": uuid.uuid4().hex,
+            }
+            futures.extend(self._submit_job(job, "python"))
+        return futures
+
+    def run(
+        self,
+        command: Sequence[str],
+        *,
+        inputs: Mapping[str, str | os.PathLike[str] | bytes] | None = None,
+        outputs: Sequence[str] = (),
+        needs: Sequence[str] = (),
+        memory_mb: int = 256,
+        wall_s: float = 600.0,
+        cpu_s: float | None = None,
+        name: str | None = None,
+    ) -> TaskFuture:
+        """Run a program on one node: `inputs` are files placed in its working directory
+        (paths or bytes), `outputs` the files to bring back. The future's result is a
+        `CommandResult`; a non-zero exit raises `CommandFailed`."""
+        return self.run_many(
+            [command],
+            inputs=[inputs or {}],
+            outputs=outputs,
+            needs=needs,
+            memory_mb=memory_mb,
+            wall_s=wall_s,
+            cpu_s=cpu_s,
+            name=name or str(command[0]),
+        )[0]
+
+    def run_many(
+        self,
+        commands: Sequence[Sequence[str]],
+        *,
+        inputs: Sequence[Mapping[str, str | os.PathLike[str] | bytes]] | None = None,
+        outputs: Sequence[str] = (),
+        needs: Sequence[str] = (),
+        memory_mb: int = 256,
+        wall_s: float = 600.0,
+        cpu_s: float | None = None,
+        name: str = "command",
+    ) -> list[TaskFuture]:
+        """One job of several command tasks (a render's bands, say)."""
+        inputs = inputs or [{} for _ in commands]
+        tasks = []
+        for cmd, ins in zip(commands, inputs, strict=True):
+            files = {}
+            for fname, src in ins.items():
+                data = src if isinstance(src, bytes) else Path(src).read_bytes()
+                files[fname] = self._blob_value(data)
+            tasks.append(
+                {
+                    "command": list(cmd),
+                    "inputs": files,
+                    "outputs": list(outputs),
+                    "needs": list(needs),
+                }
+            )
+        job = {
+            "name": name,
+            "kind": "command",
+            "tasks": tasks,
+            "limits": _limits(memory_mb, wall_s, cpu_s),
+            "client_token": uuid.uuid4().hex,
+        }
+        return self._submit_job(job, "command")
+
+    def _submit_job(self, job: dict[str, Any], kind: str) -> list[TaskFuture]:
+        out = self._request("POST", "/v1/jobs", json=job).json()
+        futures = {i: TaskFuture(out["id"], i) for i in range(out["total"])}
+        with self._lock:
+            self._watches[out["id"]] = _Watch(kind, futures, total=out["total"])
+            if self._watcher is None:
+                self._watcher = threading.Thread(
+                    target=self._watch, name="fogwheel-results", daemon=True
+                )
+                self._watcher.start()
+        self._news.set()
+        return [futures[i] for i in range(out["total"])]
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def jobs(self, limit: int = 50) -> list[dict[str, Any]]:
+        return self._request("GET", "/v1/jobs", params={"limit": limit}).json()["jobs"]
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        return self._request("GET", f"/v1/jobs/{job_id}").json()
+
+    def tasks(
+        self, job_id: int, state: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if state:
+            params["state"] = state
+        return self._request("GET", f"/v1/jobs/{job_id}/tasks", params=params).json()["tasks"]
+
+    def cancel(self, job_id: int) -> dict[str, Any]:
+        return self._request("POST", f"/v1/jobs/{job_id}/cancel").json()
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/v1/nodes").json()["nodes"]
+
+    # -- the results watcher ----------------------------------------------------------------
+
+    def _watch(self) -> None:
+        while not self._closed.is_set():
+            with self._lock:
+                cursors = {str(j): w.cursor for j, w in self._watches.items()}
+            if not cursors:
+                self._news.wait(1.0)
+                self._news.clear()
+                continue
+            try:
+                r = self._request(
+                    "POST",
+                    "/v1/results/poll",
+                    json={"jobs": cursors, "wait": 5.0},
+                    timeout=httpx.Timeout(30.0, connect=5.0),
+                )
+                answers = r.json()["jobs"]
+            except Exception as e:  # unreachable for too long, or the job is gone: fail them
+                self._fail_all(e, [int(j) for j in cursors])
+                continue
+            for ans in answers:
+                self._deliver(ans)
+
+    def _deliver(self, ans: dict[str, Any]) -> None:
+        with self._lock:
+            watch = self._watches.get(ans["job_id"])
+        if watch is None:
+            return
+        for res in ans["results"]:
+            fut = watch.futures.pop(res["index"], None)
+            if fut is None or fut.done():
+                continue
+            try:
+                if res["state"] == "done":
+                    fut.set_result(self._decode_result(watch.kind, res))
+                else:
+                    fut.set_exception(self._decode_error(watch.kind, res))
+            except Exception as e:  # a corrupt or unreadable result is this future's error
+                if not fut.done():
+                    fut.set_exception(e)
+        with self._lock:
+            watch.cursor = ans["cursor"]
+            if not watch.futures:
+                self._watches.pop(ans["job_id"], None)
+
+    def _fail_all(self, error: Exception, job_ids: list[int]) -> None:
+        with self._lock:
+            watches = [self._watches.pop(j) for j in job_ids if j in self._watches]
+        for w in watches:
+            for fut in w.futures.values():
+                if not fut.done():
+                    fut.set_exception(error)
+
+    def _decode_result(self, kind: str, res: dict[str, Any]) -> Any:
+        raw = self._value_bytes(res["value"]) if res.get("value") else b""
+        if kind == "python":
+            return cloudpickle.loads(raw)
+        info = json.loads(raw)
+        outputs = {name: self._value_bytes(v) for name, v in res.get("outputs", {}).items()}
+        return CommandResult(info["returncode"], info["stdout"], info["stderr"], outputs)
+
+    def _decode_error(self, kind: str, res: dict[str, Any]) -> BaseException:
+        err = res.get("error") or {"kind": "crash", "message": "no detail"}
+        tb = err.get("traceback", "")
+        if err.get("kind") == "exception":
+            exc: BaseException | None = None
+            if err.get("exc"):
+                try:
+                    exc = cloudpickle.loads(self._value_bytes(err["exc"]))
+                except Exception:
+                    exc = None
+            if not isinstance(exc, BaseException):
+                exc = TaskFailed(f"{err.get('type', 'Exception')}: {err.get('message', '')}")
+            exc.__cause__ = RemoteTraceback(tb)
+            return exc
+        if err.get("kind") == "exit" and kind == "command":
+            result = None
+            if res.get("value"):
+                info = json.loads(self._value_bytes(res["value"]))
+                result = CommandResult(info["returncode"], info["stdout"], info["stderr"])
+            return CommandFailed(err.get("message", "the command failed"), result)
+        return TaskFailed(
+            f"task {res.get('task_id')} failed: {err.get('message', err.get('kind'))}"
+        )
+
+    # -- bytes ------------------------------------------------------------------------------
+
+    def _blob_value(self, data: bytes, upload: bool = False) -> dict[str, Any]:
+        sha = hashlib.sha256(data).hexdigest()
+        if len(data) <= INLINE_MAX and not upload:
+            return {"sha": sha, "size": len(data), "data": base64.b64encode(data).decode()}
+        if sha not in self._uploaded:
+            self._request(
+                "PUT",
+                f"/v1/blobs/{sha}",
+                content=data,
+                headers={"content-type": "application/octet-stream"},
+            )
+            self._uploaded.add(sha)
+        return {"sha": sha, "size": len(data)}
+
+    def _value_bytes(self, value: dict[str, Any]) -> bytes:
+        if value.get("data") is not None:
+            data = base64.b64decode(value["data"])
+        else:
+            data = self._request("GET", f"/v1/blobs/{value['sha']}").content
+        if hashlib.sha256(data).hexdigest() != value["sha"]:
+            raise IntegrityError(f"result {value['sha'][:12]}… arrived corrupt")
+        return data
+
+    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        """One API call, retried while the coordinator is unreachable or restarting."""
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.1
+        while True:
+            try:
+                r = self._http.request(method, path, **kw)
+                if r.status_code < 500 and r.status_code != 429:
+                    break
+                problem: Exception = ApiError(r.status_code, _message(r))
+            except httpx.TransportError as e:
+                problem = CoordinatorUnreachable(f"cannot reach {self.url}: {e}")
+            if time.monotonic() > deadline or self._closed.is_set():
+                raise problem
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        if r.status_code in (401, 403):
+            raise AuthError(r.status_code, _message(r))
+        if r.status_code == 404:
+            raise NotFound(r.status_code, _message(r))
+        if r.status_code >= 400:
+            raise ApiError(r.status_code, _message(r))
+        return r
+
+
+def _limits(memory_mb: int, wall_s: float, cpu_s: float | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"memory_mb": memory_mb, "wall_s": wall_s}
+    if cpu_s is not None:
+        out["cpu_s"] = cpu_s
+    return out
+
+
+def _name_of(fn: Callable[..., Any]) -> str:
+    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", "job"))[:200]
+
+
+def _message(r: httpx.Response) -> str:
+    try:
+        return str(r.json().get("error", r.text[:200]))
+    except ValueError:
+        return r.text[:200] or r.reason_phrase

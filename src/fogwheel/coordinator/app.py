@@ -1,0 +1,362 @@
+"""HTTP routes under /v1. Each route authenticates, validates, calls the store, and answers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from fogwheel import __version__
+from fogwheel.blobs import FileBlobStore, is_sha256, sha256_hex
+from fogwheel.coordinator.auth import Authenticator
+from fogwheel.coordinator.metrics import Metrics
+from fogwheel.errors import IntegrityError
+from fogwheel.protocol import (
+    JobIn,
+    JobList,
+    JobOut,
+    NodeJoin,
+    NodeJoined,
+    NodeList,
+    PollIn,
+    PollOut,
+    Problem,
+    ResultsOut,
+    SyncIn,
+    SyncOut,
+    TaskList,
+    TaskOut,
+    Value,
+)
+from fogwheel.store import Store
+
+log = logging.getLogger("fogwheel.coordinator")
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "Malformed request"},
+    401: {"model": Problem, "description": "Missing or unknown credentials"},
+    403: {"model": Problem, "description": "Credentials of the wrong kind"},
+    404: {"model": Problem, "description": "No such resource (or not yours)"},
+    413: {"model": Problem, "description": "Body over the size limit"},
+    422: {"model": Problem, "description": "Body or parameters of the wrong shape"},
+}
+
+
+class Results:
+    """Wakes long-polling result readers when this process finishes tasks."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+
+    def bind(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        assert self._event is not None
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        if self._event is None:
+            self.bind()
+        assert self._event is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout)
+
+
+def build_routes(app: FastAPI, store: Store, blobs: FileBlobStore, join_open: bool = True) -> None:
+    auth = Authenticator(store)
+    metrics = Metrics(store)
+    results = Results()
+    app.state.results = results
+    v1 = APIRouter(prefix="/v1", responses=ERRORS)
+
+    # -- errors: always JSON with one sentence, never a traceback ---------------------------
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"error": str(exc.detail)},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+        msg = first.get("msg", "invalid request")
+        if first.get("type") == "json_invalid":
+            message = "the body is not valid JSON"
+        else:
+            message = f"{where}: {msg}"
+        detail = [{"loc": e.get("loc"), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
+        return JSONResponse({"error": message, "detail": detail}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": "internal error; the coordinator log has the details"}, 500)
+
+    # -- health and identity ----------------------------------------------------------------
+
+    @v1.get("/health", tags=["meta"])
+    def health() -> dict[str, Any]:
+        return {"ok": True, "version": __version__}
+
+    @v1.get("/whoami", tags=["meta"])
+    def whoami(request: Request) -> dict[str, str]:
+        who = auth.principal(request)
+        return {"kind": who.kind, "id": who.id, "name": who.name}
+
+    @v1.post("/customers", status_code=201, tags=["admin"])
+    def create_customer(
+        request: Request, name: Annotated[str, Query(min_length=1, max_length=200)]
+    ) -> dict[str, str]:
+        auth.require(request, "admin")
+        customer_id, key = store.create_customer(name, time.time())
+        return {"customer_id": customer_id, "api_key": key}
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    @v1.post("/jobs", status_code=201, tags=["jobs"])
+    def submit_job(request: Request, job: JobIn) -> JobOut:
+        who = auth.require(request, "customer")
+        _check_job(job, who.id)
+        job_id = store.create_job(who.id, job, time.time())
+        metrics.submitted.inc(len(job.tasks))
+        out = store.get_job(who.id, job_id)
+        return JobOut(**out)  # type: ignore[arg-type]
+
+    def _check_job(job: JobIn, customer_id: str) -> None:
+        if job.kind == "python" and job.fn is None:
+            raise HTTPException(422, "fn: a python job needs the pickled function")
+        if job.kind == "command" and any(t.command is None for t in job.tasks):
+            raise HTTPException(422, "tasks: every task of a command job needs a command")
+        refs: set[str] = set()
+        values = [job.fn] if job.fn else []
+        for t in job.tasks:
+            values.extend(v for v in [t.args, *t.inputs.values()] if v is not None)
+        for v in values:
+            _check_value(v)
+            if v.data is None:
+                refs.add(v.sha)
+        missing = refs - store.owned_blobs(customer_id, refs)
+        if missing:
+            raise HTTPException(
+                422, f"blob {sorted(missing)[0]} is not uploaded: PUT it to /v1/blobs/<sha> first"
+            )
+
+    @v1.get("/jobs", tags=["jobs"])
+    def list_jobs(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> JobList:
+        who = auth.require(request, "customer")
+        return JobList(jobs=[JobOut(**j) for j in store.list_jobs(who.id, limit)])
+
+    @v1.get("/jobs/{job_id}", tags=["jobs"])
+    def get_job(request: Request, job_id: int) -> JobOut:
+        who = auth.require(request, "customer")
+        job = store.get_job(who.id, job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id}")
+        return JobOut(**job)
+
+    @v1.post("/jobs/{job_id}/cancel", tags=["jobs"])
+    def cancel_job(request: Request, job_id: int) -> JobOut:
+        who = auth.require(request, "customer")
+        job = store.cancel_job(who.id, job_id, time.time())
+        if job is None:
+            raise HTTPException(404, f"no job {job_id}")
+        results.notify()
+        return JobOut(**job)
+
+    @v1.get("/jobs/{job_id}/results", tags=["jobs"])
+    async def job_results(
+        request: Request,
+        job_id: int,
+        after: Annotated[int, Query(ge=0, description="cursor from the previous answer")] = 0,
+        wait: Annotated[float, Query(ge=0, le=60, description="seconds to wait for news")] = 0,
+        limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+    ) -> ResultsOut:
+        who = await run_in_threadpool(auth.require, request, "customer")
+        deadline = time.monotonic() + wait
+        while True:
+            out = await run_in_threadpool(store.results_since, who.id, job_id, after, limit)
+            if out is None:
+                raise HTTPException(404, f"no job {job_id}")
+            left = deadline - time.monotonic()
+            if out["results"] or out["finished"] >= out["total"] or left <= 0:
+                return ResultsOut(**out)
+            # Woken by this process; polling covers results committed by other coordinators.
+            await results.wait(min(left, 0.5))
+
+    @v1.post("/results/poll", tags=["jobs"])
+    async def poll_results(request: Request, body: PollIn) -> PollOut:
+        """Results of several jobs after their cursors; waits up to `wait` s for any news."""
+        who = await run_in_threadpool(auth.require, request, "customer")
+        deadline = time.monotonic() + body.wait
+        cursors = {int(j): after for j, after in body.jobs.items()}
+        while True:
+            answers = []
+            for job_id, after in cursors.items():
+                out = await run_in_threadpool(store.results_since, who.id, job_id, after)
+                if out is None:
+                    raise HTTPException(404, f"no job {job_id}")
+                answers.append(out)
+            left = deadline - time.monotonic()
+            news = any(a["results"] or a["finished"] >= a["total"] for a in answers)
+            if news or left <= 0:
+                return PollOut(jobs=[ResultsOut(**a) for a in answers])
+            await results.wait(min(left, 0.5))
+
+    @v1.get("/jobs/{job_id}/tasks", tags=["jobs"])
+    def list_tasks(
+        request: Request,
+        job_id: int,
+        state: Annotated[
+            str | None, Query(pattern="^(pending|leased|done|failed|cancelled)$")
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> TaskList:
+        who = auth.require(request, "customer")
+        rows = store.list_tasks(who.id, job_id, state, limit, offset)
+        if rows is None:
+            raise HTTPException(404, f"no job {job_id}")
+        return TaskList(tasks=[TaskOut(**t) for t in rows])
+
+    @v1.get("/tasks/{task_id}", tags=["jobs"])
+    def get_task(request: Request, task_id: int) -> TaskOut:
+        who = auth.require(request, "customer")
+        t = store.get_task(who.id, task_id)
+        if t is None:
+            raise HTTPException(404, f"no task {task_id}")
+        return TaskOut(**t)
+
+    # -- blobs ------------------------------------------------------------------------------
+
+    @v1.put(
+        "/blobs/{sha}",
+        status_code=201,
+        tags=["blobs"],
+        openapi_extra={
+            "requestBody": {
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                },
+                "required": True,
+            }
+        },
+    )
+    async def put_blob(request: Request, sha: str) -> dict[str, Any]:
+        who = await run_in_threadpool(auth.require, request, "customer", "node")
+        _check_sha(sha)
+        data = await request.body()
+        try:
+            await run_in_threadpool(blobs.put, data, sha)
+        except IntegrityError as e:
+            raise HTTPException(400, str(e)) from None
+        if who.kind == "customer":
+            await run_in_threadpool(store.own_blob, who.id, sha, len(data))
+        return {"sha": sha, "size": len(data)}
+
+    @v1.get(
+        "/blobs/{sha}",
+        tags=["blobs"],
+        response_class=Response,
+        responses={200: {"content": {"application/octet-stream": {}}}},
+    )
+    def get_blob(request: Request, sha: str) -> Response:
+        who = auth.require(request, "customer", "node")
+        _check_sha(sha)
+        allowed = (
+            store.node_may_read(who.id, sha)
+            if who.kind == "node"
+            else bool(store.owned_blobs(who.id, {sha}))
+        )
+        if not allowed or not blobs.has(sha):
+            raise HTTPException(404, f"no blob {sha}")
+        return FileResponse(blobs.path(sha), media_type="application/octet-stream")
+
+    # -- nodes ------------------------------------------------------------------------------
+
+    @v1.post("/nodes/join", status_code=201, tags=["nodes"])
+    def join(info: NodeJoin) -> NodeJoined:
+        who = store.authenticate(info.token)
+        if who is None or who.kind != "join":
+            raise HTTPException(
+                401, "unknown join token: ask the operator for the fog's join token"
+            )
+        node_id, credential = store.join_node(info, time.time())
+        log.info(
+            "node %s (%s) joined: %d cores, %d MB", node_id, info.name, info.cores, info.memory_mb
+        )
+        return NodeJoined(node_id=node_id, credential=credential, lease_seconds=store.lease_seconds)
+
+    @v1.post("/nodes/me/sync", tags=["nodes"])
+    def sync(request: Request, req: SyncIn, leaving: bool = False) -> SyncOut:
+        who = auth.require(request, "node")
+        for rep in req.results:
+            for v in [rep.value, *rep.outputs.values()]:
+                if v is not None:
+                    _check_value(v, uploaded=True)
+        out = store.sync(who.id, req, time.time(), leaving=leaving)
+        if out.acked:
+            results.notify()
+        metrics.leased.inc(len(out.tasks))
+        metrics.reported.inc(len(out.acked))
+        return SyncOut(
+            acked=out.acked,
+            rejected=out.rejected,
+            lost=out.lost,
+            tasks=out.tasks,  # type: ignore[arg-type]
+            lease_seconds=store.lease_seconds,
+        )
+
+    @v1.get("/nodes", tags=["nodes"])
+    def list_nodes(request: Request) -> NodeList:
+        auth.require(request, "customer", "admin")
+        return NodeList(nodes=store.list_nodes(time.time()))  # type: ignore[arg-type]
+
+    def _check_value(v: Value, uploaded: bool = False) -> None:
+        raw = None
+        if v.data is not None:
+            try:
+                raw = base64.b64decode(v.data, validate=True)
+            except ValueError:
+                raise HTTPException(422, f"value {v.sha[:12]}…: data is not base64") from None
+            if sha256_hex(raw) != v.sha or len(raw) != v.size:
+                raise HTTPException(
+                    422, f"value {v.sha[:12]}…: inline bytes do not match their SHA-256"
+                )
+        elif uploaded and not blobs.has(v.sha):
+            raise HTTPException(
+                422, f"value {v.sha[:12]}… is not uploaded: PUT it to /v1/blobs first"
+            )
+
+    app.include_router(v1)
+
+    @app.get("/metrics", tags=["meta"], response_class=Response)
+    def prometheus() -> Response:
+        metrics.refresh()
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _check_sha(sha: str) -> None:
+    if not is_sha256(sha):
+        raise HTTPException(400, f"{sha[:80]!r} is not a SHA-256 (64 lowercase hex digits)")

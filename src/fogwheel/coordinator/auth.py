@@ -1,0 +1,47 @@
+"""Who is asking: every request but /v1/health carries `Authorization: Bearer <secret>`."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import HTTPException, Request
+
+from fogwheel.store import Principal, Store
+
+_CACHE_SECONDS = 10.0
+
+
+class Authenticator:
+    """Looks secrets up by their hash, with a short cache so that hot paths skip the database."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._cache: dict[str, tuple[float, Principal]] = {}
+
+    def principal(self, request: Request) -> Principal:
+        header = request.headers.get("authorization", "")
+        scheme, _, secret = header.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise HTTPException(
+                401, "missing credentials: send the header 'Authorization: Bearer <key>'"
+            )
+        secret = secret.strip()
+        now = time.monotonic()
+        hit = self._cache.get(secret)
+        if hit and now - hit[0] < _CACHE_SECONDS:
+            return hit[1]
+        who = self.store.authenticate(secret)
+        if who is None:
+            raise HTTPException(401, "unknown or revoked key: check --api-key / FOGWHEEL_API_KEY")
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[secret] = (now, who)
+        return who
+
+    def require(self, request: Request, *kinds: str) -> Principal:
+        who = self.principal(request)
+        if who.kind not in kinds:
+            raise HTTPException(
+                403, f"this endpoint is for {' or '.join(kinds)} keys, not for a {who.kind} key"
+            )
+        return who

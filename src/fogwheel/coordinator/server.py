@@ -1,0 +1,147 @@
+"""Start a coordinator: open the store, make sure its secrets exist, serve HTTP, reap leases."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from fogwheel import __version__
+from fogwheel.blobs import FileBlobStore
+from fogwheel.coordinator.app import build_routes
+from fogwheel.coordinator.bodylimit import BodyLimit
+from fogwheel.store import Store
+from fogwheel.store.sql import hash_secret, new_secret
+
+log = logging.getLogger("fogwheel.coordinator")
+
+
+@dataclass
+class CoordinatorConfig:
+    data_dir: Path = field(default_factory=lambda: Path.home() / ".fogwheel" / "coordinator")
+    db: str | None = None  # default: SQLite file in data_dir
+    host: str = "127.0.0.1"
+    port: int = 8470
+    lease_seconds: float = 15.0
+    join_token: str | None = None
+    api_key: str | None = None  # a customer key to accept (created when none exists)
+    admin_key: str | None = None
+    max_body_mb: int = 64
+    ready_file: Path | None = None  # where to write {"url": …} once listening
+
+    @property
+    def db_url(self) -> str:
+        return self.db or f"sqlite:///{self.data_dir / 'fogwheel.db'}"
+
+
+def open_store(config: CoordinatorConfig) -> tuple[Store, dict[str, str]]:
+    """Open (and create) the store; returns it with any secrets created now, to show once."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(config.db_url, lease_seconds=config.lease_seconds)
+    store.create_schema()
+    now = time.time()
+    created: dict[str, str] = {}
+    if config.join_token:
+        store.add_secret("join", "join", "join token", config.join_token, now)
+    elif not store.has_secrets("join"):
+        created["join_token"] = new_secret("fwj")
+        store.add_secret("join", "join", "join token", created["join_token"], now)
+    if config.api_key:
+        cid = "c-" + hash_secret(config.api_key)[:8]
+        store.add_secret("customer", cid, "default", config.api_key, now)
+    elif not store.has_secrets("customer"):
+        _, created["api_key"] = store.create_customer("default", now)
+    if config.admin_key:
+        store.add_secret("admin", "admin", "operator", config.admin_key, now)
+    elif not store.has_secrets("admin"):
+        created["admin_key"] = new_secret("fwa")
+        store.add_secret("admin", "admin", "operator", created["admin_key"], now)
+    extended = store.extend_leases(now)
+    if extended:
+        log.info("restart: gave %d held tasks a fresh lease so their nodes can report", extended)
+    return store, created
+
+
+def build_app(config: CoordinatorConfig, store: Store) -> FastAPI:
+    blobs = FileBlobStore(config.data_dir / "blobs")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.results.bind()
+        reaper = asyncio.create_task(_reap(store))
+        yield
+        reaper.cancel()
+
+    app = FastAPI(
+        title="fogwheel coordinator",
+        version=__version__,
+        description="Schedules work onto a fog of pull-only node agents. All routes under /v1.",
+        lifespan=lifespan,
+    )
+    build_routes(app, store, blobs)
+    app.state.config = config
+    return app
+
+
+async def _reap(store: Store) -> None:
+    """Expired leases go back to the queue; checked several times per lease period."""
+    period = max(0.2, store.lease_seconds / 5)
+    while True:
+        await asyncio.sleep(period)
+        try:
+            lost = await run_in_threadpool(store.expire_leases, time.time())
+            if lost:
+                log.info("%d leases expired; tasks queued again", len(lost))
+        except Exception:
+            log.exception("lease reaper failed; retrying")
+
+
+def serve(config: CoordinatorConfig, announce: bool = True) -> None:
+    """Run until interrupted. Prints the URL and any secrets created on this start."""
+    store, created = open_store(config)
+    app = build_app(config, store)
+    sock = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((config.host, config.port))
+    port = sock.getsockname()[1]
+    url = f"http://{config.host}:{port}"
+    if announce:
+        print(f"fogwheel coordinator {__version__} listening on {url}", flush=True)
+        print(f"  database: {_redact(config.db_url)}", flush=True)
+        for name, secret in created.items():
+            print(f"  new {name.replace('_', ' ')}: {secret}  (shown once; keep it)", flush=True)
+    if config.ready_file:
+        tmp = config.ready_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"url": url, "pid": os.getpid(), **created}))
+        tmp.replace(config.ready_file)
+    uv = uvicorn.Config(
+        BodyLimit(app, config.max_body_mb * 1024 * 1024),
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_keep_alive=30,
+    )
+    server = uvicorn.Server(uv)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        store.close()
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':')[0]}:***@{host}"
+    return url

@@ -1,0 +1,1 @@
+"""Pure decisions: task lifecycle, placement. No sockets, files, databases or clocks here."""

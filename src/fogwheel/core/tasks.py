@@ -1,0 +1,200 @@
+"""The task lifecycle as a transition table: pending → leased → done | failed | cancelled.
+
+Leases follow BOINC's deadline model: a node holds a task until `lease_expires`; a node that
+vanishes simply stops renewing, and the expired task goes back to the queue. Every function
+here is pure: it takes the task, the event and `now`, and returns the next task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from fogwheel.errors import IllegalTransition
+
+
+class TaskState(StrEnum):
+    PENDING = "pending"
+    LEASED = "leased"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED})
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """What the lifecycle needs to know of a task; the store keeps the rest."""
+
+    state: TaskState = TaskState.PENDING
+    attempts: int = 0  # leases handed out that counted (a voluntary hand-back does not count)
+    max_attempts: int = 3
+    node: str | None = None  # the holder while leased
+    lease_expires: float | None = None
+    error: str | None = None
+
+
+# -- events -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Leased:
+    node: str
+    now: float
+    lease_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Renewed:
+    node: str
+    now: float
+    lease_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """A node reports a result. `node` must have held an attempt (the shell checks that)."""
+
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class Errored:
+    """The attempt failed. `retryable` is False for the task's own exception or exit status."""
+
+    node: str
+    reason: str
+    retryable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """The holder hands the task back unrun (it is shutting down): the attempt does not count."""
+
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    reason: str = "cancelled by the customer"
+
+
+Event = Leased | Renewed | Completed | Errored | Expired | Released | Cancelled
+
+
+def lease_expired(task: Task, now: float) -> bool:
+    return (
+        task.state is TaskState.LEASED
+        and task.lease_expires is not None
+        and task.lease_expires <= now
+    )
+
+
+def attempts_left(task: Task) -> int:
+    return max(0, task.max_attempts - task.attempts)
+
+
+# -- transitions --------------------------------------------------------------------------
+
+
+def _lease(task: Task, ev: Leased) -> Task:
+    return replace(
+        task,
+        state=TaskState.LEASED,
+        attempts=task.attempts + 1,
+        node=ev.node,
+        lease_expires=ev.now + ev.lease_seconds,
+    )
+
+
+def _renew(task: Task, ev: Renewed) -> Task:
+    _require_holder(task, ev.node, "renew")
+    return replace(task, lease_expires=ev.now + ev.lease_seconds)
+
+
+def _complete(task: Task, ev: Completed) -> Task:
+    return replace(task, state=TaskState.DONE, node=None, lease_expires=None, error=None)
+
+
+def _error(task: Task, ev: Errored) -> Task:
+    if task.state is TaskState.LEASED:
+        _require_holder(task, ev.node, "report a failure of")
+    if ev.retryable and task.attempts < task.max_attempts:
+        return replace(
+            task, state=TaskState.PENDING, node=None, lease_expires=None, error=ev.reason
+        )
+    reason = f"{ev.reason}; gave up after {task.attempts} attempts" if ev.retryable else ev.reason
+    return replace(task, state=TaskState.FAILED, node=None, lease_expires=None, error=reason)
+
+
+def _late_error(task: Task, ev: Errored) -> Task:
+    """A failure from an earlier holder of a task that is queued again changes nothing."""
+    return task
+
+
+def _expire(task: Task, ev: Expired) -> Task:
+    if not lease_expired(task, ev.now):
+        raise IllegalTransition(
+            f"the lease runs until {task.lease_expires}, not expired at {ev.now}"
+        )
+    reason = f"lease lost on {task.node}"
+    if task.attempts < task.max_attempts:
+        return replace(task, state=TaskState.PENDING, node=None, lease_expires=None, error=reason)
+    return replace(
+        task,
+        state=TaskState.FAILED,
+        node=None,
+        lease_expires=None,
+        error=f"{reason}; gave up after {task.attempts} attempts",
+    )
+
+
+def _release(task: Task, ev: Released) -> Task:
+    _require_holder(task, ev.node, "release")
+    return replace(
+        task,
+        state=TaskState.PENDING,
+        attempts=task.attempts - 1,
+        node=None,
+        lease_expires=None,
+    )
+
+
+def _cancel(task: Task, ev: Cancelled) -> Task:
+    return replace(task, state=TaskState.CANCELLED, node=None, lease_expires=None, error=ev.reason)
+
+
+def _require_holder(task: Task, node: str, verb: str) -> None:
+    if task.node != node:
+        raise IllegalTransition(f"{node} cannot {verb} a task held by {task.node}")
+
+
+P, L = TaskState.PENDING, TaskState.LEASED
+TRANSITIONS: dict[tuple[TaskState, type], Callable[[Task, object], Task]] = {
+    (P, Leased): _lease,
+    (P, Completed): _complete,  # a late result from an earlier holder still counts
+    (P, Errored): _late_error,
+    (P, Cancelled): _cancel,
+    (L, Renewed): _renew,
+    (L, Completed): _complete,
+    (L, Errored): _error,
+    (L, Expired): _expire,
+    (L, Released): _release,
+    (L, Cancelled): _cancel,
+}
+
+
+def apply(task: Task, event: Event) -> Task:
+    """The task after `event`; raises IllegalTransition when the state does not allow it."""
+    step = TRANSITIONS.get((task.state, type(event)))
+    if step is None:
+        raise IllegalTransition(f"a {task.state} task cannot take {type(event).__name__}")
+    return step(task, event)

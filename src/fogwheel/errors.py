@@ -1,0 +1,76 @@
+"""The one exception tree of fogwheel; every error a user can see says what to do.
+
+FogwheelError
+├── ConfigError            bad settings: a missing coordinator URL, an unreadable data dir
+├── ApiError               the coordinator answered with a 4xx/5xx (carries status and message)
+│   ├── AuthError          401/403: a missing, wrong or revoked key or credential
+│   └── NotFound           404: no such job, task, node or blob (or not yours)
+├── CoordinatorUnreachable the coordinator could not be reached after retries
+├── IntegrityError         bytes did not match the SHA-256 they were named by
+├── TaskFailed             a task failed on the fog for a reason other than its own exception
+│   └── CommandFailed      a command task exited with a non-zero status
+├── IllegalTransition      core: an event that the task's current state does not allow
+└── RemoteTraceback        attached as __cause__ of an exception re-raised from a node
+"""
+
+from __future__ import annotations
+
+
+class FogwheelError(Exception):
+    """Base of every error that fogwheel raises on purpose."""
+
+
+class ConfigError(FogwheelError):
+    """Settings are missing or wrong; the message names the setting and how to give it."""
+
+
+class ApiError(FogwheelError):
+    """The coordinator refused a request; `status` is the HTTP status, `message` its reason."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{message} (HTTP {status})")
+        self.status = status
+        self.message = message
+
+
+class AuthError(ApiError):
+    """The coordinator did not accept the key or credential that was sent."""
+
+
+class NotFound(ApiError):
+    """The job, task, node or blob does not exist, or belongs to someone else."""
+
+
+class CoordinatorUnreachable(FogwheelError):
+    """No answer from the coordinator within the retry budget."""
+
+
+class IntegrityError(FogwheelError):
+    """Bytes received did not hash to the name they were fetched by."""
+
+
+class TaskFailed(FogwheelError):
+    """A task could not produce a result: lost too often, over a limit, or cancelled."""
+
+
+class CommandFailed(TaskFailed):
+    """A command task exited non-zero; `result` holds its exit status, stdout and stderr."""
+
+    def __init__(self, message: str, result: object) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class IllegalTransition(FogwheelError):
+    """A task event arrived in a state whose transition table has no entry for it."""
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised on a node, shown as the cause of the re-raise."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f'\n"""\nRemote traceback (on the node):\n{self.tb}"""'

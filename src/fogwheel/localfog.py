@@ -1,0 +1,215 @@
+"""A throwaway fog on this machine: a coordinator and N node agents as real processes.
+
+Used by `fogwheel up`, `fogwheel demo`, every `--local N` option and the integration tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from fogwheel.errors import FogwheelError
+from fogwheel.store.sql import new_secret
+
+
+class LocalFog:
+    def __init__(
+        self,
+        nodes: int = 4,
+        *,
+        cores_per_node: int = 1,
+        lease_seconds: float = 5.0,
+        workdir: str | os.PathLike[str] | None = None,
+        db: str | None = None,
+        host: str = "127.0.0.1",
+        node_args: list[str] | None = None,
+    ) -> None:
+        self.n_nodes = nodes
+        self.cores_per_node = cores_per_node
+        self.lease_seconds = lease_seconds
+        self._own_dir = workdir is None
+        self.dir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="fogwheel-"))
+        self.db = db
+        self.host = host
+        self.node_args = node_args or []
+        self.join_token = new_secret("fwj")
+        self.api_key = new_secret("fwc")
+        self.admin_key = new_secret("fwa")
+        self.url = ""
+        self.port = 0
+        self.coordinator: subprocess.Popen[bytes] | None = None
+        self.nodes: list[subprocess.Popen[bytes] | None] = []
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def __enter__(self) -> LocalFog:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object | TracebackType) -> None:
+        self.stop()
+
+    def start(self, wait_for_nodes: bool = True) -> None:
+        self.start_coordinator()
+        for _ in range(self.n_nodes):
+            self.add_node()
+        if wait_for_nodes:
+            self.wait_for_nodes(self.n_nodes)
+
+    def start_coordinator(self, timeout: float = 30.0) -> None:
+        ready = self.dir / "coordinator.ready"
+        ready.unlink(missing_ok=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "fogwheel",
+            "coordinator",
+            "--data-dir",
+            str(self.dir / "coordinator"),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--join-token",
+            self.join_token,
+            "--api-key",
+            self.api_key,
+            "--admin-key",
+            self.admin_key,
+            "--lease-seconds",
+            str(self.lease_seconds),
+            "--ready-file",
+            str(ready),
+            "--quiet",
+        ]
+        if self.db:
+            cmd += ["--db", self.db]
+        self.coordinator = self._spawn(cmd, self.dir / "coordinator.log")
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if self.coordinator.poll() is not None:
+                raise FogwheelError(
+                    f"the coordinator exited at start: see {self.dir / 'coordinator.log'}:\n"
+                    + _tail(self.dir / "coordinator.log")
+                )
+            if time.monotonic() > deadline:
+                raise FogwheelError(f"the coordinator did not start in {timeout:g} s")
+            time.sleep(0.02)
+        info = json.loads(ready.read_text())
+        self.url = info["url"]
+        self.port = int(self.url.rsplit(":", 1)[1])
+        while True:
+            try:
+                if httpx.get(f"{self.url}/v1/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise FogwheelError("the coordinator does not answer /v1/health")
+            time.sleep(0.02)
+
+    def add_node(self, *extra: str) -> int:
+        i = len(self.nodes)
+        cmd = [
+            sys.executable,
+            "-m",
+            "fogwheel",
+            "node",
+            "--coordinator",
+            self.url,
+            "--token",
+            self.join_token,
+            "--cores",
+            str(self.cores_per_node),
+            "--data-dir",
+            str(self.dir / f"node-{i}"),
+            "--name",
+            f"local-{i}",
+            *self.node_args,
+            *extra,
+        ]
+        self.nodes.append(self._spawn(cmd, self.dir / f"node-{i}.log"))
+        return i
+
+    def wait_for_nodes(self, n: int, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                r = httpx.get(f"{self.url}/v1/nodes", headers=self.headers, timeout=5)
+                if r.status_code == 200 and sum(x["state"] == "up" for x in r.json()["nodes"]) >= n:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise FogwheelError(f"{n} nodes did not join within {timeout:g} s; see {self.dir}")
+            time.sleep(0.05)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.api_key}"}
+
+    def kill_node(self, i: int, sig: int = signal.SIGKILL) -> None:
+        proc = self.nodes[i]
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, sig) if sig == signal.SIGKILL else proc.send_signal(sig)
+            if sig == signal.SIGKILL:
+                proc.wait()
+
+    def kill_coordinator(self) -> None:
+        if self.coordinator and self.coordinator.poll() is None:
+            self.coordinator.kill()
+            self.coordinator.wait()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        for proc in self.nodes:
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.nodes:
+            if proc is not None:
+                try:
+                    proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        if self.coordinator and self.coordinator.poll() is None:
+            self.coordinator.send_signal(signal.SIGTERM)
+            try:
+                self.coordinator.wait(10)
+            except subprocess.TimeoutExpired:
+                self.coordinator.kill()
+                self.coordinator.wait()
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _spawn(self, cmd: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+        log = open(log_path, "ab")  # noqa: SIM115 - the child keeps it
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        try:
+            return subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+            )
+        finally:
+            log.close()
+
+
+def _tail(path: Path, n: int = 2000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return ""

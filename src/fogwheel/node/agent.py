@@ -1,0 +1,480 @@
+"""The node agent: one outbound loop that reports, renews and leases, and a thread per slot.
+
+Pull, never push: every request goes from the node to the coordinator, so a device behind
+NAT needs no open port. One `sync` round trip carries finished results, lease renewals and a
+request for more work. Unacknowledged results stay in memory and are sent again until the
+coordinator acknowledges them, so a coordinator restart loses nothing the node finished.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import queue
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fogwheel.node.slots import Slot
+
+log = logging.getLogger("fogwheel.node")
+
+INLINE_MAX = 64 * 1024  # as in fogwheel.protocol; not imported to keep pydantic out of the agent
+PROBED_PROGRAMS = ("python3", "povray", "jellyfish", "bwrap")
+TARGET_QUEUE_SECONDS = 0.5  # keep about this much work queued per slot
+MAX_QUEUE_PER_SLOT = 64
+REPORT_DELAY = 0.05  # hold a finished result at most this long to batch it with others
+REPORT_BATCH = 64
+
+
+@dataclass
+class NodeConfig:
+    coordinator: str
+    token: str | None = None
+    cores: int | None = None
+    memory_mb: int | None = None
+    data_dir: Path = field(default_factory=lambda: Path.home() / ".fogwheel" / "node")
+    name: str | None = None
+    poll_s: float = 0.5
+    capabilities: list[str] = field(default_factory=list)
+
+
+class FatalNodeError(Exception):
+    """The agent cannot go on (credential refused and no join token, say)."""
+
+
+class Agent:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.data_dir = config.data_dir
+        self.slots_n = config.cores or os.cpu_count() or 1
+        self._stop = threading.Event()
+        self._abort = threading.Event()
+        self._stop_seen = False
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._held: dict[int, dict[str, Any]] = {}  # leased and not yet reported
+        self._running: set[int] = set()
+        self._outbox: dict[int, dict[str, Any]] = {}  # finished, waiting for an acknowledgement
+        self._outbox_since: float | None = None
+        self._avg_wall = 0.1
+        self._slots: list[Slot] = []
+        self.node_id: str | None = None
+        self.lease_seconds = 15.0
+        self.http: httpx.Client | None = None
+
+    # -- joining ----------------------------------------------------------------------------
+
+    def _identity_path(self) -> Path:
+        return self.data_dir / "node.json"
+
+    def join(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        ident = self._load_identity()
+        if ident is None:
+            ident = self._join_with_token()
+        self.node_id = ident["node_id"]
+        self.lease_seconds = ident.get("lease_seconds", 15.0)
+        self.http = httpx.Client(
+            base_url=self.config.coordinator,
+            headers={"authorization": f"Bearer {ident['credential']}"},
+            timeout=httpx.Timeout(30.0, connect=5.0),
+        )
+
+    def _load_identity(self) -> dict[str, Any] | None:
+        path = self._identity_path()
+        if not path.exists():
+            return None
+        ident = json.loads(path.read_text())
+        if ident.get("coordinator") != self.config.coordinator.rstrip("/"):
+            return None
+        return ident
+
+    def _join_with_token(self) -> dict[str, Any]:
+        if not self.config.token:
+            raise FatalNodeError(
+                "this node has not joined the fog yet: pass --token JOIN_TOKEN "
+                "(the operator's `fogwheel coordinator` printed it)"
+            )
+        body = {
+            "token": self.config.token,
+            "name": self.config.name or platform.node() or "node",
+            "cores": self.slots_n,
+            "memory_mb": self.config.memory_mb or _memory_mb(),
+            "disk_mb": shutil.disk_usage(self.data_dir).free // (1024 * 1024),
+            "platform": platform.platform(),
+            "capabilities": sorted(
+                {p for p in PROBED_PROGRAMS if shutil.which(p)} | set(self.config.capabilities)
+            ),
+        }
+        delay = 0.2
+        while True:
+            try:
+                r = httpx.post(f"{self.config.coordinator}/v1/nodes/join", json=body, timeout=30)
+                break
+            except httpx.TransportError as e:
+                if self._stop.is_set():
+                    raise FatalNodeError("stopped before the node could join") from e
+                log.warning("coordinator unreachable (%s); retrying in %.1f s", e, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+        if r.status_code != 201:
+            raise FatalNodeError(f"join refused: {_problem(r)}")
+        joined = r.json()
+        ident = {
+            "coordinator": self.config.coordinator.rstrip("/"),
+            "node_id": joined["node_id"],
+            "credential": joined["credential"],
+            "lease_seconds": joined["lease_seconds"],
+        }
+        path = self._identity_path()
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(ident, f)
+        tmp.replace(path)
+        log.info("joined as %s with %d slots", joined["node_id"], self.slots_n)
+        return ident
+
+    # -- running ----------------------------------------------------------------------------
+
+    def request_stop(self, *_: Any) -> None:
+        """First signal: finish what is running, hand back the rest. Second: abort now."""
+        if self._stop.is_set():
+            self._abort.set()
+        self._stop.set()
+        self._wake.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def run(self) -> None:
+        self.join()
+        scratch = self.data_dir / "scratch"
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        (self.data_dir / "cache").mkdir(exist_ok=True)
+        threads = []
+        for i in range(self.slots_n):
+            slot = Slot(i, scratch, self.data_dir / "worker.log")
+            self._slots.append(slot)
+            t = threading.Thread(
+                target=self._slot_loop, args=(slot,), name=f"slot-{i}", daemon=True
+            )
+            t.start()
+            threads.append(t)
+        try:
+            self._loop()
+        finally:
+            for _ in threads:
+                self._queue.put(None)
+            for slot in self._slots:
+                slot.stop()
+            if self.http:
+                self.http.close()
+        log.info("node %s stopped", self.node_id)
+
+    def _loop(self) -> None:
+        backoff = 0.2
+        unreachable_since: float | None = None
+        while True:
+            if self._abort.is_set():
+                for slot in self._slots:
+                    slot.stop()
+            stopping = self._stop.is_set()
+            with self._lock:
+                results = list(self._outbox.values())
+                renew = [t for t in self._held if t not in self._outbox]
+                release = self._drain_queue() if stopping else []
+                if self._abort.is_set():
+                    release += [t for t in self._running if t not in self._outbox]
+                active = len(self._held)
+            depth = self._queue_depth()
+            want = 0 if stopping else max(0, depth - active)
+            with self._lock:
+                leaving = stopping and not (set(self._held) - set(release) - set(self._outbox))
+            body = {
+                "results": results,
+                "renew": [t for t in renew if t not in release],
+                "release": release,
+                "want": want,
+                "slots_free": max(0, self.slots_n - len(self._running)),
+            }
+            try:
+                assert self.http is not None
+                r = self.http.post("/v1/nodes/me/sync", params={"leaving": leaving}, json=body)
+            except httpx.TransportError as e:
+                if unreachable_since is None:
+                    unreachable_since = time.monotonic()
+                    log.warning(
+                        "coordinator unreachable (%s); keeping %d results, retrying",
+                        type(e).__name__,
+                        len(results),
+                    )
+                if stopping and time.monotonic() - unreachable_since > self.lease_seconds:
+                    log.warning("giving up on the coordinator while stopping")
+                    return
+                self._stop.wait(backoff) if not stopping else time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if r.status_code == 401:
+                raise FatalNodeError(
+                    "the coordinator no longer knows this node's credential: "
+                    f"delete {self._identity_path()} and rejoin with --token"
+                )
+            if r.status_code >= 400:
+                log.error("sync refused: %s", _problem(r))
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if unreachable_since is not None:
+                log.info("coordinator reachable again")
+            unreachable_since = None
+            backoff = 0.2
+            got = self._absorb(r.json(), release)
+            if leaving:
+                return
+            self._wait_for_reason_to_sync(idle=want > 0 and got < want and not self._held)
+
+    def _absorb(self, out: dict[str, Any], released: list[int]) -> int:
+        with self._lock:
+            for tid in out["acked"]:
+                self._outbox.pop(tid, None)
+                self._held.pop(tid, None)
+            for rej in out["rejected"]:
+                log.warning("result of task %s refused: %s", rej["task_id"], rej["reason"])
+                self._outbox.pop(rej["task_id"], None)
+                self._held.pop(rej["task_id"], None)
+            for tid in released:
+                self._held.pop(tid, None)
+            for tid in out["lost"]:
+                # The coordinator gave this task to someone else: drop it if it has not started.
+                lease = self._held.get(tid)
+                if lease is not None and tid not in self._running and tid not in self._outbox:
+                    lease["lost"] = True
+            if not self._outbox:
+                self._outbox_since = None
+            for lease in out["tasks"]:
+                self._held[lease["task_id"]] = lease
+                self._queue.put(lease)
+            self.lease_seconds = out.get("lease_seconds", self.lease_seconds)
+        return len(out["tasks"])
+
+    def _drain_queue(self) -> list[int]:
+        drained = []
+        while True:
+            try:
+                lease = self._queue.get_nowait()
+            except queue.Empty:
+                return drained
+            if lease is None:
+                self._queue.put(None)
+                return drained
+            drained.append(lease["task_id"])
+
+    def _queue_depth(self) -> int:
+        per_slot = math.ceil(TARGET_QUEUE_SECONDS / max(self._avg_wall, 0.001))
+        return self.slots_n * min(MAX_QUEUE_PER_SLOT, max(2, per_slot))
+
+    def _wait_for_reason_to_sync(self, idle: bool) -> None:
+        """Sleep until there is something worth a round trip: results, an empty queue, a renewal."""
+        renew_by = time.monotonic() + self.lease_seconds / 3
+        poll_by = time.monotonic() + (self.config.poll_s if idle else self.lease_seconds / 3)
+        while True:
+            if self._abort.is_set():
+                return
+            if self._stop.is_set() and not self._stop_seen:
+                self._stop_seen = True  # one prompt round trip to hand back the queue
+                return
+            now = time.monotonic()
+            with self._lock:
+                n_out = len(self._outbox)
+                since = self._outbox_since
+                queued = self._queue.qsize()
+                running = len(self._running)
+            if n_out >= REPORT_BATCH or (since is not None and now - since >= REPORT_DELAY):
+                return
+            if not idle and queued < self.slots_n and n_out:
+                return  # running dry: report and ask for more now
+            if not idle and queued == 0 and running == 0:
+                return
+            if now >= min(renew_by, poll_by):
+                return
+            timeout = min(renew_by, poll_by) - now
+            if since is not None:
+                timeout = min(timeout, since + REPORT_DELAY - now)
+            self._wake.wait(max(0.001, timeout))
+            self._wake.clear()
+
+    # -- slots ------------------------------------------------------------------------------
+
+    def _slot_loop(self, slot: Slot) -> None:
+        while True:
+            lease = self._queue.get()
+            if lease is None:
+                return
+            tid = lease["task_id"]
+            if lease.get("lost"):
+                with self._lock:
+                    self._held.pop(tid, None)
+                continue
+            with self._lock:
+                self._running.add(tid)
+            try:
+                report = self._execute(slot, lease)
+            except Exception as e:  # a bug or an unreachable blob: the task goes back
+                log.exception("task %s could not run", tid)
+                report = {
+                    "ok": False,
+                    "error": {"kind": "input", "message": f"{type(e).__name__}: {e}"},
+                }
+            report.update(task_id=tid, attempt=lease["attempt"])
+            report.setdefault("cpu_s", 0.0)
+            report.setdefault("wall_s", 0.0)
+            self._avg_wall = 0.8 * self._avg_wall + 0.2 * report["wall_s"]
+            with self._lock:
+                self._running.discard(tid)
+                self._outbox[tid] = report
+                if self._outbox_since is None:
+                    self._outbox_since = time.monotonic()
+            self._wake.set()
+
+    def _execute(self, slot: Slot, lease: dict[str, Any]) -> dict[str, Any]:
+        limits = lease["limits"]
+        if lease["kind"] == "python":
+            fn = lease["fn"]
+            msg = {
+                "fn_sha": fn["sha"],
+                "fn_path": str(self._blob_path(fn)),
+                "args": self._blob_bytes(lease["args"]) if lease["args"] else None,
+                "limits": limits,
+            }
+            res = slot.run_python(lease["job_id"], msg, limits["wall_s"])
+            return self._wire_result(res)
+        inputs = {name: self._blob_path(v) for name, v in lease["inputs"].items()}
+        res, scratch = slot.run_command(lease["task_id"], lease["command"], inputs, limits)
+        try:
+            if res["ok"]:
+                outputs = {}
+                for name in lease["outputs"]:
+                    path = scratch / name
+                    if not path.is_file():
+                        return {
+                            "ok": False,
+                            "wall_s": res.get("wall_s", 0.0),
+                            "error": {
+                                "kind": "exit",
+                                "message": f"the command did not write its output file {name!r}",
+                            },
+                        }
+                    outputs[name] = self._value(path.read_bytes())
+                res["outputs"] = outputs
+            return self._wire_result(res)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _wire_result(self, res: dict[str, Any]) -> dict[str, Any]:
+        """Turn the slot's bytes into protocol Values (inline when small, uploaded when not)."""
+        out = {k: v for k, v in res.items() if k in ("ok", "cpu_s", "wall_s", "outputs")}
+        if res.get("value") is not None:
+            out["value"] = self._value(res["value"])
+        if res.get("error"):
+            err = dict(res["error"])
+            exc = err.pop("exc", None)
+            if exc is not None and len(exc) <= INLINE_MAX:
+                err["exc"] = _inline(exc)
+            out["error"] = err
+        return out
+
+    def _value(self, data: bytes) -> dict[str, Any]:
+        if len(data) <= INLINE_MAX:
+            return _inline(data)
+        sha = hashlib.sha256(data).hexdigest()
+        assert self.http is not None
+        self._retrying(lambda: self.http.put(f"/v1/blobs/{sha}", content=data))  # type: ignore[union-attr]
+        return {"sha": sha, "size": len(data)}
+
+    def _blob_bytes(self, value: dict[str, Any]) -> bytes:
+        if value.get("data") is not None:
+            data = base64.b64decode(value["data"])
+            if hashlib.sha256(data).hexdigest() != value["sha"]:
+                raise ValueError(f"inline value does not match its SHA-256 {value['sha']}")
+            return data
+        return self._blob_path(value).read_bytes()
+
+    def _blob_path(self, value: dict[str, Any]) -> Path:
+        """The verified local copy of a blob, fetched once and kept in the cache."""
+        sha = value["sha"]
+        path = self.data_dir / "cache" / sha
+        if path.exists():
+            return path
+        if value.get("data") is not None:
+            data = self._blob_bytes(value)
+        else:
+            assert self.http is not None
+            r = self._retrying(lambda: self.http.get(f"/v1/blobs/{sha}"))  # type: ignore[union-attr]
+            data = r.content
+            if hashlib.sha256(data).hexdigest() != sha:
+                raise ValueError(f"blob {sha} arrived corrupt")
+        tmp = path.with_name(f".{sha}.{threading.get_ident()}")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        return path
+
+    def _retrying(self, call: Any) -> httpx.Response:
+        delay = 0.2
+        deadline = time.monotonic() + self.lease_seconds
+        while True:
+            try:
+                r = call()
+                if r.status_code < 500:
+                    r.raise_for_status()
+                    return r
+                err: Exception = httpx.HTTPStatusError(
+                    f"HTTP {r.status_code}", request=r.request, response=r
+                )
+            except httpx.TransportError as e:
+                err = e
+            if time.monotonic() > deadline:
+                raise err
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def _inline(data: bytes) -> dict[str, Any]:
+    return {
+        "sha": hashlib.sha256(data).hexdigest(),
+        "size": len(data),
+        "data": base64.b64encode(data).decode(),
+    }
+
+
+def _memory_mb() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 512
+
+
+def _problem(r: httpx.Response) -> str:
+    try:
+        return f"{r.json().get('error')} (HTTP {r.status_code})"
+    except ValueError:
+        return f"HTTP {r.status_code}"

@@ -1,0 +1,103 @@
+"""A worker process: runs Python tasks one at a time under the limits the agent asks for.
+
+The agent starts it as `python -m fogwheel.node.worker` and talks over stdin/stdout; the
+task's own prints go to stderr so they cannot corrupt the pipe. A task that blows its CPU
+limit dies with SIGXCPU and the agent reports that; the agent kills it on wall-time.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import resource
+import sys
+import time
+import traceback
+from typing import Any
+
+from fogwheel.node import wire
+
+_functions: dict[str, Any] = {}
+
+
+def _vsz() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def run_one(msg: dict[str, Any]) -> dict[str, Any]:
+    import cloudpickle
+
+    limits = msg["limits"]
+    fn = _functions.get(msg["fn_sha"])
+    if fn is None:
+        with open(msg["fn_path"], "rb") as f:
+            fn = cloudpickle.loads(f.read())
+        _functions[msg["fn_sha"]] = fn
+    args, kwargs = pickle.loads(msg["args"]) if msg["args"] is not None else ((), {})
+    cpu0 = time.process_time()
+    wall0 = time.perf_counter()
+    soft_cpu, hard_cpu = resource.getrlimit(resource.RLIMIT_CPU)
+    soft_as, hard_as = resource.getrlimit(resource.RLIMIT_AS)
+    if limits.get("cpu_s"):
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        budget = int(used.ru_utime + used.ru_stime + limits["cpu_s"]) + 1
+        resource.setrlimit(resource.RLIMIT_CPU, (min(budget, _cap(hard_cpu)), hard_cpu))
+    # The memory limit bounds what the task adds to this process's address space.
+    mem = _vsz() + int(limits["memory_mb"]) * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (min(mem, _cap(hard_as)), hard_as))
+    try:
+        value = fn(*args, **kwargs)
+        out = {"ok": True, "value": cloudpickle.dumps(value)}
+    except MemoryError:
+        out = _error("limit", "MemoryError", f"memory limit of {limits['memory_mb']} MB exceeded")
+    except BaseException as exc:
+        out = _error("exception", type(exc).__qualname__, str(exc), traceback.format_exc())
+        try:
+            out["error"]["exc"] = cloudpickle.dumps(exc)
+        except Exception:
+            pass  # the type, message and traceback still travel
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft_as, hard_as))
+        resource.setrlimit(resource.RLIMIT_CPU, (soft_cpu, hard_cpu))
+    out["cpu_s"] = time.process_time() - cpu0
+    out["wall_s"] = time.perf_counter() - wall0
+    return out
+
+
+def _cap(hard: int) -> int:
+    return hard if hard != resource.RLIM_INFINITY else 1 << 62
+
+
+def _error(kind: str, type_: str, message: str, tb: str = "") -> dict[str, Any]:
+    return {
+        "ok": False,
+        "error": {"kind": kind, "type": type_, "message": message, "traceback": tb},
+    }
+
+
+def main() -> None:
+    # Keep the protocol pipes to ourselves; guest prints go to stderr, guest stdin is empty.
+    proto_in = os.fdopen(os.dup(0), "rb")
+    proto_out = os.fdopen(os.dup(1), "wb")
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    while True:
+        try:
+            msg = wire.recv(proto_in)
+        except EOFError:
+            return
+        try:
+            result = run_one(msg)
+        except BaseException as exc:  # a broken message or an unpicklable value
+            result = _error("exception", type(exc).__qualname__, str(exc), traceback.format_exc())
+        try:
+            wire.send(proto_out, result)
+        except pickle.PicklingError as exc:
+            wire.send(proto_out, _error("exception", "PicklingError", str(exc)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""Wire models of the HTTP API under /v1: the contract between coordinator, nodes and SDK.
+
+Bytes travel as `Value`: a SHA-256 name and a size, with the bytes inline (base64) when small
+or in the blob store when large. Whoever receives a Value checks the bytes against the name.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+API_VERSION = "v1"
+INLINE_MAX = 64 * 1024  # bytes carried inline in JSON; larger values go through /v1/blobs
+MAX_TASKS_PER_JOB = 100_000
+
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+FileName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-][A-Za-z0-9._/-]{0,199}$")]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Value(Model):
+    """Bytes named by their SHA-256; `data` (base64) is present when carried inline."""
+
+    sha: Sha256
+    size: int = Field(ge=0)
+    data: str | None = Field(default=None, max_length=INLINE_MAX * 4 // 3 + 8)
+
+    def raw(self) -> bytes | None:
+        return None if self.data is None else base64.b64decode(self.data)
+
+
+class Limits(Model):
+    wall_s: float = Field(default=600.0, gt=0, le=7 * 24 * 3600)
+    cpu_s: float | None = Field(default=None, gt=0)
+    memory_mb: int = Field(default=256, ge=16, le=1 << 20)
+
+
+class TaskIn(Model):
+    """One task of a job: arguments for a Python job, or a command line with files."""
+
+    args: Value | None = None
+    command: list[Annotated[str, StringConstraints(max_length=4096)]] | None = Field(
+        default=None, min_length=1, max_length=1000
+    )
+    inputs: dict[FileName, Value] = Field(default_factory=dict)
+    outputs: list[FileName] = Field(default_factory=list, max_length=100)
+    needs: list[Name] = Field(default_factory=list, max_length=20)
+
+
+class JobIn(Model):
+    name: Name = "job"
+    kind: Literal["python", "command"]
+    fn: Value | None = None
+    tasks: list[TaskIn] = Field(min_length=1, max_length=MAX_TASKS_PER_JOB)
+    limits: Limits = Field(default_factory=Limits)
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    client_token: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = (
+        Field(
+            default=None, description="makes a retried submission return the first job, not a twin"
+        )
+    )
+
+
+class JobOut(Model):
+    id: int
+    name: str
+    kind: str
+    state: Literal["running", "done", "cancelled"]
+    total: int
+    finished: int
+    failed: int
+    created_at: float
+
+
+class JobList(Model):
+    jobs: list[JobOut]
+
+
+class ErrorInfo(Model):
+    kind: Literal["exception", "exit", "limit", "crash", "lost", "input", "cancelled"]
+    type: str = ""
+    message: str = Field(default="", max_length=100_000)
+    traceback: str = Field(default="", max_length=200_000)
+    exc: Value | None = None  # the pickled exception, so that the SDK can re-raise it
+
+
+class TaskResult(Model):
+    index: int
+    task_id: int
+    seq: int
+    state: Literal["done", "failed", "cancelled"]
+    value: Value | None = None
+    outputs: dict[str, Value] = Field(default_factory=dict)
+    error: ErrorInfo | None = None
+
+
+class ResultsOut(Model):
+    job_id: int
+    cursor: int  # pass back as `after` to get only newer results
+    total: int
+    finished: int
+    results: list[TaskResult]
+
+
+class PollIn(Model):
+    """Wait for results of several jobs at once: `jobs` maps a job id to its cursor."""
+
+    jobs: dict[
+        Annotated[str, StringConstraints(pattern=r"^[0-9]{1,18}$")], Annotated[int, Field(ge=0)]
+    ] = Field(max_length=1000)
+    wait: float = Field(default=0.0, ge=0, le=60)
+
+
+class PollOut(Model):
+    jobs: list[ResultsOut]
+
+
+class AttemptOut(Model):
+    n: int
+    node_id: str
+    leased_at: float
+    ended_at: float | None
+    outcome: str | None
+    reason: str
+
+
+class TaskOut(Model):
+    id: int
+    job_id: int
+    index: int
+    state: str
+    attempts: int
+    node_id: str | None
+    error: ErrorInfo | None
+    history: list[AttemptOut]
+
+
+class TaskList(Model):
+    tasks: list[TaskOut]
+
+
+# -- nodes --------------------------------------------------------------------------------
+
+
+class NodeJoin(Model):
+    token: Annotated[str, StringConstraints(min_length=8, max_length=200)]
+    name: Name
+    cores: int = Field(ge=1, le=1024)
+    memory_mb: int = Field(ge=16, le=1 << 24)
+    disk_mb: int = Field(ge=0, le=1 << 32)
+    platform: Annotated[str, StringConstraints(max_length=200)] = ""
+    capabilities: list[Name] = Field(default_factory=list, max_length=100)
+
+
+class NodeJoined(Model):
+    node_id: str
+    credential: str
+    lease_seconds: float
+
+
+class TaskReport(Model):
+    task_id: int
+    attempt: int = Field(ge=1)
+    ok: bool
+    value: Value | None = None
+    outputs: dict[FileName, Value] = Field(default_factory=dict)
+    error: ErrorInfo | None = None
+    cpu_s: float = Field(default=0.0, ge=0)
+    wall_s: float = Field(default=0.0, ge=0)
+
+
+class SyncIn(Model):
+    """One round trip of a node: report results, renew leases, hand back, ask for work."""
+
+    results: list[TaskReport] = Field(default_factory=list, max_length=10_000)
+    renew: list[int] = Field(default_factory=list, max_length=10_000)
+    release: list[int] = Field(default_factory=list, max_length=10_000)
+    want: int = Field(default=0, ge=0, le=1000)
+    slots_free: int = Field(default=0, ge=0, le=1024)
+
+
+class TaskLease(Model):
+    task_id: int
+    job_id: int
+    attempt: int
+    kind: Literal["python", "command"]
+    fn: Value | None
+    args: Value | None
+    command: list[str] | None
+    inputs: dict[str, Value]
+    outputs: list[str]
+    limits: Limits
+    lease_expires: float
+
+
+class Rejected(Model):
+    task_id: int
+    reason: str
+
+
+class SyncOut(Model):
+    acked: list[int]
+    rejected: list[Rejected]
+    lost: list[int]  # leases that were not renewed: stop working on these
+    tasks: list[TaskLease]
+    lease_seconds: float
+
+
+class NodeOut(Model):
+    id: str
+    name: str
+    state: Literal["up", "draining", "gone"]
+    cores: int
+    memory_mb: int
+    disk_mb: int
+    platform: str
+    capabilities: list[str]
+    held: int
+    done: int
+    lost: int
+    reliability: float
+    last_seen: float
+
+
+class NodeList(Model):
+    nodes: list[NodeOut]
+
+
+class Problem(Model):
+    """Every error answer: what went wrong, in one sentence a person can act on."""
+
+    error: str
+    detail: object | None = None
