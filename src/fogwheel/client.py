@@ -16,7 +16,10 @@ import base64
 import hashlib
 import json
 import os
+import sys
+import sysconfig
 import threading
+import types
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -169,7 +172,7 @@ class Client:
         max_attempts: int = 3,
     ) -> list[TaskFuture]:
         """One job of many calls of `fn`; the lower layer under `submit` and `map`."""
-        fn_value = self._blob_value(cloudpickle.dumps(fn), upload=True)
+        fn_value = self._blob_value(pickle_function(fn), upload=True)
         futures: list[TaskFuture] = []
         for start in range(0, max(1, len(calls)), SUBMIT_CHUNK):
             chunk = calls[start : start + SUBMIT_CHUNK]
@@ -418,6 +421,32 @@ class Client:
         if r.status_code >= 400:
             raise ApiError(r.status_code, _message(r))
         return r
+
+
+def pickle_function(fn: Callable[..., Any]) -> bytes:
+    """cloudpickle `fn`; a function from the user's own module (a script, a test file) travels
+    by value, since nodes have only installed packages to import from."""
+    module = sys.modules.get(getattr(fn, "__module__", "") or "")
+    by_value = module is not None and _is_users_own(module)
+    if by_value:
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        return cloudpickle.dumps(fn)
+    finally:
+        if by_value:
+            cloudpickle.unregister_pickle_by_value(module)
+
+
+def _is_users_own(module: types.ModuleType) -> bool:
+    name = module.__name__
+    if name == "__main__" or name.split(".")[0] == "fogwheel":
+        return False
+    path = getattr(module, "__file__", None)
+    if not path:
+        return False
+    path = os.path.realpath(path)
+    installed = {sysconfig.get_path(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    return not any(p and path.startswith(os.path.realpath(p) + os.sep) for p in installed)
 
 
 def _limits(memory_mb: int, wall_s: float, cpu_s: float | None) -> dict[str, Any]:

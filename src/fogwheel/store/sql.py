@@ -662,14 +662,15 @@ class Store:
                 cpu = 0.0
                 if rep is not None:
                     cpu = rep.cpu_s
-                    if rep.ok:
+                    if rep.value is not None or rep.outputs:
+                        # A failed command keeps its exit status and output tails too.
                         result = json.dumps(
                             {
                                 "value": rep.value.model_dump() if rep.value else None,
                                 "outputs": {k2: v.model_dump() for k2, v in rep.outputs.items()},
                             }
                         )
-                    else:
+                    if not rep.ok:
                         info = rep.error.model_dump() if rep.error else {"kind": "crash"}
                         if t.error and info.get("kind") in RETRYABLE:
                             info["message"] = t.error
@@ -925,13 +926,13 @@ def _task_cols(t: Task) -> dict[str, Any]:
 
 
 def _end_attempt(c: Connection, task_id: int, node_id: str, outcome: str, now: float) -> None:
+    # A late result still ends an attempt that expiry had written off as lost.
+    open_ = attempts.c.outcome.is_(None)
+    if outcome == "done":
+        open_ = open_ | (attempts.c.outcome == "lost")
     c.execute(
         update(attempts)
-        .where(
-            attempts.c.task_id == task_id,
-            attempts.c.node_id == node_id,
-            attempts.c.outcome.is_(None),
-        )
+        .where(attempts.c.task_id == task_id, attempts.c.node_id == node_id, open_)
         .values(outcome=outcome, ended_at=now)
     )
 
