@@ -330,7 +330,10 @@ def run(
     api_key: ApiKeyOpt = None,
     local: LocalOpt = 0,
 ) -> None:
-    """Run a program on one node of the fog: fogwheel run -i data.txt -o out.txt -- sort -o out.txt data.txt"""
+    """Run a program on one node of the fog.
+
+    Example: fogwheel run -i data.txt -o out.txt -- sort -o out.txt data.txt
+    """
     from fogwheel.errors import CommandFailed, FogwheelError
 
     inputs = {p.name: p for p in input or []}

@@ -19,8 +19,8 @@ import os
 import sys
 import sysconfig
 import threading
-import types
 import time
+import types
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, as_completed, wait

@@ -9,15 +9,40 @@ from __future__ import annotations
 import base64
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 API_VERSION = "v1"
 INLINE_MAX = 64 * 1024  # bytes carried inline in JSON; larger values go through /v1/blobs
 MAX_TASKS_PER_JOB = 100_000
+SQL_INT_MAX = 2**31 - 1  # ids, cursors and sizes live in SQL INTEGER columns (32-bit on PostgreSQL)
+
+
+def _no_nul(text: str) -> str:
+    if "\x00" in text:
+        raise ValueError("NUL characters are not allowed")
+    return text
+
+
+def _id_digits(text: str) -> str:
+    if int(text) > SQL_INT_MAX:
+        raise ValueError(f"no id is larger than {SQL_INT_MAX}")
+    return text
+
+
+def _inside_task_dir(name: str) -> str:
+    if ".." in name.split("/"):
+        raise ValueError("a file name must stay inside the task's directory: no '..' parts")
+    return name
+
 
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-FileName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-][A-Za-z0-9._/-]{0,199}$")]
+Id = Annotated[int, Field(ge=0, le=SQL_INT_MAX)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_no_nul)]
+FileName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9._-][A-Za-z0-9._/-]{0,199}$"),
+    AfterValidator(_inside_task_dir),
+]
 
 
 class Model(BaseModel):
@@ -28,7 +53,7 @@ class Value(Model):
     """Bytes named by their SHA-256; `data` (base64) is present when carried inline."""
 
     sha: Sha256
-    size: int = Field(ge=0)
+    size: int = Field(ge=0, le=SQL_INT_MAX)
     data: str | None = Field(default=None, max_length=INLINE_MAX * 4 // 3 + 8)
 
     def raw(self) -> bytes | None:
@@ -112,7 +137,7 @@ class PollIn(Model):
     """Wait for results of several jobs at once: `jobs` maps a job id to its cursor."""
 
     jobs: dict[
-        Annotated[str, StringConstraints(pattern=r"^[0-9]{1,18}$")], Annotated[int, Field(ge=0)]
+        Annotated[str, StringConstraints(pattern=r"^[0-9]{1,18}$"), AfterValidator(_id_digits)], Id
     ] = Field(max_length=1000)
     wait: float = Field(default=0.0, ge=0, le=60)
 
@@ -153,8 +178,8 @@ class NodeJoin(Model):
     name: Name
     cores: int = Field(ge=1, le=1024)
     memory_mb: int = Field(ge=16, le=1 << 24)
-    disk_mb: int = Field(ge=0, le=1 << 32)
-    platform: Annotated[str, StringConstraints(max_length=200)] = ""
+    disk_mb: int = Field(ge=0, le=SQL_INT_MAX)
+    platform: Annotated[str, StringConstraints(max_length=200), AfterValidator(_no_nul)] = ""
     capabilities: list[Name] = Field(default_factory=list, max_length=100)
 
 
@@ -165,7 +190,7 @@ class NodeJoined(Model):
 
 
 class TaskReport(Model):
-    task_id: int
+    task_id: Id
     attempt: int = Field(ge=1)
     ok: bool
     value: Value | None = None
@@ -179,8 +204,8 @@ class SyncIn(Model):
     """One round trip of a node: report results, renew leases, hand back, ask for work."""
 
     results: list[TaskReport] = Field(default_factory=list, max_length=10_000)
-    renew: list[int] = Field(default_factory=list, max_length=10_000)
-    release: list[int] = Field(default_factory=list, max_length=10_000)
+    renew: list[Id] = Field(default_factory=list, max_length=10_000)
+    release: list[Id] = Field(default_factory=list, max_length=10_000)
     want: int = Field(default=0, ge=0, le=1000)
     slots_free: int = Field(default=0, ge=0, le=1024)
 

@@ -9,11 +9,12 @@ import logging
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Response
+from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fogwheel import __version__
 from fogwheel.blobs import FileBlobStore, is_sha256, sha256_hex
@@ -21,9 +22,11 @@ from fogwheel.coordinator.auth import Authenticator
 from fogwheel.coordinator.metrics import Metrics
 from fogwheel.errors import IntegrityError
 from fogwheel.protocol import (
+    SQL_INT_MAX,
     JobIn,
     JobList,
     JobOut,
+    Name,
     NodeJoin,
     NodeJoined,
     NodeList,
@@ -49,6 +52,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": Problem, "description": "Body over the size limit"},
     422: {"model": Problem, "description": "Body or parameters of the wrong shape"},
 }
+
+JobId = Annotated[int, Path(ge=0, le=SQL_INT_MAX)]
+TaskId = Annotated[int, Path(ge=0, le=SQL_INT_MAX)]
 
 
 class Results:
@@ -88,8 +94,8 @@ def build_routes(app: FastAPI, store: Store, blobs: FileBlobStore, join_open: bo
 
     # -- errors: always JSON with one sentence, never a traceback ---------------------------
 
-    @app.exception_handler(HTTPException)
-    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    @app.exception_handler(StarletteHTTPException)  # also FastAPI's, routing's and BodyLimit's
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(
             {"error": str(exc.detail)},
             status_code=exc.status_code,
@@ -126,9 +132,7 @@ def build_routes(app: FastAPI, store: Store, blobs: FileBlobStore, join_open: bo
         return {"kind": who.kind, "id": who.id, "name": who.name}
 
     @v1.post("/customers", status_code=201, tags=["admin"])
-    def create_customer(
-        request: Request, name: Annotated[str, Query(min_length=1, max_length=200)]
-    ) -> dict[str, str]:
+    def create_customer(request: Request, name: Annotated[Name, Query()]) -> dict[str, str]:
         auth.require(request, "admin")
         customer_id, key = store.create_customer(name, time.time())
         return {"customer_id": customer_id, "api_key": key}
@@ -169,7 +173,7 @@ def build_routes(app: FastAPI, store: Store, blobs: FileBlobStore, join_open: bo
         return JobList(jobs=[JobOut(**j) for j in store.list_jobs(who.id, limit)])
 
     @v1.get("/jobs/{job_id}", tags=["jobs"])
-    def get_job(request: Request, job_id: int) -> JobOut:
+    def get_job(request: Request, job_id: JobId) -> JobOut:
         who = auth.require(request, "customer")
         job = store.get_job(who.id, job_id)
         if job is None:
@@ -177,7 +181,7 @@ def build_routes(app: FastAPI, store: Store, blobs: FileBlobStore, join_open: bo
         return JobOut(**job)
 
     @v1.post("/jobs/{job_id}/cancel", tags=["jobs"])
-    def cancel_job(request: Request, job_id: int) -> JobOut:
+    def cancel_job(request: Request, job_id: JobId) -> JobOut:
         who = auth.require(request, "customer")
         job = store.cancel_job(who.id, job_id, time.time())
         if job is None:
@@ -188,8 +192,10 @@ def build_routes(app: FastAPI, store: Store, blobs: FileBlobStore, join_open: bo
     @v1.get("/jobs/{job_id}/results", tags=["jobs"])
     async def job_results(
         request: Request,
-        job_id: int,
-        after: Annotated[int, Query(ge=0, description="cursor from the previous answer")] = 0,
+        job_id: JobId,
+        after: Annotated[
+            int, Query(ge=0, le=SQL_INT_MAX, description="cursor from the previous answer")
+        ] = 0,
         wait: Annotated[float, Query(ge=0, le=60, description="seconds to wait for news")] = 0,
         limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
     ) -> ResultsOut:
@@ -227,12 +233,12 @@ def build_routes(app: FastAPI, store: Store, blobs: FileBlobStore, join_open: bo
     @v1.get("/jobs/{job_id}/tasks", tags=["jobs"])
     def list_tasks(
         request: Request,
-        job_id: int,
+        job_id: JobId,
         state: Annotated[
             str | None, Query(pattern="^(pending|leased|done|failed|cancelled)$")
         ] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=SQL_INT_MAX)] = 0,
     ) -> TaskList:
         who = auth.require(request, "customer")
         rows = store.list_tasks(who.id, job_id, state, limit, offset)
@@ -241,7 +247,7 @@ def build_routes(app: FastAPI, store: Store, blobs: FileBlobStore, join_open: bo
         return TaskList(tasks=[TaskOut(**t) for t in rows])
 
     @v1.get("/tasks/{task_id}", tags=["jobs"])
-    def get_task(request: Request, task_id: int) -> TaskOut:
+    def get_task(request: Request, task_id: TaskId) -> TaskOut:
         who = auth.require(request, "customer")
         t = store.get_task(who.id, task_id)
         if t is None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from starlette.exceptions import HTTPException
+
 
 class BodyLimit:
     """ASGI middleware: checks Content-Length up front and counts streamed bytes as they come."""
@@ -35,13 +37,22 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _TooLarge
+                    raise _TooLarge(self._too_big())
             return message
 
+        started = False
+
+        async def tracked(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            await self.app(scope, counted, send)
+            await self.app(scope, counted, tracked)
         except _TooLarge:
-            await self._refuse(send, 413, self._too_big())
+            # The app let it through unanswered; otherwise its own handler already sent the 413.
+            if not started:
+                await self._refuse(send, 413, self._too_big())
 
     def _too_big(self) -> str:
         return f"request body over the limit of {self.max_bytes} bytes; upload large data as blobs"
@@ -57,5 +68,8 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(HTTPException):
+    """Raised from `receive`, so that the app answers 413 in its own error format."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(413, message)

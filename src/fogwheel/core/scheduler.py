@@ -2,7 +2,7 @@
 
 Pull, never push: a node asks for up to `want` tasks and the scheduler decides how many it gets
 and which. Every assignment carries a one-line reason that the console and the API show
-("n3: reliability 0.98 (49/50), 2 of 4 slots free, fair share 3 of 12 pending").
+("n3: reliability 0.96 (49/50), 2 of 4 slots free, fair share 3 of 12 pending").
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ class ClusterView:
     pending: int  # tasks waiting in the queue
     total_slots: int  # slots of all live nodes, this one included
     better_free_slots: int = 0  # free slots on live nodes more reliable than the asking one
+    live: frozenset[str] = frozenset()  # ids of the live nodes, the asking one included
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +97,12 @@ def plan_lease(
 def _fits(node: NodeView, cand: Candidate, cluster: ClusterView) -> bool:
     if cand.memory_mb > node.memory_mb or not cand.needs <= node.capabilities:
         return False
-    # Do not hand a task back to a node that lost it, unless that node is all there is.
-    return node.id not in cand.failed_on or cluster.total_slots <= node.slots
+    # Do not hand a task back to a node that lost it, unless every live node has lost it.
+    return (
+        node.id not in cand.failed_on
+        or cluster.total_slots <= node.slots
+        or (bool(cluster.live) and cluster.live <= cand.failed_on)
+    )
 
 
 def _round_robin(cands: Iterable[Candidate]) -> Iterable[Candidate]:

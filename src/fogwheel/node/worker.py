@@ -7,6 +7,7 @@ limit dies with SIGXCPU and the agent reports that; the agent kills it on wall-t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import resource
@@ -53,10 +54,9 @@ def run_one(msg: dict[str, Any]) -> dict[str, Any]:
         out = _error("limit", "MemoryError", f"memory limit of {limits['memory_mb']} MB exceeded")
     except BaseException as exc:
         out = _error("exception", type(exc).__qualname__, str(exc), traceback.format_exc())
-        try:
+        # If the exception will not pickle, its type, message and traceback still travel.
+        with contextlib.suppress(Exception):
             out["error"]["exc"] = cloudpickle.dumps(exc)
-        except Exception:
-            pass  # the type, message and traceback still travel
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft_as, hard_as))
         resource.setrlimit(resource.RLIMIT_CPU, (soft_cpu, hard_cpu))

@@ -761,6 +761,7 @@ class Store:
             better_free_slots=sum(
                 max(0, v.slots - v.held) for v in fleet if scheduler.reliability(v) > rel
             ),
+            live=frozenset(v.id for v in fleet),
         )
         q = (
             select(*_TASK_COLS, tasks.c.customer_id, tasks.c.memory_mb, tasks.c.needs, tasks.c.spec)
