@@ -42,6 +42,8 @@ class Authenticator:
         who = self.principal(request)
         if who.kind not in kinds:
             raise HTTPException(
-                403, f"this endpoint is for {' or '.join(kinds)} keys, not for a {who.kind} key"
+                403,
+                f"this endpoint is for {' or '.join(kinds)} keys, not for "
+                f"{'an' if who.kind[0] in 'aeiou' else 'a'} {who.kind} key",
             )
         return who
