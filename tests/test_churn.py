@@ -43,22 +43,21 @@ def test_a_node_killed_mid_task_loses_nothing_and_each_task_finishes_once(tmp_pa
 
 
 def test_the_coordinator_killed_mid_job_restarts_on_its_database_and_finishes(tmp_path) -> None:
-    with LocalFog(2, lease_seconds=3.0, workdir=tmp_path) as fog:
-        with Client(fog.url, fog.api_key) as c:
-            futures = c.submit_many(slow_square, [((i,), {}) for i in range(40)])
-            while c.job(futures[0].job_id)["finished"] < 8:
-                time.sleep(0.05)
-            acknowledged = c.job(futures[0].job_id)["finished"]
-            fog.kill_coordinator()
-            time.sleep(2.0)  # nodes finish work and keep their results while it is down
-            fog.start_coordinator()
-            assert c.job(futures[0].job_id)["finished"] >= acknowledged
-            results = {f.index: f.result(timeout=120) for f in futures}
-            assert results == {i: i * i for i in range(40)}
-            deadline = time.monotonic() + 30
-            while sum(n["state"] == "up" for n in c.nodes()) < 2:
-                assert time.monotonic() < deadline, "nodes did not reconnect by themselves"
-                time.sleep(0.1)
+    with LocalFog(2, lease_seconds=3.0, workdir=tmp_path) as fog, Client(fog.url, fog.api_key) as c:
+        futures = c.submit_many(slow_square, [((i,), {}) for i in range(40)])
+        while c.job(futures[0].job_id)["finished"] < 8:
+            time.sleep(0.05)
+        acknowledged = c.job(futures[0].job_id)["finished"]
+        fog.kill_coordinator()
+        time.sleep(2.0)  # nodes finish work and keep their results while it is down
+        fog.start_coordinator()
+        assert c.job(futures[0].job_id)["finished"] >= acknowledged
+        results = {f.index: f.result(timeout=120) for f in futures}
+        assert results == {i: i * i for i in range(40)}
+        deadline = time.monotonic() + 30
+        while sum(n["state"] == "up" for n in c.nodes()) < 2:
+            assert time.monotonic() < deadline, "nodes did not reconnect by themselves"
+            time.sleep(0.1)
 
 
 def test_a_node_stopped_with_sigterm_hands_back_its_queue_and_leaves(tmp_path) -> None:

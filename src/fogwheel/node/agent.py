@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from fogwheel.node.slots import Slot
+from fogwheel.node.slots import Slot, inside
 
 log = logging.getLogger("fogwheel.node")
 
@@ -370,7 +370,7 @@ class Agent:
             if res["ok"]:
                 outputs = {}
                 for name in lease["outputs"]:
-                    path = scratch / name
+                    path = inside(scratch, name)
                     if not path.is_file():
                         return {
                             "ok": False,

@@ -102,7 +102,7 @@ class Slot:
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
         for name, src in inputs.items():
-            dst = scratch / name
+            dst = inside(scratch, name)
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
         out_path, err_path = scratch / ".stdout", scratch / ".stderr"
@@ -143,6 +143,14 @@ class Slot:
             res = {"ok": True, "value": value, "wall_s": wall}
         res["cpu_s"] = cpu
         return res, scratch
+
+
+def inside(scratch: Path, name: str) -> Path:
+    """`scratch / name`, refusing names that would lead out of the scratch directory."""
+    path = (scratch / name).resolve()
+    if not path.is_relative_to(scratch.resolve()):
+        raise ValueError(f"file name {name!r} leads outside the task's directory")
+    return path
 
 
 def _limiter(limits: dict[str, Any]) -> Any:
