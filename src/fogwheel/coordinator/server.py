@@ -111,7 +111,10 @@ def serve(config: CoordinatorConfig, announce: bool = True) -> None:
     """Run until interrupted. Prints the URL and any secrets created on this start."""
     store, created = open_store(config)
     app = build_app(config, store)
-    sock = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET)
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    # IPPROTO_TCP explicitly: asyncio only turns Nagle off on such sockets' connections, and
+    # with Nagle on every response waits for the client's delayed ACK (40 ms).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((config.host, config.port))
     port = sock.getsockname()[1]

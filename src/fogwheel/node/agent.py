@@ -201,7 +201,8 @@ class Agent:
                 release = self._drain_queue() if stopping else []
                 if self._abort.is_set():
                     release += [t for t in self._running if t not in self._outbox]
-                active = len(self._held)
+                # Results reported in this round trip no longer occupy the queue.
+                active = len(self._held) - len(results)
             depth = self._queue_depth()
             want = 0 if stopping else max(0, depth - active)
             with self._lock:
@@ -307,8 +308,8 @@ class Agent:
                 running = len(self._running)
             if n_out >= REPORT_BATCH or (since is not None and now - since >= REPORT_DELAY):
                 return
-            if not idle and queued < self.slots_n and n_out:
-                return  # running dry: report and ask for more now
+            if not idle and n_out and queued < self._queue_depth() // 2:
+                return  # running low: report and ask for more before the slots go dry
             if not idle and queued == 0 and running == 0:
                 return
             if now >= min(renew_by, poll_by):

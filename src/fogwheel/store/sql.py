@@ -47,7 +47,8 @@ from fogwheel.store.schema import (
 )
 
 NODE_GONE_AFTER_LEASES = 3  # a node silent for this many lease periods is marked gone
-RETRYABLE = {"crash", "lost", "input"}  # error kinds that are the device's fault, not the task's
+RETRYABLE = {"crash", "lost", "input"}
+_NO_NEEDS: frozenset[str] = frozenset()  # error kinds that are the device's fault, not the task's
 
 
 @dataclass(frozen=True, slots=True)
@@ -583,6 +584,7 @@ class Store:
         )
         finished: list[tuple[int, int, Task, TaskReport]] = []
         requeued: list[tuple[int, Task, str]] = []
+        ended: dict[str, list[int]] = defaultdict(list)  # outcome -> task ids
         done = lost = 0
         for tid, rep in by_id.items():
             row = rows.get(tid)
@@ -601,18 +603,20 @@ class Store:
             except IllegalTransition:
                 # Already finished (a backup copy won) or re-leased elsewhere: nothing to keep.
                 out.acked.append(tid)
-                _end_attempt(c, tid, node_id, "superseded", now)
+                ended["superseded"].append(tid)
                 continue
             out.acked.append(tid)
             retryable_failure = isinstance(event, Errored) and event.retryable
             lost += retryable_failure
             done += not retryable_failure
             outcome = "done" if rep.ok else ("lost" if retryable_failure else "failed")
-            _end_attempt(c, tid, node_id, outcome, now)
+            ended[outcome].append(tid)
             if new.state in TERMINAL:
                 finished.append((tid, row.job_id, new, rep))
             elif new != task:
                 requeued.append((tid, new, json.dumps({"kind": "lost", "message": new.error})))
+        for outcome, tids in ended.items():
+            _end_attempt(c, tids, node_id, outcome, now)
         if finished:
             self._finish(c, finished, now)
         for tid, t, err in requeued:
@@ -764,7 +768,7 @@ class Store:
             live=frozenset(v.id for v in fleet),
         )
         q = (
-            select(*_TASK_COLS, tasks.c.customer_id, tasks.c.memory_mb, tasks.c.needs, tasks.c.spec)
+            select(*_TASK_COLS, tasks.c.customer_id, tasks.c.memory_mb, tasks.c.needs)
             .where(tasks.c.state == TaskState.PENDING)
             .order_by(tasks.c.id)
             .limit(max(want * 4, 64))
@@ -786,12 +790,23 @@ class Store:
                 r.id,
                 r.customer_id,
                 r.memory_mb,
-                frozenset(json.loads(r.needs)),
+                _NO_NEEDS if r.needs == "[]" else frozenset(json.loads(r.needs)),
                 frozenset(lost_on[r.id]),
             )
             for r in rows.values()
         ]
         plan = scheduler.plan_lease(view, want, candidates, cluster)
+        specs = (
+            dict(
+                c.execute(
+                    select(tasks.c.id, tasks.c.spec).where(
+                        tasks.c.id.in_([a.task_id for a in plan])
+                    )
+                ).all()
+            )
+            if plan
+            else {}
+        )
         leases = []
         updates = []
         attempt_rows = []
@@ -817,7 +832,7 @@ class Store:
                 }
             )
             job = self._job_row(c, r.job_id)
-            spec = json.loads(r.spec)
+            spec = json.loads(specs[r.id])
             leases.append(
                 {
                     "task_id": r.id,
@@ -926,14 +941,18 @@ def _task_cols(t: Task) -> dict[str, Any]:
     }
 
 
-def _end_attempt(c: Connection, task_id: int, node_id: str, outcome: str, now: float) -> None:
+def _end_attempt(
+    c: Connection, task_ids: int | Sequence[int], node_id: str, outcome: str, now: float
+) -> None:
+    """Close the node's open attempts of these tasks with `outcome`, in one statement."""
+    ids = [task_ids] if isinstance(task_ids, int) else list(task_ids)
     # A late result still ends an attempt that expiry had written off as lost.
     open_ = attempts.c.outcome.is_(None)
     if outcome == "done":
         open_ = open_ | (attempts.c.outcome == "lost")
     c.execute(
         update(attempts)
-        .where(attempts.c.task_id == task_id, attempts.c.node_id == node_id, open_)
+        .where(attempts.c.task_id.in_(ids), attempts.c.node_id == node_id, open_)
         .values(outcome=outcome, ended_at=now)
     )
 
