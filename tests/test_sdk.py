@@ -116,3 +116,24 @@ def test_a_client_without_url_or_key_says_how_to_give_them(monkeypatch) -> None:
         Client()
     with pytest.raises(ConfigError, match="FOGWHEEL_API_KEY"):
         Client("http://127.0.0.1:1")
+
+
+def spin() -> None:
+    while True:
+        pass
+
+
+def test_a_task_over_its_cpu_limit_is_stopped_and_fails_with_the_reason(client: Client) -> None:
+    [fut] = client.submit_many(spin, [((), {})], cpu_s=1.0, wall_s=60.0)
+    with pytest.raises(TaskFailed, match="CPU limit of 1.0 s exceeded"):
+        fut.result(timeout=60)
+    assert client.submit(square, 5).result(timeout=30) == 25
+
+
+def test_metrics_are_served_in_prometheus_format(client: Client, fog: LocalFog) -> None:
+    import httpx
+
+    client.submit(square, 1).result(timeout=30)
+    text = httpx.get(f"{fog.url}/metrics").text
+    assert 'fogwheel_tasks{state="done"}' in text
+    assert 'fogwheel_nodes{state="up"} 2.0' in text
