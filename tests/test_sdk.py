@@ -125,7 +125,7 @@ def spin() -> None:
 
 def test_a_task_over_its_cpu_limit_is_stopped_and_fails_with_the_reason(client: Client) -> None:
     [fut] = client.submit_many(spin, [((), {})], cpu_s=1.0, wall_s=60.0)
-    with pytest.raises(TaskFailed, match="CPU limit of 1.0 s exceeded"):
+    with pytest.raises(TaskFailed, match=r"CPU limit of 1\.0 s exceeded"):
         fut.result(timeout=60)
     assert client.submit(square, 5).result(timeout=30) == 25
 

@@ -1,0 +1,317 @@
+"""Jobs, their tasks and results as customers see them, and who owns which blob."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, select, update
+
+from fogwheel.core.tasks import (
+    Cancelled,
+    TaskState,
+    apply,
+)
+from fogwheel.protocol import JobIn
+from fogwheel.store.base import (
+    _TASK_COLS,
+    StoreBase,
+    _job_out,
+    _task,
+)
+from fogwheel.store.schema import (
+    attempts,
+    blob_owners,
+    jobs,
+    task_blobs,
+    tasks,
+)
+
+
+class JobsStore(StoreBase):
+    # -- jobs -------------------------------------------------------------------------------
+
+    def create_job(self, customer_id: str, job: JobIn, now: float) -> int:
+        """Insert a job and all its tasks in one transaction: acknowledged means durable."""
+        fn_json = job.fn.model_dump_json() if job.fn else None
+        with self.tx() as c:
+            if job.client_token:
+                twin = c.execute(
+                    select(jobs.c.id).where(
+                        jobs.c.customer_id == customer_id, jobs.c.client_token == job.client_token
+                    )
+                ).scalar()
+                if twin is not None:
+                    return int(twin)
+            job_id = c.execute(
+                jobs.insert()
+                .values(
+                    {
+                        "customer_id": customer_id,
+                        "name": job.name,
+                        "kind": job.kind,
+                        "fn": fn_json,
+                        "fn_sha": job.fn.sha if job.fn else None,
+                        "limits": job.limits.model_dump_json(),
+                        "created_at": now,
+                        "total": len(job.tasks),
+                        "finished": 0,
+                        "failed": 0,
+                        "cancelled": False,
+                        "client_token": job.client_token,
+                    }
+                )
+                .returning(jobs.c.id)
+            ).scalar_one()
+            rows = []
+            refs: list[tuple[int, str]] = []
+            for i, t in enumerate(job.tasks):
+                rows.append(
+                    {
+                        "job_id": job_id,
+                        "customer_id": customer_id,
+                        "idx": i,
+                        "state": TaskState.PENDING.value,
+                        "attempts": 0,
+                        "max_attempts": job.max_attempts,
+                        "memory_mb": job.limits.memory_mb,
+                        "needs": json.dumps(sorted(set(t.needs))),
+                        "spec": t.model_dump_json(exclude_defaults=True),
+                        "cpu_s": 0.0,
+                    }
+                )
+                for v in [t.args, *t.inputs.values()]:
+                    if v is not None and v.data is None:
+                        refs.append((i, v.sha))
+            c.execute(tasks.insert(), rows)
+            if refs:
+                ids = dict(
+                    c.execute(select(tasks.c.idx, tasks.c.id).where(tasks.c.job_id == job_id)).all()
+                )
+                blob_rows = {(ids[i], sha) for i, sha in refs}
+                c.execute(task_blobs.insert(), [{"task_id": t, "sha": s} for t, s in blob_rows])
+        return job_id
+
+    def _job_row(self, c: Connection, job_id: int) -> dict[str, Any]:
+        """The immutable part of a job (function, limits), cached."""
+        row = self._jobs_cache.get(job_id)
+        if row is None:
+            r = c.execute(
+                select(jobs.c.kind, jobs.c.fn, jobs.c.limits, jobs.c.customer_id).where(
+                    jobs.c.id == job_id
+                )
+            ).one()
+            row = {
+                "kind": r.kind,
+                "fn": json.loads(r.fn) if r.fn else None,
+                "limits": json.loads(r.limits),
+                "customer_id": r.customer_id,
+            }
+            self._jobs_cache[job_id] = row
+        return row
+
+    def get_job(self, customer_id: str, job_id: int) -> dict[str, Any] | None:
+        with self.read() as c:
+            r = (
+                c.execute(
+                    select(jobs).where(jobs.c.id == job_id, jobs.c.customer_id == customer_id)
+                )
+                .mappings()
+                .first()
+            )
+        return None if r is None else _job_out(r)
+
+    def list_jobs(self, customer_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        with self.read() as c:
+            rows = (
+                c.execute(
+                    select(jobs)
+                    .where(jobs.c.customer_id == customer_id)
+                    .order_by(jobs.c.id.desc())
+                    .limit(limit)
+                )
+                .mappings()
+                .all()
+            )
+        return [_job_out(r) for r in rows]
+
+    def cancel_job(self, customer_id: str, job_id: int, now: float) -> dict[str, Any] | None:
+        with self.tx() as c:
+            owner = c.execute(
+                select(jobs.c.customer_id).where(jobs.c.id == job_id).with_for_update()
+            ).scalar()
+            if owner != customer_id:
+                return None
+            c.execute(update(jobs).where(jobs.c.id == job_id).values(cancelled=True))
+            rows = c.execute(
+                select(*_TASK_COLS).where(
+                    tasks.c.job_id == job_id,
+                    tasks.c.state.in_([TaskState.PENDING, TaskState.LEASED]),
+                )
+            ).all()
+            finished = []
+            for r in rows:
+                t = apply(_task(r), Cancelled())
+                finished.append((r.id, r.job_id, t, None))
+            error = json.dumps({"kind": "cancelled", "message": "cancelled by the customer"})
+            self._finish(c, finished, now, error_json=error)
+            c.execute(
+                update(attempts)
+                .where(attempts.c.task_id.in_([r.id for r in rows]), attempts.c.outcome.is_(None))
+                .values(outcome="cancelled", ended_at=now)
+            )
+            r = c.execute(select(jobs).where(jobs.c.id == job_id)).mappings().one()
+            return _job_out(r)
+
+    def results_since(
+        self, customer_id: str, job_id: int, after: int, limit: int = 10_000
+    ) -> dict[str, Any] | None:
+        with self.read() as c:
+            job = c.execute(
+                select(jobs.c.total, jobs.c.finished).where(
+                    jobs.c.id == job_id, jobs.c.customer_id == customer_id
+                )
+            ).first()
+            if job is None:
+                return None
+            rows = c.execute(
+                select(
+                    tasks.c.id,
+                    tasks.c.idx,
+                    tasks.c.state,
+                    tasks.c.result,
+                    tasks.c.error,
+                    tasks.c.finish_seq,
+                )
+                .where(tasks.c.job_id == job_id, tasks.c.finish_seq > after)
+                .order_by(tasks.c.finish_seq)
+                .limit(limit)
+            ).all()
+        results = []
+        for r in rows:
+            res = json.loads(r.result) if r.result else {}
+            results.append(
+                {
+                    "index": r.idx,
+                    "task_id": r.id,
+                    "seq": r.finish_seq,
+                    "state": r.state,
+                    "value": res.get("value"),
+                    "outputs": res.get("outputs", {}),
+                    "error": json.loads(r.error) if r.error else None,
+                }
+            )
+        cursor = results[-1]["seq"] if results else after
+        return {
+            "job_id": job_id,
+            "cursor": cursor,
+            "total": job.total,
+            "finished": job.finished,
+            "results": results,
+        }
+
+    def list_tasks(
+        self, customer_id: str, job_id: int, state: str | None, limit: int, offset: int
+    ) -> list[dict[str, Any]] | None:
+        with self.read() as c:
+            if (
+                c.execute(
+                    select(jobs.c.id).where(jobs.c.id == job_id, jobs.c.customer_id == customer_id)
+                ).first()
+                is None
+            ):
+                return None
+            q = select(tasks.c.id).where(tasks.c.job_id == job_id)
+            if state:
+                q = q.where(tasks.c.state == state)
+            ids = c.execute(q.order_by(tasks.c.idx).limit(limit).offset(offset)).scalars().all()
+            return [self._task_detail(c, i) for i in ids]
+
+    def get_task(self, customer_id: str, task_id: int) -> dict[str, Any] | None:
+        with self.read() as c:
+            owner = c.execute(select(tasks.c.customer_id).where(tasks.c.id == task_id)).scalar()
+            if owner != customer_id:
+                return None
+            return self._task_detail(c, task_id)
+
+    def _task_detail(self, c: Connection, task_id: int) -> dict[str, Any]:
+        t = c.execute(select(tasks).where(tasks.c.id == task_id)).mappings().one()
+        hist = (
+            c.execute(select(attempts).where(attempts.c.task_id == task_id).order_by(attempts.c.id))
+            .mappings()
+            .all()
+        )
+        return {
+            "id": t["id"],
+            "job_id": t["job_id"],
+            "index": t["idx"],
+            "state": t["state"],
+            "attempts": t["attempts"],
+            "node_id": t["node_id"],
+            "error": json.loads(t["error"]) if t["error"] else None,
+            "history": [
+                {k: h[k] for k in ("n", "node_id", "leased_at", "ended_at", "outcome", "reason")}
+                for h in hist
+            ],
+        }
+
+    # -- blobs ------------------------------------------------------------------------------
+
+    def own_blob(self, customer_id: str, sha: str, size: int) -> None:
+        with self.tx() as c:
+            self._own_blobs(c, customer_id, [(sha, size)])
+
+    def _own_blobs(self, c: Connection, customer_id: str, blobs: Sequence[tuple[str, int]]) -> None:
+        if not blobs:
+            return
+        shas = {s for s, _ in blobs}
+        have = set(
+            c.execute(
+                select(blob_owners.c.sha).where(
+                    blob_owners.c.customer_id == customer_id, blob_owners.c.sha.in_(shas)
+                )
+            ).scalars()
+        )
+        new = {s: n for s, n in blobs if s not in have}
+        if new:
+            c.execute(
+                blob_owners.insert(),
+                [{"sha": s, "customer_id": customer_id, "size": n} for s, n in new.items()],
+            )
+
+    def owned_blobs(self, customer_id: str, shas: set[str]) -> set[str]:
+        if not shas:
+            return set()
+        with self.read() as c:
+            return set(
+                c.execute(
+                    select(blob_owners.c.sha).where(
+                        blob_owners.c.customer_id == customer_id, blob_owners.c.sha.in_(shas)
+                    )
+                ).scalars()
+            )
+
+    def node_may_read(self, node_id: str, sha: str) -> bool:
+        """A node may fetch a blob that a task it holds reads (its function, arguments, inputs)."""
+        with self.read() as c:
+            held = select(tasks.c.id).where(
+                tasks.c.node_id == node_id, tasks.c.state == TaskState.LEASED
+            )
+            if c.execute(
+                select(task_blobs.c.task_id)
+                .where(task_blobs.c.sha == sha, task_blobs.c.task_id.in_(held))
+                .limit(1)
+            ).first():
+                return True
+            return (
+                c.execute(
+                    select(jobs.c.id)
+                    .where(
+                        jobs.c.fn_sha == sha,
+                        jobs.c.id.in_(held.with_only_columns(tasks.c.job_id)),
+                    )
+                    .limit(1)
+                ).first()
+                is not None
+            )

@@ -1,0 +1,411 @@
+"""The node's round trip: reports, renewals, hand-backs, leases, and lease expiry."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, func, select, update
+
+from fogwheel.core import scheduler
+from fogwheel.core.tasks import (
+    TERMINAL,
+    Completed,
+    Errored,
+    Expired,
+    Leased,
+    Released,
+    Task,
+    TaskState,
+    apply,
+)
+from fogwheel.errors import IllegalTransition
+from fogwheel.protocol import SyncIn, TaskReport
+from fogwheel.store.base import (
+    _NO_NEEDS,
+    _TASK_COLS,
+    RETRYABLE,
+    StoreBase,
+    SyncResult,
+    _end_attempt,
+    _task,
+    _task_cols,
+)
+from fogwheel.store.schema import (
+    attempts,
+    jobs,
+    nodes,
+    tasks,
+)
+
+
+class LeasingStore(StoreBase):
+    # -- the node's round trip --------------------------------------------------------------
+
+    def sync(self, node_id: str, req: SyncIn, now: float, *, leaving: bool = False) -> SyncResult:
+        """Apply a node's reports, renewals and hand-backs, then lease it more work."""
+        out = SyncResult([], [], [], [])
+        with self.tx() as c:
+            if req.results:
+                self._report(c, node_id, req.results, now, out)
+            if req.renew:
+                self._renew(c, node_id, req.renew, now, out)
+            if req.release:
+                self._release(c, node_id, req.release, now)
+            c.execute(
+                update(nodes)
+                .where(nodes.c.id == node_id)
+                .values(last_seen=now, slots_free=req.slots_free, state="gone" if leaving else "up")
+            )
+            if req.want and not leaving:
+                out.tasks = self._lease(c, node_id, req.want, now)
+        return out
+
+    def _report(
+        self,
+        c: Connection,
+        node_id: str,
+        reports: Sequence[TaskReport],
+        now: float,
+        out: SyncResult,
+    ) -> None:
+        by_id = {r.task_id: r for r in reports}
+        rows = {r.id: r for r in c.execute(select(*_TASK_COLS).where(tasks.c.id.in_(by_id))).all()}
+        mine = set(
+            c.execute(
+                select(attempts.c.task_id).where(
+                    attempts.c.node_id == node_id, attempts.c.task_id.in_(by_id)
+                )
+            ).scalars()
+        )
+        finished: list[tuple[int, int, Task, TaskReport]] = []
+        requeued: list[tuple[int, Task, str]] = []
+        ended: dict[str, list[int]] = defaultdict(list)  # outcome -> task ids
+        done = lost = 0
+        for tid, rep in by_id.items():
+            row = rows.get(tid)
+            if row is None or tid not in mine:
+                out.rejected.append({"task_id": tid, "reason": "this node never held that task"})
+                continue
+            task = _task(row)
+            if rep.ok:
+                event: Completed | Errored = Completed(node_id)
+            else:
+                kind = rep.error.kind if rep.error else "crash"
+                reason = f"{kind} on {node_id}: {rep.error.message if rep.error else 'no detail'}"
+                event = Errored(node_id, reason[:500], retryable=kind in RETRYABLE)
+            try:
+                new = apply(task, event)
+            except IllegalTransition:
+                # Already finished (a backup copy won) or re-leased elsewhere: nothing to keep.
+                out.acked.append(tid)
+                ended["superseded"].append(tid)
+                continue
+            out.acked.append(tid)
+            retryable_failure = isinstance(event, Errored) and event.retryable
+            lost += retryable_failure
+            done += not retryable_failure
+            outcome = "done" if rep.ok else ("lost" if retryable_failure else "failed")
+            ended[outcome].append(tid)
+            if new.state in TERMINAL:
+                finished.append((tid, row.job_id, new, rep))
+            elif new != task:
+                requeued.append((tid, new, json.dumps({"kind": "lost", "message": new.error})))
+        for outcome, tids in ended.items():
+            _end_attempt(c, tids, node_id, outcome, now)
+        if finished:
+            self._finish(c, finished, now)
+        for tid, t, err in requeued:
+            c.execute(update(tasks).where(tasks.c.id == tid).values(**_task_cols(t), error=err))
+        if done or lost:
+            c.execute(
+                update(nodes)
+                .where(nodes.c.id == node_id)
+                .values(done=nodes.c.done + done, lost=nodes.c.lost + lost)
+            )
+        outputs = [
+            (v.sha, v.size)
+            for _, _, _, rep in finished
+            if rep is not None
+            for v in [rep.value, *rep.outputs.values()]
+            if v is not None and v.data is None
+        ]
+        if outputs:
+            # Blobs a task produced belong to the job's customer.
+            for job_id in {j for _, j, _, _ in finished}:
+                self._own_blobs(c, self._job_row(c, job_id)["customer_id"], outputs)
+
+    def _finish(
+        self,
+        c: Connection,
+        finished: Sequence[tuple[int, int, Task, TaskReport | None]],
+        now: float,
+        *,
+        error_json: str | None = None,
+    ) -> None:
+        """Write terminal tasks and number them per job; the job row lock orders the numbers."""
+        per_job: dict[int, list[tuple[int, Task, TaskReport | None]]] = defaultdict(list)
+        for tid, job_id, t, rep in finished:
+            per_job[job_id].append((tid, t, rep))
+        for job_id, items in per_job.items():
+            failed = sum(t.state is not TaskState.DONE for _, t, _ in items)
+            last = c.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(finished=jobs.c.finished + len(items), failed=jobs.c.failed + failed)
+                .returning(jobs.c.finished)
+            ).scalar_one()
+            first = last - len(items) + 1
+            params = []
+            for k, (tid, t, rep) in enumerate(items):
+                result = error = None
+                cpu = 0.0
+                if rep is not None:
+                    cpu = rep.cpu_s
+                    if rep.value is not None or rep.outputs:
+                        # A failed command keeps its exit status and output tails too.
+                        result = json.dumps(
+                            {
+                                "value": rep.value.model_dump() if rep.value else None,
+                                "outputs": {k2: v.model_dump() for k2, v in rep.outputs.items()},
+                            }
+                        )
+                    if not rep.ok:
+                        info = rep.error.model_dump() if rep.error else {"kind": "crash"}
+                        if t.error and info.get("kind") in RETRYABLE:
+                            info["message"] = t.error
+                        error = json.dumps(info)
+                elif t.error:
+                    error = error_json or json.dumps({"kind": "lost", "message": t.error})
+                params.append(
+                    {
+                        "b_id": tid,
+                        "state": t.state.value,
+                        "attempts": t.attempts,
+                        "node_id": None,
+                        "lease_expires": None,
+                        "result": result,
+                        "error": error,
+                        "finish_seq": first + k,
+                        "finished_at": now,
+                        "cpu_s": cpu,
+                    }
+                )
+            c.execute(
+                update(tasks)
+                .where(tasks.c.id == bindparam("b_id"))
+                .values(
+                    state=bindparam("state"),
+                    attempts=bindparam("attempts"),
+                    node_id=bindparam("node_id"),
+                    lease_expires=bindparam("lease_expires"),
+                    result=bindparam("result"),
+                    error=bindparam("error"),
+                    finish_seq=bindparam("finish_seq"),
+                    finished_at=bindparam("finished_at"),
+                    cpu_s=bindparam("cpu_s"),
+                ),
+                params,
+            )
+
+    def _renew(
+        self, c: Connection, node_id: str, ids: Sequence[int], now: float, out: SyncResult
+    ) -> None:
+        res = c.execute(
+            update(tasks)
+            .where(
+                tasks.c.id.in_(ids), tasks.c.node_id == node_id, tasks.c.state == TaskState.LEASED
+            )
+            .values(lease_expires=now + self.lease_seconds)
+            .returning(tasks.c.id)
+        )
+        renewed = set(res.scalars())
+        out.lost.extend(i for i in ids if i not in renewed)
+
+    def _release(self, c: Connection, node_id: str, ids: Sequence[int], now: float) -> None:
+        rows = c.execute(select(*_TASK_COLS).where(tasks.c.id.in_(ids))).all()
+        for r in rows:
+            try:
+                t = apply(_task(r), Released(node_id))
+            except IllegalTransition:
+                continue
+            c.execute(update(tasks).where(tasks.c.id == r.id).values(**_task_cols(t)))
+            _end_attempt(c, r.id, node_id, "released", now)
+
+    def _lease(self, c: Connection, node_id: str, want: int, now: float) -> list[dict[str, Any]]:
+        node = c.execute(select(nodes).where(nodes.c.id == node_id)).mappings().one()
+        held = c.execute(
+            select(func.count())
+            .select_from(tasks)
+            .where(tasks.c.node_id == node_id, tasks.c.state == TaskState.LEASED)
+        ).scalar_one()
+        view = scheduler.NodeView(
+            node_id,
+            node["cores"],
+            node["memory_mb"],
+            held,
+            node["done"],
+            node["lost"],
+            frozenset(json.loads(node["capabilities"])),
+        )
+        pending = c.execute(
+            select(func.count()).select_from(tasks).where(tasks.c.state == TaskState.PENDING)
+        ).scalar_one()
+        if pending == 0:
+            return []
+        fleet = [v for v in self._fleet_views(c, now) if v.id != node_id] + [view]
+        rel = scheduler.reliability(view)
+        cluster = scheduler.ClusterView(
+            pending=pending,
+            total_slots=sum(v.slots for v in fleet),
+            better_free_slots=sum(
+                max(0, v.slots - v.held) for v in fleet if scheduler.reliability(v) > rel
+            ),
+            live=frozenset(v.id for v in fleet),
+        )
+        q = (
+            select(*_TASK_COLS, tasks.c.customer_id, tasks.c.memory_mb, tasks.c.needs)
+            .where(tasks.c.state == TaskState.PENDING)
+            .order_by(tasks.c.id)
+            .limit(max(want * 4, 64))
+        )
+        if not self.is_sqlite:
+            q = q.with_for_update(skip_locked=True, of=tasks)
+        rows = {r.id: r for r in c.execute(q).all()}
+        retried = [r.id for r in rows.values() if r.attempts > 0]
+        lost_on: dict[int, set[str]] = defaultdict(set)
+        if retried:
+            for tid, nid in c.execute(
+                select(attempts.c.task_id, attempts.c.node_id).where(
+                    attempts.c.task_id.in_(retried), attempts.c.outcome.in_(["lost", "failed"])
+                )
+            ).all():
+                lost_on[tid].add(nid)
+        candidates = [
+            scheduler.Candidate(
+                r.id,
+                r.customer_id,
+                r.memory_mb,
+                _NO_NEEDS if r.needs == "[]" else frozenset(json.loads(r.needs)),
+                frozenset(lost_on[r.id]),
+            )
+            for r in rows.values()
+        ]
+        plan = scheduler.plan_lease(view, want, candidates, cluster)
+        specs = (
+            dict(
+                c.execute(
+                    select(tasks.c.id, tasks.c.spec).where(
+                        tasks.c.id.in_([a.task_id for a in plan])
+                    )
+                ).all()
+            )
+            if plan
+            else {}
+        )
+        leases = []
+        updates = []
+        attempt_rows = []
+        for a in plan:
+            r = rows[a.task_id]
+            t = apply(_task(r), Leased(node_id, now, self.lease_seconds))
+            updates.append(
+                {
+                    "b_id": r.id,
+                    "state": t.state.value,
+                    "attempts": t.attempts,
+                    "node_id": t.node,
+                    "lease_expires": t.lease_expires,
+                }
+            )
+            attempt_rows.append(
+                {
+                    "task_id": r.id,
+                    "n": t.attempts,
+                    "node_id": node_id,
+                    "leased_at": now,
+                    "reason": a.reason,
+                }
+            )
+            job = self._job_row(c, r.job_id)
+            spec = json.loads(specs[r.id])
+            leases.append(
+                {
+                    "task_id": r.id,
+                    "job_id": r.job_id,
+                    "attempt": t.attempts,
+                    "kind": job["kind"],
+                    "fn": job["fn"],
+                    "args": spec.get("args"),
+                    "command": spec.get("command"),
+                    "inputs": spec.get("inputs", {}),
+                    "outputs": spec.get("outputs", []),
+                    "limits": job["limits"],
+                    "lease_expires": t.lease_expires,
+                }
+            )
+        if updates:
+            c.execute(
+                update(tasks)
+                .where(tasks.c.id == bindparam("b_id"))
+                .values(
+                    state=bindparam("state"),
+                    attempts=bindparam("attempts"),
+                    node_id=bindparam("node_id"),
+                    lease_expires=bindparam("lease_expires"),
+                ),
+                updates,
+            )
+            c.execute(attempts.insert(), attempt_rows)
+        return leases
+
+    # -- housekeeping -----------------------------------------------------------------------
+
+    def expire_leases(self, now: float) -> list[int]:
+        """Put tasks whose lease ran out back in the queue (or fail them after max attempts)."""
+        with self.tx() as c:
+            rows = c.execute(
+                select(*_TASK_COLS).where(
+                    tasks.c.state == TaskState.LEASED, tasks.c.lease_expires <= now
+                )
+            ).all()
+            finished = []
+            lost_by_node: dict[str, int] = defaultdict(int)
+            for r in rows:
+                t = apply(_task(r), Expired(now))
+                lost_by_node[r.node_id] += 1
+                _end_attempt(c, r.id, r.node_id, "lost", now)
+                if t.state in TERMINAL:
+                    finished.append((r.id, r.job_id, t, None))
+                else:
+                    err = json.dumps({"kind": "lost", "message": t.error})
+                    c.execute(
+                        update(tasks).where(tasks.c.id == r.id).values(**_task_cols(t), error=err)
+                    )
+            if finished:
+                self._finish(c, finished, now)
+            for nid, n in lost_by_node.items():
+                c.execute(update(nodes).where(nodes.c.id == nid).values(lost=nodes.c.lost + n))
+        return [r.id for r in rows]
+
+    def extend_leases(self, now: float) -> int:
+        """After a coordinator restart, give every holder a full lease to come back and report."""
+        with self.tx() as c:
+            res = c.execute(
+                update(tasks)
+                .where(
+                    tasks.c.state == TaskState.LEASED,
+                    tasks.c.lease_expires < now + self.lease_seconds,
+                )
+                .values(lease_expires=now + self.lease_seconds)
+            )
+            return res.rowcount or 0
+
+    def counts(self) -> dict[str, int]:
+        with self.read() as c:
+            return {
+                s: n
+                for s, n in c.execute(select(tasks.c.state, func.count()).group_by(tasks.c.state))
+            }
