@@ -72,7 +72,7 @@ def test_run_without_a_coordinator_says_how_to_name_one(tmp_path) -> None:
 
 def test_up_prints_one_json_line_when_ready_and_serves_customers(tmp_path) -> None:
     proc = subprocess.Popen(
-        [*FOGWHEEL, "up", "--nodes", "1", "--json"], stdout=subprocess.PIPE, text=True
+        [*FOGWHEEL, "up", "--nodes", "2", "--json"], stdout=subprocess.PIPE, text=True
     )
     try:
         info = json.loads(proc.stdout.readline())

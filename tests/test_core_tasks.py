@@ -29,6 +29,8 @@ from fogwheel.core.tasks import (
     Leased,
     Released,
     Renewed,
+    Reported,
+    Settled,
     Task,
     TaskState,
     apply,
@@ -47,6 +49,8 @@ EXAMPLE_EVENTS: dict[type, Event] = {
     Leased: Leased("n1", NOW, LEASE),
     Renewed: Renewed("n1", NOW, LEASE),
     Completed: Completed("n1"),
+    Reported: Reported("n1"),
+    Settled: Settled(ok=True),
     Errored: Errored("n1", "worker crashed", retryable=True),
     Expired: Expired(NOW + LEASE),
     Released: Released("n1"),
@@ -315,6 +319,8 @@ events: st.SearchStrategy[Event] = st.one_of(
     st.builds(Leased, nodes, times, lease_seconds),
     st.builds(Renewed, nodes, times, lease_seconds),
     st.builds(Completed, nodes),
+    st.builds(Reported, nodes),
+    st.builds(Settled, st.booleans(), st.none() | reasons),
     st.builds(Errored, nodes, reasons, st.booleans()),
     st.builds(Expired, times),
     st.builds(Released, nodes),
@@ -356,7 +362,10 @@ def check_step(before: Task, event: Event, after: Task) -> None:
     assert after.attempts == before.attempts + expected_delta
     if after.state is TaskState.FAILED and before.state is not TaskState.FAILED:
         fatal = isinstance(event, Errored) and not event.retryable
-        assert fatal or after.attempts == after.max_attempts
+        refuted = isinstance(event, Settled) and not event.ok
+        assert fatal or refuted or after.attempts == after.max_attempts
+    if after.state is TaskState.VERIFYING:
+        assert isinstance(event, Reported) or before.state is TaskState.VERIFYING
 
 
 @settings(max_examples=300, deadline=None)
@@ -416,6 +425,14 @@ class TaskLifecycle(RuleBasedStateMachine):
     def a_node_reports_a_result(self, who: str) -> None:
         self.offer(Completed(self.sender(who)))
 
+    @rule(who=senders)
+    def a_node_reports_a_result_to_verify(self, who: str) -> None:
+        self.offer(Reported(self.sender(who)))
+
+    @rule(ok=st.booleans())
+    def a_verdict_settles_the_task(self, ok: bool) -> None:
+        self.offer(Settled(ok, None if ok else "results disagree"))
+
     @rule(who=senders, reason=reasons, retryable=st.booleans())
     def a_node_reports_a_failure(self, who: str, reason: str, retryable: bool) -> None:
         self.offer(Errored(self.sender(who), reason, retryable))
@@ -473,3 +490,32 @@ class TaskLifecycle(RuleBasedStateMachine):
 
 TestTaskLifecycle = TaskLifecycle.TestCase
 TestTaskLifecycle.settings = settings(max_examples=200, stateful_step_count=30, deadline=None)
+
+
+# -- verification -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("state", [TaskState.LEASED, TaskState.PENDING])
+def test_a_reported_result_waits_for_a_verdict(state: TaskState) -> None:
+    task = leased_task() if state is TaskState.LEASED else Task(attempts=1)
+    after = apply(task, Reported("n1"))
+    assert (after.state, after.node, after.lease_expires) == (TaskState.VERIFYING, None, None)
+    assert after.attempts == task.attempts
+
+
+@pytest.mark.parametrize(("ok", "state"), [(True, TaskState.DONE), (False, TaskState.FAILED)])
+def test_a_verdict_settles_a_verifying_task(ok: bool, state: TaskState) -> None:
+    after = apply(Task(TaskState.VERIFYING, 1), Settled(ok, None if ok else "no quorum"))
+    assert after.state is state and after.error == (None if ok else "no quorum")
+
+
+def test_a_replicas_agreement_settles_a_task_still_queued_or_running() -> None:
+    assert apply(Task(attempts=1), Settled(True)).state is TaskState.DONE
+    done = apply(leased_task(), Settled(True))
+    assert (done.state, done.node) == (TaskState.DONE, None)
+
+
+def test_a_verifying_task_can_be_cancelled_but_not_leased() -> None:
+    assert apply(Task(TaskState.VERIFYING, 1), Cancelled()).state is TaskState.CANCELLED
+    with pytest.raises(IllegalTransition):
+        apply(Task(TaskState.VERIFYING, 1), Leased("n2", NOW, LEASE))

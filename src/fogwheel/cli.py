@@ -46,6 +46,23 @@ LocalOpt = Annotated[
     int,
     typer.Option("--local", min=0, help="Run on a throwaway local fog of N nodes instead."),
 ]
+ReplicasOpt = Annotated[
+    str,
+    typer.Option(
+        "--replicas",
+        envvar="FOGWHEEL_REPLICAS",
+        help="'adaptive': check new or doubtful nodes' results on another node; "
+        "N: run on N distinct nodes; 1: no checking.",
+    ),
+]
+
+
+def _replicas(value: str) -> str | int:
+    if value == "adaptive":
+        return value
+    if value.isdigit() and 1 <= int(value) <= 5:
+        return int(value)
+    raise _fail(f"--replicas must be 'adaptive' or a number from 1 to 5, not {value!r}", 2)
 
 
 def _version(value: bool) -> None:
@@ -187,6 +204,14 @@ def node(
     capability: Annotated[
         list[str] | None, typer.Option(help="Extra capability to advertise.")
     ] = None,
+    unsafe_no_sandbox: Annotated[
+        bool,
+        typer.Option(
+            "--unsafe-no-sandbox",
+            help="Run guest code without bubblewrap: it gets the network and every file "
+            "this user can read. Only for a machine you would not mind losing.",
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a node agent: join the fog, pull tasks, run them, report back. SIGTERM drains."""
@@ -205,6 +230,7 @@ def node(
             name=name,
             poll_s=poll,
             capabilities=capability or [],
+            unsafe_no_sandbox=unsafe_no_sandbox,
         )
     )
     agent.install_signal_handlers()
@@ -282,7 +308,9 @@ def demo(
 
 
 @contextlib.contextmanager
-def _client(coordinator: str | None, api_key: str | None, local: int) -> Iterator[Any]:
+def _client(
+    coordinator: str | None, api_key: str | None, local: int, replicas: str | int = "adaptive"
+) -> Iterator[Any]:
     from fogwheel.client import Client
     from fogwheel.errors import ConfigError
 
@@ -292,14 +320,17 @@ def _client(coordinator: str | None, api_key: str | None, local: int) -> Iterato
         fog = LocalFog(local)
         with err.status(f"starting a local fog of {local} nodes…"):
             fog.start()
+        # One node cannot check another: a single-node local fog runs unchecked.
+        if local == 1:
+            replicas = 1
         try:
-            with Client(fog.url, fog.api_key) as c:
+            with Client(fog.url, fog.api_key, replicas=replicas) as c:
                 yield c
         finally:
             fog.stop()
         return
     try:
-        client = Client(coordinator, api_key)
+        client = Client(coordinator, api_key, replicas=replicas)
     except ConfigError as e:
         raise _fail(f"{e} (or use --local N for a throwaway local fog)") from None
     with client:
@@ -329,6 +360,7 @@ def run(
     coordinator: CoordinatorOpt = None,
     api_key: ApiKeyOpt = None,
     local: LocalOpt = 0,
+    replicas: ReplicasOpt = "adaptive",
 ) -> None:
     """Run a program on one node of the fog.
 
@@ -337,7 +369,7 @@ def run(
     from fogwheel.errors import CommandFailed, FogwheelError
 
     inputs = {p.name: p for p in input or []}
-    with _client(coordinator, api_key, local) as client:
+    with _client(coordinator, api_key, local, _replicas(replicas)) as client:
         try:
             with err.status(f"running {command[0]} on the fog…"):
                 res = client.run(
@@ -443,6 +475,172 @@ def nodes(coordinator: CoordinatorOpt = None, api_key: ApiKeyOpt = None) -> None
             f"{n['reliability']:.2f}",
         )
     out.print(table)
+
+
+# -- the books: usage, earnings, customer keys ----------------------------------------------
+
+HistoryLimitOpt = Annotated[
+    int, typer.Option("--limit", "-n", min=1, max=1000, help="Entries of history to show.")
+]
+BeforeOpt = Annotated[
+    int | None,
+    typer.Option(min=1, help="Show entries older than this entry id (the next page)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the API's JSON answer instead.")]
+
+
+@app.command()
+def usage(
+    coordinator: CoordinatorOpt = None,
+    api_key: ApiKeyOpt = None,
+    limit: HistoryLimitOpt = 20,
+    before: BeforeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show what your customer account has been charged: its balance and newest entries.
+
+    Amounts are in credits (1 credit = 1,000,000 micro-credits); charges are negative.
+    """
+    if not coordinator:
+        raise _fail("no coordinator: pass --coordinator URL or set FOGWHEEL_COORDINATOR")
+    if not api_key:
+        raise _fail("no API key: pass --api-key or set FOGWHEEL_API_KEY")
+    params = {"limit": limit, **({"before": before} if before else {})}
+    data = _api_call("GET", coordinator, api_key, "/v1/usage", params)
+    _print_account(data, as_json)
+
+
+@app.command()
+def earnings(
+    data_dir: Annotated[
+        Path,
+        typer.Option(
+            envvar="FOGWHEEL_NODE_DIR",
+            help="The node's data dir, whose node.json holds its coordinator and credential.",
+        ),
+    ] = Path.home() / ".fogwheel" / "node",
+    limit: HistoryLimitOpt = 20,
+    before: BeforeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show what this device has earned: its node's balance and newest entries.
+
+    Run it on the device: it reads the credential that `fogwheel node` saved in --data-dir.
+
+    Amounts are in credits (1 credit = 1,000,000 micro-credits).
+    """
+    path = data_dir / "node.json"
+    try:
+        ident = json.loads(path.read_text())
+        url, credential = ident["coordinator"], ident["credential"]
+    except FileNotFoundError:
+        raise _fail(
+            f"no node credential in {path}: this device has not joined a fog yet "
+            "(run `fogwheel node`), or pass the node's --data-dir"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise _fail(f"cannot read the node credential in {path}: {e}") from None
+    params = {"limit": limit, **({"before": before} if before else {})}
+    data = _api_call("GET", url, credential, "/v1/nodes/me/earnings", params)
+    _print_account(data, as_json)
+
+
+keys_app = typer.Typer(
+    help="Operator: customer API keys (authenticate with the admin key).",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option("--name", help="Who the customer is, e.g. 'acme-render'.")],
+    coordinator: CoordinatorOpt = None,
+    admin_key: Annotated[
+        str | None,
+        typer.Option(
+            "--admin-key",
+            envvar="FOGWHEEL_ADMIN_KEY",
+            help="The operator key that `fogwheel coordinator` printed.",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print customer id and key as one JSON line.")
+    ] = False,
+) -> None:
+    """Create a customer and print its API key, once: only the key's hash is kept.
+
+    The key alone goes to stdout, so KEY=$(fogwheel keys create --name x) works.
+
+    The customer uses it as --api-key or FOGWHEEL_API_KEY.
+    """
+    if not coordinator:
+        raise _fail("no coordinator: pass --coordinator URL or set FOGWHEEL_COORDINATOR")
+    if not admin_key:
+        raise _fail("no admin key: pass --admin-key or set FOGWHEEL_ADMIN_KEY")
+    made = _api_call("POST", coordinator, admin_key, "/v1/customers", {"name": name})
+    if as_json:
+        print(json.dumps(made), flush=True)
+        return
+    err.print(f"customer [bold]{made['customer_id']}[/] ({name}) created; its API key, shown once:")
+    print(made["api_key"], flush=True)
+
+
+def _api_call(
+    method: str, url: str, secret: str, path: str, params: dict[str, Any]
+) -> dict[str, Any]:
+    """One authenticated request; any failure becomes a one-line error and exit status 1."""
+    import httpx
+
+    try:
+        r = httpx.request(
+            method,
+            url.rstrip("/") + path,
+            params=params,
+            headers={"authorization": f"Bearer {secret}"},
+            timeout=30.0,
+        )
+    except httpx.HTTPError as e:
+        raise _fail(f"cannot reach the coordinator at {url}: {e}") from None
+    if r.status_code >= 400:
+        try:
+            message = str(r.json().get("error", r.text[:200]))
+        except ValueError:
+            message = r.text[:200] or r.reason_phrase
+        raise _fail(f"{message} (HTTP {r.status_code})")
+    answer: dict[str, Any] = r.json()
+    return answer
+
+
+def _print_account(data: dict[str, Any], as_json: bool) -> None:
+    from datetime import UTC, datetime
+
+    from fogwheel.core.ledger import format_credits
+
+    if as_json:
+        print(json.dumps(data), flush=True)
+        return
+    out.print(f"[bold]{data['account']}[/]: balance {format_credits(data['balance'])}")
+    if not data["history"]:
+        out.print("no entries yet")
+        return
+    table = Table(title="newest entries")
+    for col in ("entry", "time (UTC)", "transaction", "credits", "task", "memo"):
+        table.add_column(col, justify="right" if col in ("entry", "credits") else "left")
+    for e in data["history"]:
+        when = datetime.fromtimestamp(e["created_at"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+        amount = format_credits(e["amount"]).removesuffix(" credits")
+        table.add_row(
+            str(e["id"]),
+            when,
+            e["txn"],
+            amount if e["amount"] < 0 else "+" + amount,
+            "-" if e["task_id"] is None else str(e["task_id"]),
+            e["memo"],
+        )
+    out.print(table)
+    if data.get("next_before"):
+        out.print(f"older entries: --before {data['next_before']}")
 
 
 def main() -> None:

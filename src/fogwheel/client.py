@@ -99,6 +99,7 @@ class Client:
         *,
         timeout: float = 30.0,
         retry_for: float = 120.0,
+        replicas: str | int = "adaptive",
     ) -> None:
         url = url or os.environ.get("FOGWHEEL_COORDINATOR")
         api_key = api_key or os.environ.get("FOGWHEEL_API_KEY")
@@ -108,6 +109,9 @@ class Client:
             raise ConfigError("no API key: pass api_key= or set FOGWHEEL_API_KEY")
         self.url = url.rstrip("/")
         self.retry_for = retry_for
+        # "adaptive": results of new or doubtful nodes are checked on another node; N: every
+        # task runs on N distinct nodes; 1: no checking (a fog of your own devices).
+        self.replicas = replicas
         self._http = httpx.Client(
             base_url=self.url,
             headers={"authorization": f"Bearer {api_key}"},
@@ -184,6 +188,7 @@ class Client:
                 "tasks": tasks,
                 "limits": _limits(memory_mb, wall_s, cpu_s),
                 "max_attempts": max_attempts,
+                "replicas": self.replicas,
                 "client_token": uuid.uuid4().hex,
             }
             futures.extend(self._submit_job(job, "python"))
@@ -248,6 +253,7 @@ class Client:
             "kind": "command",
             "tasks": tasks,
             "limits": _limits(memory_mb, wall_s, cpu_s),
+            "replicas": self.replicas,
             "client_token": uuid.uuid4().hex,
         }
         return self._submit_job(job, "command")

@@ -118,7 +118,7 @@ class LocalFog:
                 raise FogwheelError("the coordinator does not answer /v1/health")
             time.sleep(0.02)
 
-    def add_node(self, *extra: str) -> int:
+    def add_node(self, *extra: str, env: dict[str, str] | None = None) -> int:
         i = len(self.nodes)
         cmd = [
             sys.executable,
@@ -138,7 +138,7 @@ class LocalFog:
             *self.node_args,
             *extra,
         ]
-        self.nodes.append(self._spawn(cmd, self.dir / f"node-{i}.log"))
+        self.nodes.append(self._spawn(cmd, self.dir / f"node-{i}.log", env))
         return i
 
     def wait_for_nodes(self, n: int, timeout: float = 60.0) -> None:
@@ -150,6 +150,10 @@ class LocalFog:
                     return
             except httpx.TransportError:
                 pass
+            for i, proc in enumerate(self.nodes):
+                if proc is not None and (proc.poll() or 0) > 0:  # it failed (not killed by us)
+                    log = self.dir / f"node-{i}.log"
+                    raise FogwheelError(f"node {i} exited at start; see {log}:\n" + _tail(log))
             if time.monotonic() > deadline:
                 raise FogwheelError(f"{n} nodes did not join within {timeout:g} s; see {self.dir}")
             time.sleep(0.05)
@@ -192,9 +196,11 @@ class LocalFog:
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def _spawn(self, cmd: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, cmd: list[str], log_path: Path, extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = open(log_path, "ab")  # noqa: SIM115 - the child keeps it
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
         try:
             return subprocess.Popen(
                 cmd,

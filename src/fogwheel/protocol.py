@@ -85,6 +85,12 @@ class JobIn(Model):
     tasks: list[TaskIn] = Field(min_length=1, max_length=MAX_TASKS_PER_JOB)
     limits: Limits = Field(default_factory=Limits)
     max_attempts: int = Field(default=3, ge=1, le=100)
+    replicas: Literal["adaptive"] | Annotated[int, Field(ge=1, le=5)] = Field(
+        default="adaptive",
+        description="'adaptive': check results of new or doubtful nodes on another node, and "
+        "spot-check proven ones; N: run every task on N distinct nodes",
+    )
+    quorum: int = Field(default=2, ge=1, le=5, description="matching results needed when checked")
     client_token: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = (
         Field(
             default=None, description="makes a retried submission return the first job, not a twin"
@@ -108,7 +114,7 @@ class JobList(Model):
 
 
 class ErrorInfo(Model):
-    kind: Literal["exception", "exit", "limit", "crash", "lost", "input", "cancelled"]
+    kind: Literal["exception", "exit", "limit", "crash", "lost", "input", "cancelled", "disputed"]
     type: str = ""
     message: str = Field(default="", max_length=100_000)
     traceback: str = Field(default="", max_length=200_000)
@@ -187,6 +193,7 @@ class NodeJoined(Model):
     node_id: str
     credential: str
     lease_seconds: float
+    public_key: str = Field(description="the coordinator's Ed25519 key (raw, base64)")
 
 
 class TaskReport(Model):
@@ -222,6 +229,9 @@ class TaskLease(Model):
     outputs: list[str]
     limits: Limits
     lease_expires: float
+    signature: str = Field(
+        default="", description="the coordinator's Ed25519 signature of the fields above"
+    )
 
 
 class Rejected(Model):
@@ -240,7 +250,7 @@ class SyncOut(Model):
 class NodeOut(Model):
     id: str
     name: str
-    state: Literal["up", "draining", "gone"]
+    state: Literal["up", "draining", "gone", "quarantined"]
     cores: int
     memory_mb: int
     disk_mb: int
@@ -249,7 +259,11 @@ class NodeOut(Model):
     held: int
     done: int
     lost: int
-    reliability: float
+    reliability: float = Field(description="share of attempts finished, not lost (availability)")
+    agreed: int = Field(default=0, description="results that agreed with the verdict")
+    disputed: int = Field(default=0, description="results that contradicted the verdict")
+    reputation: float = Field(default=0.5, description="trust in its results (core/trust.py)")
+    check_rate: float = Field(default=1.0, description="share of its results checked now")
     last_seen: float
 
 

@@ -9,6 +9,7 @@ import logging
 import time
 from typing import Annotated, Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -19,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fogwheel import __version__
 from fogwheel.blobs import FileBlobStore, is_sha256, sha256_hex
 from fogwheel.coordinator.auth import Authenticator
+from fogwheel.coordinator.ledger_routes import build_ledger_routes
 from fogwheel.coordinator.metrics import Metrics
 from fogwheel.errors import IntegrityError
 from fogwheel.protocol import (
@@ -36,10 +38,12 @@ from fogwheel.protocol import (
     ResultsOut,
     SyncIn,
     SyncOut,
+    TaskLease,
     TaskList,
     TaskOut,
     Value,
 )
+from fogwheel.signing import fingerprint, public_key_b64, sign_lease
 from fogwheel.store import Store
 
 log = logging.getLogger("fogwheel.coordinator")
@@ -85,7 +89,15 @@ class Results:
             await asyncio.wait_for(self._event.wait(), timeout)
 
 
-def build_routes(app: FastAPI, store: Store, blobs: FileBlobStore, join_open: bool = True) -> None:
+def build_routes(
+    app: FastAPI,
+    store: Store,
+    blobs: FileBlobStore,
+    join_open: bool = True,
+    *,
+    signing_key: Ed25519PrivateKey,
+) -> None:
+    public_key = public_key_b64(signing_key)
     auth = Authenticator(store)
     metrics = Metrics(store)
     results = Results()
@@ -225,7 +237,8 @@ def build_routes(app: FastAPI, store: Store, blobs: FileBlobStore, join_open: bo
                     raise HTTPException(404, f"no job {job_id}")
                 answers.append(out)
             left = deadline - time.monotonic()
-            news = any(a["results"] or a["finished"] >= a["total"] for a in answers)
+            # Nothing to wait for (no jobs named) counts as news: answer at once.
+            news = not answers or any(a["results"] or a["finished"] >= a["total"] for a in answers)
             if news or left <= 0:
                 return PollOut(jobs=[ResultsOut(**a) for a in answers])
             await results.wait(min(left, 0.5))
@@ -312,7 +325,21 @@ def build_routes(app: FastAPI, store: Store, blobs: FileBlobStore, join_open: bo
         log.info(
             "node %s (%s) joined: %d cores, %d MB", node_id, info.name, info.cores, info.memory_mb
         )
-        return NodeJoined(node_id=node_id, credential=credential, lease_seconds=store.lease_seconds)
+        return NodeJoined(
+            node_id=node_id,
+            credential=credential,
+            lease_seconds=store.lease_seconds,
+            public_key=public_key,
+        )
+
+    @v1.get("/coordinator/key", tags=["nodes"])
+    def coordinator_key() -> dict[str, str]:
+        """The Ed25519 key that signs every task spec; nodes trust it on first use."""
+        return {
+            "algorithm": "Ed25519",
+            "public_key": public_key,
+            "fingerprint": fingerprint(public_key),
+        }
 
     @v1.post("/nodes/me/sync", tags=["nodes"])
     def sync(request: Request, req: SyncIn, leaving: bool = False) -> SyncOut:
@@ -330,9 +357,19 @@ def build_routes(app: FastAPI, store: Store, blobs: FileBlobStore, join_open: bo
             acked=out.acked,
             rejected=out.rejected,
             lost=out.lost,
-            tasks=out.tasks,  # type: ignore[arg-type]
+            tasks=[_signed(t) for t in out.tasks],
             lease_seconds=store.lease_seconds,
         )
+
+    def _signed(lease: dict[str, Any]) -> TaskLease:
+        """The lease as it goes on the wire, signed over exactly those values.
+
+        The store's dicts may omit defaults (`data: null`); validating first makes the signed
+        form the one the node parses.
+        """
+        spec = TaskLease.model_validate(lease)
+        spec.signature = sign_lease(signing_key, spec.model_dump(mode="json"))
+        return spec
 
     @v1.get("/nodes", tags=["nodes"])
     def list_nodes(request: Request) -> NodeList:
@@ -361,6 +398,8 @@ def build_routes(app: FastAPI, store: Store, blobs: FileBlobStore, join_open: bo
     def prometheus() -> Response:
         metrics.refresh()
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    build_ledger_routes(app, store, auth)
 
 
 def _check_sha(sha: str) -> None:

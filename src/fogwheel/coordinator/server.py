@@ -21,10 +21,13 @@ from fogwheel import __version__
 from fogwheel.blobs import FileBlobStore
 from fogwheel.coordinator.app import build_routes
 from fogwheel.coordinator.bodylimit import BodyLimit
+from fogwheel.signing import fingerprint, load_or_create_key, public_key_b64
 from fogwheel.store import Store
 from fogwheel.store.sql import hash_secret, new_secret
 
 log = logging.getLogger("fogwheel.coordinator")
+
+KEY_FILE = "coordinator.key"  # the Ed25519 key that signs task specs, beside the database
 
 
 @dataclass
@@ -75,6 +78,12 @@ def open_store(config: CoordinatorConfig) -> tuple[Store, dict[str, str]]:
 
 def build_app(config: CoordinatorConfig, store: Store) -> FastAPI:
     blobs = FileBlobStore(config.data_dir / "blobs")
+    signing_key = load_or_create_key(config.data_dir / KEY_FILE)
+    log.info(
+        "task specs are signed by Ed25519 key %s (private key in %s)",
+        fingerprint(public_key_b64(signing_key)),
+        config.data_dir / KEY_FILE,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -89,7 +98,7 @@ def build_app(config: CoordinatorConfig, store: Store) -> FastAPI:
         description="Schedules work onto a fog of pull-only node agents. All routes under /v1.",
         lifespan=lifespan,
     )
-    build_routes(app, store, blobs)
+    build_routes(app, store, blobs, signing_key=signing_key)
     app.state.config = config
     return app
 

@@ -44,6 +44,8 @@ class Candidate:
     memory_mb: int = 0
     needs: frozenset[str] = frozenset()
     failed_on: frozenset[str] = field(default_factory=frozenset)  # nodes that lost it before
+    group: int | None = None  # the task this one checks, when it is a replica
+    exclude: frozenset[str] = frozenset()  # nodes that ran its group: replicas need others
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,10 +86,17 @@ def plan_lease(
     rel = reliability(node)
     head = f"{node.id}: reliability {rel:.2f} ({node.done}/{node.done + node.lost}), {why}"
     chosen: list[Assignment] = []
+    groups: set[int] = set()
     for cand in _round_robin(c for c in candidates if _fits(node, c, cluster)):
+        group = cand.group if cand.group is not None else cand.task_id
+        if group in groups:
+            continue  # two copies of one task never go to the same node
+        groups.add(group)
         note = ""
+        if cand.group is not None:
+            note = f"; checks task {cand.group} on a node that has not run it"
         if cand.failed_on:
-            note = f"; retry after loss on {', '.join(sorted(cand.failed_on))}"
+            note += f"; retry after loss on {', '.join(sorted(cand.failed_on))}"
         chosen.append(Assignment(cand.task_id, head + note))
         if len(chosen) == grant:
             break
@@ -96,6 +105,8 @@ def plan_lease(
 
 def _fits(node: NodeView, cand: Candidate, cluster: ClusterView) -> bool:
     if cand.memory_mb > node.memory_mb or not cand.needs <= node.capabilities:
+        return False
+    if node.id in cand.exclude:
         return False
     # Do not hand a task back to a node that lost it, unless every live node has lost it.
     return (

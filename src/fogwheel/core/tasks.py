@@ -1,5 +1,9 @@
 """The task lifecycle as a transition table: pending → leased → done | failed | cancelled.
 
+With verification, a result first moves its task to `verifying`; the task is `done` (or
+`failed`) only when a verdict settles it (core/trust.py), which may take results from other
+nodes' replicas of the same task.
+
 Leases follow BOINC's deadline model: a node holds a task until `lease_expires`; a node that
 vanishes simply stops renewing, and the expired task goes back to the queue. Every function
 here is pure: it takes the task, the event and `now`, and returns the next task.
@@ -17,6 +21,7 @@ from fogwheel.errors import IllegalTransition
 class TaskState(StrEnum):
     PENDING = "pending"
     LEASED = "leased"
+    VERIFYING = "verifying"  # a result is in; waiting for a verdict
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -62,6 +67,21 @@ class Completed:
 
 
 @dataclass(frozen=True, slots=True)
+class Reported:
+    """A node reports a result (or the task's own failure) that still needs a verdict."""
+
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """A verdict: the task is done (`ok`) or failed with `reason`; replicas may settle it."""
+
+    ok: bool
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Errored:
     """The attempt failed. `retryable` is False for the task's own exception or exit status."""
 
@@ -87,7 +107,7 @@ class Cancelled:
     reason: str = "cancelled by the customer"
 
 
-Event = Leased | Renewed | Completed | Errored | Expired | Released | Cancelled
+Event = Leased | Renewed | Completed | Reported | Settled | Errored | Expired | Released | Cancelled
 
 
 def lease_expired(task: Task, now: float) -> bool:
@@ -122,6 +142,15 @@ def _renew(task: Task, ev: Renewed) -> Task:
 
 def _complete(task: Task, ev: Completed) -> Task:
     return replace(task, state=TaskState.DONE, node=None, lease_expires=None, error=None)
+
+
+def _report(task: Task, ev: Reported) -> Task:
+    return replace(task, state=TaskState.VERIFYING, node=None, lease_expires=None)
+
+
+def _settle(task: Task, ev: Settled) -> Task:
+    state = TaskState.DONE if ev.ok else TaskState.FAILED
+    return replace(task, state=state, node=None, lease_expires=None, error=ev.reason)
 
 
 def _error(task: Task, ev: Errored) -> Task:
@@ -177,18 +206,24 @@ def _require_holder(task: Task, node: str, verb: str) -> None:
         raise IllegalTransition(f"{node} cannot {verb} a task held by {task.node}")
 
 
-P, L = TaskState.PENDING, TaskState.LEASED
+P, L, V = TaskState.PENDING, TaskState.LEASED, TaskState.VERIFYING
 TRANSITIONS: dict[tuple[TaskState, type], Callable[[Task, object], Task]] = {
     (P, Leased): _lease,
     (P, Completed): _complete,  # a late result from an earlier holder still counts
+    (P, Reported): _report,
+    (P, Settled): _settle,  # a replica's agreement settles a task waiting to run again
     (P, Errored): _late_error,
     (P, Cancelled): _cancel,
     (L, Renewed): _renew,
     (L, Completed): _complete,
+    (L, Reported): _report,
+    (L, Settled): _settle,
     (L, Errored): _error,
     (L, Expired): _expire,
     (L, Released): _release,
     (L, Cancelled): _cancel,
+    (V, Settled): _settle,
+    (V, Cancelled): _cancel,
 }
 
 

@@ -26,7 +26,11 @@ from typing import Any
 
 import httpx
 
+from fogwheel.node.faults import ENV as FAULT_ENV
+from fogwheel.node.faults import Faults
+from fogwheel.node.sandbox import NoSandbox, Sandbox, detect
 from fogwheel.node.slots import Slot, inside
+from fogwheel.signing import fingerprint, verify_lease
 
 log = logging.getLogger("fogwheel.node")
 
@@ -36,6 +40,15 @@ TARGET_QUEUE_SECONDS = 0.5  # keep about this much work queued per slot
 MAX_QUEUE_PER_SLOT = 64
 REPORT_DELAY = 0.05  # hold a finished result at most this long to batch it with others
 REPORT_BATCH = 64
+NO_SANDBOX = (
+    "no usable sandbox (bubblewrap): install it with `apt-get install bubblewrap`, "
+    "or run with --unsafe-no-sandbox to run guest code unconfined"
+)
+UNSAFE_WARNING = (
+    "UNSAFE: --unsafe-no-sandbox: guest code runs UNCONFINED as this user, with network "
+    "access and every file this user can read (the node credential included)"
+)
+REFUSED_UNSIGNED = "refused: task spec signature does not verify"
 
 
 @dataclass
@@ -48,6 +61,7 @@ class NodeConfig:
     name: str | None = None
     poll_s: float = 0.5
     capabilities: list[str] = field(default_factory=list)
+    unsafe_no_sandbox: bool = False  # run guest code unconfined (no bubblewrap)
 
 
 class FatalNodeError(Exception):
@@ -61,6 +75,9 @@ class Agent:
         self.slots_n = config.cores or os.cpu_count() or 1
         self._stop = threading.Event()
         self._abort = threading.Event()
+        self._faults = Faults()
+        if self._faults.active:
+            log.warning("FAULT INJECTION: this node returns wrong results (%s)", FAULT_ENV)
         self._stop_seen = False
         self._wake = threading.Event()
         self._lock = threading.Lock()
@@ -72,8 +89,11 @@ class Agent:
         self._avg_wall = 0.1
         self._slots: list[Slot] = []
         self.node_id: str | None = None
+        self.public_key = ""  # the coordinator's Ed25519 key: only specs it signed are run
         self.lease_seconds = 15.0
         self.http: httpx.Client | None = None
+        self.sandbox: Sandbox | None = None  # chosen when the agent starts (choose_sandbox)
+        self._warned_jobs: set[int] = set()
 
     # -- joining ----------------------------------------------------------------------------
 
@@ -85,7 +105,16 @@ class Agent:
         ident = self._load_identity()
         if ident is None:
             ident = self._join_with_token()
+        elif not ident.get("public_key"):
+            ident["public_key"] = self._fetch_public_key()
+            self._save_identity(ident)
+            log.warning(
+                "node.json held no coordinator key: trusting %s on first use (from %s)",
+                fingerprint(ident["public_key"]),
+                self.config.coordinator,
+            )
         self.node_id = ident["node_id"]
+        self.public_key = ident["public_key"]
         self.lease_seconds = ident.get("lease_seconds", 15.0)
         self.http = httpx.Client(
             base_url=self.config.coordinator,
@@ -116,7 +145,9 @@ class Agent:
             "disk_mb": shutil.disk_usage(self.data_dir).free // (1024 * 1024),
             "platform": platform.platform(),
             "capabilities": sorted(
-                {p for p in PROBED_PROGRAMS if shutil.which(p)} | set(self.config.capabilities)
+                {p for p in PROBED_PROGRAMS if shutil.which(p)}
+                | set(self.config.capabilities)
+                | ({"sandbox"} if self.sandbox and self.sandbox.confined else set())
             ),
         }
         delay = 0.2
@@ -138,15 +169,41 @@ class Agent:
             "node_id": joined["node_id"],
             "credential": joined["credential"],
             "lease_seconds": joined["lease_seconds"],
+            "public_key": joined["public_key"],
         }
+        self._save_identity(ident)
+        log.info(
+            "joined as %s with %d slots; coordinator key %s",
+            joined["node_id"],
+            self.slots_n,
+            fingerprint(joined["public_key"]),
+        )
+        return ident
+
+    def _save_identity(self, ident: dict[str, Any]) -> None:
         path = self._identity_path()
         tmp = path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(ident, f)
         tmp.replace(path)
-        log.info("joined as %s with %d slots", joined["node_id"], self.slots_n)
-        return ident
+
+    def _fetch_public_key(self) -> str:
+        """The coordinator's signing key, for a node that joined before specs were signed."""
+        delay = 0.2
+        while True:
+            try:
+                r = httpx.get(f"{self.config.coordinator}/v1/coordinator/key", timeout=30)
+                break
+            except httpx.TransportError as e:
+                if self._stop.is_set():
+                    raise FatalNodeError("stopped before the coordinator's key arrived") from e
+                log.warning("coordinator unreachable (%s); retrying in %.1f s", e, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+        if r.status_code != 200:
+            raise FatalNodeError(f"cannot get the coordinator's signing key: {_problem(r)}")
+        return str(r.json()["public_key"])
 
     # -- running ----------------------------------------------------------------------------
 
@@ -161,7 +218,21 @@ class Agent:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
 
+    def choose_sandbox(self) -> Sandbox:
+        """bubblewrap when it works here; without it, guest work only on the owner's say-so."""
+        if self.config.unsafe_no_sandbox:
+            self.sandbox = NoSandbox()
+            log.warning(UNSAFE_WARNING)
+            return self.sandbox
+        found = detect()
+        if found is None:
+            raise FatalNodeError(NO_SANDBOX)
+        self.sandbox = found
+        log.info("guest code runs under %s", found.describe())
+        return found
+
     def run(self) -> None:
+        sandbox = self.choose_sandbox()
         self.join()
         scratch = self.data_dir / "scratch"
         shutil.rmtree(scratch, ignore_errors=True)
@@ -169,7 +240,8 @@ class Agent:
         (self.data_dir / "cache").mkdir(exist_ok=True)
         threads = []
         for i in range(self.slots_n):
-            slot = Slot(i, scratch, self.data_dir / "worker.log")
+            guest = sandbox.for_slot(i, self.data_dir)
+            slot = Slot(i, scratch, self.data_dir / "worker.log", guest)
             self._slots.append(slot)
             t = threading.Thread(
                 target=self._slot_loop, args=(slot,), name=f"slot-{i}", daemon=True
@@ -251,6 +323,9 @@ class Agent:
             self._wait_for_reason_to_sync(idle=want > 0 and got < want and not self._held)
 
     def _absorb(self, out: dict[str, Any], released: list[int]) -> int:
+        # Checked before queueing, outside the lock (about 0.1 ms a lease): a spec is run only
+        # if the coordinator signed exactly it.
+        signed = [verify_lease(self.public_key, t, t.get("signature")) for t in out["tasks"]]
         with self._lock:
             for tid in out["acked"]:
                 self._outbox.pop(tid, None)
@@ -268,11 +343,41 @@ class Agent:
                     lease["lost"] = True
             if not self._outbox:
                 self._outbox_since = None
-            for lease in out["tasks"]:
-                self._held[lease["task_id"]] = lease
-                self._queue.put(lease)
+            for lease, ok in zip(out["tasks"], signed, strict=True):
+                if ok:
+                    self._held[lease["task_id"]] = lease
+                    self._queue.put(lease)
+                else:
+                    self._refuse(lease)
             self.lease_seconds = out.get("lease_seconds", self.lease_seconds)
         return len(out["tasks"])
+
+    def _refuse(self, lease: dict[str, Any]) -> None:
+        """Never run a spec the coordinator did not sign; report the attempt as failed.
+
+        The report goes out like a finished task's, so the coordinator queues the task again
+        and counts the failure against this node. Called with the lock held.
+        """
+        tid, attempt = lease.get("task_id"), lease.get("attempt")
+        log.error(
+            "task %s refused: its spec's signature does not verify against coordinator key %s "
+            "(changed in transit?); not running it",
+            tid,
+            fingerprint(self.public_key) if self.public_key else "(none)",
+        )
+        if type(tid) is not int or type(attempt) is not int or attempt < 1 or tid in self._held:
+            return  # nothing that could be reported without spoiling a genuine lease
+        self._held[tid] = lease
+        self._outbox[tid] = {
+            "task_id": tid,
+            "attempt": attempt,
+            "ok": False,
+            "error": {"kind": "crash", "message": REFUSED_UNSIGNED},
+            "cpu_s": 0.0,
+            "wall_s": 0.0,
+        }
+        if self._outbox_since is None:
+            self._outbox_since = time.monotonic()
 
     def _drain_queue(self) -> list[int]:
         drained = []
@@ -343,6 +448,7 @@ class Agent:
                     "error": {"kind": "input", "message": f"{type(e).__name__}: {e}"},
                 }
             report.update(task_id=tid, attempt=lease["attempt"])
+            report = self._faults.tamper(report)
             report.setdefault("cpu_s", 0.0)
             report.setdefault("wall_s", 0.0)
             self._avg_wall = 0.8 * self._avg_wall + 0.2 * report["wall_s"]
@@ -355,6 +461,9 @@ class Agent:
 
     def _execute(self, slot: Slot, lease: dict[str, Any]) -> dict[str, Any]:
         limits = lease["limits"]
+        if not slot.sandbox.confined and lease["job_id"] not in self._warned_jobs:
+            self._warned_jobs.add(lease["job_id"])
+            log.warning("job %s: %s", lease["job_id"], UNSAFE_WARNING)
         if lease["kind"] == "python":
             fn = lease["fn"]
             msg = {

@@ -1,8 +1,10 @@
-"""A slot runs one task at a time in a separate process, under wall, CPU and memory limits.
+"""A slot runs one task at a time in a sandboxed process, under wall, CPU and memory limits.
 
 Python tasks go to a long-lived worker process (one per slot, restarted between jobs so that
 one customer's code never shares a process with another's); command tasks run as their own
-child process in a scratch directory.
+sandboxed process tree. Every task gets a fresh scratch directory, its only writable place.
+The agent reads the function from its blob cache and sends the bytes down the worker's pipe,
+so the sandbox never needs to show the worker the agent's data dir.
 """
 
 from __future__ import annotations
@@ -15,74 +17,137 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from fogwheel.node import wire
+from fogwheel.node.sandbox import CANNOT_START, Limits, Sandbox, fogwheel_import_root
 
 OUTPUT_TAIL = 64 * 1024  # bytes of a command's stdout/stderr kept in its result
+MAX_MESSAGE = 1 << 31  # a worker's answer larger than this is a broken (or hostile) worker
+
+
+class WorkerBroke(Exception):
+    """The worker's answer was cut short, malformed or too large."""
 
 
 class Slot:
-    def __init__(self, index: int, scratch_root: Path, log_path: Path) -> None:
+    def __init__(self, index: int, scratch_root: Path, log_path: Path, sandbox: Sandbox) -> None:
         self.index = index
         self.scratch_root = scratch_root
         self.log_path = log_path
+        self.sandbox = sandbox
         self._proc: subprocess.Popen[bytes] | None = None
         self._job: int | None = None
+        self._home = scratch_root / f"slot-{index}"  # the worker's scratch; a dir per task in it
+        self._sent: set[str] = set()  # functions the current worker holds
+        self._tasks = 0
 
     # -- python tasks -----------------------------------------------------------------------
 
     def run_python(self, job_id: int, msg: dict[str, Any], wall_s: float) -> dict[str, Any]:
+        """Run one task of `job_id`; `msg` names the function's cached file as `fn_path`."""
         proc = self._worker_for(job_id)
         assert proc.stdin is not None and proc.stdout is not None
         wall0 = time.perf_counter()
+        deadline = time.monotonic() + wall_s
+        self._tasks += 1
+        scratch = self._home / f"task-{self._tasks}"
+        scratch.mkdir()
+        self.sandbox.hand_over(scratch)
+        sha = msg["fn_sha"]
+        out = {"fn_sha": sha, "args": msg["args"], "limits": msg["limits"], "cwd": str(scratch)}
+        if sha not in self._sent:
+            out["fn"] = Path(msg["fn_path"]).read_bytes()
+            self._sent.add(sha)
         try:
-            wire.send(proc.stdin, msg)
-        except (BrokenPipeError, OSError):
-            self.stop()
-            return _error("crash", "the worker process died before the task started")
-        ready, _, _ = select.select([proc.stdout], [], [], wall_s)
-        if not ready:
+            result = self._exchange(proc, out, deadline)
+        except TimeoutError:
             self.stop()
             return _error("limit", f"wall-time limit of {wall_s:g} s exceeded; the task was killed")
-        try:
-            result: dict[str, Any] | None = wire.recv(proc.stdout)
-        except (EOFError, OSError):
-            result = None
+        except WorkerBroke as e:
+            self.stop()
+            return _error("crash", f"the worker broke its protocol: {e}")
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
         if result is None:
-            code = proc.wait()
             self._proc = None
+            try:
+                code = proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code = proc.wait()
             wall = time.perf_counter() - wall0
-            if code == -signal.SIGXCPU:
+            sig = self._signal_of(code)
+            if sig == signal.SIGXCPU:
                 return _error(
                     "limit", f"CPU limit of {msg['limits'].get('cpu_s')} s exceeded", wall
                 )
-            if code == -signal.SIGKILL:
+            if sig == signal.SIGKILL:
                 return _error("limit", "the worker was killed (out of memory?)", wall)
             return _error("crash", f"the worker process exited with status {code}", wall)
+        if not result.get("ok"):
+            self._sent.discard(sha)  # it may have failed to load: send it again next time
         return result
+
+    def _exchange(
+        self, proc: subprocess.Popen[bytes], msg: dict[str, Any], deadline: float
+    ) -> dict[str, Any] | None:
+        """Send `msg` and read the answer by `deadline`; None when the worker died."""
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            _write_by(proc.stdin, wire.encode(msg), deadline)
+            (n,) = wire.HEADER.unpack(_read_by(proc.stdout, wire.HEADER.size, deadline))
+            if n > MAX_MESSAGE:
+                raise WorkerBroke(f"an answer of {n} bytes")
+            body = _read_by(proc.stdout, n, deadline)
+        except (EOFError, BrokenPipeError):
+            return None
+        try:
+            answer = wire.decode(body)
+        except Exception as e:  # whatever a hostile byte string makes the unpickler raise
+            raise WorkerBroke(f"{type(e).__name__}: {e}") from None
+        if not isinstance(answer, dict) or not isinstance(answer.get("ok"), bool):
+            raise WorkerBroke("an answer that is not a result")
+        return answer
 
     def _worker_for(self, job_id: int) -> subprocess.Popen[bytes]:
         if self._proc is not None and (self._job != job_id or self._proc.poll() is not None):
             self.stop()
         if self._proc is None:
+            shutil.rmtree(self._home, ignore_errors=True)
+            self._home.mkdir(parents=True)
+            self.sandbox.hand_over(self._home)
+            env = guest_env(self._home)
+            root = fogwheel_import_root()
+            if not any(root.is_relative_to(p) for p in {sys.prefix, sys.base_prefix}):
+                env["PYTHONPATH"] = str(root)  # fogwheel runs from a source tree
+            argv = [sys.executable, "-s", "-P", "-m", "fogwheel.node.worker"]
+            # The worker sets memory and CPU limits per task itself (worker.py).
+            cmd = self.sandbox.wrap(argv, scratch=self._home, limits=Limits(), env=env)
             log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "fogwheel.node.worker"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                bufsize=0,
-                cwd=self.scratch_root,
-                start_new_session=True,
-            )
-            log.close()
+            try:
+                self._proc = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    bufsize=0,
+                    cwd=self._home,
+                    start_new_session=True,
+                )
+            finally:
+                log.close()
+            assert self._proc.stdin is not None
+            os.set_blocking(self._proc.stdin.fileno(), False)
             self._job = job_id
+            self._sent.clear()
         return self._proc
 
     def stop(self) -> None:
+        """Kill the worker; in a sandbox everything it started dies with it."""
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             proc.kill()
@@ -91,6 +156,14 @@ class Slot:
     @property
     def worker_pid(self) -> int | None:
         return self._proc.pid if self._proc else None
+
+    def _signal_of(self, code: int) -> int | None:
+        """The signal that ended a process, from its status (bubblewrap reports 128 + n)."""
+        if code < 0:
+            return -code
+        if self.sandbox.confined and code > 128:
+            return code - 128
+        return None
 
     # -- command tasks ----------------------------------------------------------------------
 
@@ -105,35 +178,47 @@ class Slot:
             dst = inside(scratch, name)
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
-        out_path, err_path = scratch / ".stdout", scratch / ".stderr"
+        self.sandbox.hand_over(scratch)
+        cmd = self.sandbox.wrap(
+            command,
+            scratch=scratch,
+            limits=Limits(memory_bytes=int(limits["memory_mb"]) << 20, cpu_s=limits.get("cpu_s")),
+            env=guest_env(scratch),
+        )
         wall0 = time.perf_counter()
         r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        try:
-            with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        # stdout and stderr live outside the scratch dir: the guest cannot swap them for links.
+        with (
+            tempfile.TemporaryFile(dir=self.scratch_root) as out,
+            tempfile.TemporaryFile(dir=self.scratch_root) as err,
+        ):
+            try:
                 proc = subprocess.Popen(
-                    command,
+                    cmd,
                     cwd=scratch,
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=err,
-                    preexec_fn=_limiter(limits),
                     start_new_session=True,
-                    env=_guest_env(scratch),
                 )
-        except (FileNotFoundError, PermissionError) as e:
-            return _error("exit", f"cannot start {command[0]!r}: {e.strerror}"), scratch
-        try:
-            code = proc.wait(timeout=limits["wall_s"])
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return _error("limit", f"wall-time limit of {limits['wall_s']:g} s exceeded"), scratch
-        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-        wall = time.perf_counter() - wall0
-        stdout, stderr = _tail(out_path), _tail(err_path)
+            except OSError as e:
+                return _error("crash", f"cannot start the sandbox: {e}"), scratch
+            try:
+                code = proc.wait(timeout=limits["wall_s"])
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                msg = f"wall-time limit of {limits['wall_s']:g} s exceeded"
+                return _error("limit", msg), scratch
+            r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+            wall = time.perf_counter() - wall0
+            stdout, stderr = _tail(out), _tail(err)
+        missing = CANNOT_START.search(stderr) if code == 127 else None
+        if missing:
+            return _error("exit", missing.group(1), wall), scratch
         value = json.dumps({"returncode": code, "stdout": stdout, "stderr": stderr}).encode()
-        if code == -signal.SIGXCPU:
+        if self._signal_of(code) == signal.SIGXCPU and limits.get("cpu_s"):
             res = _error("limit", f"CPU limit of {limits.get('cpu_s')} s exceeded", wall)
         elif code != 0:
             res = _error("exit", f"{command[0]} exited with status {code}", wall)
@@ -153,21 +238,9 @@ def inside(scratch: Path, name: str) -> Path:
     return path
 
 
-def _limiter(limits: dict[str, Any]) -> Any:
-    mem = int(limits["memory_mb"]) * 1024 * 1024
-    cpu = limits.get("cpu_s")
-
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-        if cpu:
-            resource.setrlimit(resource.RLIMIT_CPU, (int(cpu) + 1, int(cpu) + 2))
-
-    return apply
-
-
-def _guest_env(scratch: Path) -> dict[str, str]:
+def guest_env(scratch: Path) -> dict[str, str]:
     """A small, explicit environment: no credentials or tokens of the agent leak through."""
-    keep = {k: v for k, v in os.environ.items() if k in {"PATH", "LANG", "LC_ALL", "TZ"}}
+    keep = {k: v for k, v in os.environ.items() if k in {"LANG", "LC_ALL", "TZ"}}
     return {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         **keep,
@@ -176,12 +249,42 @@ def _guest_env(scratch: Path) -> dict[str, str]:
     }
 
 
-def _tail(path: Path) -> str:
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        f.seek(max(0, size - OUTPUT_TAIL))
-        return f.read().decode("utf-8", "replace")
+def _write_by(stream: IO[bytes], data: bytes, deadline: float) -> None:
+    fd, view = stream.fileno(), memoryview(data)
+    while view:
+        _wait_for(fd, deadline, write=True)
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            continue
+
+
+def _read_by(stream: IO[bytes], n: int, deadline: float) -> bytes:
+    fd, chunks = stream.fileno(), []
+    while n:
+        _wait_for(fd, deadline, write=False)
+        chunk = os.read(fd, min(n, 1 << 20))
+        if not chunk:
+            raise EOFError("worker pipe closed")
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def _wait_for(fd: int, deadline: float, *, write: bool) -> None:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError
+    r, w, _ = select.select([] if write else [fd], [fd] if write else [], [], left)
+    if not (r or w):
+        raise TimeoutError
+
+
+def _tail(f: IO[bytes]) -> str:
+    f.seek(0, os.SEEK_END)
+    size = f.tell()
+    f.seek(max(0, size - OUTPUT_TAIL))
+    return f.read().decode("utf-8", "replace")
 
 
 def _error(kind: str, message: str, wall: float = 0.0) -> dict[str, Any]:

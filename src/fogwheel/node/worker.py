@@ -1,8 +1,11 @@
 """A worker process: runs Python tasks one at a time under the limits the agent asks for.
 
-The agent starts it as `python -m fogwheel.node.worker` and talks over stdin/stdout; the
-task's own prints go to stderr so they cannot corrupt the pipe. A task that blows its CPU
-limit dies with SIGXCPU and the agent reports that; the agent kills it on wall-time.
+The agent starts it (in the sandbox) as `python -m fogwheel.node.worker` and talks over
+stdin/stdout; the task's own prints go to stderr so they cannot corrupt the pipe. The
+function arrives as bytes in the first message that needs it (the worker cannot see the
+agent's blob cache), and each task runs in a fresh scratch directory that the agent names.
+A task that blows its CPU limit dies with SIGXCPU and the agent reports that; the agent
+kills it on wall-time.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import pickle
 import resource
 import sys
+import tempfile
 import time
 import traceback
 from typing import Any
@@ -19,6 +23,7 @@ from typing import Any
 from fogwheel.node import wire
 
 _functions: dict[str, Any] = {}
+_PID = os.getpid()
 
 
 def _vsz() -> int:
@@ -26,14 +31,24 @@ def _vsz() -> int:
         return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _enter(scratch: str) -> None:
+    """Make `scratch` the task's working, home and temporary directory."""
+    os.chdir(scratch)
+    os.environ["HOME"] = os.environ["TMPDIR"] = scratch
+    tempfile.tempdir = scratch
+
+
 def run_one(msg: dict[str, Any]) -> dict[str, Any]:
     import cloudpickle
 
     limits = msg["limits"]
+    if msg.get("cwd"):
+        _enter(msg["cwd"])
     fn = _functions.get(msg["fn_sha"])
     if fn is None:
-        with open(msg["fn_path"], "rb") as f:
-            fn = cloudpickle.loads(f.read())
+        if msg.get("fn") is None:
+            raise LookupError(f"function {msg['fn_sha']} was not sent to this worker")
+        fn = cloudpickle.loads(msg["fn"])
         _functions[msg["fn_sha"]] = fn
     args, kwargs = pickle.loads(msg["args"]) if msg["args"] is not None else ((), {})
     cpu0 = time.process_time()
@@ -58,11 +73,18 @@ def run_one(msg: dict[str, Any]) -> dict[str, Any]:
         with contextlib.suppress(Exception):
             out["error"]["exc"] = cloudpickle.dumps(exc)
     finally:
+        _leave_if_forked()
         resource.setrlimit(resource.RLIMIT_AS, (soft_as, hard_as))
         resource.setrlimit(resource.RLIMIT_CPU, (soft_cpu, hard_cpu))
     out["cpu_s"] = time.process_time() - cpu0
     out["wall_s"] = time.perf_counter() - wall0
     return out
+
+
+def _leave_if_forked() -> None:
+    """A process the task forked must not go on to speak the worker's protocol."""
+    if os.getpid() != _PID:
+        os._exit(0)
 
 
 def _cap(hard: int) -> int:
@@ -92,6 +114,7 @@ def main() -> None:
         try:
             result = run_one(msg)
         except BaseException as exc:  # a broken message or an unpicklable value
+            _leave_if_forked()
             result = _error("exception", type(exc).__qualname__, str(exc), traceback.format_exc())
         try:
             wire.send(proto_out, result)

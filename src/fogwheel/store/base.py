@@ -125,6 +125,8 @@ def _end_attempt(
     open_ = attempts.c.outcome.is_(None)
     if outcome == "done":
         open_ = open_ | (attempts.c.outcome == "lost")
+    if outcome == "superseded":  # it ran to the end after all, though nobody needed it
+        open_ = open_ | (attempts.c.outcome == "cancelled")
     c.execute(
         update(attempts)
         .where(attempts.c.task_id.in_(ids), attempts.c.node_id == node_id, open_)

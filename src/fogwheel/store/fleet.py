@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from fogwheel.core import scheduler
+from fogwheel.core import scheduler, trust
 from fogwheel.core.tasks import (
     TaskState,
 )
@@ -88,12 +88,18 @@ class FleetStore(StoreBase):
                     "done": r["done"],
                     "lost": r["lost"],
                     "reliability": round(scheduler.reliability(view), 4),
+                    "agreed": r["agreed"],
+                    "disputed": r["disputed"],
+                    "reputation": round(trust.reputation(_record(r)), 4),
+                    "check_rate": round(trust.check_rate(_record(r)), 4),
                     "last_seen": r["last_seen"],
                 }
             )
         return out
 
     def _node_state(self, row: Any, now: float) -> str:
+        if row["quarantined"]:
+            return "quarantined"
         if (
             row["state"] == "up"
             and now - row["last_seen"] > self.lease_seconds * NODE_GONE_AFTER_LEASES
@@ -115,7 +121,7 @@ class FleetStore(StoreBase):
                 nodes.c.slots_free,
                 nodes.c.done,
                 nodes.c.lost,
-            ).where(nodes.c.state == "up", nodes.c.last_seen >= horizon)
+            ).where(nodes.c.state == "up", nodes.c.last_seen >= horizon, ~nodes.c.quarantined)
         ).all()
         views = [
             scheduler.NodeView(r.id, r.cores, r.memory_mb, r.cores - r.slots_free, r.done, r.lost)
@@ -123,3 +129,7 @@ class FleetStore(StoreBase):
         ]
         self._fleet = (now, views)
         return views
+
+
+def _record(r: Any) -> trust.Record:
+    return trust.Record(r["agreed"], r["disputed"], r["streak"], bool(r["quarantined"]))

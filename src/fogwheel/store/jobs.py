@@ -19,6 +19,7 @@ from fogwheel.store.base import (
     StoreBase,
     _job_out,
     _task,
+    _task_cols,
 )
 from fogwheel.store.schema import (
     attempts,
@@ -64,8 +65,13 @@ class JobsStore(StoreBase):
                 )
                 .returning(jobs.c.id)
             ).scalar_one()
-            rows = []
+            rows: list[dict[str, Any]] = []
             refs: list[tuple[int, str]] = []
+            # Fixed replication runs every task on N distinct nodes from the start; adaptive
+            # replication (quorum 0) decides per task when its first result arrives.
+            fixed = job.replicas if isinstance(job.replicas, int) else None
+            quorum = 0 if fixed is None else (1 if fixed == 1 else min(job.quorum, fixed))
+            extra = 0 if fixed is None else fixed - 1
             for i, t in enumerate(job.tasks):
                 rows.append(
                     {
@@ -79,18 +85,34 @@ class JobsStore(StoreBase):
                         "needs": json.dumps(sorted(set(t.needs))),
                         "spec": t.model_dump_json(exclude_defaults=True),
                         "cpu_s": 0.0,
+                        "quorum": quorum,
+                        "replicas": extra,
                     }
                 )
                 for v in [t.args, *t.inputs.values()]:
                     if v is not None and v.data is None:
                         refs.append((i, v.sha))
             c.execute(tasks.insert(), rows)
-            if refs:
+            if refs or extra:
                 ids = dict(
                     c.execute(select(tasks.c.idx, tasks.c.id).where(tasks.c.job_id == job_id)).all()
                 )
-                blob_rows = {(ids[i], sha) for i, sha in refs}
-                c.execute(task_blobs.insert(), [{"task_id": t, "sha": s} for t, s in blob_rows])
+                if extra:
+                    replicas = [
+                        {**row, "replica_of": ids[row["idx"]], "quorum": 0, "replicas": 0}
+                        for row in rows
+                        for _ in range(extra)
+                    ]
+                    c.execute(tasks.insert(), replicas)
+                if refs:
+                    members = c.execute(
+                        select(tasks.c.idx, tasks.c.id).where(tasks.c.job_id == job_id)
+                    ).all()
+                    by_idx: dict[int, list[int]] = {}
+                    for idx, tid in members:
+                        by_idx.setdefault(idx, []).append(tid)
+                    blob_rows = {(tid, sha) for i, sha in refs for tid in by_idx[i]}
+                    c.execute(task_blobs.insert(), [{"task_id": t, "sha": s} for t, s in blob_rows])
         return job_id
 
     def _job_row(self, c: Connection, job_id: int) -> dict[str, Any]:
@@ -145,15 +167,18 @@ class JobsStore(StoreBase):
                 return None
             c.execute(update(jobs).where(jobs.c.id == job_id).values(cancelled=True))
             rows = c.execute(
-                select(*_TASK_COLS).where(
+                select(*_TASK_COLS, tasks.c.replica_of).where(
                     tasks.c.job_id == job_id,
-                    tasks.c.state.in_([TaskState.PENDING, TaskState.LEASED]),
+                    tasks.c.state.in_([TaskState.PENDING, TaskState.LEASED, TaskState.VERIFYING]),
                 )
             ).all()
             finished = []
             for r in rows:
                 t = apply(_task(r), Cancelled())
-                finished.append((r.id, r.job_id, t, None))
+                if r.replica_of is None:
+                    finished.append((r.id, r.job_id, t, None))
+                else:
+                    c.execute(update(tasks).where(tasks.c.id == r.id).values(**_task_cols(t)))
             error = json.dumps({"kind": "cancelled", "message": "cancelled by the customer"})
             self._finish(c, finished, now, error_json=error)
             c.execute(
@@ -222,7 +247,7 @@ class JobsStore(StoreBase):
                 is None
             ):
                 return None
-            q = select(tasks.c.id).where(tasks.c.job_id == job_id)
+            q = select(tasks.c.id).where(tasks.c.job_id == job_id, tasks.c.replica_of.is_(None))
             if state:
                 q = q.where(tasks.c.state == state)
             ids = c.execute(q.order_by(tasks.c.idx).limit(limit).offset(offset)).scalars().all()
@@ -236,9 +261,14 @@ class JobsStore(StoreBase):
             return self._task_detail(c, task_id)
 
     def _task_detail(self, c: Connection, task_id: int) -> dict[str, Any]:
+        """A task with the history of every attempt at it, its replicas' included."""
         t = c.execute(select(tasks).where(tasks.c.id == task_id)).mappings().one()
+        group = t["replica_of"] or task_id
+        members = select(tasks.c.id).where((tasks.c.id == group) | (tasks.c.replica_of == group))
         hist = (
-            c.execute(select(attempts).where(attempts.c.task_id == task_id).order_by(attempts.c.id))
+            c.execute(
+                select(attempts).where(attempts.c.task_id.in_(members)).order_by(attempts.c.id)
+            )
             .mappings()
             .all()
         )

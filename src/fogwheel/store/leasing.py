@@ -17,6 +17,7 @@ from fogwheel.core.tasks import (
     Expired,
     Leased,
     Released,
+    Reported,
     Task,
     TaskState,
     apply,
@@ -27,7 +28,6 @@ from fogwheel.store.base import (
     _NO_NEEDS,
     _TASK_COLS,
     RETRYABLE,
-    StoreBase,
     SyncResult,
     _end_attempt,
     _task,
@@ -39,9 +39,10 @@ from fogwheel.store.schema import (
     nodes,
     tasks,
 )
+from fogwheel.store.verify import VerifyStore, result_digest
 
 
-class LeasingStore(StoreBase):
+class LeasingStore(VerifyStore):
     # -- the node's round trip --------------------------------------------------------------
 
     def sync(self, node_id: str, req: SyncIn, now: float, *, leaving: bool = False) -> SyncResult:
@@ -71,8 +72,17 @@ class LeasingStore(StoreBase):
         now: float,
         out: SyncResult,
     ) -> None:
+        """Keep each result on its attempt, then let the verifier settle the tasks it touches.
+
+        A retryable failure (the device's fault: a crash, a lost input) puts the task back in
+        the queue; anything else is a result, the task's own exception included."""
         by_id = {r.task_id: r for r in reports}
-        rows = {r.id: r for r in c.execute(select(*_TASK_COLS).where(tasks.c.id.in_(by_id))).all()}
+        rows = {
+            r.id: r
+            for r in c.execute(
+                select(*_TASK_COLS, tasks.c.replica_of).where(tasks.c.id.in_(by_id))
+            ).all()
+        }
         mine = set(
             c.execute(
                 select(attempts.c.task_id).where(
@@ -80,62 +90,101 @@ class LeasingStore(StoreBase):
                 )
             ).scalars()
         )
-        finished: list[tuple[int, int, Task, TaskReport]] = []
+        failed: list[tuple[int, int, Task, TaskReport]] = []
         requeued: list[tuple[int, Task, str]] = []
-        ended: dict[str, list[int]] = defaultdict(list)  # outcome -> task ids
-        done = lost = 0
+        kept: list[dict[str, Any]] = []
+        groups: list[int] = []
+        lost_ids: list[int] = []
+        superseded: list[int] = []
         for tid, rep in by_id.items():
             row = rows.get(tid)
             if row is None or tid not in mine:
                 out.rejected.append({"task_id": tid, "reason": "this node never held that task"})
                 continue
+            out.acked.append(tid)
             task = _task(row)
-            if rep.ok:
-                event: Completed | Errored = Completed(node_id)
-            else:
-                kind = rep.error.kind if rep.error else "crash"
-                reason = f"{kind} on {node_id}: {rep.error.message if rep.error else 'no detail'}"
-                event = Errored(node_id, reason[:500], retryable=kind in RETRYABLE)
+            kind = rep.error.kind if (rep.error and not rep.ok) else None
+            if kind in RETRYABLE or (not rep.ok and rep.error is None):
+                reason = f"{kind or 'crash'} on {node_id}: {rep.error.message if rep.error else ''}"
+                try:
+                    new = apply(task, Errored(node_id, reason[:500], retryable=True))
+                except IllegalTransition:
+                    superseded.append(tid)
+                    continue
+                lost_ids.append(tid)
+                if new.state in TERMINAL and row.replica_of is None:
+                    failed.append((tid, row.job_id, new, rep))
+                elif new != task:
+                    err = json.dumps({"kind": "lost", "message": new.error})
+                    requeued.append((tid, new, err))
+                continue
+            event = Completed(node_id) if row.replica_of is not None else Reported(node_id)
             try:
                 new = apply(task, event)
             except IllegalTransition:
-                # Already finished (a backup copy won) or re-leased elsewhere: nothing to keep.
-                out.acked.append(tid)
-                ended["superseded"].append(tid)
-                continue
-            out.acked.append(tid)
-            retryable_failure = isinstance(event, Errored) and event.retryable
-            lost += retryable_failure
-            done += not retryable_failure
-            outcome = "done" if rep.ok else ("lost" if retryable_failure else "failed")
-            ended[outcome].append(tid)
-            if new.state in TERMINAL:
-                finished.append((tid, row.job_id, new, rep))
-            elif new != task:
-                requeued.append((tid, new, json.dumps({"kind": "lost", "message": new.error})))
-        for outcome, tids in ended.items():
-            _end_attempt(c, tids, node_id, outcome, now)
-        if finished:
-            self._finish(c, finished, now)
+                if task.state not in TERMINAL or row.replica_of is not None:
+                    superseded.append(tid)
+                    continue
+                new = task  # a late result for a settled task is still a vote on the verdict
+            if new != task:
+                requeued.append((tid, new, row.error or ""))
+            kept.append(
+                {
+                    "b_task": tid,
+                    "b_node": node_id,
+                    "b_n": rep.attempt,
+                    "digest": result_digest(rep),
+                    "report": rep.model_dump_json(),
+                    "cpu_s": rep.cpu_s,
+                    "ended_at": now,
+                }
+            )
+            groups.append(row.replica_of or tid)
+        if superseded:
+            _end_attempt(c, superseded, node_id, "superseded", now)
+        if lost_ids:
+            _end_attempt(c, lost_ids, node_id, "lost", now)
+        if kept:
+            c.execute(
+                update(attempts)
+                .where(
+                    attempts.c.task_id == bindparam("b_task"),
+                    attempts.c.node_id == bindparam("b_node"),
+                    attempts.c.n == bindparam("b_n"),  # the attempt this result answers
+                    attempts.c.outcome.is_(None) | (attempts.c.outcome == "lost"),
+                )
+                .values(
+                    outcome="reported",
+                    digest=bindparam("digest"),
+                    report=bindparam("report"),
+                    cpu_s=bindparam("cpu_s"),
+                    ended_at=bindparam("ended_at"),
+                ),
+                kept,
+            )
         for tid, t, err in requeued:
-            c.execute(update(tasks).where(tasks.c.id == tid).values(**_task_cols(t), error=err))
-        if done or lost:
+            c.execute(
+                update(tasks).where(tasks.c.id == tid).values(**_task_cols(t), error=err or None)
+            )
+        if failed:
+            self._finish(c, failed, now)
+        if kept or lost_ids:
             c.execute(
                 update(nodes)
                 .where(nodes.c.id == node_id)
-                .values(done=nodes.c.done + done, lost=nodes.c.lost + lost)
+                .values(done=nodes.c.done + len(kept), lost=nodes.c.lost + len(lost_ids))
             )
         outputs = [
             (v.sha, v.size)
-            for _, _, _, rep in finished
-            if rep is not None
+            for rep in by_id.values()
             for v in [rep.value, *rep.outputs.values()]
             if v is not None and v.data is None
         ]
         if outputs:
             # Blobs a task produced belong to the job's customer.
-            for job_id in {j for _, j, _, _ in finished}:
+            for job_id in {rows[t].job_id for t in by_id if t in rows}:
                 self._own_blobs(c, self._job_row(c, job_id)["customer_id"], outputs)
+        self._verify_groups(c, groups, now)
 
     def _finish(
         self,
@@ -236,6 +285,8 @@ class LeasingStore(StoreBase):
 
     def _lease(self, c: Connection, node_id: str, want: int, now: float) -> list[dict[str, Any]]:
         node = c.execute(select(nodes).where(nodes.c.id == node_id)).mappings().one()
+        if node["quarantined"]:
+            return []  # caught returning a wrong result: no more work
         held = c.execute(
             select(func.count())
             .select_from(tasks)
@@ -266,9 +317,16 @@ class LeasingStore(StoreBase):
             live=frozenset(v.id for v in fleet),
         )
         q = (
-            select(*_TASK_COLS, tasks.c.customer_id, tasks.c.memory_mb, tasks.c.needs)
+            select(
+                *_TASK_COLS,
+                tasks.c.customer_id,
+                tasks.c.memory_mb,
+                tasks.c.needs,
+                tasks.c.replica_of,
+                tasks.c.replicas,
+            )
             .where(tasks.c.state == TaskState.PENDING)
-            .order_by(tasks.c.id)
+            .order_by(tasks.c.priority, tasks.c.id)
             .limit(max(want * 4, 64))
         )
         if not self.is_sqlite:
@@ -283,6 +341,21 @@ class LeasingStore(StoreBase):
                 )
             ).all():
                 lost_on[tid].add(nid)
+        # Replicas go to nodes that have not run any copy of their task.
+        grouped = {r.replica_of or r.id for r in rows.values() if r.replica_of or r.replicas}
+        ran: dict[int, set[str]] = defaultdict(set)
+        if grouped:
+            for gid, nid in c.execute(
+                select(func.coalesce(tasks.c.replica_of, tasks.c.id), attempts.c.node_id)
+                .join(attempts, attempts.c.task_id == tasks.c.id)
+                .where(
+                    (tasks.c.id.in_(grouped)) | (tasks.c.replica_of.in_(grouped)),
+                    # a node that holds a copy or produced a result is barred; one that only
+                    # lost a copy (or refused it) may still check the others
+                    attempts.c.digest.is_not(None) | attempts.c.outcome.is_(None),
+                )
+            ).all():
+                ran[gid].add(nid)
         candidates = [
             scheduler.Candidate(
                 r.id,
@@ -290,6 +363,8 @@ class LeasingStore(StoreBase):
                 r.memory_mb,
                 _NO_NEEDS if r.needs == "[]" else frozenset(json.loads(r.needs)),
                 frozenset(lost_on[r.id]),
+                group=r.replica_of,
+                exclude=frozenset(ran.get(r.replica_of or r.id, ())),
             )
             for r in rows.values()
         ]
@@ -367,17 +442,22 @@ class LeasingStore(StoreBase):
         """Put tasks whose lease ran out back in the queue (or fail them after max attempts)."""
         with self.tx() as c:
             rows = c.execute(
-                select(*_TASK_COLS).where(
+                select(*_TASK_COLS, tasks.c.replica_of).where(
                     tasks.c.state == TaskState.LEASED, tasks.c.lease_expires <= now
                 )
             ).all()
             finished = []
             lost_by_node: dict[str, int] = defaultdict(int)
+            regroup = []
             for r in rows:
                 t = apply(_task(r), Expired(now))
                 lost_by_node[r.node_id] += 1
                 _end_attempt(c, r.id, r.node_id, "lost", now)
-                if t.state in TERMINAL:
+                if t.state in TERMINAL and r.replica_of is not None:
+                    # A replica that could not be run: the verifier decides whether to try more.
+                    c.execute(update(tasks).where(tasks.c.id == r.id).values(**_task_cols(t)))
+                    regroup.append(r.replica_of)
+                elif t.state in TERMINAL:
                     finished.append((r.id, r.job_id, t, None))
                 else:
                     err = json.dumps({"kind": "lost", "message": t.error})
@@ -386,6 +466,7 @@ class LeasingStore(StoreBase):
                     )
             if finished:
                 self._finish(c, finished, now)
+            self._verify_groups(c, regroup, now)
             for nid, n in lost_by_node.items():
                 c.execute(update(nodes).where(nodes.c.id == nid).values(lost=nodes.c.lost + n))
         return [r.id for r in rows]

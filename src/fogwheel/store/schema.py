@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    DDL,
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -13,6 +15,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    event,
 )
 
 metadata = MetaData()
@@ -51,6 +54,11 @@ nodes = Table(
     Column("slots_free", Integer, nullable=False, default=0),
     Column("done", Integer, nullable=False, default=0),
     Column("lost", Integer, nullable=False, default=0),
+    # trust (core/trust.py): verdicts on this node's results
+    Column("agreed", Integer, nullable=False, default=0),
+    Column("disputed", Integer, nullable=False, default=0),
+    Column("streak", Integer, nullable=False, default=0),
+    Column("quarantined", Boolean, nullable=False, default=False),
 )
 
 jobs = Table(
@@ -69,6 +77,8 @@ jobs = Table(
     Column("failed", Integer, nullable=False, default=0),
     Column("cancelled", Boolean, nullable=False, default=False),
     Column("client_token", String(64)),
+    Column("replicas", String(16), nullable=False, default="adaptive"),  # adaptive | N
+    Column("quorum", Integer, nullable=False, default=2),
     Index("ux_jobs_client_token", "customer_id", "client_token", unique=True),
 )
 
@@ -92,7 +102,13 @@ tasks = Table(
     Column("finish_seq", Integer),
     Column("finished_at", Float),
     Column("cpu_s", Float, nullable=False, default=0.0),
-    Index("ix_tasks_state_id", "state", "id"),
+    # verification: a replica row runs the same spec for the task it is `replica_of`
+    Column("replica_of", Integer, index=True),
+    Column("quorum", Integer, nullable=False, default=0),  # 0: not decided yet
+    Column("replicas", Integer, nullable=False, default=0),  # replica rows made for this task
+    Column("digest", String(64)),  # the agreed result's digest
+    Column("priority", Integer, nullable=False, default=1),  # 0 first: checks hold results back
+    Index("ix_tasks_state_priority_id", "state", "priority", "id"),
     Index("ix_tasks_job_seq", "job_id", "finish_seq"),
     Index("ix_tasks_job_idx", "job_id", "idx"),
     Index("ix_tasks_node", "node_id"),
@@ -109,6 +125,9 @@ attempts = Table(
     Column("ended_at", Float),
     Column("outcome", String(16)),  # done | failed | lost | released | superseded
     Column("reason", Text, nullable=False),
+    Column("digest", String(64)),  # of the reported result, for the quorum
+    Column("report", Text),  # the reported value/outputs/error, kept until a verdict
+    Column("cpu_s", Float),
     Index("ix_attempts_task", "task_id"),
     Index("ix_attempts_node_open", "node_id", "outcome"),
 )
@@ -130,3 +149,39 @@ task_blobs = Table(
     Column("sha", String(64), primary_key=True),
     Index("ix_task_blobs_sha", "sha"),
 )
+
+# The books (core/ledger.py): double-entry, append-only. Each transaction's entries sum to zero,
+# one entry per account; amounts are micro-credits. Triggers refuse UPDATE and DELETE.
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("txn", String(100), nullable=False),
+    Column("account", String(100), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("memo", Text, nullable=False, default=""),
+    Column("task_id", Integer),
+    Column("created_at", Float, nullable=False),
+    Index("ux_ledger_txn_account", "txn", "account", unique=True),
+    Index("ix_ledger_account_id", "account", "id"),
+)
+
+_APPEND_ONLY = "the ledger is append-only: post a correcting transaction instead"
+_LEDGER_TRIGGERS = {
+    "sqlite": [
+        f"CREATE TRIGGER ledger_no_{op} BEFORE {op.upper()} ON ledger "
+        f"BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}'); END"
+        for op in ("update", "delete")
+    ],
+    "postgresql": [
+        "CREATE OR REPLACE FUNCTION ledger_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+        f"$$ BEGIN RAISE EXCEPTION '{_APPEND_ONLY}'; END $$",
+        "CREATE TRIGGER ledger_append_only BEFORE UPDATE OR DELETE ON ledger "
+        "FOR EACH ROW EXECUTE FUNCTION ledger_append_only()",
+        "CREATE TRIGGER ledger_no_truncate BEFORE TRUNCATE ON ledger "
+        "FOR EACH STATEMENT EXECUTE FUNCTION ledger_append_only()",
+    ],
+}
+for _dialect, _statements in _LEDGER_TRIGGERS.items():
+    for _sql in _statements:
+        event.listen(ledger, "after_create", DDL(_sql).execute_if(dialect=_dialect))

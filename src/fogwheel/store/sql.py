@@ -13,9 +13,10 @@ from fogwheel.store.base import Principal, SyncResult, hash_secret, new_secret
 from fogwheel.store.fleet import FleetStore
 from fogwheel.store.jobs import JobsStore
 from fogwheel.store.leasing import LeasingStore
+from fogwheel.store.ledger import LedgerStore
 
 
-class Store(AccountsStore, FleetStore, JobsStore, LeasingStore):
+class Store(AccountsStore, FleetStore, JobsStore, LeasingStore, LedgerStore):
     """All coordinator state. Methods take `now`; none reads the clock itself."""
 
 

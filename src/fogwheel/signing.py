@@ -1,0 +1,130 @@
+"""Signed work: the coordinator signs every task spec it leases, and nodes run only what verifies.
+
+Ed25519 (RFC 8032): 32-byte keys, 64-byte deterministic signatures, no nonce to get wrong. The
+signature covers the canonical JSON of the lease's signed fields (`SIGNED_FIELDS`), so a spec
+changed anywhere between the coordinator and the node (a proxy, a compromised link, a forged
+coordinator) is refused by the node before it runs. Used by the coordinator and by the node
+agent, so this module imports neither pydantic nor fastapi.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import os
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+log = logging.getLogger("fogwheel.signing")
+
+SIGNED_FIELDS = (
+    "task_id",
+    "job_id",
+    "attempt",
+    "kind",
+    "fn",
+    "args",
+    "command",
+    "inputs",
+    "outputs",
+    "limits",
+    "lease_expires",
+)
+
+
+def load_or_create_key(path: Path) -> Ed25519PrivateKey:
+    """The private key in `path` (PKCS#8 PEM), created with mode 0600 if there is none yet.
+
+    Creation is race-free: the key is written to a private temporary file and hard-linked into
+    place, so two coordinators starting at once on one data dir end up with the same key.
+    """
+    path = Path(path)
+    if not path.exists():
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(pem)
+                f.flush()
+                os.fsync(f.fileno())
+            with contextlib.suppress(FileExistsError):  # another process won: use its key
+                os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        log.warning(
+            "%s is readable by other users (mode %o): anyone who reads it can sign work for "
+            "every node; chmod 600 it",
+            path,
+            mode,
+        )
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path} does not hold an Ed25519 private key")
+    return key
+
+
+def public_key_b64(key: Ed25519PrivateKey) -> str:
+    """The raw 32-byte public key, base64: what nodes store and verify against."""
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+def fingerprint(pubkey_b64: str) -> str:
+    """A short name for a public key to compare by eye in logs: `SHA256:` and 16 hex digits."""
+    try:
+        raw = base64.b64decode(pubkey_b64, validate=True)
+    except (ValueError, TypeError):
+        return "(not a base64 key)"
+    return "SHA256:" + hashlib.sha256(raw).hexdigest()[:16]
+
+
+def canonical(lease: Mapping[str, Any]) -> bytes:
+    """The bytes that are signed: the signed fields as compact JSON with sorted keys.
+
+    A missing field counts as null, and fields outside `SIGNED_FIELDS` (the signature itself,
+    the agent's own bookkeeping) are left out, so the form does not depend on key order.
+    """
+    signed = {k: lease.get(k) for k in SIGNED_FIELDS}
+    return json.dumps(signed, sort_keys=True, separators=(",", ":")).encode()
+
+
+def sign_lease(key: Ed25519PrivateKey, lease: Mapping[str, Any]) -> str:
+    """The base64 Ed25519 signature of `canonical(lease)`."""
+    return base64.b64encode(key.sign(canonical(lease))).decode()
+
+
+def verify_lease(pubkey_b64: str, lease: Mapping[str, Any], signature: str | None) -> bool:
+    """True when `signature` is the coordinator's signature of this very lease; never raises."""
+    if not signature or not isinstance(signature, str):
+        return False
+    try:
+        raw = base64.b64decode(signature, validate=True)
+        _public_key(pubkey_b64).verify(raw, canonical(lease))
+    except (InvalidSignature, ValueError, binascii.Error, TypeError):
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=8)
+def _public_key(pubkey_b64: str) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(base64.b64decode(pubkey_b64, validate=True))

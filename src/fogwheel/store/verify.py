@@ -1,0 +1,308 @@
+"""Verification in the store: replicas, verdicts, reputation and quarantine (core/trust.py).
+
+A task row the customer sees is a *group*: itself plus the replica rows (`replica_of`) made to
+check it. Every result a node reports is kept on its attempt with a digest; after each report
+the group's verdict is taken again, and only an agreed result settles the task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, func, select, update
+
+from fogwheel.core import trust
+from fogwheel.core.tasks import TERMINAL, Cancelled, Settled, TaskState, apply
+from fogwheel.protocol import TaskReport
+from fogwheel.store.base import _TASK_COLS, StoreBase, _task, _task_cols
+from fogwheel.store.schema import attempts, nodes, task_blobs, tasks
+
+RECHECK_RECENT = 50  # unchecked results of a quarantined node that are checked again
+
+_rng = random.SystemRandom()
+
+
+def result_digest(rep: TaskReport) -> str:
+    """What two replicas must agree on: the value, the output files, or the task's own error."""
+    if rep.ok:
+        outs = ";".join(f"{k}={v.sha}" for k, v in sorted(rep.outputs.items()))
+        body = f"ok:{rep.value.sha if rep.value else ''}:{outs}"
+    else:
+        err = rep.error
+        body = f"error:{err.kind}:{err.type}" if err else "error:crash:"
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+class VerifyStore(StoreBase):
+    def _trust_record(self, c: Connection, node_id: str) -> trust.Record:
+        r = c.execute(
+            select(nodes.c.agreed, nodes.c.disputed, nodes.c.streak, nodes.c.quarantined).where(
+                nodes.c.id == node_id
+            )
+        ).one()
+        return trust.Record(r.agreed, r.disputed, r.streak, bool(r.quarantined))
+
+    def _verify_groups(self, c: Connection, groups: Iterable[int], now: float) -> None:
+        for group in dict.fromkeys(groups):
+            self._verify_group(c, group, now)
+
+    def _verify_group(self, c: Connection, group: int, now: float) -> None:
+        head = c.execute(
+            select(*_TASK_COLS, tasks.c.quorum, tasks.c.replicas, tasks.c.digest).where(
+                tasks.c.id == group
+            )
+        ).one()
+        members = c.execute(
+            select(tasks.c.id, tasks.c.state).where(tasks.c.replica_of == group)
+        ).all()
+        ids = [group, *(m.id for m in members)]
+        rows = c.execute(
+            select(
+                attempts.c.id,
+                attempts.c.node_id,
+                attempts.c.digest,
+                attempts.c.report,
+                attempts.c.cpu_s,
+                attempts.c.outcome,
+            )
+            .where(attempts.c.task_id.in_(ids))
+            .order_by(attempts.c.id)
+        ).all()
+        involved = frozenset(r.node_id for r in rows)
+        reported = {}
+        for r in rows:
+            if r.digest is not None and r.outcome == "reported":
+                reported.setdefault(r.node_id, r)  # one vote per node
+        if head.state in TERMINAL:
+            self._late_votes(c, head, reported.values(), now)
+            return
+        open_states = (TaskState.PENDING.value, TaskState.LEASED.value)
+        outstanding = sum(m.state in open_states for m in members) + (head.state in open_states)
+        quorum = head.quorum
+        if quorum == 0 and reported:
+            first = next(iter(reported.values()))
+            quorum = trust.quorum_for(self._trust_record(c, first.node_id), _rng.random())
+            c.execute(update(tasks).where(tasks.c.id == group).values(quorum=quorum))
+        votes = [(n, r.digest) for n, r in reported.items()]
+        verdict = trust.verdict(votes, max(quorum, 1), outstanding, involved)
+        if isinstance(verdict, trust.Accept):
+            winner = next(r for n, r in reported.items() if n in verdict.agreeing)
+            rep = TaskReport.model_validate_json(winner.report)
+            self._settle(c, head, Settled(rep.ok, None if rep.ok else _error_text(rep)), rep, now)
+            c.execute(update(tasks).where(tasks.c.id == group).values(digest=verdict.digest))
+            self._cancel_members(c, members, now)
+            # An unchecked result counts towards its node's streak too: trust grows with volume,
+            # and the spot-check rate never falls below MIN_CHECK_RATE (core/trust.py).
+            for n in verdict.agreeing:
+                self._vote(c, n, [reported[n].id], agreed=True, checked=quorum > 1)
+            for n in verdict.disputing:
+                self._vote(c, n, [reported[n].id], agreed=False)
+            runs = [(n, reported[n].cpu_s or 0.0) for n in verdict.agreeing]
+            credit = getattr(self, "credit_verified_work", None)
+            if credit is not None:
+                customer = self._job_row(c, head.job_id)["customer_id"]  # type: ignore[attr-defined]
+                credit(c, task_id=group, customer_id=customer, runs=runs, now=now)
+        elif isinstance(verdict, trust.NeedMore):
+            if verdict.replicas:
+                self._make_replicas(c, group, verdict.replicas, now)
+        else:
+            reason = f"no agreement: {verdict.reason}"
+            self._settle(c, head, Settled(False, reason), None, now)
+            self._cancel_members(c, members, now)
+            for r in reported.values():
+                c.execute(update(attempts).where(attempts.c.id == r.id).values(outcome="unsettled"))
+
+    def _settle(
+        self, c: Connection, head: Any, event: Settled, rep: TaskReport | None, now: float
+    ) -> None:
+        task = apply(_task(head), event)
+        error = (
+            None if rep is not None else json.dumps({"kind": "disputed", "message": event.reason})
+        )
+        self._finish(c, [(head.id, head.job_id, task, rep)], now, error_json=error)  # type: ignore[attr-defined]
+
+    def _cancel_members(self, c: Connection, members: Sequence[Any], now: float) -> None:
+        """Replicas still queued or running are no longer needed once the group is settled."""
+        open_ = [m.id for m in members if m.state in (TaskState.PENDING, TaskState.LEASED)]
+        if not open_:
+            return
+        for r in c.execute(select(*_TASK_COLS).where(tasks.c.id.in_(open_))).all():
+            t = apply(_task(r), Cancelled("no longer needed: the task is settled"))
+            c.execute(update(tasks).where(tasks.c.id == r.id).values(**_task_cols(t)))
+        c.execute(
+            update(attempts)
+            .where(attempts.c.task_id.in_(open_), attempts.c.outcome.is_(None))
+            .values(outcome="cancelled", ended_at=now)
+        )
+
+    def _make_replicas(self, c: Connection, group: int, n: int, now: float) -> None:
+        src = c.execute(select(tasks).where(tasks.c.id == group)).mappings().one()
+        rows = [
+            {
+                "job_id": src["job_id"],
+                "customer_id": src["customer_id"],
+                "idx": src["idx"],
+                "state": TaskState.PENDING.value,
+                "attempts": 0,
+                "max_attempts": src["max_attempts"],
+                "memory_mb": src["memory_mb"],
+                "needs": src["needs"],
+                "spec": src["spec"],
+                "cpu_s": 0.0,
+                "replica_of": group,
+                "quorum": 0,
+                "replicas": 0,
+                "priority": 0,  # a result is waiting on this check: run it before new work
+            }
+            for _ in range(n)
+        ]
+        c.execute(tasks.insert(), rows)
+        c.execute(update(tasks).where(tasks.c.id == group).values(replicas=tasks.c.replicas + n))
+        # The replicas read the same blobs, so their holders may fetch them.
+        shas = list(
+            c.execute(select(task_blobs.c.sha).where(task_blobs.c.task_id == group)).scalars()
+        )
+        if shas:
+            new_ids = (
+                c.execute(
+                    select(tasks.c.id)
+                    .where(tasks.c.replica_of == group)
+                    .order_by(tasks.c.id.desc())
+                )
+                .scalars()
+                .all()[:n]
+            )
+            c.execute(
+                task_blobs.insert(), [{"task_id": t, "sha": s} for t in new_ids for s in shas]
+            )
+
+    def _vote(
+        self,
+        c: Connection,
+        node_id: str,
+        attempt_ids: list[int],
+        *,
+        agreed: bool,
+        counts: bool = True,
+        checked: bool = True,
+    ) -> None:
+        """Record a verdict on a node's result: its attempt's outcome and its trust record.
+
+        An unchecked result is `accepted`, a checked one `agreed` or `disputed`."""
+        outcome = ("agreed" if checked else "accepted") if agreed else "disputed"
+        c.execute(update(attempts).where(attempts.c.id.in_(attempt_ids)).values(outcome=outcome))
+        if not counts:
+            return
+        before = self._trust_record(c, node_id)
+        after = trust.record_after(before, agreed)
+        c.execute(
+            update(nodes)
+            .where(nodes.c.id == node_id)
+            .values(
+                agreed=after.agreed,
+                disputed=after.disputed,
+                streak=after.streak,
+                quarantined=after.quarantined,
+            )
+        )
+        if after.quarantined and not before.quarantined:
+            self._quarantine(c, node_id)
+
+    def _late_votes(self, c: Connection, head: Any, reported: Iterable[Any], now: float) -> None:
+        """Results that arrive after a verdict are compared with it (a re-check, a slow replica).
+
+        When every node behind the verdict has since been quarantined, a disagreeing re-check
+        condemns the verdict, not the re-checker: the task is flagged as disputed."""
+        if head.digest is None:
+            return
+        backers = set(
+            c.execute(
+                select(attempts.c.node_id)
+                .join(tasks, tasks.c.id == attempts.c.task_id)
+                .where(
+                    (tasks.c.id == head.id) | (tasks.c.replica_of == head.id),
+                    attempts.c.outcome.in_(["agreed", "accepted"]),
+                )
+            ).scalars()
+        )
+        bad = set(c.execute(select(nodes.c.id).where(nodes.c.quarantined)).scalars())
+        rechecking = bool(backers) and backers <= bad
+        if head.quorum <= 1 and not rechecking:
+            # The verdict was not a check: a second opinion now proves nobody wrong.
+            ids = [r.id for r in reported]
+            if ids:
+                c.execute(
+                    update(attempts).where(attempts.c.id.in_(ids)).values(outcome="superseded")
+                )
+            return
+        for r in reported:
+            if r.digest == head.digest:
+                self._vote(c, r.node_id, [r.id], agreed=True)
+            elif rechecking:
+                self._vote(c, r.node_id, [r.id], agreed=True, counts=False)
+                note = {
+                    "kind": "disputed",
+                    "message": (
+                        f"a re-check on {r.node_id} disagrees with the result of quarantined "
+                        f"{', '.join(sorted(backers))}"
+                    ),
+                }
+                c.execute(update(tasks).where(tasks.c.id == head.id).values(error=json.dumps(note)))
+            else:
+                self._vote(c, r.node_id, [r.id], agreed=False)
+
+    def _quarantine(self, c: Connection, node_id: str) -> None:
+        """No more work for a node caught lying; its leases end now; its recent unchecked
+        results are checked again on other nodes."""
+        c.execute(
+            update(tasks)
+            .where(tasks.c.node_id == node_id, tasks.c.state == TaskState.LEASED)
+            .values(lease_expires=0.0)
+        )
+        recent = (
+            c.execute(
+                select(tasks.c.id)
+                .join(attempts, attempts.c.task_id == tasks.c.id)
+                .where(
+                    attempts.c.node_id == node_id,
+                    attempts.c.outcome == "accepted",
+                    tasks.c.replica_of.is_(None),
+                    tasks.c.state == TaskState.DONE,
+                )
+                .order_by(tasks.c.id.desc())
+                .limit(RECHECK_RECENT)
+            )
+            .scalars()
+            .all()
+        )
+        for group in recent:
+            self._make_replicas(c, group, 1, 0.0)
+
+    def quarantined_nodes(self) -> list[str]:
+        with self.read() as c:
+            return list(c.execute(select(nodes.c.id).where(nodes.c.quarantined)).scalars())
+
+    def count_replica_runs(self) -> dict[str, int]:
+        """Runs that produced a result (replicas and wasted copies included) against tasks:
+        the figure behind the replication overhead."""
+        with self.read() as c:
+            ran = ["reported", "agreed", "accepted", "disputed", "superseded", "unsettled"]
+            q = select(func.count()).select_from(attempts).where(attempts.c.outcome.in_(ran))
+            runs = c.execute(q).scalar_one()
+            groups = c.execute(
+                select(func.count()).select_from(tasks).where(tasks.c.replica_of.is_(None))
+            ).scalar_one()
+        return {"runs": runs, "tasks": groups}
+
+
+def _error_text(rep: TaskReport) -> str:
+    if rep.error is None:
+        return "failed"
+    return f"{rep.error.kind}: {rep.error.type} {rep.error.message}".strip()
+
+
+__all__ = ["VerifyStore", "result_digest"]
