@@ -280,9 +280,10 @@ class Client:
         return self._request("GET", f"/v1/jobs/{job_id}").json()
 
     def tasks(
-        self, job_id: int, state: str | None = None, limit: int = 100
+        self, job_id: int, state: str | None = None, limit: int = 100, offset: int = 0
     ) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {"limit": limit}
+        """A page of a job's tasks, each with the history of every attempt and why it was placed."""
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
         if state:
             params["state"] = state
         return self._request("GET", f"/v1/jobs/{job_id}/tasks", params=params).json()["tasks"]
