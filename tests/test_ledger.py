@@ -418,6 +418,7 @@ def test_no_method_of_the_ledger_store_can_change_an_entry() -> None:
     assert public == {
         "post",
         "credit_verified_work",
+        "credit_verified_batch",
         "record",
         "reverse",
         "balance",
@@ -643,3 +644,15 @@ def test_usage_without_a_coordinator_says_how_to_name_one() -> None:
 def test_the_ledger_commands_document_themselves(command: list[str]) -> None:
     res = fogwheel_cli(*command, "--help")
     assert res.returncode == 0 and "Usage:" in res.stdout and "--help" in res.stdout
+
+
+def test_crediting_a_batch_posts_the_same_entries_as_one_task_at_a_time(store) -> None:
+    items = [(1, "c1", [("n1", 0.5)]), (2, "c1", [("n1", 0.25), ("n2", 0.25)])]
+    with store.tx() as c:
+        posted = store.credit_verified_batch(c, items, 1.0)
+        again = store.credit_verified_batch(c, items, 2.0)  # already paid: nothing more
+    single = [e for tid, cust, runs in items for e in charge_for_task(f"task-{tid}", cust, runs)]
+    assert posted == len(single) and again == 0
+    assert store.totals() == {
+        a: sum(e.amount for e in single if e.account == a) for a in {e.account for e in single}
+    }

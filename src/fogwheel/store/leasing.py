@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select, update
 
-from fogwheel.core import scheduler
+from fogwheel.core import scheduler, trust
 from fogwheel.core.tasks import (
     TERMINAL,
     Completed,
@@ -18,6 +18,7 @@ from fogwheel.core.tasks import (
     Leased,
     Released,
     Reported,
+    Settled,
     Task,
     TaskState,
     apply,
@@ -39,7 +40,7 @@ from fogwheel.store.schema import (
     nodes,
     tasks,
 )
-from fogwheel.store.verify import VerifyStore, result_digest
+from fogwheel.store.verify import VerifyStore, _error_text, _rng, result_digest
 
 
 class LeasingStore(VerifyStore):
@@ -80,7 +81,9 @@ class LeasingStore(VerifyStore):
         rows = {
             r.id: r
             for r in c.execute(
-                select(*_TASK_COLS, tasks.c.replica_of).where(tasks.c.id.in_(by_id))
+                select(*_TASK_COLS, tasks.c.replica_of, tasks.c.quorum, tasks.c.replicas).where(
+                    tasks.c.id.in_(by_id)
+                )
             ).all()
         }
         mine = set(
@@ -96,6 +99,9 @@ class LeasingStore(VerifyStore):
         groups: list[int] = []
         lost_ids: list[int] = []
         superseded: list[int] = []
+        accepted: list[tuple[int, int, Task, TaskReport, str]] = []  # settled without a check
+        to_check: list[int] = []
+        record: trust.Record | None = None
         for tid, rep in by_id.items():
             row = rows.get(tid)
             if row is None or tid not in mine:
@@ -126,20 +132,38 @@ class LeasingStore(VerifyStore):
                     superseded.append(tid)
                     continue
                 new = task  # a late result for a settled task is still a vote on the verdict
-            if new != task:
-                requeued.append((tid, new, row.error or ""))
+            digest = result_digest(rep)
+            outcome = "reported"
+            if new.state is TaskState.VERIFYING and row.replicas == 0 and row.quorum <= 1:
+                # The fast path: a first result that its node's record lets go unchecked.
+                if row.quorum == 0 and record is None:
+                    record = self._trust_record(c, node_id)
+                draw = _rng.random()
+                quorum = row.quorum or trust.quorum_for(record, draw)  # type: ignore[arg-type]
+                if quorum > 1:
+                    to_check.append(tid)  # the draw is made once: write it down
+                else:
+                    why = None if rep.ok else _error_text(rep)
+                    accepted.append(
+                        (tid, row.job_id, apply(new, Settled(rep.ok, why)), rep, digest)
+                    )
+                    outcome = "accepted"
+            if outcome == "reported":
+                if new != task:
+                    requeued.append((tid, new, row.error or ""))
+                groups.append(row.replica_of or tid)
             kept.append(
                 {
                     "b_task": tid,
                     "b_node": node_id,
                     "b_n": rep.attempt,
-                    "digest": result_digest(rep),
-                    "report": rep.model_dump_json(),
+                    "b_outcome": outcome,
+                    "digest": digest,
+                    "report": rep.model_dump_json() if outcome == "reported" else None,
                     "cpu_s": rep.cpu_s,
                     "ended_at": now,
                 }
             )
-            groups.append(row.replica_of or tid)
         if superseded:
             _end_attempt(c, superseded, node_id, "superseded", now)
         if lost_ids:
@@ -154,7 +178,7 @@ class LeasingStore(VerifyStore):
                     attempts.c.outcome.is_(None) | (attempts.c.outcome == "lost"),
                 )
                 .values(
-                    outcome="reported",
+                    outcome=bindparam("b_outcome"),
                     digest=bindparam("digest"),
                     report=bindparam("report"),
                     cpu_s=bindparam("cpu_s"),
@@ -168,6 +192,10 @@ class LeasingStore(VerifyStore):
             )
         if failed:
             self._finish(c, failed, now)
+        if accepted:
+            self._accept_unchecked(c, node_id, accepted, now)
+        if to_check:
+            c.execute(update(tasks).where(tasks.c.id.in_(to_check)).values(quorum=trust.QUORUM))
         if kept or lost_ids:
             c.execute(
                 update(nodes)

@@ -83,6 +83,41 @@ class LedgerStore(StoreBase):
             self.post(c, entries, now, task_id)
         return entries
 
+    def credit_verified_batch(
+        self,
+        c: Connection,
+        items: Sequence[tuple[int, str, Sequence[tuple[str, float]]]],
+        now: float,
+        price: Price = DEFAULT_PRICE,
+    ) -> int:
+        """`credit_verified_work` for many tasks `(task_id, customer_id, runs)` at once: one
+        look-up for the tasks already paid and one insert for all the entries. Returns the
+        number of entries posted."""
+        txns = {task_txn(tid): (tid, customer, runs) for tid, customer, runs in items}
+        paid = set(c.execute(select(ledger.c.txn).where(ledger.c.txn.in_(txns))).scalars())
+        rows = []
+        for txn, (tid, customer, runs) in txns.items():
+            if txn in paid:
+                continue
+            entries = charge_for_task(txn, customer, runs, price=price, memo=f"task {tid}")
+            if not entries:
+                continue
+            check_transaction(entries)
+            rows += [
+                {
+                    "txn": e.txn,
+                    "account": e.account,
+                    "amount": e.amount,
+                    "memo": e.memo,
+                    "task_id": tid,
+                    "created_at": now,
+                }
+                for e in entries
+            ]
+        if rows:
+            c.execute(ledger.insert(), rows)
+        return len(rows)
+
     # -- writing: a transaction of its own ---------------------------------------------------
 
     def record(self, entries: Sequence[Entry], now: float, task_id: int | None = None) -> None:

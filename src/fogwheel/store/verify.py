@@ -13,10 +13,10 @@ import random
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 
 from fogwheel.core import trust
-from fogwheel.core.tasks import TERMINAL, Cancelled, Settled, TaskState, apply
+from fogwheel.core.tasks import TERMINAL, Cancelled, Settled, Task, TaskState, apply
 from fogwheel.protocol import TaskReport
 from fogwheel.store.base import _TASK_COLS, StoreBase, _task, _task_cols
 from fogwheel.store.schema import attempts, nodes, task_blobs, tasks
@@ -115,6 +115,41 @@ class VerifyStore(StoreBase):
             self._cancel_members(c, members, now)
             for r in reported.values():
                 c.execute(update(attempts).where(attempts.c.id == r.id).values(outcome="unsettled"))
+
+    def _accept_unchecked(
+        self,
+        c: Connection,
+        node_id: str,
+        items: Sequence[tuple[int, int, Task, TaskReport, str]],
+        now: float,
+    ) -> None:
+        """Settle a batch of first results that their node's record lets go unchecked:
+        one statement per kind of write, however many tasks."""
+        finish = self._finish  # type: ignore[attr-defined]
+        finish(c, [(tid, job, t, rep) for tid, job, t, rep, _ in items], now)
+        c.execute(
+            update(tasks)
+            .where(tasks.c.id == bindparam("b_id"))
+            .values(digest=bindparam("digest"), quorum=1),
+            [{"b_id": tid, "digest": d} for tid, _, _, _, d in items],
+        )
+        n = len(items)
+        c.execute(
+            update(nodes)
+            .where(nodes.c.id == node_id)
+            .values(agreed=nodes.c.agreed + n, streak=nodes.c.streak + n)
+        )
+        credit = getattr(self, "credit_verified_batch", None)
+        if credit is not None:
+            job_row = self._job_row  # type: ignore[attr-defined]
+            credit(
+                c,
+                [
+                    (tid, job_row(c, job)["customer_id"], [(node_id, rep.cpu_s)])
+                    for tid, job, _, rep, _ in items
+                ],
+                now,
+            )
 
     def _settle(
         self, c: Connection, head: Any, event: Settled, rep: TaskReport | None, now: float
