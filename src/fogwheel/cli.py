@@ -269,11 +269,17 @@ def up(
             "admin_key": fog.admin_key,
             "nodes": nodes,
             "dir": str(fog.dir),
+            "sandboxed": fog.sandboxed,
         }
         if as_json:
             print(json.dumps(info), flush=True)
         else:
             out.print(f"[bold green]fog up[/] at {fog.url} with {nodes} nodes")
+            if not fog.sandboxed:
+                out.print(
+                    "[bold yellow]warning:[/] no usable bubblewrap: these local nodes run guest "
+                    "code unconfined; `apt-get install bubblewrap` sandboxes them"
+                )
             out.print(f"  export FOGWHEEL_COORDINATOR={fog.url}")
             out.print(f"  export FOGWHEEL_API_KEY={fog.api_key}")
             out.print(f"  join more nodes: fogwheel node -c {fog.url} --token {fog.join_token}")
@@ -451,7 +457,7 @@ def _print_job(job: dict[str, Any], tasks: list[dict[str, Any]]) -> None:
 
 @app.command()
 def nodes(coordinator: CoordinatorOpt = None, api_key: ApiKeyOpt = None) -> None:
-    """List the fog's nodes with their state, capacity and reliability."""
+    """List the fog's nodes: state, capacity, reliability, and how far their results are trusted."""
     from fogwheel.errors import FogwheelError
 
     with _client(coordinator, api_key, 0) as client:
@@ -460,7 +466,9 @@ def nodes(coordinator: CoordinatorOpt = None, api_key: ApiKeyOpt = None) -> None
         except FogwheelError as e:
             raise _fail(str(e)) from None
     table = Table(title="nodes")
-    for col in ("id", "name", "state", "cores", "memory", "held", "done", "lost", "reliability"):
+    for col in ("id", "name"):
+        table.add_column(col, no_wrap=True)
+    for col in ("state", "cores", "held", "lost", "reliability", "agreed", "disputed", "checked"):
         table.add_column(col)
     for n in rows:
         table.add_row(
@@ -468,11 +476,12 @@ def nodes(coordinator: CoordinatorOpt = None, api_key: ApiKeyOpt = None) -> None
             n["name"],
             n["state"],
             str(n["cores"]),
-            f"{n['memory_mb']} MB",
             str(n["held"]),
-            str(n["done"]),
             str(n["lost"]),
             f"{n['reliability']:.2f}",
+            str(n["agreed"]),
+            str(n["disputed"]),
+            f"{n['check_rate']:.0%}",
         )
     out.print(table)
 

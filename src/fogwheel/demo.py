@@ -69,6 +69,12 @@ def run_demo(
         fog.start()
     try:
         console.print(f"[bold]fog up[/] at {fog.url} with {nodes} nodes (SQLite in {fog.dir})")
+        summary["sandboxed"] = fog.sandboxed
+        if not fog.sandboxed:
+            console.print(
+                "[bold yellow]warning:[/] no usable bubblewrap here, so the local nodes run "
+                "the demo's code unconfined; `apt-get install bubblewrap` sandboxes them"
+            )
         with Client(fog.url, fog.api_key) as client:
             calls = [((i * span, (i + 1) * span), {}) for i in range(tasks)]
             futures = client.submit_many(count_primes, calls, name="count primes")

@@ -33,6 +33,7 @@ class LocalFog:
         db: str | None = None,
         host: str = "127.0.0.1",
         node_args: list[str] | None = None,
+        sandbox: bool | None = None,
     ) -> None:
         self.n_nodes = nodes
         self.cores_per_node = cores_per_node
@@ -42,6 +43,16 @@ class LocalFog:
         self.db = db
         self.host = host
         self.node_args = node_args or []
+        # A local fog runs its owner's own code: where no bubblewrap works (sandbox=None and
+        # detection fails), its nodes run unconfined and `sandboxed` says so; sandbox=True
+        # insists on one, as a real node does.
+        if sandbox is None:
+            from fogwheel.node.sandbox import detect
+
+            sandbox = detect() is not None
+            if not sandbox:
+                self.node_args = [*self.node_args, "--unsafe-no-sandbox"]
+        self.sandboxed = sandbox
         self.join_token = new_secret("fwj")
         self.api_key = new_secret("fwc")
         self.admin_key = new_secret("fwa")

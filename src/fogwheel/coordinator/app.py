@@ -62,22 +62,30 @@ TaskId = Annotated[int, Path(ge=0, le=SQL_INT_MAX)]
 
 
 class Results:
-    """Wakes long-polling result readers when this process finishes tasks."""
+    """Wakes long-polling result readers when this process finishes tasks.
+
+    A wake crosses from a worker thread into the event loop, which costs a self-pipe write:
+    it is skipped when nobody waits, and coalesced while one is already on its way."""
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._event: asyncio.Event | None = None
+        self._waiting = 0
+        self._wake_pending = False
 
     def bind(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._event = asyncio.Event()
 
     def notify(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._wake)
+        if self._loop is None or self._waiting == 0 or self._wake_pending:
+            return
+        self._wake_pending = True
+        self._loop.call_soon_threadsafe(self._wake)
 
     def _wake(self) -> None:
         assert self._event is not None
+        self._wake_pending = False
         self._event.set()
         self._event = asyncio.Event()
 
@@ -85,8 +93,12 @@ class Results:
         if self._event is None:
             self.bind()
         assert self._event is not None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), timeout)
+        self._waiting += 1
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event.wait(), timeout)
+        finally:
+            self._waiting -= 1
 
 
 def build_routes(

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import Any
 
 from fogwheel.errors import IllegalTransition
 
@@ -207,7 +208,7 @@ def _require_holder(task: Task, node: str, verb: str) -> None:
 
 
 P, L, V = TaskState.PENDING, TaskState.LEASED, TaskState.VERIFYING
-TRANSITIONS: dict[tuple[TaskState, type], Callable[[Task, object], Task]] = {
+TRANSITIONS: dict[tuple[TaskState, type[Any]], Callable[[Task, Any], Task]] = {
     (P, Leased): _lease,
     (P, Completed): _complete,  # a late result from an earlier holder still counts
     (P, Reported): _report,
