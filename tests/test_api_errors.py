@@ -544,6 +544,21 @@ def test_a_result_for_a_task_the_node_never_held_is_rejected_not_acked(
     assert alice.get(f"/v1/jobs/{job_id}/results").json()["results"] == []
 
 
+def test_reporting_one_result_for_a_task_the_node_does_not_hold_is_a_conflict(
+    alice: httpx.Client, node: httpx.Client
+) -> None:
+    job_id = alice.post("/v1/jobs", json=command_job(name="not yours either")).json()["id"]
+    task_id = alice.get(f"/v1/jobs/{job_id}/tasks").json()["tasks"][0]["id"]
+    body = report(task_id=task_id, value=inline(b"forged"))
+
+    r = node.post(f"/v1/nodes/me/tasks/{task_id}/result", json=body)
+
+    refused(r, 409, f"does not hold task {task_id}")
+    assert alice.get(f"/v1/tasks/{task_id}").json()["state"] == "pending"
+    mismatch = node.post(f"/v1/nodes/me/tasks/{task_id + 1}/result", json=body)
+    refused(mismatch, 422, "is not")
+
+
 # -- what answers without credentials ---------------------------------------------------------
 
 

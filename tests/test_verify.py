@@ -122,3 +122,21 @@ def test_cancelling_a_job_cancels_its_replicas_too(store: Store) -> None:
     store.cancel_job("c1", job_id, T0 + 2)
     assert store.sync(b, SyncIn(want=4), T0 + 3).tasks == []
     assert store.get_job("c1", job_id)["finished"] == 1
+
+
+def test_with_a_tolerance_nearly_equal_floats_agree(store: Store) -> None:
+    import pickle
+
+    from fogwheel.protocol import ToleranceIn
+
+    a, b = join(store, "a", cores=1), join(store, "b", cores=1)
+    spec = job(1, replicas="adaptive")
+    spec.tolerance = ToleranceIn(rel=1e-9)
+    job_id = store.create_job("c1", spec, T0)
+    first = lease_one(store, a, T0)
+    store.sync(a, SyncIn(results=[report(first, pickle.dumps([0.1 + 0.2]))]), T0 + 1)
+    check = lease_one(store, b, T0 + 2)
+    store.sync(b, SyncIn(results=[report(check, pickle.dumps([0.3]))]), T0 + 3)
+    [r] = results(store, job_id)
+    assert r["state"] == "done"
+    assert store.quarantined_nodes() == []

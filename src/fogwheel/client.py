@@ -174,8 +174,13 @@ class Client:
         wall_s: float = 600.0,
         cpu_s: float | None = None,
         max_attempts: int = 3,
+        rel_tol: float | None = None,
+        abs_tol: float = 0.0,
     ) -> list[TaskFuture]:
-        """One job of many calls of `fn`; the lower layer under `submit` and `map`."""
+        """One job of many calls of `fn`; the lower layer under `submit` and `map`.
+
+        With `rel_tol` (and `abs_tol`), replicas' numeric results agree when every number is
+        within that tolerance (`math.isclose`) rather than only when their bytes are equal."""
         fn_value = self._blob_value(pickle_function(fn), upload=True)
         futures: list[TaskFuture] = []
         for start in range(0, max(1, len(calls)), SUBMIT_CHUNK):
@@ -191,6 +196,8 @@ class Client:
                 "replicas": self.replicas,
                 "client_token": uuid.uuid4().hex,
             }
+            if rel_tol is not None:
+                job["tolerance"] = {"rel": rel_tol, "abs": abs_tol}
             futures.extend(self._submit_job(job, "python"))
         return futures
 

@@ -78,6 +78,13 @@ class TaskIn(Model):
     needs: list[Name] = Field(default_factory=list, max_length=20)
 
 
+class ToleranceIn(Model):
+    """Replicas agree when every number in their results is within this tolerance."""
+
+    rel: float = Field(default=1e-9, ge=0, le=1)
+    abs: float = Field(default=0.0, ge=0, le=1e300)
+
+
 class JobIn(Model):
     name: Name = "job"
     kind: Literal["python", "command"]
@@ -91,6 +98,10 @@ class JobIn(Model):
         "spot-check proven ones; N: run every task on N distinct nodes",
     )
     quorum: int = Field(default=2, ge=1, le=5, description="matching results needed when checked")
+    tolerance: ToleranceIn | None = Field(
+        default=None,
+        description="compare numeric results within a tolerance instead of by content hash",
+    )
     client_token: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = (
         Field(
             default=None, description="makes a retried submission return the first job, not a twin"

@@ -41,6 +41,7 @@ from fogwheel.protocol import (
     TaskLease,
     TaskList,
     TaskOut,
+    TaskReport,
     Value,
 )
 from fogwheel.signing import fingerprint, public_key_b64, sign_lease
@@ -372,6 +373,27 @@ def build_routes(
             tasks=[_signed(t) for t in out.tasks],
             lease_seconds=store.lease_seconds,
         )
+
+    @v1.post(
+        "/nodes/me/tasks/{task_id}/result",
+        tags=["nodes"],
+        responses={409: {"model": Problem, "description": "This node does not hold the task"}},
+    )
+    def report_result(request: Request, task_id: TaskId, rep: TaskReport) -> dict[str, Any]:
+        """Report one task's result (the batch path is /v1/nodes/me/sync); 409 when this node
+        never held the task."""
+        who = auth.require(request, "node")
+        if rep.task_id != task_id:
+            raise HTTPException(422, f"task_id {rep.task_id} in the body is not {task_id}")
+        for v in [rep.value, *rep.outputs.values()]:
+            if v is not None:
+                _check_value(v, uploaded=True)
+        out = store.sync(who.id, SyncIn(results=[rep]), time.time())
+        if out.rejected:
+            raise HTTPException(409, f"this node does not hold task {task_id}")
+        results.notify()
+        metrics.reported.inc(1)
+        return {"task_id": task_id, "acked": True}
 
     def _signed(lease: dict[str, Any]) -> TaskLease:
         """The lease as it goes on the wire, signed over exactly those values.

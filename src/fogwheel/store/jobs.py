@@ -61,6 +61,7 @@ class JobsStore(StoreBase):
                         "failed": 0,
                         "cancelled": False,
                         "client_token": job.client_token,
+                        "tolerance": job.tolerance.model_dump_json() if job.tolerance else None,
                     }
                 )
                 .returning(jobs.c.id)
@@ -120,15 +121,16 @@ class JobsStore(StoreBase):
         row = self._jobs_cache.get(job_id)
         if row is None:
             r = c.execute(
-                select(jobs.c.kind, jobs.c.fn, jobs.c.limits, jobs.c.customer_id).where(
-                    jobs.c.id == job_id
-                )
+                select(
+                    jobs.c.kind, jobs.c.fn, jobs.c.limits, jobs.c.customer_id, jobs.c.tolerance
+                ).where(jobs.c.id == job_id)
             ).one()
             row = {
                 "kind": r.kind,
                 "fn": json.loads(r.fn) if r.fn else None,
                 "limits": json.loads(r.limits),
                 "customer_id": r.customer_id,
+                "tolerance": json.loads(r.tolerance) if r.tolerance else None,
             }
             self._jobs_cache[job_id] = row
         return row

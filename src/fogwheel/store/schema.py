@@ -79,6 +79,7 @@ jobs = Table(
     Column("client_token", String(64)),
     Column("replicas", String(16), nullable=False, default="adaptive"),  # adaptive | N
     Column("quorum", Integer, nullable=False, default=2),
+    Column("tolerance", Text),  # ToleranceIn JSON: compare results within it, not by hash
     Index("ux_jobs_client_token", "customer_id", "client_token", unique=True),
 )
 

@@ -7,6 +7,7 @@ the group's verdict is taken again, and only an agreed result settles the task.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import random
@@ -15,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select, update
 
-from fogwheel.core import trust
+from fogwheel.core import compare, trust
 from fogwheel.core.tasks import TERMINAL, Cancelled, Settled, Task, TaskState, apply
 from fogwheel.protocol import TaskReport
 from fogwheel.store.base import _TASK_COLS, StoreBase, _task, _task_cols
@@ -88,6 +89,12 @@ class VerifyStore(StoreBase):
             quorum = trust.quorum_for(self._trust_record(c, first.node_id), _rng.random())
             c.execute(update(tasks).where(tasks.c.id == group).values(quorum=quorum))
         votes = [(n, r.digest) for n, r in reported.items()]
+        tol = self._job_row(c, head.job_id)["tolerance"]  # type: ignore[attr-defined]
+        if tol is not None:
+            votes = compare.agreement_classes(
+                [(n, r.digest, _inline_value(r.report)) for n, r in reported.items()],
+                compare.Tolerance(tol["rel"], tol["abs"]),
+            )
         verdict = trust.verdict(votes, max(quorum, 1), outstanding, involved)
         if isinstance(verdict, trust.Accept):
             winner = next(r for n, r in reported.items() if n in verdict.agreeing)
@@ -332,6 +339,15 @@ class VerifyStore(StoreBase):
                 select(func.count()).select_from(tasks).where(tasks.c.replica_of.is_(None))
             ).scalar_one()
         return {"runs": runs, "tasks": groups}
+
+
+def _inline_value(report_json: str | None) -> bytes | None:
+    """The value bytes of a kept report, when they travelled inline (small results)."""
+    if not report_json:
+        return None
+    value = json.loads(report_json).get("value") or {}
+    data = value.get("data")
+    return base64.b64decode(data) if data else None
 
 
 def _error_text(rep: TaskReport) -> str:
