@@ -150,17 +150,7 @@ class Agent:
                 | ({"sandbox"} if self.sandbox and self.sandbox.confined else set())
             ),
         }
-        delay = 0.2
-        while True:
-            try:
-                r = httpx.post(f"{self.config.coordinator}/v1/nodes/join", json=body, timeout=30)
-                break
-            except httpx.TransportError as e:
-                if self._stop.is_set():
-                    raise FatalNodeError("stopped before the node could join") from e
-                log.warning("coordinator unreachable (%s); retrying in %.1f s", e, delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, 5.0)
+        r = self._until_reachable("POST", "/v1/nodes/join", "the node could join", json=body)
         if r.status_code != 201:
             raise FatalNodeError(f"join refused: {_problem(r)}")
         joined = r.json()
@@ -180,6 +170,19 @@ class Agent:
         )
         return ident
 
+    def _until_reachable(self, method: str, path: str, what: str, **kw: Any) -> httpx.Response:
+        """One unauthenticated request, retried with back-off until the coordinator answers."""
+        delay = 0.2
+        while True:
+            try:
+                return httpx.request(method, f"{self.config.coordinator}{path}", timeout=30, **kw)
+            except httpx.TransportError as e:
+                if self._stop.is_set():
+                    raise FatalNodeError(f"stopped before {what}") from e
+                log.warning("coordinator unreachable (%s); retrying in %.1f s", e, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+
     def _save_identity(self, ident: dict[str, Any]) -> None:
         path = self._identity_path()
         tmp = path.with_suffix(".tmp")
@@ -190,17 +193,7 @@ class Agent:
 
     def _fetch_public_key(self) -> str:
         """The coordinator's signing key, for a node that joined before specs were signed."""
-        delay = 0.2
-        while True:
-            try:
-                r = httpx.get(f"{self.config.coordinator}/v1/coordinator/key", timeout=30)
-                break
-            except httpx.TransportError as e:
-                if self._stop.is_set():
-                    raise FatalNodeError("stopped before the coordinator's key arrived") from e
-                log.warning("coordinator unreachable (%s); retrying in %.1f s", e, delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, 5.0)
+        r = self._until_reachable("GET", "/v1/coordinator/key", "the coordinator's key arrived")
         if r.status_code != 200:
             raise FatalNodeError(f"cannot get the coordinator's signing key: {_problem(r)}")
         return str(r.json()["public_key"])
