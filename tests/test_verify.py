@@ -140,3 +140,23 @@ def test_with_a_tolerance_nearly_equal_floats_agree(store: Store) -> None:
     [r] = results(store, job_id)
     assert r["state"] == "done"
     assert store.quarantined_nodes() == []
+
+
+def test_a_result_from_a_node_already_quarantined_counts_for_nothing(store: Store) -> None:
+    h1, h2 = join(store, "h1", cores=1), join(store, "h2", cores=1)
+    liar = join(store, "liar", cores=2)
+    job_id = store.create_job("c1", job(2, replicas="adaptive"), T0)
+    t1, t2 = lease_one(store, liar, T0), lease_one(store, liar, T0 + 0.5)
+    store.sync(liar, SyncIn(results=[report(t1, b"wrong")]), T0 + 1)
+    for k, node in enumerate((h1, h2)):  # the check and the tie-break expose the liar
+        task = lease_one(store, node, T0 + 2 + k)
+        store.sync(node, SyncIn(results=[report(task, b"right")]), T0 + 2.5 + k)
+    assert store.quarantined_nodes() == [liar]
+    store.sync(liar, SyncIn(results=[report(t2, b"whatever")]), T0 + 5)
+    assert [r["index"] for r in results(store, job_id)] == [0]  # t2 is not settled by it
+    history = store.get_task("c1", t2["task_id"])["history"]
+    assert [h["outcome"] for h in history] == ["disputed"]
+    for k, node in enumerate((h1, h2)):
+        task = lease_one(store, node, T0 + 6 + k)
+        store.sync(node, SyncIn(results=[report(task, b"fine")]), T0 + 6.5 + k)
+    assert [r["state"] for r in results(store, job_id)] == ["done", "done"]

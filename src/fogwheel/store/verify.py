@@ -81,6 +81,18 @@ class VerifyStore(StoreBase):
         if head.state in TERMINAL:
             self._late_votes(c, head, reported.values(), now)
             return
+        if reported:  # a quarantined node's word counts for nothing
+            barred = set(
+                c.execute(
+                    select(nodes.c.id).where(nodes.c.id.in_(reported), nodes.c.quarantined)
+                ).scalars()
+            )
+            for n in barred:
+                c.execute(
+                    update(attempts)
+                    .where(attempts.c.id == reported.pop(n).id)
+                    .values(outcome="disputed")
+                )
         open_states = (TaskState.PENDING.value, TaskState.LEASED.value)
         outstanding = sum(m.state in open_states for m in members) + (head.state in open_states)
         quorum = head.quorum
