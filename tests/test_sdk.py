@@ -130,10 +130,15 @@ def test_a_task_over_its_cpu_limit_is_stopped_and_fails_with_the_reason(client: 
     assert client.submit(square, 5).result(timeout=30) == 25
 
 
-def test_metrics_are_served_in_prometheus_format(client: Client, fog: LocalFog) -> None:
+def test_metrics_are_served_in_prometheus_format_to_the_operator_only(
+    client: Client, fog: LocalFog
+) -> None:
     import httpx
 
     client.submit(square, 1).result(timeout=30)
-    text = httpx.get(f"{fog.url}/metrics").text
+    assert httpx.get(f"{fog.url}/metrics").status_code == 401
+    assert httpx.get(f"{fog.url}/metrics", headers=fog.headers).status_code == 403
+    admin = {"authorization": f"Bearer {fog.admin_key}"}
+    text = httpx.get(f"{fog.url}/metrics", headers=admin).text
     assert 'fogwheel_tasks{state="done"}' in text
     assert 'fogwheel_nodes{state="up"} 2.0' in text

@@ -428,8 +428,10 @@ def build_routes(
 
     app.include_router(v1)
 
-    @app.get("/metrics", tags=["meta"], response_class=Response)
-    def prometheus() -> Response:
+    @app.get("/metrics", tags=["meta"], response_class=Response, responses=ERRORS)
+    def prometheus(request: Request) -> Response:
+        """Prometheus metrics, for the operator: scrape with `authorization: Bearer <admin key>`."""
+        auth.require(request, "admin")
         metrics.refresh()
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
