@@ -148,7 +148,7 @@ def coordinator(
     max_body_mb: Annotated[int, typer.Option(min=1, help="Largest request body accepted.")] = 64,
     ready_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
     quiet: Annotated[bool, typer.Option(help="Print nothing at start.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
 ) -> None:
     """Run the coordinator: the HTTP API under /v1, OpenAPI at /docs, metrics at /metrics."""
     from fogwheel.coordinator import CoordinatorConfig, serve
@@ -212,7 +212,7 @@ def node(
             "this user can read. Only for a machine you would not mind losing.",
         ),
     ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
 ) -> None:
     """Run a node agent: join the fog, pull tasks, run them, report back. SIGTERM drains."""
     from fogwheel.node.agent import Agent, FatalNodeError, NodeConfig
