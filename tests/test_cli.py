@@ -17,7 +17,10 @@ def run(*args: str, timeout: float = 180, **kw) -> subprocess.CompletedProcess[s
     return subprocess.run([*FOGWHEEL, *args], capture_output=True, text=True, timeout=timeout, **kw)
 
 
-@pytest.mark.parametrize("command", ["coordinator", "node", "up", "demo", "run", "jobs", "nodes"])
+@pytest.mark.parametrize(
+    "command",
+    ["coordinator", "node", "up", "demo", "run", "render", "jobs", "nodes", "usage", "earnings"],
+)
 def test_every_command_documents_itself(command: str) -> None:
     res = run(command, "--help")
     assert res.returncode == 0
