@@ -160,3 +160,17 @@ def test_a_result_from_a_node_already_quarantined_counts_for_nothing(store: Stor
         task = lease_one(store, node, T0 + 6 + k)
         store.sync(node, SyncIn(results=[report(task, b"fine")]), T0 + 6.5 + k)
     assert [r["state"] for r in results(store, job_id)] == ["done", "done"]
+
+
+def test_a_split_vote_with_no_node_left_to_break_it_fails_instead_of_waiting(
+    store: Store,
+) -> None:
+    a, b = join(store, "a", cores=1), join(store, "b", cores=1)
+    job_id = store.create_job("c1", job(1, replicas="adaptive"), T0)
+    first = lease_one(store, a, T0)
+    store.sync(a, SyncIn(results=[report(first, b"one")]), T0 + 1)
+    check = lease_one(store, b, T0 + 2)
+    store.sync(b, SyncIn(results=[report(check, b"two")]), T0 + 3)
+    [r] = results(store, job_id)
+    assert r["state"] == "failed" and "no other node is live" in r["error"]["message"]
+    assert store.quarantined_nodes() == []

@@ -19,7 +19,7 @@ from sqlalchemy import Connection, bindparam, func, select, update
 from fogwheel.core import compare, trust
 from fogwheel.core.tasks import TERMINAL, Cancelled, Settled, Task, TaskState, apply
 from fogwheel.protocol import TaskReport
-from fogwheel.store.base import _TASK_COLS, StoreBase, _task, _task_cols
+from fogwheel.store.base import _TASK_COLS, NODE_GONE_AFTER_LEASES, StoreBase, _task, _task_cols
 from fogwheel.store.schema import attempts, nodes, task_blobs, tasks
 
 RECHECK_RECENT = 50  # unchecked results of a quarantined node that are checked again
@@ -126,7 +126,20 @@ class VerifyStore(StoreBase):
                 customer = self._job_row(c, head.job_id)["customer_id"]  # type: ignore[attr-defined]
                 credit(c, task_id=group, customer_id=customer, runs=runs, now=now)
         elif isinstance(verdict, trust.NeedMore):
-            if verdict.replicas:
+            split = len({d for _, d in votes}) > 1
+            if split and not self._tiebreakers(c, set(reported), now):
+                # Nobody is left who could break the tie: say so rather than wait forever.
+                reason = (
+                    "results disagree and no other node is live to break the tie "
+                    f"({verdict.reason})"
+                )
+                self._settle(c, head, Settled(False, reason), None, now)
+                self._cancel_members(c, members, now)
+                for r in reported.values():
+                    c.execute(
+                        update(attempts).where(attempts.c.id == r.id).values(outcome="unsettled")
+                    )
+            elif verdict.replicas:
                 self._make_replicas(c, group, verdict.replicas, now)
         else:
             reason = f"no agreement: {verdict.reason}"
@@ -169,6 +182,16 @@ class VerifyStore(StoreBase):
                 ],
                 now,
             )
+
+    def _tiebreakers(self, c: Connection, voted: set[str], now: float) -> bool:
+        """Whether any live, trusted node has not yet given a result for this task."""
+        horizon = now - self.lease_seconds * NODE_GONE_AFTER_LEASES
+        live = c.execute(
+            select(nodes.c.id).where(
+                nodes.c.state == "up", nodes.c.last_seen >= horizon, ~nodes.c.quarantined
+            )
+        ).scalars()
+        return any(n not in voted for n in live)
 
     def _settle(
         self, c: Connection, head: Any, event: Settled, rep: TaskReport | None, now: float
