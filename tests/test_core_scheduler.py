@@ -12,13 +12,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fogwheel.core.scheduler import (
+    BACKUP_FACTOR,
+    BACKUP_MIN_S,
     MAX_HELD_PER_SLOT,
     PROBATION_RELIABILITY,
     Assignment,
     Candidate,
     ClusterView,
     NodeView,
+    Straggler,
+    backup_after,
     grant_size,
+    locality_order,
+    plan_backups,
     plan_lease,
     reliability,
 )
@@ -402,3 +408,173 @@ def test_a_plan_takes_turns_across_customers_in_queue_order(
         # and a customer with tasks left over is at most one turn behind any other
         if taken < len(own):
             assert all(n <= taken + 1 for n in per_customer.values())
+
+
+# -- locality -----------------------------------------------------------------------------
+
+MB = 1_000_000
+
+
+def test_a_node_takes_the_tasks_whose_input_it_holds_first_most_bytes_first() -> None:
+    candidates = [
+        Candidate(1, "a"),
+        Candidate(2, "a", local_bytes=1 * MB),
+        Candidate(3, "a", local_bytes=5 * MB),
+    ]
+    plan = plan_lease(node(slots=4), 3, candidates, ClusterView(3, 4))
+    assert ids(plan) == [3, 2, 1]
+
+
+def test_tasks_held_by_another_node_come_after_those_held_by_nobody() -> None:
+    candidates = [
+        Candidate(1, "a", elsewhere_bytes=8 * MB),
+        Candidate(2, "a"),
+        Candidate(3, "a", elsewhere_bytes=1),
+        Candidate(4, "a"),
+    ]
+    assert [c.task_id for c in locality_order(candidates)] == [2, 4, 1, 3]
+    # it only orders: with room enough, the node still takes the others' tasks too
+    plan = plan_lease(node(slots=4), 4, candidates, ClusterView(4, 4))
+    assert ids(plan) == [2, 4, 1, 3]
+
+
+def test_local_bytes_win_over_bytes_held_elsewhere_too() -> None:
+    mixed = Candidate(1, "a", local_bytes=1, elsewhere_bytes=9 * MB)
+    plan = plan_lease(node(slots=4), 1, [Candidate(2, "a"), mixed], ClusterView(2, 4))
+    assert ids(plan) == [1]
+
+
+def test_a_replica_is_not_put_back_because_the_nodes_that_ran_its_task_hold_its_input() -> None:
+    check = Candidate(1, "a", group=9, exclude=frozenset({"n2"}), elsewhere_bytes=5 * MB)
+    assert [c.task_id for c in locality_order([check, Candidate(2, "a")])] == [1, 2]
+
+
+def test_locality_orders_within_each_customer_and_keeps_the_turns() -> None:
+    # given customer a first in the queue, and b's second task held here
+    candidates = [
+        Candidate(1, "a"),
+        Candidate(2, "a", elsewhere_bytes=MB),
+        Candidate(3, "b"),
+        Candidate(4, "b", local_bytes=MB),
+        Candidate(5, "a", local_bytes=MB),
+    ]
+    plan = plan_lease(node(slots=8), 5, candidates, ClusterView(5, 8))
+    # a still goes first; each customer's own local task leads its queue
+    assert ids(plan) == [5, 4, 1, 3, 2]
+
+
+@pytest.mark.parametrize(
+    ("local_bytes", "note"),
+    [
+        (12_300_000, "; 12.3 MB of its input already here"),
+        (2_500_000_000, "; 2.5 GB of its input already here"),
+        (4_096, "; 4.1 KB of its input already here"),
+        (512, "; 512 B of its input already here"),
+        (0, None),
+    ],
+)
+def test_the_reason_says_how_much_of_the_input_is_already_on_the_node(
+    local_bytes: int, note: str | None
+) -> None:
+    (a,) = plan_lease(node(), 1, [Candidate(1, "a", local_bytes=local_bytes)], ClusterView(1, 4))
+    if note is None:
+        assert "already here" not in a.reason
+    else:
+        assert a.reason.endswith(note)
+
+
+def candidates_with_locality() -> st.SearchStrategy[list[Candidate]]:
+    return st.lists(
+        st.builds(
+            Candidate,
+            task_id=st.integers(1, 10_000),
+            customer_id=st.sampled_from("abc"),
+            group=st.none() | st.integers(10_001, 10_010),
+            local_bytes=st.sampled_from([0, 0, 1, MB, 7 * MB]),
+            elsewhere_bytes=st.sampled_from([0, 0, 1, MB, 7 * MB]),
+        ),
+        max_size=40,
+        unique_by=lambda c: c.task_id,
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(candidates=candidates_with_locality())
+def test_locality_order_never_drops_or_duplicates_a_candidate(
+    candidates: list[Candidate],
+) -> None:
+    ordered = locality_order(candidates)
+    assert Counter(ordered) == Counter(candidates)
+    # local ones lead, most bytes first; tasks held only elsewhere come last
+    local = [c.local_bytes for c in ordered if c.local_bytes > 0]
+    assert local == sorted(local, reverse=True)
+    assert [c for c in ordered if c.local_bytes > 0] == ordered[: len(local)]
+    rest = ordered[len(local) :]
+    elsewhere = [c.elsewhere_bytes > 0 and c.group is None for c in rest]
+    assert elsewhere == sorted(elsewhere)
+
+
+@settings(max_examples=300, deadline=None)
+@given(candidates=candidates_with_locality(), want=st.integers(0, 50), slots=st.integers(1, 8))
+def test_a_plan_with_locality_is_a_duplicate_free_subset_within_the_grant(
+    candidates: list[Candidate], want: int, slots: int
+) -> None:
+    view = node(slots=slots)
+    cluster = ClusterView(max(1, len(candidates)), slots)
+    plan = plan_lease(view, want, candidates, cluster)
+    chosen = ids(plan)
+    grant, _ = grant_size(view, want, cluster)
+    assert len(chosen) == len(set(chosen)) and set(chosen) <= {c.task_id for c in candidates}
+    groups = [c.group or c.task_id for c in candidates if c.task_id in set(chosen)]
+    assert len(groups) == len(set(groups))  # never two copies of one task
+    distinct = len({c.group or c.task_id for c in candidates})
+    assert len(chosen) == min(grant, distinct)
+
+
+# -- backup tasks -------------------------------------------------------------------------
+
+
+def straggler(task_id: int = 7, running_s: float = 30.0, median: float | None = 2.0, **kw):
+    return Straggler(task_id, kw.pop("holder", "n2"), running_s, median, **kw)
+
+
+@pytest.mark.parametrize(
+    ("median", "after"),
+    [(0.01, BACKUP_MIN_S), (1.0, BACKUP_MIN_S), (10.0, 10.0 * BACKUP_FACTOR)],
+)
+def test_a_task_is_backed_up_only_well_past_its_jobs_median(median: float, after: float) -> None:
+    assert backup_after(median) == after
+    assert plan_backups(node(), 1, [straggler(running_s=after, median=median)]) == []
+    assert plan_backups(node(), 1, [straggler(running_s=after + 0.1, median=median)])
+
+
+def test_a_job_with_no_finished_attempt_gets_no_backups() -> None:
+    assert plan_backups(node(), 4, [straggler(running_s=1e6, median=None)]) == []
+
+
+def test_the_longest_running_stragglers_are_backed_up_first_up_to_the_free_slots() -> None:
+    stragglers = [straggler(1, 10.0), straggler(2, 50.0), straggler(3, 30.0)]
+    assert ids(plan_backups(node(), 2, stragglers)) == [2, 3]
+    assert plan_backups(node(), 0, stragglers) == []
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"holder": "n1"},  # its own task
+        {"exclude": frozenset({"n1"})},  # it already ran a copy
+        {"memory_mb": 8192},  # too big for it
+        {"needs": frozenset({"gpu"})},  # needs what it lacks
+    ],
+)
+def test_a_node_backs_up_only_tasks_it_may_run(kw: dict) -> None:
+    assert plan_backups(node(id="n1", memory_mb=4096), 1, [straggler(**kw)]) == []
+
+
+def test_the_backup_reason_names_the_task_its_holder_and_the_medians() -> None:
+    view = node(id="n3", slots=4, held=3, done=9, lost=1)
+    (a,) = plan_backups(view, 1, [straggler(17, 12.34, 2.06, holder="n1")])
+    assert a.reason == (
+        "n3: reliability 0.83 (9/10), 1 of 4 slots free; "
+        "backup copy of task 17, running 12.3 s on n1 (job median 2.1 s)"
+    )

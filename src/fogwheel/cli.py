@@ -212,6 +212,12 @@ def node(
             "this user can read. Only for a machine you would not mind losing.",
         ),
     ] = False,
+    cache_mb: Annotated[
+        int,
+        typer.Option(
+            min=16, help="Disk kept for blobs later tasks may read again (least recent dropped)."
+        ),
+    ] = 2048,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
 ) -> None:
     """Run a node agent: join the fog, pull tasks, run them, report back. SIGTERM drains."""
@@ -231,6 +237,7 @@ def node(
             poll_s=poll,
             capabilities=capability or [],
             unsafe_no_sandbox=unsafe_no_sandbox,
+            cache_mb=cache_mb,
         )
     )
     agent.install_signal_handlers()
@@ -705,6 +712,330 @@ def render(
                 raise _fail(str(e)) from None
     for path in paths:
         out.print(f"wrote {path}", highlight=False, soft_wrap=True)
+
+
+# -- MapReduce and k-mers ---------------------------------------------------------------------
+
+mapreduce_app = typer.Typer(
+    help="MapReduce on the fog: built-in wordcount and grep, or your own job.",
+    no_args_is_help=True,
+)
+app.add_typer(mapreduce_app, name="mapreduce")
+
+InputsArg = Annotated[
+    list[Path], typer.Argument(exists=True, dir_okay=False, help="Input text files.")
+]
+SplitOpt = Annotated[float, typer.Option(min=0.01, help="Split size, MB: one map task a split.")]
+PartitionsOpt = Annotated[
+    int | None,
+    typer.Option(min=1, max=100, help="Reduce tasks (default: one a slot of the live nodes)."),
+]
+BackupsOpt = Annotated[
+    bool,
+    typer.Option(help="Near the end of a phase, run backup copies of straggling tasks."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="End with one JSON line of figures.")]
+
+
+def _run_mapreduce(
+    job: Any,
+    inputs: list[Path],
+    out_path: Path,
+    *,
+    split_mb: float,
+    partitions: int | None,
+    backups: bool,
+    coordinator: str | None,
+    api_key: str | None,
+    local: int,
+    replicas: str,
+    as_json: bool,
+) -> Any:
+    """Run `job` with a progress bar per phase; print where the output went."""
+    from rich.progress import BarColumn, Progress, TimeElapsedColumn
+
+    from fogwheel import mapreduce
+    from fogwheel.errors import FogwheelError
+
+    labels = {
+        "split": "splitting and uploading",
+        "map": "map",
+        "reduce": "reduce",
+        "output": "fetching the output",
+    }
+    with (
+        _client(coordinator, api_key, local, _replicas(replicas)) as client,
+        Progress(
+            "{task.description:<26}",
+            BarColumn(),
+            "{task.fields[count]}",
+            TimeElapsedColumn(),
+            console=err,
+        ) as bar,
+    ):
+        tasks: dict[str, Any] = {}
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(labels.get(phase, phase), total=total, count="")
+            if phase in ("split", "output"):
+                count = f"{done / 1e6:.1f}/{total / 1e6:.1f} MB"
+            else:
+                count = f"{done}/{total} tasks"
+            bar.update(tasks[phase], completed=done, total=total, count=count)
+
+        try:
+            result = mapreduce.run(
+                client,
+                job,
+                inputs,
+                out_path,
+                partitions=partitions,
+                split_mb=split_mb,
+                progress=progress,
+                backups=backups,
+            )
+        except (FogwheelError, ValueError, OSError) as e:
+            raise _fail(str(e)) from None
+    mb = result.input_bytes / 1e6
+    secs = result.total_seconds
+    where = out_path if job.output == "file" else f"{out_path}/ ({len(result.paths)} part files)"
+    out.print(
+        f"{job.describe()}: {mb:.1f} MB in {secs:.1f} s ({mb / max(secs, 1e-9):.1f} MB/s), "
+        f"{result.splits} map tasks, {result.partitions} reduce tasks "
+        f"(jobs {result.map_job} and {result.reduce_job})",
+        highlight=False,
+    )
+    out.print(f"wrote {where}", highlight=False, soft_wrap=True)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "job": job.describe(),
+                    "input_bytes": result.input_bytes,
+                    "output_bytes": result.output_bytes,
+                    "splits": result.splits,
+                    "partitions": result.partitions,
+                    "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
+                    "paths": [str(p) for p in result.paths],
+                }
+            ),
+            flush=True,
+        )
+    return result
+
+
+def _top_lines(paths: list[Path], n: int) -> None:
+    """The `n` most frequent keys of `key<TAB>count` part files."""
+    import heapq
+
+    def rows() -> Iterator[tuple[int, str]]:
+        for p in paths:
+            with open(p, "rb") as f:
+                for line in f:
+                    key, _, count = line.rstrip(b"\n").rpartition(b"\t")
+                    yield int(count), key.decode("utf-8", "replace")
+
+    top = heapq.nlargest(n, rows())
+    if top:
+        table = Table(title=f"top {len(top)}")
+        table.add_column("key")
+        table.add_column("count", justify="right")
+        for count, key in top:
+            table.add_row(key, str(count))
+        out.print(table)
+
+
+@mapreduce_app.command("wordcount")
+def mr_wordcount(
+    inputs: InputsArg,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path(
+        "wordcount-out"
+    ),
+    top: Annotated[int, typer.Option(min=0, help="Print the N most frequent words.")] = 10,
+    split_mb: SplitOpt = 16.0,
+    partitions: PartitionsOpt = None,
+    backups: BackupsOpt = True,
+    coordinator: CoordinatorOpt = None,
+    api_key: ApiKeyOpt = None,
+    local: LocalOpt = 0,
+    replicas: ReplicasOpt = "adaptive",
+    as_json: JsonOpt = False,
+) -> None:
+    """Count every whitespace-separated word of the inputs: `word<TAB>count` part files.
+
+    Example: fogwheel mapreduce wordcount book.txt --out counts --local 2
+    """
+    from fogwheel.mapreduce import WordCount
+
+    result = _run_mapreduce(
+        WordCount(),
+        inputs,
+        out_dir,
+        split_mb=split_mb,
+        partitions=partitions,
+        backups=backups,
+        coordinator=coordinator,
+        api_key=api_key,
+        local=local,
+        replicas=replicas,
+        as_json=as_json,
+    )
+    if top and not as_json:
+        _top_lines(result.paths, top)
+
+
+@mapreduce_app.command("grep")
+def mr_grep(
+    pattern: Annotated[str, typer.Argument(help="A Python regular expression.")],
+    inputs: InputsArg,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path(
+        "grep-out"
+    ),
+    ignore_case: Annotated[bool, typer.Option("--ignore-case", "-i")] = False,
+    top: Annotated[int, typer.Option(min=0, help="Print the N most frequent matches.")] = 10,
+    split_mb: SplitOpt = 16.0,
+    partitions: PartitionsOpt = None,
+    backups: BackupsOpt = True,
+    coordinator: CoordinatorOpt = None,
+    api_key: ApiKeyOpt = None,
+    local: LocalOpt = 0,
+    replicas: ReplicasOpt = "adaptive",
+) -> None:
+    """Count every distinct match of PATTERN in the inputs: `match<TAB>count` (Hadoop's grep).
+
+    Example: fogwheel mapreduce grep 'colou?r' book.txt --out colours --local 2
+    """
+    from fogwheel.mapreduce import Grep
+
+    try:
+        job = Grep(pattern, ignore_case=ignore_case)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    result = _run_mapreduce(
+        job,
+        inputs,
+        out_dir,
+        split_mb=split_mb,
+        partitions=partitions,
+        backups=backups,
+        coordinator=coordinator,
+        api_key=api_key,
+        local=local,
+        replicas=replicas,
+        as_json=False,
+    )
+    if top:
+        _top_lines(result.paths, top)
+
+
+@mapreduce_app.command("run")
+def mr_run(
+    job_ref: Annotated[
+        str,
+        typer.Argument(
+            metavar="FILE.py:NAME",
+            help="A Python file and the name of the job in it (a fogwheel.mapreduce.Job).",
+        ),
+    ],
+    inputs: InputsArg,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output directory or file.")] = (
+        Path("mapreduce-out")
+    ),
+    split_mb: SplitOpt = 16.0,
+    partitions: PartitionsOpt = None,
+    backups: BackupsOpt = True,
+    coordinator: CoordinatorOpt = None,
+    api_key: ApiKeyOpt = None,
+    local: LocalOpt = 0,
+    replicas: ReplicasOpt = "adaptive",
+    as_json: JsonOpt = False,
+) -> None:
+    """Run your own MapReduce job, defined in a Python file.
+
+    Example: fogwheel mapreduce run examples/mapreduce_wordlengths.py:job book.txt --local 2
+    """
+    from fogwheel.mapreduce import Job
+
+    job = _load_job(job_ref)
+    if not isinstance(job, Job):
+        raise _fail(f"{job_ref} is a {type(job).__name__}, not a fogwheel.mapreduce.Job")
+    _run_mapreduce(
+        job,
+        inputs,
+        out_dir,
+        split_mb=split_mb,
+        partitions=partitions,
+        backups=backups,
+        coordinator=coordinator,
+        api_key=api_key,
+        local=local,
+        replicas=replicas,
+        as_json=as_json,
+    )
+
+
+def _load_job(ref: str) -> Any:
+    import importlib.util
+
+    path, _, name = ref.rpartition(":")
+    if not path or not name:
+        raise _fail(f"expected FILE.py:NAME, got {ref!r}")
+    file = Path(path)
+    if not file.is_file():
+        raise _fail(f"no such file: {file}")
+    mod_name = f"fogwheel_user_{file.stem}"
+    spec = importlib.util.spec_from_file_location(mod_name, file)
+    if spec is None or spec.loader is None:
+        raise _fail(f"cannot load {file} as Python")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        raise _fail(f"{file} failed to load: {type(e).__name__}: {e}") from None
+    if not hasattr(module, name):
+        raise _fail(f"{file} has no {name!r}")
+    return getattr(module, name)
+
+
+@app.command()
+def kmer(
+    fasta: Annotated[
+        list[Path], typer.Argument(exists=True, dir_okay=False, help="FASTA or FASTQ files.")
+    ],
+    k: Annotated[int, typer.Option("-k", min=1, max=31, help="k-mer length.")] = 21,
+    counts: Annotated[
+        Path, typer.Option("--out", "-o", help="Where to write kmer<TAB>count lines.")
+    ] = Path("counts.tsv"),
+    split_mb: Annotated[float, typer.Option(min=0.01, help="Bases per map task, millions.")] = 4.0,
+    partitions: PartitionsOpt = None,
+    backups: BackupsOpt = True,
+    coordinator: CoordinatorOpt = None,
+    api_key: ApiKeyOpt = None,
+    local: LocalOpt = 0,
+    replicas: ReplicasOpt = "adaptive",
+    as_json: JsonOpt = False,
+) -> None:
+    """Count canonical k-mers across the fog, as `jellyfish count -C -m K` + `dump -c`, sorted.
+
+    Example: fogwheel kmer genome.fa -k 21 --out counts.tsv --local 2
+    """
+    from fogwheel.workloads.kmer import KmerJob
+
+    _run_mapreduce(
+        KmerJob(k),
+        fasta,
+        counts,
+        split_mb=split_mb,
+        partitions=partitions,
+        backups=backups,
+        coordinator=coordinator,
+        api_key=api_key,
+        local=local,
+        replicas=replicas,
+        as_json=as_json,
+    )
 
 
 def main() -> None:

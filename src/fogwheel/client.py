@@ -46,7 +46,26 @@ from fogwheel.errors import (
 INLINE_MAX = 64 * 1024
 SUBMIT_CHUNK = 20_000  # tasks per request when a map is large
 
-__all__ = ["Client", "CommandResult", "TaskFuture", "as_completed", "wait"]
+__all__ = ["Blob", "Client", "CommandResult", "TaskFuture", "TaskOutput", "as_completed", "wait"]
+
+
+@dataclass(frozen=True)
+class Blob:
+    """Bytes that live on the fog, named by their SHA-256: a task's output file, or data you
+    uploaded with `Client.put_blob`. Pass one as a task input and no byte travels through
+    this process; `Client.fetch` or `Client.fetch_to` brings it here."""
+
+    sha: str
+    size: int
+    data: bytes | None = field(default=None, repr=False)  # small blobs travel inline
+
+
+@dataclass
+class TaskOutput:
+    """The result of a Python task that writes files: its return value and its output files."""
+
+    value: Any
+    files: dict[str, Blob]
 
 
 @dataclass
@@ -176,16 +195,35 @@ class Client:
         max_attempts: int = 3,
         rel_tol: float | None = None,
         abs_tol: float = 0.0,
+        inputs: Sequence[Mapping[str, Blob | bytes | str | os.PathLike[str]]] | None = None,
+        outputs: Sequence[str] = (),
+        backups: bool = True,
     ) -> list[TaskFuture]:
         """One job of many calls of `fn`; the lower layer under `submit` and `map`.
 
         With `rel_tol` (and `abs_tol`), replicas' numeric results agree when every number is
-        within that tolerance (`math.isclose`) rather than only when their bytes are equal."""
+        within that tolerance (`math.isclose`) rather than only when their bytes are equal.
+
+        `inputs` (one mapping a call) are files placed in the task's working directory
+        (`Blob`s, bytes or paths); `outputs` names files each task writes there. With
+        `outputs`, a future's result is a `TaskOutput` whose files stay on the fog as `Blob`s
+        until fetched. `backups=False` turns off backup copies of straggling tasks (turn it
+        off for a function with side effects)."""
         fn_value = self._blob_value(pickle_function(fn), upload=True)
+        if inputs is not None and len(inputs) != len(calls):
+            raise ValueError(f"{len(inputs)} input mappings for {len(calls)} calls")
+        kind = "python-files" if outputs else "python"
         futures: list[TaskFuture] = []
         for start in range(0, max(1, len(calls)), SUBMIT_CHUNK):
             chunk = calls[start : start + SUBMIT_CHUNK]
-            tasks = [{"args": self._blob_value(cloudpickle.dumps((a, dict(k))))} for a, k in chunk]
+            tasks: list[dict[str, Any]] = []
+            for i, (a, k) in enumerate(chunk):
+                task: dict[str, Any] = {"args": self._blob_value(cloudpickle.dumps((a, dict(k))))}
+                if inputs is not None:
+                    task["inputs"] = self._files(inputs[start + i])
+                if outputs:
+                    task["outputs"] = list(outputs)
+                tasks.append(task)
             job = {
                 "name": name,
                 "kind": "python",
@@ -194,11 +232,12 @@ class Client:
                 "limits": _limits(memory_mb, wall_s, cpu_s),
                 "max_attempts": max_attempts,
                 "replicas": self.replicas,
+                "backups": backups,
                 "client_token": uuid.uuid4().hex,
             }
             if rel_tol is not None:
                 job["tolerance"] = {"rel": rel_tol, "abs": abs_tol}
-            futures.extend(self._submit_job(job, "python"))
+            futures.extend(self._submit_job(job, kind))
         return futures
 
     def run(
@@ -243,14 +282,10 @@ class Client:
         inputs = inputs or [{} for _ in commands]
         tasks = []
         for cmd, ins in zip(commands, inputs, strict=True):
-            files = {}
-            for fname, src in ins.items():
-                data = src if isinstance(src, bytes) else Path(src).read_bytes()
-                files[fname] = self._blob_value(data)
             tasks.append(
                 {
                     "command": list(cmd),
-                    "inputs": files,
+                    "inputs": self._files(ins),
                     "outputs": list(outputs),
                     "needs": list(needs),
                 }
@@ -264,6 +299,68 @@ class Client:
             "client_token": uuid.uuid4().hex,
         }
         return self._submit_job(job, "command")
+
+    def _files(self, ins: Mapping[str, Blob | bytes | str | os.PathLike[str]]) -> dict[str, Any]:
+        files = {}
+        for fname, src in ins.items():
+            if isinstance(src, Blob):
+                files[fname] = _blob_ref(src)
+            else:
+                data = src if isinstance(src, bytes) else Path(src).read_bytes()
+                files[fname] = self._blob_value(data)
+        return files
+
+    # -- blobs ------------------------------------------------------------------------------
+
+    def put_blob(self, data: bytes) -> Blob:
+        """Upload `data` once (a second put of the same bytes sends nothing) as a `Blob`."""
+        value = self._blob_value(data, upload=len(data) > INLINE_MAX)
+        inline = base64.b64decode(value["data"]) if value.get("data") is not None else None
+        return Blob(value["sha"], value["size"], inline)
+
+    def fetch(self, blob: Blob) -> bytes:
+        """The bytes of `blob`, checked against its name."""
+        if blob.data is not None:
+            return blob.data
+        return self._value_bytes({"sha": blob.sha, "size": blob.size})
+
+    def fetch_to(self, blob: Blob, path: str | os.PathLike[str], append: bool = False) -> int:
+        """Stream `blob` into the file `path` (appended with `append`), checking it on the way;
+        returns its size. A corrupt transfer raises IntegrityError and leaves no new file."""
+        path = Path(path)
+        if blob.data is not None:
+            with open(path, "ab" if append else "wb") as f:
+                f.write(blob.data)
+            return blob.size
+        deadline = time.monotonic() + self.retry_for
+        while True:
+            start = path.stat().st_size if append and path.exists() else 0
+            h = hashlib.sha256()
+            try:
+                with (
+                    self._http.stream("GET", f"/v1/blobs/{blob.sha}") as r,
+                    open(path, "ab" if append else "wb") as f,
+                ):
+                    if r.status_code >= 400:
+                        r.read()
+                        if r.status_code < 500 or time.monotonic() > deadline:
+                            raise ApiError(r.status_code, _message(r))
+                        continue
+                    for chunk in r.iter_bytes(1 << 20):
+                        h.update(chunk)
+                        f.write(chunk)
+                break
+            except httpx.TransportError as e:
+                with open(path, "ab") as f:
+                    f.truncate(start)
+                if time.monotonic() > deadline:
+                    raise CoordinatorUnreachable(f"cannot reach {self.url}: {e}") from e
+                time.sleep(0.5)
+        if h.hexdigest() != blob.sha:
+            with open(path, "ab") as f:
+                f.truncate(start)
+            raise IntegrityError(f"blob {blob.sha[:12]}… arrived corrupt")
+        return blob.size
 
     def _submit_job(self, job: dict[str, Any], kind: str) -> list[TaskFuture]:
         out = self._request("POST", "/v1/jobs", json=job).json()
@@ -359,6 +456,9 @@ class Client:
         raw = self._value_bytes(res["value"]) if res.get("value") else b""
         if kind == "python":
             return cloudpickle.loads(raw)
+        if kind == "python-files":
+            files = {name: _blob_of(v) for name, v in res.get("outputs", {}).items()}
+            return TaskOutput(cloudpickle.loads(raw), files)
         info = json.loads(raw)
         outputs = {name: self._value_bytes(v) for name, v in res.get("outputs", {}).items()}
         return CommandResult(info["returncode"], info["stdout"], info["stderr"], outputs)
@@ -366,7 +466,7 @@ class Client:
     def _decode_error(self, kind: str, res: dict[str, Any]) -> BaseException:
         err = res.get("error") or {"kind": "crash", "message": "no detail"}
         tb = err.get("traceback", "")
-        if err.get("kind") == "exception":
+        if err.get("kind") == "exception" and kind != "command":
             exc: BaseException | None = None
             if err.get("exc"):
                 try:
@@ -461,6 +561,19 @@ def _is_users_own(module: types.ModuleType) -> bool:
     path = os.path.realpath(path)
     installed = {sysconfig.get_path(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
     return not any(p and path.startswith(os.path.realpath(p) + os.sep) for p in installed)
+
+
+def _blob_ref(blob: Blob) -> dict[str, Any]:
+    if blob.data is not None:
+        return {"sha": blob.sha, "size": blob.size, "data": base64.b64encode(blob.data).decode()}
+    return {"sha": blob.sha, "size": blob.size}
+
+
+def _blob_of(value: dict[str, Any]) -> Blob:
+    data = base64.b64decode(value["data"]) if value.get("data") is not None else None
+    if data is not None and hashlib.sha256(data).hexdigest() != value["sha"]:
+        raise IntegrityError(f"output {value['sha'][:12]}… arrived corrupt")
+    return Blob(value["sha"], value["size"], data)
 
 
 def _limits(memory_mb: int, wall_s: float, cpu_s: float | None) -> dict[str, Any]:

@@ -71,6 +71,7 @@ class LocalFog:
         self.stop()
 
     def start(self, wait_for_nodes: bool = True) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.start_coordinator()
         for _ in range(self.n_nodes):
             self.add_node()

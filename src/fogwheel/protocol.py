@@ -107,6 +107,11 @@ class JobIn(Model):
             default=None, description="makes a retried submission return the first job, not a twin"
         )
     )
+    backups: bool = Field(
+        default=True,
+        description="near the end of the job, idle nodes run backup copies of its slowest "
+        "running tasks; the first result wins",
+    )
 
 
 class JobOut(Model):

@@ -14,6 +14,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Request, Res
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -323,7 +324,15 @@ def build_routes(
         )
         if not allowed or not blobs.has(sha):
             raise HTTPException(404, f"no blob {sha}")
-        return FileResponse(blobs.path(sha), media_type="application/octet-stream")
+        path = blobs.path(sha)
+        # A node keeps what it fetched in its cache: once it has it all, placement may prefer
+        # it for the tasks that read this blob (locality).
+        held = (
+            BackgroundTask(store.hold_blobs, who.id, [(sha, path.stat().st_size)])
+            if who.kind == "node"
+            else None
+        )
+        return FileResponse(path, media_type="application/octet-stream", background=held)
 
     # -- nodes ------------------------------------------------------------------------------
 

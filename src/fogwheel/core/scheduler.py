@@ -3,6 +3,10 @@
 Pull, never push: a node asks for up to `want` tasks and the scheduler decides how many it gets
 and which. Every assignment carries a one-line reason that the console and the API show
 ("n3: reliability 0.96 (49/50), 2 of 4 slots free, fair share 3 of 12 pending").
+
+Two ideas from MapReduce (Dean & Ghemawat, OSDI 2004): a task goes preferably to a node that
+already holds its input (§3.4, locality), and near the end of a job an idle node runs a backup
+copy of the slowest running task, the first result winning (§3.6, backup tasks).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from dataclasses import dataclass, field
 
 MAX_HELD_PER_SLOT = 64  # a node may queue this many tiny tasks per slot to hide round trips
 PROBATION_RELIABILITY = 0.5  # below this, a node gets one task at a time while others are free
+BACKUP_MIN_S = 2.0  # a task is never backed up before it has run this long
+BACKUP_FACTOR = 1.5  # ... nor before it has run this many times its job's median attempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +52,21 @@ class Candidate:
     failed_on: frozenset[str] = field(default_factory=frozenset)  # nodes that lost it before
     group: int | None = None  # the task this one checks, when it is a replica
     exclude: frozenset[str] = frozenset()  # nodes that ran its group: replicas need others
+    local_bytes: int = 0  # bytes of its input blobs the asking node holds already
+    elsewhere_bytes: int = 0  # bytes of its input held by the best other live node
+
+
+@dataclass(frozen=True, slots=True)
+class Straggler:
+    """A running task of a job in its last wave (nothing of the job is pending any more)."""
+
+    task_id: int
+    holder: str  # the node running it
+    running_s: float  # since its current attempt was leased
+    job_median_s: float | None  # median wall time of the job's finished attempts; None: none yet
+    memory_mb: int = 0
+    needs: frozenset[str] = frozenset()
+    exclude: frozenset[str] = frozenset()  # nodes that already hold or ran a copy of it
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,10 +118,76 @@ def plan_lease(
             note = f"; checks task {cand.group} on a node that has not run it"
         if cand.failed_on:
             note += f"; retry after loss on {', '.join(sorted(cand.failed_on))}"
+        if cand.local_bytes > 0:
+            note += f"; {_size(cand.local_bytes)} of its input already here"
         chosen.append(Assignment(cand.task_id, head + note))
         if len(chosen) == grant:
             break
     return chosen
+
+
+def backup_after(job_median_s: float) -> float:
+    """Seconds a task must have run before it is backed up: well past its job's typical run."""
+    return max(BACKUP_MIN_S, BACKUP_FACTOR * job_median_s)
+
+
+def plan_backups(node: NodeView, free: int, stragglers: Sequence[Straggler]) -> list[Assignment]:
+    """Backup copies for `node` to run, longest-running straggler first, at most `free`.
+
+    MapReduce's backup tasks (Dean & Ghemawat 2004, §3.6): when a job is nearly done, an idle
+    node runs a second copy of a task that runs much longer than the job's others; whichever
+    copy finishes first settles the task. A job with no finished attempt yet has no measure of
+    "slow", so none of its tasks is backed up."""
+    if free <= 0:
+        return []
+    head = f"{node.id}: reliability {reliability(node):.2f} ({node.done}/{node.done + node.lost})"
+    chosen: list[Assignment] = []
+    for s in sorted(stragglers, key=lambda s: (-s.running_s, s.task_id)):
+        if s.job_median_s is None or s.running_s <= backup_after(s.job_median_s):
+            continue
+        if s.holder == node.id or node.id in s.exclude:
+            continue
+        if s.memory_mb > node.memory_mb or not s.needs <= node.capabilities:
+            continue
+        chosen.append(
+            Assignment(
+                s.task_id,
+                f"{head}, {max(0, node.slots - node.held)} of {node.slots} slots free; "
+                f"backup copy of task {s.task_id}, "
+                f"running {s.running_s:.1f} s on {s.holder} (job median {s.job_median_s:.1f} s)",
+            )
+        )
+        if len(chosen) == free:
+            break
+    return chosen
+
+
+def locality_order(cands: Iterable[Candidate]) -> list[Candidate]:
+    """One customer's queue as placement takes it: tasks whose input this node holds (most
+    bytes first), then those whose input no other live node holds, then those whose input
+    another live node holds; queue order within each part.
+
+    MapReduce's locality (Dean & Ghemawat 2004, §3.4): moving a task is cheaper than moving
+    its input, so a node takes its own inputs' tasks first and leaves others' to their holders.
+    It only orders: a task held elsewhere still runs here when nothing better is queued. A
+    replica is never put back for being held elsewhere: the nodes that hold its input are the
+    ones that ran its group, which may not run it."""
+    return sorted(cands, key=_locality_rank)
+
+
+def _locality_rank(cand: Candidate) -> tuple[int, int]:
+    if cand.local_bytes > 0:
+        return (0, -cand.local_bytes)
+    if cand.elsewhere_bytes > 0 and cand.group is None:
+        return (2, 0)
+    return (1, 0)
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
 
 
 def _fits(node: NodeView, cand: Candidate, cluster: ClusterView) -> bool:
@@ -117,9 +204,11 @@ def _fits(node: NodeView, cand: Candidate, cluster: ClusterView) -> bool:
 
 
 def _round_robin(cands: Iterable[Candidate]) -> Iterable[Candidate]:
-    queues: dict[str, deque[Candidate]] = defaultdict(deque)
+    """Customers take turns, in the order they first appear; each one's queue by locality."""
+    by_customer: dict[str, list[Candidate]] = defaultdict(list)
     for c in cands:
-        queues[c.customer_id].append(c)
+        by_customer[c.customer_id].append(c)
+    queues = {k: deque(locality_order(v)) for k, v in by_customer.items()}
     while queues:
         for customer in list(queues):
             q = queues[customer]

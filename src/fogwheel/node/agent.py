@@ -9,6 +9,7 @@ coordinator acknowledges them, so a coordinator restart loses nothing the node f
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -21,6 +22,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,7 @@ class NodeConfig:
     poll_s: float = 0.5
     capabilities: list[str] = field(default_factory=list)
     unsafe_no_sandbox: bool = False  # run guest code unconfined (no bubblewrap)
+    cache_mb: int = 2048  # blobs kept for later tasks (inputs, outputs), least recent dropped
 
 
 class FatalNodeError(Exception):
@@ -77,13 +80,14 @@ class Agent:
         self._abort = threading.Event()
         self._faults = Faults()
         if self._faults.active:
-            log.warning("FAULT INJECTION: this node returns wrong results (%s)", FAULT_ENV)
+            log.warning("FAULT INJECTION: %s (%s)", self._faults.describe(), FAULT_ENV)
         self._stop_seen = False
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._held: dict[int, dict[str, Any]] = {}  # leased and not yet reported
         self._running: set[int] = set()
+        self._running_on: dict[int, Slot] = {}  # task id -> the slot running it
         self._outbox: dict[int, dict[str, Any]] = {}  # finished, waiting for an acknowledgement
         self._outbox_since: float | None = None
         self._avg_wall = 0.1
@@ -94,6 +98,8 @@ class Agent:
         self.http: httpx.Client | None = None
         self.sandbox: Sandbox | None = None  # chosen when the agent starts (choose_sandbox)
         self._warned_jobs: set[int] = set()
+        self._cache_lock = threading.Lock()
+        self._cache_bytes = 0
 
     # -- joining ----------------------------------------------------------------------------
 
@@ -231,6 +237,7 @@ class Agent:
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
         (self.data_dir / "cache").mkdir(exist_ok=True)
+        self._cache_bytes = sum(e.stat().st_size for e in os.scandir(self.data_dir / "cache"))
         threads = []
         for i in range(self.slots_n):
             guest = sandbox.for_slot(i, self.data_dir)
@@ -330,10 +337,15 @@ class Agent:
             for tid in released:
                 self._held.pop(tid, None)
             for tid in out["lost"]:
-                # The coordinator gave this task to someone else: drop it if it has not started.
+                # The coordinator gave this task to someone else, or another copy of it won
+                # (a backup): drop it, and stop it if it is running.
                 lease = self._held.get(tid)
-                if lease is not None and tid not in self._running and tid not in self._outbox:
+                if lease is not None and tid not in self._outbox:
                     lease["lost"] = True
+                    slot = self._running_on.get(tid)
+                    if slot is not None:
+                        log.info("task %s is no longer ours: stopping it", tid)
+                        slot.abort()
             if not self._outbox:
                 self._outbox_since = None
             for lease, ok in zip(out["tasks"], signed, strict=True):
@@ -432,14 +444,22 @@ class Agent:
                 continue
             with self._lock:
                 self._running.add(tid)
+                self._running_on[tid] = slot
             try:
                 report = self._execute(slot, lease)
+                self._faults.slow_down(report.get("wall_s", 0.0), partial(lease.get, "lost"))
             except Exception as e:  # a bug or an unreachable blob: the task goes back
                 log.exception("task %s could not run", tid)
                 report = {
                     "ok": False,
                     "error": {"kind": "input", "message": f"{type(e).__name__}: {e}"},
                 }
+            if lease.get("lost"):  # stopped on purpose: nobody waits for this result
+                with self._lock:
+                    self._running.discard(tid)
+                    self._running_on.pop(tid, None)
+                    self._held.pop(tid, None)
+                continue
             report.update(task_id=tid, attempt=lease["attempt"])
             report = self._faults.tamper(report)
             report.setdefault("cpu_s", 0.0)
@@ -447,6 +467,7 @@ class Agent:
             self._avg_wall = 0.8 * self._avg_wall + 0.2 * report["wall_s"]
             with self._lock:
                 self._running.discard(tid)
+                self._running_on.pop(tid, None)
                 self._outbox[tid] = report
                 if self._outbox_since is None:
                     self._outbox_since = time.monotonic()
@@ -457,6 +478,7 @@ class Agent:
         if not slot.sandbox.confined and lease["job_id"] not in self._warned_jobs:
             self._warned_jobs.add(lease["job_id"])
             log.warning("job %s: %s", lease["job_id"], UNSAFE_WARNING)
+        inputs = {name: self._blob_path(v) for name, v in lease["inputs"].items()}
         if lease["kind"] == "python":
             fn = lease["fn"]
             msg = {
@@ -465,9 +487,21 @@ class Agent:
                 "args": self._blob_bytes(lease["args"]) if lease["args"] else None,
                 "limits": limits,
             }
-            res = slot.run_python(lease["job_id"], msg, limits["wall_s"])
+            res = slot.run_python(
+                lease["job_id"],
+                msg,
+                limits["wall_s"],
+                inputs=inputs,
+                outputs=lease["outputs"],
+                keep=self.data_dir / "cache",
+            )
+            files: dict[str, Path] = res.pop("files", {})
+            try:
+                res["outputs"] = {name: self._value_file(p) for name, p in files.items()}
+            finally:
+                for p in files.values():
+                    p.unlink(missing_ok=True)
             return self._wire_result(res)
-        inputs = {name: self._blob_path(v) for name, v in lease["inputs"].items()}
         res, scratch = slot.run_command(lease["task_id"], lease["command"], inputs, limits)
         try:
             if res["ok"]:
@@ -510,6 +544,31 @@ class Agent:
         self._retrying(lambda: self.http.put(f"/v1/blobs/{sha}", content=data))  # type: ignore[union-attr]
         return {"sha": sha, "size": len(data)}
 
+    def _value_file(self, path: Path) -> dict[str, Any]:
+        """A task's output file as a Value: hashed and uploaded in pieces (never whole in
+        memory), and kept in the blob cache, since the next phase of a job (a MapReduce
+        reduce, say) may read it here, and the coordinator prefers such a node for it."""
+        size = path.stat().st_size
+        if size <= INLINE_MAX:
+            return _inline(path.read_bytes())
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        sha = h.hexdigest()
+        cached = self.data_dir / "cache" / sha
+        if not cached.exists():
+            os.replace(path, cached)
+            self._cached(size)
+        assert self.http is not None
+
+        def put() -> httpx.Response:
+            with open(cached, "rb") as f:
+                return self.http.put(f"/v1/blobs/{sha}", content=_chunks(f))  # type: ignore[union-attr]
+
+        self._retrying(put)
+        return {"sha": sha, "size": size}
+
     def _blob_bytes(self, value: dict[str, Any]) -> bytes:
         if value.get("data") is not None:
             data = base64.b64decode(value["data"])
@@ -523,6 +582,8 @@ class Agent:
         sha = value["sha"]
         path = self.data_dir / "cache" / sha
         if path.exists():
+            with contextlib.suppress(OSError):
+                os.utime(path)  # recently used: the cache drops least recent first
             return path
         if value.get("data") is not None:
             data = self._blob_bytes(value)
@@ -535,7 +596,32 @@ class Agent:
         tmp = path.with_name(f".{sha}.{threading.get_ident()}")
         tmp.write_bytes(data)
         tmp.replace(path)
+        self._cached(len(data))
         return path
+
+    def _cached(self, size: int) -> None:
+        """Count a new cache entry; over `cache_mb`, drop the least recently used down to
+        80 % of it, sparing what was used in the last minute (a running task's inputs)."""
+        limit = self.config.cache_mb << 20
+        with self._cache_lock:
+            self._cache_bytes += size
+            if self._cache_bytes <= limit:
+                return
+            entries = []
+            for e in os.scandir(self.data_dir / "cache"):
+                if not e.name.startswith("."):
+                    with contextlib.suppress(OSError):
+                        st = e.stat()
+                        entries.append((st.st_mtime, st.st_size, e.path))
+            total = sum(size for _, size, _ in entries)
+            fresh = time.time() - 60
+            for mtime, size, path in sorted(entries):
+                if total <= limit * 0.8 or mtime > fresh:
+                    break
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                    total -= size
+            self._cache_bytes = total
 
     def _retrying(self, call: Any) -> httpx.Response:
         delay = 0.2
@@ -555,6 +641,11 @@ class Agent:
                 raise err
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+def _chunks(f: Any, size: int = 1 << 20) -> Any:
+    while chunk := f.read(size):
+        yield chunk
 
 
 def _inline(data: bytes) -> dict[str, Any]:

@@ -1,8 +1,12 @@
-"""Fault injection for tests of verification: a node that returns wrong results.
+"""Fault injection for tests and benchmarks: a node that lies, or a node that is slow.
 
-Off unless the node's own environment sets `FOGWHEEL_FAULT=wrong-results[:RATE]`; nothing the
-coordinator sends can turn it on. A wrong result is a valid pickle of a different value (a
-string naming this lie), so only a comparison with another node's result can expose it.
+Off unless the node's own environment sets `FOGWHEEL_FAULT`; nothing the coordinator sends
+can turn it on.
+
+- `wrong-results[:RATE]`: a wrong result is a valid pickle of a different value (a string
+  naming this lie), so only a comparison with another node's result can expose it.
+- `slow:FACTOR`: every task takes FACTOR times as long (the node holds its slot and its
+  result for the extra time), a straggler for the backup-task benchmark.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import hashlib
 import os
 import pickle
 import random
+import time
+from collections.abc import Callable
 from typing import Any
 
 ENV = "FOGWHEEL_FAULT"
@@ -22,11 +28,23 @@ class Faults:
         spec = spec if spec is not None else os.environ.get(ENV, "")
         kind, _, rate = spec.partition(":")
         self.wrong_rate = float(rate or 1.0) if kind == "wrong-results" else 0.0
+        self.slow_factor = float(rate or 5.0) if kind == "slow" else 1.0
         self._rng = random.Random()
 
     @property
     def active(self) -> bool:
-        return self.wrong_rate > 0
+        return self.wrong_rate > 0 or self.slow_factor != 1.0
+
+    def describe(self) -> str:
+        if self.slow_factor != 1.0:
+            return f"this node runs every task {self.slow_factor:g}x slower"
+        return f"this node returns wrong results (rate {self.wrong_rate:g})"
+
+    def slow_down(self, wall_s: float, stop: Callable[[], object]) -> None:
+        """Hold on for (FACTOR - 1) times the task's wall time, unless `stop()` turns true."""
+        until = time.monotonic() + (self.slow_factor - 1.0) * wall_s
+        while self.slow_factor > 1.0 and time.monotonic() < until and not stop():
+            time.sleep(min(0.05, max(0.0, until - time.monotonic())))
 
     def tamper(self, report: dict[str, Any]) -> dict[str, Any]:
         """Replace a successful result by a wrong one, at the configured rate."""

@@ -9,6 +9,7 @@ so the sandbox never needs to show the worker the agent's data dir.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -44,11 +46,39 @@ class Slot:
         self._home = scratch_root / f"slot-{index}"  # the worker's scratch; a dir per task in it
         self._sent: set[str] = set()  # functions the current worker holds
         self._tasks = 0
+        self._command: subprocess.Popen[bytes] | None = None  # the command task running now
+        self.aborted = False  # the running task was stopped on purpose (abort)
+
+    def abort(self) -> None:
+        """Stop the running task now (the coordinator gave it to another node, or it won
+        elsewhere): kill the worker or the command's process group. Any thread may call it."""
+        self.aborted = True
+        proc = self._command
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        worker = self._proc
+        if worker is not None and worker.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                worker.kill()
 
     # -- python tasks -----------------------------------------------------------------------
 
-    def run_python(self, job_id: int, msg: dict[str, Any], wall_s: float) -> dict[str, Any]:
-        """Run one task of `job_id`; `msg` names the function's cached file as `fn_path`."""
+    def run_python(
+        self,
+        job_id: int,
+        msg: dict[str, Any],
+        wall_s: float,
+        inputs: dict[str, Path] | None = None,
+        outputs: Sequence[str] = (),
+        keep: Path | None = None,
+    ) -> dict[str, Any]:
+        """Run one task of `job_id`; `msg` names the function's cached file as `fn_path`.
+
+        `inputs` are copied into the task's working directory first; the files named in
+        `outputs` that it leaves there are moved under `keep` and listed in the result's
+        `files` (name -> path), the caller's to upload and delete."""
+        self.aborted = False
         proc = self._worker_for(job_id)
         assert proc.stdin is not None and proc.stdout is not None
         wall0 = time.perf_counter()
@@ -56,6 +86,7 @@ class Slot:
         self._tasks += 1
         scratch = self._home / f"task-{self._tasks}"
         scratch.mkdir()
+        _place_inputs(scratch, inputs or {})
         self.sandbox.hand_over(scratch)
         sha = msg["fn_sha"]
         out = {"fn_sha": sha, "args": msg["args"], "limits": msg["limits"], "cwd": str(scratch)}
@@ -70,6 +101,13 @@ class Slot:
         except WorkerBroke as e:
             self.stop()
             return _error("crash", f"the worker broke its protocol: {e}")
+        else:
+            if result is not None and result.get("ok") and outputs:
+                files = _take_outputs(scratch, outputs, keep or self.scratch_root)
+                if isinstance(files, str):
+                    result = _error("exit", files, result.get("wall_s", 0.0))
+                else:
+                    result["files"] = files
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         if result is None:
@@ -171,13 +209,11 @@ class Slot:
         self, task_id: int, command: list[str], inputs: dict[str, Path], limits: dict[str, Any]
     ) -> tuple[dict[str, Any], Path]:
         """Run `command` in a fresh scratch dir holding its inputs; returns (result, scratch)."""
+        self.aborted = False
         scratch = self.scratch_root / f"task-{task_id}"
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
-        for name, src in inputs.items():
-            dst = inside(scratch, name)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dst)
+        _place_inputs(scratch, inputs)
         self.sandbox.hand_over(scratch)
         cmd = self.sandbox.wrap(
             command,
@@ -203,6 +239,7 @@ class Slot:
                 )
             except OSError as e:
                 return _error("crash", f"cannot start the sandbox: {e}"), scratch
+            self._command = proc
             try:
                 code = proc.wait(timeout=limits["wall_s"])
             except subprocess.TimeoutExpired:
@@ -210,6 +247,8 @@ class Slot:
                 proc.wait()
                 msg = f"wall-time limit of {limits['wall_s']:g} s exceeded"
                 return _error("limit", msg), scratch
+            finally:
+                self._command = None
             r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
             wall = time.perf_counter() - wall0
@@ -228,6 +267,30 @@ class Slot:
             res = {"ok": True, "value": value, "wall_s": wall}
         res["cpu_s"] = cpu
         return res, scratch
+
+
+def _place_inputs(scratch: Path, inputs: dict[str, Path]) -> None:
+    for name, src in inputs.items():
+        dst = inside(scratch, name)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+
+
+def _take_outputs(scratch: Path, names: Sequence[str], keep: Path) -> dict[str, Path] | str:
+    """Move the task's output files out of its scratch dir (before it is removed); a missing
+    one is the task's failure, told in the returned message."""
+    files: dict[str, Path] = {}
+    for name in names:
+        path = inside(scratch, name)
+        if not path.is_file():
+            for p in files.values():
+                p.unlink(missing_ok=True)
+            return f"the task did not write its output file {name!r}"
+        fd, tmp = tempfile.mkstemp(dir=keep, prefix=".out-")
+        os.close(fd)
+        shutil.move(path, tmp)
+        files[name] = Path(tmp)
+    return files
 
 
 def inside(scratch: Path, name: str) -> Path:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from fogwheel.core import scheduler, trust
 from fogwheel.core.tasks import (
@@ -20,8 +23,10 @@ from fogwheel.store.base import (
     new_secret,
 )
 from fogwheel.store.schema import (
+    blob_holders,
     nodes,
     principals,
+    task_blobs,
     tasks,
 )
 
@@ -129,6 +134,35 @@ class FleetStore(StoreBase):
         ]
         self._fleet = (now, views)
         return views
+
+    # -- what nodes hold in their blob caches -----------------------------------------------
+
+    def hold_blobs(self, node_id: str, blobs: Sequence[tuple[str, int]]) -> None:
+        """Note that `node_id` keeps these blobs (sha, size) in its cache: it fetched them."""
+        with self.tx() as c:
+            self._hold_blobs(c, node_id, blobs)
+
+    def _hold_blobs(self, c: Connection, node_id: str, blobs: Sequence[tuple[str, int]]) -> None:
+        rows = [{"sha": s, "node_id": node_id, "size": n} for s, n in dict(blobs).items()]
+        if not rows:
+            return
+        insert = (sqlite.insert if self.is_sqlite else postgresql.insert)(blob_holders)
+        c.execute(insert.on_conflict_do_nothing(index_elements=["sha", "node_id"]), rows)
+
+    def _input_holders(self, c: Connection, task_ids: Iterable[int]) -> dict[int, dict[str, int]]:
+        """For each task, the bytes of its input blobs that each node holds."""
+        held: dict[int, dict[str, int]] = defaultdict(dict)
+        ids = list(task_ids)
+        if not ids:
+            return held
+        for tid, nid, size in c.execute(
+            select(task_blobs.c.task_id, blob_holders.c.node_id, func.sum(blob_holders.c.size))
+            .join(blob_holders, blob_holders.c.sha == task_blobs.c.sha)
+            .where(task_blobs.c.task_id.in_(ids))
+            .group_by(task_blobs.c.task_id, blob_holders.c.node_id)
+        ).all():
+            held[tid][nid] = int(size)
+        return held
 
 
 def _record(r: Any) -> trust.Record:

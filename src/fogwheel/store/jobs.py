@@ -62,6 +62,7 @@ class JobsStore(StoreBase):
                         "cancelled": False,
                         "client_token": job.client_token,
                         "tolerance": job.tolerance.model_dump_json() if job.tolerance else None,
+                        "backups": job.backups,
                     }
                 )
                 .returning(jobs.c.id)
@@ -74,6 +75,11 @@ class JobsStore(StoreBase):
             quorum = 0 if fixed is None else (1 if fixed == 1 else min(job.quorum, fixed))
             extra = 0 if fixed is None else fixed - 1
             for i, t in enumerate(job.tasks):
+                blobs = {
+                    v.sha: v.size
+                    for v in [t.args, *t.inputs.values()]
+                    if v is not None and v.data is None
+                }
                 rows.append(
                     {
                         "job_id": job_id,
@@ -88,11 +94,10 @@ class JobsStore(StoreBase):
                         "cpu_s": 0.0,
                         "quorum": quorum,
                         "replicas": extra,
+                        "input_bytes": sum(blobs.values()),
                     }
                 )
-                for v in [t.args, *t.inputs.values()]:
-                    if v is not None and v.data is None:
-                        refs.append((i, v.sha))
+                refs.extend((i, sha) for sha in blobs)
             c.execute(tasks.insert(), rows)
             if refs or extra:
                 ids = dict(

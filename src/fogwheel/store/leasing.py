@@ -1,8 +1,14 @@
-"""The node's round trip: reports, renewals, hand-backs, leases, and lease expiry."""
+"""The node's round trip: reports, renewals, hand-backs, leases, and lease expiry.
+
+Leasing places pending work (core/scheduler.py), preferring nodes that hold a task's input;
+a node with slots left over near the end of a job gets backup copies of its stragglers.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -12,6 +18,7 @@ from sqlalchemy import Connection, bindparam, func, select, update
 from fogwheel.core import scheduler, trust
 from fogwheel.core.tasks import (
     TERMINAL,
+    Cancelled,
     Completed,
     Errored,
     Expired,
@@ -41,6 +48,10 @@ from fogwheel.store.schema import (
     tasks,
 )
 from fogwheel.store.verify import VerifyStore, _error_text, _rng, result_digest
+
+BACKUP_SCAN = 64  # running tasks looked at, longest-running first, when looking for stragglers
+MEDIAN_SAMPLE = 201  # a job's most recent finished attempts that its median is taken over
+FINISHED = ("accepted", "agreed", "reported")  # attempt outcomes that mean: it ran to the end
 
 
 class LeasingStore(VerifyStore):
@@ -81,9 +92,13 @@ class LeasingStore(VerifyStore):
         rows = {
             r.id: r
             for r in c.execute(
-                select(*_TASK_COLS, tasks.c.replica_of, tasks.c.quorum, tasks.c.replicas).where(
-                    tasks.c.id.in_(by_id)
-                )
+                select(
+                    *_TASK_COLS,
+                    tasks.c.replica_of,
+                    tasks.c.quorum,
+                    tasks.c.replicas,
+                    tasks.c.backup,
+                ).where(tasks.c.id.in_(by_id))
             ).all()
         }
         mine = set(
@@ -121,10 +136,15 @@ class LeasingStore(VerifyStore):
                 if new.state in TERMINAL and row.replica_of is None:
                     failed.append((tid, row.job_id, new, rep))
                 elif new != task:
+                    if row.backup and new.state is TaskState.PENDING:
+                        new = apply(new, Cancelled(f"backup copy lost: {reason}"[:500]))
+                        groups.append(row.replica_of)  # the verdict may need another check now
                     err = json.dumps({"kind": "lost", "message": new.error})
                     requeued.append((tid, new, err))
                 continue
             event = Completed(node_id) if row.replica_of is not None else Reported(node_id)
+            # Only a result for an open attempt (or one written off as lost) is kept ...
+            reopen = "lost"
             try:
                 new = apply(task, event)
             except IllegalTransition:
@@ -132,6 +152,10 @@ class LeasingStore(VerifyStore):
                     superseded.append(tid)
                     continue
                 new = task  # a late result for a settled task is still a vote on the verdict
+                if task.state is not TaskState.CANCELLED:
+                    # ... or, once a verdict settled the task (a backup copy won), one that the
+                    # verdict cancelled: it is compared with the verdict like any late result.
+                    reopen = "cancelled"
             digest = result_digest(rep)
             outcome = "reported"
             if new.state is TaskState.VERIFYING and row.replicas == 0 and row.quorum <= 1:
@@ -162,6 +186,7 @@ class LeasingStore(VerifyStore):
                     "report": rep.model_dump_json() if outcome == "reported" else None,
                     "cpu_s": rep.cpu_s,
                     "ended_at": now,
+                    "b_reopen": reopen,
                 }
             )
         if superseded:
@@ -175,7 +200,9 @@ class LeasingStore(VerifyStore):
                     attempts.c.task_id == bindparam("b_task"),
                     attempts.c.node_id == bindparam("b_node"),
                     attempts.c.n == bindparam("b_n"),  # the attempt this result answers
-                    attempts.c.outcome.is_(None) | (attempts.c.outcome == "lost"),
+                    attempts.c.outcome.is_(None)
+                    | (attempts.c.outcome == "lost")
+                    | (attempts.c.outcome == bindparam("b_reopen")),
                 )
                 .values(
                     outcome=bindparam("b_outcome"),
@@ -212,6 +239,19 @@ class LeasingStore(VerifyStore):
             # Blobs a task produced belong to the job's customer.
             for job_id in {rows[t].job_id for t in by_id if t in rows}:
                 self._own_blobs(c, self._job_row(c, job_id)["customer_id"], outputs)
+            # The node keeps what it uploaded in its cache: tasks that read it may go there.
+            acked = set(out.acked)
+            self._hold_blobs(
+                c,
+                node_id,
+                [
+                    (v.sha, v.size)
+                    for rep in by_id.values()
+                    if rep.task_id in acked
+                    for v in [rep.value, *rep.outputs.values()]
+                    if v is not None and v.data is None
+                ],
+            )
         self._verify_groups(c, groups, now)
 
     def _finish(
@@ -302,14 +342,21 @@ class LeasingStore(VerifyStore):
         out.lost.extend(i for i in ids if i not in renewed)
 
     def _release(self, c: Connection, node_id: str, ids: Sequence[int], now: float) -> None:
-        rows = c.execute(select(*_TASK_COLS).where(tasks.c.id.in_(ids))).all()
+        rows = c.execute(
+            select(*_TASK_COLS, tasks.c.replica_of, tasks.c.backup).where(tasks.c.id.in_(ids))
+        ).all()
+        regroup = []
         for r in rows:
             try:
                 t = apply(_task(r), Released(node_id))
             except IllegalTransition:
                 continue
+            if r.backup:  # a backup copy is for an idle node now, not for the queue
+                t = apply(t, Cancelled(f"backup copy handed back by {node_id}"))
+                regroup.append(r.replica_of)
             c.execute(update(tasks).where(tasks.c.id == r.id).values(**_task_cols(t)))
             _end_attempt(c, r.id, node_id, "released", now)
+        self._verify_groups(c, regroup, now)
 
     def _lease(self, c: Connection, node_id: str, want: int, now: float) -> list[dict[str, Any]]:
         node = c.execute(select(nodes).where(nodes.c.id == node_id)).mappings().one()
@@ -332,8 +379,18 @@ class LeasingStore(VerifyStore):
         pending = c.execute(
             select(func.count()).select_from(tasks).where(tasks.c.state == TaskState.PENDING)
         ).scalar_one()
-        if pending == 0:
-            return []
+        leases = self._lease_pending(c, view, want, pending, now) if pending else []
+        view = dataclasses.replace(view, held=held + len(leases))
+        free = min(want - len(leases), view.slots - view.held)
+        if free > 0:
+            leases += self._lease_backups(c, view, free, now)
+        return leases
+
+    def _lease_pending(
+        self, c: Connection, view: scheduler.NodeView, want: int, pending: int, now: float
+    ) -> list[dict[str, Any]]:
+        """Place pending tasks on the asking node (core/scheduler.py decides which)."""
+        node_id = view.id
         fleet = [v for v in self._fleet_views(c, now) if v.id != node_id] + [view]
         rel = scheduler.reliability(view)
         cluster = scheduler.ClusterView(
@@ -352,6 +409,7 @@ class LeasingStore(VerifyStore):
                 tasks.c.needs,
                 tasks.c.replica_of,
                 tasks.c.replicas,
+                tasks.c.input_bytes,
             )
             .where(tasks.c.state == TaskState.PENDING)
             .order_by(tasks.c.priority, tasks.c.id)
@@ -384,35 +442,167 @@ class LeasingStore(VerifyStore):
                 )
             ).all():
                 ran[gid].add(nid)
-        candidates = [
-            scheduler.Candidate(
+        # Locality: who holds the candidates' input blobs (only tasks that read blobs ask).
+        holders = self._input_holders(c, [r.id for r in rows.values() if r.input_bytes])
+        candidates = []
+        for r in rows.values():
+            held_by = holders.get(r.id, {})
+            candidates.append(
+                scheduler.Candidate(
+                    r.id,
+                    r.customer_id,
+                    r.memory_mb,
+                    _NO_NEEDS if r.needs == "[]" else frozenset(json.loads(r.needs)),
+                    frozenset(lost_on[r.id]),
+                    group=r.replica_of,
+                    exclude=frozenset(ran.get(r.replica_of or r.id, ())),
+                    local_bytes=held_by.get(node_id, 0),
+                    elsewhere_bytes=max(
+                        (b for n, b in held_by.items() if n != node_id and n in cluster.live),
+                        default=0,
+                    ),
+                )
+            )
+        plan = scheduler.plan_lease(view, want, candidates, cluster)
+        return self._grant(c, node_id, [(rows[a.task_id], a.reason) for a in plan], now)
+
+    def _lease_backups(
+        self, c: Connection, view: scheduler.NodeView, free: int, now: float
+    ) -> list[dict[str, Any]]:
+        """Backup copies of a job's stragglers for a node with slots left over.
+
+        MapReduce's backup tasks (Dean & Ghemawat 2004, §3.6). A backup is a replica row of the
+        running task (`backup` set), leased at once to this node, so that verification decides
+        between the copies: the first accepted result settles the task, and the other copy is
+        cancelled (a replica) or its attempt ended (the original, whose late result is then
+        superseded). Only jobs with nothing pending qualify: they are in their last wave."""
+        node_id = view.id
+        waiting = tasks.alias("waiting")
+        copies = tasks.alias("copies")
+        q = (
+            select(
+                tasks.c.id,
+                tasks.c.job_id,
+                tasks.c.node_id,
+                tasks.c.memory_mb,
+                tasks.c.needs,
+                attempts.c.leased_at,
+            )
+            .join(
+                attempts,
+                (attempts.c.task_id == tasks.c.id)
+                & (attempts.c.n == tasks.c.attempts)
+                & attempts.c.outcome.is_(None),
+            )
+            .join(jobs, jobs.c.id == tasks.c.job_id)
+            .where(
+                tasks.c.state == TaskState.LEASED,
+                tasks.c.replica_of.is_(None),
+                tasks.c.node_id != node_id,
+                jobs.c.backups,
+                ~jobs.c.cancelled,
+                attempts.c.leased_at < now - scheduler.BACKUP_MIN_S,
+                ~select(waiting.c.id)
+                .where(waiting.c.state == TaskState.PENDING, waiting.c.job_id == tasks.c.job_id)
+                .exists(),
+                ~select(copies.c.id)
+                .where(
+                    copies.c.replica_of == tasks.c.id,
+                    copies.c.state.in_([TaskState.PENDING, TaskState.LEASED]),
+                )
+                .exists(),
+            )
+            .order_by(attempts.c.leased_at, tasks.c.id)
+            .limit(BACKUP_SCAN)
+        )
+        rows = c.execute(q).all()
+        if not rows:
+            return []
+        medians = {job_id: self._job_median(c, job_id) for job_id in {r.job_id for r in rows}}
+        touched = set(
+            c.execute(
+                select(func.coalesce(tasks.c.replica_of, tasks.c.id))
+                .join(attempts, attempts.c.task_id == tasks.c.id)
+                .where(
+                    tasks.c.id.in_([r.id for r in rows])
+                    | tasks.c.replica_of.in_([r.id for r in rows]),
+                    attempts.c.node_id == node_id,
+                )
+            ).scalars()
+        )
+        stragglers = [
+            scheduler.Straggler(
                 r.id,
-                r.customer_id,
+                r.node_id,
+                now - r.leased_at,
+                medians[r.job_id],
                 r.memory_mb,
                 _NO_NEEDS if r.needs == "[]" else frozenset(json.loads(r.needs)),
-                frozenset(lost_on[r.id]),
-                group=r.replica_of,
-                exclude=frozenset(ran.get(r.replica_of or r.id, ())),
+                frozenset({node_id}) if r.id in touched else frozenset(),
             )
-            for r in rows.values()
+            for r in rows
         ]
-        plan = scheduler.plan_lease(view, want, candidates, cluster)
-        specs = (
-            dict(
+        plan = scheduler.plan_backups(view, free, stragglers)
+        if plan and not self.is_sqlite:
+            # Another coordinator may be backing up (or settling) the same task right now.
+            free_ids = set(
                 c.execute(
-                    select(tasks.c.id, tasks.c.spec).where(
-                        tasks.c.id.in_([a.task_id for a in plan])
+                    select(tasks.c.id)
+                    .where(
+                        tasks.c.id.in_([a.task_id for a in plan]),
+                        tasks.c.state == TaskState.LEASED,
+                        ~select(copies.c.id)
+                        .where(
+                            copies.c.replica_of == tasks.c.id,
+                            copies.c.state.in_([TaskState.PENDING, TaskState.LEASED]),
+                        )
+                        .exists(),
                     )
-                ).all()
+                    .with_for_update(skip_locked=True, of=tasks)
+                ).scalars()
             )
-            if plan
-            else {}
+            plan = [a for a in plan if a.task_id in free_ids]
+        granted = []
+        for a in plan:
+            [copy] = self._make_replicas(c, a.task_id, 1, now, backup=True)
+            row = c.execute(select(*_TASK_COLS).where(tasks.c.id == copy)).one()
+            granted.append((row, a.reason))
+        return self._grant(c, node_id, granted, now)
+
+    def _job_median(self, c: Connection, job_id: int) -> float | None:
+        """Median wall time of the job's recently finished attempts; None before the first."""
+        took = (
+            c.execute(
+                select(attempts.c.ended_at - attempts.c.leased_at)
+                .join(tasks, tasks.c.id == attempts.c.task_id)
+                .where(
+                    tasks.c.job_id == job_id,
+                    attempts.c.outcome.in_(FINISHED),
+                    attempts.c.ended_at.is_not(None),
+                )
+                .order_by(attempts.c.id.desc())
+                .limit(MEDIAN_SAMPLE)
+            )
+            .scalars()
+            .all()
+        )
+        return statistics.median(took) if took else None
+
+    def _grant(
+        self, c: Connection, node_id: str, granted: Sequence[tuple[Any, str]], now: float
+    ) -> list[dict[str, Any]]:
+        """Lease these pending task rows to the node: the tasks, their attempts, the leases."""
+        if not granted:
+            return []
+        specs = dict(
+            c.execute(
+                select(tasks.c.id, tasks.c.spec).where(tasks.c.id.in_([r.id for r, _ in granted]))
+            ).all()
         )
         leases = []
         updates = []
         attempt_rows = []
-        for a in plan:
-            r = rows[a.task_id]
+        for r, reason in granted:
             t = apply(_task(r), Leased(node_id, now, self.lease_seconds))
             updates.append(
                 {
@@ -429,7 +619,7 @@ class LeasingStore(VerifyStore):
                     "n": t.attempts,
                     "node_id": node_id,
                     "leased_at": now,
-                    "reason": a.reason,
+                    "reason": reason,
                 }
             )
             job = self._job_row(c, r.job_id)
@@ -449,19 +639,18 @@ class LeasingStore(VerifyStore):
                     "lease_expires": t.lease_expires,
                 }
             )
-        if updates:
-            c.execute(
-                update(tasks)
-                .where(tasks.c.id == bindparam("b_id"))
-                .values(
-                    state=bindparam("state"),
-                    attempts=bindparam("attempts"),
-                    node_id=bindparam("node_id"),
-                    lease_expires=bindparam("lease_expires"),
-                ),
-                updates,
-            )
-            c.execute(attempts.insert(), attempt_rows)
+        c.execute(
+            update(tasks)
+            .where(tasks.c.id == bindparam("b_id"))
+            .values(
+                state=bindparam("state"),
+                attempts=bindparam("attempts"),
+                node_id=bindparam("node_id"),
+                lease_expires=bindparam("lease_expires"),
+            ),
+            updates,
+        )
+        c.execute(attempts.insert(), attempt_rows)
         return leases
 
     # -- housekeeping -----------------------------------------------------------------------
@@ -470,7 +659,7 @@ class LeasingStore(VerifyStore):
         """Put tasks whose lease ran out back in the queue (or fail them after max attempts)."""
         with self.tx() as c:
             rows = c.execute(
-                select(*_TASK_COLS, tasks.c.replica_of).where(
+                select(*_TASK_COLS, tasks.c.replica_of, tasks.c.backup).where(
                     tasks.c.state == TaskState.LEASED, tasks.c.lease_expires <= now
                 )
             ).all()
@@ -479,6 +668,8 @@ class LeasingStore(VerifyStore):
             regroup = []
             for r in rows:
                 t = apply(_task(r), Expired(now))
+                if r.backup and t.state is TaskState.PENDING:  # a backup is never queued
+                    t = apply(t, Cancelled(f"backup copy lost on {r.node_id}"))
                 lost_by_node[r.node_id] += 1
                 _end_attempt(c, r.id, r.node_id, "lost", now)
                 if t.state in TERMINAL and r.replica_of is not None:

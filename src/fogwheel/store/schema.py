@@ -80,6 +80,7 @@ jobs = Table(
     Column("replicas", String(16), nullable=False, default="adaptive"),  # adaptive | N
     Column("quorum", Integer, nullable=False, default=2),
     Column("tolerance", Text),  # ToleranceIn JSON: compare results within it, not by hash
+    Column("backups", Boolean, nullable=False, default=True),  # back up stragglers at the end
     Index("ux_jobs_client_token", "customer_id", "client_token", unique=True),
 )
 
@@ -109,7 +110,11 @@ tasks = Table(
     Column("replicas", Integer, nullable=False, default=0),  # replica rows made for this task
     Column("digest", String(64)),  # the agreed result's digest
     Column("priority", Integer, nullable=False, default=1),  # 0 first: checks hold results back
+    # a backup copy: a replica row leased to an idle node because the task runs long
+    Column("backup", Boolean, nullable=False, default=False),
+    Column("input_bytes", BigInteger, nullable=False, default=0),  # of the blobs it reads
     Index("ix_tasks_state_priority_id", "state", "priority", "id"),
+    Index("ix_tasks_state_job", "state", "job_id"),  # is anything of a job still pending?
     Index("ix_tasks_job_seq", "job_id", "finish_seq"),
     Index("ix_tasks_job_idx", "job_id", "idx"),
     Index("ix_tasks_node", "node_id"),
@@ -149,6 +154,16 @@ task_blobs = Table(
     Column("task_id", Integer, primary_key=True),
     Column("sha", String(64), primary_key=True),
     Index("ix_task_blobs_sha", "sha"),
+)
+
+# Which nodes hold a copy of a blob in their cache (they fetched it or produced it): placement
+# prefers them for the tasks that read it.
+blob_holders = Table(
+    "blob_holders",
+    metadata,
+    Column("sha", String(64), primary_key=True),
+    Column("node_id", String(64), primary_key=True),
+    Column("size", BigInteger, nullable=False),
 )
 
 # The books (core/ledger.py): double-entry, append-only. Each transaction's entries sum to zero,

@@ -197,6 +197,14 @@ class VerifyStore(StoreBase):
         self, c: Connection, head: Any, event: Settled, rep: TaskReport | None, now: float
     ) -> None:
         task = apply(_task(head), event)
+        if head.state == TaskState.LEASED:
+            # Settled by another copy (a backup) while its holder still runs it: that attempt
+            # is over; the holder finds its lease gone at its next renewal.
+            c.execute(
+                update(attempts)
+                .where(attempts.c.task_id == head.id, attempts.c.outcome.is_(None))
+                .values(outcome="cancelled", ended_at=now)
+            )
         error = (
             None if rep is not None else json.dumps({"kind": "disputed", "message": event.reason})
         )
@@ -216,7 +224,13 @@ class VerifyStore(StoreBase):
             .values(outcome="cancelled", ended_at=now)
         )
 
-    def _make_replicas(self, c: Connection, group: int, n: int, now: float) -> None:
+    def _make_replicas(
+        self, c: Connection, group: int, n: int, now: float, *, backup: bool = False
+    ) -> list[int]:
+        """Add `n` copies of task `group` to the queue; their ids, newest first (when it has
+        blob inputs or is a `backup`: otherwise nobody asks and the list is empty).
+
+        A `backup` copy runs because the task is slow, not to check it (store/leasing.py)."""
         src = c.execute(select(tasks).where(tasks.c.id == group)).mappings().one()
         rows = [
             {
@@ -234,6 +248,8 @@ class VerifyStore(StoreBase):
                 "quorum": 0,
                 "replicas": 0,
                 "priority": 0,  # a result is waiting on this check: run it before new work
+                "backup": backup,
+                "input_bytes": src["input_bytes"],
             }
             for _ in range(n)
         ]
@@ -243,19 +259,21 @@ class VerifyStore(StoreBase):
         shas = list(
             c.execute(select(task_blobs.c.sha).where(task_blobs.c.task_id == group)).scalars()
         )
+        if not shas and not backup:
+            return []  # nobody needs the new ids: spare the query
+        new_ids = list(
+            c.execute(
+                select(tasks.c.id)
+                .where(tasks.c.replica_of == group)
+                .order_by(tasks.c.id.desc())
+                .limit(n)
+            ).scalars()
+        )
         if shas:
-            new_ids = (
-                c.execute(
-                    select(tasks.c.id)
-                    .where(tasks.c.replica_of == group)
-                    .order_by(tasks.c.id.desc())
-                )
-                .scalars()
-                .all()[:n]
-            )
             c.execute(
                 task_blobs.insert(), [{"task_id": t, "sha": s} for t in new_ids for s in shas]
             )
+        return new_ids
 
     def _vote(
         self,
@@ -374,6 +392,31 @@ class VerifyStore(StoreBase):
                 select(func.count()).select_from(tasks).where(tasks.c.replica_of.is_(None))
             ).scalar_one()
         return {"runs": runs, "tasks": groups}
+
+    def count_backups(self, job_id: int | None = None) -> dict[str, int]:
+        """Backup copies of stragglers (store/leasing.py), of one job or of all: `started`;
+        `won`, whose result is behind the verdict; `running`, not decided yet; `wasted`, ended
+        without counting (the original finished first, or the copy was lost)."""
+        q = (
+            select(tasks.c.state, attempts.c.outcome, func.count())
+            .select_from(tasks)
+            .outerjoin(attempts, attempts.c.task_id == tasks.c.id)
+            .where(tasks.c.backup)
+            .group_by(tasks.c.state, attempts.c.outcome)
+        )
+        if job_id is not None:
+            q = q.where(tasks.c.job_id == job_id)
+        out = {"started": 0, "won": 0, "running": 0, "wasted": 0}
+        with self.read() as c:
+            for state, outcome, n in c.execute(q).all():
+                out["started"] += n
+                if outcome in ("accepted", "agreed"):
+                    out["won"] += n
+                elif state in (TaskState.PENDING, TaskState.LEASED) or outcome == "reported":
+                    out["running"] += n
+                else:
+                    out["wasted"] += n
+        return out
 
 
 def _inline_value(report_json: str | None) -> bytes | None:

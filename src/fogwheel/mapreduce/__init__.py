@@ -1,0 +1,292 @@
+"""MapReduce on the fog: splits as blobs, map tasks with a combiner, a shuffle of partition
+blobs, reduce tasks, output files.
+
+    from fogwheel import Client
+    from fogwheel.mapreduce import WordCount, run
+
+    with Client() as fog:
+        result = run(fog, WordCount(), ["book.txt"], out="counts/")
+    print(result.paths)
+
+The client cuts the input into splits (whole lines) and uploads each one as a blob. Map task
+`m` runs on a node, reads its split, maps and combines it, and writes one file a partition
+(`part-r`); the node uploads them as blobs and keeps them in its cache. Reduce task `r` takes
+`part-r` of every map task as its inputs and writes one output file. No process ever holds the
+whole data set: the client streams splits up and outputs down, and the shuffle is blobs named
+by their hashes. Placement prefers a node that already holds a task's input (the node that
+produced most of a reduce's partitions, say); near the end of each phase idle nodes run backup
+copies of straggling tasks, and the first copy to finish wins (the coordinator's part). A lost
+node costs its running tasks, which run again elsewhere; finished map outputs live in the
+coordinator's blob store, so a node lost between phases costs nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+import types
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import as_completed
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+from fogwheel.client import Blob, Client, TaskOutput, _is_users_own
+from fogwheel.errors import FogwheelError
+from fogwheel.mapreduce.jobs import Grep, Job, MapReduce, WordCount, line_splits, partition_of
+
+__all__ = [
+    "Grep",
+    "Job",
+    "JobFailed",
+    "MapReduce",
+    "Result",
+    "WordCount",
+    "line_splits",
+    "partition_of",
+    "run",
+]
+
+DEFAULT_SPLIT_MB = 16
+MAX_PARTITIONS = 100  # a task lists its output files, at most 100
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+class JobFailed(FogwheelError):
+    """A map or reduce task failed for good (after its retries); says which and why."""
+
+
+@dataclass
+class Result:
+    """Where the output went and what the run did."""
+
+    paths: list[Path]
+    splits: int
+    partitions: int
+    input_bytes: int
+    output_bytes: int
+    seconds: dict[str, float] = field(default_factory=dict)  # per phase
+    map_job: int | None = None
+    reduce_job: int | None = None
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.seconds.values())
+
+
+# -- what runs on the nodes -------------------------------------------------------------------
+
+
+class MapTask:
+    """The function of every map task: read `split`, write `part-00000`…"""
+
+    def __init__(self, job: Job, partitions: int) -> None:
+        self.job = job
+        self.partitions = partitions
+
+    def __call__(self) -> dict[str, int]:
+        data = Path("split").read_bytes()
+        parts = self.job.map_split(data, self.partitions)
+        if len(parts) != self.partitions:
+            raise ValueError(f"map_split returned {len(parts)} partitions, not {self.partitions}")
+        for r, payload in enumerate(parts):
+            Path(part_name(r)).write_bytes(payload)
+        return {"bytes_in": len(data), "bytes_out": sum(len(p) for p in parts)}
+
+
+class ReduceTask:
+    """The function of every reduce task: merge the `in-*` files into `out`."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def __call__(self) -> dict[str, int]:
+        paths = sorted(Path(".").glob("in-*"))
+        data = self.job.reduce_parts(paths)
+        Path("out").write_bytes(data)
+        return {"inputs": len(paths), "bytes_out": len(data)}
+
+
+def part_name(r: int) -> str:
+    return f"part-{r:05d}"
+
+
+# -- the driver -------------------------------------------------------------------------------
+
+
+def run(
+    client: Client,
+    job: Job,
+    inputs: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    partitions: int | None = None,
+    split_mb: float = DEFAULT_SPLIT_MB,
+    progress: Progress | None = None,
+    wall_s: float = 3600.0,
+    backups: bool = True,
+) -> Result:
+    """Run `job` over the files `inputs` on the fog and write its output to `out`.
+
+    `out` is a directory of `part-NNNNN` files (`job.output == "dir"`) or one file. The input
+    is cut into splits of about `split_mb` MB; `partitions` (reduce tasks) defaults to the
+    number of slots of the live nodes, at least 2. `progress(phase, done, total)` hears of
+    every split uploaded and every task finished. Raises `JobFailed` when a task fails for
+    good, `FileNotFoundError` for a missing input.
+    """
+    paths = [Path(p) for p in inputs]
+    for p in paths:
+        if not p.is_file():
+            raise FileNotFoundError(f"no input file {p}")
+    total_bytes = sum(p.stat().st_size for p in paths)
+    if partitions is None:
+        slots = sum(n.get("cores", 1) for n in client.nodes() if n.get("state") == "up")
+        partitions = min(MAX_PARTITIONS, job.suggest_partitions(total_bytes, slots))
+    if not 1 <= partitions <= MAX_PARTITIONS:
+        raise ValueError(f"partitions must be between 1 and {MAX_PARTITIONS}, not {partitions}")
+    seconds: dict[str, float] = {}
+    report = progress or (lambda phase, done, total: None)
+
+    # Split: upload as we read; a split is forgotten once it is a blob.
+    t0 = time.perf_counter()
+    blobs: list[Blob] = []
+    sent = 0
+    report("split", 0, total_bytes)
+    for piece in job.splits(paths, max(1, int(split_mb * 1024 * 1024))):
+        blobs.append(client.put_blob(piece))
+        sent += len(piece)
+        report("split", min(sent, total_bytes), total_bytes)
+    if not blobs:
+        blobs.append(client.put_blob(b""))
+    seconds["split"] = time.perf_counter() - t0
+
+    names = [part_name(r) for r in range(partitions)]
+    with _by_value(job):
+        t0 = time.perf_counter()
+        futures = client.submit_many(
+            MapTask(job, partitions),
+            [((), {}) for _ in blobs],
+            name=f"{job.describe()}: map",
+            inputs=[{"split": b} for b in blobs],
+            outputs=names,
+            memory_mb=job.memory_mb,
+            wall_s=wall_s,
+            backups=backups,
+        )
+        maps = _collect(client, "map", futures, report)
+        seconds["map"] = time.perf_counter() - t0
+        map_job = futures[0].job_id
+
+        t0 = time.perf_counter()
+        reduce_inputs = []
+        for r in range(partitions):
+            files = {}
+            for m, res in enumerate(maps):
+                blob = res.files[names[r]]
+                if blob.size:  # an empty partition adds nothing
+                    files[f"in-{m:05d}"] = blob
+            reduce_inputs.append(files)
+        futures = client.submit_many(
+            ReduceTask(job),
+            [((), {}) for _ in range(partitions)],
+            name=f"{job.describe()}: reduce",
+            inputs=reduce_inputs,
+            outputs=["out"],
+            memory_mb=job.memory_mb,
+            wall_s=wall_s,
+            backups=backups,
+        )
+        reduces = _collect(client, "reduce", futures, report)
+        seconds["reduce"] = time.perf_counter() - t0
+        reduce_job = futures[0].job_id
+
+    t0 = time.perf_counter()
+    outputs = [res.files["out"] for res in reduces]
+    written = _write_outputs(client, job, outputs, Path(out), report)
+    seconds["output"] = time.perf_counter() - t0
+    return Result(
+        paths=written,
+        splits=len(blobs),
+        partitions=partitions,
+        input_bytes=total_bytes,
+        output_bytes=sum(b.size for b in outputs),
+        seconds=seconds,
+        map_job=map_job,
+        reduce_job=reduce_job,
+    )
+
+
+def _collect(
+    client: Client, phase: str, futures: Sequence[Any], report: Progress
+) -> list[TaskOutput]:
+    index = {f: i for i, f in enumerate(futures)}
+    results: list[TaskOutput | None] = [None] * len(futures)
+    report(phase, 0, len(futures))
+    for done, fut in enumerate(as_completed(futures), 1):
+        i = index[fut]
+        try:
+            results[i] = fut.result()
+        except Exception as e:
+            for f in futures:
+                f.cancel()
+            with contextlib.suppress(Exception):
+                client.cancel(fut.job_id)
+            raise JobFailed(f"{phase} task {i} (job {fut.job_id}) failed: {e}") from e
+        report(phase, done, len(futures))
+    return [r for r in results if r is not None]
+
+
+def _write_outputs(
+    client: Client, job: Job, outputs: Sequence[Blob], out: Path, report: Progress
+) -> list[Path]:
+    total = sum(b.size for b in outputs)
+    report("output", 0, total)
+    got = 0
+    if job.output == "file":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.part")
+        tmp.write_bytes(b"")
+        for blob in outputs:
+            got += client.fetch_to(blob, tmp, append=True)
+            report("output", got, total)
+        tmp.replace(out)
+        return [out]
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("part-*"):
+        old.unlink()
+    paths = []
+    for r, blob in enumerate(outputs):
+        path = out / part_name(r)
+        got += client.fetch_to(blob, path)
+        paths.append(path)
+        report("output", got, total)
+    (out / "_SUCCESS").write_bytes(b"")
+    return paths
+
+
+_pickle_lock = threading.Lock()
+
+
+@contextmanager
+def _by_value(job: Job) -> Iterable[None]:  # type: ignore[misc]
+    """Ship the job's class and functions by value when they come from the user's own modules
+    (a script, an examples/ file): the nodes have only installed packages to import from."""
+    modules: set[types.ModuleType] = set()
+    for obj in [type(job), *vars(job).values()]:
+        mod = sys.modules.get(getattr(obj, "__module__", "") or "")
+        if mod is not None and _is_users_own(mod):
+            modules.add(mod)
+    with _pickle_lock:
+        for m in modules:
+            cloudpickle.register_pickle_by_value(m)
+        try:
+            yield
+        finally:
+            for m in modules:
+                cloudpickle.unregister_pickle_by_value(m)
