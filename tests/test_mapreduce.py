@@ -299,3 +299,18 @@ def test_the_cli_says_what_is_wrong_with_a_bad_job_reference(tmp_path: Path) -> 
     )  # fmt: skip
     assert res.returncode != 0
     assert "no such file: nofile.py" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("k", [3, 11, 21, 31])
+@pytest.mark.parametrize("split", [20, 100, 777, 100_000])
+def test_kmer_splits_count_every_window_once_and_stay_near_their_size(
+    tmp_path: Path, k: int, split: int
+) -> None:
+    from fogwheel.workloads.kmer import count_kmers, read_sequences, sequence_splits
+
+    genome = tmp_path / "g.fa"
+    genome.write_text(random_genome(k * split, records=3, length=3000))
+    pieces = list(sequence_splits([genome], k, split))
+    assert all(len(p) - p.count(b"\n") <= max(split, 4 * k) + k for p in pieces)
+    windows = [line for p in pieces for line in p.split(b"\n")]
+    assert count_kmers(windows, k).as_dict() == count_kmers(read_sequences(genome), k).as_dict()

@@ -85,6 +85,8 @@ def test_a_signed_lease_still_verifies_after_a_trip_through_json() -> None:
         ("outputs", ["/etc/passwd"]),
         ("limits", {"wall_s": 600.0, "cpu_s": None, "memory_mb": 4096}),
         ("lease_expires", 1_800_000_000.0),
+        ("keep_in", "ab" * 32),  # another customer's kept state
+        ("keep_out", "cd" * 32),
     ],
 )
 def test_changing_any_signed_field_breaks_the_signature(field: str, value: Any) -> None:
@@ -138,7 +140,7 @@ def test_the_canonical_form_ignores_key_order_and_unsigned_fields() -> None:
     assert (
         canonical(lease)
         == json.dumps(
-            {k: lease[k] for k in SIGNED_FIELDS}, sort_keys=True, separators=(",", ":")
+            {k: lease.get(k) for k in SIGNED_FIELDS}, sort_keys=True, separators=(",", ":")
         ).encode()
     )
 

@@ -198,6 +198,8 @@ class Client:
         inputs: Sequence[Mapping[str, Blob | bytes | str | os.PathLike[str]]] | None = None,
         outputs: Sequence[str] = (),
         backups: bool = True,
+        keep: Sequence[tuple[str | None, str | None]] | None = None,
+        replicas: str | int | None = None,
     ) -> list[TaskFuture]:
         """One job of many calls of `fn`; the lower layer under `submit` and `map`.
 
@@ -208,10 +210,18 @@ class Client:
         (`Blob`s, bytes or paths); `outputs` names files each task writes there. With
         `outputs`, a future's result is a `TaskOutput` whose files stay on the fog as `Blob`s
         until fetched. `backups=False` turns off backup copies of straggling tasks (turn it
-        off for a function with side effects)."""
+        off for a function with side effects).
+
+        `keep` (one `(keep_in, keep_out)` pair a call) is state a node keeps for a later task
+        instead of sending it anywhere: the task finds the state kept under `keep_in` (if the
+        node that runs it has it; placement prefers such a node) in its `keep/` directory, and
+        what it leaves there is kept under `keep_out`. An optimizer's state between rounds of
+        training, say. Kept state differs between nodes, so such a job needs `replicas=1`."""
         fn_value = self._blob_value(pickle_function(fn), upload=True)
         if inputs is not None and len(inputs) != len(calls):
             raise ValueError(f"{len(inputs)} input mappings for {len(calls)} calls")
+        if keep is not None and len(keep) != len(calls):
+            raise ValueError(f"{len(keep)} keep pairs for {len(calls)} calls")
         kind = "python-files" if outputs else "python"
         futures: list[TaskFuture] = []
         for start in range(0, max(1, len(calls)), SUBMIT_CHUNK):
@@ -223,6 +233,12 @@ class Client:
                     task["inputs"] = self._files(inputs[start + i])
                 if outputs:
                     task["outputs"] = list(outputs)
+                if keep is not None:
+                    keep_in, keep_out = keep[start + i]
+                    if keep_in:
+                        task["keep_in"] = keep_in
+                    if keep_out:
+                        task["keep_out"] = keep_out
                 tasks.append(task)
             job = {
                 "name": name,
@@ -231,7 +247,7 @@ class Client:
                 "tasks": tasks,
                 "limits": _limits(memory_mb, wall_s, cpu_s),
                 "max_attempts": max_attempts,
-                "replicas": self.replicas,
+                "replicas": self.replicas if replicas is None else replicas,
                 "backups": backups,
                 "client_token": uuid.uuid4().hex,
             }
@@ -299,6 +315,23 @@ class Client:
             "client_token": uuid.uuid4().hex,
         }
         return self._submit_job(job, "command")
+
+    def attach(self, job_id: int, files: bool = False) -> list[TaskFuture]:
+        """Futures for the tasks of a job submitted earlier (by this process or another that
+        was killed): finished ones resolve at once. `files=True` for a Python job whose tasks
+        write output files (their results are `TaskOutput`s)."""
+        job = self.job(job_id)
+        kind = {"python": "python-files" if files else "python"}.get(job["kind"], job["kind"])
+        futures = {i: TaskFuture(job_id, i) for i in range(job["total"])}
+        with self._lock:
+            self._watches[job_id] = _Watch(kind, futures, total=job["total"])
+            if self._watcher is None:
+                self._watcher = threading.Thread(
+                    target=self._watch, name="fogwheel-results", daemon=True
+                )
+                self._watcher.start()
+        self._news.set()
+        return [futures[i] for i in range(job["total"])]
 
     def _files(self, ins: Mapping[str, Blob | bytes | str | os.PathLike[str]]) -> dict[str, Any]:
         files = {}

@@ -45,6 +45,9 @@ FileName = Annotated[
 ]
 
 
+KeepKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:/-]{1,200}$")]
+
+
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -76,6 +79,16 @@ class TaskIn(Model):
     inputs: dict[FileName, Value] = Field(default_factory=dict)
     outputs: list[FileName] = Field(default_factory=list, max_length=100)
     needs: list[Name] = Field(default_factory=list, max_length=20)
+    keep_in: KeepKey | None = Field(
+        default=None,
+        description="node-local state to restore into the task's `keep/` directory, if the node "
+        "that runs it kept state under this key (placement prefers such a node); never uploaded",
+    )
+    keep_out: KeepKey | None = Field(
+        default=None,
+        description="after a successful run the node keeps the task's `keep/` directory under "
+        "this key, for a later task's `keep_in` (an optimizer's state, say)",
+    )
 
 
 class ToleranceIn(Model):
@@ -221,6 +234,9 @@ class TaskReport(Model):
     error: ErrorInfo | None = None
     cpu_s: float = Field(default=0.0, ge=0)
     wall_s: float = Field(default=0.0, ge=0)
+    kept: int | None = Field(
+        default=None, ge=0, description="bytes of state the node kept under the lease's keep_out"
+    )
 
 
 class SyncIn(Model):
@@ -245,6 +261,8 @@ class TaskLease(Model):
     outputs: list[str]
     limits: Limits
     lease_expires: float
+    keep_in: str | None = None  # node-local state names (see TaskIn), namespaced per customer
+    keep_out: str | None = None
     signature: str = Field(
         default="", description="the coordinator's Ed25519 signature of the fields above"
     )

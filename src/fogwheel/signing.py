@@ -40,6 +40,8 @@ SIGNED_FIELDS = (
     "outputs",
     "limits",
     "lease_expires",
+    "keep_in",
+    "keep_out",
 )
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 MAX_HELD_PER_SLOT = 64  # a node may queue this many tiny tasks per slot to hide round trips
 PROBATION_RELIABILITY = 0.5  # below this, a node gets one task at a time while others are free
 BACKUP_MIN_S = 2.0  # a task is never backed up before it has run this long
+LOCALITY_WAIT_S = 3.0  # a task whose input another live node holds waits this long for it
 BACKUP_FACTOR = 1.5  # ... nor before it has run this many times its job's median attempt
 
 
@@ -54,6 +55,7 @@ class Candidate:
     exclude: frozenset[str] = frozenset()  # nodes that ran its group: replicas need others
     local_bytes: int = 0  # bytes of its input blobs the asking node holds already
     elsewhere_bytes: int = 0  # bytes of its input held by the best other live node
+    waited_s: float = math.inf  # how long it has been waiting to run
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +196,15 @@ def _fits(node: NodeView, cand: Candidate, cluster: ClusterView) -> bool:
     if cand.memory_mb > node.memory_mb or not cand.needs <= node.capabilities:
         return False
     if node.id in cand.exclude:
+        return False
+    # Delay scheduling (Zaharia et al., EuroSys 2010): a task whose input another live node
+    # holds is left for that node for a few seconds before anyone else may take it.
+    if (
+        cand.elsewhere_bytes > 0
+        and cand.local_bytes == 0
+        and cand.group is None
+        and cand.waited_s < LOCALITY_WAIT_S
+    ):
         return False
     # Do not hand a task back to a node that lost it, unless every live node has lost it.
     return (

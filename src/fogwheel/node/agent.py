@@ -494,6 +494,8 @@ class Agent:
                 inputs=inputs,
                 outputs=lease["outputs"],
                 keep=self.data_dir / "cache",
+                state_in=self._state_dir(lease.get("keep_in")),
+                state_out=self._state_dir(lease.get("keep_out")),
             )
             files: dict[str, Path] = res.pop("files", {})
             try:
@@ -525,7 +527,7 @@ class Agent:
 
     def _wire_result(self, res: dict[str, Any]) -> dict[str, Any]:
         """Turn the slot's bytes into protocol Values (inline when small, uploaded when not)."""
-        out = {k: v for k, v in res.items() if k in ("ok", "cpu_s", "wall_s", "outputs")}
+        out = {k: v for k, v in res.items() if k in ("ok", "cpu_s", "wall_s", "outputs", "kept")}
         if res.get("value") is not None:
             out["value"] = self._value(res["value"])
         if res.get("error"):
@@ -543,6 +545,16 @@ class Agent:
         assert self.http is not None
         self._retrying(lambda: self.http.put(f"/v1/blobs/{sha}", content=data))  # type: ignore[union-attr]
         return {"sha": sha, "size": len(data)}
+
+    def _state_dir(self, name: Any) -> Path | None:
+        """Where kept state of this name lives (names are hex hashes the coordinator made)."""
+        if (
+            not isinstance(name, str)
+            or len(name) != 64
+            or not all(ch in "0123456789abcdef" for ch in name)
+        ):
+            return None
+        return self.data_dir / "kept" / name
 
     def _value_file(self, path: Path) -> dict[str, Any]:
         """A task's output file as a Value: hashed and uploaded in pieces (never whole in

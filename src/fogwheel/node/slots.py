@@ -27,6 +27,7 @@ from typing import IO, Any
 from fogwheel.node import wire
 from fogwheel.node.sandbox import CANNOT_START, Limits, Sandbox, fogwheel_import_root
 
+KEEP_DIR = "keep"  # a task's kept state (TaskIn.keep_in / keep_out) lives here
 OUTPUT_TAIL = 64 * 1024  # bytes of a command's stdout/stderr kept in its result
 MAX_MESSAGE = 1 << 31  # a worker's answer larger than this is a broken (or hostile) worker
 
@@ -72,12 +73,16 @@ class Slot:
         inputs: dict[str, Path] | None = None,
         outputs: Sequence[str] = (),
         keep: Path | None = None,
+        state_in: Path | None = None,
+        state_out: Path | None = None,
     ) -> dict[str, Any]:
         """Run one task of `job_id`; `msg` names the function's cached file as `fn_path`.
 
         `inputs` are copied into the task's working directory first; the files named in
         `outputs` that it leaves there are moved under `keep` and listed in the result's
-        `files` (name -> path), the caller's to upload and delete."""
+        `files` (name -> path), the caller's to upload and delete. Kept state: the directory
+        `state_in`, when given and present, is copied to the task's `keep/`; after a successful
+        run the task's `keep/` is moved to `state_out` and its size is the result's `kept`."""
         self.aborted = False
         proc = self._worker_for(job_id)
         assert proc.stdin is not None and proc.stdout is not None
@@ -87,6 +92,8 @@ class Slot:
         scratch = self._home / f"task-{self._tasks}"
         scratch.mkdir()
         _place_inputs(scratch, inputs or {})
+        if state_in is not None and state_in.is_dir():
+            shutil.copytree(state_in, scratch / KEEP_DIR)
         self.sandbox.hand_over(scratch)
         sha = msg["fn_sha"]
         out = {"fn_sha": sha, "args": msg["args"], "limits": msg["limits"], "cwd": str(scratch)}
@@ -108,6 +115,10 @@ class Slot:
                     result = _error("exit", files, result.get("wall_s", 0.0))
                 else:
                     result["files"] = files
+            if result is not None and result.get("ok") and state_out is not None:
+                result["kept"] = _keep_state(scratch / KEEP_DIR, state_out)
+                if state_in is not None and state_in != state_out:
+                    shutil.rmtree(state_in, ignore_errors=True)  # superseded by state_out
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         if result is None:
@@ -267,6 +278,22 @@ class Slot:
             res = {"ok": True, "value": value, "wall_s": wall}
         res["cpu_s"] = cpu
         return res, scratch
+
+
+def _keep_state(src: Path, dst: Path) -> int:
+    """Move the task's `keep/` directory (plain files only) to `dst`; its size in bytes."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    size = 0
+    if src.is_dir():
+        for path in src.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                target = dst / path.relative_to(src)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(path, target)
+                size += target.stat().st_size
+    return size
 
 
 def _place_inputs(scratch: Path, inputs: dict[str, Path]) -> None:

@@ -29,6 +29,12 @@ class Principal:
     name: str
 
 
+def keep_name(customer_id: str, key: str) -> str:
+    """The node-side name of a customer's kept state (TaskIn.keep_in / keep_out): a hash, so
+    that one customer's key can never name another's state on a node."""
+    return hashlib.sha256(f"fogwheel-keep\0{customer_id}\0{key}".encode()).hexdigest()
+
+
 def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 

@@ -20,6 +20,7 @@ from fogwheel.store.base import (
     _job_out,
     _task,
     _task_cols,
+    keep_name,
 )
 from fogwheel.store.schema import (
     attempts,
@@ -80,6 +81,10 @@ class JobsStore(StoreBase):
                     for v in [t.args, *t.inputs.values()]
                     if v is not None and v.data is None
                 }
+                if t.keep_in:
+                    # State kept on a node counts as an input held there (locality), by its
+                    # per-customer name; its size is what the holder reported.
+                    blobs[keep_name(customer_id, t.keep_in)] = 1
                 rows.append(
                     {
                         "job_id": job_id,
@@ -127,7 +132,12 @@ class JobsStore(StoreBase):
         if row is None:
             r = c.execute(
                 select(
-                    jobs.c.kind, jobs.c.fn, jobs.c.limits, jobs.c.customer_id, jobs.c.tolerance
+                    jobs.c.kind,
+                    jobs.c.fn,
+                    jobs.c.limits,
+                    jobs.c.customer_id,
+                    jobs.c.tolerance,
+                    jobs.c.created_at,
                 ).where(jobs.c.id == job_id)
             ).one()
             row = {
@@ -136,6 +146,7 @@ class JobsStore(StoreBase):
                 "limits": json.loads(r.limits),
                 "customer_id": r.customer_id,
                 "tolerance": json.loads(r.tolerance) if r.tolerance else None,
+                "created_at": r.created_at,
             }
             self._jobs_cache[job_id] = row
         return row

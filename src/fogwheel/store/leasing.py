@@ -40,6 +40,7 @@ from fogwheel.store.base import (
     _end_attempt,
     _task,
     _task_cols,
+    keep_name,
 )
 from fogwheel.store.schema import (
     attempts,
@@ -252,6 +253,23 @@ class LeasingStore(VerifyStore):
                     if v is not None and v.data is None
                 ],
             )
+        kept = [r for r in by_id.values() if r.kept is not None and r.ok and r.task_id in mine]
+        if kept:
+            # State the node keeps for a later task of the same customer (TaskIn.keep_out).
+            specs = dict(
+                c.execute(
+                    select(tasks.c.id, tasks.c.spec).where(
+                        tasks.c.id.in_([r.task_id for r in kept])
+                    )
+                ).all()
+            )
+            names = []
+            for r in kept:
+                key = json.loads(specs[r.task_id]).get("keep_out")
+                if key:
+                    customer = self._job_row(c, rows[r.task_id].job_id)["customer_id"]
+                    names.append((keep_name(customer, key), r.kept or 0))
+            self._hold_blobs(c, node_id, names)
         self._verify_groups(c, groups, now)
 
     def _finish(
@@ -457,6 +475,7 @@ class LeasingStore(VerifyStore):
                     group=r.replica_of,
                     exclude=frozenset(ran.get(r.replica_of or r.id, ())),
                     local_bytes=held_by.get(node_id, 0),
+                    waited_s=now - self._job_row(c, r.job_id)["created_at"] if held_by else 0.0,
                     elsewhere_bytes=max(
                         (b for n, b in held_by.items() if n != node_id and n in cluster.live),
                         default=0,
@@ -637,6 +656,8 @@ class LeasingStore(VerifyStore):
                     "outputs": spec.get("outputs", []),
                     "limits": job["limits"],
                     "lease_expires": t.lease_expires,
+                    "keep_in": _keep(job["customer_id"], spec.get("keep_in")),
+                    "keep_out": _keep(job["customer_id"], spec.get("keep_out")),
                 }
             )
         c.execute(
@@ -709,3 +730,7 @@ class LeasingStore(VerifyStore):
                 s: n
                 for s, n in c.execute(select(tasks.c.state, func.count()).group_by(tasks.c.state))
             }
+
+
+def _keep(customer_id: str, key: str | None) -> str | None:
+    return keep_name(customer_id, key) if key else None

@@ -377,11 +377,13 @@ def sequence_splits(
         for seq in read_sequences(path):
             if len(seq) < k:
                 continue
-            step = split_bases - (k - 1)
-            for start in range(0, len(seq) - k + 1, step):
-                piece = seq[start : start + split_bases]
+            start = 0
+            while start < len(seq) - k + 1:
+                # fill what is left of this split: its windows, plus the k-1 bases after them
+                piece = seq[start : start + max(split_bases - size, k)]
                 batch.append(piece)
                 size += len(piece)
+                start += len(piece) - (k - 1)
                 if size >= split_bases:
                     yield b"\n".join(batch) + b"\n"
                     batch, size = [], 0
@@ -397,7 +399,8 @@ class KmerJob(Job):
 
     name = "kmer"
     output = "file"
-    memory_mb = 1024
+    memory_mb = 512  # a 4 Mbp split peaks near 300 MB (about 70 bytes a base)
+    max_split_bases = 4 << 20
 
     def __init__(self, k: int) -> None:
         _check_k(k)
@@ -412,7 +415,7 @@ class KmerJob(Job):
         return max(2, slots, -(-input_bytes * (self.k + 3) // (24 << 20)))
 
     def splits(self, paths: Any, split_bytes: int) -> Iterator[bytes]:
-        return sequence_splits(paths, self.k, split_bytes)
+        return sequence_splits(paths, self.k, min(split_bytes, self.max_split_bases))
 
     def map_split(self, data: bytes, partitions: int) -> list[bytes]:
         counts = count_kmers(data.split(b"\n"), self.k)
