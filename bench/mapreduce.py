@@ -14,11 +14,13 @@ own devices: nothing checked) on the same fog gives a second figure. The runs al
 the medians are reported.
 
 Part two is the straggler: a fog of 3 single-slot nodes, one of them 5x slower
-(`FOGWHEEL_FAULT=slow:5`), counts a smaller input cut into many splits, alternately with and
-without backup copies of straggling tasks; the medians and the saving are reported.
+(`FOGWHEEL_FAULT=slow:5`), counts 80 MB cut into 8 MB splits (a map task of about half a
+second, two and a half on the slow node: long enough to be worth a backup, which the
+coordinator considers after max(2 s, 1.5x the job's median)), alternately with and without
+backup copies of straggling tasks; the medians and the saving are reported.
 
-    python bench/mapreduce.py                         # 200 MB, 40 MB straggler input, 3 runs
-    python bench/mapreduce.py --mb 10 --straggler-mb 8 --runs 1
+    python bench/mapreduce.py                         # 200 MB, 80 MB straggler input, 3 runs
+    python bench/mapreduce.py --mb 10 --straggler-mb 16 --runs 1
 
 The generated texts are cached in --data-dir (deterministic: the same seed and size give the
 same bytes). Progress goes to stderr; the last line of stdout is one JSON object.
@@ -368,8 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mb", type=float, default=200, help="text size in MB (200)")
     parser.add_argument("--runs", type=int, default=3, help="runs of each system (3)")
     parser.add_argument("--split-mb", type=float, default=16, help="split/block size (16)")
-    parser.add_argument("--straggler-mb", type=float, default=40, help="straggler input (40)")
-    parser.add_argument("--straggler-split-mb", type=float, default=2, help="its splits (2)")
+    parser.add_argument("--straggler-mb", type=float, default=80, help="straggler input (80)")
+    parser.add_argument("--straggler-split-mb", type=float, default=8, help="its splits (8)")
     parser.add_argument("--no-straggler", action="store_true", help="skip part two")
     parser.add_argument("--no-unchecked", action="store_true", help="skip the replicas=1 runs")
     parser.add_argument("--seed", type=int, default=1, help="of the generated text (1)")

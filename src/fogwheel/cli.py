@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -1036,6 +1037,154 @@ def kmer(
         replicas=replicas,
         as_json=as_json,
     )
+
+
+# -- training ----------------------------------------------------------------------------------
+
+
+@app.command()
+def train(
+    workers: Annotated[int, typer.Option(min=1, max=64, help="DiLoCo workers (K).")] = 4,
+    rounds: Annotated[int, typer.Option(min=1, help="Outer rounds.")] = 10,
+    inner_steps: Annotated[int, typer.Option(min=1, help="Inner AdamW steps a round (H).")] = 50,
+    batch: Annotated[int, typer.Option(min=1, help="Windows a step.")] = 16,
+    inner_lr: Annotated[float, typer.Option(min=0.0, help="Inner AdamW learning rate.")] = 1e-3,
+    min_workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Take the outer step once this many workers reported."),
+    ] = None,
+    round_timeout: Annotated[
+        float, typer.Option(min=1.0, help="Seconds before a round closes with what it has.")
+    ] = 600.0,
+    compression: Annotated[
+        str, typer.Option(help="Pseudo-gradients on the wire: fp16, int8 or fp32.")
+    ] = "fp16",
+    model: Annotated[
+        str, typer.Option(help="small (about 0.8M parameters) or tiny (25K, for tests).")
+    ] = "small",
+    seed: Annotated[int, typer.Option(help="Seed of the initial weights and the data order.")] = 0,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Where the run's manifest, curves and sample go.")
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue the run in this directory (its settings are kept)."),
+    ] = None,
+    coordinator: CoordinatorOpt = None,
+    api_key: ApiKeyOpt = None,
+    local: LocalOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a byte-level Transformer on Python's documentation with DiLoCo across the fog.
+
+    Each round, every worker runs H AdamW steps on its shard and sends back only its
+    pseudo-gradient; the outer Nesterov step runs here. Needs the [ml] extra (PyTorch).
+
+    Example: fogwheel train --workers 2 --rounds 5 --inner-steps 20 --local 2
+    """
+    try:
+        from fogwheel.workloads import diloco, transformer
+    except ImportError as e:
+        raise _fail(
+            f"training needs PyTorch ({e}): pip install torch==2.13.0 && pip install -e '.[ml]'"
+        ) from None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fogwheel.errors import FogwheelError
+
+    if resume is not None:
+        directory = resume
+    else:
+        if model not in ("small", "tiny"):
+            raise _fail(f"--model must be small or tiny, not {model!r}")
+        config = transformer.ModelConfig.tiny() if model == "tiny" else transformer.ModelConfig()
+        try:
+            settings = diloco.TrainConfig(
+                model=config.to_dict(),
+                workers=workers,
+                rounds=rounds,
+                inner_steps=inner_steps,
+                batch=batch,
+                inner_lr=inner_lr,
+                min_workers=min_workers,
+                round_timeout=round_timeout,
+                compression=compression,
+                seed=seed,
+            )
+        except ValueError as e:
+            raise _fail(str(e)) from None
+        directory = run_dir or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+    with _client(coordinator, api_key, local, 1) as client:
+        try:
+            if resume is not None:
+                trainer = diloco.Trainer.resume(client, directory)
+            else:
+                trainer = diloco.Trainer.start(client, settings, directory)
+        except (FileNotFoundError, FileExistsError, ValueError, FogwheelError) as e:
+            raise _fail(str(e)) from None
+        run = trainer.run
+        cfg = run.config
+        err.print(
+            f"run {run.run_id} in {directory}: {cfg.workers} workers, H={cfg.inner_steps}, "
+            f"{cfg.compression} pseudo-gradients, {trainer.model.param_count():,} parameters",
+            highlight=False,
+        )
+        if trainer.initial_val is not None:
+            err.print(f"initial validation loss {trainer.initial_val:.3f}", highlight=False)
+        with Progress(
+            TextColumn("round {task.completed}/{task.total}"),
+            BarColumn(),
+            TextColumn("train {task.fields[train]}  val {task.fields[val]}"),
+            TimeElapsedColumn(),
+            console=err,
+        ) as bar:
+            task = bar.add_task("train", total=cfg.rounds, completed=run.round, train="-", val="-")
+
+            def progress(rec: Any, _run: Any) -> None:
+                bar.update(
+                    task,
+                    completed=rec.round,
+                    train=f"{rec.train_loss:.3f}",
+                    val=f"{rec.val_loss:.3f}",
+                )
+
+            try:
+                trainer.train(progress)
+            except (FogwheelError, RuntimeError) as e:
+                raise _fail(f"{e}; continue with: fogwheel train --resume {directory}") from None
+        report = trainer.write_report()
+    history = run.history
+    out.print(
+        f"trained {len(history)} rounds: validation loss "
+        f"{history[0].val_loss if history else float('nan'):.3f} after round 1, "
+        f"{history[-1].val_loss:.3f} at the end",
+        highlight=False,
+    )
+    for worker, sent in sorted(run.bytes_per_worker.items()):
+        out.print(f"  {worker} sent {sent / 1e6:.2f} MB of pseudo-gradients", highlight=False)
+    dropped = sum(h.dropped for h in history)
+    rejected = sum(h.rejected for h in history)
+    if dropped or rejected:
+        out.print(f"  dropped late: {dropped}, rejected as malformed: {rejected}")
+    out.print(f"wrote {report['csv']}" + (f" and {report['png']}" if report["png"] else ""))
+    out.print("sample:", highlight=False)
+    out.print(report["sample"], markup=False, highlight=False)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "run": run.run_id,
+                    "dir": str(directory),
+                    "rounds": len(history),
+                    "initial_val_loss": trainer.initial_val,
+                    "val_loss": [h.val_loss for h in history],
+                    "bytes_per_worker": run.bytes_per_worker,
+                    "dropped": dropped,
+                    "rejected": rejected,
+                }
+            ),
+            flush=True,
+        )
 
 
 def main() -> None:

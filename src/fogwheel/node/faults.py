@@ -5,6 +5,8 @@ can turn it on.
 
 - `wrong-results[:RATE]`: a wrong result is a valid pickle of a different value (a string
   naming this lie), so only a comparison with another node's result can expose it.
+- `bad-outputs`: every output file of a successful task is replaced by a few garbage bytes
+  (a corrupt pseudo-gradient, say), well-formed as a Value: only the reader can tell.
 - `slow:FACTOR`: every task takes FACTOR times as long (the node holds its slot and its
   result for the extra time), a straggler for the backup-task benchmark.
 """
@@ -29,13 +31,16 @@ class Faults:
         kind, _, rate = spec.partition(":")
         self.wrong_rate = float(rate or 1.0) if kind == "wrong-results" else 0.0
         self.slow_factor = float(rate or 5.0) if kind == "slow" else 1.0
+        self.bad_outputs = kind == "bad-outputs"
         self._rng = random.Random()
 
     @property
     def active(self) -> bool:
-        return self.wrong_rate > 0 or self.slow_factor != 1.0
+        return self.wrong_rate > 0 or self.slow_factor != 1.0 or self.bad_outputs
 
     def describe(self) -> str:
+        if self.bad_outputs:
+            return "this node replaces its tasks' output files by garbage"
         if self.slow_factor != 1.0:
             return f"this node runs every task {self.slow_factor:g}x slower"
         return f"this node returns wrong results (rate {self.wrong_rate:g})"
@@ -48,6 +53,14 @@ class Faults:
 
     def tamper(self, report: dict[str, Any]) -> dict[str, Any]:
         """Replace a successful result by a wrong one, at the configured rate."""
+        if self.bad_outputs and report.get("ok") and report.get("outputs"):
+            junk = b"FWT1\xff\xff" + self._rng.randbytes(10)
+            garbage = {
+                "sha": hashlib.sha256(junk).hexdigest(),
+                "size": len(junk),
+                "data": base64.b64encode(junk).decode(),
+            }
+            return {**report, "outputs": dict.fromkeys(report["outputs"], garbage)}
         if not report.get("ok") or self._rng.random() >= self.wrong_rate:
             return report
         lie = pickle.dumps(f"wrong result {self._rng.getrandbits(64):016x}")

@@ -3,7 +3,7 @@
 DiLoCo (Douillard et al. 2023, "DiLoCo: Distributed Low-Communication Training of Language
 Models", arXiv:2311.08105) trains one model on k workers that talk once every H steps: each
 worker runs H steps of AdamW from the global weights on its own shard (`inner_steps`), sends
-its pseudo-gradient, global − local (`compress`), and the coordinator averages the
+its pseudo-gradient, global - local (`compress`), and the coordinator averages the
 pseudo-gradients and takes one Nesterov-momentum SGD step with them (`OuterOptimizer`; the
 paper's lr 0.7, momentum 0.9). OpenDiLoCo (Jaghouar et al. 2024) and INTELLECT-1 send the
 pseudo-gradients in fp16 or int8; on the fog they come from untrusted volunteers, so
@@ -51,7 +51,7 @@ class BadPseudoGradient(ValueError):
 class InnerResult:
     """What one worker's H inner steps produce.
 
-    `delta` is the pseudo-gradient (global − local, float32); `opt_state` the AdamW moments
+    `delta` is the pseudo-gradient (global - local, float32); `opt_state` the AdamW moments
     and step count to continue from next round; `loss` the mean training loss of the steps;
     `samples` the windows seen (a weight for the outer average); `step` AdamW's step count.
     """
@@ -114,7 +114,8 @@ def _load_adam_state(model: Transformer, optimizer: torch.optim.AdamW, data: byt
         return 0
     if not all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in tensors.values()):
         raise ValueError("AdamW state holds non-float32 or non-finite moments")
-    index = {id(p): i for i, p in enumerate(model.parameters())}
+    ordered = (p for group in optimizer.param_groups for p in group["params"])
+    index = {id(p): i for i, p in enumerate(ordered)}  # how state_dict() numbers them
     state_dict = optimizer.state_dict()
     state_dict["state"] = {
         index[id(p)]: {
@@ -125,7 +126,6 @@ def _load_adam_state(model: Transformer, optimizer: torch.optim.AdamW, data: byt
     }
     optimizer.load_state_dict(state_dict)
     return step
-
 
 
 def inner_steps(

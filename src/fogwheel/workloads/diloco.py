@@ -1,0 +1,403 @@
+"""DiLoCo on the fog: rounds of inner training as tasks, the outer step in the driver.
+
+Each round is one job of K Python tasks, one a worker. Task k reads the global weights (a blob
+the driver uploads once a round; the nodes fetch it) and worker k's shard (uploaded once a
+run, cached by the nodes that read it), runs H AdamW steps (`diloco_math.inner_steps`) and
+writes its pseudo-gradient, compressed (fp16 by default, int8 or fp32), as the output file
+`delta`. The inner optimizer's state never leaves the node: the task keeps it in its `keep/`
+directory under the key `RUN/wK/rR` (`TaskIn.keep_out`), and worker k's next task asks for it
+(`keep_in`), so placement waits a few seconds for the node that holds it; a task that lands
+elsewhere (the node vanished) restarts AdamW cleanly from the global weights.
+
+The driver takes the outer step (Nesterov SGD, lr 0.7, momentum 0.9) as soon as
+`min_workers` of the K pseudo-gradients are in, or when the round's deadline passes with at
+least one: stragglers and vanished nodes do not stall training. Pseudo-gradients that come
+later are dropped (their tasks are cancelled), and counted. Every pseudo-gradient is decoded
+without pickle, checked for the model's names and shapes, finiteness and a sane norm; a bad
+one is rejected, never averaged in.
+
+After each round the global weights and the outer optimizer's momentum are uploaded as blobs
+and a small manifest (`run.json`) is written to the run directory, atomically; `resume` picks
+the run up from there, after the driver, the coordinator or every node was killed (a round in
+flight is re-attached to, not run twice). Seeds are derived from the run's seed, the round and
+the worker, so a resumed run computes the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fogwheel.client import Blob, Client, TaskOutput
+
+MANIFEST = "run.json"
+TASK_MEMORY_MB = 1536  # address space: importing torch alone maps about 600 MB
+MAX_DELTA_NORM = 1e3  # a pseudo-gradient larger than this is garbage, not learning
+
+
+@dataclass
+class TrainConfig:
+    """A DiLoCo run. `model` is a `ModelConfig.to_dict()`."""
+
+    model: dict[str, Any]
+    workers: int = 4
+    rounds: int = 10
+    inner_steps: int = 50
+    batch: int = 16
+    inner_lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 0
+    outer_lr: float = 0.7
+    outer_momentum: float = 0.9
+    compression: str = "fp16"
+    min_workers: int | None = None  # default: all K
+    round_timeout: float = 600.0  # seconds after which the round closes with what it has
+    seed: int = 0
+    val_windows: int = 64
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.rounds < 1 or self.inner_steps < 1 or self.batch < 1:
+            raise ValueError("workers, rounds, inner steps and batch must each be at least 1")
+        if self.compression not in ("fp16", "int8", "fp32"):
+            raise ValueError(f"compression must be fp16, int8 or fp32, not {self.compression!r}")
+        if self.min_workers is not None and not 1 <= self.min_workers <= self.workers:
+            raise ValueError(f"min workers must be between 1 and {self.workers}")
+
+    @property
+    def needed(self) -> int:
+        return self.min_workers or self.workers
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    train_loss: float
+    val_loss: float
+    reported: int
+    dropped: int  # pseudo-gradients that came too late (their tasks were cancelled)
+    rejected: int  # pseudo-gradients that failed the checks
+    restarted: int  # workers whose inner optimizer state was not there (a new node)
+    bytes_up: int  # pseudo-gradient bytes sent by the workers this round
+    seconds: float
+    job_id: int
+    weights_sha: str = ""  # the global weights after this round
+
+
+@dataclass
+class Run:
+    """The durable state of a run, as `run.json` holds it."""
+
+    run_id: str
+    config: TrainConfig
+    round: int = 0  # rounds completed
+    weights: dict[str, Any] | None = None  # Blob of the global weights after `round`
+    outer: dict[str, Any] | None = None  # Blob of the outer optimizer's state
+    shards: list[dict[str, Any]] = field(default_factory=list)
+    in_flight: int | None = None  # job id of the round being run
+    history: list[RoundRecord] = field(default_factory=list)
+    bytes_per_worker: dict[str, int] = field(default_factory=dict)
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f".{MANIFEST}.tmp"
+        body = asdict(self)
+        tmp.write_text(json.dumps(body, indent=1))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        tmp.replace(directory / MANIFEST)
+
+    @classmethod
+    def load(cls, directory: Path) -> Run:
+        path = directory / MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(f"no training run in {directory} (no {MANIFEST})")
+        body = json.loads(path.read_text())
+        body["config"] = TrainConfig(**body["config"])
+        body["history"] = [RoundRecord(**h) for h in body["history"]]
+        return cls(**body)
+
+
+def _blob(d: dict[str, Any]) -> Blob:
+    return Blob(d["sha"], d["size"])
+
+
+def _ref(b: Blob) -> dict[str, Any]:
+    return {"sha": b.sha, "size": b.size}
+
+
+# -- what runs on the nodes -------------------------------------------------------------------
+
+
+def inner_task(spec: dict[str, Any]) -> dict[str, Any]:
+    """Worker k's H inner steps: `weights` and `shard` in, `delta` out, AdamW kept in keep/."""
+    from fogwheel.workloads import diloco_math, transformer
+
+    config = transformer.ModelConfig.from_dict(spec["model"])
+    global_state = transformer.state_from_bytes(Path("weights").read_bytes())
+    kept = Path("keep") / "adamw"
+    opt_state = kept.read_bytes() if kept.is_file() else None
+    result = diloco_math.inner_steps(
+        config,
+        global_state,
+        Path("shard").read_bytes(),
+        spec["steps"],
+        lr=spec["lr"],
+        weight_decay=spec["weight_decay"],
+        batch=spec["batch"],
+        seed=spec["seed"],
+        opt_state=opt_state,
+        warmup_steps=spec["warmup_steps"],
+    )
+    delta = diloco_math.compress(result.delta, spec["compression"])
+    Path("delta").write_bytes(delta)
+    kept.parent.mkdir(exist_ok=True)
+    kept.write_bytes(result.opt_state)
+    return {
+        "loss": result.loss,
+        "samples": result.samples,
+        "restored": opt_state is not None,
+        "delta_bytes": len(delta),
+    }
+
+
+def task_seed(seed: int, rnd: int, worker: int) -> int:
+    return (seed * 1_000_003 + rnd * 1009 + worker) % (2**31)
+
+
+# -- the driver -------------------------------------------------------------------------------
+
+Progress = Callable[[RoundRecord, Run], None]
+
+
+class Trainer:
+    """Drives a run: `Trainer.start(client, config, directory)` or `Trainer.resume(...)`,
+    then `train()`."""
+
+    def __init__(self, client: Client, run: Run, directory: Path) -> None:
+        from fogwheel.workloads import corpus, diloco_math, transformer
+
+        self.client = client
+        self.run = run
+        self.dir = directory
+        self.cfg = run.config
+        self.model_config = transformer.ModelConfig.from_dict(self.cfg.model)
+        data = corpus.load_corpus()
+        shards, self.val = corpus.split_corpus(data, self.cfg.workers)
+        if not run.shards:
+            run.shards = [_ref(client.put_blob(s)) for s in shards]
+        if run.weights is None:
+            model = transformer.build(self.model_config, self.cfg.seed)
+        else:
+            state = transformer.state_from_bytes(client.fetch(_blob(run.weights)))
+            model = transformer.from_state(self.model_config, state)
+        self.model = model
+        self.outer = diloco_math.OuterOptimizer(
+            model, lr=self.cfg.outer_lr, momentum=self.cfg.outer_momentum
+        )
+        if run.outer is not None:
+            self.outer.load_state_bytes(client.fetch(_blob(run.outer)))
+        self.shapes = {k: v.shape for k, v in model.state_dict().items()}
+        self.initial_val = (
+            diloco_math.evaluate(model, self.model_config, self.val, self.cfg.val_windows)
+            if not run.history
+            else None
+        )
+
+    @classmethod
+    def start(cls, client: Client, config: TrainConfig, directory: Path) -> Trainer:
+        if (directory / MANIFEST).exists():
+            raise FileExistsError(f"{directory} already holds a run: resume it or pick another")
+        run = Run(run_id=uuid.uuid4().hex[:12], config=config)
+        trainer = cls(client, run, directory)
+        trainer._checkpoint()
+        return trainer
+
+    @classmethod
+    def resume(cls, client: Client, directory: Path) -> Trainer:
+        return cls(client, Run.load(directory), directory)
+
+    # -- rounds -------------------------------------------------------------------------------
+
+    def train(self, progress: Progress | None = None) -> Run:
+        while self.run.round < self.cfg.rounds:
+            record = self.round()
+            if progress:
+                progress(record, self.run)
+        return self.run
+
+    def round(self) -> RoundRecord:
+        from fogwheel.workloads import diloco_math, transformer
+
+        r = self.run.round
+        t0 = time.monotonic()
+        if self.run.in_flight is not None:
+            job_id = self.run.in_flight
+            futures = self.client.attach(job_id, files=True)
+        else:
+            futures = self._submit(r)
+            job_id = futures[0].job_id
+            self.run.in_flight = job_id
+            self.run.save(self.dir)
+        results = self._gather(futures, t0)
+        deltas, weights, losses = [], [], []
+        rejected = restarted = up = 0
+        for k, out in sorted(results.items()):  # worker order: the sum is the same every run
+            try:
+                raw = self.client.fetch(out.files["delta"])
+                delta = diloco_math.decompress(raw, self.shapes)
+                diloco_math.check_norm(delta, MAX_DELTA_NORM)
+            except (ValueError, KeyError) as e:  # BadPseudoGradient is a ValueError
+                rejected += 1
+                self._log(f"round {r}: worker {k}'s pseudo-gradient rejected: {e}")
+                continue
+            deltas.append(delta)
+            weights.append(float(out.value["samples"]))
+            losses.append(float(out.value["loss"]))
+            restarted += 0 if out.value.get("restored") or r == 0 else 1
+            up += len(raw)
+            key = f"w{k}"
+            self.run.bytes_per_worker[key] = self.run.bytes_per_worker.get(key, 0) + len(raw)
+        if deltas:
+            self.outer.step(deltas, weights)
+        val = diloco_math.evaluate(self.model, self.model_config, self.val, self.cfg.val_windows)
+        state = self.model.state_dict()
+        self.run.weights = _ref(self.client.put_blob(transformer.state_to_bytes(state)))
+        self.run.outer = _ref(self.client.put_blob(self.outer.state_bytes()))
+        record = RoundRecord(
+            round=r + 1,
+            train_loss=sum(losses) / len(losses) if losses else float("nan"),
+            val_loss=val,
+            reported=len(results),
+            dropped=self.cfg.workers - len(results),
+            rejected=rejected,
+            restarted=restarted,
+            bytes_up=up,
+            seconds=time.monotonic() - t0,
+            job_id=job_id,
+            weights_sha=self.run.weights["sha"],
+        )
+        self.run.history.append(record)
+        self.run.round = r + 1
+        self.run.in_flight = None
+        self._checkpoint()
+        return record
+
+    def _submit(self, r: int) -> list[Any]:
+        from fogwheel.workloads import transformer
+
+        cfg = self.cfg
+        weights = self.client.put_blob(transformer.state_to_bytes(self.model.state_dict()))
+        calls, inputs, keep = [], [], []
+        for k in range(cfg.workers):
+            spec = {
+                "model": cfg.model,
+                "steps": cfg.inner_steps,
+                "lr": cfg.inner_lr,
+                "weight_decay": cfg.weight_decay,
+                "batch": cfg.batch,
+                "seed": task_seed(cfg.seed, r, k),
+                "warmup_steps": cfg.warmup_steps,
+                "compression": cfg.compression,
+            }
+            calls.append(((spec,), {}))
+            inputs.append({"weights": weights, "shard": _blob(self.run.shards[k])})
+            prev = f"{self.run.run_id}/w{k}/r{r - 1}" if r > 0 else None
+            keep.append((prev, f"{self.run.run_id}/w{k}/r{r}"))
+        return self.client.submit_many(
+            inner_task,
+            calls,
+            name=f"train {self.run.run_id} round {r + 1}",
+            inputs=inputs,
+            outputs=["delta"],
+            keep=keep,
+            replicas=1,  # workers' results differ by design: checked by decompress/check_norm
+            backups=False,  # a backup would restart AdamW elsewhere: the deadline handles it
+            memory_mb=TASK_MEMORY_MB,
+            wall_s=max(60.0, self.cfg.round_timeout * 2),
+            max_attempts=2,
+        )
+
+    def _gather(self, futures: list[Any], t0: float) -> dict[int, TaskOutput]:
+        """Results until `min_workers` are in, or the deadline passes with at least one."""
+        results: dict[int, TaskOutput] = {}
+        pending = set(futures)
+        index = {f: i for i, f in enumerate(futures)}
+        deadline = t0 + self.cfg.round_timeout
+        while pending and len(results) < self.cfg.needed:
+            left = deadline - time.monotonic()
+            if left <= 0 and results:
+                break
+            done, pending = wait(pending, timeout=max(left, 1.0), return_when=FIRST_COMPLETED)
+            for f in done:
+                try:
+                    results[index[f]] = f.result()
+                except Exception as e:  # the task failed for good: the round goes on without it
+                    self._log(f"worker {index[f]} failed this round: {e}")
+            if not pending and not results:
+                raise RuntimeError("every worker of the round failed; see `fogwheel jobs`")
+        if pending:
+            with contextlib.suppress(Exception):
+                self.client.cancel(futures[0].job_id)  # late pseudo-gradients are dropped
+        return results
+
+    def _checkpoint(self) -> None:
+        if self.run.weights is None:
+            from fogwheel.workloads import transformer
+
+            state = self.model.state_dict()
+            self.run.weights = _ref(self.client.put_blob(transformer.state_to_bytes(state)))
+            self.run.outer = _ref(self.client.put_blob(self.outer.state_bytes()))
+        self.run.save(self.dir)
+
+    def _log(self, message: str) -> None:
+        with open(self.dir / "train.log", "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
+    # -- what the user sees at the end --------------------------------------------------------
+
+    def write_report(self, sample_prompt: bytes = b"The ") -> dict[str, Any]:
+        """loss.csv, loss.png (when matplotlib is there) and a text sample, in the run dir."""
+        from fogwheel.workloads import transformer
+
+        rows = self.run.history
+        with open(self.dir / "loss.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["round", "train_loss", "val_loss", "reported", "dropped", "bytes_up"])
+            for h in rows:
+                w.writerow([h.round, h.train_loss, h.val_loss, h.reported, h.dropped, h.bytes_up])
+        png = None
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            fig, ax = plt.subplots(figsize=(6, 4))
+            ax.plot([h.round for h in rows], [h.train_loss for h in rows], label="train")
+            ax.plot([h.round for h in rows], [h.val_loss for h in rows], label="validation")
+            ax.set_xlabel("round")
+            ax.set_ylabel("loss (nats per byte)")
+            ax.set_title(f"DiLoCo, {self.cfg.workers} workers, H={self.cfg.inner_steps}")
+            ax.legend()
+            fig.tight_layout()
+            png = self.dir / "loss.png"
+            fig.savefig(png, dpi=100)
+            plt.close(fig)
+        except ImportError:
+            pass
+        sample = transformer.generate(self.model, sample_prompt, 200, seed=self.cfg.seed)
+        (self.dir / "sample.txt").write_bytes(sample)
+        return {
+            "csv": str(self.dir / "loss.csv"),
+            "png": str(png) if png else None,
+            "sample": sample.decode("utf-8", "replace"),
+        }
