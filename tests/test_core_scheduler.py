@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from fogwheel.core.scheduler import (
     BACKUP_FACTOR,
     BACKUP_MIN_S,
+    LOCALITY_WAIT_S,
     MAX_HELD_PER_SLOT,
     PROBATION_RELIABILITY,
     Assignment,
@@ -578,3 +579,30 @@ def test_the_backup_reason_names_the_task_its_holder_and_the_medians() -> None:
         "n3: reliability 0.83 (9/10), 1 of 4 slots free; "
         "backup copy of task 17, running 12.3 s on n1 (job median 2.1 s)"
     )
+
+
+# -- delay scheduling ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("holder_free", "waited_s", "local", "taken"),
+    [
+        (True, 0.5, 0, False),  # its holder can run it now: leave it there a while
+        (True, LOCALITY_WAIT_S + 0.1, 0, True),  # waited long enough: anyone may run it
+        (False, 0.5, 0, True),  # its holder is busy: no point waiting
+        (True, 0.5, 10_000, True),  # this node holds as much: it is local here
+    ],
+)
+def test_a_task_waits_briefly_for_a_free_node_that_holds_its_input(
+    holder_free: bool, waited_s: float, local: int, taken: bool
+) -> None:
+    cand = Candidate(
+        1,
+        "a",
+        local_bytes=local,
+        elsewhere_bytes=10_000,
+        waited_s=waited_s,
+        holder_free=holder_free,
+    )
+    cluster = ClusterView(pending=1, total_slots=8, live=frozenset({"n1", "n2"}))
+    assert ids(plan_lease(node("n1"), 1, [cand], cluster)) == ([1] if taken else [])

@@ -42,6 +42,7 @@ class ClusterView:
     total_slots: int  # slots of all live nodes, this one included
     better_free_slots: int = 0  # free slots on live nodes more reliable than the asking one
     live: frozenset[str] = frozenset()  # ids of the live nodes, the asking one included
+    free: frozenset[str] = frozenset()  # ids of the live nodes with a free slot
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,7 @@ class Candidate:
     local_bytes: int = 0  # bytes of its input blobs the asking node holds already
     elsewhere_bytes: int = 0  # bytes of its input held by the best other live node
     waited_s: float = math.inf  # how long it has been waiting to run
+    holder_free: bool = False  # a live node holding more of its input has a free slot now
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,10 +200,11 @@ def _fits(node: NodeView, cand: Candidate, cluster: ClusterView) -> bool:
     if node.id in cand.exclude:
         return False
     # Delay scheduling (Zaharia et al., EuroSys 2010): a task whose input another live node
-    # holds is left for that node for a few seconds before anyone else may take it.
+    # holds, and that node has a free slot to run it, is left for that node for a few seconds
+    # before anyone else may take it.
     if (
-        cand.elsewhere_bytes > 0
-        and cand.local_bytes == 0
+        cand.holder_free
+        and cand.elsewhere_bytes > cand.local_bytes
         and cand.group is None
         and cand.waited_s < LOCALITY_WAIT_S
     ):

@@ -418,6 +418,7 @@ class LeasingStore(VerifyStore):
                 max(0, v.slots - v.held) for v in fleet if scheduler.reliability(v) > rel
             ),
             live=frozenset(v.id for v in fleet),
+            free=frozenset(v.id for v in fleet if v.held < v.slots),
         )
         q = (
             select(
@@ -479,6 +480,12 @@ class LeasingStore(VerifyStore):
                     elsewhere_bytes=max(
                         (b for n, b in held_by.items() if n != node_id and n in cluster.live),
                         default=0,
+                    ),
+                    # ... and whether such a node could take it now (delay scheduling)
+                    holder_free=any(
+                        n in cluster.free and b > held_by.get(node_id, 0)
+                        for n, b in held_by.items()
+                        if n != node_id
                     ),
                 )
             )

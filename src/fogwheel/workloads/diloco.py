@@ -63,6 +63,7 @@ class TrainConfig:
     round_timeout: float = 600.0  # seconds after which the round closes with what it has
     seed: int = 0
     val_windows: int = 64
+    absent_rate: float = 0.0  # simulated churn: each worker sits a round out with this chance
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.rounds < 1 or self.inner_steps < 1 or self.batch < 1:
@@ -71,6 +72,19 @@ class TrainConfig:
             raise ValueError(f"compression must be fp16, int8 or fp32, not {self.compression!r}")
         if self.min_workers is not None and not 1 <= self.min_workers <= self.workers:
             raise ValueError(f"min workers must be between 1 and {self.workers}")
+        if not 0.0 <= self.absent_rate < 1.0:
+            raise ValueError(f"the absent rate must be in [0, 1), not {self.absent_rate}")
+
+    def present(self, rnd: int) -> list[int]:
+        """The workers that take part in round `rnd` (all, unless churn is simulated); at
+        least one. Drawn from the run's seed, so a resumed run draws the same."""
+        if self.absent_rate == 0:
+            return list(range(self.workers))
+        import random
+
+        rng = random.Random(task_seed(self.seed, rnd, 7919))
+        here = [k for k in range(self.workers) if rng.random() >= self.absent_rate]
+        return here or [rng.randrange(self.workers)]
 
     @property
     def needed(self) -> int:
@@ -103,6 +117,8 @@ class Run:
     outer: dict[str, Any] | None = None  # Blob of the outer optimizer's state
     shards: list[dict[str, Any]] = field(default_factory=list)
     in_flight: int | None = None  # job id of the round being run
+    workers_in_flight: list[int] = field(default_factory=list)  # its workers, in task order
+    last_round: dict[str, int] = field(default_factory=dict)  # worker -> last round it ran
     history: list[RoundRecord] = field(default_factory=list)
     bytes_per_worker: dict[str, int] = field(default_factory=dict)
 
@@ -243,11 +259,13 @@ class Trainer:
             job_id = self.run.in_flight
             futures = self.client.attach(job_id, files=True)
         else:
-            futures = self._submit(r)
+            self.run.workers_in_flight = self.cfg.present(r)
+            futures = self._submit(r, self.run.workers_in_flight)
             job_id = futures[0].job_id
             self.run.in_flight = job_id
             self.run.save(self.dir)
-        results = self._gather(futures, t0)
+        who = self.run.workers_in_flight
+        results = {who[i]: out for i, out in self._gather(futures, t0, len(who)).items()}
         deltas, weights, losses = [], [], []
         rejected = restarted = up = 0
         for k, out in sorted(results.items()):  # worker order: the sum is the same every run
@@ -262,10 +280,13 @@ class Trainer:
             deltas.append(delta)
             weights.append(float(out.value["samples"]))
             losses.append(float(out.value["loss"]))
-            restarted += 0 if out.value.get("restored") or r == 0 else 1
+            ran_before = f"w{k}" in self.run.last_round
+            restarted += 1 if ran_before and not out.value.get("restored") else 0
             up += len(raw)
             key = f"w{k}"
             self.run.bytes_per_worker[key] = self.run.bytes_per_worker.get(key, 0) + len(raw)
+        for k in results:
+            self.run.last_round[f"w{k}"] = r
         if deltas:
             self.outer.step(deltas, weights)
         val = diloco_math.evaluate(self.model, self.model_config, self.val, self.cfg.val_windows)
@@ -277,7 +298,7 @@ class Trainer:
             train_loss=sum(losses) / len(losses) if losses else float("nan"),
             val_loss=val,
             reported=len(results),
-            dropped=self.cfg.workers - len(results),
+            dropped=len(who) - len(results),
             rejected=rejected,
             restarted=restarted,
             bytes_up=up,
@@ -291,13 +312,13 @@ class Trainer:
         self._checkpoint()
         return record
 
-    def _submit(self, r: int) -> list[Any]:
+    def _submit(self, r: int, workers: list[int]) -> list[Any]:
         from fogwheel.workloads import transformer
 
         cfg = self.cfg
         weights = self.client.put_blob(transformer.state_to_bytes(self.model.state_dict()))
         calls, inputs, keep = [], [], []
-        for k in range(cfg.workers):
+        for k in workers:
             spec = {
                 "model": cfg.model,
                 "steps": cfg.inner_steps,
@@ -310,7 +331,8 @@ class Trainer:
             }
             calls.append(((spec,), {}))
             inputs.append({"weights": weights, "shard": _blob(self.run.shards[k])})
-            prev = f"{self.run.run_id}/w{k}/r{r - 1}" if r > 0 else None
+            last = self.run.last_round.get(f"w{k}")
+            prev = f"{self.run.run_id}/w{k}/r{last}" if last is not None else None
             keep.append((prev, f"{self.run.run_id}/w{k}/r{r}"))
         return self.client.submit_many(
             inner_task,
@@ -326,13 +348,14 @@ class Trainer:
             max_attempts=2,
         )
 
-    def _gather(self, futures: list[Any], t0: float) -> dict[int, TaskOutput]:
-        """Results until `min_workers` are in, or the deadline passes with at least one."""
+    def _gather(self, futures: list[Any], t0: float, present: int) -> dict[int, TaskOutput]:
+        """Results until `min_workers` (of those present) are in, or the deadline passes with
+        at least one; keyed by task index."""
         results: dict[int, TaskOutput] = {}
         pending = set(futures)
         index = {f: i for i, f in enumerate(futures)}
         deadline = t0 + self.cfg.round_timeout
-        while pending and len(results) < self.cfg.needed:
+        while pending and len(results) < min(self.cfg.needed, present):
             left = deadline - time.monotonic()
             if left <= 0 and results:
                 break
