@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 
 import pytest
+
+if os.environ.get("FOGWHEEL_REQUIRE_TORCH") != "1":
+    pytest.importorskip("torch", reason="training needs the [ml] extra (PyTorch)")
+
 import torch
 
 from fogwheel.workloads.corpus import eval_windows, load_corpus, sample_batch, split_corpus

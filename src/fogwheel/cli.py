@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from fogwheel import __version__
 
@@ -94,7 +95,7 @@ def _logging(verbose: bool) -> None:
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/] {message}")
+    err.print(Text.assemble(("error:", "red"), " ", message), highlight=False)
     return typer.Exit(code)
 
 
@@ -743,7 +744,7 @@ def _run_mapreduce(
     inputs: list[Path],
     out_path: Path,
     *,
-    split_mb: float,
+    split_mb: float | None,
     partitions: int | None,
     backups: bool,
     coordinator: str | None,
@@ -803,11 +804,12 @@ def _run_mapreduce(
     where = out_path if job.output == "file" else f"{out_path}/ ({len(result.paths)} part files)"
     out.print(
         f"{job.describe()}: {mb:.1f} MB in {secs:.1f} s ({mb / max(secs, 1e-9):.1f} MB/s), "
-        f"{result.splits} map tasks, {result.partitions} reduce tasks "
+        f"{_plural(result.splits, 'map task')}, {_plural(result.partitions, 'reduce task')} "
         f"(jobs {result.map_job} and {result.reduce_job})",
         highlight=False,
+        markup=False,
     )
-    out.print(f"wrote {where}", highlight=False, soft_wrap=True)
+    out.print(f"wrote {where}", highlight=False, soft_wrap=True, markup=False)
     if as_json:
         print(
             json.dumps(
@@ -824,6 +826,10 @@ def _run_mapreduce(
             flush=True,
         )
     return result
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _top_lines(paths: list[Path], n: int) -> None:
@@ -843,7 +849,7 @@ def _top_lines(paths: list[Path], n: int) -> None:
         table.add_column("key")
         table.add_column("count", justify="right")
         for count, key in top:
-            table.add_row(key, str(count))
+            table.add_row(Text(key), str(count))
         out.print(table)
 
 
@@ -854,7 +860,7 @@ def mr_wordcount(
         "wordcount-out"
     ),
     top: Annotated[int, typer.Option(min=0, help="Print the N most frequent words.")] = 10,
-    split_mb: SplitOpt = 16.0,
+    split_mb: SplitOpt = None,
     partitions: PartitionsOpt = None,
     backups: BackupsOpt = True,
     coordinator: CoordinatorOpt = None,
@@ -895,7 +901,7 @@ def mr_grep(
     ),
     ignore_case: Annotated[bool, typer.Option("--ignore-case", "-i")] = False,
     top: Annotated[int, typer.Option(min=0, help="Print the N most frequent matches.")] = 10,
-    split_mb: SplitOpt = 16.0,
+    split_mb: SplitOpt = None,
     partitions: PartitionsOpt = None,
     backups: BackupsOpt = True,
     coordinator: CoordinatorOpt = None,
@@ -943,7 +949,7 @@ def mr_run(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output directory or file.")] = (
         Path("mapreduce-out")
     ),
-    split_mb: SplitOpt = 16.0,
+    split_mb: SplitOpt = None,
     partitions: PartitionsOpt = None,
     backups: BackupsOpt = True,
     coordinator: CoordinatorOpt = None,
@@ -1009,7 +1015,14 @@ def kmer(
     counts: Annotated[
         Path, typer.Option("--out", "-o", help="Where to write kmer<TAB>count lines.")
     ] = Path("counts.tsv"),
-    split_mb: Annotated[float, typer.Option(min=0.01, help="Bases per map task, millions.")] = 4.0,
+    split_mb: Annotated[
+        float | None,
+        typer.Option(
+            min=0.01,
+            help="Bases per map task, millions (at most 4, less for a small input, so that "
+            "every slot gets two).",
+        ),
+    ] = None,
     partitions: PartitionsOpt = None,
     backups: BackupsOpt = True,
     coordinator: CoordinatorOpt = None,

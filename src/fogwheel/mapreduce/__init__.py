@@ -54,6 +54,7 @@ __all__ = [
 ]
 
 DEFAULT_SPLIT_MB = 16
+MIN_SPLIT_MB = 0.25
 MAX_PARTITIONS = 100  # a task lists its output files, at most 100
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
@@ -127,7 +128,7 @@ def run(
     out: str | os.PathLike[str],
     *,
     partitions: int | None = None,
-    split_mb: float = DEFAULT_SPLIT_MB,
+    split_mb: float | None = None,
     progress: Progress | None = None,
     wall_s: float = 3600.0,
     backups: bool = True,
@@ -135,8 +136,9 @@ def run(
     """Run `job` over the files `inputs` on the fog and write its output to `out`.
 
     `out` is a directory of `part-NNNNN` files (`job.output == "dir"`) or one file. The input
-    is cut into splits of about `split_mb` MB; `partitions` (reduce tasks) defaults to the
-    number of slots of the live nodes, at least 2. `progress(phase, done, total)` hears of
+    is cut into splits of about `split_mb` MB (default: 16, less for a small input, so that
+    every slot of the live nodes gets two splits); `partitions` (reduce tasks) defaults to
+    the number of slots of the live nodes, at least 2. `progress(phase, done, total)` hears of
     every split uploaded and every task finished. Raises `JobFailed` when a task fails for
     good, `FileNotFoundError` for a missing input.
     """
@@ -145,9 +147,12 @@ def run(
         if not p.is_file():
             raise FileNotFoundError(f"no input file {p}")
     total_bytes = sum(p.stat().st_size for p in paths)
-    if partitions is None:
-        slots = sum(n.get("cores", 1) for n in client.nodes() if n.get("state") == "up")
-        partitions = min(MAX_PARTITIONS, job.suggest_partitions(total_bytes, slots))
+    if partitions is None or split_mb is None:
+        slots = max(1, sum(n.get("cores", 1) for n in client.nodes() if n.get("state") == "up"))
+        if partitions is None:
+            partitions = min(MAX_PARTITIONS, job.suggest_partitions(total_bytes, slots))
+        if split_mb is None:
+            split_mb = min(DEFAULT_SPLIT_MB, max(MIN_SPLIT_MB, total_bytes / 2**20 / (2 * slots)))
     if not 1 <= partitions <= MAX_PARTITIONS:
         raise ValueError(f"partitions must be between 1 and {MAX_PARTITIONS}, not {partitions}")
     seconds: dict[str, float] = {}
@@ -164,6 +169,7 @@ def run(
         report("split", min(sent, total_bytes), total_bytes)
     if not blobs:
         blobs.append(client.put_blob(b""))
+    report("split", total_bytes, total_bytes)  # a k-mer split drops headers and newlines
     seconds["split"] = time.perf_counter() - t0
 
     names = [part_name(r) for r in range(partitions)]

@@ -121,6 +121,7 @@ class Run:
     last_round: dict[str, int] = field(default_factory=dict)  # worker -> last round it ran
     history: list[RoundRecord] = field(default_factory=list)
     bytes_per_worker: dict[str, int] = field(default_factory=dict)
+    initial_val_loss: float | None = None  # of the initial weights
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -234,6 +235,7 @@ class Trainer:
             raise FileExistsError(f"{directory} already holds a run: resume it or pick another")
         run = Run(run_id=uuid.uuid4().hex[:12], config=config)
         trainer = cls(client, run, directory)
+        run.initial_val_loss = trainer.initial_val
         trainer._checkpoint()
         return trainer
 
@@ -406,7 +408,10 @@ class Trainer:
 
             fig, ax = plt.subplots(figsize=(6, 4))
             ax.plot([h.round for h in rows], [h.train_loss for h in rows], label="train")
-            ax.plot([h.round for h in rows], [h.val_loss for h in rows], label="validation")
+            first = [(0, self.run.initial_val_loss)] if self.run.initial_val_loss else []
+            val = first + [(h.round, h.val_loss) for h in rows]
+            ax.plot([r for r, _ in val], [v for _, v in val], label="validation")
+            ax.xaxis.get_major_locator().set_params(integer=True)
             ax.set_xlabel("round")
             ax.set_ylabel("loss (nats per byte)")
             ax.set_title(f"DiLoCo, {self.cfg.workers} workers, H={self.cfg.inner_steps}")
