@@ -220,6 +220,19 @@ def node(
             min=16, help="Disk kept for blobs later tasks may read again (least recent dropped)."
         ),
     ] = 2048,
+    serve: Annotated[
+        bool, typer.Option(help="Keep CDN shares and serve them to fetching clients.")
+    ] = True,
+    serve_host: Annotated[str, typer.Option(help="Address of the chunk server.")] = "127.0.0.1",
+    serve_port: Annotated[int, typer.Option(min=0, max=65535, help="0: any free port.")] = 0,
+    advertise: Annotated[
+        str | None,
+        typer.Option(help="The chunk server's URL as clients reach it (port forward, proxy)."),
+    ] = None,
+    share_quota_mb: Annotated[int, typer.Option(min=1, help="Disk for CDN shares, MB.")] = 1024,
+    uplink_mbit: Annotated[
+        float | None, typer.Option(min=0.01, help="Cap the chunk server's upload, Mbit/s.")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
 ) -> None:
     """Run a node agent: join the fog, pull tasks, run them, report back. SIGTERM drains."""
@@ -240,6 +253,12 @@ def node(
             capabilities=capability or [],
             unsafe_no_sandbox=unsafe_no_sandbox,
             cache_mb=cache_mb,
+            serve=serve,
+            serve_host=serve_host,
+            serve_port=serve_port,
+            advertise=advertise,
+            share_quota_mb=share_quota_mb,
+            uplink_mbit=uplink_mbit,
         )
     )
     agent.install_signal_handlers()
@@ -1198,6 +1217,144 @@ def train(
             ),
             flush=True,
         )
+
+
+# -- the CDN ------------------------------------------------------------------------------------
+
+cdn_app = typer.Typer(
+    help="A peer-assisted CDN: encrypted, erasure-coded objects served by the nodes.",
+    no_args_is_help=True,
+)
+app.add_typer(cdn_app, name="cdn")
+
+
+def _bytes_bar(label: str) -> Any:
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeElapsedColumn,
+        TransferSpeedColumn,
+    )
+
+    return Progress(
+        f"{label:<12}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeElapsedColumn(),
+        console=err,
+    )
+
+
+@cdn_app.command("publish")
+def cdn_publish(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The file to publish.")],
+    k: Annotated[int, typer.Option("--k", min=1, max=256, help="Shares needed to rebuild.")] = 4,
+    n: Annotated[int, typer.Option("--n", min=1, max=256, help="Shares made a segment.")] = 8,
+    coordinator: CoordinatorOpt = None,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Encrypt FILE (a fresh AES-256 key), erasure-code it k-of-n, upload it; prints its id.
+
+    Example: fogwheel cdn publish film.mp4 --k 4 --n 8
+    """
+    from fogwheel.cdn.client import publish
+    from fogwheel.errors import FogwheelError
+
+    if k > n:
+        raise _fail(f"--k {k} is more than --n {n}: a segment is rebuilt from k of its n shares")
+    with _client(coordinator, api_key, 0) as client, _bytes_bar("publishing") as bar:
+        task = bar.add_task("publish", total=file.stat().st_size)
+        try:
+            cid = publish(
+                client, file, k=k, n=n, progress=lambda d, t: bar.update(task, completed=d)
+            )
+        except FogwheelError as e:
+            raise _fail(str(e)) from None
+    out.print(f"published {file} as {cid} ({k} of {n} shares a segment)", highlight=False)
+    print(cid)
+
+
+@cdn_app.command("get")
+def cdn_get(
+    content_id: Annotated[str, typer.Argument(metavar="ID", help="The content id.")],
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="Where to write it.")],
+    parallel: Annotated[int, typer.Option(min=1, max=64, help="Transfers at once.")] = 8,
+    coordinator: CoordinatorOpt = None,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Fetch an object from the nodes that hold its shares (the origin for what they cannot
+    give), verified and decrypted.
+
+    Example: fogwheel cdn get c0123… --out film.mp4
+    """
+    from fogwheel.cdn.client import fetch
+    from fogwheel.errors import FogwheelError
+
+    with _client(coordinator, api_key, 0) as client, _bytes_bar("fetching") as bar:
+        task = bar.add_task("fetch", total=None)
+        try:
+            stats = fetch(
+                client,
+                content_id,
+                out_file,
+                parallel=parallel,
+                progress=lambda d, t: bar.update(task, completed=d, total=t),
+            )
+        except (FogwheelError, ValueError, OSError) as e:
+            raise _fail(str(e)) from None
+    share = stats.from_peers / max(1, stats.from_peers + stats.from_origin)
+    out.print(
+        f"wrote {out_file}: {stats.size:,} bytes in {stats.seconds:.2f} s, "
+        f"{share:.0%} from peers" + (f", {len(stats.bad)} bad shares refused" if stats.bad else ""),
+        highlight=False,
+    )
+
+
+@cdn_app.command("stats")
+def cdn_stats_cmd(
+    coordinator: CoordinatorOpt = None,
+    api_key: ApiKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Offload ratio, bytes served a node, repair traffic, fetch throughput and p95 time."""
+    from fogwheel.cdn.client import cdn_stats
+    from fogwheel.errors import FogwheelError
+
+    with _client(coordinator, api_key, 0) as client:
+        try:
+            s = cdn_stats(client)
+        except FogwheelError as e:
+            raise _fail(str(e)) from None
+    if as_json:
+        print(json.dumps(s))
+        return
+    table = Table(title="CDN")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+
+    def mb(x: float | None) -> str:
+        return "-" if x is None else f"{x / 1e6:,.1f} MB"
+
+    offload = "-" if s["offload"] is None else f"{s['offload']:.1%}"
+    seg = s["segments"]
+    rows = [
+        ("objects", str(s["objects"])),
+        ("fetches", str(s["fetches"])),
+        ("delivered", mb(s["bytes_delivered"])),
+        ("offload (from peers)", offload),
+        ("from the origin", mb(s["bytes_from_origin"])),
+        ("repair traffic", mb(s["repair_bytes"])),
+        ("fetch throughput", "-" if s["fetch_mb_s"] is None else f"{s['fetch_mb_s']:.1f} MB/s"),
+        ("fetch p95", "-" if s["fetch_p95_s"] is None else f"{s['fetch_p95_s']:.2f} s"),
+        ("segments full / degraded / below k", f"{seg['full']}/{seg['degraded']}/{seg['below_k']}"),
+    ]
+    for node_id, n in sorted(s["served_by_node"].items()):
+        rows.append((f"served by {node_id}", mb(n)))
+    for name, value in rows:
+        table.add_row(name, value)
+    out.print(table)
 
 
 def main() -> None:

@@ -345,9 +345,10 @@ class Client:
 
     # -- blobs ------------------------------------------------------------------------------
 
-    def put_blob(self, data: bytes) -> Blob:
-        """Upload `data` once (a second put of the same bytes sends nothing) as a `Blob`."""
-        value = self._blob_value(data, upload=len(data) > INLINE_MAX)
+    def put_blob(self, data: bytes, upload: bool = False) -> Blob:
+        """Upload `data` once (a second put of the same bytes sends nothing) as a `Blob`;
+        small data travels inline with the tasks that read it unless `upload` is set."""
+        value = self._blob_value(data, upload=upload or len(data) > INLINE_MAX)
         inline = base64.b64decode(value["data"]) if value.get("data") is not None else None
         return Blob(value["sha"], value["size"], inline)
 

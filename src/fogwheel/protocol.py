@@ -239,14 +239,25 @@ class TaskReport(Model):
     )
 
 
+ServeUrl = Annotated[str, StringConstraints(pattern=r"^https?://[A-Za-z0-9.\[\]:-]{1,180}/?$")]
+ContentId = Annotated[str, StringConstraints(pattern=r"^c[0-9a-f]{24}$")]
+
+
 class SyncIn(Model):
-    """One round trip of a node: report results, renew leases, hand back, ask for work."""
+    """One round trip of a node: report results, renew leases, hand back, ask for work; and
+    for the CDN, the shares it now stores, those that failed its checks, the bytes it served."""
 
     results: list[TaskReport] = Field(default_factory=list, max_length=10_000)
     renew: list[Id] = Field(default_factory=list, max_length=10_000)
     release: list[Id] = Field(default_factory=list, max_length=10_000)
     want: int = Field(default=0, ge=0, le=1000)
     slots_free: int = Field(default=0, ge=0, le=1024)
+    serve_url: ServeUrl | None = Field(default=None, description="the node's chunk server")
+    stored: list[Sha256] = Field(default_factory=list, max_length=10_000)
+    bad: list[Sha256] = Field(default_factory=list, max_length=10_000)
+    served: dict[ContentId, Annotated[int, Field(ge=0, le=1 << 50)]] = Field(
+        default_factory=dict, max_length=10_000
+    )
 
 
 class TaskLease(Model):
@@ -273,12 +284,22 @@ class Rejected(Model):
     reason: str
 
 
+class ShareToStore(Model):
+    sha: Sha256
+    size: int
+    content_id: str
+
+
 class SyncOut(Model):
     acked: list[int]
     rejected: list[Rejected]
     lost: list[int]  # leases that were not renewed: stop working on these
     tasks: list[TaskLease]
     lease_seconds: float
+    store: list[ShareToStore] = Field(
+        default_factory=list, description="CDN shares to fetch from /v1/blobs and keep"
+    )
+    drop: list[str] = Field(default_factory=list, description="CDN shares to delete")
 
 
 class NodeOut(Model):

@@ -16,7 +16,9 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
+import re
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -125,6 +127,59 @@ def verify_lease(pubkey_b64: str, lease: Mapping[str, Any], signature: str | Non
     except (InvalidSignature, ValueError, binascii.Error, TypeError):
         return False
     return True
+
+
+TOKEN_MAX_CHARS = 2048
+_TOKEN_DOMAIN = b"fogwheel-token-v1\n"  # signed before the payload: a lease is never a token
+_B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
+
+
+def sign_token(key: Ed25519PrivateKey, payload: Mapping[str, Any]) -> str:
+    """A short-lived access token: base64url(compact JSON of `payload`) "." base64url(signature).
+
+    Payload in use: `{"c": content_id, "exp": unix seconds, "sub": who (optional)}`. The
+    signature covers a domain prefix and the JSON, so no lease signature can pass for a token.
+    """
+    body = json.dumps(dict(payload), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    raw = body.encode()
+    return f"{_b64url(raw)}.{_b64url(key.sign(_TOKEN_DOMAIN + raw))}"
+
+
+def verify_token(pubkey_b64: str, token: str, now: float) -> dict[str, Any] | None:
+    """The payload of a token signed by `pubkey_b64` that has not expired at `now`, else None.
+
+    None for anything over `TOKEN_MAX_CHARS`, not two base64url parts, badly signed, not a JSON
+    object, or without a finite number `exp` later than `now`; never raises.
+    """
+    if not isinstance(token, str) or len(token) > TOKEN_MAX_CHARS:
+        return None
+    body_b64, dot, sig_b64 = token.partition(".")
+    if not dot or not _B64URL.match(body_b64) or not _B64URL.match(sig_b64):
+        return None
+    try:
+        body = _unb64url(body_b64)
+        _public_key(pubkey_b64).verify(_unb64url(sig_b64), _TOKEN_DOMAIN + body)
+        payload = json.loads(body)
+    except (InvalidSignature, ValueError, binascii.Error, TypeError):
+        return None
+    if not isinstance(payload, dict):
+        return None
+    exp = payload.get("exp")
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
+        return None
+    return payload if exp > now else None
+
+
+def _b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64url(text: str) -> bytes:
+    """Strict: only the one spelling `_b64url` gives, so a token has exactly one form."""
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64url(raw) != text:
+        raise ValueError("not canonical base64url")
+    return raw
 
 
 @functools.lru_cache(maxsize=8)

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fogwheel import __version__
 from fogwheel.blobs import FileBlobStore, is_sha256, sha256_hex
 from fogwheel.coordinator.auth import Authenticator
+from fogwheel.coordinator.cdn_routes import build_cdn_routes
 from fogwheel.coordinator.ledger_routes import build_ledger_routes
 from fogwheel.coordinator.metrics import Metrics
 from fogwheel.errors import IntegrityError
@@ -318,7 +319,7 @@ def build_routes(
         who = auth.require(request, "customer", "node")
         _check_sha(sha)
         allowed = (
-            store.node_may_read(who.id, sha)
+            store.node_may_read(who.id, sha) or store.cdn_node_may_read(who.id, sha)
             if who.kind == "node"
             else bool(store.owned_blobs(who.id, {sha}))
         )
@@ -381,6 +382,8 @@ def build_routes(
             lost=out.lost,
             tasks=[_signed(t) for t in out.tasks],
             lease_seconds=store.lease_seconds,
+            store=out.store,  # type: ignore[arg-type]
+            drop=out.drop,
         )
 
     @v1.post(
@@ -445,6 +448,7 @@ def build_routes(
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     build_ledger_routes(app, store, auth)
+    build_cdn_routes(app, store, auth, blobs, signing_key)
 
 
 def _check_sha(sha: str) -> None:

@@ -112,6 +112,10 @@ async def _reap(store: Store) -> None:
             lost = await run_in_threadpool(store.expire_leases, time.time())
             if lost:
                 log.info("%d leases expired; tasks queued again", len(lost))
+            # CDN shares whose holders vanished or lied go to other nodes
+            placed = await run_in_threadpool(store.cdn_repair, time.time())
+            if placed:
+                log.info("%d CDN shares placed on other nodes (repair)", placed)
         except Exception:
             log.exception("lease reaper failed; retrying")
 

@@ -112,6 +112,38 @@ def charge_for_task(
     return [Entry(txn, account, amount, what) for account, amount in lines if amount]
 
 
+PRICE_PER_GB_SERVED = 20_000  # micro-credits: 0.02 credits per GB a node serves for a customer
+
+
+def charge_for_bytes(
+    txn: str,
+    customer_id: str,
+    served: Sequence[tuple[str, int]],
+    *,
+    price_per_gb: int = PRICE_PER_GB_SERVED,
+    fee_bps: int = PLATFORM_FEE_BPS,
+    memo: str = "",
+) -> list[Entry]:
+    """The balanced transaction for CDN bytes `(node_id, bytes)` served for the customer.
+
+    Each node's bytes cost `bytes * price_per_gb / 1e9` micro-credits, rounded down (at least 1
+    for any byte); the node earns that less the platform's fee; the customer pays the sum."""
+    gross = 0
+    earned: dict[str, int] = {}
+    for node_id, n in served:
+        if n <= 0:
+            continue
+        cost = max(1, n * price_per_gb // 1_000_000_000)
+        gross += cost
+        account = node_account(node_id)
+        earned[account] = earned.get(account, 0) + cost - cost * fee_bps // BPS
+    total = sum(n for _, n in served if n > 0)
+    what = f"{memo}: {total:,} bytes served" if memo else f"{total:,} bytes served"
+    lines = [(customer_account(customer_id), -gross), *earned.items()]
+    lines.append((PLATFORM_FEES, gross - sum(earned.values())))
+    return [Entry(txn, account, amount, what) for account, amount in lines if amount]
+
+
 def correction(original: Sequence[Entry], reason: str, txn: str | None = None) -> list[Entry]:
     """The transaction that reverses `original` (one transaction): same accounts, negated.
 

@@ -65,6 +65,12 @@ class NodeConfig:
     capabilities: list[str] = field(default_factory=list)
     unsafe_no_sandbox: bool = False  # run guest code unconfined (no bubblewrap)
     cache_mb: int = 2048  # blobs kept for later tasks (inputs, outputs), least recent dropped
+    serve: bool = True  # keep CDN shares and serve them (node/chunks.py)
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 0
+    advertise: str | None = None  # the chunk server's URL as others reach it (NAT, proxies)
+    share_quota_mb: int = 1024
+    uplink_mbit: float | None = None  # emulate a shaped uplink for the chunk server
 
 
 class FatalNodeError(Exception):
@@ -100,6 +106,16 @@ class Agent:
         self._warned_jobs: set[int] = set()
         self._cache_lock = threading.Lock()
         self._cache_bytes = 0
+        self.shares: Any = None  # the CDN's ShareStore, when this node serves (node/chunks.py)
+        self.chunks: Any = None  # its ChunkServer
+        self._share_jobs: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._stored: list[str] = []  # shares fetched and kept, to confirm in the next sync
+        self._share_pending: set[str] = set()
+        self._bad_acc: list[str] = []  # shares that failed their hash check here
+        self._served_acc: dict[str, int] = {}  # bytes served a content id, not yet reported
+        self._sent_cdn: dict[str, Any] = {}
+        self._url_sent = False
+        self.serve_url = ""
 
     # -- joining ----------------------------------------------------------------------------
 
@@ -237,6 +253,8 @@ class Agent:
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
         (self.data_dir / "cache").mkdir(exist_ok=True)
+        if self.config.serve:
+            self._start_chunks()
         self._cache_bytes = sum(e.stat().st_size for e in os.scandir(self.data_dir / "cache"))
         threads = []
         for i in range(self.slots_n):
@@ -251,6 +269,9 @@ class Agent:
         try:
             self._loop()
         finally:
+            self._share_jobs.put(None)
+            if self.chunks is not None:
+                self.chunks.stop()
             for _ in threads:
                 self._queue.put(None)
             for slot in self._slots:
@@ -286,6 +307,8 @@ class Agent:
                 "want": want,
                 "slots_free": max(0, self.slots_n - len(self._running)),
             }
+            cdn_report = self._cdn_report()
+            body.update(cdn_report)
             try:
                 assert self.http is not None
                 r = self.http.post("/v1/nodes/me/sync", params={"leaving": leaving}, json=body)
@@ -317,7 +340,9 @@ class Agent:
                 log.info("coordinator reachable again")
             unreachable_since = None
             backoff = 0.2
-            got = self._absorb(r.json(), release)
+            answer = r.json()
+            got = self._absorb(answer, release)
+            self._cdn_absorb(answer)
             if leaving:
                 return
             self._wait_for_reason_to_sync(idle=want > 0 and got < want and not self._held)
@@ -545,6 +570,99 @@ class Agent:
         assert self.http is not None
         self._retrying(lambda: self.http.put(f"/v1/blobs/{sha}", content=data))  # type: ignore[union-attr]
         return {"sha": sha, "size": len(data)}
+
+    # -- the CDN: shares kept and served ------------------------------------------------------
+
+    def _start_chunks(self) -> None:
+        from fogwheel.node.chunks import ChunkServer, ShareStore
+
+        self.shares = ShareStore(self.data_dir / "shares", self.config.share_quota_mb << 20)
+        bps = self.config.uplink_mbit * 1e6 if self.config.uplink_mbit else None
+        self.chunks = ChunkServer(
+            self.shares,
+            self.public_key or None,
+            host=self.config.serve_host,
+            port=self.config.serve_port,
+            upload_limit_bps=bps,
+        )
+        url = self.chunks.start()
+        self.serve_url = self.config.advertise or url
+        self._stored.extend(self.shares.shas())  # confirm what survived a restart
+        threading.Thread(target=self._share_loop, name="shares", daemon=True).start()
+        log.info("serving CDN shares at %s", self.serve_url)
+
+    def _cdn_report(self) -> dict[str, Any]:
+        """What this sync tells of the CDN. Cleared only when the coordinator answers, so a
+        failed round trip loses no confirmation and no served byte."""
+        if self.shares is None or self.chunks is None:
+            return {}
+        if self.chunks.public_key_b64 != self.public_key:
+            self.chunks.public_key_b64 = self.public_key
+        with self._lock:
+            for content_id, n in self.chunks.take_served().items():
+                self._served_acc[content_id] = self._served_acc.get(content_id, 0) + n
+            self._bad_acc.extend(self.shares.take_bad())
+            report: dict[str, Any] = {}
+            if not self._url_sent:
+                report["serve_url"] = self.serve_url
+            if self._stored:
+                report["stored"] = list(self._stored)
+            if self._bad_acc:
+                report["bad"] = list(self._bad_acc)
+            if self._served_acc:
+                report["served"] = dict(self._served_acc)
+            self._sent_cdn = report
+        return report
+
+    def _cdn_absorb(self, answer: dict[str, Any]) -> None:
+        if self.shares is None:
+            return
+        with self._lock:
+            sent, self._sent_cdn = self._sent_cdn, {}
+            if "serve_url" in sent:
+                self._url_sent = True
+            done = set(sent.get("stored", []))
+            self._stored = [s for s in self._stored if s not in done]
+            gone = set(sent.get("bad", []))
+            self._bad_acc = [s for s in self._bad_acc if s not in gone]
+            for content_id, n in sent.get("served", {}).items():
+                left = self._served_acc.get(content_id, 0) - n
+                if left > 0:
+                    self._served_acc[content_id] = left
+                else:
+                    self._served_acc.pop(content_id, None)
+        for sha in answer.get("drop", []):
+            self.shares.delete(sha)
+        for item in answer.get("store", []):
+            sha = item["sha"]
+            if sha in self._share_pending:
+                continue
+            if self.shares.has(sha):
+                with self._lock:
+                    if sha not in self._stored:
+                        self._stored.append(sha)
+                continue
+            self._share_pending.add(sha)
+            self._share_jobs.put(item)
+
+    def _share_loop(self) -> None:
+        """Fetch assigned shares from the origin, one at a time, and keep them."""
+        while True:
+            item = self._share_jobs.get()
+            if item is None:
+                return
+            sha = item["sha"]
+            try:
+                assert self.http is not None and self.shares is not None
+                r = self._retrying(lambda s=sha: self.http.get(f"/v1/blobs/{s}"))  # type: ignore[union-attr,misc]
+                self.shares.put(sha, r.content, item["content_id"])
+                with self._lock:
+                    self._stored.append(sha)
+                self._wake.set()
+            except Exception as e:  # the next sync assigns it again
+                log.warning("could not keep CDN share %s: %s", sha[:12], e)
+            finally:
+                self._share_pending.discard(sha)
 
     def _state_dir(self, name: Any) -> Path | None:
         """Where kept state of this name lives (names are hex hashes the coordinator made)."""

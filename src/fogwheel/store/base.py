@@ -8,7 +8,7 @@ import json
 import secrets
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, update
@@ -49,6 +49,8 @@ class SyncResult:
     rejected: list[dict[str, Any]]
     lost: list[int]
     tasks: list[dict[str, Any]]
+    store: list[dict[str, Any]] = field(default_factory=list)  # CDN shares to fetch
+    drop: list[str] = field(default_factory=list)  # CDN shares to delete
 
 
 class StoreBase:

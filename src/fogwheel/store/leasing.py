@@ -75,6 +75,17 @@ class LeasingStore(VerifyStore):
             )
             if req.want and not leaving:
                 out.tasks = self._lease(c, node_id, req.want, now)
+            cdn = getattr(self, "_cdn_sync", None)
+            if cdn is not None and not leaving:
+                out.store, out.drop = cdn(
+                    c,
+                    node_id,
+                    serve_url=req.serve_url,
+                    stored=req.stored,
+                    bad=req.bad,
+                    served=req.served,
+                    now=now,
+                )
         return out
 
     def _report(

@@ -48,6 +48,7 @@ nodes = Table(
     Column("disk_mb", Integer, nullable=False),
     Column("platform", String(200), nullable=False),
     Column("capabilities", Text, nullable=False, default="[]"),
+    Column("serve_url", String(200), nullable=True),  # its chunk server (the CDN), if any
     Column("joined_at", Float, nullable=False),
     Column("last_seen", Float, nullable=False),
     Column("state", String(16), nullable=False, default="up"),
@@ -164,6 +165,60 @@ blob_holders = Table(
     Column("sha", String(64), primary_key=True),
     Column("node_id", String(64), primary_key=True),
     Column("size", BigInteger, nullable=False),
+)
+
+# The CDN (store/cdn.py): published objects, their shares, which node holds which share, and
+# the traffic that the metrics and the ledger are made of.
+cdn_objects = Table(
+    "cdn_objects",
+    metadata,
+    Column("id", String(64), primary_key=True),  # the content id
+    Column("customer_id", String(64), nullable=False, index=True),
+    Column("name", String(200), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("k", Integer, nullable=False),
+    Column("n", Integer, nullable=False),
+    Column("key", String(64), nullable=False),  # AES-256 key, hex: never sent to a storing node
+    Column("manifest", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("fetches", Integer, nullable=False, default=0),
+)
+
+cdn_shares = Table(
+    "cdn_shares",
+    metadata,
+    Column("sha", String(64), primary_key=True),
+    Column("content_id", String(64), nullable=False, index=True),
+    Column("segment", Integer, nullable=False),
+    Column("idx", Integer, nullable=False),  # the share's number, 0..n-1
+    Column("size", BigInteger, nullable=False),
+)
+
+# state: assigned (the node was told to fetch it) | stored (the node confirmed it) | bad (it
+# failed verification there) | dropped (the node was told to delete it)
+cdn_holders = Table(
+    "cdn_holders",
+    metadata,
+    Column("sha", String(64), primary_key=True),
+    Column("node_id", String(64), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("assigned_at", Float, nullable=False),
+    Column("repair", Boolean, nullable=False, default=False),  # placed to restore redundancy
+    Index("ix_cdn_holders_node", "node_id", "state"),
+)
+
+cdn_traffic = Table(
+    "cdn_traffic",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),  # served | repair | fetch
+    Column("content_id", String(64), nullable=True, index=True),
+    Column("node_id", String(64), nullable=True),
+    Column("bytes", BigInteger, nullable=False),
+    Column("from_peers", BigInteger, nullable=False, default=0),
+    Column("from_origin", BigInteger, nullable=False, default=0),
+    Column("seconds", Float, nullable=False, default=0.0),
+    Column("at", Float, nullable=False),
 )
 
 # The books (core/ledger.py): double-entry, append-only. Each transaction's entries sum to zero,

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from fogwheel.store.accounts import AccountsStore
 from fogwheel.store.base import Principal, SyncResult, hash_secret, new_secret
+from fogwheel.store.cdn import CdnStore
 from fogwheel.store.fleet import FleetStore
 from fogwheel.store.jobs import JobsStore
 from fogwheel.store.leasing import LeasingStore
 from fogwheel.store.ledger import LedgerStore
 
 
-class Store(AccountsStore, FleetStore, JobsStore, LeasingStore, LedgerStore):
+class Store(AccountsStore, FleetStore, JobsStore, LeasingStore, LedgerStore, CdnStore):
     """All coordinator state. Methods take `now`; none reads the clock itself."""
 
 

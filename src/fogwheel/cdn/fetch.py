@@ -1,0 +1,185 @@
+"""Fetching a CDN object: k shares a segment from the nodes that hold them, in parallel,
+verified, decoded and decrypted; the origin (the coordinator's blob store) when peers fail.
+
+The plan (`GET /v1/cdn/objects/{id}`) names every share's holders, least loaded first, and
+carries a short-lived token signed by the coordinator for this content, which the nodes' chunk
+servers demand. For each segment the fetcher asks k holders of k different shares at once; a
+share that does not arrive in time (a slow or vanished peer), or arrives with the wrong hash
+(a tampered disk: reported, never used), is replaced by another holder or another share of the
+segment. When no peer is left for enough shares, the missing ones come from the origin. Used by
+the SDK and CLI (`fogwheel cdn get`) and by the coordinator's streaming endpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from fogwheel.cdn.codec import CodecError, Manifest, decode_segment
+
+MIN_RATE = 64 * 1024  # bytes/s: a peer slower than this for a share is abandoned
+PEER_TIMEOUT = 3.0  # seconds to connect, and between bytes
+
+
+@dataclass
+class FetchStats:
+    size: int = 0
+    from_peers: int = 0
+    from_origin: int = 0
+    seconds: float = 0.0
+    bad: list[tuple[str, str]] = field(default_factory=list)  # (node_id, sha) that lied
+    failed_peers: int = 0  # transfers abandoned (slow, refused, gone)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, peers: int = 0, origin: int = 0) -> None:
+        with self.lock:
+            self.from_peers += peers
+            self.from_origin += origin
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "size": self.size,
+            "from_peers": self.from_peers,
+            "from_origin": self.from_origin,
+            "seconds": round(self.seconds, 4),
+            "bad": [{"node_id": n, "sha": s} for n, s in self.bad],
+        }
+
+
+class Fetcher:
+    """Segments of one object, by plan. Thread-safe; `close()` when done."""
+
+    def __init__(
+        self,
+        plan: dict[str, Any],
+        origin: Callable[[str], bytes],
+        *,
+        parallel: int = 8,
+        token: str | None = None,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self.manifest = Manifest.from_dict(plan["manifest"])
+        self.key = bytes.fromhex(plan["key"])
+        self.holders: dict[str, list[dict[str, str]]] = plan.get("holders", {})
+        self.token = token or plan.get("token", "")
+        self.origin = origin
+        self.stats = FetchStats(size=self.manifest.size)
+        self._http = http or httpx.Client(timeout=httpx.Timeout(PEER_TIMEOUT, connect=PEER_TIMEOUT))
+        self._own_http = http is None
+        self._pool = ThreadPoolExecutor(max_workers=max(2, parallel), thread_name_prefix="cdn")
+        self._segments = ThreadPoolExecutor(max_workers=max(1, parallel // 2 or 1))
+        self._given_up: set[str] = set()  # nodes that failed: not asked again in this fetch
+
+    def close(self) -> None:
+        self._segments.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._own_http:
+            self._http.close()
+
+    def __enter__(self) -> Fetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- one share ----------------------------------------------------------------------------
+
+    def _from_peer(self, sha: str, holder: dict[str, str], size: int) -> bytes:
+        url = f"{holder['url'].rstrip('/')}/shares/{sha}"
+        deadline = time.monotonic() + max(2.0, size / MIN_RATE)
+        h = hashlib.sha256()
+        parts = []
+        with self._http.stream("GET", url, headers={"authorization": f"Bearer {self.token}"}) as r:
+            if r.status_code != 200:
+                raise OSError(f"{holder['node_id']} answered {r.status_code} for share {sha[:12]}")
+            for chunk in r.iter_bytes(64 * 1024):
+                h.update(chunk)
+                parts.append(chunk)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{holder['node_id']} is too slow for share {sha[:12]}")
+        if h.hexdigest() != sha:
+            with self.stats.lock:
+                self.stats.bad.append((holder["node_id"], sha))
+            raise ValueError(f"{holder['node_id']} sent share {sha[:12]} with the wrong bytes")
+        return b"".join(parts)
+
+    def _share(self, sha: str, size: int) -> tuple[bytes, bool]:
+        """The share from its peers in rank order; raises LookupError when none delivers."""
+        for holder in self.holders.get(sha, []):
+            if holder["node_id"] in self._given_up:
+                continue
+            try:
+                data = self._from_peer(sha, holder, size)
+            except (OSError, httpx.HTTPError, TimeoutError, ValueError):
+                with self.stats.lock:
+                    self.stats.failed_peers += 1
+                self._given_up.add(holder["node_id"])
+                continue
+            self.stats.add(peers=len(data))
+            return data, True
+        raise LookupError(sha)
+
+    # -- one segment --------------------------------------------------------------------------
+
+    def segment(self, index: int) -> bytes:
+        """The plaintext of segment `index`."""
+        seg = self.manifest.segments[index]
+        k = self.manifest.k
+        order = list(range(self.manifest.n))
+        random.shuffle(order)
+        order.sort(key=lambda i: not self.holders.get(seg.shares[i]))  # held shares first
+        got: dict[int, bytes] = {}
+        running: dict[Future[tuple[bytes, bool]], int] = {}
+        queue = list(order)
+        while len(got) < k and (queue or running):
+            while queue and len(running) + len(got) < k:
+                i = queue.pop(0)
+                running[self._pool.submit(self._share, seg.shares[i], seg.share_size)] = i
+            if not running:
+                break
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in done:
+                i = running.pop(fut)
+                with contextlib.suppress(LookupError):  # no peer gave it: try another share
+                    got[i] = fut.result()[0]
+        for fut in running:
+            fut.cancel()
+        # Not enough from peers: the origin has every share.
+        for i in order:
+            if len(got) >= k:
+                break
+            if i not in got:
+                data = self.origin(seg.shares[i])
+                self.stats.add(origin=len(data))
+                got[i] = data
+        try:
+            return decode_segment(self.manifest, index, dict(list(got.items())[:k]), self.key)
+        except CodecError:
+            # a share that hashed right but does not decrypt cannot happen unless the manifest
+            # lies; take every share from the origin and try once more
+            fresh = {i: self.origin(seg.shares[i]) for i in order[:k]}
+            self.stats.add(origin=sum(len(v) for v in fresh.values()))
+            return decode_segment(self.manifest, index, fresh, self.key)
+
+    def segments(self, first: int = 0, last: int | None = None) -> Iterator[bytes]:
+        """Segments `first..last` in order, a few fetched ahead in parallel."""
+        last = len(self.manifest.segments) - 1 if last is None else last
+        t0 = time.perf_counter()
+        ahead: list[Future[bytes]] = []
+        nxt = first
+        window = max(1, self._segments._max_workers)
+        while nxt <= last or ahead:
+            while nxt <= last and len(ahead) < window:
+                ahead.append(self._segments.submit(self.segment, nxt))
+                nxt += 1
+            yield ahead.pop(0).result()
+        self.stats.seconds += time.perf_counter() - t0

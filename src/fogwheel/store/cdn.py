@@ -1,0 +1,552 @@
+"""The CDN in the store: objects, their shares, who holds which share, traffic, repair.
+
+A published object is a manifest (cdn/codec.py) whose segments are encrypted and erasure-coded
+k-of-n; the customer uploads every share to the coordinator's blob store (the origin) and the
+store assigns each share to a node. Nodes learn of their assignments in their sync round trip,
+fetch the share from the origin, and confirm it (`stored`); they report shares that failed
+their own hash check (`bad`) and the bytes they served (`served`), which the ledger pays. The
+repair pass re-assigns shares whose holders are gone or bad, preferring nodes that hold no
+other share of the same segment, and counts the bytes as repair traffic. The AES key stays in
+the coordinator: only the publisher's fetch plan carries it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, select, update
+
+from fogwheel.core import ledger as books
+from fogwheel.core import trust
+from fogwheel.store.base import NODE_GONE_AFTER_LEASES
+from fogwheel.store.schema import (
+    cdn_holders,
+    cdn_objects,
+    cdn_shares,
+    cdn_traffic,
+    nodes,
+)
+from fogwheel.store.verify import VerifyStore
+
+HOT_FETCHES = 20  # an object fetched this often gets a second holder for every share
+PLACE_BATCH = 64  # shares a node is told to fetch in one round trip
+LOAD_WINDOW_S = 60.0  # recent bytes served that rank a node as loaded
+
+_rng = random.Random()
+
+
+class CdnStore(VerifyStore):
+    # -- publishing ---------------------------------------------------------------------------
+
+    def cdn_create(
+        self,
+        customer_id: str,
+        manifest: dict[str, Any],
+        key_hex: str,
+        shares: Sequence[tuple[str, int, int, int]],  # (sha, segment, idx, size)
+        now: float,
+    ) -> dict[str, Any]:
+        """Record an object and place its shares on live nodes; returns its summary."""
+        with self.tx() as c:
+            c.execute(
+                cdn_objects.insert().values(
+                    id=manifest["content_id"],
+                    customer_id=customer_id,
+                    name=manifest["name"],
+                    size=manifest["size"],
+                    k=manifest["k"],
+                    n=manifest["n"],
+                    key=key_hex,
+                    manifest=json.dumps(manifest),
+                    created_at=now,
+                    fetches=0,
+                )
+            )
+            c.execute(
+                cdn_shares.insert(),
+                [
+                    {
+                        "sha": sha,
+                        "content_id": manifest["content_id"],
+                        "segment": seg,
+                        "idx": idx,
+                        "size": size,
+                    }
+                    for sha, seg, idx, size in shares
+                ],
+            )
+            placed = self._place(c, now, [manifest["content_id"]], repair=False)
+        return {"content_id": manifest["content_id"], "shares": len(shares), "placed": placed}
+
+    def cdn_exists(self, content_id: str) -> bool:
+        with self.read() as c:
+            return (
+                c.execute(select(cdn_objects.c.id).where(cdn_objects.c.id == content_id)).first()
+                is not None
+            )
+
+    # -- placement ----------------------------------------------------------------------------
+
+    def _cdn_live(self, c: Connection, now: float) -> dict[str, dict[str, Any]]:
+        horizon = now - self.lease_seconds * NODE_GONE_AFTER_LEASES
+        rows = c.execute(
+            select(nodes.c.id, nodes.c.disk_mb, nodes.c.serve_url).where(
+                nodes.c.state == "up",
+                nodes.c.last_seen >= horizon,
+                ~nodes.c.quarantined,
+                nodes.c.serve_url.is_not(None),
+            )
+        ).all()
+        return {r.id: {"disk_mb": r.disk_mb, "url": r.serve_url} for r in rows}
+
+    def _place(
+        self, c: Connection, now: float, content_ids: Iterable[str] | None, *, repair: bool
+    ) -> int:
+        """Give every share of these objects (all objects: None) the holders it lacks on live
+        nodes: one, or two for a hot object; a node takes at most one share of a segment while
+        others are free of it. Returns the number of assignments made."""
+        live = self._cdn_live(c, now)
+        if not live:
+            return 0
+        q = select(
+            cdn_shares.c.sha,
+            cdn_shares.c.content_id,
+            cdn_shares.c.segment,
+            cdn_shares.c.size,
+            cdn_objects.c.fetches,
+        ).join(cdn_objects, cdn_objects.c.id == cdn_shares.c.content_id)
+        ids = list(content_ids) if content_ids is not None else None
+        if ids is not None:
+            q = q.where(cdn_shares.c.content_id.in_(ids))
+        shares = c.execute(q.order_by(cdn_shares.c.content_id, cdn_shares.c.segment)).all()
+        if not shares:
+            return 0
+        holders: dict[str, set[str]] = defaultdict(set)
+        bad: dict[str, set[str]] = defaultdict(set)
+        hq = select(cdn_holders.c.sha, cdn_holders.c.node_id, cdn_holders.c.state)
+        if ids is not None:
+            hq = hq.join(cdn_shares, cdn_shares.c.sha == cdn_holders.c.sha).where(
+                cdn_shares.c.content_id.in_(ids)
+            )
+        for sha, node_id, state in c.execute(hq).all():
+            if state in ("assigned", "stored"):
+                holders[sha].add(node_id)
+            else:
+                bad[sha].add(node_id)
+        # how many shares each node holds, for spreading
+        load: dict[str, int] = defaultdict(int)
+        for node_id, n in c.execute(
+            select(cdn_holders.c.node_id, func.count())
+            .where(cdn_holders.c.state.in_(["assigned", "stored"]))
+            .group_by(cdn_holders.c.node_id)
+        ).all():
+            load[node_id] = n
+        by_segment: dict[tuple[str, int], set[str]] = defaultdict(set)
+        for s in shares:
+            by_segment[(s.content_id, s.segment)] |= holders[s.sha] & live.keys()
+        new_rows = []
+        for s in shares:
+            want = 2 if s.fetches >= HOT_FETCHES else 1
+            have = holders[s.sha] & live.keys()
+            need = want - len(have)
+            if need <= 0:
+                continue
+            seg_nodes = by_segment[(s.content_id, s.segment)]
+            candidates = [n for n in live if n not in holders[s.sha] and n not in bad[s.sha]]
+            # nodes without a share of this segment first; then the least loaded, weighted
+            # by free disk (a rough stand-in until uplinks are measured)
+            _rng.shuffle(candidates)
+            candidates.sort(key=lambda n: (n in seg_nodes, load[n] / max(1, live[n]["disk_mb"])))
+            for n in candidates[:need]:
+                new_rows.append(
+                    {
+                        "sha": s.sha,
+                        "node_id": n,
+                        "state": "assigned",
+                        "assigned_at": now,
+                        "repair": repair,
+                    }
+                )
+                holders[s.sha].add(n)
+                seg_nodes.add(n)
+                load[n] += 1
+        if new_rows:
+            # a node that once held this share (and dropped it) may take it again
+            for r in new_rows:
+                c.execute(
+                    delete(cdn_holders).where(
+                        cdn_holders.c.sha == r["sha"], cdn_holders.c.node_id == r["node_id"]
+                    )
+                )
+            c.execute(cdn_holders.insert(), new_rows)
+        return len(new_rows)
+
+    def cdn_repair(self, now: float) -> int:
+        """Re-place shares whose holders are gone, bad or missing; returns assignments made."""
+        with self.tx() as c:
+            return self._place(c, now, None, repair=True)
+
+    # -- the node's side, in its sync ---------------------------------------------------------
+
+    def _cdn_sync(
+        self,
+        c: Connection,
+        node_id: str,
+        *,
+        serve_url: str | None,
+        stored: Sequence[str],
+        bad: Sequence[str],
+        served: dict[str, int],
+        now: float,
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """Apply a node's CDN report; answer the shares it should fetch and those to drop."""
+        if serve_url is not None:
+            c.execute(update(nodes).where(nodes.c.id == node_id).values(serve_url=serve_url))
+        if stored:
+            rows = c.execute(
+                select(
+                    cdn_holders.c.sha,
+                    cdn_holders.c.repair,
+                    cdn_shares.c.size,
+                    cdn_shares.c.content_id,
+                )
+                .join(cdn_shares, cdn_shares.c.sha == cdn_holders.c.sha)
+                .where(
+                    cdn_holders.c.node_id == node_id,
+                    cdn_holders.c.sha.in_(list(stored)),
+                    cdn_holders.c.state == "assigned",
+                )
+            ).all()
+            if rows:
+                c.execute(
+                    update(cdn_holders)
+                    .where(
+                        cdn_holders.c.node_id == node_id,
+                        cdn_holders.c.sha.in_([r.sha for r in rows]),
+                    )
+                    .values(state="stored")
+                )
+                repaired = [r for r in rows if r.repair]
+                if repaired:
+                    c.execute(
+                        cdn_traffic.insert(),
+                        [
+                            {
+                                "kind": "repair",
+                                "content_id": r.content_id,
+                                "node_id": node_id,
+                                "bytes": r.size,
+                                "from_peers": 0,
+                                "from_origin": r.size,
+                                "seconds": 0.0,
+                                "at": now,
+                            }
+                            for r in repaired
+                        ],
+                    )
+        if bad:
+            self._cdn_bad(c, node_id, bad, now)
+        if served:
+            self._cdn_served(c, node_id, served, now)
+        # what it should fetch now, and what it should delete
+        todo = c.execute(
+            select(cdn_holders.c.sha, cdn_shares.c.size, cdn_shares.c.content_id)
+            .join(cdn_shares, cdn_shares.c.sha == cdn_holders.c.sha)
+            .where(cdn_holders.c.node_id == node_id, cdn_holders.c.state == "assigned")
+            .limit(PLACE_BATCH)
+        ).all()
+        drops = list(
+            c.execute(
+                select(cdn_holders.c.sha).where(
+                    cdn_holders.c.node_id == node_id, cdn_holders.c.state == "dropped"
+                )
+            ).scalars()
+        )
+        if drops:
+            c.execute(
+                delete(cdn_holders).where(
+                    cdn_holders.c.node_id == node_id, cdn_holders.c.state == "dropped"
+                )
+            )
+        return [{"sha": r.sha, "size": r.size, "content_id": r.content_id} for r in todo], drops
+
+    def _cdn_bad(self, c: Connection, node_id: str, shas: Sequence[str], now: float) -> None:
+        """Shares that failed verification on `node_id`: never served from there again, placed
+        elsewhere, and held against the node's reputation (one is enough to quarantine it: a
+        device whose disk lies is discarded)."""
+        hit = c.execute(
+            update(cdn_holders)
+            .where(cdn_holders.c.node_id == node_id, cdn_holders.c.sha.in_(list(shas)))
+            .values(state="bad")
+            .returning(cdn_holders.c.sha)
+        ).all()
+        if not hit:
+            return
+        r = c.execute(
+            select(nodes.c.agreed, nodes.c.disputed, nodes.c.streak, nodes.c.quarantined).where(
+                nodes.c.id == node_id
+            )
+        ).one()
+        before = trust.Record(r.agreed, r.disputed, r.streak, bool(r.quarantined))
+        after = trust.record_after(before, agreed=False)
+        c.execute(
+            update(nodes)
+            .where(nodes.c.id == node_id)
+            .values(
+                agreed=after.agreed,
+                disputed=after.disputed,
+                streak=after.streak,
+                quarantined=after.quarantined,
+            )
+        )
+        if after.quarantined and not before.quarantined:
+            self._quarantine(c, node_id)
+            # its other shares are no longer counted on: drop them and place them elsewhere
+            c.execute(
+                update(cdn_holders)
+                .where(cdn_holders.c.node_id == node_id, cdn_holders.c.state != "bad")
+                .values(state="dropped")
+            )
+        self._place(c, now, None, repair=True)
+
+    def _cdn_served(self, c: Connection, node_id: str, served: dict[str, int], now: float) -> None:
+        owners = dict(
+            c.execute(
+                select(cdn_objects.c.id, cdn_objects.c.customer_id).where(
+                    cdn_objects.c.id.in_(list(served))
+                )
+            ).all()
+        )
+        rows = []
+        for content_id, n in served.items():
+            if content_id not in owners or n <= 0:
+                continue  # not an object of ours: nothing to pay for
+            rows.append(
+                {
+                    "kind": "served",
+                    "content_id": content_id,
+                    "node_id": node_id,
+                    "bytes": n,
+                    "from_peers": n,
+                    "from_origin": 0,
+                    "seconds": 0.0,
+                    "at": now,
+                }
+            )
+            post = getattr(self, "post", None)
+            if post is not None:
+                seq = c.execute(select(func.count()).select_from(cdn_traffic)).scalar_one()
+                entries = books.charge_for_bytes(
+                    f"cdn-{content_id}-{node_id}-{seq}-{int(now * 1000)}",
+                    owners[content_id],
+                    [(node_id, n)],
+                    memo=f"cdn {content_id}",
+                )
+                if entries:
+                    post(c, entries, now)
+        if rows:
+            c.execute(cdn_traffic.insert(), rows)
+
+    # -- fetching -----------------------------------------------------------------------------
+
+    def cdn_plan(self, customer_id: str, content_id: str, now: float) -> dict[str, Any] | None:
+        """The manifest, the key and, for every share, its live holders, least loaded first.
+        None when the object is not the customer's (or does not exist)."""
+        with self.read() as c:
+            obj = (
+                c.execute(
+                    select(cdn_objects).where(
+                        cdn_objects.c.id == content_id, cdn_objects.c.customer_id == customer_id
+                    )
+                )
+                .mappings()
+                .first()
+            )
+            if obj is None:
+                return None
+            live = self._cdn_live(c, now)
+            recent = dict(
+                c.execute(
+                    select(cdn_traffic.c.node_id, func.sum(cdn_traffic.c.bytes))
+                    .where(cdn_traffic.c.kind == "served", cdn_traffic.c.at >= now - LOAD_WINDOW_S)
+                    .group_by(cdn_traffic.c.node_id)
+                ).all()
+            )
+            holders: dict[str, list[dict[str, str]]] = defaultdict(list)
+            for sha, node_id in c.execute(
+                select(cdn_holders.c.sha, cdn_holders.c.node_id)
+                .join(cdn_shares, cdn_shares.c.sha == cdn_holders.c.sha)
+                .where(cdn_shares.c.content_id == content_id, cdn_holders.c.state == "stored")
+            ).all():
+                if node_id in live:
+                    holders[sha].append({"node_id": node_id, "url": live[node_id]["url"]})
+        for hs in holders.values():
+            _rng.shuffle(hs)
+            hs.sort(key=lambda h: recent.get(h["node_id"], 0) // (1 << 20))
+        return {
+            "manifest": json.loads(obj["manifest"]),
+            "key": obj["key"],
+            "holders": dict(holders),
+        }
+
+    def cdn_record_fetch(
+        self,
+        customer_id: str,
+        content_id: str,
+        *,
+        size: int,
+        from_peers: int,
+        from_origin: int,
+        seconds: float,
+        bad: Sequence[tuple[str, str]],
+        now: float,
+    ) -> bool:
+        """Keep a fetch's figures; shares a client found bad count against their node."""
+        with self.tx() as c:
+            owner = c.execute(
+                select(cdn_objects.c.customer_id).where(cdn_objects.c.id == content_id)
+            ).scalar()
+            if owner != customer_id:
+                return False
+            c.execute(
+                update(cdn_objects)
+                .where(cdn_objects.c.id == content_id)
+                .values(fetches=cdn_objects.c.fetches + 1)
+            )
+            c.execute(
+                cdn_traffic.insert().values(
+                    kind="fetch",
+                    content_id=content_id,
+                    node_id=None,
+                    bytes=size,
+                    from_peers=from_peers,
+                    from_origin=from_origin,
+                    seconds=seconds,
+                    at=now,
+                )
+            )
+            by_node: dict[str, list[str]] = defaultdict(list)
+            for node_id, sha in bad:
+                by_node[node_id].append(sha)
+            for node_id, shas in by_node.items():
+                self._cdn_bad(c, node_id, shas, now)
+            fetches = c.execute(
+                select(cdn_objects.c.fetches).where(cdn_objects.c.id == content_id)
+            ).scalar_one()
+            if fetches == HOT_FETCHES:
+                self._place(c, now, [content_id], repair=False)  # demand: more holders
+        return True
+
+    def cdn_shares_of(self, content_id: str) -> list[dict[str, Any]]:
+        """Every share of an object with its holders and their states (tests, the console)."""
+        with self.read() as c:
+            rows = c.execute(
+                select(
+                    cdn_shares.c.sha,
+                    cdn_shares.c.segment,
+                    cdn_shares.c.idx,
+                    cdn_holders.c.node_id,
+                    cdn_holders.c.state,
+                )
+                .outerjoin(cdn_holders, cdn_holders.c.sha == cdn_shares.c.sha)
+                .where(cdn_shares.c.content_id == content_id)
+                .order_by(cdn_shares.c.segment, cdn_shares.c.idx)
+            ).all()
+        return [dict(r._mapping) for r in rows]
+
+    def cdn_node_may_read(self, node_id: str, sha: str) -> bool:
+        with self.read() as c:
+            return (
+                c.execute(
+                    select(cdn_holders.c.sha).where(
+                        cdn_holders.c.sha == sha,
+                        cdn_holders.c.node_id == node_id,
+                        cdn_holders.c.state == "assigned",
+                    )
+                ).first()
+                is not None
+            )
+
+    # -- metrics ------------------------------------------------------------------------------
+
+    def cdn_stats(self, customer_id: str | None, now: float) -> dict[str, Any]:
+        """Offload, bytes served a node, repair bytes, fetch throughput and p95 time: for one
+        customer's objects, or for all (the operator)."""
+        with self.read() as c:
+            objs = select(cdn_objects.c.id)
+            if customer_id is not None:
+                objs = objs.where(cdn_objects.c.customer_id == customer_id)
+            ids = list(c.execute(objs).scalars())
+            traffic = c.execute(
+                select(
+                    cdn_traffic.c.kind,
+                    cdn_traffic.c.node_id,
+                    cdn_traffic.c.bytes,
+                    cdn_traffic.c.from_peers,
+                    cdn_traffic.c.from_origin,
+                    cdn_traffic.c.seconds,
+                ).where(cdn_traffic.c.content_id.in_(ids))
+            ).all()
+            live = self._cdn_live(c, now)
+            segments = self._segment_health(c, ids, live)
+        fetches = [t for t in traffic if t.kind == "fetch"]
+        delivered = sum(t.bytes for t in fetches)
+        peers = sum(t.from_peers for t in fetches)
+        moved = peers + sum(t.from_origin for t in fetches)  # share bytes, padding included
+        times = sorted(t.seconds for t in fetches)
+        served: dict[str, int] = defaultdict(int)
+        for t in traffic:
+            if t.kind == "served" and t.node_id:
+                served[t.node_id] += t.bytes
+        secs = sum(t.seconds for t in fetches)
+        return {
+            "objects": len(ids),
+            "fetches": len(fetches),
+            "bytes_delivered": delivered,
+            "bytes_from_peers": peers,
+            "bytes_from_origin": sum(t.from_origin for t in fetches),
+            "offload": peers / moved if moved else None,
+            "served_by_node": dict(served),
+            "repair_bytes": sum(t.bytes for t in traffic if t.kind == "repair"),
+            "fetch_mb_s": delivered / 1e6 / secs if secs else None,
+            "fetch_p95_s": times[min(len(times) - 1, int(0.95 * len(times)))] if times else None,
+            "segments": segments,
+        }
+
+    def _segment_health(
+        self, c: Connection, ids: list[str], live: dict[str, Any]
+    ) -> dict[str, int]:
+        """How many segments have all n shares stored on live nodes, fewer, or fewer than k."""
+        rows = c.execute(
+            select(
+                cdn_shares.c.content_id,
+                cdn_shares.c.segment,
+                cdn_shares.c.sha,
+                cdn_holders.c.node_id,
+                cdn_holders.c.state,
+                cdn_objects.c.k,
+                cdn_objects.c.n,
+            )
+            .join(cdn_objects, cdn_objects.c.id == cdn_shares.c.content_id)
+            .outerjoin(cdn_holders, cdn_holders.c.sha == cdn_shares.c.sha)
+            .where(cdn_shares.c.content_id.in_(ids))
+        ).all()
+        ok: dict[tuple[str, int], set[str]] = defaultdict(set)
+        kn: dict[tuple[str, int], tuple[int, int]] = {}
+        for r in rows:
+            key = (r.content_id, r.segment)
+            kn[key] = (r.k, r.n)
+            if r.state == "stored" and r.node_id in live:
+                ok[key].add(r.sha)
+        full = sum(1 for key, (_, n) in kn.items() if len(ok[key]) >= n)
+        below_k = sum(1 for key, (k, _) in kn.items() if len(ok[key]) < k)
+        return {
+            "total": len(kn),
+            "full": full,
+            "degraded": len(kn) - full - below_k,
+            "below_k": below_k,
+        }
