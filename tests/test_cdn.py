@@ -135,6 +135,10 @@ def test_a_share_tampered_on_disk_is_never_delivered_and_costs_its_node(
         raw = bytearray(stored.read_bytes())
         raw[len(raw) // 2] ^= 0xFF
         stored.write_bytes(bytes(raw))
+        # a client asking that node for that share gets nothing, not the wrong bytes
+        url = f"{holder['url']}/shares/{sha}"
+        refused = httpx.get(url, headers={"authorization": f"Bearer {p['token']}"})
+        assert refused.status_code == 404
         stats = fetch(client, cid, tmp_path / "copy.bin")
         assert (tmp_path / "copy.bin").read_bytes() == data
         wait_for(

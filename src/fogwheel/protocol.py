@@ -255,6 +255,9 @@ class SyncIn(Model):
     serve_url: ServeUrl | None = Field(default=None, description="the node's chunk server")
     stored: list[Sha256] = Field(default_factory=list, max_length=10_000)
     bad: list[Sha256] = Field(default_factory=list, max_length=10_000)
+    refused: list[Sha256] = Field(
+        default_factory=list, max_length=10_000, description="shares over the node's quota"
+    )
     served: dict[ContentId, Annotated[int, Field(ge=0, le=1 << 50)]] = Field(
         default_factory=dict, max_length=10_000
     )

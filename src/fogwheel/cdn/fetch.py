@@ -38,6 +38,7 @@ class FetchStats:
     seconds: float = 0.0
     bad: list[tuple[str, str]] = field(default_factory=list)  # (node_id, sha) that lied
     failed_peers: int = 0  # transfers abandoned (slow, refused, gone)
+    peers: dict[str, list[float]] = field(default_factory=dict)  # node -> [bytes, seconds]
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, peers: int = 0, origin: int = 0) -> None:
@@ -52,6 +53,10 @@ class FetchStats:
             "from_origin": self.from_origin,
             "seconds": round(self.seconds, 4),
             "bad": [{"node_id": n, "sha": s} for n, s in self.bad],
+            "peers": [
+                {"node_id": n, "bytes": int(b), "seconds": round(s, 4)}
+                for n, (b, s) in self.peers.items()
+            ],
         }
 
 
@@ -95,7 +100,8 @@ class Fetcher:
 
     def _from_peer(self, sha: str, holder: dict[str, str], size: int) -> bytes:
         url = f"{holder['url'].rstrip('/')}/shares/{sha}"
-        deadline = time.monotonic() + max(2.0, size / MIN_RATE)
+        t0 = time.monotonic()
+        deadline = t0 + max(2.0, size / MIN_RATE)
         h = hashlib.sha256()
         parts = []
         with self._http.stream("GET", url, headers={"authorization": f"Bearer {self.token}"}) as r:
@@ -110,7 +116,12 @@ class Fetcher:
             with self.stats.lock:
                 self.stats.bad.append((holder["node_id"], sha))
             raise ValueError(f"{holder['node_id']} sent share {sha[:12]} with the wrong bytes")
-        return b"".join(parts)
+        data = b"".join(parts)
+        with self.stats.lock:
+            seen = self.stats.peers.setdefault(holder["node_id"], [0, 0.0])
+            seen[0] += len(data)
+            seen[1] += time.monotonic() - t0
+        return data
 
     def _share(self, sha: str, size: int) -> tuple[bytes, bool]:
         """The share from its peers in rank order; raises LookupError when none delivers."""

@@ -56,12 +56,19 @@ class BadShareIn(Model):
     sha: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
+class PeerIn(Model):
+    node_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    bytes: int = Field(ge=0, le=1 << 50)
+    seconds: float = Field(ge=0, le=1e7)
+
+
 class FetchIn(Model):
     size: int = Field(ge=0, le=1 << 50)
     from_peers: int = Field(ge=0, le=1 << 50)
     from_origin: int = Field(ge=0, le=1 << 50)
     seconds: float = Field(ge=0, le=1e7)
     bad: list[BadShareIn] = Field(default_factory=list, max_length=10_000)
+    peers: list[PeerIn] = Field(default_factory=list, max_length=10_000)
 
 
 def build_cdn_routes(
@@ -128,6 +135,7 @@ def build_cdn_routes(
             seconds=body.seconds,
             bad=[(b.node_id, b.sha) for b in body.bad],
             now=time.time(),
+            peers=[(p.node_id, p.bytes, p.seconds) for p in body.peers],
         )
         if not ok:
             raise HTTPException(404, f"no object {content_id}")
@@ -193,6 +201,7 @@ def build_cdn_routes(
                 seconds=stats.seconds,
                 bad=stats.bad,
                 now=time.time(),
+                peers=[(n, int(b), s) for n, (b, s) in stats.peers.items()],
             )
 
         return StreamingResponse(

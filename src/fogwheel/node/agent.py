@@ -42,6 +42,7 @@ TARGET_QUEUE_SECONDS = 0.5  # keep about this much work queued per slot
 MAX_QUEUE_PER_SLOT = 64
 REPORT_DELAY = 0.05  # hold a finished result at most this long to batch it with others
 REPORT_BATCH = 64
+SCRUB_EVERY_S = 600.0  # how often kept CDN shares are hashed again
 NO_SANDBOX = (
     "no usable sandbox (bubblewrap): install it with `apt-get install bubblewrap`, "
     "or run with --unsafe-no-sandbox to run guest code unconfined"
@@ -112,6 +113,7 @@ class Agent:
         self._stored: list[str] = []  # shares fetched and kept, to confirm in the next sync
         self._share_pending: set[str] = set()
         self._bad_acc: list[str] = []  # shares that failed their hash check here
+        self._refused_acc: list[str] = []  # shares that did not fit in the share quota
         self._served_acc: dict[str, int] = {}  # bytes served a content id, not yet reported
         self._sent_cdn: dict[str, Any] = {}
         self._url_sent = False
@@ -609,6 +611,8 @@ class Agent:
                 report["stored"] = list(self._stored)
             if self._bad_acc:
                 report["bad"] = list(self._bad_acc)
+            if self._refused_acc:
+                report["refused"] = list(self._refused_acc)
             if self._served_acc:
                 report["served"] = dict(self._served_acc)
             self._sent_cdn = report
@@ -625,6 +629,8 @@ class Agent:
             self._stored = [s for s in self._stored if s not in done]
             gone = set(sent.get("bad", []))
             self._bad_acc = [s for s in self._bad_acc if s not in gone]
+            told = set(sent.get("refused", []))
+            self._refused_acc = [s for s in self._refused_acc if s not in told]
             for content_id, n in sent.get("served", {}).items():
                 left = self._served_acc.get(content_id, 0) - n
                 if left > 0:
@@ -647,8 +653,19 @@ class Agent:
 
     def _share_loop(self) -> None:
         """Fetch assigned shares from the origin, one at a time, and keep them."""
+        next_scrub = time.monotonic() + SCRUB_EVERY_S
         while True:
-            item = self._share_jobs.get()
+            try:
+                item = self._share_jobs.get(timeout=max(1.0, next_scrub - time.monotonic()))
+            except queue.Empty:
+                # re-hash every kept share now and then: a disk that rots or a hand that
+                # tampers is found before a client asks (bad shares go out in the next sync)
+                assert self.shares is not None
+                bad = self.shares.scrub()
+                if bad:
+                    log.warning("%d CDN shares failed their hash check and were dropped", len(bad))
+                next_scrub = time.monotonic() + SCRUB_EVERY_S
+                continue
             if item is None:
                 return
             sha = item["sha"]
@@ -659,7 +676,12 @@ class Agent:
                 with self._lock:
                     self._stored.append(sha)
                 self._wake.set()
-            except Exception as e:  # the next sync assigns it again
+            except Exception as e:
+                from fogwheel.node.chunks import QuotaExceeded
+
+                if isinstance(e, QuotaExceeded):  # tell the coordinator to place it elsewhere
+                    with self._lock:
+                        self._refused_acc.append(sha)
                 log.warning("could not keep CDN share %s: %s", sha[:12], e)
             finally:
                 self._share_pending.discard(sha)

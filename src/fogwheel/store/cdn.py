@@ -94,14 +94,22 @@ class CdnStore(VerifyStore):
     def _cdn_live(self, c: Connection, now: float) -> dict[str, dict[str, Any]]:
         horizon = now - self.lease_seconds * NODE_GONE_AFTER_LEASES
         rows = c.execute(
-            select(nodes.c.id, nodes.c.disk_mb, nodes.c.serve_url).where(
+            select(nodes.c.id, nodes.c.disk_mb, nodes.c.serve_url, nodes.c.uplink_bps).where(
                 nodes.c.state == "up",
                 nodes.c.last_seen >= horizon,
                 ~nodes.c.quarantined,
                 nodes.c.serve_url.is_not(None),
             )
         ).all()
-        return {r.id: {"disk_mb": r.disk_mb, "url": r.serve_url} for r in rows}
+        return {
+            r.id: {
+                "disk_mb": r.disk_mb,
+                "url": r.serve_url,
+                "uplink": r.uplink_bps or 0.0,
+                "network": _network(r.serve_url),
+            }
+            for r in rows
+        }
 
     def _place(
         self, c: Connection, now: float, content_ids: Iterable[str] | None, *, repair: bool
@@ -148,6 +156,7 @@ class CdnStore(VerifyStore):
         by_segment: dict[tuple[str, int], set[str]] = defaultdict(set)
         for s in shares:
             by_segment[(s.content_id, s.segment)] |= holders[s.sha] & live.keys()
+        fastest = max((v["uplink"] for v in live.values()), default=0.0) or 1.0
         new_rows = []
         for s in shares:
             want = 2 if s.fetches >= HOT_FETCHES else 1
@@ -156,11 +165,18 @@ class CdnStore(VerifyStore):
             if need <= 0:
                 continue
             seg_nodes = by_segment[(s.content_id, s.segment)]
+            seg_networks = {live[n]["network"] for n in seg_nodes if n in live}
             candidates = [n for n in live if n not in holders[s.sha] and n not in bad[s.sha]]
-            # nodes without a share of this segment first; then the least loaded, weighted
-            # by free disk (a rough stand-in until uplinks are measured)
+            # nodes without a share of this segment first, then those on another network;
+            # then the least loaded for their disk, with a bonus for a measured fast uplink
             _rng.shuffle(candidates)
-            candidates.sort(key=lambda n: (n in seg_nodes, load[n] / max(1, live[n]["disk_mb"])))
+            candidates.sort(
+                key=lambda n: (
+                    n in seg_nodes,
+                    live[n]["network"] in seg_networks,
+                    load[n] / max(1, live[n]["disk_mb"]) / (1.0 + live[n]["uplink"] / fastest),
+                )
+            )
             for n in candidates[:need]:
                 new_rows.append(
                     {
@@ -202,6 +218,7 @@ class CdnStore(VerifyStore):
         bad: Sequence[str],
         served: dict[str, int],
         now: float,
+        refused: Sequence[str] = (),
     ) -> tuple[list[dict[str, Any]], list[str]]:
         """Apply a node's CDN report; answer the shares it should fetch and those to drop."""
         if serve_url is not None:
@@ -250,6 +267,13 @@ class CdnStore(VerifyStore):
                     )
         if bad:
             self._cdn_bad(c, node_id, bad, now)
+        if refused:  # over its quota: no blame, the shares go elsewhere
+            c.execute(
+                update(cdn_holders)
+                .where(cdn_holders.c.node_id == node_id, cdn_holders.c.sha.in_(list(refused)))
+                .values(state="refused")
+            )
+            self._place(c, now, None, repair=True)
         if served:
             self._cdn_served(c, node_id, served, now)
         # what it should fetch now, and what it should delete
@@ -386,7 +410,13 @@ class CdnStore(VerifyStore):
                     holders[sha].append({"node_id": node_id, "url": live[node_id]["url"]})
         for hs in holders.values():
             _rng.shuffle(hs)
-            hs.sort(key=lambda h: recent.get(h["node_id"], 0) // (1 << 20))
+            # least loaded first (recent MB served), then the fastest measured uplink
+            hs.sort(
+                key=lambda h: (
+                    recent.get(h["node_id"], 0) // (8 << 20),
+                    -live[h["node_id"]]["uplink"],
+                )
+            )
         return {
             "manifest": json.loads(obj["manifest"]),
             "key": obj["key"],
@@ -404,8 +434,10 @@ class CdnStore(VerifyStore):
         seconds: float,
         bad: Sequence[tuple[str, str]],
         now: float,
+        peers: Sequence[tuple[str, int, float]] = (),
     ) -> bool:
-        """Keep a fetch's figures; shares a client found bad count against their node."""
+        """Keep a fetch's figures; shares a client found bad count against their node; each
+        peer's measured rate `(node_id, bytes, seconds)` updates its uplink estimate."""
         with self.tx() as c:
             owner = c.execute(
                 select(cdn_objects.c.customer_id).where(cdn_objects.c.id == content_id)
@@ -429,6 +461,14 @@ class CdnStore(VerifyStore):
                     at=now,
                 )
             )
+            for node_id, nbytes, secs in peers:
+                if nbytes >= 64 * 1024 and secs > 0:
+                    rate = nbytes * 8 / secs
+                    old = c.execute(
+                        select(nodes.c.uplink_bps).where(nodes.c.id == node_id)
+                    ).scalar()
+                    new = rate if old is None else 0.7 * old + 0.3 * rate
+                    c.execute(update(nodes).where(nodes.c.id == node_id).values(uplink_bps=new))
             by_node: dict[str, list[str]] = defaultdict(list)
             for node_id, sha in bad:
                 by_node[node_id].append(sha)
@@ -550,3 +590,15 @@ class CdnStore(VerifyStore):
             "degraded": len(kn) - full - below_k,
             "below_k": below_k,
         }
+
+
+def _network(url: str | None) -> str:
+    """A node's network, as far as its address tells: the /24 of an IPv4 address, else the
+    host name; shares of a segment are spread across networks where there are several."""
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url or "").hostname or ""
+    parts = host.split(".")
+    if len(parts) == 4 and all(p.isdigit() for p in parts):
+        return ".".join(parts[:3])
+    return host

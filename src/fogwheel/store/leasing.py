@@ -83,6 +83,7 @@ class LeasingStore(VerifyStore):
                     serve_url=req.serve_url,
                     stored=req.stored,
                     bad=req.bad,
+                    refused=req.refused,
                     served=req.served,
                     now=now,
                 )

@@ -49,6 +49,7 @@ nodes = Table(
     Column("platform", String(200), nullable=False),
     Column("capabilities", Text, nullable=False, default="[]"),
     Column("serve_url", String(200), nullable=True),  # its chunk server (the CDN), if any
+    Column("uplink_bps", Float, nullable=True),  # measured by fetching clients (moving average)
     Column("joined_at", Float, nullable=False),
     Column("last_seen", Float, nullable=False),
     Column("state", String(16), nullable=False, default="up"),

@@ -1,0 +1,99 @@
+"""The CDN's placement in the store, on SQLite and PostgreSQL: shares of a segment on distinct
+nodes and networks, more holders for popular content, quota refusals placed elsewhere, and a
+node whose disk lies quarantined."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+
+from fogwheel.protocol import NodeJoin, SyncIn
+from fogwheel.store import Store
+from fogwheel.store.cdn import HOT_FETCHES
+
+NOW = 1_000_000.0
+
+
+def node(store: Store, name: str, host: str) -> str:
+    info = NodeJoin(token="x" * 8, name=name, cores=1, memory_mb=512, disk_mb=1000)
+    node_id, _ = store.join_node(info, NOW)
+    store.sync(node_id, SyncIn(serve_url=f"http://{host}:8471"), NOW)
+    return node_id
+
+
+def publish(store: Store, segments: int = 3, k: int = 2, n: int = 4) -> tuple[str, list]:
+    cid = "c" + "ab" * 12
+    shares = []
+    for seg in range(segments):
+        for i in range(n):
+            sha = hashlib.sha256(f"{seg}/{i}".encode()).hexdigest()
+            shares.append((sha, seg, i, 100))
+    manifest = {"content_id": cid, "name": "x", "size": 1, "k": k, "n": n}
+    store.cdn_create("cust", manifest, "00" * 32, shares, NOW)
+    return cid, shares
+
+
+def holders(store: Store, cid: str, states=("assigned", "stored")) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = defaultdict(list)
+    for r in store.cdn_shares_of(cid):
+        if r["state"] in states:
+            out[r["sha"]].append(r["node_id"])
+    return out
+
+
+def test_a_segments_shares_go_to_distinct_nodes_on_distinct_networks(store: Store) -> None:
+    nets = {node(store, f"a{i}", f"10.1.0.{i + 1}"): "10.1.0" for i in range(3)}
+    nets |= {node(store, f"b{i}", f"10.2.0.{i + 1}"): "10.2.0" for i in range(3)}
+    cid, shares = publish(store, segments=4, k=1, n=2)
+    held = holders(store, cid)
+    by_seg = defaultdict(list)
+    for sha, seg, _, _ in shares:
+        assert len(held[sha]) == 1
+        by_seg[seg].append(held[sha][0])
+    for seg, owners in by_seg.items():
+        assert len(set(owners)) == 2, seg
+        assert {nets[o] for o in owners} == {"10.1.0", "10.2.0"}, seg  # one per network
+    # spread: no node holds much more than its share
+    counts = Counter(o for owners in by_seg.values() for o in owners)
+    assert max(counts.values()) - min(counts.values()) <= 1
+
+
+def test_popular_content_gets_a_second_holder_for_every_share(store: Store) -> None:
+    for i in range(8):
+        node(store, f"n{i}", f"127.0.0.{i + 1}")
+    cid, shares = publish(store, segments=2, k=2, n=4)
+    assert all(len(v) == 1 for v in holders(store, cid).values())
+    for _ in range(HOT_FETCHES):
+        store.cdn_record_fetch(
+            "cust", cid, size=1, from_peers=1, from_origin=0, seconds=0.1, bad=[], now=NOW
+        )
+    held = holders(store, cid)
+    assert all(len(held[sha]) == 2 and len(set(held[sha])) == 2 for sha, *_ in shares)
+
+
+def test_a_share_refused_for_quota_goes_elsewhere_without_blame(store: Store) -> None:
+    ids = [node(store, f"n{i}", f"127.0.0.{i + 1}") for i in range(5)]
+    cid, shares = publish(store, segments=1, k=2, n=4)
+    sha = shares[0][0]
+    [first] = holders(store, cid)[sha]
+    store.sync(first, SyncIn(refused=[sha]), NOW + 1)
+    [second] = holders(store, cid)[sha]
+    assert second != first and second in ids
+    assert all(n["disputed"] == 0 for n in store.list_nodes(NOW + 1))
+
+
+def test_a_node_whose_share_fails_its_check_is_quarantined_and_replaced(store: Store) -> None:
+    for i in range(6):
+        node(store, f"n{i}", f"127.0.0.{i + 1}")
+    cid, shares = publish(store, segments=1, k=2, n=4)
+    sha = shares[0][0]
+    [liar] = holders(store, cid)[sha]
+    store.sync(liar, SyncIn(stored=[s for s, *_ in shares]), NOW + 1)
+    store.sync(liar, SyncIn(bad=[sha]), NOW + 2)
+    assert liar in store.quarantined_nodes()
+    held = holders(store, cid)
+    assert liar not in held[sha] and len(held[sha]) == 1
+    # a quarantined node is offered no shares
+    plan = store.cdn_plan("cust", cid, NOW + 2)
+    assert plan is not None
+    assert all(h["node_id"] != liar for hs in plan["holders"].values() for h in hs)
