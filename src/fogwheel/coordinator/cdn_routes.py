@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import APIRouter, FastAPI, HTTPException, Path, Request
 from fastapi.responses import StreamingResponse
@@ -186,7 +185,7 @@ def build_cdn_routes(
                 return
             seg_size = manifest.segment_size
             first, last = start // seg_size, end // seg_size
-            with Fetcher(plan, blobs.get, http=httpx.Client(timeout=5.0)) as f:
+            with Fetcher(plan, blobs.get) as f:
                 for i, data in enumerate(f.segments(first, last), first):
                     lo = max(start - i * seg_size, 0)
                     hi = min(end - i * seg_size + 1, len(data))
