@@ -17,6 +17,7 @@ from fogwheel.core.scheduler import (
     LOCALITY_WAIT_S,
     MAX_HELD_PER_SLOT,
     PROBATION_RELIABILITY,
+    STICKY_WAIT_S,
     Assignment,
     Candidate,
     ClusterView,
@@ -604,5 +605,14 @@ def test_a_task_waits_briefly_for_a_free_node_that_holds_its_input(
         waited_s=waited_s,
         holder_free=holder_free,
     )
+    cluster = ClusterView(pending=1, total_slots=8, live=frozenset({"n1", "n2"}))
+    assert ids(plan_lease(node("n1"), 1, [cand], cluster)) == ([1] if taken else [])
+
+
+@pytest.mark.parametrize(("waited_s", "taken"), [(5.0, False), (STICKY_WAIT_S + 0.1, True)])
+def test_a_task_with_kept_state_elsewhere_waits_longer_even_for_a_busy_holder(
+    waited_s: float, taken: bool
+) -> None:
+    cand = Candidate(1, "a", elsewhere_bytes=10, waited_s=waited_s, holder_free=False, sticky=True)
     cluster = ClusterView(pending=1, total_slots=8, live=frozenset({"n1", "n2"}))
     assert ids(plan_lease(node("n1"), 1, [cand], cluster)) == ([1] if taken else [])

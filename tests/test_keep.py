@@ -55,3 +55,31 @@ def test_state_kept_by_one_task_reaches_the_next_on_the_same_node_only_for_its_c
     blobs = tmp_path / "fog" / "coordinator"
     stored = [p.read_bytes() for p in blobs.rglob("*") if p.is_file() and p.stat().st_size < 8]
     assert b"5" not in stored
+
+
+def pid() -> str:
+    """Which process this is: its pid and start time (a sandbox gives every worker pid 2)."""
+    with open("/proc/self/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return f"{os.getpid()}@{fields[19]}"
+
+
+def test_a_worker_stays_warm_across_one_customers_jobs_and_never_serves_another(
+    tmp_path: Path,
+) -> None:
+    with LocalFog(1, workdir=tmp_path / "fog") as fog:
+        admin = {"authorization": f"Bearer {fog.admin_key}"}
+        key = httpx.post(f"{fog.url}/v1/customers", params={"name": "eve"}, headers=admin).json()[
+            "api_key"
+        ]
+        with (
+            Client(fog.url, fog.api_key, replicas=1) as mine,
+            Client(fog.url, key, replicas=1) as theirs,
+        ):
+            first = mine.submit(pid).result(60)
+            again = mine.submit(pid).result(60)  # another job, same customer
+            other = theirs.submit(pid).result(60)
+            back = mine.submit(pid).result(60)
+    assert first == again  # imports stay warm between one customer's jobs
+    assert other not in (first, again)  # never a process another customer's code ran in
+    assert back not in (first, other)

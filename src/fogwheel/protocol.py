@@ -275,6 +275,9 @@ class TaskLease(Model):
     outputs: list[str]
     limits: Limits
     lease_expires: float
+    tenant: str = Field(
+        default="", description="whose task this is (a hash): a worker process runs one tenant's"
+    )
     keep_in: str | None = None  # node-local state names (see TaskIn), namespaced per customer
     keep_out: str | None = None
     signature: str = Field(

@@ -44,6 +44,7 @@ SIGNED_FIELDS = (
     "lease_expires",
     "keep_in",
     "keep_out",
+    "tenant",
 )
 
 

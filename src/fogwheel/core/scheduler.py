@@ -20,6 +20,7 @@ MAX_HELD_PER_SLOT = 64  # a node may queue this many tiny tasks per slot to hide
 PROBATION_RELIABILITY = 0.5  # below this, a node gets one task at a time while others are free
 BACKUP_MIN_S = 2.0  # a task is never backed up before it has run this long
 LOCALITY_WAIT_S = 3.0  # a task whose input another live node holds waits this long for it
+STICKY_WAIT_S = 30.0  # ... and a task whose kept state a live node holds, this long, busy or not
 BACKUP_FACTOR = 1.5  # ... nor before it has run this many times its job's median attempt
 
 
@@ -58,6 +59,7 @@ class Candidate:
     elsewhere_bytes: int = 0  # bytes of its input held by the best other live node
     waited_s: float = math.inf  # how long it has been waiting to run
     holder_free: bool = False  # a live node holding more of its input has a free slot now
+    sticky: bool = False  # it reads state kept on a node (TaskIn.keep_in): worth a longer wait
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +209,15 @@ def _fits(node: NodeView, cand: Candidate, cluster: ClusterView) -> bool:
         and cand.elsewhere_bytes > cand.local_bytes
         and cand.group is None
         and cand.waited_s < LOCALITY_WAIT_S
+    ):
+        return False
+    # A task that continues state kept on another live node (an optimizer's, say) waits for
+    # that node longer, even while it is busy: elsewhere it would have to start afresh.
+    if (
+        cand.sticky
+        and cand.elsewhere_bytes > cand.local_bytes
+        and cand.group is None
+        and cand.waited_s < STICKY_WAIT_S
     ):
         return False
     # Do not hand a task back to a node that lost it, unless every live node has lost it.

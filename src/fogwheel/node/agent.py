@@ -523,6 +523,7 @@ class Agent:
                 keep=self.data_dir / "cache",
                 state_in=self._state_dir(lease.get("keep_in")),
                 state_out=self._state_dir(lease.get("keep_out")),
+                tenant=str(lease.get("tenant") or ""),
             )
             files: dict[str, Path] = res.pop("files", {})
             try:

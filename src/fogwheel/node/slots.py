@@ -43,7 +43,7 @@ class Slot:
         self.log_path = log_path
         self.sandbox = sandbox
         self._proc: subprocess.Popen[bytes] | None = None
-        self._job: int | None = None
+        self._job: str | None = None  # the tenant (or job) the worker runs for
         self._home = scratch_root / f"slot-{index}"  # the worker's scratch; a dir per task in it
         self._sent: set[str] = set()  # functions the current worker holds
         self._tasks = 0
@@ -75,6 +75,7 @@ class Slot:
         keep: Path | None = None,
         state_in: Path | None = None,
         state_out: Path | None = None,
+        tenant: str = "",
     ) -> dict[str, Any]:
         """Run one task of `job_id`; `msg` names the function's cached file as `fn_path`.
 
@@ -84,7 +85,7 @@ class Slot:
         `state_in`, when given and present, is copied to the task's `keep/`; after a successful
         run the task's `keep/` is moved to `state_out` and its size is the result's `kept`."""
         self.aborted = False
-        proc = self._worker_for(job_id)
+        proc = self._worker_for(job_id, tenant)
         assert proc.stdin is not None and proc.stdout is not None
         wall0 = time.perf_counter()
         deadline = time.monotonic() + wall_s
@@ -162,8 +163,11 @@ class Slot:
             raise WorkerBroke("an answer that is not a result")
         return answer
 
-    def _worker_for(self, job_id: int) -> subprocess.Popen[bytes]:
-        if self._proc is not None and (self._job != job_id or self._proc.poll() is not None):
+    def _worker_for(self, job_id: int, tenant: str = "") -> subprocess.Popen[bytes]:
+        """The slot's worker for this job: kept across jobs of the same tenant (a customer),
+        so that their imports stay warm; a new one for another tenant's job."""
+        owner = tenant or f"job-{job_id}"
+        if self._proc is not None and (self._job != owner or self._proc.poll() is not None):
             self.stop()
         if self._proc is None:
             shutil.rmtree(self._home, ignore_errors=True)
@@ -191,7 +195,7 @@ class Slot:
                 log.close()
             assert self._proc.stdin is not None
             os.set_blocking(self._proc.stdin.fileno(), False)
-            self._job = job_id
+            self._job = owner
             self._sent.clear()
         return self._proc
 

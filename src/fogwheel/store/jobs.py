@@ -100,6 +100,7 @@ class JobsStore(StoreBase):
                         "quorum": quorum,
                         "replicas": extra,
                         "input_bytes": sum(blobs.values()),
+                        "sticky": t.keep_in is not None,
                     }
                 )
                 refs.extend((i, sha) for sha in blobs)

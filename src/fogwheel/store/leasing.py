@@ -441,6 +441,7 @@ class LeasingStore(VerifyStore):
                 tasks.c.replica_of,
                 tasks.c.replicas,
                 tasks.c.input_bytes,
+                tasks.c.sticky,
             )
             .where(tasks.c.state == TaskState.PENDING)
             .order_by(tasks.c.priority, tasks.c.id)
@@ -488,6 +489,7 @@ class LeasingStore(VerifyStore):
                     group=r.replica_of,
                     exclude=frozenset(ran.get(r.replica_of or r.id, ())),
                     local_bytes=held_by.get(node_id, 0),
+                    sticky=bool(r.sticky),
                     waited_s=now - self._job_row(c, r.job_id)["created_at"] if held_by else 0.0,
                     elsewhere_bytes=max(
                         (b for n, b in held_by.items() if n != node_id and n in cluster.live),
@@ -675,6 +677,7 @@ class LeasingStore(VerifyStore):
                     "outputs": spec.get("outputs", []),
                     "limits": job["limits"],
                     "lease_expires": t.lease_expires,
+                    "tenant": keep_name(job["customer_id"], "")[:32],
                     "keep_in": _keep(job["customer_id"], spec.get("keep_in")),
                     "keep_out": _keep(job["customer_id"], spec.get("keep_out")),
                 }

@@ -113,6 +113,7 @@ tasks = Table(
     Column("digest", String(64)),  # the agreed result's digest
     Column("priority", Integer, nullable=False, default=1),  # 0 first: checks hold results back
     # a backup copy: a replica row leased to an idle node because the task runs long
+    Column("sticky", Boolean, nullable=False, default=False),  # reads kept state (keep_in)
     Column("backup", Boolean, nullable=False, default=False),
     Column("input_bytes", BigInteger, nullable=False, default=0),  # of the blobs it reads
     Index("ix_tasks_state_priority_id", "state", "priority", "id"),

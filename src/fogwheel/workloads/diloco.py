@@ -273,6 +273,9 @@ class Trainer:
         for k, out in sorted(results.items()):  # worker order: the sum is the same every run
             try:
                 raw = self.client.fetch(out.files["delta"])
+                up += len(raw)  # sent, whatever becomes of it
+                key = f"w{k}"
+                self.run.bytes_per_worker[key] = self.run.bytes_per_worker.get(key, 0) + len(raw)
                 delta = diloco_math.decompress(raw, self.shapes)
                 diloco_math.check_norm(delta, MAX_DELTA_NORM)
             except (ValueError, KeyError) as e:  # BadPseudoGradient is a ValueError
@@ -284,9 +287,6 @@ class Trainer:
             losses.append(float(out.value["loss"]))
             ran_before = f"w{k}" in self.run.last_round
             restarted += 1 if ran_before and not out.value.get("restored") else 0
-            up += len(raw)
-            key = f"w{k}"
-            self.run.bytes_per_worker[key] = self.run.bytes_per_worker.get(key, 0) + len(raw)
         for k in results:
             self.run.last_round[f"w{k}"] = r
         if deltas:
