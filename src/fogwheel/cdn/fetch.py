@@ -26,8 +26,10 @@ import httpx
 
 from fogwheel.cdn.codec import CodecError, Manifest, decode_segment
 
-MIN_RATE = 64 * 1024  # bytes/s: a peer slower than this for a share is abandoned
-PEER_TIMEOUT = 3.0  # seconds to connect, and between bytes
+MIN_RATE = 16 * 1024  # bytes/s: a share slower than this (after 15 s) is taken elsewhere
+MIN_PATIENCE = 15.0  # seconds any share transfer is given, however small
+PEER_TIMEOUT = 5.0  # seconds to connect, and between bytes (a stalled peer)
+PER_NODE = 2  # transfers one fetch keeps in flight to one node: a busy uplink is shared
 
 
 @dataclass
@@ -82,7 +84,9 @@ class Fetcher:
         self._own_http = http is None
         self._pool = ThreadPoolExecutor(max_workers=max(2, parallel), thread_name_prefix="cdn")
         self._segments = ThreadPoolExecutor(max_workers=max(1, parallel // 2 or 1))
-        self._given_up: set[str] = set()  # nodes that failed: not asked again in this fetch
+        self._given_up: set[str] = set()  # nodes gone, refusing or lying: not asked again
+        self._node_slots: dict[str, threading.Semaphore] = {}
+        self._slots_lock = threading.Lock()
 
     def close(self) -> None:
         self._segments.shutdown(wait=False, cancel_futures=True)
@@ -98,10 +102,18 @@ class Fetcher:
 
     # -- one share ----------------------------------------------------------------------------
 
+    def _slot(self, node_id: str) -> threading.Semaphore:
+        with self._slots_lock:
+            return self._node_slots.setdefault(node_id, threading.Semaphore(PER_NODE))
+
     def _from_peer(self, sha: str, holder: dict[str, str], size: int) -> bytes:
+        with self._slot(holder["node_id"]):
+            return self._transfer(sha, holder, size)
+
+    def _transfer(self, sha: str, holder: dict[str, str], size: int) -> bytes:
         url = f"{holder['url'].rstrip('/')}/shares/{sha}"
         t0 = time.monotonic()
-        deadline = t0 + max(2.0, size / MIN_RATE)
+        deadline = t0 + max(MIN_PATIENCE, size / MIN_RATE)
         h = hashlib.sha256()
         parts = []
         with self._http.stream("GET", url, headers={"authorization": f"Bearer {self.token}"}) as r:
@@ -130,7 +142,13 @@ class Fetcher:
                 continue
             try:
                 data = self._from_peer(sha, holder, size)
-            except (OSError, httpx.HTTPError, TimeoutError, ValueError):
+            except (httpx.TimeoutException, TimeoutError):
+                # slow or stalled: this share goes elsewhere, the node may serve others
+                with self.stats.lock:
+                    self.stats.failed_peers += 1
+                continue
+            except (OSError, httpx.HTTPError, ValueError):
+                # gone, refusing, or sending wrong bytes: not asked again in this fetch
                 with self.stats.lock:
                     self.stats.failed_peers += 1
                 self._given_up.add(holder["node_id"])
@@ -164,14 +182,13 @@ class Fetcher:
                     got[i] = fut.result()[0]
         for fut in running:
             fut.cancel()
-        # Not enough from peers: the origin has every share.
-        for i in order:
-            if len(got) >= k:
-                break
-            if i not in got:
-                data = self.origin(seg.shares[i])
-                self.stats.add(origin=len(data))
-                got[i] = data
+        # Not enough from peers: the origin has every share (asked for them in parallel).
+        missing = [i for i in order if i not in got][: max(0, k - len(got))]
+        for i, data in zip(
+            missing, self._pool.map(lambda i: self.origin(seg.shares[i]), missing), strict=True
+        ):
+            self.stats.add(origin=len(data))
+            got[i] = data
         try:
             return decode_segment(self.manifest, index, dict(list(got.items())[:k]), self.key)
         except CodecError:
