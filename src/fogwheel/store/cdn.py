@@ -40,6 +40,12 @@ _rng = random.Random()
 
 
 class CdnStore(VerifyStore):
+    _serving: dict[str, bool]  # node -> runs a chunk server (see _serves)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._serving = {}
+
     # -- publishing ---------------------------------------------------------------------------
 
     def cdn_create(
@@ -223,6 +229,9 @@ class CdnStore(VerifyStore):
         """Apply a node's CDN report; answer the shares it should fetch and those to drop."""
         if serve_url is not None:
             c.execute(update(nodes).where(nodes.c.id == node_id).values(serve_url=serve_url))
+            self._serving[node_id] = True
+        elif not (stored or bad or served or refused) and not self._serves(c, node_id):
+            return [], []  # a node without a chunk server: nothing to tell it, no query
         if stored:
             rows = c.execute(
                 select(
@@ -297,6 +306,14 @@ class CdnStore(VerifyStore):
                 )
             )
         return [{"sha": r.sha, "size": r.size, "content_id": r.content_id} for r in todo], drops
+
+    def _serves(self, c: Connection, node_id: str) -> bool:
+        """Whether the node runs a chunk server (cached: asked once a node a process)."""
+        known = self._serving.get(node_id)
+        if known is None:
+            url = c.execute(select(nodes.c.serve_url).where(nodes.c.id == node_id)).scalar()
+            known = self._serving[node_id] = url is not None
+        return known
 
     def _cdn_bad(self, c: Connection, node_id: str, shas: Sequence[str], now: float) -> None:
         """Shares that failed verification on `node_id`: never served from there again, placed
