@@ -7,10 +7,15 @@ FogwheelError
 │   └── NotFound           404: no such job, task, node or blob (or not yours)
 ├── CoordinatorUnreachable the coordinator could not be reached after retries
 ├── IntegrityError         bytes did not match the SHA-256 they were named by
+│   └── BadShare           a CDN share whose bytes do not match its name (cdn/codec.py)
+├── CodecError             a malformed CDN manifest, too few shares, a segment that won't decrypt
+├── QuotaExceeded          a CDN share that does not fit a node's share quota (node/chunks.py)
+├── JobFailed              a MapReduce map or reduce task failed for good (mapreduce/)
 ├── TaskFailed             a task failed on the fog for a reason other than its own exception
 │   └── CommandFailed      a command task exited with a non-zero status
 ├── IllegalTransition      core: an event that the task's current state does not allow
 └── RemoteTraceback        attached as __cause__ of an exception re-raised from a node
+(BadShare is a CodecError too; CodecError is also a ValueError.)
 """
 
 from __future__ import annotations
