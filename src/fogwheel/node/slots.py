@@ -44,6 +44,7 @@ class Slot:
         self.sandbox = sandbox
         self._proc: subprocess.Popen[bytes] | None = None
         self._job: str | None = None  # the tenant (or job) the worker runs for
+        self._last_job: int | None = None
         self._home = scratch_root / f"slot-{index}"  # the worker's scratch; a dir per task in it
         self._sent: set[str] = set()  # functions the current worker holds
         self._tasks = 0
@@ -169,6 +170,9 @@ class Slot:
         owner = tenant or f"job-{job_id}"
         if self._proc is not None and (self._job != owner or self._proc.poll() is not None):
             self.stop()
+        elif self._proc is not None and job_id != self._last_job and not self._alone():
+            self.stop()  # a job left processes behind: the next one starts clean
+        self._last_job = job_id
         if self._proc is None:
             shutil.rmtree(self._home, ignore_errors=True)
             self._home.mkdir(parents=True)
@@ -198,6 +202,19 @@ class Slot:
             self._job = owner
             self._sent.clear()
         return self._proc
+
+    def _alone(self) -> bool:
+        """Whether the worker runs without leftovers: no process in its sandbox but itself
+        (bubblewrap's own processes aside)."""
+        import psutil
+
+        assert self._proc is not None
+        try:
+            kids = psutil.Process(self._proc.pid).children(recursive=True)
+            others = [p for p in kids if p.name() != "bwrap"]
+        except psutil.Error:
+            return False
+        return len(others) <= (1 if self.sandbox.confined else 0)
 
     def stop(self) -> None:
         """Kill the worker; in a sandbox everything it started dies with it."""
