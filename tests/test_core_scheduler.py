@@ -613,6 +613,12 @@ def test_a_task_waits_briefly_for_a_free_node_that_holds_its_input(
 def test_a_task_with_kept_state_elsewhere_waits_longer_even_for_a_busy_holder(
     waited_s: float, taken: bool
 ) -> None:
-    cand = Candidate(1, "a", elsewhere_bytes=10, waited_s=waited_s, holder_free=False, sticky=True)
+    cand = Candidate(1, "a", elsewhere_bytes=10, waited_s=waited_s, sticky=True, keeper="n2")
     cluster = ClusterView(pending=1, total_slots=8, live=frozenset({"n1", "n2"}))
     assert ids(plan_lease(node("n1"), 1, [cand], cluster)) == ([1] if taken else [])
+
+
+def test_the_node_that_keeps_a_tasks_state_may_take_it_at_once() -> None:
+    cand = Candidate(1, "a", waited_s=0.0, sticky=True, keeper="n1")
+    cluster = ClusterView(pending=1, total_slots=8, live=frozenset({"n1", "n2"}))
+    assert ids(plan_lease(node("n1"), 1, [cand], cluster)) == [1]

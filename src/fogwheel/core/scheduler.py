@@ -60,6 +60,7 @@ class Candidate:
     waited_s: float = math.inf  # how long it has been waiting to run
     holder_free: bool = False  # a live node holding more of its input has a free slot now
     sticky: bool = False  # it reads state kept on a node (TaskIn.keep_in): worth a longer wait
+    keeper: str | None = None  # the live node that keeps that state, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +216,8 @@ def _fits(node: NodeView, cand: Candidate, cluster: ClusterView) -> bool:
     # that node longer, even while it is busy: elsewhere it would have to start afresh.
     if (
         cand.sticky
-        and cand.elsewhere_bytes > cand.local_bytes
+        and cand.keeper is not None
+        and cand.keeper != node.id
         and cand.group is None
         and cand.waited_s < STICKY_WAIT_S
     ):

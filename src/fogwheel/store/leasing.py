@@ -44,6 +44,7 @@ from fogwheel.store.base import (
 )
 from fogwheel.store.schema import (
     attempts,
+    blob_holders,
     jobs,
     nodes,
     tasks,
@@ -476,6 +477,7 @@ class LeasingStore(VerifyStore):
                 ran[gid].add(nid)
         # Locality: who holds the candidates' input blobs (only tasks that read blobs ask).
         holders = self._input_holders(c, [r.id for r in rows.values() if r.input_bytes])
+        keepers = self._keepers(c, [r for r in rows.values() if r.sticky], cluster.live)
         candidates = []
         for r in rows.values():
             held_by = holders.get(r.id, {})
@@ -490,7 +492,10 @@ class LeasingStore(VerifyStore):
                     exclude=frozenset(ran.get(r.replica_of or r.id, ())),
                     local_bytes=held_by.get(node_id, 0),
                     sticky=bool(r.sticky),
-                    waited_s=now - self._job_row(c, r.job_id)["created_at"] if held_by else 0.0,
+                    keeper=keepers.get(r.id),
+                    waited_s=now - self._job_row(c, r.job_id)["created_at"]
+                    if held_by or r.sticky
+                    else 0.0,
                     elsewhere_bytes=max(
                         (b for n, b in held_by.items() if n != node_id and n in cluster.live),
                         default=0,
@@ -505,6 +510,32 @@ class LeasingStore(VerifyStore):
             )
         plan = scheduler.plan_lease(view, want, candidates, cluster)
         return self._grant(c, node_id, [(rows[a.task_id], a.reason) for a in plan], now)
+
+    def _keepers(self, c: Connection, rows: Sequence[Any], live: frozenset[str]) -> dict[int, str]:
+        """For tasks that continue kept state (TaskIn.keep_in), the live node that keeps it."""
+        if not rows:
+            return {}
+        specs = dict(
+            c.execute(
+                select(tasks.c.id, tasks.c.spec).where(tasks.c.id.in_([r.id for r in rows]))
+            ).all()
+        )
+        names: dict[str, int] = {}
+        for r in rows:
+            key = json.loads(specs[r.id]).get("keep_in")
+            if key:
+                names[keep_name(r.customer_id, key)] = r.id
+        if not names:
+            return {}
+        out: dict[int, str] = {}
+        for sha, node_id in c.execute(
+            select(blob_holders.c.sha, blob_holders.c.node_id).where(
+                blob_holders.c.sha.in_(list(names))
+            )
+        ).all():
+            if node_id in live:
+                out[names[sha]] = node_id
+        return out
 
     def _lease_backups(
         self, c: Connection, view: scheduler.NodeView, free: int, now: float
