@@ -154,3 +154,30 @@ def test_corrupt_pseudo_gradients_are_rejected_not_averaged(tmp_path: Path) -> N
     assert run.history[-1].val_loss < trainer.initial_val - 0.5  # type: ignore[operator]
     log = (tmp_path / "run" / "train.log").read_text()
     assert log.count("pseudo-gradient rejected") == 2
+
+
+def test_training_rides_out_a_coordinator_killed_mid_run(tmp_path: Path) -> None:
+    """The coordinator is SIGKILLed during round 2 and restarted on the same database: the
+    driver's client waits for it, the nodes come back, and every round completes."""
+    import threading
+
+    with LocalFog(2, workdir=tmp_path / "fog") as fog, Client(fog.url, fog.api_key) as client:
+        trainer = diloco.Trainer.start(client, settings(rounds=3, inner_steps=40), tmp_path / "run")
+
+        def restart_in_round_two(record: diloco.RoundRecord, run: diloco.Run) -> None:
+            if record.round == 1:
+
+                def bounce() -> None:
+                    time.sleep(0.5)
+                    fog.kill_coordinator()
+                    time.sleep(1.0)
+                    fog.start_coordinator()
+
+                threading.Thread(target=bounce, daemon=True).start()
+
+        first_pid = fog.coordinator.pid if fog.coordinator else None
+        run = trainer.train(restart_in_round_two)
+        assert fog.coordinator is not None and fog.coordinator.pid != first_pid  # bounced
+    assert [h.round for h in run.history] == [1, 2, 3]
+    assert all(h.reported >= 1 for h in run.history)
+    assert run.history[-1].val_loss < trainer.initial_val - 0.5  # type: ignore[operator]
