@@ -322,16 +322,7 @@ class Client:
         write output files (their results are `TaskOutput`s)."""
         job = self.job(job_id)
         kind = {"python": "python-files" if files else "python"}.get(job["kind"], job["kind"])
-        futures = {i: TaskFuture(job_id, i) for i in range(job["total"])}
-        with self._lock:
-            self._watches[job_id] = _Watch(kind, futures, total=job["total"])
-            if self._watcher is None:
-                self._watcher = threading.Thread(
-                    target=self._watch, name="fogwheel-results", daemon=True
-                )
-                self._watcher.start()
-        self._news.set()
-        return [futures[i] for i in range(job["total"])]
+        return self._watch_job(job_id, job["total"], kind)
 
     def _files(self, ins: Mapping[str, Blob | bytes | str | os.PathLike[str]]) -> dict[str, Any]:
         files = {}
@@ -398,16 +389,20 @@ class Client:
 
     def _submit_job(self, job: dict[str, Any], kind: str) -> list[TaskFuture]:
         out = self._request("POST", "/v1/jobs", json=job).json()
-        futures = {i: TaskFuture(out["id"], i) for i in range(out["total"])}
+        return self._watch_job(out["id"], out["total"], kind)
+
+    def _watch_job(self, job_id: int, total: int, kind: str) -> list[TaskFuture]:
+        """Futures for a job's tasks, resolved by the results watcher (started on first use)."""
+        futures = {i: TaskFuture(job_id, i) for i in range(total)}
         with self._lock:
-            self._watches[out["id"]] = _Watch(kind, futures, total=out["total"])
+            self._watches[job_id] = _Watch(kind, futures, total=total)
             if self._watcher is None:
                 self._watcher = threading.Thread(
                     target=self._watch, name="fogwheel-results", daemon=True
                 )
                 self._watcher.start()
         self._news.set()
-        return [futures[i] for i in range(out["total"])]
+        return [futures[i] for i in range(total)]
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -22,6 +22,21 @@ def is_sha256(name: str) -> bool:
     return bool(_SHA256.match(name))
 
 
+def write_atomically(path: Path, data: bytes, prefix: str = ".tmp-") -> None:
+    """Write `data` to a temporary name beside `path`, fsync it, then rename it into place:
+    a reader sees the whole file or none."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 class BlobStore(ABC):
     """Put bytes under their own hash; get them back verified."""
 
@@ -57,16 +72,7 @@ class FileBlobStore(BlobStore):
         if final.exists():
             return sha
         final.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(final, data)
         return sha
 
     def get(self, sha: str) -> bytes:

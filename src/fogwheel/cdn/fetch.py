@@ -83,7 +83,8 @@ class Fetcher:
         self._http = http or httpx.Client(timeout=httpx.Timeout(PEER_TIMEOUT, connect=PEER_TIMEOUT))
         self._own_http = http is None
         self._pool = ThreadPoolExecutor(max_workers=max(2, parallel), thread_name_prefix="cdn")
-        self._segments = ThreadPoolExecutor(max_workers=max(1, parallel // 2 or 1))
+        self._window = max(1, parallel // 2)  # segments fetched ahead, in parallel
+        self._segments = ThreadPoolExecutor(max_workers=self._window)
         self._given_up: set[str] = set()  # nodes gone, refusing or lying: not asked again
         self._node_slots: dict[str, threading.Semaphore] = {}
         self._slots_lock = threading.Lock()
@@ -204,9 +205,8 @@ class Fetcher:
         t0 = time.perf_counter()
         ahead: list[Future[bytes]] = []
         nxt = first
-        window = max(1, self._segments._max_workers)
         while nxt <= last or ahead:
-            while nxt <= last and len(ahead) < window:
+            while nxt <= last and len(ahead) < self._window:
                 ahead.append(self._segments.submit(self.segment, nxt))
                 nxt += 1
             yield ahead.pop(0).result()

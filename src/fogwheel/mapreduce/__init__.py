@@ -173,44 +173,35 @@ def run(
     seconds["split"] = time.perf_counter() - t0
 
     names = [part_name(r) for r in range(partitions)]
-    with _by_value(job):
-        t0 = time.perf_counter()
-        futures = client.submit_many(
-            MapTask(job, partitions),
-            [((), {}) for _ in blobs],
-            name=f"{job.describe()}: map",
-            inputs=[{"split": b} for b in blobs],
-            outputs=names,
-            memory_mb=job.memory_mb,
-            wall_s=wall_s,
-            backups=backups,
-        )
-        maps = _collect(client, "map", futures, report)
-        seconds["map"] = time.perf_counter() - t0
-        map_job = futures[0].job_id
 
+    def phase(name: str, fn: Any, inputs: list[dict[str, Blob]], outs: list[str]) -> Any:
         t0 = time.perf_counter()
-        reduce_inputs = []
-        for r in range(partitions):
-            files = {}
-            for m, res in enumerate(maps):
-                blob = res.files[names[r]]
-                if blob.size:  # an empty partition adds nothing
-                    files[f"in-{m:05d}"] = blob
-            reduce_inputs.append(files)
         futures = client.submit_many(
-            ReduceTask(job),
-            [((), {}) for _ in range(partitions)],
-            name=f"{job.describe()}: reduce",
-            inputs=reduce_inputs,
-            outputs=["out"],
+            fn,
+            [((), {}) for _ in inputs],
+            name=f"{job.describe()}: {name}",
+            inputs=inputs,
+            outputs=outs,
             memory_mb=job.memory_mb,
             wall_s=wall_s,
             backups=backups,
         )
-        reduces = _collect(client, "reduce", futures, report)
-        seconds["reduce"] = time.perf_counter() - t0
-        reduce_job = futures[0].job_id
+        results = _collect(client, name, futures, report)
+        seconds[name] = time.perf_counter() - t0
+        return results, futures[0].job_id
+
+    with _by_value(job):
+        maps, map_job = phase("map", MapTask(job, partitions), [{"split": b} for b in blobs], names)
+        # reduce task r reads partition r of every map task (an empty partition adds nothing)
+        reduce_inputs = [
+            {
+                f"in-{m:05d}": res.files[names[r]]
+                for m, res in enumerate(maps)
+                if res.files[names[r]].size
+            }
+            for r in range(partitions)
+        ]
+        reduces, reduce_job = phase("reduce", ReduceTask(job), reduce_inputs, ["out"])
 
     t0 = time.perf_counter()
     outputs = [res.files["out"] for res in reduces]

@@ -169,19 +169,18 @@ class MapReduce(Job):
         return tsv_lines(_sorted_items(reduced))
 
 
-class WordCount(Job):
-    """Occurrences of every whitespace-separated word, as `word<TAB>count` (case-sensitive,
-    like Hadoop's example): each map task counts its split with one `Counter(bytes.split())`,
-    which is its own combiner."""
+class CountJob(Job):
+    """A job that counts byte strings: `count(split)` makes one map task's Counter (its own
+    combiner); the reduce sums them into `key<TAB>count` lines sorted by key."""
 
-    name = "wordcount"
+    def count(self, data: bytes) -> Counter[bytes]:
+        raise NotImplementedError
 
     def map_split(self, data: bytes, partitions: int) -> list[bytes]:
-        counts = Counter(data.split())
         parts: list[dict[bytes, int]] = [{} for _ in range(partitions)]
         crc = zlib.crc32
-        for word, n in counts.items():
-            parts[crc(word) % partitions][word] = n
+        for key, n in self.count(data).items():
+            parts[crc(key) % partitions][key] = n
         return [pickle.dumps(p, protocol=PAYLOAD_PROTOCOL) for p in parts]
 
     def reduce_parts(self, paths: Sequence[Path]) -> bytes:
@@ -191,7 +190,18 @@ class WordCount(Job):
         return b"".join(w + b"\t%d\n" % n for w, n in sorted(total.items()))
 
 
-class Grep(Job):
+class WordCount(CountJob):
+    """Occurrences of every whitespace-separated word, as `word<TAB>count` (case-sensitive,
+    like Hadoop's example): each map task counts its split with one `Counter(bytes.split())`,
+    which is its own combiner."""
+
+    name = "wordcount"
+
+    def count(self, data: bytes) -> Counter[bytes]:
+        return Counter(data.split())
+
+
+class Grep(CountJob):
     """Hadoop's grep example: every distinct match of a regular expression with the number of
     times it occurs, as `match<TAB>count`."""
 
@@ -209,16 +219,6 @@ class Grep(Job):
     def describe(self) -> str:
         return f"grep {self.pattern!r}"
 
-    def map_split(self, data: bytes, partitions: int) -> list[bytes]:
+    def count(self, data: bytes) -> Counter[bytes]:
         regex = re.compile(self.pattern.encode(), self.flags)
-        counts = Counter(m.group(0) for m in regex.finditer(data))
-        parts: list[dict[bytes, int]] = [{} for _ in range(partitions)]
-        for match, n in counts.items():
-            parts[zlib.crc32(match) % partitions][match] = n
-        return [pickle.dumps(p, protocol=PAYLOAD_PROTOCOL) for p in parts]
-
-    def reduce_parts(self, paths: Sequence[Path]) -> bytes:
-        total: Counter[bytes] = Counter()
-        for path in paths:
-            total.update(plain_loads(path.read_bytes()))
-        return b"".join(w + b"\t%d\n" % n for w, n in sorted(total.items()))
+        return Counter(m.group(0) for m in regex.finditer(data))

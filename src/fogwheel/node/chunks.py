@@ -14,7 +14,6 @@ import contextlib
 import os
 import socket
 import socketserver
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import parse_qs
 
-from fogwheel.blobs.store import is_sha256, sha256_hex
+from fogwheel.blobs.store import is_sha256, sha256_hex, write_atomically
 from fogwheel.errors import FogwheelError
 from fogwheel.signing import verify_token
 
@@ -105,8 +104,8 @@ class ShareStore:
             self._reserved += len(data)
         try:
             path.parent.mkdir(exist_ok=True)
-            _write_atomically(_sidecar(path), content_id.encode())
-            _write_atomically(path, data)
+            write_atomically(_sidecar(path), content_id.encode(), prefix=_TMP)
+            write_atomically(path, data, prefix=_TMP)
         finally:
             with self._lock:
                 self._reserved -= len(data)
@@ -200,19 +199,6 @@ def _check_content_id(content_id: str) -> None:
         raise ValueError(f"a content id is 1 to {CONTENT_ID_MAX} characters: {content_id!r}")
     if not content_id.isprintable():
         raise ValueError(f"a content id has no control characters: {content_id!r}")
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- who gets what: the policy, without sockets ----------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import secrets
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -21,7 +22,6 @@ from typing import Any
 from sqlalchemy import Connection, delete, func, select, update
 
 from fogwheel.core import ledger as books
-from fogwheel.core import trust
 from fogwheel.store.base import NODE_GONE_AFTER_LEASES
 from fogwheel.store.schema import (
     cdn_holders,
@@ -327,25 +327,9 @@ class CdnStore(VerifyStore):
         ).all()
         if not hit:
             return
-        r = c.execute(
-            select(nodes.c.agreed, nodes.c.disputed, nodes.c.streak, nodes.c.quarantined).where(
-                nodes.c.id == node_id
-            )
-        ).one()
-        before = trust.Record(r.agreed, r.disputed, r.streak, bool(r.quarantined))
-        after = trust.record_after(before, agreed=False)
-        c.execute(
-            update(nodes)
-            .where(nodes.c.id == node_id)
-            .values(
-                agreed=after.agreed,
-                disputed=after.disputed,
-                streak=after.streak,
-                quarantined=after.quarantined,
-            )
-        )
-        if after.quarantined and not before.quarantined:
-            self._quarantine(c, node_id)
+        was_quarantined = self._trust_record(c, node_id).quarantined
+        after = self._record_verdict(c, node_id, agreed=False)
+        if after.quarantined and not was_quarantined:
             # its other shares are no longer counted on: drop them and place them elsewhere
             c.execute(
                 update(cdn_holders)
@@ -380,9 +364,8 @@ class CdnStore(VerifyStore):
             )
             post = getattr(self, "post", None)
             if post is not None:
-                seq = c.execute(select(func.count()).select_from(cdn_traffic)).scalar_one()
                 entries = books.charge_for_bytes(
-                    f"cdn-{content_id}-{node_id}-{seq}-{int(now * 1000)}",
+                    f"cdn-{content_id}-{node_id}-{secrets.token_hex(6)}",  # one a report
                     owners[content_id],
                     [(node_id, n)],
                     memo=f"cdn {content_id}",

@@ -290,8 +290,12 @@ class VerifyStore(StoreBase):
         An unchecked result is `accepted`, a checked one `agreed` or `disputed`."""
         outcome = ("agreed" if checked else "accepted") if agreed else "disputed"
         c.execute(update(attempts).where(attempts.c.id.in_(attempt_ids)).values(outcome=outcome))
-        if not counts:
-            return
+        if counts:
+            self._record_verdict(c, node_id, agreed)
+
+    def _record_verdict(self, c: Connection, node_id: str, agreed: bool) -> trust.Record:
+        """Apply one verdict to the node's trust record; a node caught out is quarantined.
+        Returns the record after."""
         before = self._trust_record(c, node_id)
         after = trust.record_after(before, agreed)
         c.execute(
@@ -306,6 +310,7 @@ class VerifyStore(StoreBase):
         )
         if after.quarantined and not before.quarantined:
             self._quarantine(c, node_id)
+        return after
 
     def _late_votes(self, c: Connection, head: Any, reported: Iterable[Any], now: float) -> None:
         """Results that arrive after a verdict are compared with it (a re-check, a slow replica).
