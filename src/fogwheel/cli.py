@@ -148,6 +148,13 @@ def coordinator(
         ),
     ] = None,
     max_body_mb: Annotated[int, typer.Option(min=1, help="Largest request body accepted.")] = 64,
+    allow_private_serve: Annotated[
+        bool,
+        typer.Option(
+            help="Let nodes serve CDN shares from loopback or private addresses (a fog on one "
+            "machine or one LAN); off, such serve addresses are refused.",
+        ),
+    ] = False,
     ready_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
     quiet: Annotated[bool, typer.Option(help="Print nothing at start.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
@@ -166,6 +173,7 @@ def coordinator(
         api_key=api_key,
         admin_key=admin_key,
         max_body_mb=max_body_mb,
+        allow_private_serve=allow_private_serve,
         ready_file=ready_file,
     )
     try:
@@ -483,10 +491,23 @@ def _print_job(job: dict[str, Any], tasks: list[dict[str, Any]]) -> None:
     out.print(table)
 
 
-@app.command()
-def nodes(coordinator: CoordinatorOpt = None, api_key: ApiKeyOpt = None) -> None:
-    """List the fog's nodes: state, capacity, reliability, and how far their results are trusted."""
+nodes_app = typer.Typer(
+    help="The fog's nodes: list them (no subcommand); operator: pardon a quarantined one.",
+    invoke_without_command=True,
+)
+app.add_typer(nodes_app, name="nodes")
+
+
+@nodes_app.callback(invoke_without_command=True)
+def nodes(
+    ctx: typer.Context, coordinator: CoordinatorOpt = None, api_key: ApiKeyOpt = None
+) -> None:
+    """List the fog's nodes: state, capacity, reliability, and how far their results are trusted
+    (a quarantined node's reason below the table)."""
     from fogwheel.errors import FogwheelError
+
+    if ctx.invoked_subcommand is not None:
+        return
 
     with _client(coordinator, api_key, 0) as client:
         try:
@@ -512,6 +533,33 @@ def nodes(coordinator: CoordinatorOpt = None, api_key: ApiKeyOpt = None) -> None
             f"{n['check_rate']:.0%}",
         )
     out.print(table)
+    for n in rows:
+        if n["state"] == "quarantined":
+            reason = n.get("quarantine_reason") or "no reason recorded"
+            out.print(f"{n['id']} quarantined: {reason}", markup=False, highlight=False)
+
+
+@nodes_app.command("pardon")
+def nodes_pardon(
+    node_id: Annotated[str, typer.Argument(help="The node's id (see `fogwheel nodes`).")],
+    coordinator: CoordinatorOpt = None,
+    admin_key: Annotated[
+        str | None,
+        typer.Option(
+            "--admin-key",
+            envvar="FOGWHEEL_ADMIN_KEY",
+            help="The operator key that `fogwheel coordinator` printed.",
+        ),
+    ] = None,
+) -> None:
+    """Operator: lift a node's quarantine. It is up again on probation (every result checked
+    again until it earns trust back); its reason is cleared."""
+    if not coordinator:
+        raise _fail("no coordinator: pass --coordinator URL or set FOGWHEEL_COORDINATOR")
+    if not admin_key:
+        raise _fail("no admin key: pass --admin-key or set FOGWHEEL_ADMIN_KEY")
+    _api_call("POST", coordinator, admin_key, f"/v1/nodes/{node_id}/pardon", {})
+    out.print(f"node {node_id} pardoned: up again, on probation", markup=False, highlight=False)
 
 
 # -- the books: usage, earnings, customer keys ----------------------------------------------

@@ -103,6 +103,7 @@ class LocalFog:
             "--ready-file",
             str(ready),
             "--quiet",
+            "--allow-private-serve",  # its nodes serve the CDN from this machine's addresses
         ]
         if self.db:
             cmd += ["--db", self.db]

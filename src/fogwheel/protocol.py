@@ -326,6 +326,9 @@ class NodeOut(Model):
     reputation: float = Field(default=0.5, description="trust in its results (core/trust.py)")
     check_rate: float = Field(default=1.0, description="share of its results checked now")
     last_seen: float
+    quarantine_reason: str | None = Field(
+        default=None, description="why it is quarantined, when it is (an operator may pardon)"
+    )
 
 
 class NodeList(Model):

@@ -8,6 +8,12 @@ share that does not arrive in time (a slow or vanished peer), or arrives with th
 (a tampered disk: reported, never used), is replaced by another holder or another share of the
 segment. When no peer is left for enough shares, the missing ones come from the origin. Used by
 the SDK and CLI (`fogwheel cdn get`) and by the coordinator's streaming endpoint.
+
+Every byte from a node is data: a share is read to at most its size (one byte more proves it
+too long: a bad share for this fetch, never buffered), with no content coding, through an HTTP
+client of its own that sends nothing but the plan's share token, follows no redirect and reads
+no proxy or netrc settings — no customer credential ever reaches a node. For every share it
+verified from a peer the fetcher signs a receipt (cdn/receipts.py), which pays that node.
 """
 
 from __future__ import annotations
@@ -24,12 +30,66 @@ from typing import Any
 
 import httpx
 
+from fogwheel.cdn import receipts as receipt
 from fogwheel.cdn.codec import CodecError, Manifest, decode_segment
 
 MIN_RATE = 16 * 1024  # bytes/s: a share slower than this (after 15 s) is taken elsewhere
 MIN_PATIENCE = 15.0  # seconds any share transfer is given, however small
 PEER_TIMEOUT = 5.0  # seconds to connect, and between bytes (a stalled peer)
 PER_NODE = 2  # transfers one fetch keeps in flight to one node: a busy uplink is shared
+READ_STEP = 64 * 1024  # bytes read from a peer at a time
+
+
+class ShareRefused(OSError):
+    """The peer did not send the share (an error status, or it hung up)."""
+
+
+class BadShare(ValueError):
+    """The peer sent bytes that are not the share: the wrong hash, or more than its size."""
+
+
+def peer_client(timeout: float = PEER_TIMEOUT) -> httpx.Client:
+    """An HTTP client for talking to nodes: no credentials of ours, no redirects followed,
+    no proxy or netrc taken from the environment."""
+    return httpx.Client(
+        timeout=httpx.Timeout(timeout, connect=timeout),
+        follow_redirects=False,
+        trust_env=False,
+        headers={"accept-encoding": "identity"},
+    )
+
+
+def read_share(
+    http: httpx.Client, url: str, token: str, sha: str, size: int, deadline: float
+) -> bytes:
+    """GET share `sha` (`size` bytes) at `url` with the share token; its bytes, verified.
+
+    Reads at most `size + 1` bytes, whatever the peer announces or sends. ShareRefused for an
+    answer other than 200, BadShare for wrong or too many bytes, TimeoutError past `deadline`
+    (time.monotonic())."""
+    h = hashlib.sha256()
+    parts: list[bytes] = []
+    got = 0
+    with http.stream("GET", url, headers={"authorization": f"Bearer {token}"}) as r:
+        if r.status_code != 200:
+            raise ShareRefused(f"answered {r.status_code} for share {sha[:12]}")
+        coding = r.headers.get("content-encoding", "identity").strip().lower()
+        if coding not in ("", "identity"):
+            raise BadShare(f"sent share {sha[:12]} with content coding {coding[:20]!r}")
+        announced = r.headers.get("content-length", "")
+        if announced.isdigit() and int(announced) > size:
+            raise BadShare(f"announced {announced[:20]} bytes for share {sha[:12]} of {size}")
+        for chunk in r.iter_raw(READ_STEP):
+            got += len(chunk)
+            if got > size:
+                raise BadShare(f"sent more than {size} bytes for share {sha[:12]}")
+            h.update(chunk)
+            parts.append(chunk)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"too slow for share {sha[:12]}")
+    if h.hexdigest() != sha:
+        raise BadShare(f"sent share {sha[:12]} with the wrong bytes")
+    return b"".join(parts)
 
 
 @dataclass
@@ -39,6 +99,9 @@ class FetchStats:
     from_origin: int = 0
     seconds: float = 0.0
     bad: list[tuple[str, str]] = field(default_factory=list)  # (node_id, sha) that lied
+    bad_why: dict[tuple[str, str], str] = field(default_factory=dict)  # what was wrong
+    receipts: list[dict[str, str]] = field(default_factory=list)  # signed, one a share verified
+    plan: str = ""  # the plan the receipts belong to
     failed_peers: int = 0  # transfers abandoned (slow, refused, gone)
     peers: dict[str, list[float]] = field(default_factory=dict)  # node -> [bytes, seconds]
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -59,6 +122,8 @@ class FetchStats:
                 {"node_id": n, "bytes": int(b), "seconds": round(s, 4)}
                 for n, (b, s) in self.peers.items()
             ],
+            "plan": self.plan,
+            "receipts": list(self.receipts),
         }
 
 
@@ -72,7 +137,6 @@ class Fetcher:
         *,
         parallel: int = 8,
         token: str | None = None,
-        http: httpx.Client | None = None,
     ) -> None:
         self.manifest = Manifest.from_dict(plan["manifest"])
         self.key = bytes.fromhex(plan["key"])
@@ -80,8 +144,11 @@ class Fetcher:
         self.token = token or plan.get("token", "")
         self.origin = origin
         self.stats = FetchStats(size=self.manifest.size)
-        self._http = http or httpx.Client(timeout=httpx.Timeout(PEER_TIMEOUT, connect=PEER_TIMEOUT))
-        self._own_http = http is None
+        signing = plan.get("receipts") or {}
+        self._receipt_key: str = signing.get("key", "")
+        self.stats.plan = signing.get("plan", "")
+        self._sizes = {sha: seg.share_size for seg in self.manifest.segments for sha in seg.shares}
+        self._http = peer_client()  # never the SDK's: nodes get no credential of the customer
         self._pool = ThreadPoolExecutor(max_workers=max(2, parallel), thread_name_prefix="cdn")
         self._window = max(1, parallel // 2)  # segments fetched ahead, in parallel
         self._segments = ThreadPoolExecutor(max_workers=self._window)
@@ -92,8 +159,7 @@ class Fetcher:
     def close(self) -> None:
         self._segments.shutdown(wait=False, cancel_futures=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
-        if self._own_http:
-            self._http.close()
+        self._http.close()
 
     def __enter__(self) -> Fetcher:
         return self
@@ -113,27 +179,25 @@ class Fetcher:
 
     def _transfer(self, sha: str, holder: dict[str, str], size: int) -> bytes:
         url = f"{holder['url'].rstrip('/')}/shares/{sha}"
+        if not url.startswith(("http://", "https://")):
+            raise ShareRefused(f"{holder['node_id']} has no HTTP address")
+        size = self._sizes.get(sha, size)  # the manifest's word, not the peer's
         t0 = time.monotonic()
         deadline = t0 + max(MIN_PATIENCE, size / MIN_RATE)
-        h = hashlib.sha256()
-        parts = []
-        with self._http.stream("GET", url, headers={"authorization": f"Bearer {self.token}"}) as r:
-            if r.status_code != 200:
-                raise OSError(f"{holder['node_id']} answered {r.status_code} for share {sha[:12]}")
-            for chunk in r.iter_bytes(64 * 1024):
-                h.update(chunk)
-                parts.append(chunk)
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{holder['node_id']} is too slow for share {sha[:12]}")
-        if h.hexdigest() != sha:
+        try:
+            data = read_share(self._http, url, self.token, sha, size, deadline)
+        except BadShare as e:
             with self.stats.lock:
                 self.stats.bad.append((holder["node_id"], sha))
-            raise ValueError(f"{holder['node_id']} sent share {sha[:12]} with the wrong bytes")
-        data = b"".join(parts)
+                self.stats.bad_why[(holder["node_id"], sha)] = f"{holder['node_id']} {e}"
+            raise
         with self.stats.lock:
             seen = self.stats.peers.setdefault(holder["node_id"], [0, 0.0])
             seen[0] += len(data)
             seen[1] += time.monotonic() - t0
+            if self._receipt_key and self.stats.plan:
+                mac = receipt.sign(self._receipt_key, self.stats.plan, holder["node_id"], sha)
+                self.stats.receipts.append({"node_id": holder["node_id"], "sha": sha, "mac": mac})
         return data
 
     def _share(self, sha: str, size: int) -> tuple[bytes, bool]:
@@ -148,7 +212,7 @@ class Fetcher:
                 with self.stats.lock:
                     self.stats.failed_peers += 1
                 continue
-            except (OSError, httpx.HTTPError, ValueError):
+            except (OSError, httpx.HTTPError, httpx.InvalidURL, ValueError):
                 # gone, refusing, or sending wrong bytes: not asked again in this fetch
                 with self.stats.lock:
                     self.stats.failed_peers += 1

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fogwheel import __version__
 from fogwheel.blobs import FileBlobStore, is_sha256, sha256_hex
 from fogwheel.coordinator.auth import Authenticator
-from fogwheel.coordinator.cdn_routes import build_cdn_routes
+from fogwheel.coordinator.cdn_routes import build_cdn_routes, screen_serve_url
 from fogwheel.coordinator.ledger_routes import build_ledger_routes
 from fogwheel.coordinator.metrics import Metrics
 from fogwheel.errors import IntegrityError
@@ -367,6 +367,7 @@ def build_routes(
     @v1.post("/nodes/me/sync", tags=["nodes"])
     def sync(request: Request, req: SyncIn, leaving: bool = False) -> SyncOut:
         who = auth.require(request, "node")
+        req = screen_serve_url(request, who.id, req)  # its chunk server, checked (cdn/audit.py)
         for rep in req.results:
             for v in [rep.value, *rep.outputs.values()]:
                 if v is not None:

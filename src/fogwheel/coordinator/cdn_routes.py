@@ -2,13 +2,20 @@
 
 POST /v1/cdn/objects                  register a published object (its shares uploaded)
 GET  /v1/cdn/objects/{id}             the fetch plan: manifest, key, holders, a node token
-POST /v1/cdn/objects/{id}/fetches     a client's figures for one fetch
+POST /v1/cdn/objects/{id}/fetches     a client's figures, receipts and accusations for a fetch
 GET  /v1/cdn/objects/{id}/content     the object itself, reassembled here (Range requests)
 GET  /v1/cdn/stats                    offload, bytes served a node, repair bytes, p95
+POST /v1/nodes/{id}/pardon            the operator lifts a node's quarantine
+
+Nodes are paid only against receipts the fetching client signed (cdn/receipts.py); a client's
+"bad share" is checked by the coordinator itself before it costs the node anything
+(cdn/audit.py); a node's announced chunk server is screened before anyone is sent to it
+(`screen_serve_url`, called from the node's sync).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Iterator
@@ -20,14 +27,19 @@ from fastapi.responses import StreamingResponse
 from pydantic import Field, StringConstraints
 
 from fogwheel.blobs import FileBlobStore
+from fogwheel.cdn import receipts as receipt
+from fogwheel.cdn.audit import ServeScreen, ShareAuditor
 from fogwheel.cdn.codec import CodecError, Manifest
 from fogwheel.coordinator.auth import Authenticator
-from fogwheel.protocol import Model, Problem
+from fogwheel.protocol import Model, Problem, SyncIn
 from fogwheel.signing import sign_token
 from fogwheel.store import Store
 
+log = logging.getLogger("fogwheel.cdn")
+
 TOKEN_SECONDS = 300.0  # how long a fetch plan's node token is good for
 ContentId = Annotated[str, Path(pattern=r"^c[0-9a-f]{24}$", description="a content id")]
+NodeId = Annotated[str, Path(min_length=1, max_length=64, description="a node's id")]
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "Missing or unknown credentials"},
@@ -61,13 +73,48 @@ class PeerIn(Model):
     seconds: float = Field(ge=0, le=1e7)
 
 
+class ReceiptIn(Model):
+    node_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    sha: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    mac: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+
+
 class FetchIn(Model):
     size: int = Field(ge=0, le=1 << 50)
     from_peers: int = Field(ge=0, le=1 << 50)
     from_origin: int = Field(ge=0, le=1 << 50)
     seconds: float = Field(ge=0, le=1e7)
-    bad: list[BadShareIn] = Field(default_factory=list, max_length=10_000)
+    bad: list[BadShareIn] = Field(
+        default_factory=list,
+        max_length=10_000,
+        description="shares a node sent wrong: checked by the coordinator before any penalty",
+    )
     peers: list[PeerIn] = Field(default_factory=list, max_length=10_000)
+    plan: Annotated[str, StringConstraints(max_length=40)] = Field(
+        default="", description="the plan id the receipts were signed under"
+    )
+    receipts: list[ReceiptIn] = Field(
+        default_factory=list,
+        max_length=100_000,
+        description="one a share received from a node and verified: what pays the nodes",
+    )
+
+
+def screen_serve_url(request: Request, node_id: str, req: SyncIn) -> SyncIn:
+    """The sync with its `serve_url` kept only when it passes the address check and the
+    probe (cdn/audit.py); a refused address also unsets the one on record."""
+    if req.serve_url is None:
+        return req
+    screen: ServeScreen = request.app.state.cdn_screen
+    config = getattr(request.app.state, "config", None)
+    screen.allow_private = bool(getattr(config, "allow_private_serve", False))
+    peer = request.client.host if request.client else None
+    refusal = screen.screen(node_id, req.serve_url, peer)
+    if refusal is None:
+        return req
+    log.warning("node %s: serve address %s refused: %s", node_id, req.serve_url, refusal)
+    request.app.state.cdn_store.cdn_forget_serve_url(node_id)
+    return req.model_copy(update={"serve_url": None})
 
 
 def build_cdn_routes(
@@ -78,6 +125,27 @@ def build_cdn_routes(
     signing_key: Ed25519PrivateKey,
 ) -> None:
     v1 = APIRouter(prefix="/v1/cdn", responses=ERRORS, tags=["cdn"])
+    auditor = ShareAuditor(store, signing_key)
+    secret = receipt.receipt_secret(signing_key)
+    app_state = getattr(app, "state", None)
+    if app_state is not None:
+        app_state.cdn_screen = ServeScreen(store.node_secret_hash, allow_private=False)
+        app_state.cdn_store = store
+        app_state.cdn_auditor = auditor
+
+    def with_receipts(plan: dict[str, Any], customer_id: str, content_id: str, now: float) -> None:
+        plan_id, key = receipt.new_plan(secret, customer_id, content_id, now)
+        plan["receipts"] = {"plan": plan_id, "key": key}
+
+    def paid_receipts(
+        customer_id: str, content_id: str, plan_id: str, items: list[ReceiptIn], now: float
+    ) -> list[tuple[str, str, str]]:
+        """The receipts whose signature this customer's plan makes; the rest are dropped."""
+        return [
+            (plan_id, r.node_id, r.sha)
+            for r in items
+            if receipt.valid(secret, plan_id, customer_id, content_id, r.node_id, r.sha, r.mac, now)
+        ]
 
     @v1.post("/objects", status_code=201)
     def publish(request: Request, body: PublishIn) -> PublishOut:
@@ -119,12 +187,17 @@ def build_cdn_routes(
             signing_key, {"c": content_id, "exp": now + TOKEN_SECONDS, "sub": who.id}
         )
         out["token_expires"] = now + TOKEN_SECONDS
+        with_receipts(out, who.id, content_id, now)
         return out
 
     @v1.post("/objects/{content_id}/fetches", status_code=204)
     def fetched(request: Request, content_id: ContentId, body: FetchIn) -> None:
-        """A client's figures for one fetch; shares it found bad count against their node."""
+        """A client's figures for one fetch. Its receipts pay the nodes (each once, at most
+        the share's size); shares it calls bad are checked by the coordinator before they cost
+        a node anything, and meanwhile rank the node last in this customer's plans."""
         who = auth.require(request, "customer")
+        now = time.time()
+        bad = [(b.node_id, b.sha) for b in body.bad]
         ok = store.cdn_record_fetch(
             who.id,
             content_id,
@@ -132,12 +205,15 @@ def build_cdn_routes(
             from_peers=body.from_peers,
             from_origin=body.from_origin,
             seconds=body.seconds,
-            bad=[(b.node_id, b.sha) for b in body.bad],
-            now=time.time(),
+            bad=bad,
+            now=now,
             peers=[(p.node_id, p.bytes, p.seconds) for p in body.peers],
+            receipts=paid_receipts(who.id, content_id, body.plan, body.receipts, now),
         )
         if not ok:
             raise HTTPException(404, f"no object {content_id}")
+        if bad:
+            auditor.accuse(who.id, bad)
 
     @v1.get(
         "/objects/{content_id}/content",
@@ -179,6 +255,7 @@ def build_cdn_routes(
             headers["content-range"] = f"bytes {start}-{end}/{size}"
         headers["content-length"] = str(end - start + 1 if size else 0)
         plan["token"] = sign_token(signing_key, {"c": content_id, "exp": now + TOKEN_SECONDS})
+        with_receipts(plan, who.id, content_id, now)
 
         def body() -> Iterator[bytes]:
             if size == 0:
@@ -191,6 +268,13 @@ def build_cdn_routes(
                     hi = min(end - i * seg_size + 1, len(data))
                     yield data[lo:hi]
                 stats = f.stats
+            done = time.time()
+            # bad bytes seen here are the coordinator's own evidence, not an accusation
+            for node_id, sha in dict.fromkeys(stats.bad):
+                why = stats.bad_why.get((node_id, sha), "sent wrong bytes")
+                store.cdn_share_failed(
+                    node_id, sha, f"the coordinator's streaming fetch of {content_id}: {why}", done
+                )
             store.cdn_record_fetch(
                 who.id,
                 content_id,
@@ -198,9 +282,10 @@ def build_cdn_routes(
                 from_peers=stats.from_peers,
                 from_origin=stats.from_origin,
                 seconds=stats.seconds,
-                bad=stats.bad,
-                now=time.time(),
+                bad=[],
+                now=done,
                 peers=[(n, int(b), s) for n, (b, s) in stats.peers.items()],
+                receipts=[(stats.plan, r["node_id"], r["sha"]) for r in stats.receipts],
             )
 
         return StreamingResponse(
@@ -212,6 +297,23 @@ def build_cdn_routes(
         """Offload ratio, bytes served a node, repair bytes, fetch throughput and p95 time:
         of your objects (a customer key) or of all (the admin key)."""
         who = auth.require(request, "customer", "admin")
-        return store.cdn_stats(who.id if who.kind == "customer" else None, time.time())
+        out = store.cdn_stats(who.id if who.kind == "customer" else None, time.time())
+        if who.kind == "admin":
+            out["audits"] = auditor.figures()
+        return out
 
     app.include_router(v1)
+
+    operator = APIRouter(prefix="/v1/nodes", responses=ERRORS, tags=["nodes"])
+
+    @operator.post("/{node_id}/pardon")
+    def pardon(request: Request, node_id: NodeId) -> dict[str, Any]:
+        """Lift a node's quarantine (admin): it is up again, on probation (every result
+        checked), its reason cleared. 404 when there is no such node."""
+        auth.require(request, "admin")
+        if not store.pardon_node(node_id):
+            raise HTTPException(404, f"no node {node_id}")
+        log.info("node %s pardoned by the operator", node_id)
+        return {"node_id": node_id, "state": "up", "pardoned": True}
+
+    app.include_router(operator)

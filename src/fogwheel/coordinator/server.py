@@ -41,6 +41,7 @@ class CoordinatorConfig:
     api_key: str | None = None  # a customer key to accept (created when none exists)
     admin_key: str | None = None
     max_body_mb: int = 64
+    allow_private_serve: bool = False  # nodes may serve the CDN from loopback/private IPs
     ready_file: Path | None = None  # where to write {"url": …} once listening
 
     @property

@@ -5,12 +5,17 @@ its SHA-256. `ShareStore` keeps them as `root/ab/<sha>` with a `<sha>.cid` sidec
 content they belong to, and re-hashes on every read so a node never hands out bytes that rotted
 or were changed on its disk. `ChunkServer` serves them over plain HTTP to whoever shows a token
 the coordinator signed for that content (`signing.sign_token`); `decide` is its policy, kept
-apart from the sockets.
+apart from the sockets. `GET /health?challenge=NONCE` answers the coordinator's probe of this
+node's serve address: the node's id and `probe_answer` (an HMAC under the hash of its
+credential), so nobody can announce someone else's host and port as their chunk server.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
+import json
 import os
 import socket
 import socketserver
@@ -28,6 +33,7 @@ from fogwheel.errors import FogwheelError
 from fogwheel.signing import verify_token
 
 CONTENT_ID_MAX = 256
+CHALLENGE_MAX = 64  # characters of a probe's nonce
 _SIDECAR = ".cid"
 _TMP = ".tmp-"
 
@@ -248,6 +254,22 @@ def decide(
     return Decision(200, "ok", sha, content_id)
 
 
+def probe_answer(identity: tuple[str, str] | None, target: str) -> bytes | None:
+    """The JSON body answering `GET /health?challenge=NONCE` for `identity` (node id, SHA-256
+    hex of its credential); None when `target` is no probe or the node has not joined yet.
+    The coordinator's side is cdn/audit.py `probe_proof` (the same HMAC)."""
+    path, _, query = target.partition("?")
+    if path != "/health" or identity is None:
+        return None
+    nonces = parse_qs(query).get("challenge", [])
+    if len(nonces) != 1 or not 0 < len(nonces[0]) <= CHALLENGE_MAX or not nonces[0].isalnum():
+        return None
+    node_id, secret_hash = identity
+    msg = f"fogwheel serve probe|{node_id}|{nonces[0]}".encode()
+    proof = hmac.new(secret_hash.encode(), msg, hashlib.sha256).hexdigest()
+    return json.dumps({"node_id": node_id, "proof": proof}).encode()
+
+
 def _token_from(query: str, authorization: str | None) -> str | None:
     tokens = parse_qs(query, keep_blank_values=True).get("token", [])
     if len(tokens) == 1 and tokens[0]:
@@ -304,6 +326,7 @@ class ChunkServer:
     ) -> None:
         self.store = store
         self.public_key_b64 = public_key_b64
+        self.identity: tuple[str, str] | None = None  # (node id, sha256 of its credential)
         self.host = host
         self.port = port
         self.shaper = UplinkShaper(upload_limit_bps) if upload_limit_bps else None
@@ -423,6 +446,15 @@ class _ShareHandler(BaseHTTPRequestHandler):
 
     def _answer(self, *, send_body: bool) -> None:
         chunks = cast(_ShareHTTPServer, self.server).chunks
+        answer = probe_answer(chunks.identity, self.path)
+        if answer is not None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            if send_body:
+                self.wfile.write(answer)
+            return
         decision = decide(
             self.path,
             self.headers.get("Authorization"),

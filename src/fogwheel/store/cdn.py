@@ -4,10 +4,15 @@ A published object is a manifest (cdn/codec.py) whose segments are encrypted and
 k-of-n; the customer uploads every share to the coordinator's blob store (the origin) and the
 store assigns each share to a node. Nodes learn of their assignments in their sync round trip,
 fetch the share from the origin, and confirm it (`stored`); they report shares that failed
-their own hash check (`bad`) and the bytes they served (`served`), which the ledger pays. The
-repair pass re-assigns shares whose holders are gone or bad, preferring nodes that hold no
-other share of the same segment, and counts the bytes as repair traffic. The AES key stays in
-the coordinator: only the publisher's fetch plan carries it.
+their own hash check (`bad`) and the bytes they served (`served`: advisory, kept as a metric,
+never paid). Bytes are paid against receipts: a fetching client signs one for every share it
+received and verified (cdn/receipts.py) and hands them in with its fetch report; a node is paid
+a share's size once a plan. A customer's "bad share" report is an accusation, not evidence: it
+only lowers the node in that customer's own plans until the coordinator has checked the share
+itself (cdn/audit.py), and only bytes the coordinator saw, or the node's own report, quarantine
+a node — with the reason kept on it. The repair pass re-assigns shares whose holders are gone or
+bad, preferring nodes that hold no other share of the same segment, and counts the bytes as
+repair traffic. The AES key stays in the coordinator: only the publisher's fetch plan carries it.
 """
 
 from __future__ import annotations
@@ -15,36 +20,45 @@ from __future__ import annotations
 import json
 import random
 import secrets
+import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from fogwheel.core import ledger as books
 from fogwheel.store.base import NODE_GONE_AFTER_LEASES
 from fogwheel.store.schema import (
     cdn_holders,
     cdn_objects,
+    cdn_receipts,
     cdn_shares,
     cdn_traffic,
     nodes,
+    principals,
 )
 from fogwheel.store.verify import VerifyStore
 
 HOT_FETCHES = 20  # an object fetched this often gets a second holder for every share
 PLACE_BATCH = 64  # shares a node is told to fetch in one round trip
 LOAD_WINDOW_S = 60.0  # recent bytes served that rank a node as loaded
+DOUBT_S = 3600.0  # how long a customer's accusation ranks the node last in its own plans
+DOUBTS_MAX = 100_000  # (customer, node) pairs remembered; the oldest go first
 
 _rng = random.Random()
 
 
 class CdnStore(VerifyStore):
     _serving: dict[str, bool]  # node -> runs a chunk server (see _serves)
+    _doubts: dict[tuple[str, str], float]  # (customer, node) -> accused until (see cdn_doubt)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._serving = {}
+        self._doubts = {}
+        self._doubts_lock = threading.Lock()
 
     # -- publishing ---------------------------------------------------------------------------
 
@@ -275,7 +289,14 @@ class CdnStore(VerifyStore):
                         ],
                     )
         if bad:
-            self._cdn_bad(c, node_id, bad, now)
+            self._cdn_bad(
+                c,
+                node_id,
+                bad,
+                now,
+                reason=f"it reported {len(bad)} CDN share(s) failing its own hash check "
+                f"(share {bad[0][:12]}…): a disk that loses or changes bytes",
+            )
         if refused:  # over its quota: no blame, the shares go elsewhere
             c.execute(
                 update(cdn_holders)
@@ -284,7 +305,7 @@ class CdnStore(VerifyStore):
             )
             self._place(c, now, None, repair=True)
         if served:
-            self._cdn_served(c, node_id, served, now)
+            self._cdn_claimed(c, node_id, served, now)
         # what it should fetch now, and what it should delete
         todo = c.execute(
             select(cdn_holders.c.sha, cdn_shares.c.size, cdn_shares.c.content_id)
@@ -315,10 +336,13 @@ class CdnStore(VerifyStore):
             known = self._serving[node_id] = url is not None
         return known
 
-    def _cdn_bad(self, c: Connection, node_id: str, shas: Sequence[str], now: float) -> None:
-        """Shares that failed verification on `node_id`: never served from there again, placed
-        elsewhere, and held against the node's reputation (one is enough to quarantine it: a
-        device whose disk lies is discarded)."""
+    def _cdn_bad(
+        self, c: Connection, node_id: str, shas: Sequence[str], now: float, *, reason: str
+    ) -> None:
+        """Shares proven bad on `node_id` (by its own report, or by bytes the coordinator itself
+        saw): never served from there again, placed elsewhere, and held against the node's
+        reputation (one is enough to quarantine it, for `reason`: a device whose disk lies is
+        discarded). Never called on a customer's word alone."""
         hit = c.execute(
             update(cdn_holders)
             .where(cdn_holders.c.node_id == node_id, cdn_holders.c.sha.in_(list(shas)))
@@ -328,7 +352,7 @@ class CdnStore(VerifyStore):
         if not hit:
             return
         was_quarantined = self._trust_record(c, node_id).quarantined
-        after = self._record_verdict(c, node_id, agreed=False)
+        after = self._record_verdict(c, node_id, agreed=False, reason=reason)
         if after.quarantined and not was_quarantined:
             # its other shares are no longer counted on: drop them and place them elsewhere
             c.execute(
@@ -338,19 +362,75 @@ class CdnStore(VerifyStore):
             )
         self._place(c, now, None, repair=True)
 
-    def _cdn_served(self, c: Connection, node_id: str, served: dict[str, int], now: float) -> None:
-        owners = dict(
+    def _cdn_claimed(self, c: Connection, node_id: str, served: dict[str, int], now: float) -> None:
+        """A node's own count of bytes it served: advisory, kept as a metric, paid never (the
+        receipts its clients signed are what pays, see `cdn_record_fetch`)."""
+        known = set(
+            c.execute(select(cdn_objects.c.id).where(cdn_objects.c.id.in_(list(served)))).scalars()
+        )
+        rows = [
+            {
+                "kind": "claimed",
+                "content_id": content_id,
+                "node_id": node_id,
+                "bytes": n,
+                "from_peers": 0,
+                "from_origin": 0,
+                "seconds": 0.0,
+                "at": now,
+            }
+            for content_id, n in served.items()
+            if content_id in known and n > 0
+        ]
+        if rows:
+            c.execute(cdn_traffic.insert(), rows)
+
+    def _pay_receipts(
+        self,
+        c: Connection,
+        customer_id: str,
+        content_id: str,
+        receipts: Sequence[tuple[str, str, str]],
+        now: float,
+    ) -> int:
+        """Pay the nodes for receipted shares `(plan, node_id, sha)` (their signatures checked
+        by the caller): a share of this object, held by that node, at most its size, each
+        receipt once a plan. Returns the bytes paid for."""
+        if not receipts:
+            return 0
+        sizes = dict(
             c.execute(
-                select(cdn_objects.c.id, cdn_objects.c.customer_id).where(
-                    cdn_objects.c.id.in_(list(served))
+                select(cdn_shares.c.sha, cdn_shares.c.size).where(
+                    cdn_shares.c.content_id == content_id,
+                    cdn_shares.c.sha.in_(list({sha for _, _, sha in receipts})),
                 )
             ).all()
         )
-        rows = []
-        for content_id, n in served.items():
-            if content_id not in owners or n <= 0:
-                continue  # not an object of ours: nothing to pay for
-            rows.append(
+        held = set(
+            c.execute(
+                select(cdn_holders.c.sha, cdn_holders.c.node_id).where(
+                    cdn_holders.c.sha.in_(list(sizes))
+                )
+            ).all()
+        )
+        insert = (sqlite.insert if self.is_sqlite else postgresql.insert)(cdn_receipts)
+        paid: dict[str, int] = defaultdict(int)
+        for plan, node_id, sha in dict.fromkeys(receipts):
+            if sha not in sizes or (sha, node_id) not in held:
+                continue  # not a share of this object on that node: nothing to pay
+            row = {"plan": plan, "sha": sha, "node_id": node_id, "bytes": sizes[sha], "at": now}
+            new = c.execute(
+                insert.values(**row)
+                .on_conflict_do_nothing(index_elements=["plan", "sha"])
+                .returning(cdn_receipts.c.sha)
+            ).first()
+            if new is not None:
+                paid[node_id] += sizes[sha]
+        if not paid:
+            return 0
+        c.execute(
+            cdn_traffic.insert(),
+            [
                 {
                     "kind": "served",
                     "content_id": content_id,
@@ -361,25 +441,95 @@ class CdnStore(VerifyStore):
                     "seconds": 0.0,
                     "at": now,
                 }
+                for node_id, n in paid.items()
+            ],
+        )
+        post = getattr(self, "post", None)
+        if post is not None:
+            entries = books.charge_for_bytes(
+                f"cdn-{content_id}-{secrets.token_hex(6)}",  # one a fetch report
+                customer_id,
+                sorted(paid.items()),
+                memo=f"cdn {content_id}",
             )
-            post = getattr(self, "post", None)
-            if post is not None:
-                entries = books.charge_for_bytes(
-                    f"cdn-{content_id}-{node_id}-{secrets.token_hex(6)}",  # one a report
-                    owners[content_id],
-                    [(node_id, n)],
-                    memo=f"cdn {content_id}",
+            if entries:
+                post(c, entries, now)
+        return sum(paid.values())
+
+    # -- accusations and evidence --------------------------------------------------------------
+
+    def cdn_doubt(self, customer_id: str, node_id: str, now: float) -> None:
+        """A customer accused `node_id` of bad bytes: it comes last in that customer's plans
+        for a while. Nobody else's plans change; the coordinator's own check decides the rest."""
+        with self._doubts_lock:
+            if len(self._doubts) >= DOUBTS_MAX:
+                for key in sorted(self._doubts, key=self._doubts.__getitem__)[: DOUBTS_MAX // 10]:
+                    del self._doubts[key]
+            self._doubts[(customer_id, node_id)] = now + DOUBT_S
+
+    def cdn_clear_doubt(self, customer_id: str, node_id: str) -> None:
+        """The coordinator checked the node's share and found it good."""
+        with self._doubts_lock:
+            self._doubts.pop((customer_id, node_id), None)
+
+    def _doubted(self, customer_id: str, now: float) -> set[str]:
+        with self._doubts_lock:
+            return {
+                n
+                for (cust, n), until in self._doubts.items()
+                if cust == customer_id and until > now
+            }
+
+    def cdn_audit_target(self, node_id: str, sha: str) -> dict[str, Any] | None:
+        """Where to check share `sha` on `node_id` (url, size, content id); None when that
+        node does not hold it as stored, serves nothing, or is quarantined already."""
+        with self.read() as c:
+            r = c.execute(
+                select(nodes.c.serve_url, cdn_shares.c.size, cdn_shares.c.content_id)
+                .select_from(cdn_holders)
+                .join(cdn_shares, cdn_shares.c.sha == cdn_holders.c.sha)
+                .join(nodes, nodes.c.id == cdn_holders.c.node_id)
+                .where(
+                    cdn_holders.c.sha == sha,
+                    cdn_holders.c.node_id == node_id,
+                    cdn_holders.c.state == "stored",
+                    ~nodes.c.quarantined,
+                    nodes.c.serve_url.is_not(None),
                 )
-                if entries:
-                    post(c, entries, now)
-        if rows:
-            c.execute(cdn_traffic.insert(), rows)
+            ).first()
+        if r is None:
+            return None
+        return {"url": r.serve_url, "size": r.size, "content_id": r.content_id}
+
+    def cdn_share_failed(self, node_id: str, sha: str, reason: str, now: float) -> None:
+        """The coordinator itself received wrong bytes for `sha` from `node_id`: evidence."""
+        with self.tx() as c:
+            self._cdn_bad(c, node_id, [sha], now, reason=reason)
+
+    # -- where a node serves from ----------------------------------------------------------------
+
+    def node_secret_hash(self, node_id: str) -> str | None:
+        """The SHA-256 of the node's credential (what a serve-address probe proves)."""
+        with self.read() as c:
+            return c.execute(
+                select(principals.c.secret_hash).where(
+                    principals.c.kind == "node", principals.c.id == node_id
+                )
+            ).scalar()
+
+    def cdn_forget_serve_url(self, node_id: str) -> None:
+        """The node's announced chunk server failed the address check: it serves nothing, is
+        placed nothing and appears in no plan until it announces one that passes."""
+        with self.tx() as c:
+            c.execute(update(nodes).where(nodes.c.id == node_id).values(serve_url=None))
+        self._serving[node_id] = False
 
     # -- fetching -----------------------------------------------------------------------------
 
     def cdn_plan(self, customer_id: str, content_id: str, now: float) -> dict[str, Any] | None:
-        """The manifest, the key and, for every share, its live holders, least loaded first.
-        None when the object is not the customer's (or does not exist)."""
+        """The manifest, the key and, for every share, its live holders, least loaded first
+        (those this customer accused lately last). None when the object is not the customer's
+        (or does not exist)."""
         with self.read() as c:
             obj = (
                 c.execute(
@@ -408,11 +558,13 @@ class CdnStore(VerifyStore):
             ).all():
                 if node_id in live:
                     holders[sha].append({"node_id": node_id, "url": live[node_id]["url"]})
+        doubted = self._doubted(customer_id, now)
         for hs in holders.values():
             _rng.shuffle(hs)
             # least loaded first (recent MB served), then the fastest measured uplink
             hs.sort(
                 key=lambda h: (
+                    h["node_id"] in doubted,
                     recent.get(h["node_id"], 0) // (8 << 20),
                     -live[h["node_id"]]["uplink"],
                 )
@@ -435,9 +587,13 @@ class CdnStore(VerifyStore):
         bad: Sequence[tuple[str, str]],
         now: float,
         peers: Sequence[tuple[str, int, float]] = (),
+        receipts: Sequence[tuple[str, str, str]] = (),
     ) -> bool:
-        """Keep a fetch's figures; shares a client found bad count against their node; each
-        peer's measured rate `(node_id, bytes, seconds)` updates its uplink estimate."""
+        """Keep a fetch's figures and pay its receipts `(plan, node_id, sha)` (see
+        `_pay_receipts`). Shares the client calls bad `(node_id, sha)` are accusations: they
+        rank the node last in this customer's plans and nothing more (the caller queues a check
+        by the coordinator). Each peer's measured rate `(node_id, bytes, seconds)` updates its
+        uplink estimate."""
         with self.tx() as c:
             owner = c.execute(
                 select(cdn_objects.c.customer_id).where(cdn_objects.c.id == content_id)
@@ -469,16 +625,14 @@ class CdnStore(VerifyStore):
                     ).scalar()
                     new = rate if old is None else 0.7 * old + 0.3 * rate
                     c.execute(update(nodes).where(nodes.c.id == node_id).values(uplink_bps=new))
-            by_node: dict[str, list[str]] = defaultdict(list)
-            for node_id, sha in bad:
-                by_node[node_id].append(sha)
-            for node_id, shas in by_node.items():
-                self._cdn_bad(c, node_id, shas, now)
+            self._pay_receipts(c, customer_id, content_id, receipts, now)
             fetches = c.execute(
                 select(cdn_objects.c.fetches).where(cdn_objects.c.id == content_id)
             ).scalar_one()
             if fetches == HOT_FETCHES:
                 self._place(c, now, [content_id], repair=False)  # demand: more holders
+        for node_id in {n for n, _ in bad}:
+            self.cdn_doubt(customer_id, node_id, now)
         return True
 
     def cdn_shares_of(self, content_id: str) -> list[dict[str, Any]]:
@@ -538,10 +692,13 @@ class CdnStore(VerifyStore):
         peers = sum(t.from_peers for t in fetches)
         moved = peers + sum(t.from_origin for t in fetches)  # share bytes, padding included
         times = sorted(t.seconds for t in fetches)
-        served: dict[str, int] = defaultdict(int)
+        served: dict[str, int] = defaultdict(int)  # receipted: what the nodes are paid for
+        claimed: dict[str, int] = defaultdict(int)  # the nodes' own counts: advisory
         for t in traffic:
             if t.kind == "served" and t.node_id:
                 served[t.node_id] += t.bytes
+            elif t.kind == "claimed" and t.node_id:
+                claimed[t.node_id] += t.bytes
         secs = sum(t.seconds for t in fetches)
         return {
             "objects": len(ids),
@@ -551,6 +708,7 @@ class CdnStore(VerifyStore):
             "bytes_from_origin": sum(t.from_origin for t in fetches),
             "offload": peers / moved if moved else None,
             "served_by_node": dict(served),
+            "claimed_by_node": dict(claimed),
             "repair_bytes": sum(t.bytes for t in traffic if t.kind == "repair"),
             "fetch_mb_s": delivered / 1e6 / secs if secs else None,
             "fetch_p95_s": times[min(len(times) - 1, int(0.95 * len(times)))] if times else None,

@@ -98,6 +98,7 @@ class FleetStore(StoreBase):
                     "reputation": round(trust.reputation(_record(r)), 4),
                     "check_rate": round(trust.check_rate(_record(r)), 4),
                     "last_seen": r["last_seen"],
+                    "quarantine_reason": r["quarantine_reason"],
                 }
             )
         return out

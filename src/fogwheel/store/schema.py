@@ -61,6 +61,7 @@ nodes = Table(
     Column("disputed", Integer, nullable=False, default=0),
     Column("streak", Integer, nullable=False, default=0),
     Column("quarantined", Boolean, nullable=False, default=False),
+    Column("quarantine_reason", Text, nullable=True),  # why, in a sentence (pardon clears it)
 )
 
 jobs = Table(
@@ -207,6 +208,18 @@ cdn_holders = Table(
     Column("assigned_at", Float, nullable=False),
     Column("repair", Boolean, nullable=False, default=False),  # placed to restore redundancy
     Index("ix_cdn_holders_node", "node_id", "state"),
+)
+
+# Receipts a fetching client signed for shares it received and verified (store/cdn.py): a
+# node is paid for a share once a plan, at most the share's size.
+cdn_receipts = Table(
+    "cdn_receipts",
+    metadata,
+    Column("plan", String(64), primary_key=True),
+    Column("sha", String(64), primary_key=True),
+    Column("node_id", String(64), nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("at", Float, nullable=False),
 )
 
 cdn_traffic = Table(

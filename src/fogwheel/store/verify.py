@@ -119,7 +119,8 @@ class VerifyStore(StoreBase):
             for n in verdict.agreeing:
                 self._vote(c, n, [reported[n].id], agreed=True, checked=quorum > 1)
             for n in verdict.disputing:
-                self._vote(c, n, [reported[n].id], agreed=False)
+                why = f"its result for task {group} disagreed with the agreed one"
+                self._vote(c, n, [reported[n].id], agreed=False, reason=why)
             runs = [(n, reported[n].cpu_s or 0.0) for n in verdict.agreeing]
             credit = getattr(self, "credit_verified_work", None)
             if credit is not None:
@@ -284,6 +285,7 @@ class VerifyStore(StoreBase):
         agreed: bool,
         counts: bool = True,
         checked: bool = True,
+        reason: str | None = None,
     ) -> None:
         """Record a verdict on a node's result: its attempt's outcome and its trust record.
 
@@ -291,11 +293,13 @@ class VerifyStore(StoreBase):
         outcome = ("agreed" if checked else "accepted") if agreed else "disputed"
         c.execute(update(attempts).where(attempts.c.id.in_(attempt_ids)).values(outcome=outcome))
         if counts:
-            self._record_verdict(c, node_id, agreed)
+            self._record_verdict(c, node_id, agreed, reason=reason)
 
-    def _record_verdict(self, c: Connection, node_id: str, agreed: bool) -> trust.Record:
-        """Apply one verdict to the node's trust record; a node caught out is quarantined.
-        Returns the record after."""
+    def _record_verdict(
+        self, c: Connection, node_id: str, agreed: bool, *, reason: str | None = None
+    ) -> trust.Record:
+        """Apply one verdict to the node's trust record; a node caught out is quarantined
+        (for `reason`, kept on the node). Returns the record after."""
         before = self._trust_record(c, node_id)
         after = trust.record_after(before, agreed)
         c.execute(
@@ -309,7 +313,7 @@ class VerifyStore(StoreBase):
             )
         )
         if after.quarantined and not before.quarantined:
-            self._quarantine(c, node_id)
+            self._quarantine(c, node_id, reason or "caught returning a wrong result")
         return after
 
     def _late_votes(self, c: Connection, head: Any, reported: Iterable[Any], now: float) -> None:
@@ -353,11 +357,17 @@ class VerifyStore(StoreBase):
                 }
                 c.execute(update(tasks).where(tasks.c.id == head.id).values(error=json.dumps(note)))
             else:
-                self._vote(c, r.node_id, [r.id], agreed=False)
+                why = f"its late result for task {head.id} disagreed with the verdict"
+                self._vote(c, r.node_id, [r.id], agreed=False, reason=why)
 
-    def _quarantine(self, c: Connection, node_id: str) -> None:
+    def _quarantine(
+        self, c: Connection, node_id: str, reason: str = "caught returning a wrong result"
+    ) -> None:
         """No more work for a node caught lying; its leases end now; its recent unchecked
-        results are checked again on other nodes."""
+        results are checked again on other nodes. `reason` is kept on the node (a sentence)."""
+        c.execute(
+            update(nodes).where(nodes.c.id == node_id).values(quarantine_reason=reason[:500])
+        )
         c.execute(
             update(tasks)
             .where(tasks.c.node_id == node_id, tasks.c.state == TaskState.LEASED)
@@ -385,6 +395,25 @@ class VerifyStore(StoreBase):
     def quarantined_nodes(self) -> list[str]:
         with self.read() as c:
             return list(c.execute(select(nodes.c.id).where(nodes.c.quarantined)).scalars())
+
+    def pardon_node(self, node_id: str) -> bool:
+        """Lift a node's quarantine (the operator's call): state up, reason cleared, its trust
+        record back to probation (every result checked again). False when there is no such
+        node."""
+        with self.tx() as c:
+            hit = c.execute(
+                update(nodes)
+                .where(nodes.c.id == node_id)
+                .values(
+                    quarantined=False,
+                    quarantine_reason=None,
+                    state="up",
+                    agreed=0,
+                    disputed=0,
+                    streak=0,
+                )
+            ).rowcount
+        return bool(hit)
 
     def count_replica_runs(self) -> dict[str, int]:
         """Runs that produced a result (replicas and wasted copies included) against tasks:
