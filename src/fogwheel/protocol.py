@@ -15,6 +15,9 @@ API_VERSION = "v1"
 INLINE_MAX = 64 * 1024  # bytes carried inline in JSON; larger values go through /v1/blobs
 MAX_TASKS_PER_JOB = 100_000
 SQL_INT_MAX = 2**31 - 1  # ids, cursors and sizes live in SQL INTEGER columns (32-bit on PostgreSQL)
+MAX_WALL_S = 7 * 24 * 3600  # a week: the longest a task may run
+MAX_CPU_S = MAX_WALL_S * 1024  # a week on 1,024 cores: no CPU-seconds claim is larger
+MAX_KEPT_BYTES = 1 << 50  # the most state a node may say it kept
 
 
 def _no_nul(text: str) -> str:
@@ -64,8 +67,8 @@ class Value(Model):
 
 
 class Limits(Model):
-    wall_s: float = Field(default=600.0, gt=0, le=7 * 24 * 3600)
-    cpu_s: float | None = Field(default=None, gt=0)
+    wall_s: float = Field(default=600.0, gt=0, le=MAX_WALL_S)
+    cpu_s: float | None = Field(default=None, gt=0, le=MAX_CPU_S, allow_inf_nan=False)
     memory_mb: int = Field(default=256, ge=16, le=1 << 20)
 
 
@@ -94,8 +97,8 @@ class TaskIn(Model):
 class ToleranceIn(Model):
     """Replicas agree when every number in their results is within this tolerance."""
 
-    rel: float = Field(default=1e-9, ge=0, le=1)
-    abs: float = Field(default=0.0, ge=0, le=1e300)
+    rel: float = Field(default=1e-9, ge=0, le=1, allow_inf_nan=False)
+    abs: float = Field(default=0.0, ge=0, le=1e300, allow_inf_nan=False)
 
 
 class JobIn(Model):
@@ -227,15 +230,20 @@ class NodeJoined(Model):
 
 class TaskReport(Model):
     task_id: Id
-    attempt: int = Field(ge=1)
+    attempt: int = Field(ge=1, le=SQL_INT_MAX)
     ok: bool
     value: Value | None = None
     outputs: dict[FileName, Value] = Field(default_factory=dict)
     error: ErrorInfo | None = None
-    cpu_s: float = Field(default=0.0, ge=0)
-    wall_s: float = Field(default=0.0, ge=0)
+    # A node's own word, bounded so that no value can overflow a column; what it is paid
+    # for is the quorum's, capped by what the coordinator saw (core/credit.py).
+    cpu_s: float = Field(default=0.0, ge=0, le=MAX_CPU_S, allow_inf_nan=False)
+    wall_s: float = Field(default=0.0, ge=0, le=MAX_WALL_S, allow_inf_nan=False)
     kept: int | None = Field(
-        default=None, ge=0, description="bytes of state the node kept under the lease's keep_out"
+        default=None,
+        ge=0,
+        le=MAX_KEPT_BYTES,
+        description="bytes of state the node kept under the lease's keep_out",
     )
 
 

@@ -2,23 +2,50 @@
 
 Floating-point results can differ in their last bits between devices (BOINC's "fuzzy
 comparison" problem). A job may ask for `tolerance` comparison: results are then decoded with a
-restricted unpickler that builds only plain data (numbers, strings, bytes, lists, tuples, dicts,
+restricted decoder that builds only plain data (numbers, strings, bytes, lists, tuples, dicts,
 sets) and never imports or calls anything — a node's bytes are not trusted — and two results
 agree when every number in them is `math.isclose` to its counterpart. Anything that will not
 decode so is compared by hash.
+
+Bounded work on untrusted bytes. A node chooses these bytes, so every step has a bound:
+- decoding reads at most `MAX_DECODE` bytes, builds at most `MAX_NODES` objects nested at most
+  `MAX_DEPTH` deep, and refuses *shared references*: a container (list, tuple, dict, set,
+  slice, …) that is named twice. Pickle's memo lets 150 bytes describe a list of 2**40 leaves
+  (`[x, x]` forty times over); refused, the decoded value is a plain tree no larger than its
+  node count, and nothing later (comparison, `==`, hashing) can blow up on it;
+- comparing two values visits at most `MAX_STEPS` nodes; past that the pair counts as
+  "not close", and the results are compared by hash.
+The decoder is a small interpreter over `pickletools.genops` (pure Python: it can count and
+refuse as it goes, which the C unpickler cannot), for the opcodes that plain data uses.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import pickle
+import pickletools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-_PLAIN = {("builtins", n) for n in ("set", "frozenset", "complex", "bytearray", "slice")}
 MAX_DECODE = 1 << 20  # bytes: larger results are compared by hash
+MAX_NODES = 200_000  # objects one decoded value may hold
+MAX_DEPTH = 100  # how deeply they may nest
+MAX_STEPS = 400_000  # nodes one comparison may visit
+
+_PLAIN = {("builtins", n) for n in ("set", "frozenset", "complex", "bytearray", "slice")}
+_CONTAINERS = (list, tuple, dict, set, frozenset, slice)
+_MUTABLE = (list, dict, set, bytearray)
+
+
+def _shareable(x: Any) -> bool:
+    """Whether naming `x` twice is harmless: a leaf, or an empty immutable container (`()`
+    is even a singleton). A mutable container could be filled after it was named twice."""
+    if isinstance(x, _MUTABLE):
+        return False
+    if isinstance(x, tuple | frozenset):
+        return not x
+    return not isinstance(x, slice)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,61 +54,364 @@ class Tolerance:
     abs: float = 0.0
 
 
-class _PlainUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _PLAIN:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not plain data")
+class _Mark:
+    """The stack marker of MARK."""
+
+
+_MARK = _Mark()
+
+
+def _safe_bytearray(*args: Any) -> bytearray:
+    # bytearray(10**12) would allocate a terabyte: only bytes or text become a bytearray
+    if len(args) > 2 or (args and not isinstance(args[0], bytes | str)):
+        raise pickle.UnpicklingError("bytearray from anything but bytes is not plain data")
+    return bytearray(*args)
+
+
+def _safe_set(*args: Any) -> set[Any]:
+    return set(*args)
+
+
+_CALLABLES: dict[str, Any] = {
+    "set": _safe_set,
+    "frozenset": frozenset,
+    "complex": complex,
+    "bytearray": _safe_bytearray,
+    "slice": slice,
+}
+
+
+class _Decoder:
+    """One decoding: the stack, the memo, and the counters that bound it."""
+
+    def __init__(self) -> None:
+        self.stack: list[Any] = []
+        self.memo: dict[int, Any] = {}
+        self.depth: dict[int, int] = {}  # id of a container -> how deep it nests
+        self.used: set[int] = set()  # ids of containers already placed inside another
+        self.nodes = 0
+
+    # -- bookkeeping ---------------------------------------------------------------------
+
+    def _count(self) -> None:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise pickle.UnpicklingError(f"more than {MAX_NODES} objects: compared by hash")
+
+    def push(self, obj: Any) -> None:
+        self._count()
+        if isinstance(obj, _CONTAINERS) and id(obj) not in self.depth:
+            self.depth[id(obj)] = 1
+        self.stack.append(obj)
+
+    def _place(self, parent: Any, child: Any) -> None:
+        """`child` goes inside `parent`: refuse a container that is already elsewhere, and
+        track how deep the parent now nests."""
+        if not _shareable(child):
+            key = id(child)
+            if key in self.used or child is parent:
+                raise pickle.UnpicklingError("shared references are refused: compared by hash")
+            self.used.add(key)
+        d = self.depth.get(id(child), 0) + 1
+        if d > MAX_DEPTH:
+            raise pickle.UnpicklingError(f"nested deeper than {MAX_DEPTH}: compared by hash")
+        pid = id(parent)
+        if d > self.depth.get(pid, 1):
+            self.depth[pid] = d
+
+    def build(self, kind: type, items: list[Any]) -> Any:
+        """A tuple/frozenset/slice from `items`, after placing each (depth bounded first, so
+        hashing a frozenset's items cannot recurse without end)."""
+        depth = 1
+        for x in items:
+            if not _shareable(x):
+                if id(x) in self.used:
+                    raise pickle.UnpicklingError("shared references are refused: compared by hash")
+                self.used.add(id(x))
+            depth = max(depth, self.depth.get(id(x), 0) + 1)
+        if depth > MAX_DEPTH:
+            raise pickle.UnpicklingError(f"nested deeper than {MAX_DEPTH}: compared by hash")
+        try:
+            obj = kind(items)
+        except TypeError as e:  # an unhashable item in a frozenset
+            raise pickle.UnpicklingError(str(e)) from None
+        self.depth[id(obj)] = depth
+        return obj
+
+    def pop_mark(self) -> list[Any]:
+        for k in range(len(self.stack) - 1, -1, -1):
+            if self.stack[k] is _MARK:
+                items = self.stack[k + 1 :]
+                del self.stack[k:]
+                return items
+        raise pickle.UnpicklingError("MARK missing")
+
+    def top(self) -> Any:
+        if not self.stack or self.stack[-1] is _MARK:
+            raise pickle.UnpicklingError("stack underflow")
+        return self.stack[-1]
+
+    def pop(self) -> Any:
+        obj = self.top()
+        self.stack.pop()
+        return obj
+
+    def get(self, i: int) -> Any:
+        if i not in self.memo:
+            raise pickle.UnpicklingError(f"memo {i} was never set")
+        obj = self.memo[i]
+        if not _shareable(obj) and id(obj) in self.used:
+            # Named again once it is inside another container: a shared reference.
+            raise pickle.UnpicklingError("shared references are refused: compared by hash")
+        self.push(obj)
+        return obj
+
+    # -- the opcodes -----------------------------------------------------------------------
+
+    def run(self, data: bytes) -> Any:
+        pending_global: tuple[str, str] | None = None
+        for op, arg, _pos in pickletools.genops(data):
+            name = op.name
+            if name in ("PROTO", "FRAME"):
+                continue
+            if name == "STOP":
+                value = self.pop()
+                if self.stack:
+                    raise pickle.UnpicklingError("data after the value")
+                return value
+            if name == "MARK":
+                self.stack.append(_MARK)
+            elif name == "POP":
+                self.pop()
+            elif name == "POP_MARK":
+                self.pop_mark()
+            elif name in ("NONE",):
+                self.push(None)
+            elif name == "NEWTRUE":
+                self.push(True)
+            elif name == "NEWFALSE":
+                self.push(False)
+            elif name in ("INT", "LONG", "BININT", "BININT1", "BININT2", "LONG1", "LONG4"):
+                self.push(arg)
+            elif name in ("FLOAT", "BINFLOAT"):
+                self.push(float(arg))
+            elif name in ("UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8"):
+                self.push(str(arg))
+            elif name in ("BINBYTES", "SHORT_BINBYTES", "BINBYTES8"):
+                self.push(bytes(arg))
+            elif name == "BYTEARRAY8":
+                self.push(bytearray(arg))
+            elif name == "EMPTY_LIST":
+                self.push([])
+            elif name == "EMPTY_DICT":
+                self.push({})
+            elif name == "EMPTY_SET":
+                self.push(set())
+            elif name == "EMPTY_TUPLE":
+                self.push(())
+            elif name == "APPEND":
+                item = self.pop()
+                self._append(self.top(), [item])
+            elif name == "APPENDS":
+                items = self.pop_mark()
+                self._append(self.top(), items)
+            elif name == "LIST":
+                items = self.pop_mark()
+                lst: list[Any] = []
+                self._append(lst, items)
+                self.push(lst)
+            elif name == "SETITEM":
+                v = self.pop()
+                k = self.pop()
+                self._setitems(self.top(), [k, v])
+            elif name == "SETITEMS":
+                items = self.pop_mark()
+                self._setitems(self.top(), items)
+            elif name == "DICT":
+                items = self.pop_mark()
+                d: dict[Any, Any] = {}
+                self._setitems(d, items)
+                self.push(d)
+            elif name == "ADDITEMS":
+                items = self.pop_mark()
+                target = self.top()
+                if not isinstance(target, set):
+                    raise pickle.UnpicklingError("ADDITEMS to a non-set")
+                fs = self.build(frozenset, items)  # bounds and hashes the items
+                self.depth[id(target)] = max(self.depth.get(id(target), 1), self.depth[id(fs)])
+                target.update(fs)
+            elif name == "FROZENSET":
+                self.push(self.build(frozenset, self.pop_mark()))
+            elif name in ("TUPLE", "TUPLE1", "TUPLE2", "TUPLE3"):
+                if name == "TUPLE":
+                    items = self.pop_mark()
+                else:
+                    n = int(name[-1])
+                    items = [self.pop() for _ in range(n)][::-1]
+                self.push(self.build(tuple, items))
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                self.memo[int(arg)] = self.top()
+            elif name == "MEMOIZE":
+                self.memo[len(self.memo)] = self.top()
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                self.get(int(arg))
+            elif name in ("GLOBAL", "STACK_GLOBAL"):
+                if name == "GLOBAL":
+                    module, _, attr = str(arg).partition(" ")
+                else:
+                    attr, module = self.pop(), self.pop()
+                if module == "__builtin__":  # protocols 0-2 name builtins so
+                    module = "builtins"
+                if (module, attr) not in _PLAIN:
+                    raise pickle.UnpicklingError(f"{module}.{attr} is not plain data")
+                pending_global = (module, attr)
+                self.stack.append(_CALLABLES[attr])
+                self._count()
+            elif name == "REDUCE":
+                args = self.pop()
+                fn = self.pop()
+                if pending_global is None or fn not in _CALLABLES.values():
+                    raise pickle.UnpicklingError("REDUCE of something not plain")
+                if not isinstance(args, tuple):
+                    raise pickle.UnpicklingError("REDUCE arguments are not a tuple")
+                try:
+                    obj = fn(*args)
+                except (TypeError, ValueError) as e:
+                    raise pickle.UnpicklingError(str(e)) from None
+                if isinstance(obj, _CONTAINERS):
+                    self.depth[id(obj)] = 1 + max(
+                        (self.depth.get(id(a), 0) for a in args), default=0
+                    )
+                self.push(obj)
+            else:
+                raise pickle.UnpicklingError(f"pickle opcode {name} is not plain data")
+        raise pickle.UnpicklingError("no STOP")
+
+    def _append(self, target: Any, items: list[Any]) -> None:
+        if not isinstance(target, list):
+            raise pickle.UnpicklingError("APPEND to a non-list")
+        for x in items:
+            self._place(target, x)
+        target.extend(items)
+
+    def _setitems(self, target: Any, items: list[Any]) -> None:
+        if not isinstance(target, dict) or len(items) % 2:
+            raise pickle.UnpicklingError("SETITEMS to a non-dict")
+        for x in items:
+            self._place(target, x)
+        try:
+            for k in range(0, len(items), 2):
+                target[items[k]] = items[k + 1]
+        except TypeError as e:  # an unhashable key
+            raise pickle.UnpicklingError(str(e)) from None
 
 
 def plain_loads(data: bytes) -> Any:
-    """Decode a pickle that holds only plain data; raise UnpicklingError for anything else."""
+    """Decode a pickle that holds only plain data, within the bounds above; raise
+    UnpicklingError for anything else (a class, a callable, a shared reference, too much)."""
     if len(data) > MAX_DECODE:
         raise pickle.UnpicklingError("too large to compare by value")
-    return _PlainUnpickler(io.BytesIO(data)).load()
+    try:
+        return _Decoder().run(data)
+    except pickle.UnpicklingError:
+        raise
+    except (ValueError, EOFError, IndexError, KeyError, TypeError, OverflowError) as e:
+        raise pickle.UnpicklingError(f"not a plain-data pickle: {e}") from None
 
 
-def close(a: Any, b: Any, tol: Tolerance) -> bool:
-    """Structural equality in which numbers need only be within the tolerance."""
+class _OverBudget(Exception):
+    pass
+
+
+def close(a: Any, b: Any, tol: Tolerance, _budget: list[int] | None = None) -> bool:
+    """Structural equality in which numbers need only be within the tolerance.
+
+    At most `MAX_STEPS` nodes are visited (and at most `MAX_DEPTH` levels): past either, the
+    answer is False — "not shown to be close" — so that the results are compared by hash."""
+    budget = [MAX_STEPS] if _budget is None else _budget
+    try:
+        return _close(a, b, tol, budget, 0)
+    except (_OverBudget, RecursionError, OverflowError):
+        return False
+
+
+def _close(a: Any, b: Any, tol: Tolerance, budget: list[int], depth: int) -> bool:
+    budget[0] -= 1
+    if budget[0] < 0 or depth > MAX_DEPTH:
+        raise _OverBudget
     if isinstance(a, bool) or isinstance(b, bool):
         return a is b
     if isinstance(a, int | float) and isinstance(b, int | float):
-        if math.isnan(a) or math.isnan(b):
-            return math.isnan(a) and math.isnan(b)
+        nan_a = isinstance(a, float) and math.isnan(a)
+        nan_b = isinstance(b, float) and math.isnan(b)
+        if nan_a or nan_b:
+            return nan_a and nan_b
         return math.isclose(a, b, rel_tol=tol.rel, abs_tol=tol.abs)
     if isinstance(a, complex) and isinstance(b, complex):
-        return close(a.real, b.real, tol) and close(a.imag, b.imag, tol)
+        return _close(a.real, b.real, tol, budget, depth + 1) and _close(
+            a.imag, b.imag, tol, budget, depth + 1
+        )
     if isinstance(a, list | tuple) and isinstance(b, list | tuple):
         return (
             type(a) is type(b)
             and len(a) == len(b)
-            and all(close(x, y, tol) for x, y in zip(a, b, strict=True))
+            and all(_close(x, y, tol, budget, depth + 1) for x, y in zip(a, b, strict=True))
         )
     if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(close(a[k], b[k], tol) for k in a)
+        return a.keys() == b.keys() and all(_close(a[k], b[k], tol, budget, depth + 1) for k in a)
+    budget[0] -= _size(a) + _size(b)  # `==` below walks them (a decoded value is a tree)
+    if budget[0] < 0:
+        raise _OverBudget
     return type(a) is type(b) and a == b
 
 
+def _size(x: Any) -> int:
+    return len(x) if isinstance(x, set | frozenset | bytes | bytearray | str) else 1
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A result decoded for comparison; `value` is None (with `plain` False) when it is not
+    plain data or exceeds the bounds, and is then compared by hash."""
+
+    plain: bool
+    value: Any = None
+
+
+NOT_PLAIN = Decoded(False)
+
+
+def decode(raw: bytes | None) -> Decoded:
+    """The bounded decoding of one result's value bytes (None: nothing to compare by value)."""
+    if raw is None:
+        return NOT_PLAIN
+    try:
+        return Decoded(True, plain_loads(raw))
+    except (pickle.UnpicklingError, RecursionError, MemoryError):
+        return NOT_PLAIN
+
+
 def agreement_classes(
-    results: Sequence[tuple[str, str, bytes | None]], tol: Tolerance
+    results: Sequence[tuple[str, str, bytes | Decoded | None]], tol: Tolerance
 ) -> list[tuple[str, str]]:
-    """Map `(node, digest, value bytes)` to `(node, class)`: a result that is close to an
-    earlier one takes that one's digest as its class, so that equal classes mean agreement."""
+    """Map `(node, digest, value)` to `(node, class)`: a result that is close to an earlier
+    one takes that one's digest as its class, so that equal classes mean agreement.
+
+    `value` is the raw value bytes, or their `decode` (made ahead, outside any database
+    transaction), or None (compared by hash). All the comparisons of one call share one
+    budget of `MAX_STEPS` visited nodes."""
     reps: list[tuple[str, Any]] = []  # (class digest, decoded value)
     out = []
+    budget = [MAX_STEPS]
     for node, digest, raw in results:
         cls = digest
-        if raw is not None:
-            try:
-                value = plain_loads(raw)
-            except Exception:  # not plain data: compared by hash
-                value = None
+        dec = raw if isinstance(raw, Decoded) else decode(raw) if raw is not None else None
+        if dec is not None and dec.plain:
+            for rep_digest, rep_value in reps:
+                if rep_digest == digest or close(dec.value, rep_value, tol, budget):
+                    cls = rep_digest
+                    break
             else:
-                for rep_digest, rep_value in reps:
-                    if close(value, rep_value, tol):
-                        cls = rep_digest
-                        break
-                else:
-                    reps.append((digest, value))
+                reps.append((digest, dec.value))
         out.append((node, cls))
     return out
