@@ -97,3 +97,98 @@ def test_a_node_whose_share_fails_its_check_is_quarantined_and_replaced(store: S
     plan = store.cdn_plan("cust", cid, NOW + 2)
     assert plan is not None
     assert all(h["node_id"] != liar for hs in plan["holders"].values() for h in hs)
+
+
+def stored_everywhere(store: Store, cid: str) -> dict[str, list[str]]:
+    """Every holder confirms its shares; the holders of each share."""
+    held = holders(store, cid)
+    for node_id in {n for hs in held.values() for n in hs}:
+        store.sync(node_id, SyncIn(stored=[s for s, hs in held.items() if node_id in hs]), NOW + 1)
+    return holders(store, cid, states=("stored",))
+
+
+def test_a_customers_accusations_alone_quarantine_nobody(store: Store) -> None:
+    ids = [node(store, f"n{i}", f"127.0.0.{i + 1}") for i in range(4)]
+    cid, shares = publish(store, segments=2, k=2, n=4)
+    for _ in range(HOT_FETCHES):  # popular: two holders a share
+        store.cdn_record_fetch(
+            "cust", cid, size=1, from_peers=1, from_origin=0, seconds=0.1, bad=[], now=NOW + 1
+        )
+    held = stored_everywhere(store, cid)
+    everyone = [(n, sha) for sha, *_ in shares for n in ids]
+    for _ in range(3):
+        store.cdn_record_fetch(
+            "cust", cid, size=1, from_peers=0, from_origin=0, seconds=0.1, bad=everyone, now=NOW + 2
+        )
+    assert store.quarantined_nodes() == []
+    assert all(n["disputed"] == 0 for n in store.list_nodes(NOW + 2))
+    assert holders(store, cid, states=("stored",)) == held  # nothing dropped or moved
+    # the accuser's own plans put the accused last (ids[0] is cleared: it comes first)
+    store.cdn_clear_doubt("cust", ids[0])
+    plan = store.cdn_plan("cust", cid, NOW + 2)
+    assert plan is not None
+    lists = [[h["node_id"] for h in hs] for hs in plan["holders"].values()]
+    shared = [hs for hs in lists if ids[0] in hs and len(hs) == 2]
+    assert shared and all(hs[0] == ids[0] for hs in shared)
+
+
+def test_receipts_pay_once_at_most_the_share_size_and_claims_pay_nothing(store: Store) -> None:
+    ids = [node(store, f"n{i}", f"127.0.0.{i + 1}") for i in range(4)]
+    cid, _ = publish(store, segments=1, k=2, n=4)
+    held = stored_everywhere(store, cid)
+    boaster = ids[0]
+    store.sync(boaster, SyncIn(served={cid: 1 << 50}), NOW + 2)
+    stats = store.cdn_stats("cust", NOW + 2)
+    assert stats["served_by_node"] == {} and stats["claimed_by_node"] == {boaster: 1 << 50}
+    mine = next(s for s, hs in held.items() if boaster in hs)
+    other = next(s for s, hs in held.items() if boaster not in hs)
+    receipts = [
+        ("p1", boaster, mine),
+        ("p1", boaster, mine),  # the same receipt twice in one report
+        ("p1", boaster, other),  # a share the boaster does not hold
+        ("p1", boaster, "f" * 64),  # not a share of this object
+    ]
+    for _ in range(2):  # and the whole report again
+        store.cdn_record_fetch(
+            "cust",
+            cid,
+            size=1,
+            from_peers=100,
+            from_origin=0,
+            seconds=0.1,
+            bad=[],
+            now=NOW + 3,
+            receipts=receipts,
+        )
+    assert store.cdn_stats("cust", NOW + 3)["served_by_node"] == {boaster: 100}
+    # another plan's receipt for the same share pays again: the client fetched it again
+    store.cdn_record_fetch(
+        "cust",
+        cid,
+        size=1,
+        from_peers=100,
+        from_origin=0,
+        seconds=0.1,
+        bad=[],
+        now=NOW + 4,
+        receipts=[("p2", boaster, mine)],
+    )
+    assert store.cdn_stats("cust", NOW + 4)["served_by_node"] == {boaster: 200}
+
+
+def test_a_quarantine_keeps_its_reason_and_a_pardon_lifts_it(store: Store) -> None:
+    for i in range(4):
+        node(store, f"n{i}", f"127.0.0.{i + 1}")
+    cid, shares = publish(store, segments=1, k=2, n=4)
+    held = stored_everywhere(store, cid)
+    sha = shares[0][0]
+    [liar] = held[sha]
+    store.sync(liar, SyncIn(bad=[sha]), NOW + 2)
+    [row] = [n for n in store.list_nodes(NOW + 2) if n["id"] == liar]
+    assert row["state"] == "quarantined" and "own hash check" in row["quarantine_reason"]
+    assert store.pardon_node(liar)
+    [row] = [n for n in store.list_nodes(NOW + 2) if n["id"] == liar]
+    assert row["state"] == "up" and row["quarantine_reason"] is None
+    assert row["agreed"] == row["disputed"] == 0
+    assert liar not in store.quarantined_nodes()
+    assert not store.pardon_node("n-nobody")

@@ -79,7 +79,14 @@ class ShareAuditor:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self.counts = {"accused": 0, "refused": 0, "good": 0, "bad": 0, "unverifiable": 0}
+        self.counts = {
+            "accused": 0,  # (node, share) pairs customers called bad
+            "refused": 0,  # over a customer's rate or the queue's bound: not checked
+            "taken": 0,  # queued for a check
+            "good": 0,  # checked: the node sent the right bytes
+            "bad": 0,  # checked: wrong bytes (the node is quarantined)
+            "unverifiable": 0,  # checked: gone, refusing, slow or no longer holding it
+        }
 
     def accuse(self, customer_id: str, accusations: list[tuple[str, str]]) -> int:
         """Queue checks of `(node_id, sha)` a customer called bad; returns how many were taken
@@ -111,6 +118,8 @@ class ShareAuditor:
                 for cust in [c for c, d in self._recent.items() if not d]:
                     del self._recent[cust]
         if taken:
+            with self._lock:
+                self.counts["taken"] += taken
             self._start()
             self._wake.set()
         return taken
