@@ -426,8 +426,15 @@ def run(
             raise _fail(str(e)) from None
     sys.stdout.write(res.stdout)
     sys.stderr.write(res.stderr)
-    for path in res.save(out_dir):
-        err.print(f"saved {path}")
+    for note in res.warnings:  # an output file the task did not ask for: not written
+        err.print(f"warning: {note}", style="yellow", markup=False)
+    try:
+        # Only the names given with -o are in res.outputs: those the user asked to be
+        # written, so they replace what is there (never through a link, never outside).
+        for path in res.save(out_dir, overwrite=True):
+            err.print(f"saved {path}")
+    except FogwheelError as e:
+        raise _fail(str(e)) from None
 
 
 @app.command()

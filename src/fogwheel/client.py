@@ -6,8 +6,14 @@
         print(list(fog.map(str.upper, ["a", "b"])))
 
 Functions travel as cloudpickle blobs named by their SHA-256; arguments and results travel
-inline when small and as blobs when large, and every byte is checked against its name. An
-exception raised on a node is raised again here, with the node's traceback as its cause.
+inline when small and as blobs when large, and every byte is checked against its name.
+
+Results are data: a node's bytes are decoded by `safe_pickle` (plain types, numpy, and the
+types named in `trusted_types`), never by `pickle.loads`; an exception raised on a node is
+rebuilt here from its type's name and plain args (a builtin or trusted type, else
+`RemoteError`), with the node's traceback as its cause; only the output files a task asked
+for are kept, and `CommandResult.save` writes only beneath its directory. A fog of one's own
+devices may opt out with `unsafe_trust_nodes=True` (or FOGWHEEL_UNSAFE_TRUST_NODES=1).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
 import sys
 import sysconfig
@@ -22,6 +29,7 @@ import threading
 import time
 import types
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, as_completed, wait
 from dataclasses import dataclass, field
@@ -31,6 +39,7 @@ from typing import Any
 import cloudpickle
 import httpx
 
+from fogwheel import output_files, safe_pickle
 from fogwheel.errors import (
     ApiError,
     AuthError,
@@ -39,14 +48,29 @@ from fogwheel.errors import (
     CoordinatorUnreachable,
     IntegrityError,
     NotFound,
+    RemoteError,
     RemoteTraceback,
     TaskFailed,
 )
+from fogwheel.safe_pickle import Limits, TrustedType
 
 INLINE_MAX = 64 * 1024
 SUBMIT_CHUNK = 20_000  # tasks per request when a map is large
 
-__all__ = ["Blob", "Client", "CommandResult", "TaskFuture", "TaskOutput", "as_completed", "wait"]
+__all__ = [
+    "Blob",
+    "Client",
+    "CommandResult",
+    "Limits",
+    "TaskFuture",
+    "TaskOutput",
+    "as_completed",
+    "wait",
+]
+
+log = logging.getLogger("fogwheel.client")
+UNSAFE_ENV = "FOGWHEEL_UNSAFE_TRUST_NODES"
+_warned_unsafe = False
 
 
 @dataclass(frozen=True)
@@ -62,30 +86,34 @@ class Blob:
 
 @dataclass
 class TaskOutput:
-    """The result of a Python task that writes files: its return value and its output files."""
+    """The result of a Python task that writes files: its return value and its output files
+    (only those the task requested; `warnings` names any other a node reported)."""
 
     value: Any
     files: dict[str, Blob]
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
 class CommandResult:
-    """What a command task left behind: its exit status, output tails and output files."""
+    """What a command task left behind: its exit status, output tails and output files (only
+    those the task requested; `warnings` names any other a node reported)."""
 
     returncode: int
     stdout: str
     stderr: str
     outputs: dict[str, bytes] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
-    def save(self, directory: str | os.PathLike[str]) -> list[Path]:
-        """Write the output files under `directory`; returns their paths."""
-        paths = []
-        for name, data in self.outputs.items():
-            p = Path(directory) / name
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_bytes(data)
-            paths.append(p)
-        return paths
+    def save(self, directory: str | os.PathLike[str], *, overwrite: bool = False) -> list[Path]:
+        """Write the output files beneath `directory`; returns their paths.
+
+        Never outside it (no absolute names, no `..`, no symlink followed on the way) and,
+        unless `overwrite`, never over a file that is there already (OutputRefused)."""
+        return [
+            output_files.write_beneath(directory, name, data, overwrite=overwrite)
+            for name, data in self.outputs.items()
+        ]
 
 
 class TaskFuture(Future):  # type: ignore[type-arg]
@@ -106,6 +134,8 @@ class _Watch:
     futures: dict[int, TaskFuture]
     cursor: int = 0
     total: int = 0
+    outputs: tuple[str, ...] | None = None  # the output names asked for (None: not known)
+    decoder: safe_pickle.Decoder | None = None  # None: unsafe_trust_nodes
 
 
 class Client:
@@ -119,7 +149,15 @@ class Client:
         timeout: float = 30.0,
         retry_for: float = 120.0,
         replicas: str | int = "adaptive",
+        trusted_types: Iterable[TrustedType] = (),
+        result_limits: Limits | None = None,
+        unsafe_trust_nodes: bool | None = None,
     ) -> None:
+        """`trusted_types` are the types beyond plain data (numbers, strings, containers,
+        numpy) that results and exceptions from nodes may be decoded as: classes, or names
+        like "pkg.mod:Name". `result_limits` bounds the work one result's decoding may cause.
+        `unsafe_trust_nodes=True` (or FOGWHEEL_UNSAFE_TRUST_NODES=1) decodes results with
+        full pickle, which runs any code a node sends: only for a fog of your own devices."""
         url = url or os.environ.get("FOGWHEEL_COORDINATOR")
         api_key = api_key or os.environ.get("FOGWHEEL_API_KEY")
         if not url:
@@ -131,6 +169,12 @@ class Client:
         # "adaptive": results of new or doubtful nodes are checked on another node; N: every
         # task runs on N distinct nodes; 1: no checking (a fog of your own devices).
         self.replicas = replicas
+        if unsafe_trust_nodes is None:
+            unsafe_trust_nodes = os.environ.get(UNSAFE_ENV, "") not in ("", "0", "false", "no")
+        self.unsafe_trust_nodes = unsafe_trust_nodes
+        if unsafe_trust_nodes:
+            _warn_unsafe()
+        self.decoder = safe_pickle.Decoder(trusted_types, result_limits)
         self._http = httpx.Client(
             base_url=self.url,
             headers={"authorization": f"Bearer {api_key}"},
@@ -170,10 +214,13 @@ class Client:
         *iterables: Iterable[Any],
         timeout: float | None = None,
         name: str | None = None,
+        trusted_types: Iterable[TrustedType] = (),
     ) -> Iterator[Any]:
         """Like `Executor.map`: one task per item, results yielded in input order."""
         calls = [(args, {}) for args in zip(*iterables, strict=False)]
-        futures = self.submit_many(fn, calls, name=name or _name_of(fn))
+        futures = self.submit_many(
+            fn, calls, name=name or _name_of(fn), trusted_types=trusted_types
+        )
         deadline = None if timeout is None else time.monotonic() + timeout
 
         def results() -> Iterator[Any]:
@@ -200,8 +247,11 @@ class Client:
         backups: bool = True,
         keep: Sequence[tuple[str | None, str | None]] | None = None,
         replicas: str | int | None = None,
+        trusted_types: Iterable[TrustedType] = (),
     ) -> list[TaskFuture]:
         """One job of many calls of `fn`; the lower layer under `submit` and `map`.
+
+        `trusted_types` adds, for this job, to the types its results may be decoded as.
 
         With `rel_tol` (and `abs_tol`), replicas' numeric results agree when every number is
         within that tolerance (`math.isclose`) rather than only when their bytes are equal.
@@ -253,7 +303,11 @@ class Client:
             }
             if rel_tol is not None:
                 job["tolerance"] = {"rel": rel_tol, "abs": abs_tol}
-            futures.extend(self._submit_job(job, kind))
+            futures.extend(
+                self._submit_job(
+                    job, kind, outputs=tuple(outputs), decoder=self._decoder_for(trusted_types)
+                )
+            )
         return futures
 
     def run(
@@ -314,15 +368,30 @@ class Client:
             "replicas": self.replicas,
             "client_token": uuid.uuid4().hex,
         }
-        return self._submit_job(job, "command")
+        return self._submit_job(job, "command", outputs=tuple(outputs))
 
-    def attach(self, job_id: int, files: bool = False) -> list[TaskFuture]:
+    def attach(
+        self,
+        job_id: int,
+        files: bool = False,
+        *,
+        outputs: Sequence[str] | None = None,
+        trusted_types: Iterable[TrustedType] = (),
+    ) -> list[TaskFuture]:
         """Futures for the tasks of a job submitted earlier (by this process or another that
-        was killed): finished ones resolve at once. `files=True` for a Python job whose tasks
-        write output files (their results are `TaskOutput`s)."""
+        was killed): finished ones resolve at once. `files=True` (or `outputs`) for a Python
+        job whose tasks write output files (their results are `TaskOutput`s); `outputs` are
+        the names its tasks requested: output files of any other name are dropped."""
         job = self.job(job_id)
+        files = files or bool(outputs)
         kind = {"python": "python-files" if files else "python"}.get(job["kind"], job["kind"])
-        return self._watch_job(job_id, job["total"], kind)
+        names = None if outputs is None else tuple(outputs)
+        decoder = self._decoder_for(trusted_types)
+        return self._watch_job(job_id, job["total"], kind, outputs=names, decoder=decoder)
+
+    def _decoder_for(self, trusted_types: Iterable[TrustedType]) -> safe_pickle.Decoder | None:
+        """The decoder of one job's results (None: full pickle, `unsafe_trust_nodes`)."""
+        return None if self.unsafe_trust_nodes else self.decoder.with_trusted(trusted_types)
 
     def _files(self, ins: Mapping[str, Blob | bytes | str | os.PathLike[str]]) -> dict[str, Any]:
         files = {}
@@ -387,15 +456,34 @@ class Client:
             raise IntegrityError(f"blob {blob.sha[:12]}… arrived corrupt")
         return blob.size
 
-    def _submit_job(self, job: dict[str, Any], kind: str) -> list[TaskFuture]:
+    def _submit_job(
+        self,
+        job: dict[str, Any],
+        kind: str,
+        *,
+        outputs: tuple[str, ...],
+        decoder: safe_pickle.Decoder | None = None,
+    ) -> list[TaskFuture]:
         out = self._request("POST", "/v1/jobs", json=job).json()
-        return self._watch_job(out["id"], out["total"], kind)
+        if decoder is None and not self.unsafe_trust_nodes:
+            decoder = self.decoder
+        return self._watch_job(out["id"], out["total"], kind, outputs=outputs, decoder=decoder)
 
-    def _watch_job(self, job_id: int, total: int, kind: str) -> list[TaskFuture]:
+    def _watch_job(
+        self,
+        job_id: int,
+        total: int,
+        kind: str,
+        *,
+        outputs: tuple[str, ...] | None,
+        decoder: safe_pickle.Decoder | None,
+    ) -> list[TaskFuture]:
         """Futures for a job's tasks, resolved by the results watcher (started on first use)."""
         futures = {i: TaskFuture(job_id, i) for i in range(total)}
         with self._lock:
-            self._watches[job_id] = _Watch(kind, futures, total=total)
+            self._watches[job_id] = _Watch(
+                kind, futures, total=total, outputs=outputs, decoder=decoder
+            )
             if self._watcher is None:
                 self._watcher = threading.Thread(
                     target=self._watch, name="fogwheel-results", daemon=True
@@ -462,9 +550,9 @@ class Client:
                 continue
             try:
                 if res["state"] == "done":
-                    fut.set_result(self._decode_result(watch.kind, res))
+                    fut.set_result(self._decode_result(watch, res))
                 else:
-                    fut.set_exception(self._decode_error(watch.kind, res))
+                    fut.set_exception(self._decode_error(watch, res))
             except Exception as e:  # a corrupt or unreadable result is this future's error
                 if not fut.done():
                     fut.set_exception(e)
@@ -481,37 +569,36 @@ class Client:
                 if not fut.done():
                     fut.set_exception(error)
 
-    def _decode_result(self, kind: str, res: dict[str, Any]) -> Any:
+    def _decode_result(self, watch: _Watch, res: dict[str, Any]) -> Any:
+        kind = watch.kind
         raw = self._value_bytes(res["value"]) if res.get("value") else b""
         if kind == "python":
-            return cloudpickle.loads(raw)
+            return _loads(watch.decoder, raw)
         if kind == "python-files":
-            files = {name: _blob_of(v) for name, v in res.get("outputs", {}).items()}
-            return TaskOutput(cloudpickle.loads(raw), files)
-        info = json.loads(raw)
-        outputs = {name: self._value_bytes(v) for name, v in res.get("outputs", {}).items()}
-        return CommandResult(info["returncode"], info["stdout"], info["stderr"], outputs)
+            files, notes = output_files.requested(res.get("outputs", {}), watch.outputs)
+            blobs = {name: _blob_of(v) for name, v in files.items()}  # type: ignore[arg-type]
+            _log_dropped(notes)
+            return TaskOutput(_loads(watch.decoder, raw), blobs, notes)
+        info = _command_info(raw)
+        outs, notes = output_files.requested(res.get("outputs", {}), watch.outputs)
+        _log_dropped(notes)
+        outputs = {name: self._value_bytes(v) for name, v in outs.items()}  # type: ignore[arg-type]
+        return CommandResult(info["returncode"], info["stdout"], info["stderr"], outputs, notes)
 
-    def _decode_error(self, kind: str, res: dict[str, Any]) -> BaseException:
+    def _decode_error(self, watch: _Watch, res: dict[str, Any]) -> BaseException:
+        kind = watch.kind
         err = res.get("error") or {"kind": "crash", "message": "no detail"}
-        tb = err.get("traceback", "")
+        tb = str(err.get("traceback") or "")
         if err.get("kind") == "exception" and kind != "command":
-            exc: BaseException | None = None
-            if err.get("exc"):
-                try:
-                    exc = cloudpickle.loads(self._value_bytes(err["exc"]))
-                except Exception:
-                    exc = None
-            if not isinstance(exc, BaseException):
-                exc = TaskFailed(f"{err.get('type', 'Exception')}: {err.get('message', '')}")
+            exc = _rebuild_exception(watch.decoder, err)
             exc.__cause__ = RemoteTraceback(tb)
             return exc
         if err.get("kind") == "exit" and kind == "command":
             result = None
             if res.get("value"):
-                info = json.loads(self._value_bytes(res["value"]))
+                info = _command_info(self._value_bytes(res["value"]))
                 result = CommandResult(info["returncode"], info["stdout"], info["stderr"])
-            return CommandFailed(err.get("message", "the command failed"), result)
+            return CommandFailed(str(err.get("message") or "the command failed"), result)
         return TaskFailed(
             f"task {res.get('task_id')} failed: {err.get('message', err.get('kind'))}"
         )
@@ -564,6 +651,78 @@ class Client:
         if r.status_code >= 400:
             raise ApiError(r.status_code, _message(r))
         return r
+
+
+def _warn_unsafe() -> None:
+    global _warned_unsafe
+    if _warned_unsafe:
+        return
+    _warned_unsafe = True
+    text = (
+        "fogwheel: unsafe_trust_nodes is on: results and exceptions from nodes are decoded "
+        "with full pickle, so any node can run code on this machine. Use it only on a fog of "
+        "your own devices."
+    )
+    log.warning(text)
+    warnings.warn(text, RuntimeWarning, stacklevel=3)
+
+
+def _loads(decoder: safe_pickle.Decoder | None, raw: bytes) -> Any:
+    """A node's value: through the restricted decoder, or full pickle when opted in."""
+    if decoder is None:
+        return cloudpickle.loads(raw)
+    return decoder.loads(raw)
+
+
+def _rebuild_exception(
+    decoder: safe_pickle.Decoder | None, err: Mapping[str, Any]
+) -> BaseException:
+    """An exception like the one the task raised, built from plain fields, never unpickled:
+    a builtin or trusted type from its args (or its message); any other, `RemoteError`."""
+    type_name = str(err.get("type") or "Exception")
+    message = str(err.get("message") or "")
+    args = err.get("args")
+    # With unsafe_trust_nodes the customer trusts whatever type a node names.
+    trusted = decoder.exception_type if decoder is not None else _import_exception
+    cls = trusted(type_name)
+    if cls is not None:
+        for attempt in (tuple(args) if isinstance(args, list) else None, (message,)):
+            if attempt is None:
+                continue
+            try:
+                exc = cls(*attempt)
+            except Exception:
+                continue
+            if str(exc) == message or attempt == (message,):
+                return exc
+    return RemoteError(type_name, message)
+
+
+def _import_exception(type_name: str) -> type[BaseException] | None:
+    try:
+        cls = safe_pickle.resolve(type_name if ":" in type_name else f"builtins:{type_name}")
+    except Exception:
+        return None
+    return cls if isinstance(cls, type) and issubclass(cls, BaseException) else None
+
+
+def _command_info(raw: bytes) -> dict[str, Any]:
+    """A command's exit status and output tails (JSON from the node), checked for shape."""
+    try:
+        info = json.loads(raw)
+        out = {
+            "returncode": int(info["returncode"]),
+            "stdout": str(info.get("stdout", "")),
+            "stderr": str(info.get("stderr", "")),
+        }
+    except (ValueError, KeyError, TypeError) as e:
+        raise IntegrityError(f"a command's result did not decode: {e}") from None
+    return out
+
+
+def _log_dropped(notes: list[str]) -> None:
+    for note in notes:
+        log.warning(note)
 
 
 def pickle_function(fn: Callable[..., Any]) -> bytes:

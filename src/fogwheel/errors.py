@@ -12,13 +12,20 @@ FogwheelError
 ├── QuotaExceeded          a CDN share that does not fit a node's share quota (node/chunks.py)
 ├── JobFailed              a MapReduce map or reduce task failed for good (mapreduce/)
 ├── TaskFailed             a task failed on the fog for a reason other than its own exception
-│   └── CommandFailed      a command task exited with a non-zero status
+│   ├── CommandFailed      a command task exited with a non-zero status
+│   └── RemoteError        a task raised an exception of a type not rebuilt here (`type_name`)
+├── RefusedValue           a node's result names a type the decoder does not trust (safe_pickle)
+├── OutputRefused          an output file would land outside its directory, via a link, or
+│                          over a file that is there already (CommandResult.save)
 ├── IllegalTransition      core: an event that the task's current state does not allow
 └── RemoteTraceback        attached as __cause__ of an exception re-raised from a node
-(BadShare is a CodecError too; CodecError is also a ValueError.)
+(BadShare is a CodecError too; CodecError is also a ValueError; RefusedValue is also a
+pickle.UnpicklingError; OutputRefused is also an OSError.)
 """
 
 from __future__ import annotations
+
+import pickle
 
 
 class FogwheelError(Exception):
@@ -64,6 +71,34 @@ class CommandFailed(TaskFailed):
     def __init__(self, message: str, result: object) -> None:
         super().__init__(message)
         self.result = result
+
+
+class RemoteError(TaskFailed):
+    """A task raised an exception whose type is not rebuilt from a node's word: not a builtin
+    and not in `trusted_types`. `type_name` is the remote type (`module:qualname`),
+    `remote_message` its message; the traceback is the `__cause__`."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(
+            f"{type_name}: {message} (raised on the node; pass trusted_types=[{type_name!r}] "
+            "to get it raised as that type here)"
+        )
+        self.type_name = type_name
+        self.remote_message = message
+
+
+class RefusedValue(FogwheelError, pickle.UnpicklingError):
+    """A node's result would not decode as data: `name` is the global it named (if any); the
+    message says how to trust that type."""
+
+    def __init__(self, message: str, name: str = "") -> None:
+        super().__init__(message)
+        self.name = name
+
+
+class OutputRefused(FogwheelError, OSError):
+    """An output file was not written: its name leads out of the directory or through a link,
+    or a file is there already (pass overwrite=True to replace it)."""
 
 
 class IllegalTransition(FogwheelError):

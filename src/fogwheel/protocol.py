@@ -145,12 +145,23 @@ class JobList(Model):
     jobs: list[JobOut]
 
 
+ErrorArg = (
+    Annotated[str, StringConstraints(max_length=10_000)]
+    | Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+    | float
+    | bool
+    | None
+)
+
+
 class ErrorInfo(Model):
     kind: Literal["exception", "exit", "limit", "crash", "lost", "input", "cancelled", "disputed"]
     type: str = ""
     message: str = Field(default="", max_length=100_000)
     traceback: str = Field(default="", max_length=200_000)
-    exc: Value | None = None  # the pickled exception, so that the SDK can re-raise it
+    exc: Value | None = None  # legacy: a pickled exception; the SDK never unpickles it
+    # An exception's plain `args`, from which the SDK rebuilds an allow-listed type.
+    args: list[ErrorArg] | None = Field(default=None, max_length=16)
 
 
 class TaskResult(Model):

@@ -6,21 +6,35 @@ function arrives as bytes in the first message that needs it (the worker cannot 
 agent's blob cache), and each task runs in a fresh scratch directory that the agent names.
 A task that blows its CPU limit dies with SIGXCPU and the agent reports that; the agent
 kills it on wall-time.
+
+What goes back is data the client can decode without trusting this device: the value as a
+plain pickle (`safe_pickle.dumps`), and an exception as fields (its type's name, message,
+plain `args`, traceback), never as a pickle. Paths that differ between honest nodes (the
+scratch directory, where Python is installed) and memory addresses are written the same way
+on every node, so that replicas of a raising task agree on every byte the customer sees.
 """
 
 from __future__ import annotations
 
-import contextlib
+import math
 import os
 import pickle
+import re
 import resource
 import sys
+import sysconfig
 import tempfile
 import time
 import traceback
 from typing import Any
 
+from fogwheel import safe_pickle
 from fogwheel.node import wire
+
+MAX_MESSAGE = 10_000  # characters of an exception's message sent back
+MAX_TRACEBACK = 50_000  # characters of its traceback (the end, where the error is)
+MAX_ARGS = 16
+_ADDRESS = re.compile(r"\b0x[0-9a-fA-F]{6,}\b")
 
 _functions: dict[str, Any] = {}
 _PID = os.getpid()
@@ -64,14 +78,11 @@ def run_one(msg: dict[str, Any]) -> dict[str, Any]:
     resource.setrlimit(resource.RLIMIT_AS, (min(mem, _cap(hard_as)), hard_as))
     try:
         value = fn(*args, **kwargs)
-        out = {"ok": True, "value": cloudpickle.dumps(value)}
+        out = {"ok": True, "value": safe_pickle.dumps(value)}
     except MemoryError:
         out = _error("limit", "MemoryError", f"memory limit of {limits['memory_mb']} MB exceeded")
     except BaseException as exc:
-        out = _error("exception", type(exc).__qualname__, str(exc), traceback.format_exc())
-        # If the exception will not pickle, its type, message and traceback still travel.
-        with contextlib.suppress(Exception):
-            out["error"]["exc"] = cloudpickle.dumps(exc)
+        out = exception_report(exc, msg.get("cwd"), skip_frames=1)
     finally:
         _leave_if_forked()
         resource.setrlimit(resource.RLIMIT_AS, (soft_as, hard_as))
@@ -98,6 +109,70 @@ def _error(kind: str, type_: str, message: str, tb: str = "") -> dict[str, Any]:
     }
 
 
+def exception_report(
+    exc: BaseException, scratch: str | None = None, skip_frames: int = 0
+) -> dict[str, Any]:
+    """The error report of `exc` as plain fields: `type` (`module:qualname`, or the bare name
+    of a builtin), `message`, `args` when they are plain scalars, and the traceback without
+    the worker's own `skip_frames` frames; node-specific paths and addresses made uniform."""
+    tb = exc.__traceback__
+    for _ in range(skip_frames):
+        if tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    try:
+        message = str(exc)
+    except Exception:  # a __str__ that raises
+        message = f"<{type(exc).__name__} whose message could not be read>"
+    out = _error(
+        "exception",
+        safe_pickle.type_name(type(exc)),
+        uniform(message, scratch)[:MAX_MESSAGE],
+        uniform(text, scratch)[-MAX_TRACEBACK:],
+    )
+    args = plain_args(exc.args, scratch)
+    if args is not None:
+        out["error"]["args"] = args
+    return out
+
+
+def plain_args(args: Any, scratch: str | None = None) -> list[Any] | None:
+    """`args` as a JSON list when each is a short string, a bounded number, a bool or None;
+    None otherwise (the client then rebuilds the exception from its message)."""
+    if not isinstance(args, tuple) or len(args) > MAX_ARGS:
+        return None
+    out: list[Any] = []
+    for a in args:
+        if a is None or isinstance(a, bool):
+            out.append(a)
+        elif isinstance(a, int) and -(2**63) <= a < 2**63:
+            out.append(int(a))
+        elif isinstance(a, float) and math.isfinite(a):
+            out.append(float(a))
+        elif isinstance(a, str) and len(a) <= MAX_MESSAGE:
+            out.append(uniform(str(a), scratch))
+        else:
+            return None
+    return out
+
+
+def uniform(text: str, scratch: str | None = None) -> str:
+    """`text` with what differs between honest nodes written one way: the task's scratch
+    directory (and its slot's), Python's install paths, and memory addresses."""
+    places: list[tuple[str, str]] = []
+    if scratch:
+        places += [(scratch, "<scratch>"), (os.path.dirname(scratch), "<slot>")]
+    for key in ("purelib", "platlib", "stdlib", "platstdlib"):
+        path = sysconfig.get_path(key)
+        if path:
+            places.append((path, f"<{key}>"))
+    places += [(sys.prefix, "<prefix>"), (sys.base_prefix, "<prefix>")]
+    for path, name in sorted(set(places), key=lambda p: -len(p[0])):
+        if len(path) > 1:
+            text = text.replace(path, name)
+    return _ADDRESS.sub("0x...", text)
+
+
 def main() -> None:
     # Keep the protocol pipes to ourselves; guest prints go to stderr, guest stdin is empty.
     proto_in = os.fdopen(os.dup(0), "rb")
@@ -115,7 +190,7 @@ def main() -> None:
             result = run_one(msg)
         except BaseException as exc:  # a broken message or an unpicklable value
             _leave_if_forked()
-            result = _error("exception", type(exc).__qualname__, str(exc), traceback.format_exc())
+            result = exception_report(exc)
         try:
             wire.send(proto_out, result)
         except pickle.PicklingError as exc:

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import random
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -28,14 +29,35 @@ _rng = random.SystemRandom()
 
 
 def result_digest(rep: TaskReport) -> str:
-    """What two replicas must agree on: the value, the output files, or the task's own error."""
-    if rep.ok:
-        outs = ";".join(f"{k}={v.sha}" for k, v in sorted(rep.outputs.items()))
-        body = f"ok:{rep.value.sha if rep.value else ''}:{outs}"
-    else:
+    """What two replicas must agree on: every field of a report that the customer receives
+    (`results_since`): the value, the output files' names and shas, and the error's kind,
+    type, message, args, traceback and legacy `exc`. So the report that settles a task is,
+    in all the customer sees, the one its agreeing replicas sent (no lone node's words ride
+    along). Only the numbers in a `limit` message are left out: they are measurements (how
+    much scratch a task held) that differ between honest nodes."""
+    body: dict[str, Any] = {
+        "ok": rep.ok,
+        "value": rep.value.sha if rep.value else None,
+        "outputs": sorted((k, v.sha) for k, v in rep.outputs.items()),
+    }
+    if not rep.ok:
         err = rep.error
-        body = f"error:{err.kind}:{err.type}" if err else "error:crash:"
-    return hashlib.sha256(body.encode()).hexdigest()
+        body["error"] = None if err is None else _error_digest_fields(err)
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _error_digest_fields(err: Any) -> dict[str, Any]:
+    message = err.message
+    if err.kind == "limit":
+        message = re.sub(r"\d+(\.\d+)?", "#", message)
+    return {
+        "kind": err.kind,
+        "type": err.type,
+        "message": message,
+        "traceback": err.traceback,
+        "args": err.args,
+        "exc": err.exc.sha if err.exc else None,
+    }
 
 
 class VerifyStore(StoreBase):

@@ -259,7 +259,7 @@ class Trainer:
         t0 = time.monotonic()
         if self.run.in_flight is not None:
             job_id = self.run.in_flight
-            futures = self.client.attach(job_id, files=True)
+            futures = self.client.attach(job_id, outputs=["delta"])
         else:
             self.run.workers_in_flight = self.cfg.present(r)
             futures = self._submit(r, self.run.workers_in_flight)
