@@ -277,6 +277,7 @@ class ServeScreen:
             return "this node has no credential on record"
         nonce = secrets.token_hex(16)
         body = b""
+        deadline = time.monotonic() + 2 * PROBE_TIMEOUT  # a trickling answer is cut off too
         try:
             with (
                 peer_client(PROBE_TIMEOUT) as http,
@@ -288,6 +289,8 @@ class ServeScreen:
                     body += chunk
                     if len(body) > PROBE_BODY_MAX:
                         return "its chunk server's answer to the probe is too long"
+                    if time.monotonic() > deadline:
+                        return "its chunk server is too slow to answer the probe"
         except Exception as e:
             return (
                 f"the coordinator cannot reach its chunk server at {url[:120]}: {type(e).__name__}"

@@ -45,14 +45,15 @@ HOT_FETCHES = 20  # an object fetched this often gets a second holder for every 
 PLACE_BATCH = 64  # shares a node is told to fetch in one round trip
 LOAD_WINDOW_S = 60.0  # recent bytes served that rank a node as loaded
 DOUBT_S = 3600.0  # how long a customer's accusation ranks the node last in its own plans
-DOUBTS_MAX = 100_000  # (customer, node) pairs remembered; the oldest go first
+DOUBTS_PER_CUSTOMER = 256  # accused nodes remembered for one customer (the newest)
+DOUBTING_CUSTOMERS = 1000  # customers whose accusations are remembered (the latest)
 
 _rng = random.Random()
 
 
 class CdnStore(VerifyStore):
     _serving: dict[str, bool]  # node -> runs a chunk server (see _serves)
-    _doubts: dict[tuple[str, str], float]  # (customer, node) -> accused until (see cdn_doubt)
+    _doubts: dict[str, dict[str, float]]  # customer -> node -> accused until (see cdn_doubt)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -460,25 +461,26 @@ class CdnStore(VerifyStore):
 
     def cdn_doubt(self, customer_id: str, node_id: str, now: float) -> None:
         """A customer accused `node_id` of bad bytes: it comes last in that customer's plans
-        for a while. Nobody else's plans change; the coordinator's own check decides the rest."""
+        for a while. Nobody else's plans change; the coordinator's own check decides the rest.
+        Kept in memory, bounded: a ranking aid, not a record."""
         with self._doubts_lock:
-            if len(self._doubts) >= DOUBTS_MAX:
-                for key in sorted(self._doubts, key=self._doubts.__getitem__)[: DOUBTS_MAX // 10]:
-                    del self._doubts[key]
-            self._doubts[(customer_id, node_id)] = now + DOUBT_S
+            mine = self._doubts.pop(customer_id, {})  # re-inserted: the latest customer last
+            mine.pop(node_id, None)
+            mine[node_id] = now + DOUBT_S  # the newest node last
+            while len(mine) > DOUBTS_PER_CUSTOMER:
+                del mine[next(iter(mine))]
+            self._doubts[customer_id] = mine
+            while len(self._doubts) > DOUBTING_CUSTOMERS:
+                del self._doubts[next(iter(self._doubts))]
 
     def cdn_clear_doubt(self, customer_id: str, node_id: str) -> None:
         """The coordinator checked the node's share and found it good."""
         with self._doubts_lock:
-            self._doubts.pop((customer_id, node_id), None)
+            self._doubts.get(customer_id, {}).pop(node_id, None)
 
     def _doubted(self, customer_id: str, now: float) -> set[str]:
         with self._doubts_lock:
-            return {
-                n
-                for (cust, n), until in self._doubts.items()
-                if cust == customer_id and until > now
-            }
+            return {n for n, until in self._doubts.get(customer_id, {}).items() if until > now}
 
     def cdn_audit_target(self, node_id: str, sha: str) -> dict[str, Any] | None:
         """Where to check share `sha` on `node_id` (url, size, content id); None when that
