@@ -192,3 +192,25 @@ def test_a_quarantine_keeps_its_reason_and_a_pardon_lifts_it(store: Store) -> No
     assert row["agreed"] == row["disputed"] == 0
     assert liar not in store.quarantined_nodes()
     assert not store.pardon_node("n-nobody")
+
+
+def test_a_wrong_results_quarantine_says_why_and_a_pardon_puts_it_on_probation(
+    store: Store,
+) -> None:
+    from tests.test_store import T0, job, join
+    from tests.test_verify import lease_one, report
+
+    honest1, liar, honest2 = (join(store, n, cores=1) for n in ("h1", "liar", "h2"))
+    store.create_job("c1", job(1, replicas="adaptive"), T0)
+    first = lease_one(store, liar, T0)
+    store.sync(liar, SyncIn(results=[report(first, b"wrong")]), T0 + 1)
+    for i, n in enumerate((honest1, honest2)):
+        task = lease_one(store, n, T0 + 2 + 2 * i)
+        store.sync(n, SyncIn(results=[report(task, b"right")]), T0 + 3 + 2 * i)
+    [row] = [n for n in store.list_nodes(T0 + 5) if n["id"] == liar]
+    assert row["state"] == "quarantined"
+    assert f"its result for task {first['task_id']} disagreed" in row["quarantine_reason"]
+    assert store.pardon_node(liar)
+    [row] = [n for n in store.list_nodes(T0 + 5) if n["id"] == liar]
+    assert row["state"] == "up" and row["quarantine_reason"] is None
+    assert row["check_rate"] == 1.0  # on probation: every result checked again

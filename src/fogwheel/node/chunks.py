@@ -310,7 +310,8 @@ class UplinkShaper:
 class ChunkServer:
     """Serves a `ShareStore` over HTTP to holders of coordinator-signed tokens.
 
-    `GET|HEAD /shares/<sha>` and `GET /health`; see `decide`. `public_key_b64` may be set after
+    `GET|HEAD /shares/<sha>` and `GET /health` (with `?challenge=`: the probe's answer, once
+    `identity` is set); see `decide` and `probe_answer`. `public_key_b64` may be set after
     start (the agent learns it when it joins); until then shares answer 503. Counts the bytes
     sent per content id for `take_served`.
     """

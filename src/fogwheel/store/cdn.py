@@ -545,13 +545,20 @@ class CdnStore(VerifyStore):
             if obj is None:
                 return None
             live = self._cdn_live(c, now)
-            recent = dict(
-                c.execute(
-                    select(cdn_traffic.c.node_id, func.sum(cdn_traffic.c.bytes))
-                    .where(cdn_traffic.c.kind == "served", cdn_traffic.c.at >= now - LOAD_WINDOW_S)
-                    .group_by(cdn_traffic.c.node_id)
-                ).all()
-            )
+            # recent load: the larger of what clients receipted (paid, but reported only when
+            # a fetch ends) and what the node says it sent (advisory, but current); a node
+            # that claims too much only ranks itself last, one that claims too little is still
+            # counted at its receipts
+            recent: dict[str, int] = defaultdict(int)
+            for node_id, _, n in c.execute(
+                select(cdn_traffic.c.node_id, cdn_traffic.c.kind, func.sum(cdn_traffic.c.bytes))
+                .where(
+                    cdn_traffic.c.kind.in_(["served", "claimed"]),
+                    cdn_traffic.c.at >= now - LOAD_WINDOW_S,
+                )
+                .group_by(cdn_traffic.c.node_id, cdn_traffic.c.kind)
+            ).all():
+                recent[node_id] = max(recent[node_id], int(n or 0))
             holders: dict[str, list[dict[str, str]]] = defaultdict(list)
             for sha, node_id in c.execute(
                 select(cdn_holders.c.sha, cdn_holders.c.node_id)
