@@ -44,7 +44,7 @@ QUEUE_MAX = 256  # accusations waiting, everyone's
 PROBE_TIMEOUT = 3.0  # seconds for a serve-address probe
 PROBE_BODY_MAX = 4096  # bytes of a probe's answer read
 PROBES_PER_MINUTE = 3  # a node that keeps changing its address is refused for a while
-CHECK_TOKEN_SECONDS = 60.0
+CHECK_TOKEN_SECONDS = 300.0  # as long as a plan's token
 
 
 class AuditStore(Protocol):
@@ -164,8 +164,11 @@ class ShareAuditor:
         if target is None:
             return "unverifiable"  # it no longer holds it, serves nothing, or is out already
         now = self.clock()
+        # the same shape as the accuser's own plan token, so the node cannot tell a check
+        # from a fetch by the token (it still may by the address it comes from: see docs)
         token = sign_token(
-            self.signing_key, {"c": target["content_id"], "exp": now + CHECK_TOKEN_SECONDS}
+            self.signing_key,
+            {"c": target["content_id"], "exp": now + CHECK_TOKEN_SECONDS, "sub": customer_id},
         )
         url = f"{target['url'].rstrip('/')}/shares/{sha}"
         deadline = time.monotonic() + MIN_PATIENCE + target["size"] / (16 * 1024)
