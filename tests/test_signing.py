@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import signal
@@ -28,7 +29,11 @@ from fogwheel.signing import (
     SIGNED_FIELDS,
     canonical,
     fingerprint,
+    join_string,
+    key_pin,
     load_or_create_key,
+    parse_join_string,
+    pin_matches,
     public_key_b64,
     sign_lease,
     verify_lease,
@@ -154,19 +159,68 @@ def test_the_key_is_created_once_private_to_its_owner(tmp_path: Path) -> None:
     assert fingerprint(public_key_b64(first)).startswith("SHA256:")
 
 
+# -- join strings: the token and the pin of the coordinator's key --------------------------
+
+
+def test_a_join_string_carries_the_token_and_the_keys_pin() -> None:
+    text = join_string("fwj_secret", PUB)
+    assert text == "fwj_secret#sha256:" + hashlib.sha256(base64.b64decode(PUB)).hexdigest()
+    assert parse_join_string(text) == ("fwj_secret", key_pin(PUB))
+    assert pin_matches(PUB, key_pin(PUB))
+
+
+def test_a_bare_token_has_no_pin() -> None:
+    assert parse_join_string("fwj_secret") == ("fwj_secret", None)
+
+
+def test_a_pin_names_one_key_only() -> None:
+    other = public_key_b64(Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33))))
+    assert not pin_matches(other, key_pin(PUB))
+    assert not pin_matches("not a key", key_pin(PUB))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "fwj_secret#",
+        "fwj_secret#sha256:",
+        "fwj_secret#sha256:" + "ab" * 31,  # one byte short
+        "fwj_secret#sha256:" + "zz" * 32,
+        "fwj_secret#md5:" + "ab" * 32,
+        "#sha256:" + "ab" * 32,
+    ],
+)
+def test_a_malformed_pin_is_an_error_not_a_bare_token(text: str) -> None:
+    with pytest.raises(ValueError, match="join string"):
+        parse_join_string(text)
+
+
+def test_a_token_cannot_hold_the_separator() -> None:
+    with pytest.raises(ValueError):
+        join_string("fwj#x", PUB)
+
+
 # -- a real coordinator, a tampering proxy and node agents as processes ----------------------
 
 
 class TamperingProxy:
     """A man in the middle on a loopback port: forwards everything to the coordinator and,
     while it has tampers left, rewrites "hello" to "pwned" in the first leased command of a
-    sync answer, keeping the coordinator's signature."""
+    sync answer, keeping the coordinator's signature. It can also hand out its own key in
+    place of the coordinator's (`swap_key`), and keep genuine signed leases to send again
+    later (`replay`), while it counts what the nodes report."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = httpx.Client(base_url=upstream, timeout=30)
         self.tampered: list[int] = []  # task ids whose spec was changed
         self._left = 0
         self._lock = threading.Lock()
+        self.swap_key: str | None = None  # public key to put in join and key answers
+        self.leases: dict[int, dict[str, Any]] = {}  # every signed lease seen, by task id
+        self.reports: list[tuple[int, int]] = []  # (task id, attempt) of each reported result
+        self.syncs = 0
+        self.replayed_at: int | None = None  # the sync count when a replay went out
+        self._replay: list[dict[str, Any]] = []
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -182,7 +236,12 @@ class TamperingProxy:
                 r = proxy.upstream.request(self.command, self.path, content=body, headers=headers)
                 data = r.content
                 if self.path.startswith("/v1/nodes/me/sync") and r.status_code == 200:
+                    proxy._observe(body, data)
                     data = proxy._rewrite(data)
+                    data = proxy._inject(data)
+                keyed = ("/v1/nodes/join", "/v1/coordinator/key")
+                if self.path in keyed and r.status_code < 300 and proxy.swap_key:
+                    data = json.dumps({**json.loads(data), "public_key": proxy.swap_key}).encode()
                 self.send_response(r.status_code)
                 self.send_header("content-type", r.headers.get("content-type", "text/plain"))
                 self.send_header("content-length", str(len(data)))
@@ -199,6 +258,33 @@ class TamperingProxy:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
+
+    def replay(self, *leases: dict[str, Any]) -> None:
+        """Add these (genuine, signed) leases to the next sync answer."""
+        with self._lock:
+            self._replay += leases
+
+    def _observe(self, request: bytes, answer: bytes) -> None:
+        with self._lock:
+            self.syncs += 1
+            for rep in json.loads(request or b"{}").get("results", []):
+                self.reports.append((rep["task_id"], rep["attempt"]))
+            for lease in json.loads(answer)["tasks"]:
+                self.leases[lease["task_id"]] = lease
+
+    def _inject(self, data: bytes) -> bytes:
+        with self._lock:
+            if not self._replay:
+                return data
+            out = json.loads(data)
+            out["tasks"] += self._replay
+            self._replay = []
+            self.replayed_at = self.syncs
+            return json.dumps(out).encode()
+
+    def syncs_after_replay(self) -> int:
+        with self._lock:
+            return -1 if self.replayed_at is None else self.syncs - self.replayed_at
 
     def tamper(self, times: int) -> None:
         with self._lock:
@@ -242,14 +328,35 @@ def client(fog: LocalFog) -> Iterator[Client]:
         yield c
 
 
-@contextmanager
-def node_agent(coordinator: str, data_dir: Path, token: str | None = None) -> Iterator[Path]:
-    """A node agent process on `data_dir`; yields its log file and stops it (SIGTERM) after."""
-    log = data_dir.with_suffix(".log")
+def node_command(
+    coordinator: str, data_dir: Path, token: str | None = None, *extra: str
+) -> list[str]:
     cmd = [sys.executable, "-m", "fogwheel", "node", "--coordinator", coordinator]
     cmd += ["--cores", "1", "--data-dir", str(data_dir), "--name", data_dir.name, "--poll", "0.1"]
     if token:
         cmd += ["--token", token]
+    return [*cmd, *extra]
+
+
+def node_that_exits(
+    coordinator: str, data_dir: Path, token: str | None = None, *extra: str
+) -> tuple[int, str]:
+    """Run a node agent that is expected to give up; its exit status and its output."""
+    done = subprocess.run(
+        node_command(coordinator, data_dir, token, *extra),
+        capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    return done.returncode, " ".join((done.stdout + done.stderr).split())  # unwrapped
+
+
+@contextmanager
+def node_agent(
+    coordinator: str, data_dir: Path, token: str | None = None, *extra: str
+) -> Iterator[Path]:
+    """A node agent process on `data_dir`; yields its log file and stops it (SIGTERM) after."""
+    log = data_dir.with_suffix(".log")
+    cmd = node_command(coordinator, data_dir, token, *extra)
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -348,7 +455,9 @@ def test_a_node_with_the_wrong_coordinator_key_refuses_everything(
     with node_agent(fog.url, data_dir) as log:
         futures = client.run_many([["echo", "hello"], ["echo", "world"]])
         for fut in futures:
-            with pytest.raises(TaskFailed, match=f"{REFUSAL}; gave up after 3 attempts"):
+            # a new device's failures do not use up attempts (core/owners.py): the task
+            # ends at the poison bound instead
+            with pytest.raises(TaskFailed, match=f"{REFUSAL}; gave up after"):
                 fut.result(timeout=60)
     text = log.read_text()
     for task in client.tasks(futures[0].job_id):
@@ -373,3 +482,134 @@ def test_nodes_that_joined_before_signing_trust_the_key_on_first_use(
         assert stat.S_IMODE((d / "node.json").stat().st_mode) == 0o600
         text = log.read_text()
         assert "trusting" in text and fingerprint(published) in text
+
+
+# -- authenticated join: the join string pins the coordinator's key ---------------------------
+
+
+@pytest.fixture
+def solo(fog: LocalFog) -> Iterator[Client]:
+    """A client whose tasks run once, unchecked: the tests below run a single node."""
+    with Client(fog.url, fog.api_key, replicas=1) as c:
+        yield c
+
+
+def pinned(fog: LocalFog) -> str:
+    published = httpx.get(f"{fog.url}/v1/coordinator/key").json()
+    assert published["pin"] == key_pin(published["public_key"])
+    return join_string(fog.join_token, published["public_key"])
+
+
+def test_a_node_joins_with_the_join_string_and_sends_only_the_token(
+    fog: LocalFog, proxy: TamperingProxy, solo: Client, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "node-pinned"
+    with node_agent(proxy.url, data_dir, pinned(fog)) as log:
+        ident = saved_identity(data_dir)
+        assert solo.run(["echo", "hello"]).result(timeout=60).stdout == "hello\n"
+    published = httpx.get(f"{fog.url}/v1/coordinator/key").json()["public_key"]
+    assert ident["public_key"] == published
+    assert "TRUST ON FIRST USE" not in log.read_text()
+
+
+def test_a_bare_token_warns_that_the_key_is_trusted_on_first_use(
+    fog: LocalFog, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "node-bare"
+    with node_agent(fog.url, data_dir, fog.join_token) as log:
+        saved_identity(data_dir)
+    assert "TRUST ON FIRST USE" in log.read_text()
+
+
+def test_a_pinned_node_refuses_a_proxy_that_swaps_the_coordinators_key(
+    fog: LocalFog, proxy: TamperingProxy, tmp_path: Path
+) -> None:
+    proxy.swap_key = public_key_b64(Ed25519PrivateKey.generate())
+    data_dir = tmp_path / "node-swapped"
+    rc, text = node_that_exits(proxy.url, data_dir, pinned(fog))
+    assert rc != 0
+    assert "not the key the join string pins" in text and fingerprint(proxy.swap_key) in text
+    assert not (data_dir / "node.json").exists()  # no credential kept, nothing leased
+
+
+def test_a_node_that_joined_before_signing_refuses_a_swapped_key_when_pinned(
+    fog: LocalFog, proxy: TamperingProxy, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "node-old-swapped"
+    joined_identity(fog, data_dir, public_key=None, coordinator=proxy.url)
+    proxy.swap_key = public_key_b64(Ed25519PrivateKey.generate())
+    rc, text = node_that_exits(proxy.url, data_dir, pinned(fog))
+    assert rc != 0 and "not the key the join string pins" in text
+    assert "public_key" not in json.loads((data_dir / "node.json").read_text())
+
+
+def test_a_node_whose_saved_key_is_not_the_pinned_one_refuses_to_start(
+    fog: LocalFog, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "node-saved-wrong"
+    joined_identity(fog, data_dir, public_key=public_key_b64(Ed25519PrivateKey.generate()))
+    rc, text = node_that_exits(fog.url, data_dir, pinned(fog))
+    assert rc != 0 and "not the key this join string pins" in text
+
+
+def test_the_coordinator_refuses_a_join_string_that_pins_another_key(fog: LocalFog) -> None:
+    wrong = join_string(fog.join_token, public_key_b64(Ed25519PrivateKey.generate()))
+    body = {"token": wrong, "name": "x", "cores": 1, "memory_mb": 512, "disk_mb": 1}
+    r = httpx.post(f"{fog.url}/v1/nodes/join", json=body)
+    assert r.status_code == 401 and "pins another coordinator's key" in r.json()["error"]
+
+
+# -- leases are run once, and only while current -------------------------------------------
+
+
+def wait_for_syncs_after_replay(proxy: TamperingProxy, n: int = 10, timeout: float = 60) -> None:
+    """Until the replay went out and the node synced `n` more times (time to have run it)."""
+    deadline = time.monotonic() + timeout
+    while proxy.syncs_after_replay() < n:
+        assert time.monotonic() < deadline, "the node stopped syncing after the replay"
+        time.sleep(0.1)
+    time.sleep(2.0)  # and a little longer, for a slow slot
+    while proxy.syncs_after_replay() < 2 * n:
+        assert time.monotonic() < deadline, "the node stopped syncing after the replay"
+        time.sleep(0.1)
+
+
+def test_a_replayed_signed_lease_is_never_run_twice(
+    fog: LocalFog, proxy: TamperingProxy, solo: Client, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "node-replayed"
+    with node_agent(proxy.url, data_dir, pinned(fog)) as log:
+        saved_identity(data_dir)
+        fut = solo.run(["echo", "hello"])
+        assert fut.result(timeout=60).stdout == "hello\n"
+        [task] = solo.tasks(fut.job_id)
+        lease = proxy.leases[task["id"]]
+        proxy.replay(lease)  # the same genuine signed answer, again
+        wait_for_syncs_after_replay(proxy)
+    seen = (lease["task_id"], lease["attempt"])
+    assert proxy.reports.count(seen) == 1  # run and reported once, not again
+    assert "already received that lease" in log.read_text()
+
+
+def test_an_expired_lease_replayed_after_a_restart_is_refused(
+    fog: LocalFog, proxy: TamperingProxy, solo: Client, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "node-restarted"
+    with node_agent(proxy.url, data_dir, pinned(fog), "--max-clock-skew", "0.5"):
+        saved_identity(data_dir)
+        fut = solo.run(["echo", "hello"])
+        assert fut.result(timeout=60).stdout == "hello\n"
+    [task] = solo.tasks(fut.job_id)
+    lease = proxy.leases[task["id"]]
+    while time.time() < lease["lease_expires"] + 1.0:
+        time.sleep(0.1)
+    reported = len(proxy.reports)
+    # A new agent process on the same identity remembers no lease: only the expiry stops it.
+    with node_agent(proxy.url, data_dir, None, "--max-clock-skew", "0.5") as log:
+        proxy.replay(lease)
+        wait_for_syncs_after_replay(proxy)
+    seen = (lease["task_id"], lease["attempt"])
+    assert seen not in proxy.reports[reported:]
+    assert f"task {lease['task_id']} attempt {lease['attempt']} refused: its lease expired" in (
+        log.read_text()
+    )

@@ -148,6 +148,32 @@ def coordinator(
         ),
     ] = None,
     max_body_mb: Annotated[int, typer.Option(min=1, help="Largest request body accepted.")] = 64,
+    body_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            help="Seconds a request body may go without a byte (then 408); after that long it "
+            "must also average 1 KB/s.",
+        ),
+    ] = 30.0,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="FOGWHEEL_TLS_CERT",
+            exists=True,
+            dir_okay=False,
+            help="Serve HTTPS with this certificate (PEM, with its chain); needs --tls-key.",
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="FOGWHEEL_TLS_KEY",
+            exists=True,
+            dir_okay=False,
+            help="The certificate's private key (PEM).",
+        ),
+    ] = None,
     allow_private_serve: Annotated[
         bool,
         typer.Option(
@@ -163,6 +189,8 @@ def coordinator(
     from fogwheel.coordinator import CoordinatorConfig, serve
 
     _logging(verbose)
+    if (tls_cert is None) != (tls_key is None):
+        raise _fail("--tls-cert and --tls-key go together: give both, or neither for HTTP", 2)
     config = CoordinatorConfig(
         data_dir=data_dir,
         db=db,
@@ -173,6 +201,9 @@ def coordinator(
         api_key=api_key,
         admin_key=admin_key,
         max_body_mb=max_body_mb,
+        body_idle_s=body_timeout,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
         allow_private_serve=allow_private_serve,
         ready_file=ready_file,
     )
@@ -192,9 +223,30 @@ def node(
     token: Annotated[
         str | None,
         typer.Option(
-            envvar="FOGWHEEL_JOIN_TOKEN", help="The fog's join token (needed the first time only)."
+            envvar="FOGWHEEL_JOIN_TOKEN",
+            help="The fog's join string TOKEN#sha256:PIN, as the coordinator printed it (needed "
+            "the first time only); the node refuses a coordinator whose key is not the pinned "
+            "one. A bare token trusts the key on first use.",
         ),
     ] = None,
+    ca_cert: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="FOGWHEEL_CA_CERT",
+            exists=True,
+            dir_okay=False,
+            help="Verify an https coordinator's certificate against this CA file (PEM) instead "
+            "of the system's store.",
+        ),
+    ] = None,
+    max_clock_skew: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Seconds this device's clock may lag the coordinator's: a lease that expired "
+            "longer ago than this is refused (replayed).",
+        ),
+    ] = 60.0,
     cores: Annotated[
         int | None, typer.Option(min=1, help="Slots to offer (default: all cores).")
     ] = None,
@@ -253,6 +305,8 @@ def node(
         NodeConfig(
             coordinator=coordinator.rstrip("/"),
             token=token,
+            ca_cert=ca_cert,
+            max_clock_skew_s=max_clock_skew,
             cores=cores,
             memory_mb=memory,
             data_dir=data_dir,
@@ -302,6 +356,7 @@ def up(
             "url": fog.url,
             "api_key": fog.api_key,
             "join_token": fog.join_token,
+            "join_string": fog.join_string,
             "admin_key": fog.admin_key,
             "nodes": nodes,
             "dir": str(fog.dir),
@@ -318,7 +373,7 @@ def up(
                 )
             out.print(f"  export FOGWHEEL_COORDINATOR={fog.url}")
             out.print(f"  export FOGWHEEL_API_KEY={fog.api_key}")
-            out.print(f"  join more nodes: fogwheel node -c {fog.url} --token {fog.join_token}")
+            out.print(f"  join more nodes: fogwheel node -c {fog.url} --token '{fog.join_string}'")
             out.print("  Ctrl-C to stop")
         stop.wait()
     except KeyboardInterrupt:

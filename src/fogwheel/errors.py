@@ -9,6 +9,7 @@ FogwheelError
 ├── IntegrityError         bytes did not match the SHA-256 they were named by
 │   └── BadShare           a CDN share whose bytes do not match its name (cdn/codec.py)
 ├── CodecError             a malformed CDN manifest, too few shares, a segment that won't decrypt
+├── StorageFull            the coordinator's disk or database is full (answered as HTTP 507)
 ├── QuotaExceeded          a CDN share that does not fit a node's share quota (node/chunks.py)
 ├── JobFailed              a MapReduce map or reduce task failed for good (mapreduce/)
 ├── TaskFailed             a task failed on the fog for a reason other than its own exception
@@ -59,6 +60,10 @@ class CoordinatorUnreachable(FogwheelError):
 
 class IntegrityError(FogwheelError):
     """Bytes received did not hash to the name they were fetched by."""
+
+
+class StorageFull(FogwheelError):
+    """A write failed because the disk (or the database, or a quota) is full: free space."""
 
 
 class TaskFailed(FogwheelError):

@@ -58,6 +58,7 @@ class LocalFog:
         self.admin_key = new_secret("fwa")
         self.url = ""
         self.port = 0
+        self.key_pin = ""  # the coordinator key's pin, read once it has started
         self.coordinator: subprocess.Popen[bytes] | None = None
         self.nodes: list[subprocess.Popen[bytes] | None] = []
 
@@ -120,6 +121,7 @@ class LocalFog:
             time.sleep(0.02)
         info = json.loads(ready.read_text())
         self.url = info["url"]
+        self.key_pin = info.get("key_pin", "")
         self.port = int(self.url.rsplit(":", 1)[1])
         while True:
             try:
@@ -141,7 +143,7 @@ class LocalFog:
             "--coordinator",
             self.url,
             "--token",
-            self.join_token,
+            self.join_string,
             "--cores",
             str(self.cores_per_node),
             "--data-dir",
@@ -170,6 +172,11 @@ class LocalFog:
             if time.monotonic() > deadline:
                 raise FogwheelError(f"{n} nodes did not join within {timeout:g} s; see {self.dir}")
             time.sleep(0.05)
+
+    @property
+    def join_string(self) -> str:
+        """What a node joins with: the token and the pin of the coordinator's key."""
+        return f"{self.join_token}#{self.key_pin}" if self.key_pin else self.join_token
 
     @property
     def headers(self) -> dict[str, str]:

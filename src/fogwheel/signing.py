@@ -103,6 +103,57 @@ def fingerprint(pubkey_b64: str) -> str:
     return "SHA256:" + hashlib.sha256(raw).hexdigest()[:16]
 
 
+PIN_PREFIX = "sha256:"
+_PIN = re.compile(r"^sha256:[0-9a-f]{64}$")
+_JOIN_SEPARATOR = "#"
+
+
+def key_pin(pubkey_b64: str) -> str:
+    """The pin of a coordinator key: `sha256:` and the 64 hex digits of the raw key's SHA-256."""
+    return PIN_PREFIX + hashlib.sha256(base64.b64decode(pubkey_b64, validate=True)).hexdigest()
+
+
+def pin_matches(pubkey_b64: str, pin: str) -> bool:
+    """True when `pubkey_b64` is the key `pin` names; never raises."""
+    try:
+        return key_pin(pubkey_b64) == pin
+    except (ValueError, binascii.Error, TypeError):
+        return False
+
+
+def join_string(secret: str, pubkey_b64: str) -> str:
+    """What an operator hands a device owner: `<join token>#sha256:<pin>`.
+
+    The node sends only the token and checks the coordinator's answer against the pin before
+    it trusts anything signed with that key (Kubernetes' bootstrap tokens with
+    `--discovery-token-ca-cert-hash` do the same), so a proxy or a look-alike coordinator
+    cannot hand it another key.
+    """
+    if _JOIN_SEPARATOR in secret:
+        raise ValueError("a join token cannot contain '#'")
+    return f"{secret}{_JOIN_SEPARATOR}{key_pin(pubkey_b64)}"
+
+
+def parse_join_string(text: str) -> tuple[str, str | None]:
+    """(token, pin) of a join string; (token, None) for a bare token (trust on first use).
+
+    Raises ValueError with a sentence when the part after '#' is not a well-formed pin, so a
+    mistyped pin is never silently dropped.
+    """
+    secret, sep, pin = text.strip().partition(_JOIN_SEPARATOR)
+    if not sep:
+        return secret, None
+    if not secret:
+        raise ValueError("the join string has no token before '#'")
+    pin = pin.lower()
+    if not _PIN.match(pin):
+        raise ValueError(
+            f"the join string's key pin {pin[:80]!r} is not 'sha256:' and 64 hex digits: "
+            "copy the join string exactly as the coordinator printed it"
+        )
+    return secret, pin
+
+
 def canonical(lease: Mapping[str, Any]) -> bytes:
     """The bytes that are signed: the signed fields as compact JSON with sorted keys.
 

@@ -1,17 +1,40 @@
-"""Blob stores: a small interface and the filesystem store the coordinator uses by default."""
+"""Blob stores: a small interface and the filesystem store the coordinator uses by default.
+
+Blobs are verified when they are served, not only when they arrive: a disk that rots or a hand
+that edits a file must never make the coordinator hand out wrong bytes under a right name. A
+blob is hashed before its first byte is sent and the file's identity (inode, size, mtime and
+ctime, which no write can leave unchanged) is remembered as verified, so a hot blob is not
+hashed again on every read; the mark lapses after `REVERIFY_S`, which bounds how long silent
+corruption below the file system (a flipped bit that changes no metadata) goes unseen. A file
+that does not match its name is moved to `quarantine/` (kept for the operator), never served,
+and the next correct upload of that name replaces it.
+"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
 import os
 import re
 import tempfile
+import threading
+import time
 from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-from fogwheel.errors import IntegrityError
+from fogwheel.errors import IntegrityError, StorageFull
+
+log = logging.getLogger("fogwheel.blobs")
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+REVERIFY_S = 3600.0  # a verified mark is trusted this long, then the blob is hashed again
+VERIFIED_MAX = 65_536  # marks kept (least recent dropped): about 10 MB of memory at most
+READ_CHUNK = 1 << 20
 
 
 def sha256_hex(data: bytes) -> str:
@@ -37,19 +60,27 @@ def write_atomically(path: Path, data: bytes, prefix: str = ".tmp-") -> None:
         raise
 
 
+class CorruptBlob(IntegrityError):
+    """A stored blob no longer hashes to its name; it has been quarantined."""
+
+
 class BlobStore(ABC):
     """Put bytes under their own hash; get them back verified."""
 
     @abstractmethod
     def put(self, data: bytes, expect: str | None = None) -> str:
-        """Store `data`, return its SHA-256; raise IntegrityError if it is not `expect`."""
+        """Store `data`, return its SHA-256; raise IntegrityError if it is not `expect`,
+        StorageFull when the disk is full."""
 
     @abstractmethod
     def get(self, sha: str) -> bytes:
-        """The bytes named `sha`; KeyError when absent, IntegrityError when corrupt."""
+        """The bytes named `sha`; KeyError when absent, CorruptBlob when corrupt."""
 
     @abstractmethod
     def has(self, sha: str) -> bool: ...
+
+
+_Identity = tuple[int, int, int, int]  # inode, size, mtime_ns, ctime_ns
 
 
 class FileBlobStore(BlobStore):
@@ -58,6 +89,9 @@ class FileBlobStore(BlobStore):
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.quarantine_dir = self.root / "quarantine"
+        self._verified: OrderedDict[str, tuple[_Identity, float]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def path(self, sha: str) -> Path:
         if not is_sha256(sha):
@@ -69,20 +103,110 @@ class FileBlobStore(BlobStore):
         if expect is not None and expect != sha:
             raise IntegrityError(f"body hashes to {sha}, not to the name {expect} it was sent as")
         final = self.path(sha)
-        if final.exists():
-            return sha
-        final.parent.mkdir(exist_ok=True)
-        write_atomically(final, data)
+        try:
+            with self.open_verified(sha):
+                return sha  # already here, and intact
+        except KeyError:
+            pass
+        except CorruptBlob:
+            pass  # quarantined just now: these verified bytes take its place
+        try:
+            final.parent.mkdir(exist_ok=True)
+            write_atomically(final, data)
+        except OSError as e:
+            if e.errno in DISK_FULL_ERRNOS:
+                raise StorageFull(
+                    f"the coordinator's disk is full: blob {sha[:12]}… ({len(data)} bytes) "
+                    "was not stored; the operator must free space, then upload it again"
+                ) from e
+            raise
+        self._mark(sha, os.stat(final))
         return sha
 
     def get(self, sha: str) -> bytes:
-        try:
-            data = self.path(sha).read_bytes()
-        except FileNotFoundError:
-            raise KeyError(sha) from None
-        if sha256_hex(data) != sha:
-            raise IntegrityError(f"blob {sha} on disk is corrupt")
-        return data
+        with self.open_verified(sha) as f:
+            return f.read()
 
     def has(self, sha: str) -> bool:
         return self.path(sha).exists()
+
+    def open_verified(self, sha: str) -> BinaryIO:
+        """The blob's file, open at its start, its bytes known to hash to `sha`.
+
+        KeyError when there is no such blob; CorruptBlob (after moving the file to
+        quarantine) when its bytes hash to something else. What is verified is the open file
+        itself, so a rename racing this call cannot slip other bytes in between.
+        """
+        path = self.path(sha)
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - handed to the caller
+        except FileNotFoundError:
+            raise KeyError(sha) from None
+        try:
+            st = os.fstat(f.fileno())
+            if not self._still_verified(sha, st):
+                h = hashlib.sha256()
+                while chunk := f.read(READ_CHUNK):
+                    h.update(chunk)
+                if h.hexdigest() != sha:
+                    self._quarantine(sha, path, st, h.hexdigest())
+                    raise CorruptBlob(
+                        f"blob {sha} was corrupt on the coordinator's disk and has been "
+                        "quarantined: upload it again"
+                    )
+                self._mark(sha, st)
+                f.seek(0)
+            return f
+        except BaseException:
+            f.close()
+            raise
+
+    def chunks(self, f: BinaryIO) -> Iterator[bytes]:
+        """The rest of an open blob file in pieces; closes it at the end."""
+        with f:
+            while chunk := f.read(READ_CHUNK):
+                yield chunk
+
+    # -- verified marks and quarantine ------------------------------------------------------
+
+    def _still_verified(self, sha: str, st: os.stat_result) -> bool:
+        with self._lock:
+            mark = self._verified.get(sha)
+            if mark is None:
+                return False
+            identity, at = mark
+            if identity != _identity(st) or time.monotonic() - at > REVERIFY_S:
+                del self._verified[sha]
+                return False
+            self._verified.move_to_end(sha)
+            return True
+
+    def _mark(self, sha: str, st: os.stat_result) -> None:
+        with self._lock:
+            self._verified[sha] = (_identity(st), time.monotonic())
+            self._verified.move_to_end(sha)
+            while len(self._verified) > VERIFIED_MAX:
+                self._verified.popitem(last=False)
+
+    def _quarantine(self, sha: str, path: Path, st: os.stat_result, actual: str) -> None:
+        with self._lock:
+            self._verified.pop(sha, None)
+        self.quarantine_dir.mkdir(exist_ok=True)
+        kept = self.quarantine_dir / f"{sha}.{time.time_ns()}"
+        try:
+            if os.stat(path).st_ino == st.st_ino:  # not replaced by a good upload meanwhile
+                os.replace(path, kept)
+        except FileNotFoundError:
+            return
+        log.error(
+            "blob %s on disk hashes to %s (%d bytes): moved to %s and no longer served; "
+            "check the disk; the next correct upload of it replaces it",
+            sha,
+            actual,
+            st.st_size,
+            kept,
+        )
+
+
+def _identity(st: os.stat_result) -> _Identity:
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

@@ -6,13 +6,14 @@ import asyncio
 import base64
 import contextlib
 import logging
+import os
 import time
 from typing import Annotated, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -20,11 +21,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fogwheel import __version__
 from fogwheel.blobs import FileBlobStore, is_sha256, sha256_hex
+from fogwheel.blobs.store import CorruptBlob
 from fogwheel.coordinator.auth import Authenticator
 from fogwheel.coordinator.cdn_routes import build_cdn_routes, screen_serve_url
+from fogwheel.coordinator.diskfull import DISK_FULL_MESSAGE, is_disk_full
 from fogwheel.coordinator.ledger_routes import build_ledger_routes
 from fogwheel.coordinator.metrics import Metrics
-from fogwheel.errors import IntegrityError
+from fogwheel.errors import IntegrityError, StorageFull
 from fogwheel.protocol import (
     SQL_INT_MAX,
     JobIn,
@@ -46,7 +49,14 @@ from fogwheel.protocol import (
     TaskReport,
     Value,
 )
-from fogwheel.signing import fingerprint, public_key_b64, sign_lease
+from fogwheel.signing import (
+    fingerprint,
+    key_pin,
+    parse_join_string,
+    pin_matches,
+    public_key_b64,
+    sign_lease,
+)
 from fogwheel.store import Store
 
 log = logging.getLogger("fogwheel.coordinator")
@@ -56,8 +66,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "Missing or unknown credentials"},
     403: {"model": Problem, "description": "Credentials of the wrong kind"},
     404: {"model": Problem, "description": "No such resource (or not yours)"},
+    408: {"model": Problem, "description": "The request body came too slowly"},
     413: {"model": Problem, "description": "Body over the size limit"},
     422: {"model": Problem, "description": "Body or parameters of the wrong shape"},
+    507: {"model": Problem, "description": "The coordinator's disk or database is full"},
 }
 
 JobId = Annotated[int, Path(ge=0, le=SQL_INT_MAX)]
@@ -142,8 +154,16 @@ def build_routes(
         detail = [{"loc": e.get("loc"), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
         return JSONResponse({"error": message, "detail": detail}, status_code=422)
 
+    @app.exception_handler(StorageFull)
+    async def _disk_full(request: Request, exc: StorageFull) -> JSONResponse:
+        log.error("disk full on %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse({"error": str(exc)}, status_code=507)
+
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
+        if is_disk_full(exc):  # the blob store's StorageFull, or SQLite/PostgreSQL out of space
+            log.error("disk full on %s %s: %s", request.method, request.url.path, exc)
+            return JSONResponse({"error": DISK_FULL_MESSAGE}, 507)
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse({"error": "internal error; the coordinator log has the details"}, 500)
 
@@ -323,23 +343,45 @@ def build_routes(
             if who.kind == "node"
             else bool(store.owned_blobs(who.id, {sha}))
         )
-        if not allowed or not blobs.has(sha):
+        if not allowed:
             raise HTTPException(404, f"no blob {sha}")
-        path = blobs.path(sha)
+        # Hashed (or known unchanged since it was) before the first byte goes out: a blob
+        # corrupt on disk is quarantined and answered 404, never served as 200.
+        try:
+            f = blobs.open_verified(sha)
+        except KeyError:
+            raise HTTPException(404, f"no blob {sha}") from None
+        except CorruptBlob as e:
+            raise HTTPException(404, str(e)) from None
+        size = os.fstat(f.fileno()).st_size
         # A node keeps what it fetched in its cache: once it has it all, placement may prefer
         # it for the tasks that read this blob (locality).
         held = (
-            BackgroundTask(store.hold_blobs, who.id, [(sha, path.stat().st_size)])
-            if who.kind == "node"
-            else None
+            BackgroundTask(store.hold_blobs, who.id, [(sha, size)]) if who.kind == "node" else None
         )
-        return FileResponse(path, media_type="application/octet-stream", background=held)
+        return StreamingResponse(
+            blobs.chunks(f),
+            media_type="application/octet-stream",
+            headers={"content-length": str(size)},
+            background=held,
+        )
 
     # -- nodes ------------------------------------------------------------------------------
 
     @v1.post("/nodes/join", status_code=201, tags=["nodes"])
     def join(info: NodeJoin) -> NodeJoined:
-        who = store.authenticate(info.token)
+        # A node sends the bare token; one that sends the whole join string is told if its
+        # pin names another coordinator, rather than being admitted to the wrong fog.
+        try:
+            secret, pin = parse_join_string(info.token)
+        except ValueError as e:
+            raise HTTPException(422, f"token: {e}") from None
+        if pin is not None and not pin_matches(public_key, pin):
+            raise HTTPException(
+                401, "this join string pins another coordinator's key: check the coordinator URL"
+            )
+        info = info.model_copy(update={"token": secret})
+        who = store.authenticate(secret)
         if who is None or who.kind != "join":
             raise HTTPException(
                 401, "unknown join token: ask the operator for the fog's join token"
@@ -357,11 +399,13 @@ def build_routes(
 
     @v1.get("/coordinator/key", tags=["nodes"])
     def coordinator_key() -> dict[str, str]:
-        """The Ed25519 key that signs every task spec; nodes trust it on first use."""
+        """The Ed25519 key that signs every task spec; a node checks it against the pin in its
+        join string (or, given a bare token, trusts it on first use)."""
         return {
             "algorithm": "Ed25519",
             "public_key": public_key,
             "fingerprint": fingerprint(public_key),
+            "pin": key_pin(public_key),
         }
 
     @v1.post("/nodes/me/sync", tags=["nodes"])

@@ -21,7 +21,8 @@ from fogwheel import __version__
 from fogwheel.blobs import FileBlobStore
 from fogwheel.coordinator.app import build_routes
 from fogwheel.coordinator.bodylimit import BodyLimit
-from fogwheel.signing import fingerprint, load_or_create_key, public_key_b64
+from fogwheel.coordinator.bodytimeout import BodyTimeout
+from fogwheel.signing import fingerprint, join_string, key_pin, load_or_create_key, public_key_b64
 from fogwheel.store import Store
 from fogwheel.store.sql import hash_secret, new_secret
 
@@ -41,6 +42,10 @@ class CoordinatorConfig:
     api_key: str | None = None  # a customer key to accept (created when none exists)
     admin_key: str | None = None
     max_body_mb: int = 64
+    body_idle_s: float = 30.0  # a request body with no byte for this long gets 408
+    body_min_rate: float = 1024.0  # …and one slower than this many bytes/s on average
+    tls_cert: Path | None = None  # serve HTTPS with this certificate (PEM, chain included)
+    tls_key: Path | None = None  # …and this private key
     allow_private_serve: bool = False  # nodes may serve the CDN from loopback/private IPs
     ready_file: Path | None = None  # where to write {"url": …} once listening
 
@@ -132,22 +137,38 @@ def serve(config: CoordinatorConfig, announce: bool = True) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((config.host, config.port))
     port = sock.getsockname()[1]
-    url = f"http://{config.host}:{port}"
+    scheme = "https" if config.tls_cert else "http"
+    url = f"{scheme}://{config.host}:{port}"
+    public_key = public_key_b64(load_or_create_key(config.data_dir / KEY_FILE))
+    pin = key_pin(public_key)
+    token = created.get("join_token")  # a token given in the config is not echoed
     if announce:
         print(f"fogwheel coordinator {__version__} listening on {url}", flush=True)
         print(f"  database: {_redact(config.db_url)}", flush=True)
         for name, secret in created.items():
             print(f"  new {name.replace('_', ' ')}: {secret}  (shown once; keep it)", flush=True)
+        if token:
+            pinned = join_string(token, public_key)
+            print(f"  join nodes with: fogwheel node -c {url} --token '{pinned}'", flush=True)
+        else:
+            pinned = f"JOIN_TOKEN#{pin}"
+            print(f"  join nodes with: fogwheel node -c {url} --token '{pinned}'", flush=True)
     if config.ready_file:
         tmp = config.ready_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"url": url, "pid": os.getpid(), **created}))
+        tmp.write_text(json.dumps({"url": url, "pid": os.getpid(), "key_pin": pin, **created}))
         tmp.replace(config.ready_file)
     uv = uvicorn.Config(
-        BodyLimit(app, config.max_body_mb * 1024 * 1024),
+        BodyTimeout(
+            BodyLimit(app, config.max_body_mb * 1024 * 1024),
+            idle_s=config.body_idle_s,
+            min_rate=config.body_min_rate,
+        ),
         log_level="warning",
         access_log=False,
         lifespan="on",
         timeout_keep_alive=30,
+        ssl_certfile=str(config.tls_cert) if config.tls_cert else None,
+        ssl_keyfile=str(config.tls_key) if config.tls_key else None,
     )
     server = uvicorn.Server(uv)
     try:

@@ -19,8 +19,10 @@ import platform
 import queue
 import shutil
 import signal
+import ssl
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -32,7 +34,7 @@ from fogwheel.node.faults import ENV as FAULT_ENV
 from fogwheel.node.faults import Faults
 from fogwheel.node.sandbox import NoSandbox, Sandbox, detect
 from fogwheel.node.slots import Slot, inside
-from fogwheel.signing import fingerprint, verify_lease
+from fogwheel.signing import fingerprint, parse_join_string, pin_matches, verify_lease
 
 log = logging.getLogger("fogwheel.node")
 
@@ -52,12 +54,15 @@ UNSAFE_WARNING = (
     "access and every file this user can read (the node credential included)"
 )
 REFUSED_UNSIGNED = "refused: task spec signature does not verify"
+SEEN_LEASES_MAX = 100_000  # (task, attempt) pairs remembered, so a replayed lease never runs
 
 
 @dataclass
 class NodeConfig:
     coordinator: str
-    token: str | None = None
+    token: str | None = None  # the join string `TOKEN#sha256:PIN` (or a bare token: TOFU)
+    ca_cert: Path | None = None  # CA file for an https coordinator (default: system store)
+    max_clock_skew_s: float = 60.0  # a lease expired longer ago than this is refused
     cores: int | None = None
     memory_mb: int | None = None
     data_dir: Path = field(default_factory=lambda: Path.home() / ".fogwheel" / "node")
@@ -103,6 +108,10 @@ class Agent:
         self.public_key = ""  # the coordinator's Ed25519 key: only specs it signed are run
         self.lease_seconds = 15.0
         self.http: httpx.Client | None = None
+        self._tls: ssl.SSLContext | bool = True
+        # every (task, attempt) leased to this process: a lease seen again is a replay
+        self._seen_leases: OrderedDict[tuple[Any, Any], None] = OrderedDict()
+        self._release_next: list[int] = []  # expired leases to hand back in the next sync
         self.sandbox: Sandbox | None = None  # chosen when the agent starts (choose_sandbox)
         self._warned_jobs: set[int] = set()
         self._cache_lock = threading.Lock()
@@ -125,17 +134,31 @@ class Agent:
         return self.data_dir / "node.json"
 
     def join(self) -> None:
+        """Load or make this node's identity, with the coordinator's key checked against the
+        join string's pin before anything signed by it is trusted."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._tls = self._tls_context()
+        secret, pin = self._join_secret()
         ident = self._load_identity()
         if ident is None:
-            ident = self._join_with_token()
+            ident = self._join_with_token(secret, pin)
         elif not ident.get("public_key"):
-            ident["public_key"] = self._fetch_public_key()
+            key = self._fetch_public_key()
+            self._check_pin(key, pin, "/v1/coordinator/key")
+            ident["public_key"] = key
             self._save_identity(ident)
-            log.warning(
-                "node.json held no coordinator key: trusting %s on first use (from %s)",
-                fingerprint(ident["public_key"]),
-                self.config.coordinator,
+            if pin is None:
+                log.warning(
+                    "node.json held no coordinator key: trusting %s on first use (from %s)",
+                    fingerprint(key),
+                    self.config.coordinator,
+                )
+        elif pin is not None and not pin_matches(ident["public_key"], pin):
+            raise FatalNodeError(
+                f"{self._identity_path()} trusts coordinator key "
+                f"{fingerprint(ident['public_key'])}, not the key this join string pins: it "
+                "was learnt from an impostor or belongs to another fog; delete the file and "
+                "join again with the join string"
             )
         self.node_id = ident["node_id"]
         self.public_key = ident["public_key"]
@@ -144,7 +167,48 @@ class Agent:
             base_url=self.config.coordinator,
             headers={"authorization": f"Bearer {ident['credential']}"},
             timeout=httpx.Timeout(30.0, connect=5.0),
+            verify=self._tls,
         )
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """How an https coordinator's certificate is checked: the system's CA store, or the
+        one CA file the owner named with --ca-cert."""
+        cafile = str(self.config.ca_cert) if self.config.ca_cert else None
+        try:
+            return ssl.create_default_context(cafile=cafile)
+        except (OSError, ssl.SSLError) as e:
+            raise FatalNodeError(f"cannot use --ca-cert {cafile}: {e}") from None
+
+    def _join_secret(self) -> tuple[str | None, str | None]:
+        """(token, pin) from the join string; the pin is never sent, only checked."""
+        if not self.config.token:
+            return None, None
+        try:
+            return parse_join_string(self.config.token)
+        except ValueError as e:
+            raise FatalNodeError(str(e)) from None
+
+    def _check_pin(self, key: Any, pin: str | None, where: str) -> None:
+        """Refuse a coordinator key that is not the pinned one; without a pin, say loudly
+        that the key is trusted on first use."""
+        if pin is None:
+            log.warning(
+                "TRUST ON FIRST USE: the join token pins no coordinator key, so key %s from %s "
+                "(%s) is trusted unchecked, and anyone on the way could have given their own; "
+                "join with the join string TOKEN#sha256:PIN that the coordinator printed",
+                fingerprint(key) if isinstance(key, str) else "(not a key)",
+                self.config.coordinator,
+                where,
+            )
+            return
+        if not pin_matches(key, pin):
+            raise FatalNodeError(
+                f"the coordinator at {self.config.coordinator} answered ({where}) with signing "
+                f"key {fingerprint(key) if isinstance(key, str) else '(not a key)'}, not the "
+                f"key the join string pins ({pin[:23]}…): something between this node and the "
+                "coordinator may be impersonating it; nothing was run or saved; check the URL "
+                "and the join string"
+            )
 
     def _load_identity(self) -> dict[str, Any] | None:
         path = self._identity_path()
@@ -155,14 +219,14 @@ class Agent:
             return None
         return ident
 
-    def _join_with_token(self) -> dict[str, Any]:
-        if not self.config.token:
+    def _join_with_token(self, secret: str | None, pin: str | None) -> dict[str, Any]:
+        if not secret:
             raise FatalNodeError(
                 "this node has not joined the fog yet: pass --token JOIN_TOKEN "
                 "(the operator's `fogwheel coordinator` printed it)"
             )
         body = {
-            "token": self.config.token,
+            "token": secret,
             "name": self.config.name or platform.node() or "node",
             "cores": self.slots_n,
             "memory_mb": self.config.memory_mb or _memory_mb(),
@@ -178,6 +242,7 @@ class Agent:
         if r.status_code != 201:
             raise FatalNodeError(f"join refused: {_problem(r)}")
         joined = r.json()
+        self._check_pin(joined.get("public_key"), pin, "its join answer")
         ident = {
             "coordinator": self.config.coordinator.rstrip("/"),
             "node_id": joined["node_id"],
@@ -199,8 +264,16 @@ class Agent:
         delay = 0.2
         while True:
             try:
-                return httpx.request(method, f"{self.config.coordinator}{path}", timeout=30, **kw)
+                return httpx.request(
+                    method, f"{self.config.coordinator}{path}", timeout=30, verify=self._tls, **kw
+                )
             except httpx.TransportError as e:
+                bad_cert = _certificate_refused(e)
+                if bad_cert:
+                    raise FatalNodeError(
+                        f"the coordinator's TLS certificate does not verify ({bad_cert}): pass "
+                        "--ca-cert FILE with the CA that signed it, or check the URL"
+                    ) from None
                 if self._stop.is_set():
                     raise FatalNodeError(f"stopped before {what}") from e
                 log.warning("coordinator unreachable (%s); retrying in %.1f s", e, delay)
@@ -294,6 +367,8 @@ class Agent:
                 results = list(self._outbox.values())
                 renew = [t for t in self._held if t not in self._outbox]
                 release = self._drain_queue() if stopping else []
+                release += self._release_next
+                self._release_next = []
                 if self._abort.is_set():
                     release += [t for t in self._running if t not in self._outbox]
                 # Results reported in this round trip no longer occupy the queue.
@@ -353,6 +428,7 @@ class Agent:
         # Checked before queueing, outside the lock (about 0.1 ms a lease): a spec is run only
         # if the coordinator signed exactly it.
         signed = [verify_lease(self.public_key, t, t.get("signature")) for t in out["tasks"]]
+        now = time.time()
         with self._lock:
             for tid in out["acked"]:
                 self._outbox.pop(tid, None)
@@ -376,13 +452,56 @@ class Agent:
             if not self._outbox:
                 self._outbox_since = None
             for lease, ok in zip(out["tasks"], signed, strict=True):
-                if ok:
+                if not ok:
+                    self._refuse(lease)
+                elif self._fresh(lease, now):
                     self._held[lease["task_id"]] = lease
                     self._queue.put(lease)
-                else:
-                    self._refuse(lease)
             self.lease_seconds = out.get("lease_seconds", self.lease_seconds)
         return len(out["tasks"])
+
+    def _fresh(self, lease: dict[str, Any], now: float) -> bool:
+        """A signed lease is run only once, and only while it is current.
+
+        A proxy can keep a genuine, signed sync answer and send it again later: the signature
+        still verifies. So a (task, attempt) this process has already received is dropped, and
+        so is a lease whose signed `lease_expires` lies further in the past than the clock
+        skew allowed (which also covers replays across a restart of this agent, when the
+        memory is gone). An expired lease is handed back unless this node holds the task
+        under another attempt; a replay is only logged. Called with the lock held.
+        """
+        tid, attempt = lease.get("task_id"), lease.get("attempt")
+        seen = (tid, attempt)
+        if seen in self._seen_leases:
+            log.warning(
+                "task %s attempt %s refused: this node already received that lease "
+                "(replayed?); not running it again",
+                tid,
+                attempt,
+            )
+            return False
+        self._seen_leases[seen] = None
+        while len(self._seen_leases) > SEEN_LEASES_MAX:
+            self._seen_leases.popitem(last=False)
+        expires = lease.get("lease_expires")
+        late = (
+            now - expires
+            if isinstance(expires, int | float) and not isinstance(expires, bool)
+            else math.inf
+        )
+        if not late <= self.config.max_clock_skew_s:  # NaN and a missing expiry fail too
+            log.warning(
+                "task %s attempt %s refused: its lease expired %.0f s ago (allowed clock skew "
+                "%g s; replayed, or this device's clock is wrong); handing it back",
+                tid,
+                attempt,
+                late,
+                self.config.max_clock_skew_s,
+            )
+            if type(tid) is int and tid not in self._held:
+                self._release_next.append(tid)
+            return False
+        return True
 
     def _refuse(self, lease: dict[str, Any]) -> None:
         """Never run a spec the coordinator did not sign; report the attempt as failed.
@@ -798,6 +917,16 @@ class Agent:
                 raise err
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+def _certificate_refused(e: BaseException) -> str | None:
+    """The reason, when a transport error is a TLS certificate that did not verify."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen.verify_message or str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _chunks(f: Any, size: int = 1 << 20) -> Any:
