@@ -576,11 +576,13 @@ class Client:
             return _loads(watch.decoder, raw)
         if kind == "python-files":
             files, notes = output_files.requested(res.get("outputs", {}), watch.outputs)
+            _check_complete(files, watch.outputs)
             blobs = {name: _blob_of(v) for name, v in files.items()}  # type: ignore[arg-type]
             _log_dropped(notes)
             return TaskOutput(_loads(watch.decoder, raw), blobs, notes)
         info = _command_info(raw)
         outs, notes = output_files.requested(res.get("outputs", {}), watch.outputs)
+        _check_complete(outs, watch.outputs)
         _log_dropped(notes)
         outputs = {name: self._value_bytes(v) for name, v in outs.items()}  # type: ignore[arg-type]
         return CommandResult(info["returncode"], info["stdout"], info["stderr"], outputs, notes)
@@ -718,6 +720,15 @@ def _command_info(raw: bytes) -> dict[str, Any]:
     except (ValueError, KeyError, TypeError) as e:
         raise IntegrityError(f"a command's result did not decode: {e}") from None
     return out
+
+
+def _check_complete(files: Mapping[str, Any], names: Sequence[str] | None) -> None:
+    missing = sorted(set(names or ()) - set(files))
+    if missing:
+        raise TaskFailed(
+            f"the task's result lacks the output files it requested: {', '.join(missing)} "
+            "(the node that reported it did not return them)"
+        )
 
 
 def _log_dropped(notes: list[str]) -> None:

