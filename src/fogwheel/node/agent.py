@@ -30,10 +30,12 @@ from typing import Any
 
 import httpx
 
+from fogwheel.node import cgroups
 from fogwheel.node.faults import ENV as FAULT_ENV
 from fogwheel.node.faults import Faults
 from fogwheel.node.sandbox import NoSandbox, Sandbox, detect
-from fogwheel.node.slots import Slot, inside
+from fogwheel.node.scratch import can_mount, private_mounts, unmount
+from fogwheel.node.slots import Protections, Slot
 from fogwheel.signing import fingerprint, parse_join_string, pin_matches, verify_lease
 
 log = logging.getLogger("fogwheel.node")
@@ -54,6 +56,7 @@ UNSAFE_WARNING = (
     "access and every file this user can read (the node credential included)"
 )
 REFUSED_UNSIGNED = "refused: task spec signature does not verify"
+_KEPT_LOCK = threading.Lock()  # kept state is trimmed by one slot at a time
 SEEN_LEASES_MAX = 100_000  # (task, attempt) pairs remembered, so a replayed lease never runs
 
 
@@ -77,6 +80,9 @@ class NodeConfig:
     advertise: str | None = None  # the chunk server's URL as others reach it (NAT, proxies)
     share_quota_mb: int = 1024
     uplink_mbit: float | None = None  # emulate a shaped uplink for the chunk server
+    scratch_mb: int = 1024  # each slot's scratch (a tmpfs where the agent can mount one)
+    keep_mb: int = 1024  # kept state (TaskIn.keep_out) for all jobs, least recent dropped
+    keep_hours: float = 24.0  # kept state unused this long is removed
 
 
 class FatalNodeError(Exception):
@@ -322,11 +328,16 @@ class Agent:
         return found
 
     def run(self) -> None:
+        self._private_mounts = threading.active_count() == 1 and private_mounts()
         sandbox = self.choose_sandbox()
         self.join()
         scratch = self.data_dir / "scratch"
+        for stale in scratch.glob("*") if scratch.is_dir() else ():
+            unmount(stale)  # a tmpfs a killed agent left mounted
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
+        protections = self._protections(sandbox)
+        self._trim_kept()
         (self.data_dir / "cache").mkdir(exist_ok=True)
         if self.config.serve:
             self._start_chunks()
@@ -334,7 +345,7 @@ class Agent:
         threads = []
         for i in range(self.slots_n):
             guest = sandbox.for_slot(i, self.data_dir)
-            slot = Slot(i, scratch, self.data_dir / "worker.log", guest)
+            slot = Slot(i, scratch, self.data_dir / "worker.log", guest, protections)
             self._slots.append(slot)
             t = threading.Thread(
                 target=self._slot_loop, args=(slot,), name=f"slot-{i}", daemon=True
@@ -350,7 +361,7 @@ class Agent:
             for _ in threads:
                 self._queue.put(None)
             for slot in self._slots:
-                slot.stop()
+                slot.close()
             if self.http:
                 self.http.close()
         log.info("node %s stopped", self.node_id)
@@ -644,33 +655,24 @@ class Agent:
                 state_out=self._state_dir(lease.get("keep_out")),
                 tenant=str(lease.get("tenant") or ""),
             )
-            files: dict[str, Path] = res.pop("files", {})
-            try:
-                res["outputs"] = {name: self._value_file(p) for name, p in files.items()}
-            finally:
-                for p in files.values():
-                    p.unlink(missing_ok=True)
-            return self._wire_result(res)
-        res, scratch = slot.run_command(lease["task_id"], lease["command"], inputs, limits)
+            if res.get("kept") is not None:
+                self._trim_kept()
+        else:
+            res = slot.run_command(
+                lease["task_id"],
+                lease["command"],
+                inputs,
+                limits,
+                outputs=lease["outputs"],
+                keep=self.data_dir / "cache",
+            )
+        files: dict[str, Path] = res.pop("files", {})
         try:
-            if res["ok"]:
-                outputs = {}
-                for name in lease["outputs"]:
-                    path = inside(scratch, name)
-                    if not path.is_file():
-                        return {
-                            "ok": False,
-                            "wall_s": res.get("wall_s", 0.0),
-                            "error": {
-                                "kind": "exit",
-                                "message": f"the command did not write its output file {name!r}",
-                            },
-                        }
-                    outputs[name] = self._value(path.read_bytes())
-                res["outputs"] = outputs
-            return self._wire_result(res)
+            res["outputs"] = {name: self._value_file(p) for name, p in files.items()}
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            for p in files.values():
+                p.unlink(missing_ok=True)
+        return self._wire_result(res)
 
     def _wire_result(self, res: dict[str, Any]) -> dict[str, Any]:
         """Turn the slot's bytes into protocol Values (inline when small, uploaded when not)."""
@@ -810,6 +812,57 @@ class Agent:
             finally:
                 self._share_pending.discard(sha)
 
+    def _protections(self, sandbox: Sandbox) -> Protections:
+        """Find what confines guests beyond the sandbox here, and say it in the log."""
+        groups = cgroups.detect() if sandbox.confined else None
+        # tmpfs scratch only in a mount namespace of our own: it dies with us, even killed
+        tmpfs = sandbox.confined and self._private_mounts and can_mount()
+        keep = self.config.keep_mb << 20
+        scratch_bytes = self.config.scratch_mb << 20 if tmpfs else None
+        log.info(
+            "slot limits: %s; scratch: %s; kept state: %d MB, unused for %g h removed",
+            groups.describe()
+            if groups
+            else "NO control groups (memory, processes and CPU limited per process only)",
+            f"a tmpfs of {self.config.scratch_mb} MB per slot"
+            if tmpfs
+            else "on disk, NO quota (only root agents mount a tmpfs); files up to 1 GiB each",
+            self.config.keep_mb,
+            self.config.keep_hours,
+        )
+        if sandbox.confined and not groups:
+            log.warning("no usable cgroup (v2 or v1 memory+pids): limits are per process only")
+        return Protections(
+            groups=groups, scratch_bytes=scratch_bytes, keep_bytes=keep, tag=self.data_dir
+        )
+
+    def _trim_kept(self) -> None:
+        """Keep kept state within --keep-mb (least recently used dropped first) and drop
+        what no task used for --keep-hours: the agent cannot know when a job has ended
+        (it may be offline then, and a job's next phase may come hours later), so age and
+        size bound it instead."""
+        root = self.data_dir / "kept"
+        if not root.is_dir():
+            return
+        entries = []
+        for e in os.scandir(root):
+            if e.name.startswith("."):
+                with contextlib.suppress(OSError):  # half-written: a killed agent's
+                    if time.time() - e.stat(follow_symlinks=False).st_mtime > 3600:
+                        shutil.rmtree(e.path, ignore_errors=True)
+                continue
+            with contextlib.suppress(OSError):
+                size = sum(f.stat().st_size for f in Path(e.path).rglob("*") if f.is_file())
+                entries.append((e.stat(follow_symlinks=False).st_mtime, size, e.path))
+        limit = self.config.keep_mb << 20
+        old = time.time() - self.config.keep_hours * 3600
+        total = sum(size for _, size, _ in entries)
+        with _KEPT_LOCK:
+            for mtime, size, path in sorted(entries):
+                if total > limit or mtime < old:
+                    shutil.rmtree(path, ignore_errors=True)
+                    total -= size
+
     def _state_dir(self, name: Any) -> Path | None:
         """Where kept state of this name lives (names are hex hashes the coordinator made)."""
         if (
@@ -818,7 +871,10 @@ class Agent:
             or not all(ch in "0123456789abcdef" for ch in name)
         ):
             return None
-        return self.data_dir / "kept" / name
+        path = self.data_dir / "kept" / name
+        with contextlib.suppress(OSError):
+            os.utime(path)  # used now: dropped last when kept state is over its quota
+        return path
 
     def _value_file(self, path: Path) -> dict[str, Any]:
         """A task's output file as a Value: hashed and uploaded in pieces (never whole in

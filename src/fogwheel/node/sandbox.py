@@ -3,8 +3,12 @@
 A `Sandbox` turns a command line into one that runs it confined. `Bubblewrap` gives the
 guest fresh PID, network (loopback only), IPC and UTS namespaces; the host's file system
 read-only, with /home, /root, /tmp, /run and the agent's data dir (credential, blob cache)
-hidden behind empty read-only mounts; one writable scratch directory; and, set by a small
-launcher inside, rlimits on address space, CPU, file size and process count.
+hidden behind empty read-only mounts; /sys hidden too (it names the host's network
+interfaces), but for /sys/devices/system/cpu; one writable scratch directory; a seccomp filter
+(seccomp_filter.py) that refuses new namespaces, mounts, ptrace, keyrings, BPF and the like;
+and, set by a small launcher inside, rlimits on address space, CPU, file size and process
+count. The slot adds a control group and a size-limited scratch where the host allows them
+(slots.py, cgroups.py, scratch.py).
 
 The process count needs care: RLIMIT_NPROC counts a user's processes and is never enforced
 for root. An agent running as a normal user gets a user namespace from bubblewrap, in which
@@ -16,6 +20,7 @@ but confines nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,18 +31,21 @@ import sys
 import tempfile
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import fogwheel
+from fogwheel.node import safefs
+from fogwheel.node.seccomp_filter import compile_filter, filter_fd
 
 log = logging.getLogger("fogwheel.node")
 
 MAX_FILE_BYTES = 1 << 30  # RLIMIT_FSIZE: no file a guest writes grows past 1 GiB
 MAX_PROCESSES = 256  # RLIMIT_NPROC: processes and threads in one sandbox
 SHM_BYTES = 64 << 20  # a small private /dev/shm (POSIX semaphores, multiprocessing locks)
-HIDDEN = ("/home", "/root", "/tmp", "/var/tmp", "/run", "/mnt", "/media", "/srv")
+HIDDEN = ("/home", "/root", "/tmp", "/var/tmp", "/run", "/mnt", "/media", "/srv", "/sys")
+SYS_SHOWN = ("/sys/devices/system/cpu",)  # core counts for libraries that look there
 GUEST_UID_BASE = 1_900_000_000  # root agents run guests as uids from here: no real account's
 
 # Runs first inside the sandbox as `python -I -S -c LAUNCHER SPEC`: applies the rlimits,
@@ -97,9 +105,21 @@ class Sandbox(ABC):
 
     @abstractmethod
     def wrap(
-        self, argv: Sequence[str], *, scratch: Path, limits: Limits, env: dict[str, str]
+        self,
+        argv: Sequence[str],
+        *,
+        scratch: Path,
+        limits: Limits,
+        env: dict[str, str],
+        seccomp_fd: int | None = None,
     ) -> list[str]:
-        """The command line that runs `argv` in `scratch` (its only writable place)."""
+        """The command line that runs `argv` in `scratch` (its only writable place);
+        `seccomp_fd` (from `filter_fd`) must be passed on to the child."""
+
+    @contextlib.contextmanager
+    def filter_fd(self) -> Iterator[int | None]:
+        """A descriptor holding the syscall filter for one sandbox start, or None."""
+        yield None
 
     def for_slot(self, index: int, private: Path) -> Sandbox:
         """This sandbox for one slot of an agent whose data dir `private` guests must not see."""
@@ -133,7 +153,13 @@ class NoSandbox(Sandbox):
     confined = False
 
     def wrap(
-        self, argv: Sequence[str], *, scratch: Path, limits: Limits, env: dict[str, str]
+        self,
+        argv: Sequence[str],
+        *,
+        scratch: Path,
+        limits: Limits,
+        env: dict[str, str],
+        seccomp_fd: int | None = None,
     ) -> list[str]:
         # RLIMIT_NPROC would count every process of the agent's user here, so it is left off.
         rlimits = limits.rlimits(count_processes=False)
@@ -151,6 +177,7 @@ class Bubblewrap(Sandbox):
     version: tuple[int, ...] = (0, 8, 0)
     private: tuple[Path, ...] = ()  # host paths to hide besides HIDDEN (the agent's data dir)
     uid: int | None = None  # root agents: the unprivileged uid guests of this slot run as
+    seccomp: bytes | None = None  # the compiled syscall filter (None: none could be built)
 
     name = "bubblewrap"
     confined = True
@@ -161,18 +188,36 @@ class Bubblewrap(Sandbox):
     def hand_over(self, path: Path) -> None:
         if self.uid is None:
             return
-        os.lchown(path, self.uid, self.uid)
-        for root, dirs, files in os.walk(path):
-            for name in dirs + files:
-                os.lchown(os.path.join(root, name), self.uid, self.uid)
+        safefs.chown_tree(path, self.uid)  # never through a link a guest planted
+
+    @contextlib.contextmanager
+    def filter_fd(self) -> Iterator[int | None]:
+        if self.seccomp is None:
+            yield None
+            return
+        fd = filter_fd(self.seccomp)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
 
     def describe(self) -> str:
         who = "under a uid of their own per slot" if os.geteuid() == 0 else "in a user namespace"
         version = ".".join(map(str, self.version))
-        return f"bubblewrap {version} ({self.program}): no network, read-only system, guests {who}"
+        seccomp = "a seccomp filter" if self.seccomp else "NO seccomp filter (no libseccomp)"
+        return (
+            f"bubblewrap {version} ({self.program}): no network, read-only system, no /sys, "
+            f"a pid namespace per sandbox, {seccomp}, guests {who}"
+        )
 
     def wrap(
-        self, argv: Sequence[str], *, scratch: Path, limits: Limits, env: dict[str, str]
+        self,
+        argv: Sequence[str],
+        *,
+        scratch: Path,
+        limits: Limits,
+        env: dict[str, str],
+        seccomp_fd: int | None = None,
     ) -> list[str]:
         if self.uid is None and os.geteuid() == 0:
             raise ValueError("a root agent's guests need a uid of their own: use for_slot()")
@@ -192,10 +237,13 @@ class Bubblewrap(Sandbox):
         args += ["--perms", "1777", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm"]
         args += _mounts(
             hidden=[Path(p) for p in HIDDEN] + list(self.private),
-            exposed=runtime_paths(),
+            exposed=runtime_paths() + [Path(p) for p in SYS_SHOWN if os.path.isdir(p)],
             scratch=scratch,
         )
-        args += ["--remount-ro", "/dev", "--clearenv", "--"]
+        args += ["--remount-ro", "/dev", "--clearenv"]
+        if seccomp_fd is not None:
+            args += ["--seccomp", str(seccomp_fd)]
+        args += ["--"]
         rlimits = limits.rlimits(count_processes=True)
         return args + _launcher(argv, scratch=scratch, env=env, rlimits=rlimits, uid=self.uid)
 
@@ -293,19 +341,18 @@ def _probe(path: str) -> Bubblewrap | None:
     except (OSError, subprocess.TimeoutExpired) as e:
         log.warning("bubblewrap at %s does not run: %s", path, e)
         return None
-    with tempfile.TemporaryDirectory(prefix="fogwheel-probe-") as tmp:
-        scratch = Path(tmp) / "scratch"
-        scratch.mkdir()
-        sandbox = Bubblewrap(path, version).for_slot(0, Path(tmp))
-        sandbox.hand_over(scratch)
-        argv = sandbox.wrap(
-            ["true"], scratch=scratch, limits=Limits(), env={"PATH": "/usr/bin:/bin"}
+    seccomp = compile_filter()
+    res = _try(Bubblewrap(path, version, seccomp=seccomp))
+    if res is not None and res.returncode != 0 and seccomp is not None:
+        log.warning(
+            "bubblewrap at %s refuses the seccomp filter (%s): guests run without one",
+            path,
+            res.stderr.strip()[-300:],
         )
-        try:
-            res = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=scratch)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            log.warning("bubblewrap at %s does not work here: %s", path, e)
-            return None
+        seccomp = None
+        res = _try(Bubblewrap(path, version))
+    if res is None:
+        return None
     if res.returncode != 0:
         log.warning(
             "bubblewrap at %s does not work here (exit status %d): %s",
@@ -314,4 +361,33 @@ def _probe(path: str) -> Bubblewrap | None:
             res.stderr.strip()[-500:],
         )
         return None
-    return Bubblewrap(path, version)
+    return Bubblewrap(path, version, seccomp=seccomp)
+
+
+def _try(sandbox: Bubblewrap) -> subprocess.CompletedProcess[str] | None:
+    """Run `true` in `sandbox` as a slot would; None when bubblewrap cannot even start."""
+    with tempfile.TemporaryDirectory(prefix="fogwheel-probe-") as tmp:
+        scratch = Path(tmp) / "scratch"
+        scratch.mkdir()
+        slot = sandbox.for_slot(0, Path(tmp))
+        slot.hand_over(scratch)
+        with slot.filter_fd() as fd:
+            argv = slot.wrap(
+                ["true"],
+                scratch=scratch,
+                limits=Limits(),
+                env={"PATH": "/usr/bin:/bin"},
+                seccomp_fd=fd,
+            )
+            try:
+                return subprocess.run(
+                    argv,
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                    cwd=scratch,
+                    pass_fds=() if fd is None else (fd,),
+                )
+            except (OSError, subprocess.TimeoutExpired) as e:
+                log.warning("bubblewrap at %s does not work here: %s", sandbox.program, e)
+                return None
