@@ -482,7 +482,8 @@ CREDENTIALS = {
     "node submitting": ("node", "POST", "/v1/jobs", 403, "for customer keys"),
     "node listing jobs": ("node", "GET", "/v1/jobs", 403, "for customer keys"),
     "node polling": ("node", "POST", "/v1/results/poll", 403, "for customer keys"),
-    "join token as a key": ("join", "GET", "/v1/jobs", 403, "for customer keys"),
+    # a join token is no principal (core/owners.py): as a key it is unknown
+    "join token as a key": ("join", "GET", "/v1/jobs", 401, "unknown or revoked key"),
     "admin submitting": ("admin", "POST", "/v1/jobs", 403, "for customer keys"),
     "customer as admin": ("customer", "POST", "/v1/customers?name=eve", 403, "for admin keys"),
     "node as admin": ("node", "POST", "/v1/customers?name=eve", 403, "for admin keys"),

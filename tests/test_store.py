@@ -35,9 +35,10 @@ def job(n: int, max_attempts: int = 3, token: str | None = None, replicas: int |
     )
 
 
-def join(store: Store, name: str = "n", cores: int = 2) -> str:
+def join(store: Store, name: str = "n", cores: int = 2, quota: int = 4096) -> str:
+    """A device with an in-flight quota of `quota` (a new one has core/quota.START)."""
     info = NodeJoin(token="x" * 8, name=name, cores=cores, memory_mb=512, disk_mb=1000)
-    node_id, _ = store.join_node(info, T0)
+    node_id, _ = store.join_node(info, T0, quota=quota)
     return node_id
 
 
@@ -103,12 +104,29 @@ def test_a_late_result_counts_once_and_the_second_copy_is_superseded(store: Stor
     assert outcomes == ["accepted", "superseded"]
 
 
+def prove(store: Store, node_id: str) -> None:
+    """Give a device the record of one past probation (core/trust.py)."""
+    from sqlalchemy import update
+
+    from fogwheel.core.trust import PROBATION
+    from fogwheel.store.schema import nodes
+
+    with store.tx() as c:
+        c.execute(
+            update(nodes).where(nodes.c.id == node_id).values(agreed=PROBATION, streak=PROBATION)
+        )
+
+
 def test_a_task_lost_max_attempts_times_fails_with_the_reason(store: Store) -> None:
-    node = join(store)
+    # Losses count against max_attempts once per proven device's owner (core/owners.py);
+    # a new device's loss gives the task another attempt (tests/test_owners_store.py).
+    a, b = join(store, "a"), join(store, "b")
+    prove(store, a)
+    prove(store, b)
     job_id = store.create_job("c1", job(1, max_attempts=2), T0)
     now = T0
-    for _ in range(2):
-        store.sync(node, SyncIn(want=1), now)
+    for node in (a, b):
+        assert store.sync(node, SyncIn(want=1), now).tasks
         now += 11
         store.expire_leases(now)
     [r] = store.results_since("c1", job_id, 0)["results"]

@@ -669,13 +669,30 @@ def earnings(
     limit: HistoryLimitOpt = 20,
     before: BeforeOpt = None,
     as_json: JsonOpt = False,
+    owner: Annotated[
+        bool,
+        typer.Option(
+            "--owner", help="Sum every device of your owner account instead (needs --owner-key)."
+        ),
+    ] = False,
+    owner_key: Annotated[
+        str | None,
+        typer.Option(
+            "--owner-key", envvar="FOGWHEEL_OWNER_KEY", help="Your owner key (with --owner)."
+        ),
+    ] = None,
+    coordinator: CoordinatorOpt = None,
 ) -> None:
     """Show what this device has earned: its node's balance and newest entries.
 
     Run it on the device: it reads the credential that `fogwheel node` saved in --data-dir.
+    With --owner, what all your devices earned, each and in total (docs/owners.md).
 
     Amounts are in credits (1 credit = 1,000,000 micro-credits).
     """
+    if owner:
+        cli_owners.owner_earnings(coordinator, owner_key, as_json)
+        return
     path = data_dir / "node.json"
     try:
         ident = json.loads(path.read_text())
@@ -734,9 +751,15 @@ def keys_create(
 
 
 def _api_call(
-    method: str, url: str, secret: str, path: str, params: dict[str, Any]
+    method: str,
+    url: str,
+    secret: str,
+    path: str,
+    params: dict[str, Any],
+    body: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One authenticated request; any failure becomes a one-line error and exit status 1."""
+    """One authenticated request (`body` as JSON); any failure becomes a one-line error and
+    exit status 1."""
     import httpx
 
     try:
@@ -744,6 +767,7 @@ def _api_call(
             method,
             url.rstrip("/") + path,
             params=params,
+            json=body,
             headers={"authorization": f"Bearer {secret}"},
             timeout=30.0,
         )
@@ -1465,6 +1489,12 @@ def cdn_stats_cmd(
     for name, value in rows:
         table.add_row(name, value)
     out.print(table)
+
+
+# owners, join tokens, revocation (src/fogwheel/cli_owners.py)
+from fogwheel import cli_owners  # noqa: E402
+
+cli_owners.register(app, keys_app, nodes_app)
 
 
 def main() -> None:

@@ -330,7 +330,7 @@ class SyncOut(Model):
 class NodeOut(Model):
     id: str
     name: str
-    state: Literal["up", "draining", "gone", "quarantined"]
+    state: Literal["up", "draining", "gone", "quarantined", "revoked"]
     cores: int
     memory_mb: int
     disk_mb: int
@@ -348,6 +348,8 @@ class NodeOut(Model):
     quarantine_reason: str | None = Field(
         default=None, description="why it is quarantined, when it is (an operator may pardon)"
     )
+    owner_id: str = Field(default="operator", description="the owner whose device it is")
+    quota: int = Field(default=2, description="tasks it may hold at once (core/quota.py)")
 
 
 class NodeList(Model):

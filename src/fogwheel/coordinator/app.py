@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import math
 import os
 import time
 from typing import Annotated, Any
@@ -27,6 +28,8 @@ from fogwheel.coordinator.cdn_routes import build_cdn_routes, screen_serve_url
 from fogwheel.coordinator.diskfull import DISK_FULL_MESSAGE, is_disk_full
 from fogwheel.coordinator.ledger_routes import build_ledger_routes
 from fogwheel.coordinator.metrics import Metrics
+from fogwheel.coordinator.owner_routes import build_owner_routes
+from fogwheel.core.owners import Refuse, network_of
 from fogwheel.errors import IntegrityError, StorageFull
 from fogwheel.protocol import (
     SQL_INT_MAX,
@@ -368,8 +371,20 @@ def build_routes(
 
     # -- nodes ------------------------------------------------------------------------------
 
-    @v1.post("/nodes/join", status_code=201, tags=["nodes"])
-    def join(info: NodeJoin) -> NodeJoined:
+    @v1.post(
+        "/nodes/join",
+        status_code=201,
+        tags=["nodes"],
+        responses={
+            403: {"model": Problem, "description": "The join token has admitted all its devices"},
+            429: {"model": Problem, "description": "Joins with this token come too fast"},
+        },
+    )
+    def join(request: Request, info: NodeJoin) -> NodeJoined:
+        """Join a device with a join token; the token's owner owns it (docs/owners.md).
+
+        401: unknown, revoked or expired token; 403: its device cap is used up; 429: joins
+        faster than its rate (Retry-After says when to try again)."""
         # A node sends the bare token; one that sends the whole join string is told if its
         # pin names another coordinator, rather than being admitted to the wrong fog.
         try:
@@ -381,12 +396,13 @@ def build_routes(
                 401, "this join string pins another coordinator's key: check the coordinator URL"
             )
         info = info.model_copy(update={"token": secret})
-        who = store.authenticate(secret)
-        if who is None or who.kind != "join":
-            raise HTTPException(
-                401, "unknown join token: ask the operator for the fog's join token"
-            )
-        node_id, credential = store.join_node(info, time.time())
+        host = request.client.host if request.client else None
+        joined = store.join_with_token(info, time.time(), network=network_of(host))
+        if isinstance(joined, Refuse):
+            retry = joined.retry_after_s
+            headers = {"retry-after": str(max(1, math.ceil(retry)))} if retry else None
+            raise HTTPException(joined.status, joined.reason, headers=headers)
+        node_id, credential = joined
         log.info(
             "node %s (%s) joined: %d cores, %d MB", node_id, info.name, info.cores, info.memory_mb
         )
@@ -416,7 +432,8 @@ def build_routes(
             for v in [rep.value, *rep.outputs.values()]:
                 if v is not None:
                     _check_value(v, uploaded=True)
-        out = store.sync(who.id, req, time.time(), leaving=leaving)
+        host = request.client.host if request.client else None
+        out = store.sync(who.id, req, time.time(), leaving=leaving, client_host=host)
         if out.acked:
             results.notify()
         metrics.leased.inc(len(out.tasks))
@@ -493,6 +510,7 @@ def build_routes(
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     build_ledger_routes(app, store, auth)
+    build_owner_routes(app, store, auth, public_key)
     build_cdn_routes(app, store, auth, blobs, signing_key)
 
 

@@ -38,6 +38,11 @@ class Authenticator:
         self._cache[secret] = (now, who)
         return who
 
+    def forget(self) -> None:
+        """Drop every cached principal: after a revocation, this process asks the store again
+        at once (other coordinator processes within `_CACHE_SECONDS`)."""
+        self._cache.clear()
+
     def require(self, request: Request, *kinds: str) -> Principal:
         who = self.principal(request)
         if who.kind not in kinds:

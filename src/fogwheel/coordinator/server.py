@@ -61,11 +61,16 @@ def open_store(config: CoordinatorConfig) -> tuple[Store, dict[str, str]]:
     store.create_schema()
     now = time.time()
     created: dict[str, str] = {}
+    # The --join-token is the operator's own devices' token (docs/owners.md): a new one
+    # replaces the one given before, which stops working.
+    store.ensure_operator(now)
     if config.join_token:
-        store.add_secret("join", "join", "join token", config.join_token, now)
-    elif not store.has_secrets("join"):
+        flag = store.set_flag_token(config.join_token, now)
+        if (store.get_token(flag) or {}).get("revoked"):
+            log.warning("the --join-token was revoked (token %s): no node can join with it", flag)
+    elif not store.has_join_tokens():
         created["join_token"] = new_secret("fwj")
-        store.add_secret("join", "join", "join token", created["join_token"], now)
+        store.set_flag_token(created["join_token"], now)
     if config.api_key:
         cid = "c-" + hash_secret(config.api_key)[:8]
         store.add_secret("customer", cid, "default", config.api_key, now)

@@ -8,10 +8,11 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, case, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from fogwheel.core import scheduler, trust
+from fogwheel.core import owners, scheduler, trust
+from fogwheel.core import quota as inflight
 from fogwheel.core.tasks import (
     TaskState,
 )
@@ -23,6 +24,7 @@ from fogwheel.store.base import (
     new_secret,
 )
 from fogwheel.store.schema import (
+    attempts,
     blob_holders,
     nodes,
     principals,
@@ -34,36 +36,76 @@ from fogwheel.store.schema import (
 class FleetStore(StoreBase):
     # -- nodes ------------------------------------------------------------------------------
 
-    def join_node(self, info: NodeJoin, now: float) -> tuple[str, str]:
+    def join_with_token(
+        self, info: NodeJoin, now: float, *, network: str | None = None
+    ) -> tuple[str, str] | owners.Refuse:
+        """Join a device with the join token it presents: (node id, credential), or why the
+        token refuses it (unknown, revoked, expired, used up, too fast; core/owners.py)."""
+        with self.tx() as c:
+            admitted = self._admit_join(c, info.token, now)  # type: ignore[attr-defined]
+            if isinstance(admitted, owners.Refuse):
+                return admitted
+            token_id, owner_id = admitted
+            return self._insert_node(c, info, now, owner_id, token_id, network)
+
+    def join_node(
+        self,
+        info: NodeJoin,
+        now: float,
+        *,
+        owner_id: str | None = None,
+        token_id: str | None = None,
+        network: str | None = None,
+        quota: int = inflight.START,
+    ) -> tuple[str, str]:
+        """Add a device without checking any token (the join route checks it first)."""
+        with self.tx() as c:
+            return self._insert_node(c, info, now, owner_id, token_id, network, quota)
+
+    def _insert_node(
+        self,
+        c: Connection,
+        info: NodeJoin,
+        now: float,
+        owner_id: str | None,
+        token_id: str | None,
+        network: str | None,
+        quota: int = inflight.START,
+    ) -> tuple[str, str]:
         node_id = "n-" + secrets.token_hex(4)
         credential = new_secret("fwn")
-        with self.tx() as c:
-            c.execute(
-                nodes.insert().values(
-                    id=node_id,
-                    name=info.name,
-                    cores=info.cores,
-                    memory_mb=info.memory_mb,
-                    disk_mb=info.disk_mb,
-                    platform=info.platform,
-                    capabilities=json.dumps(sorted(set(info.capabilities))),
-                    joined_at=now,
-                    last_seen=now,
-                    state="up",
-                    slots_free=info.cores,
-                    done=0,
-                    lost=0,
-                )
+        cores, memory_mb, disk_mb = owners.bounded_claim(info.cores, info.memory_mb, info.disk_mb)
+        c.execute(
+            nodes.insert().values(
+                id=node_id,
+                name=info.name,
+                cores=cores,
+                memory_mb=memory_mb,
+                disk_mb=disk_mb,
+                platform=info.platform,
+                capabilities=json.dumps(sorted(set(info.capabilities))),
+                joined_at=now,
+                last_seen=now,
+                state="up",
+                slots_free=cores,
+                done=0,
+                lost=0,
+                owner_id=owner_id,
+                token_id=token_id,
+                network=network,
+                quota=quota,
+                revoked=False,
             )
-            c.execute(
-                principals.insert().values(
-                    secret_hash=hash_secret(credential),
-                    kind="node",
-                    id=node_id,
-                    name=info.name,
-                    created_at=now,
-                )
+        )
+        c.execute(
+            principals.insert().values(
+                secret_hash=hash_secret(credential),
+                kind="node",
+                id=node_id,
+                name=info.name,
+                created_at=now,
             )
+        )
         return node_id, credential
 
     def list_nodes(self, now: float) -> list[dict[str, Any]]:
@@ -98,12 +140,16 @@ class FleetStore(StoreBase):
                     "reputation": round(trust.reputation(_record(r)), 4),
                     "check_rate": round(trust.check_rate(_record(r)), 4),
                     "last_seen": r["last_seen"],
+                    "owner_id": r["owner_id"] or owners.OPERATOR,
+                    "quota": inflight.in_flight_limit(r["quota"], r["cores"]),
                     "quarantine_reason": r["quarantine_reason"],
                 }
             )
         return out
 
     def _node_state(self, row: Any, now: float) -> str:
+        if row["revoked"]:
+            return "revoked"
         if row["quarantined"]:
             return "quarantined"
         if (
@@ -127,14 +173,55 @@ class FleetStore(StoreBase):
                 nodes.c.slots_free,
                 nodes.c.done,
                 nodes.c.lost,
+                nodes.c.quota,
             ).where(nodes.c.state == "up", nodes.c.last_seen >= horizon, ~nodes.c.quarantined)
         ).all()
+        # A device weighs in fair shares with the slots its quota backs, not what it claims.
         views = [
-            scheduler.NodeView(r.id, r.cores, r.memory_mb, r.cores - r.slots_free, r.done, r.lost)
+            scheduler.NodeView(
+                r.id,
+                inflight.scheduling_slots(r.quota, r.cores),
+                r.memory_mb,
+                max(0, r.cores - r.slots_free),
+                r.done,
+                r.lost,
+            )
             for r in rows
         ]
         self._fleet = (now, views)
         return views
+
+    def _failure_fate(self, c: Connection, task_id: int, node_id: str) -> str:
+        """What `node_id`'s crash or lost lease does to the task (core/owners.py)."""
+        earlier = (
+            c.execute(
+                select(attempts.c.node_id).where(
+                    attempts.c.task_id == task_id, attempts.c.outcome.in_(["lost", "failed"])
+                )
+            )
+            .scalars()
+            .all()
+        )
+        records = {
+            r.id: r
+            for r in c.execute(
+                select(
+                    nodes.c.id,
+                    nodes.c.owner_id,
+                    nodes.c.streak,
+                    nodes.c.quarantined,
+                ).where(nodes.c.id.in_({node_id, *earlier}))
+            ).all()
+        }
+
+        def failure(n: str) -> owners.Failure:
+            r = records.get(n)
+            if r is None:
+                return owners.Failure(owners.voter(n, None), proven=False)
+            proven = r.streak >= trust.PROBATION and not r.quarantined
+            return owners.Failure(owners.voter(n, r.owner_id), proven)
+
+        return owners.failure_verdict(failure(node_id), [failure(n) for n in earlier])
 
     # -- what nodes hold in their blob caches -----------------------------------------------
 
@@ -164,6 +251,40 @@ class FleetStore(StoreBase):
         ).all():
             held[tid][nid] = int(size)
         return held
+
+
+def devices(c: Connection, node_ids: Iterable[str]) -> dict[str, owners.Device]:
+    """Owner and network of these nodes, as placement and verification compare them."""
+    ids = list(set(node_ids))
+    if not ids:
+        return {}
+    rows = c.execute(
+        select(nodes.c.id, nodes.c.owner_id, nodes.c.network).where(nodes.c.id.in_(ids))
+    ).all()
+    return {r.id: owners.Device(r.id, r.owner_id, r.network) for r in rows}
+
+
+def barred_groups(c: Connection, node_id: str, ran: dict[int, set[str]]) -> set[int]:
+    """The task groups whose copies `node_id` may not take: a device of the same voter
+    (owner), or on the same network, holds or ran one (core/owners.py)."""
+    if not ran:
+        return set()
+    devs = devices(c, {node_id}.union(*ran.values()))
+    me = devs.get(node_id, owners.Device(node_id))
+    return {g for g, held in ran.items() if owners.barred(me, [devs[n] for n in held if n in devs])}
+
+
+def quota_grown(n: int = 1) -> Any:
+    """SQL for core/quota.grown(nodes.quota, n): doubled n times, up to inflight.MAX."""
+    factor = 1 << min(max(0, n), 12)
+    grown = nodes.c.quota * factor
+    return case((grown >= inflight.MAX, inflight.MAX), (grown < 1, 1), else_=grown)
+
+
+def quota_shrunk(n: int = 1) -> Any:
+    """SQL for core/quota.shrunk(nodes.quota, n): halved n times, at least 1."""
+    shrunk = nodes.c.quota // (1 << min(max(0, n), 12))
+    return case((shrunk < 1, 1), else_=shrunk)
 
 
 def _record(r: Any) -> trust.Record:

@@ -15,7 +15,8 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select, update
 
-from fogwheel.core import scheduler, trust
+from fogwheel.core import owners, scheduler, trust
+from fogwheel.core import quota as inflight
 from fogwheel.core.tasks import (
     TERMINAL,
     Cancelled,
@@ -42,6 +43,7 @@ from fogwheel.store.base import (
     _task_cols,
     keep_name,
 )
+from fogwheel.store.fleet import barred_groups, quota_shrunk
 from fogwheel.store.schema import (
     attempts,
     blob_holders,
@@ -59,9 +61,21 @@ FINISHED = ("accepted", "agreed", "reported")  # attempt outcomes that mean: it 
 class LeasingStore(VerifyStore):
     # -- the node's round trip --------------------------------------------------------------
 
-    def sync(self, node_id: str, req: SyncIn, now: float, *, leaving: bool = False) -> SyncResult:
-        """Apply a node's reports, renewals and hand-backs, then lease it more work."""
+    def sync(
+        self,
+        node_id: str,
+        req: SyncIn,
+        now: float,
+        *,
+        leaving: bool = False,
+        client_host: str | None = None,
+    ) -> SyncResult:
+        """Apply a node's reports, renewals and hand-backs, then lease it more work.
+
+        `client_host`, the address the node connects from, refreshes its network
+        (core/owners.py: copies of a task go to distinct networks)."""
         out = SyncResult([], [], [], [])
+        seen = {} if client_host is None else {"network": owners.network_of(client_host)}
         with self.tx() as c:
             if req.results:
                 self._report(c, node_id, req.results, now, out)
@@ -72,7 +86,12 @@ class LeasingStore(VerifyStore):
             c.execute(
                 update(nodes)
                 .where(nodes.c.id == node_id)
-                .values(last_seen=now, slots_free=req.slots_free, state="gone" if leaving else "up")
+                .values(
+                    last_seen=now,
+                    slots_free=req.slots_free,
+                    state="gone" if leaving else "up",
+                    **seen,
+                )
             )
             if req.want and not leaving:
                 out.tasks = self._lease(c, node_id, req.want, now)
@@ -141,8 +160,18 @@ class LeasingStore(VerifyStore):
             kind = rep.error.kind if (rep.error and not rep.ok) else None
             if kind in RETRYABLE or (not rep.ok and rep.error is None):
                 reason = f"{kind or 'crash'} on {node_id}: {rep.error.message if rep.error else ''}"
+                # A new device's crash, or a second one from the same owner, gives the task
+                # one more attempt instead of using one up (core/owners.py: failure_verdict).
+                fate = self._failure_fate(c, tid, node_id)
                 try:
-                    new = apply(task, Errored(node_id, reason[:500], retryable=True))
+                    if fate == owners.REFUND and task.state is TaskState.LEASED:
+                        task = dataclasses.replace(task, max_attempts=task.max_attempts + 1)
+                        new = apply(task, Errored(node_id, reason[:500], retryable=True))
+                    elif fate == owners.GIVE_UP:
+                        why = f"{reason[:400]}; {owners.gave_up()}"
+                        new = apply(task, Errored(node_id, why, retryable=False))
+                    else:
+                        new = apply(task, Errored(node_id, reason[:500], retryable=True))
                 except IllegalTransition:
                     superseded.append(tid)
                     continue
@@ -229,7 +258,9 @@ class LeasingStore(VerifyStore):
             )
         for tid, t, err in requeued:
             c.execute(
-                update(tasks).where(tasks.c.id == tid).values(**_task_cols(t), error=err or None)
+                update(tasks)
+                .where(tasks.c.id == tid)
+                .values(**_task_cols(t), max_attempts=t.max_attempts, error=err or None)
             )
         if failed:
             self._finish(c, failed, now)
@@ -241,7 +272,11 @@ class LeasingStore(VerifyStore):
             c.execute(
                 update(nodes)
                 .where(nodes.c.id == node_id)
-                .values(done=nodes.c.done + len(kept), lost=nodes.c.lost + len(lost_ids))
+                .values(
+                    done=nodes.c.done + len(kept),
+                    lost=nodes.c.lost + len(lost_ids),
+                    **({"quota": quota_shrunk(len(lost_ids))} if lost_ids else {}),
+                )
             )
         outputs = [
             (v.sha, v.size)
@@ -391,16 +426,20 @@ class LeasingStore(VerifyStore):
 
     def _lease(self, c: Connection, node_id: str, want: int, now: float) -> list[dict[str, Any]]:
         node = c.execute(select(nodes).where(nodes.c.id == node_id)).mappings().one()
-        if node["quarantined"]:
-            return []  # caught returning a wrong result: no more work
+        if node["quarantined"] or node["revoked"]:
+            return []  # caught returning a wrong result, or revoked: no more work
         held = c.execute(
             select(func.count())
             .select_from(tasks)
             .where(tasks.c.node_id == node_id, tasks.c.state == TaskState.LEASED)
         ).scalar_one()
+        # The in-flight quota (core/quota.py): a new device holds little until results back it.
+        want = min(want, inflight.room(node["quota"], node["cores"], held))
+        if want <= 0:
+            return []
         view = scheduler.NodeView(
             node_id,
-            node["cores"],
+            inflight.scheduling_slots(node["quota"], node["cores"]),
             node["memory_mb"],
             held,
             node["done"],
@@ -475,6 +514,8 @@ class LeasingStore(VerifyStore):
                 )
             ).all():
                 ran[gid].add(nid)
+        # ... nor to a device of an owner, or on a network, that has (core/owners.py).
+        barred = barred_groups(c, node_id, ran)
         # Locality: who holds the candidates' input blobs (only tasks that read blobs ask).
         holders = self._input_holders(c, [r.id for r in rows.values() if r.input_bytes])
         keepers = self._keepers(c, [r for r in rows.values() if r.sticky], cluster.live)
@@ -489,7 +530,8 @@ class LeasingStore(VerifyStore):
                     _NO_NEEDS if r.needs == "[]" else frozenset(json.loads(r.needs)),
                     frozenset(lost_on[r.id]),
                     group=r.replica_of,
-                    exclude=frozenset(ran.get(r.replica_of or r.id, ())),
+                    exclude=frozenset(ran.get(r.replica_of or r.id, ()))
+                    | ({node_id} if (r.replica_of or r.id) in barred else frozenset()),
                     local_bytes=held_by.get(node_id, 0),
                     sticky=bool(r.sticky),
                     keeper=keepers.get(r.id),
@@ -741,7 +783,15 @@ class LeasingStore(VerifyStore):
             lost_by_node: dict[str, int] = defaultdict(int)
             regroup = []
             for r in rows:
-                t = apply(_task(r), Expired(now))
+                fate = self._failure_fate(c, r.id, r.node_id)
+                if fate == owners.REFUND:  # core/owners.py: a new device's loss costs nothing
+                    more = dataclasses.replace(_task(r), max_attempts=r.max_attempts + 1)
+                    t = apply(more, Expired(now))
+                elif fate == owners.GIVE_UP:
+                    why = f"lease lost on {r.node_id}; {owners.gave_up()}"
+                    t = apply(_task(r), Errored(r.node_id, why, retryable=False))
+                else:
+                    t = apply(_task(r), Expired(now))
                 if r.backup and t.state is TaskState.PENDING:  # a backup is never queued
                     t = apply(t, Cancelled(f"backup copy lost on {r.node_id}"))
                 lost_by_node[r.node_id] += 1
@@ -755,13 +805,19 @@ class LeasingStore(VerifyStore):
                 else:
                     err = json.dumps({"kind": "lost", "message": t.error})
                     c.execute(
-                        update(tasks).where(tasks.c.id == r.id).values(**_task_cols(t), error=err)
+                        update(tasks)
+                        .where(tasks.c.id == r.id)
+                        .values(**_task_cols(t), max_attempts=t.max_attempts, error=err)
                     )
             if finished:
                 self._finish(c, finished, now)
             self._verify_groups(c, regroup, now)
             for nid, n in lost_by_node.items():
-                c.execute(update(nodes).where(nodes.c.id == nid).values(lost=nodes.c.lost + n))
+                c.execute(
+                    update(nodes)
+                    .where(nodes.c.id == nid)
+                    .values(lost=nodes.c.lost + n, quota=quota_shrunk(n))
+                )
         return [r.id for r in rows]
 
     def extend_leases(self, now: float) -> int:

@@ -32,9 +32,38 @@ principals = Table(
     "principals",
     metadata,
     Column("secret_hash", String(64), primary_key=True),
-    Column("kind", String(16), nullable=False),  # customer | node | admin | join
+    Column("kind", String(16), nullable=False),  # customer | node | admin | owner
     Column("id", String(64), nullable=False),
     Column("name", String(200), nullable=False, default=""),
+    Column("created_at", Float, nullable=False),
+)
+
+# Owners hold devices, join tokens and earnings (core/owners.py); `operator` is the default.
+owners = Table(
+    "owners",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+# A join token admits devices for its owner, up to a cap and a rate (a token bucket), until
+# it expires or is revoked; only the secret's SHA-256 is kept. `origin`: flag (the
+# coordinator's --join-token, replaced when it changes) | created (`fogwheel tokens create`).
+join_tokens = Table(
+    "join_tokens",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("secret_hash", String(64), nullable=False, unique=True),
+    Column("owner_id", String(64), nullable=False, index=True),
+    Column("origin", String(16), nullable=False),
+    Column("max_devices", Integer, nullable=False),
+    Column("rate_per_hour", Float, nullable=False),
+    Column("joined", Integer, nullable=False, default=0),
+    Column("bucket", Float, nullable=False),
+    Column("bucket_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=True),
+    Column("revoked", Boolean, nullable=False, default=False),
     Column("created_at", Float, nullable=False),
 )
 
@@ -61,6 +90,13 @@ nodes = Table(
     Column("disputed", Integer, nullable=False, default=0),
     Column("streak", Integer, nullable=False, default=0),
     Column("quarantined", Boolean, nullable=False, default=False),
+    # owners (core/owners.py): whose device it is, the token it joined with, where it
+    # connects from (/24), its in-flight quota (core/quota.py), and whether it was revoked
+    Column("owner_id", String(64), nullable=True, index=True),
+    Column("token_id", String(64), nullable=True),
+    Column("network", String(64), nullable=True),
+    Column("quota", Integer, nullable=False, default=2),
+    Column("revoked", Boolean, nullable=False, default=False),
     Column("quarantine_reason", Text, nullable=True),  # why, in a sentence (pardon clears it)
 )
 

@@ -17,10 +17,11 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select, update
 
-from fogwheel.core import compare, trust
+from fogwheel.core import compare, owners, trust
 from fogwheel.core.tasks import TERMINAL, Cancelled, Settled, Task, TaskState, apply
 from fogwheel.protocol import TaskReport
 from fogwheel.store.base import _TASK_COLS, NODE_GONE_AFTER_LEASES, StoreBase, _task, _task_cols
+from fogwheel.store.fleet import devices, quota_grown
 from fogwheel.store.schema import attempts, nodes, task_blobs, tasks
 
 RECHECK_RECENT = 50  # unchecked results of a quarantined node that are checked again
@@ -96,12 +97,22 @@ class VerifyStore(StoreBase):
             .order_by(attempts.c.id)
         ).all()
         involved = frozenset(r.node_id for r in rows)
+        # One vote per node, and one per owner: devices of one owner that agree are one
+        # voice, so colluders never out-vote another owner's device (core/owners.py).
+        devs = devices(c, involved)
         reported = {}
+        voted: set[str] = set()
+        extra = []  # results of further devices of an owner that has voted
         for r in rows:
-            if r.digest is not None and r.outcome == "reported":
-                reported.setdefault(r.node_id, r)  # one vote per node
+            if r.digest is not None and r.outcome == "reported" and r.node_id not in reported:
+                who = devs[r.node_id].voter if r.node_id in devs else owners.voter(r.node_id, None)
+                if who in voted:
+                    extra.append(r)
+                    continue
+                voted.add(who)
+                reported[r.node_id] = r
         if head.state in TERMINAL:
-            self._late_votes(c, head, reported.values(), now)
+            self._late_votes(c, head, [*reported.values(), *extra], now)
             return
         if reported:  # a quarantined node's word counts for nothing
             barred = set(
@@ -143,6 +154,7 @@ class VerifyStore(StoreBase):
             for n in verdict.disputing:
                 why = f"its result for task {group} disagreed with the agreed one"
                 self._vote(c, n, [reported[n].id], agreed=False, reason=why)
+            self._unvoted(c, extra)
             runs = [(n, reported[n].cpu_s or 0.0) for n in verdict.agreeing]
             credit = getattr(self, "credit_verified_work", None)
             if credit is not None:
@@ -158,6 +170,7 @@ class VerifyStore(StoreBase):
                 )
                 self._settle(c, head, Settled(False, reason), None, now)
                 self._cancel_members(c, members, now)
+                self._unvoted(c, extra)
                 for r in reported.values():
                     c.execute(
                         update(attempts).where(attempts.c.id == r.id).values(outcome="unsettled")
@@ -168,6 +181,7 @@ class VerifyStore(StoreBase):
             reason = f"no agreement: {verdict.reason}"
             self._settle(c, head, Settled(False, reason), None, now)
             self._cancel_members(c, members, now)
+            self._unvoted(c, extra)
             for r in reported.values():
                 c.execute(update(attempts).where(attempts.c.id == r.id).values(outcome="unsettled"))
 
@@ -192,7 +206,7 @@ class VerifyStore(StoreBase):
         c.execute(
             update(nodes)
             .where(nodes.c.id == node_id)
-            .values(agreed=nodes.c.agreed + n, streak=nodes.c.streak + n)
+            .values(agreed=nodes.c.agreed + n, streak=nodes.c.streak + n, quota=quota_grown(n))
         )
         credit = getattr(self, "credit_verified_batch", None)
         if credit is not None:
@@ -207,14 +221,24 @@ class VerifyStore(StoreBase):
             )
 
     def _tiebreakers(self, c: Connection, voted: set[str], now: float) -> bool:
-        """Whether any live, trusted node has not yet given a result for this task."""
+        """Whether any live, trusted node has not yet given a result for this task, and is
+        of another owner and network than those that have (core/owners.py)."""
         horizon = now - self.lease_seconds * NODE_GONE_AFTER_LEASES
         live = c.execute(
-            select(nodes.c.id).where(
+            select(nodes.c.id, nodes.c.owner_id, nodes.c.network).where(
                 nodes.c.state == "up", nodes.c.last_seen >= horizon, ~nodes.c.quarantined
             )
-        ).scalars()
-        return any(n not in voted for n in live)
+        ).all()
+        gave = list(devices(c, voted).values())
+        return any(
+            not owners.barred(owners.Device(r.id, r.owner_id, r.network), gave) for r in live
+        )
+
+    def _unvoted(self, c: Connection, extra: Sequence[Any]) -> None:
+        """Results of an owner's further devices, once a verdict is in: ran, not counted."""
+        if extra:
+            ids = [r.id for r in extra]
+            c.execute(update(attempts).where(attempts.c.id.in_(ids)).values(outcome="superseded"))
 
     def _settle(
         self, c: Connection, head: Any, event: Settled, rep: TaskReport | None, now: float
@@ -332,6 +356,8 @@ class VerifyStore(StoreBase):
                 disputed=after.disputed,
                 streak=after.streak,
                 quarantined=after.quarantined,
+                # a validated result doubles the in-flight quota (core/quota.py)
+                **({"quota": quota_grown(1)} if agreed else {}),
             )
         )
         if after.quarantined and not before.quarantined:
