@@ -8,8 +8,19 @@ warm-up job lets reputations settle; then a job of 2,000 deterministic tasks is 
   fixed quorum of 2 measured in the same run for comparison (it costs ≥ 2.0);
 - time from the first job's start until the faulty node is quarantined.
 
+Then two attacks on a fog of owners (docs/owners.md), each on a fresh coordinator:
+- collusion: 10 % of the devices belong to one owner (joined with that owner's own token) and
+  all return the same wrong answer (FOGWHEEL_FAULT=collude); reported are the wrong answers
+  accepted (`collusion_wrong_accepted`, goal 0) and the replication overhead of a measured job
+  after a warm-up (`collusion_overhead`, goal <= 1.15);
+- Sybils: an attacker joins 1,000 devices from one token made with `tokens create`'s
+  defaults (`sybil_admitted`: how many the token let in), and the admitted ones lease work
+  and return one shared wrong answer while a job runs (`sybil_wrong_accepted`, goal 0).
+
     python bench/trust.py                   # 10 nodes, 1 faulty, 2,000 measured tasks
     python bench/trust.py --tasks 500 --warmup 500 --json
+    python bench/trust.py --tasks 400 --warmup 300 --boinc-tasks 100 \
+        --collusion-nodes 20 --collusion-warmup 300 --collusion-tasks 400 --sybil-tasks 100
 
 Progress goes to stderr; the last line of stdout is one JSON object.
 """
@@ -17,7 +28,10 @@ Progress goes to stderr; the last line of stdout is one JSON object.
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import json
+import pickle
 import sys
 import threading
 import time
@@ -71,6 +85,142 @@ def run_job(client: Client, n: int, offset: int, replicas: str | int) -> tuple[i
     return wrong, futures[0].job_id, time.perf_counter() - t0
 
 
+def admin_call(fog: LocalFog, method: str, path: str, **kw: Any) -> dict[str, Any]:
+    r = httpx.request(
+        method,
+        f"{fog.url}{path}",
+        headers={"authorization": f"Bearer {fog.admin_key}"},
+        timeout=60,
+        **kw,
+    )
+    r.raise_for_status()
+    answer: dict[str, Any] = r.json()
+    return answer
+
+
+def owner_token(fog: LocalFog, name: str, **limits: Any) -> tuple[str, str]:
+    """A new owner and a join token of its own: (owner id, join string)."""
+    owner = admin_call(fog, "POST", "/v1/owners", json={"name": name})["owner_id"]
+    tok = admin_call(fog, "POST", "/v1/tokens", json={"owner_id": owner, **limits})
+    return owner, tok["join_string"]
+
+
+def collusion_run(args: argparse.Namespace) -> dict[str, Any]:
+    """10 % of the devices, of one owner, return one shared wrong answer."""
+    colluders = max(2, round(args.collusion_nodes * 0.1))
+    honest = args.collusion_nodes - colluders
+    say(f"collusion: {honest} honest nodes, {colluders} of one owner returning one wrong answer…")
+    with LocalFog(0, lease_seconds=5.0) as fog:
+        owner, join = owner_token(fog, "cartel")
+        for _ in range(honest):
+            fog.add_node()
+        for _ in range(colluders):
+            fog.add_node("--token", join, env={"FOGWHEEL_FAULT": "collude:cartel"})
+        fog.wait_for_nodes(args.collusion_nodes)
+        with Client(fog.url, fog.api_key) as client:
+            wrong_w, _, sec_w = run_job(client, args.collusion_warmup, 0, "adaptive")
+            say(f"  warm-up {args.collusion_warmup} tasks: {sec_w:.1f} s")
+            wrong_m, job_m, sec_m = run_job(
+                client, args.collusion_tasks, args.collusion_warmup, "adaptive"
+            )
+            runs, tasks = runs_per_task(fog, job_m)
+            say(f"  measured {tasks} tasks: {sec_m:.1f} s, {runs} runs")
+            nodes = client.nodes()
+    caught = [n for n in nodes if n["owner_id"] == owner and n["state"] == "quarantined"]
+    return {
+        "collusion_wrong_accepted": wrong_w + wrong_m,
+        "collusion_overhead": round(runs / tasks, 4),
+        "collusion_colluders": colluders,
+        "collusion_quarantined": len(caught),
+        "collusion_honest_quarantined": sum(
+            n["state"] == "quarantined" for n in nodes if n["owner_id"] != owner
+        ),
+    }
+
+
+def sybil_run(args: argparse.Namespace) -> dict[str, Any]:
+    """1,000 joins from one token; the admitted Sybils lie in unison while a job runs."""
+    say(f"Sybils: 1,000 joins from one token, {args.sybil_honest} honest nodes…")
+    with LocalFog(0, lease_seconds=5.0) as fog:
+        for _ in range(args.sybil_honest):
+            fog.add_node()
+        fog.wait_for_nodes(args.sybil_honest)
+        _, join = owner_token(fog, "sybil-farm")  # `fogwheel tokens create` defaults
+        token = join.split("#", 1)[0]
+        statuses: dict[int, int] = {}
+        credentials = []
+        t0 = time.perf_counter()
+        with httpx.Client(base_url=fog.url, timeout=60) as http:
+            for i in range(1000):
+                r = http.post(
+                    "/v1/nodes/join",
+                    json={
+                        "token": token,
+                        "name": f"sybil-{i}",
+                        "cores": 1024,
+                        "memory_mb": 1 << 24,
+                        "disk_mb": 16 << 20,
+                        "platform": "Linux-sybil",
+                        "capabilities": [],
+                    },
+                )
+                statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                if r.status_code == 201:
+                    credentials.append(r.json()["credential"])
+        join_s = time.perf_counter() - t0
+        say(f"  answers {statuses} in {join_s:.1f} s")
+        stop = threading.Event()
+        lied = [0]
+
+        def lie() -> None:
+            bad = pickle.dumps("the sybil answer")
+            value = {
+                "sha": hashlib.sha256(bad).hexdigest(),
+                "size": len(bad),
+                "data": base64.b64encode(bad).decode(),
+            }
+            clients = [
+                httpx.Client(base_url=fog.url, headers={"authorization": f"Bearer {c}"}, timeout=60)
+                for c in credentials
+            ]
+            while not stop.is_set():
+                for h in clients:
+                    r = h.post("/v1/nodes/me/sync", json={"want": 4, "slots_free": 4})
+                    if r.status_code != 200 or not r.json()["tasks"]:
+                        continue
+                    reports = [
+                        {
+                            "task_id": t["task_id"],
+                            "attempt": t["attempt"],
+                            "ok": True,
+                            "value": value,
+                        }
+                        for t in r.json()["tasks"]
+                    ]
+                    h.post("/v1/nodes/me/sync", json={"results": reports})
+                    lied[0] += len(reports)
+                stop.wait(0.05)
+            for h in clients:
+                h.close()
+
+        liar = threading.Thread(target=lie, daemon=True)
+        liar.start()
+        try:
+            with Client(fog.url, fog.api_key) as client:
+                wrong, _, sec = run_job(client, args.sybil_tasks, 0, "adaptive")
+        finally:
+            stop.set()
+            liar.join()
+        say(f"  {args.sybil_tasks} tasks in {sec:.1f} s; the Sybils returned {lied[0]} lies")
+    return {
+        "sybil_admitted": statuses.get(201, 0),
+        "sybil_refused": {str(k): v for k, v in sorted(statuses.items()) if k != 201},
+        "sybil_join_seconds": round(join_s, 2),
+        "sybil_lies": lied[0],
+        "sybil_wrong_accepted": wrong,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nodes", type=int, default=10)
@@ -78,6 +228,12 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=2000, help="tasks in the measured job")
     ap.add_argument("--warmup", type=int, default=1000, help="tasks that let reputations settle")
     ap.add_argument("--boinc-tasks", type=int, default=300, help="tasks run with a fixed quorum")
+    ap.add_argument("--collusion-nodes", type=int, default=20, help="fleet of the collusion run")
+    ap.add_argument("--collusion-warmup", type=int, default=1000)
+    ap.add_argument("--collusion-tasks", type=int, default=2000)
+    ap.add_argument("--sybil-honest", type=int, default=4, help="honest nodes of the Sybil run")
+    ap.add_argument("--sybil-tasks", type=int, default=200)
+    ap.add_argument("--skip-owners", action="store_true", help="no collusion and Sybil runs")
     ap.add_argument("--json", action="store_true", help="print only the JSON line")
     args = ap.parse_args()
 
@@ -138,6 +294,9 @@ def main() -> None:
         "nodes": args.nodes,
         "measured_job_seconds": round(sec_m, 2),
     }
+    if not args.skip_owners:
+        result.update(collusion_run(args))
+        result.update(sybil_run(args))
     if not args.json:
         print(f"wrong results accepted:       {result['wrong_accepted']} (goal 0)")
         print(f"replication overhead:         {overhead:.3f} runs/task (goal <= 1.15)")
@@ -146,6 +305,11 @@ def main() -> None:
         print(f"faulty nodes quarantined:     {result['quarantined']} of {args.faulty}")
         print(f"honest nodes quarantined:     {result['honest_quarantined']}")
         print(f"time to quarantine:           {result['seconds_to_quarantine']} s")
+        if not args.skip_owners:
+            print(f"collusion: wrong accepted     {result['collusion_wrong_accepted']} (goal 0)")
+            print(f"collusion: overhead           {result['collusion_overhead']} (goal <= 1.15)")
+            print(f"Sybils admitted of 1,000:     {result['sybil_admitted']}")
+            print(f"Sybils: wrong accepted        {result['sybil_wrong_accepted']} (goal 0)")
     print(json.dumps(result), flush=True)
 
 

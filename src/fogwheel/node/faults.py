@@ -5,6 +5,9 @@ can turn it on.
 
 - `wrong-results[:RATE]`: a wrong result is a valid pickle of a different value (a string
   naming this lie), so only a comparison with another node's result can expose it.
+- `collude[:TAG]`: every successful result is replaced by one fixed wrong value (a string
+  naming TAG), the same on every node that runs with the same TAG: colluding devices that
+  agree with each other, for the collusion benchmark (bench/trust.py).
 - `bad-outputs`: every output file of a successful task is replaced by a few garbage bytes
   (a corrupt pseudo-gradient, say), well-formed as a Value: only the reader can tell.
 - `slow:FACTOR`: every task takes FACTOR times as long (the node holds its slot and its
@@ -32,15 +35,23 @@ class Faults:
         self.wrong_rate = float(rate or 1.0) if kind == "wrong-results" else 0.0
         self.slow_factor = float(rate or 5.0) if kind == "slow" else 1.0
         self.bad_outputs = kind == "bad-outputs"
+        self.collude_tag = (rate or "cartel") if kind == "collude" else None
         self._rng = random.Random()
 
     @property
     def active(self) -> bool:
-        return self.wrong_rate > 0 or self.slow_factor != 1.0 or self.bad_outputs
+        return (
+            self.wrong_rate > 0
+            or self.slow_factor != 1.0
+            or self.bad_outputs
+            or self.collude_tag is not None
+        )
 
     def describe(self) -> str:
         if self.bad_outputs:
             return "this node replaces its tasks' output files by garbage"
+        if self.collude_tag is not None:
+            return f"this node returns the same wrong result as every {self.collude_tag!r} node"
         if self.slow_factor != 1.0:
             return f"this node runs every task {self.slow_factor:g}x slower"
         return f"this node returns wrong results (rate {self.wrong_rate:g})"
@@ -61,6 +72,9 @@ class Faults:
                 "data": base64.b64encode(junk).decode(),
             }
             return {**report, "outputs": dict.fromkeys(report["outputs"], garbage)}
+        if self.collude_tag is not None and report.get("ok"):
+            lie = pickle.dumps(f"the {self.collude_tag} answer")
+            return {**report, "value": _inline(lie)}
         if not report.get("ok") or self._rng.random() >= self.wrong_rate:
             return report
         lie = pickle.dumps(f"wrong result {self._rng.getrandbits(64):016x}")
@@ -70,3 +84,11 @@ class Faults:
             "data": base64.b64encode(lie).decode(),
         }
         return {**report, "value": value}
+
+
+def _inline(data: bytes) -> dict[str, Any]:
+    return {
+        "sha": hashlib.sha256(data).hexdigest(),
+        "size": len(data),
+        "data": base64.b64encode(data).decode(),
+    }
