@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -181,6 +182,15 @@ def coordinator(
             "machine or one LAN); off, such serve addresses are refused.",
         ),
     ] = False,
+    secrets_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="FOGWHEEL_SECRETS_FILE",
+            help="Read FOGWHEEL_JOIN_TOKEN, FOGWHEEL_API_KEY and FOGWHEEL_ADMIN_KEY from this "
+            "file (NAME=value lines, mode 0600) rather than from the command line, where every "
+            "local user can read them.",
+        ),
+    ] = None,
     ready_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
     quiet: Annotated[bool, typer.Option(help="Print nothing at start.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
@@ -191,6 +201,17 @@ def coordinator(
     _logging(verbose)
     if (tls_cert is None) != (tls_key is None):
         raise _fail("--tls-cert and --tls-key go together: give both, or neither for HTTP", 2)
+    if secrets_file is not None:
+        from fogwheel.errors import FogwheelError
+        from fogwheel.secretfile import read_env_file
+
+        try:
+            held = read_env_file(secrets_file)
+        except FogwheelError as e:
+            raise _fail(str(e), 2) from None
+        join_token = join_token or held.get("FOGWHEEL_JOIN_TOKEN")
+        api_key = api_key or held.get("FOGWHEEL_API_KEY")
+        admin_key = admin_key or held.get("FOGWHEEL_ADMIN_KEY")
     config = CoordinatorConfig(
         data_dir=data_dir,
         db=db,
@@ -226,7 +247,16 @@ def node(
             envvar="FOGWHEEL_JOIN_TOKEN",
             help="The fog's join string TOKEN#sha256:PIN, as the coordinator printed it (needed "
             "the first time only); the node refuses a coordinator whose key is not the pinned "
-            "one. A bare token trusts the key on first use.",
+            "one. A bare token trusts the key on first use. Prefer --token-file or the "
+            "environment: a command line is visible to every local user.",
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="FOGWHEEL_TOKEN_FILE",
+            help="Read the join string from this file (mode 0600: the string alone, or a "
+            "FOGWHEEL_JOIN_TOKEN=... line).",
         ),
     ] = None,
     ca_cert: Annotated[
@@ -293,6 +323,20 @@ def node(
     uplink_mbit: Annotated[
         float | None, typer.Option(min=0.01, help="Cap the chunk server's upload, Mbit/s.")
     ] = None,
+    scratch_mb: Annotated[
+        int,
+        typer.Option(
+            min=16,
+            help="Each slot's scratch space, MB (a tmpfs, so it counts toward a task's memory; "
+            "root agents only: others keep scratch on disk without a quota).",
+        ),
+    ] = 1024,
+    keep_mb: Annotated[
+        int, typer.Option(min=0, help="Disk for state tasks keep between phases, MB.")
+    ] = 1024,
+    keep_hours: Annotated[
+        float, typer.Option(min=0.01, help="Kept state unused for this long is removed.")
+    ] = 24.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
 ) -> None:
     """Run a node agent: join the fog, pull tasks, run them, report back. SIGTERM drains."""
@@ -301,6 +345,14 @@ def node(
     _logging(verbose)
     if not coordinator:
         raise _fail("no coordinator: pass --coordinator URL or set FOGWHEEL_COORDINATOR")
+    if token_file is not None and not token:
+        from fogwheel.errors import FogwheelError
+        from fogwheel.secretfile import read_token_file
+
+        try:
+            token = read_token_file(token_file)
+        except FogwheelError as e:
+            raise _fail(str(e), 2) from None
     agent = Agent(
         NodeConfig(
             coordinator=coordinator.rstrip("/"),
@@ -321,6 +373,9 @@ def node(
             advertise=advertise,
             share_quota_mb=share_quota_mb,
             uplink_mbit=uplink_mbit,
+            scratch_mb=scratch_mb,
+            keep_mb=keep_mb,
+            keep_hours=keep_hours,
         )
     )
     agent.install_signal_handlers()
@@ -362,19 +417,28 @@ def up(
             "dir": str(fog.dir),
             "sandboxed": fog.sandboxed,
         }
+        info["env_file"] = str(fog.write_env_file())
         if as_json:
             print(json.dumps(info), flush=True)
         else:
-            out.print(f"[bold green]fog up[/] at {fog.url} with {nodes} nodes")
+            say = partial(out.print, soft_wrap=True, highlight=False)  # a long key stays whole
+            say(f"[bold green]fog up[/] at {fog.url} with {nodes} nodes")
             if not fog.sandboxed:
-                out.print(
+                say(
                     "[bold yellow]warning:[/] no usable bubblewrap: these local nodes run guest "
                     "code unconfined; `apt-get install bubblewrap` sandboxes them"
                 )
-            out.print(f"  export FOGWHEEL_COORDINATOR={fog.url}")
-            out.print(f"  export FOGWHEEL_API_KEY={fog.api_key}")
-            out.print(f"  join more nodes: fogwheel node -c {fog.url} --token '{fog.join_string}'")
-            out.print("  Ctrl-C to stop")
+            say(f"  data dir: {fog.dir}", markup=False)
+            say(f"  export FOGWHEEL_COORDINATOR={fog.url}", markup=False)
+            say(f"  export FOGWHEEL_API_KEY={fog.api_key}", markup=False)
+            say(f"  admin key: {fog.admin_key}", markup=False)
+            say(f"  all of these, for your shell: source {info['env_file']}", markup=False)
+            say(
+                f"  join more nodes: FOGWHEEL_JOIN_TOKEN='{fog.join_string}' "
+                f"fogwheel node -c {fog.url}",
+                markup=False,
+            )
+            say("  Ctrl-C to stop")
         stop.wait()
     except KeyboardInterrupt:
         pass

@@ -93,12 +93,6 @@ class LocalFog:
             self.host,
             "--port",
             str(self.port),
-            "--join-token",
-            self.join_token,
-            "--api-key",
-            self.api_key,
-            "--admin-key",
-            self.admin_key,
             "--lease-seconds",
             str(self.lease_seconds),
             "--ready-file",
@@ -106,9 +100,16 @@ class LocalFog:
             "--quiet",
             "--allow-private-serve",  # its nodes serve the CDN from this machine's addresses
         ]
+        # secrets (and a database URL, which may hold a password) travel in the environment,
+        # readable by this user only, never on the command line every local user can read
+        secrets = {
+            "FOGWHEEL_JOIN_TOKEN": self.join_token,
+            "FOGWHEEL_API_KEY": self.api_key,
+            "FOGWHEEL_ADMIN_KEY": self.admin_key,
+        }
         if self.db:
-            cmd += ["--db", self.db]
-        self.coordinator = self._spawn(cmd, self.dir / "coordinator.log")
+            secrets["FOGWHEEL_DB"] = self.db
+        self.coordinator = self._spawn(cmd, self.dir / "coordinator.log", secrets)
         deadline = time.monotonic() + timeout
         while not ready.exists():
             if self.coordinator.poll() is not None:
@@ -142,8 +143,6 @@ class LocalFog:
             "node",
             "--coordinator",
             self.url,
-            "--token",
-            self.join_string,
             "--cores",
             str(self.cores_per_node),
             "--data-dir",
@@ -153,7 +152,8 @@ class LocalFog:
             *self.node_args,
             *extra,
         ]
-        self.nodes.append(self._spawn(cmd, self.dir / f"node-{i}.log", env))
+        secrets = {"FOGWHEEL_JOIN_TOKEN": self.join_string}  # not on argv: see start_coordinator
+        self.nodes.append(self._spawn(cmd, self.dir / f"node-{i}.log", {**secrets, **(env or {})}))
         return i
 
     def wait_for_nodes(self, n: int, timeout: float = 60.0) -> None:
@@ -177,6 +177,22 @@ class LocalFog:
     def join_string(self) -> str:
         """What a node joins with: the token and the pin of the coordinator's key."""
         return f"{self.join_token}#{self.key_pin}" if self.key_pin else self.join_token
+
+    def write_env_file(self) -> Path:
+        """`fogwheel.env` in the fog's dir (mode 0600): the URL and every secret, to `source`."""
+        from fogwheel.secretfile import write_env_file
+
+        path = self.dir / "fogwheel.env"
+        write_env_file(
+            path,
+            {
+                "FOGWHEEL_COORDINATOR": self.url,
+                "FOGWHEEL_API_KEY": self.api_key,
+                "FOGWHEEL_ADMIN_KEY": self.admin_key,
+                "FOGWHEEL_JOIN_TOKEN": self.join_string,
+            },
+        )
+        return path
 
     @property
     def headers(self) -> dict[str, str]:
