@@ -9,7 +9,6 @@ import fractions
 import io
 import os
 import pickle
-import sys
 
 import cloudpickle
 import numpy as np
@@ -222,6 +221,12 @@ def test_a_class_made_from_a_script_by_value_is_named_by_reference() -> None:
     value = copy()
     value.x, value.y = 3, 4
     assert loads(safe_pickle.dumps(value), trusted=[Point]) == Point(3, 4)
+
+
+def test_code_sent_by_value_is_refused_with_advice_to_return_data() -> None:
+    with pytest.raises(RefusedValue, match="holds code") as info:
+        loads(cloudpickle.dumps(lambda: 1))
+    assert "trusted_types" not in str(info.value)
 
 
 def test_containers_cannot_expand_a_range_or_allocate_from_a_size() -> None:

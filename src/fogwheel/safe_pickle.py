@@ -173,6 +173,13 @@ def _key_of(obj: Any) -> tuple[str, str]:
 
 def _refused_global(module: str, name: str) -> RefusedValue:
     spec = f"{module}:{name}"
+    if module.split(".")[0] == "cloudpickle":
+        return RefusedValue(
+            f"a result from a node holds code (a function or class sent by value, {spec}), "
+            "which fogwheel never decodes from untrusted bytes: return data instead; only "
+            "for a fog of your own devices, Client(unsafe_trust_nodes=True) decodes it",
+            name=spec,
+        )
     return RefusedValue(
         f"a result from a node names {spec}, which fogwheel does not decode from untrusted "
         f"bytes, so it was not loaded (nothing of it ran). If you trust that type, pass "
@@ -357,8 +364,11 @@ class _Unpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
             stack.pop()
             return
         trusted = tuple(t for t in self.decoder.trusted.values() if isinstance(t, type))
-        if not state or (trusted and isinstance(inst, trusted)):
-            super().load_build()
+        if trusted and isinstance(inst, trusted):
+            super().load_build()  # the customer's type: its own __setstate__, or its __dict__
+            return
+        if not state:
+            stack.pop()  # an empty state sets nothing: never call another type's __setstate__
             return
         raise RefusedValue(
             f"a result sets the state of a {type(inst).__name__}, which is not allowed", name=""
