@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import hashlib
 import ipaddress
 import json
@@ -225,13 +226,22 @@ def test_a_full_disk_is_507_with_a_sentence_and_the_coordinator_recovers(
 # -- slow request bodies are cut off ---------------------------------------------------------
 
 
-def stalled_request(url: str, api_key: str, sent: bytes, declared: int) -> socket.socket:
+def stalled_request(
+    url: str, api_key: str, sent: bytes, declared: int, json_route: bool = False
+) -> socket.socket:
+    """A request whose headers promise `declared` bytes of body, of which only `sent` come:
+    a blob upload (an async route), or a job submission (JSON parsed before a worker thread
+    runs the route)."""
     host, port = url.removeprefix("http://").split(":")
-    sha = "ab" * 32
     s = socket.create_connection((host, int(port)), timeout=60)
+    line, kind = (
+        ("POST /v1/jobs", "application/json")
+        if json_route
+        else (f"PUT /v1/blobs/{'ab' * 32}", "application/octet-stream")
+    )
     head = (
-        f"PUT /v1/blobs/{sha} HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {api_key}\r\n"
-        f"content-type: application/octet-stream\r\ncontent-length: {declared}\r\n\r\n"
+        f"{line} HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {api_key}\r\n"
+        f"content-type: {kind}\r\ncontent-length: {declared}\r\n\r\n"
     )
     s.sendall(head.encode() + sent)
     return s
@@ -258,7 +268,10 @@ def answer_of(s: socket.socket) -> tuple[int, dict, bool]:
 def test_a_stalled_or_trickled_body_gets_408_and_holds_no_worker_thread(tmp_path: Path) -> None:
     with coordinator(tmp_path, "--body-timeout", "6") as c:
         # More stalled uploads than the coordinator has worker threads (40)
-        stalled = [stalled_request(c.url, c.api_key, b"x" * 10, 100_000) for _ in range(60)]
+        stalled = [
+            stalled_request(c.url, c.api_key, b'{"kind": "co', 100_000, json_route=i % 2 == 0)
+            for i in range(60)
+        ]
         trickler = stalled_request(c.url, c.api_key, b"", 100_000)
         # …and still a route that needs a worker thread answers at once
         r = httpx.get(
@@ -297,6 +310,32 @@ def test_a_stalled_or_trickled_body_gets_408_and_holds_no_worker_thread(tmp_path
             headers={"authorization": f"Bearer {c.api_key}"},
         )  # fmt: skip
         assert r.status_code == 201
+
+
+def test_disk_full_is_told_apart_from_other_failures() -> None:
+    import sqlite3
+
+    import psycopg.errors
+    from sqlalchemy.exc import OperationalError
+
+    from fogwheel.coordinator.diskfull import is_disk_full
+    from fogwheel.errors import StorageFull
+
+    sqlite_full = OperationalError(
+        "INSERT …", {}, sqlite3.OperationalError("database or disk is full")
+    )
+    assert is_disk_full(sqlite_full)
+    assert is_disk_full(OperationalError("INSERT …", {}, psycopg.errors.DiskFull("no space")))
+    assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert is_disk_full(StorageFull("full"))
+    wrapped = RuntimeError("while storing")
+    wrapped.__cause__ = OSError(errno.ENOSPC, "No space left on device")
+    assert is_disk_full(wrapped)
+    locked = OperationalError("INSERT …", {}, sqlite3.OperationalError("database is locked"))
+    assert not is_disk_full(locked)
+    assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not is_disk_full(ValueError("disk"))
 
 
 # -- HTTPS, with the key pin on top ----------------------------------------------------------
