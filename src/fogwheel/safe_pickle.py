@@ -248,8 +248,8 @@ def loads(data: bytes, trusted: Iterable[TrustedType] = (), limits: Limits | Non
 # -- the narrowed unpickler ----------------------------------------------------------------------
 
 
-class _Unpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
-    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+class _Unpickler(pickle._Unpickler):
+    dispatch: dict[int, Callable[[Any], None]] = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
 
     def __init__(self, file: io.BytesIO, decoder: Decoder) -> None:
         super().__init__(file, fix_imports=False, encoding="ASCII", errors="strict")
@@ -266,8 +266,8 @@ class _Unpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
         self.read = self._unframer.read
         self.readinto = self._unframer.readinto
         self.readline = self._unframer.readline
-        self.metastack = []
-        self.stack = []
+        self.metastack: list[Any] = []
+        self.stack: list[Any] = []
         self.append = self.stack.append
         self.proto = 0
         read = self.read
@@ -365,7 +365,7 @@ class _Unpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
             return
         trusted = tuple(t for t in self.decoder.trusted.values() if isinstance(t, type))
         if trusted and isinstance(inst, trusted):
-            super().load_build()  # the customer's type: its own __setstate__, or its __dict__
+            pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]  # the customer's type: its own __setstate__, or its __dict__
             return
         if not state:
             stack.pop()  # an empty state sets nothing: never call another type's __setstate__
@@ -535,8 +535,8 @@ class _ByNamePickler(pickle._Pickler):  # type: ignore[name-defined,misc]
                 raise
             self.save(module)
             self.save(qualname)
-            self.write(pickle.STACK_GLOBAL)
-            self.memoize(obj)
+            self.write(pickle.STACK_GLOBAL)  # type: ignore[attr-defined]
+            self.memoize(obj)  # type: ignore[attr-defined]
 
 
 def dumps(value: Any) -> bytes:
@@ -552,6 +552,6 @@ def dumps(value: Any) -> bytes:
         _ByNamePickler(buf, protocol=5).dump(value)
         return buf.getvalue()
     except Exception:
-        import cloudpickle
+        import cloudpickle  # type: ignore[import-untyped]
 
-        return cloudpickle.dumps(value)
+        return bytes(cloudpickle.dumps(value))
