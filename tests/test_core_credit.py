@@ -8,7 +8,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fogwheel import protocol
-from fogwheel.core.credit import MAX_CPU_S, Claim, capped, claim_cap, finite, granted_cpu
+from fogwheel.core.credit import (
+    MAX_CPU_S,
+    Claim,
+    capped,
+    claim_cap,
+    finite,
+    granted_cpu,
+    well_formed,
+)
 
 anything = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(10**30), 10**30)
 sane = st.floats(min_value=0, max_value=1e6, allow_nan=False)
@@ -43,11 +51,14 @@ def test_a_lone_claim_is_held_to_the_typical_checked_run_and_a_checked_one_is_no
     assert granted_cpu(both, typical=0.004) == 0.9  # checked work is paid what it took
 
 
-def test_numbers_that_are_no_numbers_are_paid_nothing() -> None:
-    for bad in (math.nan, -1.0, -math.inf):
+def test_numbers_that_are_no_numbers_are_paid_nothing_and_have_no_say() -> None:
+    honest = Claim("h", 0.25, wall_s=10.0, cores=1)
+    for bad in (math.nan, -1.0, -math.inf, math.inf):
         assert granted_cpu([Claim("x", bad, wall_s=10.0, cores=1)]) == 0.0
-        assert granted_cpu([Claim("x", 1.0, wall_s=bad, cores=1)]) == 0.0
-    assert granted_cpu([Claim("x", math.inf, wall_s=math.inf, cores=10**9)]) == MAX_CPU_S
+        if not bad > 0:  # a wall time that is no time caps at nothing
+            assert granted_cpu([Claim("x", 1.0, wall_s=bad, cores=1)]) == 0.0
+        assert granted_cpu([honest, Claim("x", bad, wall_s=10.0, cores=1)]) == 0.25
+    assert granted_cpu([Claim("x", 1e300, wall_s=math.inf, cores=10**9)]) == MAX_CPU_S
     assert granted_cpu([]) == 0.0
 
 
@@ -56,15 +67,21 @@ def test_the_granted_credit_is_under_every_cap(cs, cpu_limit, typical) -> None:
     g = granted_cpu(cs, cpu_limit=cpu_limit, typical=typical)
     assert 0.0 <= g <= MAX_CPU_S and math.isfinite(g)
     for c in cs:
-        assert g <= claim_cap(c, cpu_limit)
-        assert g <= capped(c, cpu_limit) <= finite(c.cpu_s)
+        assert g <= claim_cap(c, cpu_limit)  # every replica is paid g: under each one's cap
+        if well_formed(c.cpu_s):
+            assert g <= capped(c, cpu_limit) <= finite(c.cpu_s)
     if cpu_limit is not None:
         assert g <= finite(cpu_limit)
     if len(cs) == 1 and typical is not None:
         assert g <= finite(typical)
 
 
-@given(st.lists(claims, min_size=1, max_size=5), claims, st.none() | sane)
+honest_claims = st.builds(
+    Claim, node=st.just("h"), cpu_s=sane, wall_s=anything, cores=st.integers(-5, 5000)
+)
+
+
+@given(st.lists(honest_claims, min_size=1, max_size=5), claims, st.none() | sane)
 def test_one_more_claim_a_liars_included_never_raises_it(honest, liar, cpu_limit) -> None:
     before = granted_cpu(honest, cpu_limit=cpu_limit)
     after = granted_cpu([*honest, liar], cpu_limit=cpu_limit)

@@ -330,6 +330,8 @@ def build_routes(
             raise HTTPException(400, str(e)) from None
         if who.kind == "customer":
             await run_in_threadpool(store.own_blob, who.id, sha, len(data))
+        else:  # a node may name what it uploaded as a task's output (store/leasing.py)
+            await run_in_threadpool(store.note_upload, who.id, sha, time.time())
         return {"sha": sha, "size": len(data)}
 
     @v1.get(

@@ -47,6 +47,11 @@ def finite(x: float, high: float = MAX_CPU_S) -> float:
     return float(min(x, high))
 
 
+def well_formed(x: float) -> bool:
+    """Whether `x` is a number a node could honestly claim: finite and not negative."""
+    return isinstance(x, int | float) and math.isfinite(x) and x >= 0
+
+
 def claim_cap(claim: Claim, cpu_limit: float | None = None) -> float:
     """The most a run can have used: wall time x cores, the job's CPU limit, MAX_CPU_S."""
     cap = finite(claim.wall_s) * max(1, min(int(claim.cores), 1024))
@@ -66,11 +71,16 @@ def granted_cpu(
     """The CPU-seconds every agreeing replica of a task is paid for.
 
     The least of the capped claims (BOINC's min-of-claims): adding a claim never raises it,
-    so one liar cannot. A single claim (nobody checked it) is also held to `typical`, the
-    typical granted credit of checked runs of the same function, when that is known."""
-    if not claims:
+    so one liar cannot. A claim that is no number (NaN, infinite, negative) is malformed and
+    has no say in the figure, or a liar could zero every replica's pay by sending NaN; its
+    run's cap still bounds the figure, as every run's does (all are paid the same). A
+    single claim (nobody checked it) is also held to `typical`, the typical granted credit of
+    checked runs of the same function, when that is known."""
+    said = [c for c in claims if well_formed(c.cpu_s)]
+    if not said:
         return 0.0
-    granted = min(capped(c, cpu_limit) for c in claims)
+    granted = min(capped(c, cpu_limit) for c in said)
+    granted = min(granted, *(claim_cap(c, cpu_limit) for c in claims))  # every run's bound
     if len(claims) == 1 and typical is not None:
         granted = min(granted, finite(typical) * UNCHECKED_SLACK)
     return granted

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from fogwheel.core.tasks import (
     Cancelled,
@@ -25,6 +26,7 @@ from fogwheel.store.base import (
 from fogwheel.store.schema import (
     attempts,
     blob_owners,
+    blob_uploads,
     jobs,
     task_blobs,
     tasks,
@@ -328,6 +330,29 @@ class JobsStore(StoreBase):
                 blob_owners.insert(),
                 [{"sha": s, "customer_id": customer_id, "size": n} for s, n in new.items()],
             )
+
+    def note_upload(self, node_id: str, sha: str, now: float) -> None:
+        """A node uploaded blob `sha` (its bytes hashed to the name): it may name it as an
+        output of a task it ran. Ownership follows only an accepted result (`_finish`)."""
+        insert = (sqlite.insert if self.is_sqlite else postgresql.insert)(blob_uploads)
+        with self.tx() as c:
+            c.execute(
+                insert.values(sha=sha, node_id=node_id, at=now).on_conflict_do_nothing(
+                    index_elements=["sha", "node_id"]
+                )
+            )
+
+    def _uploaded_by(self, c: Connection, node_id: str, shas: set[str]) -> set[str]:
+        """Which of `shas` this node uploaded itself."""
+        if not shas:
+            return set()
+        return set(
+            c.execute(
+                select(blob_uploads.c.sha).where(
+                    blob_uploads.c.node_id == node_id, blob_uploads.c.sha.in_(shas)
+                )
+            ).scalars()
+        )
 
     def owned_blobs(self, customer_id: str, shas: set[str]) -> set[str]:
         if not shas:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select, update
 
-from fogwheel.core import owners, scheduler, trust
+from fogwheel.core import credit, owners, scheduler, trust
 from fogwheel.core import quota as inflight
 from fogwheel.core.tasks import (
     TERMINAL,
@@ -32,7 +33,7 @@ from fogwheel.core.tasks import (
     apply,
 )
 from fogwheel.errors import IllegalTransition
-from fogwheel.protocol import SyncIn, TaskReport
+from fogwheel.protocol import MAX_WALL_S, SyncIn, TaskReport
 from fogwheel.store.base import (
     _NO_NEEDS,
     _TASK_COLS,
@@ -76,6 +77,8 @@ class LeasingStore(VerifyStore):
         (core/owners.py: copies of a task go to distinct networks)."""
         out = SyncResult([], [], [], [])
         seen = {} if client_host is None else {"network": owners.network_of(client_host)}
+        if req.results:  # outside the write transaction: decoding is bounded, but not free
+            self._decode_ahead(req.results)
         with self.tx() as c:
             if req.results:
                 self._report(c, node_id, req.results, now, out)
@@ -141,19 +144,25 @@ class LeasingStore(VerifyStore):
                 )
             ).scalars()
         )
+        # Bounded claims, and only outputs that this node uploaded itself (or inline bytes).
+        by_id, foreign, claims = self._intake(c, node_id, by_id, mine, now)
         failed: list[tuple[int, int, Task, TaskReport]] = []
         requeued: list[tuple[int, Task, str]] = []
         kept: list[dict[str, Any]] = []
         groups: list[int] = []
         lost_ids: list[int] = []
         superseded: list[int] = []
-        accepted: list[tuple[int, int, Task, TaskReport, str]] = []  # settled without a check
+        # settled without a check
+        accepted: list[tuple[int, int, Task, TaskReport, str, credit.Claim]] = []
         to_check: list[int] = []
         record: trust.Record | None = None
         for tid, rep in by_id.items():
             row = rows.get(tid)
             if row is None or tid not in mine:
                 out.rejected.append({"task_id": tid, "reason": "this node never held that task"})
+                continue
+            if tid in foreign:  # one bad report is refused alone; the rest of the sync goes on
+                out.rejected.append({"task_id": tid, "reason": foreign[tid]})
                 continue
             out.acked.append(tid)
             task = _task(row)
@@ -211,9 +220,8 @@ class LeasingStore(VerifyStore):
                     to_check.append(tid)  # the draw is made once: write it down
                 else:
                     why = None if rep.ok else _error_text(rep)
-                    accepted.append(
-                        (tid, row.job_id, apply(new, Settled(rep.ok, why)), rep, digest)
-                    )
+                    settled = apply(new, Settled(rep.ok, why))
+                    accepted.append((tid, row.job_id, settled, rep, digest, claims[tid]))
                     outcome = "accepted"
             if outcome == "reported":
                 if new != task:
@@ -227,7 +235,7 @@ class LeasingStore(VerifyStore):
                     "b_outcome": outcome,
                     "digest": digest,
                     "report": rep.model_dump_json() if outcome == "reported" else None,
-                    "cpu_s": rep.cpu_s,
+                    "cpu_s": claims[tid].cpu_s if credit.well_formed(claims[tid].cpu_s) else None,
                     "ended_at": now,
                     "b_reopen": reopen,
                 }
@@ -262,8 +270,8 @@ class LeasingStore(VerifyStore):
                 .where(tasks.c.id == tid)
                 .values(**_task_cols(t), max_attempts=t.max_attempts, error=err or None)
             )
-        if failed:
-            self._finish(c, failed, now)
+        if failed:  # a device's failure: its outputs were never accepted, nobody owns them
+            self._finish(c, failed, now, own_outputs=False)
         if accepted:
             self._accept_unchecked(c, node_id, accepted, now)
         if to_check:
@@ -284,12 +292,11 @@ class LeasingStore(VerifyStore):
             for v in [rep.value, *rep.outputs.values()]
             if v is not None and v.data is None
         ]
+        acked = set(out.acked)
         if outputs:
-            # Blobs a task produced belong to the job's customer.
-            for job_id in {rows[t].job_id for t in by_id if t in rows}:
-                self._own_blobs(c, self._job_row(c, job_id)["customer_id"], outputs)
-            # The node keeps what it uploaded in its cache: tasks that read it may go there.
-            acked = set(out.acked)
+            # A task's output blobs become its customer's only with an accepted result
+            # (`_finish`). The node keeps what it uploaded in its cache: tasks that read it
+            # may go there.
             self._hold_blobs(
                 c,
                 node_id,
@@ -301,7 +308,7 @@ class LeasingStore(VerifyStore):
                     if v is not None and v.data is None
                 ],
             )
-        kept = [r for r in by_id.values() if r.kept is not None and r.ok and r.task_id in mine]
+        kept = [r for r in by_id.values() if r.kept is not None and r.ok and r.task_id in acked]
         if kept:
             # State the node keeps for a later task of the same customer (TaskIn.keep_out).
             specs = dict(
@@ -327,8 +334,12 @@ class LeasingStore(VerifyStore):
         now: float,
         *,
         error_json: str | None = None,
+        own_outputs: bool = True,
     ) -> None:
-        """Write terminal tasks and number them per job; the job row lock orders the numbers."""
+        """Write terminal tasks and number them per job; the job row lock orders the numbers.
+
+        The output blobs of each result (`own_outputs`: an accepted one, verified or let go
+        unchecked) become the task's customer's to read, and nobody else's."""
         per_job: dict[int, list[tuple[int, Task, TaskReport | None]]] = defaultdict(list)
         for tid, job_id, t, rep in finished:
             per_job[job_id].append((tid, t, rep))
@@ -392,6 +403,77 @@ class LeasingStore(VerifyStore):
                 ),
                 params,
             )
+            if own_outputs:
+                blobs = [
+                    (v.sha, v.size)
+                    for _, _, rep in items
+                    if rep is not None
+                    for v in [rep.value, *rep.outputs.values()]
+                    if v is not None and v.data is None
+                ]
+                self._own_blobs(c, self._job_row(c, job_id)["customer_id"], blobs)
+
+    def _intake(
+        self,
+        c: Connection,
+        node_id: str,
+        by_id: dict[int, TaskReport],
+        mine: set[int],
+        now: float,
+    ) -> tuple[dict[int, TaskReport], dict[int, str], dict[int, credit.Claim]]:
+        """Bound what the node's reports claim before anything is written.
+
+        Returns the reports with their CPU-seconds held to what the coordinator saw (the
+        lease's age x the node's cores, core/credit.py) and wall times to MAX_WALL_S; the
+        reports to refuse, with the reason (an output blob this node never uploaded: naming
+        another customer's blob by its SHA-256 must not hand it to this task's customer); and
+        each report's claim, for the credit."""
+        if not mine:
+            return by_id, {}, {}
+        leased: dict[tuple[int, int], float] = {
+            (t, n): at
+            for t, n, at in c.execute(
+                select(attempts.c.task_id, attempts.c.n, attempts.c.leased_at).where(
+                    attempts.c.node_id == node_id, attempts.c.task_id.in_(mine)
+                )
+            ).all()
+        }
+        latest: dict[int, float] = {}
+        for (t, _), at in sorted(leased.items()):
+            latest[t] = at
+        cores = c.execute(select(nodes.c.cores).where(nodes.c.id == node_id)).scalar() or 1
+        named = {
+            v.sha
+            for rep in by_id.values()
+            for v in [rep.value, *rep.outputs.values()]
+            if v is not None and v.data is None
+        }
+        uploaded = self._uploaded_by(c, node_id, named)
+        clean: dict[int, TaskReport] = {}
+        foreign: dict[int, str] = {}
+        claims: dict[int, credit.Claim] = {}
+        for tid, rep in by_id.items():
+            missing = sorted(
+                v.sha
+                for v in [rep.value, *rep.outputs.values()]
+                if v is not None and v.data is None and v.sha not in uploaded
+            )
+            if missing:
+                foreign[tid] = (
+                    f"output {missing[0][:12]}… was not uploaded by this node: a node reports "
+                    "only blobs it uploaded itself (PUT /v1/blobs/<sha> first)"
+                )
+            at = leased.get((tid, rep.attempt), latest.get(tid))
+            claim = credit.Claim(node_id, rep.cpu_s, 0.0 if at is None else now - at, cores)
+            cpu = credit.capped(claim)
+            wall = credit.finite(rep.wall_s, MAX_WALL_S)
+            if cpu != rep.cpu_s or wall != rep.wall_s:
+                rep = rep.model_copy(update={"cpu_s": cpu, "wall_s": wall})
+            clean[tid] = rep
+            # a claim that is no number keeps no say in the credit (it is stored as NULL)
+            said = cpu if credit.well_formed(claim.cpu_s) else math.nan
+            claims[tid] = dataclasses.replace(claim, cpu_s=said)
+        return clean, foreign, claims
 
     def _renew(
         self, c: Connection, node_id: str, ids: Sequence[int], now: float, out: SyncResult

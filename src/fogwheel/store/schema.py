@@ -196,6 +196,17 @@ task_blobs = Table(
     Index("ix_task_blobs_sha", "sha"),
 )
 
+# Which blobs a node uploaded (PUT /v1/blobs hashes the body: it proved it has the bytes).
+# A node may name only these (or inline bytes) as a task's output (store/leasing.py), so no
+# report can hand a customer a blob that its node never had.
+blob_uploads = Table(
+    "blob_uploads",
+    metadata,
+    Column("sha", String(64), primary_key=True),
+    Column("node_id", String(64), primary_key=True),
+    Column("at", Float, nullable=False),
+)
+
 # Which nodes hold a copy of a blob in their cache (they fetched it or produced it): placement
 # prefers them for the tasks that read it.
 blob_holders = Table(

@@ -10,20 +10,26 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import random
 import re
+import statistics
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select, update
 
 from fogwheel.core import compare, owners, trust
+from fogwheel.core.credit import Claim, granted_cpu
 from fogwheel.core.tasks import TERMINAL, Cancelled, Settled, Task, TaskState, apply
 from fogwheel.protocol import TaskReport
 from fogwheel.store.base import _TASK_COLS, NODE_GONE_AFTER_LEASES, StoreBase, _task, _task_cols
 from fogwheel.store.fleet import devices, quota_grown
-from fogwheel.store.schema import attempts, nodes, task_blobs, tasks
+from fogwheel.store.schema import attempts, jobs, nodes, task_blobs, tasks
 
+TYPICAL_SAMPLE = 201  # recent checked runs of a function whose median bounds a lone claim
 RECHECK_RECENT = 50  # unchecked results of a quarantined node that are checked again
 
 _rng = random.SystemRandom()
@@ -92,6 +98,8 @@ class VerifyStore(StoreBase):
                 attempts.c.report,
                 attempts.c.cpu_s,
                 attempts.c.outcome,
+                attempts.c.leased_at,
+                attempts.c.ended_at,
             )
             .where(attempts.c.task_id.in_(ids))
             .order_by(attempts.c.id)
@@ -137,7 +145,7 @@ class VerifyStore(StoreBase):
         tol = self._job_row(c, head.job_id)["tolerance"]  # type: ignore[attr-defined]
         if tol is not None:
             votes = compare.agreement_classes(
-                [(n, r.digest, _inline_value(r.report)) for n, r in reported.items()],
+                [(n, r.digest, _decoded_value(r.report)) for n, r in reported.items()],
                 compare.Tolerance(tol["rel"], tol["abs"]),
             )
         verdict = trust.verdict(votes, max(quorum, 1), outstanding, involved)
@@ -155,11 +163,7 @@ class VerifyStore(StoreBase):
                 why = f"its result for task {group} disagreed with the agreed one"
                 self._vote(c, n, [reported[n].id], agreed=False, reason=why)
             self._unvoted(c, extra)
-            runs = [(n, reported[n].cpu_s or 0.0) for n in verdict.agreeing]
-            credit = getattr(self, "credit_verified_work", None)
-            if credit is not None:
-                customer = self._job_row(c, head.job_id)["customer_id"]  # type: ignore[attr-defined]
-                credit(c, task_id=group, customer_id=customer, runs=runs, now=now)
+            self._pay_agreed(c, group, head.job_id, [reported[n] for n in verdict.agreeing], now)
         elif isinstance(verdict, trust.NeedMore):
             split = len({d for _, d in votes}) > 1
             if split and not self._tiebreakers(c, set(reported), now):
@@ -189,18 +193,27 @@ class VerifyStore(StoreBase):
         self,
         c: Connection,
         node_id: str,
-        items: Sequence[tuple[int, int, Task, TaskReport, str]],
+        items: Sequence[tuple[int, int, Task, TaskReport, str, Claim]],
         now: float,
     ) -> None:
         """Settle a batch of first results that their node's record lets go unchecked:
-        one statement per kind of write, however many tasks."""
+        one statement per kind of write, however many tasks. Each is paid as one unchecked
+        claim (core/credit.py): never above the typical checked run of its function."""
         finish = self._finish  # type: ignore[attr-defined]
-        finish(c, [(tid, job, t, rep) for tid, job, t, rep, _ in items], now)
+        finish(c, [(tid, job, t, rep) for tid, job, t, rep, _, _ in items], now)
+        job_row = self._job_row  # type: ignore[attr-defined]
+        typical = {job: self._typical_cpu(c, job) for job in {it[1] for it in items}}
+        granted = {
+            tid: granted_cpu(
+                [claim], cpu_limit=job_row(c, job)["limits"].get("cpu_s"), typical=typical[job]
+            )
+            for tid, job, _, _, _, claim in items
+        }
         c.execute(
             update(tasks)
             .where(tasks.c.id == bindparam("b_id"))
-            .values(digest=bindparam("digest"), quorum=1),
-            [{"b_id": tid, "digest": d} for tid, _, _, _, d in items],
+            .values(digest=bindparam("digest"), quorum=1, cpu_s=bindparam("granted")),
+            [{"b_id": tid, "digest": d, "granted": granted[tid]} for tid, _, _, _, d, _ in items],
         )
         n = len(items)
         c.execute(
@@ -210,15 +223,87 @@ class VerifyStore(StoreBase):
         )
         credit = getattr(self, "credit_verified_batch", None)
         if credit is not None:
-            job_row = self._job_row  # type: ignore[attr-defined]
             credit(
                 c,
                 [
-                    (tid, job_row(c, job)["customer_id"], [(node_id, rep.cpu_s)])
-                    for tid, job, _, rep, _ in items
+                    (tid, job_row(c, job)["customer_id"], [(node_id, granted[tid])])
+                    for tid, job, _, _, _, _ in items
                 ],
                 now,
             )
+
+    def _pay_agreed(
+        self, c: Connection, group: int, job_id: int, agreeing: Sequence[Any], now: float
+    ) -> None:
+        """Pay the agreeing replicas of a settled task one granted figure each, from the
+        quorum (core/credit.py: the least of their claims, each held to its lease's wall
+        time x its node's cores and to the job's CPU limit), and charge the customer for it."""
+        cores = dict(
+            c.execute(
+                select(nodes.c.id, nodes.c.cores).where(
+                    nodes.c.id.in_([r.node_id for r in agreeing])
+                )
+            ).all()
+        )
+        claims = [
+            Claim(
+                r.node_id,
+                math.nan if r.cpu_s is None else r.cpu_s,  # NULL: a claim that was no number
+                (r.ended_at if r.ended_at is not None else now) - r.leased_at,
+                cores.get(r.node_id) or 1,
+            )
+            for r in agreeing
+        ]
+        job = self._job_row(c, job_id)  # type: ignore[attr-defined]
+        granted = granted_cpu(
+            claims,
+            cpu_limit=job["limits"].get("cpu_s"),
+            typical=self._typical_cpu(c, job_id) if len(claims) == 1 else None,
+        )
+        c.execute(update(tasks).where(tasks.c.id == group).values(cpu_s=granted))
+        credit = getattr(self, "credit_verified_work", None)
+        if credit is not None:
+            runs = [(cl.node, granted) for cl in claims]
+            credit(c, task_id=group, customer_id=job["customer_id"], runs=runs, now=now)
+
+    def _typical_cpu(self, c: Connection, job_id: int) -> float | None:
+        """The median CPU-seconds granted to recent *checked* runs (settled by two or more
+        agreeing replicas) of this job's function, for the same customer; of this job's tasks
+        for a command job. None before the first: what a lone, unchecked claim is held to."""
+        job = self._job_row(c, job_id)  # type: ignore[attr-defined]
+        q = select(tasks.c.cpu_s).where(
+            tasks.c.replica_of.is_(None),
+            tasks.c.state == TaskState.DONE,
+            tasks.c.quorum >= 2,
+            tasks.c.digest.is_not(None),
+        )
+        fn_sha = (job.get("fn") or {}).get("sha")
+        if fn_sha:
+            q = q.join(jobs, jobs.c.id == tasks.c.job_id).where(
+                jobs.c.fn_sha == fn_sha, jobs.c.customer_id == job["customer_id"]
+            )
+        else:
+            q = q.where(tasks.c.job_id == job_id)
+        took = c.execute(q.order_by(tasks.c.finished_at.desc()).limit(TYPICAL_SAMPLE)).scalars()
+        sample = [float(x) for x in took]
+        return statistics.median(sample) if sample else None
+
+    def _decode_ahead(self, reports: Sequence[TaskReport]) -> None:
+        """Decode, outside any write transaction, the inline values that a tolerance job's
+        verdict will compare (core/compare.py: bounded), so that the verdict finds them in
+        `_DECODED`; a value not found there (another coordinator process took the report,
+        or this one restarted) is decoded where it is needed, within the same bounds."""
+        inline = {r.task_id: r.value for r in reports if r.value is not None and r.value.data}
+        if not inline:
+            return
+        with self.read() as c:
+            job_of = dict(
+                c.execute(select(tasks.c.id, tasks.c.job_id).where(tasks.c.id.in_(inline))).all()
+            )
+            tolerant = {j for j in set(job_of.values()) if self._job_row(c, j)["tolerance"]}  # type: ignore[attr-defined]
+        for tid, v in inline.items():
+            if job_of.get(tid) in tolerant and v.sha not in _DECODED:
+                _DECODED.put(v.sha, compare.decode(v.raw()))
 
     def _tiebreakers(self, c: Connection, voted: set[str], now: float) -> bool:
         """Whether any live, trusted node has not yet given a result for this task, and is
@@ -501,13 +586,70 @@ class VerifyStore(StoreBase):
         return out
 
 
-def _inline_value(report_json: str | None) -> bytes | None:
-    """The value bytes of a kept report, when they travelled inline (small results)."""
+class _DecodedCache:
+    """Decoded values by SHA-256 (content-addressed, so any process may share them), the
+    least recently used dropped first once they hold more than `max_nodes` objects."""
+
+    def __init__(self, max_nodes: int = 4 * compare.MAX_NODES) -> None:
+        self.max_nodes = max_nodes
+        self._items: OrderedDict[str, tuple[compare.Decoded, int]] = OrderedDict()
+        self._nodes = 0
+        self._lock = threading.Lock()
+
+    def __contains__(self, sha: str) -> bool:
+        return sha in self._items
+
+    def get(self, sha: str) -> compare.Decoded | None:
+        with self._lock:
+            hit = self._items.get(sha)
+            if hit is None:
+                return None
+            self._items.move_to_end(sha)
+            return hit[0]
+
+    def put(self, sha: str, dec: compare.Decoded, size: int | None = None) -> None:
+        cost = size if size is not None else max(1, _count(dec.value))
+        with self._lock:
+            if sha in self._items:
+                return
+            self._items[sha] = (dec, cost)
+            self._nodes += cost
+            while self._nodes > self.max_nodes and len(self._items) > 1:
+                _, (_, gone) = self._items.popitem(last=False)
+                self._nodes -= gone
+
+
+def _count(value: Any) -> int:
+    """How many objects a decoded value holds (a tree: shared references were refused)."""
+    n, stack = 0, [value]
+    while stack:
+        x = stack.pop()
+        n += 1
+        if isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, list | tuple | set | frozenset):
+            stack.extend(x)
+    return n
+
+
+_DECODED = _DecodedCache()
+
+
+def _decoded_value(report_json: str | None) -> compare.Decoded | None:
+    """A kept report's value decoded for comparison (from `_DECODED` when it was decoded
+    ahead), or None when it did not travel inline (large results are compared by hash)."""
     if not report_json:
         return None
     value = json.loads(report_json).get("value") or {}
-    data = value.get("data")
-    return base64.b64decode(data) if data else None
+    data, sha = value.get("data"), value.get("sha")
+    if not data or not sha:
+        return None
+    hit = _DECODED.get(sha)
+    if hit is None:
+        hit = compare.decode(base64.b64decode(data))
+        _DECODED.put(sha, hit)
+    return hit
 
 
 def _error_text(rep: TaskReport) -> str:
