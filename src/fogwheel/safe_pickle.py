@@ -419,7 +419,12 @@ class _Unpickler(pickle._Unpickler):
 
     def _dtype(self, spec: Any, align: Any = False, copy: Any = True) -> Any:
         if not isinstance(spec, str) or spec[:1] not in _SAFE_DTYPE_KINDS:
-            raise RefusedValue(f"a result holds a numpy dtype {spec!r}", name="numpy.dtype")
+            raise RefusedValue(
+                f"a result holds a numpy dtype {spec!r}: arrays of Python objects are not "
+                "decoded from untrusted bytes (their bytes would be taken for pointers); "
+                "return a list, or for a fog of your own devices use unsafe_trust_nodes",
+                name="numpy.dtype",
+            )
         d = self._np.dtype(spec, bool(align), True)  # a copy: never numpy's shared singletons
         self._fresh[id(d)] = d
         return d
