@@ -197,6 +197,7 @@ def coordinator(
 ) -> None:
     """Run the coordinator: the HTTP API under /v1, OpenAPI at /docs, metrics at /metrics."""
     from fogwheel.coordinator import CoordinatorConfig, serve
+    from fogwheel.errors import ConfigError
 
     _logging(verbose)
     if (tls_cert is None) != (tls_key is None):
@@ -230,6 +231,8 @@ def coordinator(
     )
     try:
         serve(config, announce=not quiet)
+    except ConfigError as e:
+        raise _fail(str(e)) from None
     except OSError as e:
         raise _fail(f"cannot listen on {host}:{port}: {e.strerror}; pick another --port") from None
     except Exception as e:

@@ -416,3 +416,14 @@ def test_an_https_node_refuses_an_unverified_certificate_and_a_wrong_pin(tmp_pat
         rc, text = node_that_exits(c.url, data_dir, wrong, "--ca-cert", str(cert))
         assert rc != 0 and "not the key the join string pins" in text
         assert not (data_dir / "node.json").exists()
+
+
+def test_a_coordinator_given_a_bad_certificate_says_so_and_does_not_start(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    cmd = [sys.executable, "-m", "fogwheel", "coordinator", "--data-dir", str(tmp_path / "c")]
+    cmd += ["--port", "0", "--quiet", "--tls-cert", str(junk), "--tls-key", str(junk)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    text = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode != 0 and "cannot serve HTTPS with --tls-cert" in text
+    assert "Traceback" not in text

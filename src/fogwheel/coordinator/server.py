@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from fogwheel.blobs import FileBlobStore
 from fogwheel.coordinator.app import build_routes
 from fogwheel.coordinator.bodylimit import BodyLimit
 from fogwheel.coordinator.bodytimeout import BodyTimeout
+from fogwheel.errors import ConfigError
 from fogwheel.signing import fingerprint, join_string, key_pin, load_or_create_key, public_key_b64
 from fogwheel.store import Store
 from fogwheel.store.sql import hash_secret, new_secret
@@ -133,6 +135,7 @@ async def _reap(store: Store) -> None:
 
 def serve(config: CoordinatorConfig, announce: bool = True) -> None:
     """Run until interrupted. Prints the URL and any secrets created on this start."""
+    _check_tls(config)
     store, created = open_store(config)
     app = build_app(config, store)
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
@@ -180,6 +183,22 @@ def serve(config: CoordinatorConfig, announce: bool = True) -> None:
         server.run(sockets=[sock])
     finally:
         store.close()
+
+
+def _check_tls(config: CoordinatorConfig) -> None:
+    """Load the certificate and key once before anything starts, to fail with a sentence."""
+    if not config.tls_cert:
+        return
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            config.tls_cert, config.tls_key
+        )
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(
+            f"cannot serve HTTPS with --tls-cert {config.tls_cert} and --tls-key "
+            f"{config.tls_key} ({e}): give a PEM certificate (with its chain) and its "
+            "unencrypted private key"
+        ) from None
 
 
 def _redact(url: str) -> str:
