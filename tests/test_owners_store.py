@@ -14,8 +14,12 @@ def info(token: str = "x" * 8, name: str = "d", cores: int = 1, **kw: int) -> No
     return NodeJoin(token=token, name=name, cores=cores, memory_mb=512, disk_mb=1000, **kw)
 
 
-def device(store: Store, owner: str | None, name: str, network: str | None = None) -> str:
-    node_id, _ = store.join_node(info(name=name, cores=4), T0, owner_id=owner, network=network)
+def device(
+    store: Store, owner: str | None, name: str, network: str | None = None, quota: int = 2
+) -> str:
+    node_id, _ = store.join_node(
+        info(name=name, cores=4), T0, owner_id=owner, network=network, quota=quota
+    )
     return node_id
 
 
@@ -206,3 +210,21 @@ def test_an_owner_sees_the_sum_of_its_devices_earnings(store: Store) -> None:
     assert earned["total"] == 11 and {d["node_id"] for d in earned["devices"]} == {a1, a2}
     by_owner = {o["id"]: o for o in store.list_owners()}
     assert by_owner[alice]["earned"] == 11 and by_owner[alice]["devices"] == 2
+
+
+def test_a_backup_copy_never_goes_to_another_device_of_the_stragglers_owner(store: Store) -> None:
+    from tests.test_backups import job as backup_job
+    from tests.test_backups import report
+
+    mallory, _ = store.create_owner("mallory", T0)
+    slow_dev, twin = device(store, mallory, "m1", quota=64), device(store, mallory, "m2", quota=64)
+    honest = device(store, None, "h", quota=64)
+    store.create_job("c1", backup_job(4), T0)
+    [slow] = store.sync(slow_dev, SyncIn(want=1, slots_free=1), T0).tasks
+    quick: list[dict] = []
+    while len(quick) < 3:  # fair shares hand them out one at a time
+        quick += store.sync(honest, SyncIn(want=3, slots_free=4), T0).tasks
+    store.sync(honest, SyncIn(results=[report(t, b"quick") for t in quick]), T0 + 1)
+    assert store.sync(twin, SyncIn(want=4, slots_free=4), T0 + 5).tasks == []
+    [backup] = store.sync(honest, SyncIn(want=4, slots_free=4), T0 + 5).tasks
+    assert backup["args"] == slow["args"]

@@ -714,17 +714,18 @@ class LeasingStore(VerifyStore):
         if not rows:
             return []
         medians = {job_id: self._job_median(c, job_id) for job_id in {r.job_id for r in rows}}
-        touched = set(
-            c.execute(
-                select(func.coalesce(tasks.c.replica_of, tasks.c.id))
-                .join(attempts, attempts.c.task_id == tasks.c.id)
-                .where(
-                    tasks.c.id.in_([r.id for r in rows])
-                    | tasks.c.replica_of.in_([r.id for r in rows]),
-                    attempts.c.node_id == node_id,
-                )
-            ).scalars()
-        )
+        # A backup goes to a device that has not run the task, of another owner and network
+        # than those that have (core/owners.py).
+        ran: dict[int, set[str]] = defaultdict(set)
+        for gid, nid in c.execute(
+            select(func.coalesce(tasks.c.replica_of, tasks.c.id), attempts.c.node_id)
+            .join(attempts, attempts.c.task_id == tasks.c.id)
+            .where(
+                tasks.c.id.in_([r.id for r in rows]) | tasks.c.replica_of.in_([r.id for r in rows])
+            )
+        ).all():
+            ran[gid].add(nid)
+        touched = barred_groups(c, node_id, ran)
         stragglers = [
             scheduler.Straggler(
                 r.id,
