@@ -461,8 +461,9 @@ def test_a_node_with_the_wrong_coordinator_key_refuses_everything(
                 fut.result(timeout=60)
     text = log.read_text()
     for task in client.tasks(futures[0].job_id):
-        assert len(task["history"]) == 3
-        assert text.count(f"task {task['id']} refused") == 3
+        attempts = len(task["history"])  # every one of them leased to this node and refused
+        assert attempts >= 3
+        assert text.count(f"task {task['id']} refused") == attempts
     assert fingerprint(wrong) in text
 
 
