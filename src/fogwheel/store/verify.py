@@ -15,6 +15,7 @@ import random
 import re
 import statistics
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -30,6 +31,8 @@ from fogwheel.store.fleet import devices, quota_grown
 from fogwheel.store.schema import attempts, jobs, nodes, task_blobs, tasks
 
 TYPICAL_SAMPLE = 201  # recent checked runs of a function whose median bounds a lone claim
+TYPICAL_JOBS = 20  # ... taken from the customer's latest jobs of that function
+TYPICAL_TTL_S = 30.0  # how long a job's typical run is reused before it is taken again
 RECHECK_RECENT = 50  # unchecked results of a quarantined node that are checked again
 
 _rng = random.SystemRandom()
@@ -268,25 +271,51 @@ class VerifyStore(StoreBase):
 
     def _typical_cpu(self, c: Connection, job_id: int) -> float | None:
         """The median CPU-seconds granted to recent *checked* runs (settled by two or more
-        agreeing replicas) of this job's function, for the same customer; of this job's tasks
-        for a command job. None before the first: what a lone, unchecked claim is held to."""
+        agreeing replicas) of this job's function, for the same customer (its latest
+        `TYPICAL_JOBS` jobs of that function); of this job's tasks for a command job. None
+        before the first: what a lone, unchecked claim is held to.
+
+        Kept a while per job (`TYPICAL_TTL_S`; an unknown one only briefly), so that the
+        fast path of unchecked results does not scan a job's tasks for every batch."""
+        cache: dict[int, tuple[float | None, float]] = self.__dict__.setdefault("_typicals", {})
+        clock = time.monotonic()
+        hit = cache.get(job_id)
+        if hit is not None and clock - hit[1] < (TYPICAL_TTL_S if hit[0] is not None else 2.0):
+            return hit[0]
         job = self._job_row(c, job_id)  # type: ignore[attr-defined]
-        q = select(tasks.c.cpu_s).where(
-            tasks.c.replica_of.is_(None),
-            tasks.c.state == TaskState.DONE,
-            tasks.c.quorum >= 2,
-            tasks.c.digest.is_not(None),
-        )
         fn_sha = (job.get("fn") or {}).get("sha")
+        scope = [job_id]
         if fn_sha:
-            q = q.join(jobs, jobs.c.id == tasks.c.job_id).where(
-                jobs.c.fn_sha == fn_sha, jobs.c.customer_id == job["customer_id"]
+            scope = list(
+                c.execute(
+                    select(jobs.c.id)
+                    .where(jobs.c.fn_sha == fn_sha, jobs.c.customer_id == job["customer_id"])
+                    .order_by(jobs.c.id.desc())
+                    .limit(TYPICAL_JOBS)
+                ).scalars()
             )
-        else:
-            q = q.where(tasks.c.job_id == job_id)
-        took = c.execute(q.order_by(tasks.c.finished_at.desc()).limit(TYPICAL_SAMPLE)).scalars()
-        sample = [float(x) for x in took]
-        return statistics.median(sample) if sample else None
+        sample: list[float] = []
+        for j in scope:  # newest first, each along its (job_id, finish_seq) index
+            sample += c.execute(
+                select(tasks.c.cpu_s)
+                .where(
+                    tasks.c.job_id == j,
+                    tasks.c.finish_seq.is_not(None),
+                    tasks.c.replica_of.is_(None),
+                    tasks.c.state == TaskState.DONE,
+                    tasks.c.quorum >= 2,
+                    tasks.c.digest.is_not(None),
+                )
+                .order_by(tasks.c.finish_seq.desc())
+                .limit(TYPICAL_SAMPLE - len(sample))
+            ).scalars()
+            if len(sample) >= TYPICAL_SAMPLE:
+                break
+        typical = statistics.median(float(x) for x in sample) if sample else None
+        if len(cache) > 10_000:
+            cache.clear()
+        cache[job_id] = (typical, clock)
+        return typical
 
     def _decode_ahead(self, reports: Sequence[TaskReport]) -> None:
         """Decode, outside any write transaction, the inline values that a tolerance job's
