@@ -154,6 +154,19 @@ def test_a_blob_corrupted_on_disk_is_never_served_and_a_correct_upload_replaces_
     assert again.status_code == 200 and again.content == data
 
 
+def test_an_upload_replaces_a_corrupt_blob_nobody_has_read_yet(fog: LocalFog) -> None:
+    data = os.urandom(100_000)
+    sha = hashlib.sha256(data).hexdigest()
+    assert put(fog, data).status_code == 201
+    blob_file(fog, sha).write_bytes(b"\0" * len(data))  # rotted before anyone asked
+    fog.stop()
+    fog.start()  # a fresh coordinator: no verified mark in memory
+    assert put(fog, data).status_code == 201  # found corrupt while storing: replaced
+    r = get(fog, sha)
+    assert r.status_code == 200 and r.content == data
+    assert len(list((fog.dir / "coordinator" / "blobs" / "quarantine").iterdir())) == 1
+
+
 def test_a_wrong_upload_never_replaces_a_blob(fog: LocalFog) -> None:
     data = b"the real bytes" * 10_000
     sha = hashlib.sha256(data).hexdigest()
