@@ -17,9 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fogwheel import safe_pickle
-from fogwheel.client import _rebuild_exception
 from fogwheel.errors import RefusedValue, RemoteError
 from fogwheel.node.worker import exception_report, uniform
+from fogwheel.results import rebuild_exception
 from fogwheel.safe_pickle import Decoder, Limits, loads
 
 
@@ -319,7 +319,7 @@ def _raised(exc: BaseException) -> BaseException:
 def _roundtrip(exc: BaseException, decoder: Decoder | None = None) -> BaseException:
     err = exception_report(_raised(exc))["error"]
     assert "exc" not in err
-    return _rebuild_exception(decoder or Decoder(), err)
+    return rebuild_exception(decoder or Decoder(), err)
 
 
 def test_builtin_exceptions_are_rebuilt_with_their_type_and_args() -> None:
@@ -341,14 +341,14 @@ def test_a_customers_exception_is_rebuilt_only_when_trusted() -> None:
 
 def test_a_node_cannot_name_a_dangerous_or_base_only_type() -> None:
     for name in ("os:system", "builtins:eval", "eval", "SystemExit", "KeyboardInterrupt"):
-        back = _rebuild_exception(Decoder(), {"type": name, "message": "x", "args": ["x"]})
+        back = rebuild_exception(Decoder(), {"type": name, "message": "x", "args": ["x"]})
         assert isinstance(back, RemoteError) and back.type_name == name
 
 
 def test_args_that_are_not_plain_data_fall_back_to_the_message() -> None:
     err = exception_report(_raised(ValueError(Point(1, 2))))["error"]
     assert "args" not in err
-    assert type(_rebuild_exception(Decoder(), err)) is ValueError
+    assert type(rebuild_exception(Decoder(), err)) is ValueError
 
 
 def test_scratch_paths_and_addresses_read_the_same_on_every_node() -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import os
 import sys
@@ -39,7 +38,7 @@ from typing import Any
 import cloudpickle
 import httpx
 
-from fogwheel import output_files, safe_pickle
+from fogwheel import output_files, results, safe_pickle
 from fogwheel.errors import (
     ApiError,
     AuthError,
@@ -48,7 +47,6 @@ from fogwheel.errors import (
     CoordinatorUnreachable,
     IntegrityError,
     NotFound,
-    RemoteError,
     RemoteTraceback,
     TaskFailed,
 )
@@ -573,16 +571,16 @@ class Client:
         kind = watch.kind
         raw = self._value_bytes(res["value"]) if res.get("value") else b""
         if kind == "python":
-            return _loads(watch.decoder, raw)
+            return results.decode_value(watch.decoder, raw)
         if kind == "python-files":
             files, notes = output_files.requested(res.get("outputs", {}), watch.outputs)
-            _check_complete(files, watch.outputs)
+            results.check_complete(files, watch.outputs)
             blobs = {name: _blob_of(v) for name, v in files.items()}  # type: ignore[arg-type]
             _log_dropped(notes)
-            return TaskOutput(_loads(watch.decoder, raw), blobs, notes)
-        info = _command_info(raw)
+            return TaskOutput(results.decode_value(watch.decoder, raw), blobs, notes)
+        info = results.command_info(raw)
         outs, notes = output_files.requested(res.get("outputs", {}), watch.outputs)
-        _check_complete(outs, watch.outputs)
+        results.check_complete(outs, watch.outputs)
         _log_dropped(notes)
         outputs = {name: self._value_bytes(v) for name, v in outs.items()}  # type: ignore[arg-type]
         return CommandResult(info["returncode"], info["stdout"], info["stderr"], outputs, notes)
@@ -592,13 +590,13 @@ class Client:
         err = res.get("error") or {"kind": "crash", "message": "no detail"}
         tb = str(err.get("traceback") or "")
         if err.get("kind") == "exception" and kind != "command":
-            exc = _rebuild_exception(watch.decoder, err)
+            exc = results.rebuild_exception(watch.decoder, err)
             exc.__cause__ = RemoteTraceback(tb)
             return exc
         if err.get("kind") == "exit" and kind == "command":
             result = None
             if res.get("value"):
-                info = _command_info(self._value_bytes(res["value"]))
+                info = results.command_info(self._value_bytes(res["value"]))
                 result = CommandResult(info["returncode"], info["stdout"], info["stderr"])
             return CommandFailed(str(err.get("message") or "the command failed"), result)
         return TaskFailed(
@@ -667,68 +665,6 @@ def _warn_unsafe() -> None:
     )
     log.warning(text)
     warnings.warn(text, RuntimeWarning, stacklevel=3)
-
-
-def _loads(decoder: safe_pickle.Decoder | None, raw: bytes) -> Any:
-    """A node's value: through the restricted decoder, or full pickle when opted in."""
-    if decoder is None:
-        return cloudpickle.loads(raw)
-    return decoder.loads(raw)
-
-
-def _rebuild_exception(
-    decoder: safe_pickle.Decoder | None, err: Mapping[str, Any]
-) -> BaseException:
-    """An exception like the one the task raised, built from plain fields, never unpickled:
-    a builtin or trusted type from its args (or its message); any other, `RemoteError`."""
-    type_name = str(err.get("type") or "Exception")
-    message = str(err.get("message") or "")
-    args = err.get("args")
-    # With unsafe_trust_nodes the customer trusts whatever type a node names.
-    trusted = decoder.exception_type if decoder is not None else _import_exception
-    cls = trusted(type_name)
-    if cls is not None:
-        for attempt in (tuple(args) if isinstance(args, list) else None, (message,)):
-            if attempt is None:
-                continue
-            try:
-                exc = cls(*attempt)
-            except Exception:
-                continue
-            if str(exc) == message or attempt == (message,):
-                return exc
-    return RemoteError(type_name, message)
-
-
-def _import_exception(type_name: str) -> type[BaseException] | None:
-    try:
-        cls = safe_pickle.resolve(type_name if ":" in type_name else f"builtins:{type_name}")
-    except Exception:
-        return None
-    return cls if isinstance(cls, type) and issubclass(cls, BaseException) else None
-
-
-def _command_info(raw: bytes) -> dict[str, Any]:
-    """A command's exit status and output tails (JSON from the node), checked for shape."""
-    try:
-        info = json.loads(raw)
-        out = {
-            "returncode": int(info["returncode"]),
-            "stdout": str(info.get("stdout", "")),
-            "stderr": str(info.get("stderr", "")),
-        }
-    except (ValueError, KeyError, TypeError) as e:
-        raise IntegrityError(f"a command's result did not decode: {e}") from None
-    return out
-
-
-def _check_complete(files: Mapping[str, Any], names: Sequence[str] | None) -> None:
-    missing = sorted(set(names or ()) - set(files))
-    if missing:
-        raise TaskFailed(
-            f"the task's result lacks the output files it requested: {', '.join(missing)} "
-            "(the node that reported it did not return them)"
-        )
 
 
 def _log_dropped(notes: list[str]) -> None:
