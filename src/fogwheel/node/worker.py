@@ -34,6 +34,7 @@ from fogwheel.node import wire
 MAX_MESSAGE = 10_000  # characters of an exception's message sent back
 MAX_TRACEBACK = 50_000  # characters of its traceback (the end, where the error is)
 MAX_ARGS = 16
+_SYSTEM_DIRS = {"", "/", "/usr", "/usr/local", "/opt"}
 _ADDRESS = re.compile(r"\b0x[0-9a-fA-F]{6,}\b")
 
 _functions: dict[str, Any] = {}
@@ -168,7 +169,7 @@ def uniform(text: str, scratch: str | None = None) -> str:
             places.append((path, f"<{key}>"))
     places += [(sys.prefix, "<prefix>"), (sys.base_prefix, "<prefix>")]
     for path, name in sorted(set(places), key=lambda p: -len(p[0])):
-        if len(path) > 1:
+        if path not in _SYSTEM_DIRS:  # "/usr" is the same everywhere, and in much text
             text = text.replace(path, name)
     return _ADDRESS.sub("0x...", text)
 
