@@ -156,7 +156,7 @@ ErrorArg = (
 
 class ErrorInfo(Model):
     kind: Literal["exception", "exit", "limit", "crash", "lost", "input", "cancelled", "disputed"]
-    type: str = ""
+    type: str = Field(default="", max_length=1000)  # `module:qualname`, or a builtin's name
     message: str = Field(default="", max_length=100_000)
     traceback: str = Field(default="", max_length=200_000)
     exc: Value | None = None  # legacy: a pickled exception; the SDK never unpickles it

@@ -34,6 +34,7 @@ from fogwheel.node import wire
 MAX_MESSAGE = 10_000  # characters of an exception's message sent back
 MAX_TRACEBACK = 50_000  # characters of its traceback (the end, where the error is)
 MAX_ARGS = 16
+MAX_TYPE_NAME = 1000  # protocol.ErrorInfo.type
 _SYSTEM_DIRS = {"", "/", "/usr", "/usr/local", "/opt"}
 _ADDRESS = re.compile(r"\b0x[0-9a-fA-F]{6,}\b")
 
@@ -127,7 +128,7 @@ def exception_report(
         message = f"<{type(exc).__name__} whose message could not be read>"
     out = _error(
         "exception",
-        safe_pickle.type_name(type(exc)),
+        safe_pickle.type_name(type(exc))[:MAX_TYPE_NAME],
         uniform(message, scratch)[:MAX_MESSAGE],
         uniform(text, scratch)[-MAX_TRACEBACK:],
     )
