@@ -558,6 +558,8 @@ def test_the_coordinator_refuses_a_join_string_that_pins_another_key(fog: LocalF
     body = {"token": wrong, "name": "x", "cores": 1, "memory_mb": 512, "disk_mb": 1}
     r = httpx.post(f"{fog.url}/v1/nodes/join", json=body)
     assert r.status_code == 401 and "pins another coordinator's key" in r.json()["error"]
+    r = httpx.post(f"{fog.url}/v1/nodes/join", json={**body, "token": pinned(fog)})
+    assert r.status_code == 201  # the right pin: the token is checked as usual
 
 
 # -- leases are run once, and only while current -------------------------------------------
