@@ -569,6 +569,8 @@ class Client:
 
     def _decode_result(self, watch: _Watch, res: dict[str, Any]) -> Any:
         kind = watch.kind
+        if watch.decoder is not None and kind != "command" and res.get("value"):
+            watch.decoder.check_size(int(res["value"].get("size", 0)))  # before fetching it
         raw = self._value_bytes(res["value"]) if res.get("value") else b""
         if kind == "python":
             return results.decode_value(watch.decoder, raw)

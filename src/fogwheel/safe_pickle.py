@@ -209,14 +209,18 @@ class Decoder:
         out.trusted = {**self.trusted, **out.trusted}
         return out
 
-    def loads(self, data: bytes) -> Any:
-        """Decode `data`; raise RefusedValue (naming what was refused) for anything else."""
-        if len(data) > self.limits.max_bytes:
+    def check_size(self, size: int) -> None:
+        """Refuse a result of `size` bytes over the limit (before it is even fetched)."""
+        if size > self.limits.max_bytes:
             raise RefusedValue(
-                f"a result of {len(data)} bytes is over the decoder's limit of "
+                f"a result of {size} bytes is over the decoder's limit of "
                 f"{self.limits.max_bytes} bytes (raise it with Client(result_limits=...))",
                 name="",
             )
+
+    def loads(self, data: bytes) -> Any:
+        """Decode `data`; raise RefusedValue (naming what was refused) for anything else."""
+        self.check_size(len(data))
         try:
             return _Unpickler(io.BytesIO(data), self).load()
         except RefusedValue:
