@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 
 from fogwheel import Client
+from fogwheel.client import Limits
 from fogwheel.errors import OutputRefused, RefusedValue, RemoteTraceback, TaskFailed
 from fogwheel.localfog import LocalFog
 from fogwheel.protocol import ErrorInfo, TaskReport, Value
@@ -144,6 +145,18 @@ def test_two_nodes_of_one_token_agreeing_on_a_malicious_pickle_run_nothing(
         with pytest.raises((RefusedValue, TaskFailed)):
             fut.result(timeout=WAIT)
     assert not marker.exists()
+
+
+def test_a_value_over_the_customers_size_limit_is_refused(
+    bare_fog: LocalFog, hostile: HostileNode
+) -> None:
+    limits = Limits(max_bytes=1000)
+    with Client(bare_fog.url, bare_fog.api_key, replicas=1, result_limits=limits) as client:
+        fut = client.submit(double, 21)
+        lease = _lease_for(hostile, fut.job_id)
+        _accepted(hostile.report(hostile.result(lease, value=pickle.dumps(b"x" * 100_000))))
+        with pytest.raises(RefusedValue, match="over the decoder's limit"):
+            fut.result(timeout=WAIT)
 
 
 @pytest.mark.filterwarnings("ignore:fogwheel. unsafe_trust_nodes")
