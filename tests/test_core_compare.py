@@ -90,6 +90,17 @@ def test_a_shared_reference_is_refused_however_small(payload) -> None:
         plain_loads(payload)
 
 
+def test_a_shared_tuple_is_allowed_while_the_value_expanded_stays_in_bounds() -> None:
+    from fogwheel.core import compare
+
+    pair = (1, "x")
+    rows = [pair] * 1000  # one tuple, named a thousand times: 3,001 objects as a tree
+    assert plain_loads(pickle.dumps(rows)) == rows
+    wide = tuple(range(1000))
+    with pytest.raises(pickle.UnpicklingError, match="expand"):
+        plain_loads(pickle.dumps([wide] * (compare.MAX_NODES // 1000 + 10)))
+
+
 def test_an_empty_list_named_twice_and_filled_later_is_refused() -> None:
     # [a, a] where a is empty when it is placed (twice) and gets filled afterwards
     ops = (
@@ -108,11 +119,13 @@ def test_nesting_deeper_than_the_bound_is_refused_before_anything_hashes_it() ->
         plain_loads(pickle.dumps(frozenset([deep])))
 
 
-def test_more_objects_than_the_bound_are_refused() -> None:
+def test_more_objects_than_the_bound_are_refused(monkeypatch) -> None:
     from fogwheel.core import compare
 
+    monkeypatch.setattr(compare, "MAX_NODES", 1000)
     with pytest.raises(pickle.UnpicklingError, match="objects"):
-        plain_loads(pickle.dumps(list(range(compare.MAX_NODES + 10))))
+        plain_loads(pickle.dumps(list(range(1010))))
+    assert plain_loads(pickle.dumps(list(range(900)))) == list(range(900))
 
 
 def test_a_bytearray_is_built_only_from_bytes_never_from_a_size() -> None:

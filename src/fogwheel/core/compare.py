@@ -8,11 +8,13 @@ agree when every number in them is `math.isclose` to its counterpart. Anything t
 decode so is compared by hash.
 
 Bounded work on untrusted bytes. A node chooses these bytes, so every step has a bound:
-- decoding reads at most `MAX_DECODE` bytes, builds at most `MAX_NODES` objects nested at most
-  `MAX_DEPTH` deep, and refuses *shared references*: a container (list, tuple, dict, set,
-  slice, …) that is named twice. Pickle's memo lets 150 bytes describe a list of 2**40 leaves
-  (`[x, x]` forty times over); refused, the decoded value is a plain tree no larger than its
-  node count, and nothing later (comparison, `==`, hashing) can blow up on it;
+- decoding reads at most `MAX_DECODE` bytes and builds a value of at most `MAX_NODES` objects
+  *counted as a tree* (a tuple named five times counts five times), nested at most `MAX_DEPTH`
+  deep. Pickle's memo lets 150 bytes describe a list of 2**40 leaves (`[x, x]` forty times
+  over). A mutable container (list, dict, set) named twice is refused outright (it could be
+  filled after it was counted); an immutable one (a tuple, a frozenset) may be shared as long
+  as the whole value, expanded, stays within the bound. So nothing later (comparison, `==`,
+  hashing) can do more work than the bound;
 - comparing two values visits at most `MAX_STEPS` nodes; past that the pair counts as
   "not close", and the results are compared by hash.
 The decoder is a small interpreter over `pickletools.genops` (pure Python: it can count and
@@ -29,23 +31,23 @@ from dataclasses import dataclass
 from typing import Any
 
 MAX_DECODE = 1 << 20  # bytes: larger results are compared by hash
-MAX_NODES = 200_000  # objects one decoded value may hold
+MAX_NODES = 1 << 20  # objects one decoded value may hold, counted as a tree
 MAX_DEPTH = 100  # how deeply they may nest
-MAX_STEPS = 400_000  # nodes one comparison may visit
+MAX_STEPS = 100_000  # nodes one comparison (of one verdict) may visit: it runs under a lock
 
 _PLAIN = {("builtins", n) for n in ("set", "frozenset", "complex", "bytearray", "slice")}
+_TEXT = frozenset({"UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8"})
+_INTS = frozenset({"INT", "LONG", "BININT", "BININT1", "BININT2", "LONG1", "LONG4"})
+_BYTES = frozenset({"BINBYTES", "SHORT_BINBYTES", "BINBYTES8"})
 _CONTAINERS = (list, tuple, dict, set, frozenset, slice)
 _MUTABLE = (list, dict, set, bytearray)
+_LEAVES = frozenset({int, float, str, bytes, bool, type(None), complex})
 
 
 def _shareable(x: Any) -> bool:
-    """Whether naming `x` twice is harmless: a leaf, or an empty immutable container (`()`
-    is even a singleton). A mutable container could be filled after it was named twice."""
-    if isinstance(x, _MUTABLE):
-        return False
-    if isinstance(x, tuple | frozenset):
-        return not x
-    return not isinstance(x, slice)
+    """Whether naming `x` twice may be allowed: anything but a mutable container, which
+    could be filled after it was counted (an immutable one is counted each time it is named)."""
+    return not isinstance(x, _MUTABLE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +90,10 @@ class _Decoder:
         self.stack: list[Any] = []
         self.memo: dict[int, Any] = {}
         self.depth: dict[int, int] = {}  # id of a container -> how deep it nests
-        self.used: set[int] = set()  # ids of containers already placed inside another
+        self.used: set[int] = set()  # ids of mutable containers already placed in another
+        self.size: dict[int, int] = {}  # id of a container -> its objects, counted as a tree
+        self.expanded = 0  # every placement's size: at least the value's size as a tree
+        self.alive: list[Any] = []  # everything built stays alive, so no id is reused
         self.nodes = 0
 
     # -- bookkeeping ---------------------------------------------------------------------
@@ -98,11 +103,33 @@ class _Decoder:
         if self.nodes > MAX_NODES:
             raise pickle.UnpicklingError(f"more than {MAX_NODES} objects: compared by hash")
 
+    def _grow(self, n: int) -> None:
+        self.expanded += n
+        if self.expanded > MAX_NODES:
+            raise pickle.UnpicklingError(
+                f"shared references that expand past {MAX_NODES} objects: compared by hash"
+            )
+
     def push(self, obj: Any) -> None:
         self._count()
-        if isinstance(obj, _CONTAINERS) and id(obj) not in self.depth:
-            self.depth[id(obj)] = 1
+        if type(obj) not in _LEAVES:
+            self.alive.append(obj)  # a container's id is never reused while it is tracked
+            if isinstance(obj, _CONTAINERS) and id(obj) not in self.depth:
+                self.depth[id(obj)] = 1
         self.stack.append(obj)
+
+    def _place_all(self, parent: Any, items: list[Any]) -> None:
+        """`_place` each item, leaves (the most of them) in one step."""
+        leaves = 0
+        for x in items:
+            if type(x) in _LEAVES:
+                leaves += 1
+            else:
+                self._place(parent, x)
+        if leaves:
+            self._grow(leaves)
+            pid = id(parent)
+            self.size[pid] = self.size.get(pid, 1) + leaves
 
     def _place(self, parent: Any, child: Any) -> None:
         """`child` goes inside `parent`: refuse a container that is already elsewhere, and
@@ -118,24 +145,31 @@ class _Decoder:
         pid = id(parent)
         if d > self.depth.get(pid, 1):
             self.depth[pid] = d
+        n = self.size.get(id(child), 1)
+        self._grow(n)
+        self.size[pid] = self.size.get(pid, 1) + n
 
     def build(self, kind: type, items: list[Any]) -> Any:
         """A tuple/frozenset/slice from `items`, after placing each (depth bounded first, so
         hashing a frozenset's items cannot recurse without end)."""
-        depth = 1
+        depth, size = 1, 1
         for x in items:
             if not _shareable(x):
                 if id(x) in self.used:
                     raise pickle.UnpicklingError("shared references are refused: compared by hash")
                 self.used.add(id(x))
             depth = max(depth, self.depth.get(id(x), 0) + 1)
+            size += self.size.get(id(x), 1)
         if depth > MAX_DEPTH:
             raise pickle.UnpicklingError(f"nested deeper than {MAX_DEPTH}: compared by hash")
+        self._grow(size - 1)
         try:
             obj = kind(items)
         except TypeError as e:  # an unhashable item in a frozenset
             raise pickle.UnpicklingError(str(e)) from None
+        self.alive.append(obj)
         self.depth[id(obj)] = depth
+        self.size[id(obj)] = size
         return obj
 
     def pop_mark(self) -> list[Any]:
@@ -172,6 +206,22 @@ class _Decoder:
         pending_global: tuple[str, str] | None = None
         for op, arg, _pos in pickletools.genops(data):
             name = op.name
+            # the opcodes plain data uses most come first
+            if name == "MEMOIZE":
+                self.memo[len(self.memo)] = self.top()
+                continue
+            if name in _TEXT:
+                self.push(str(arg))
+                continue
+            if name in _INTS:
+                self.push(arg)
+                continue
+            if name in _BYTES:
+                self.push(bytes(arg))
+                continue
+            if name == "MARK":
+                self.stack.append(_MARK)
+                continue
             if name in ("PROTO", "FRAME"):
                 continue
             if name == "STOP":
@@ -239,6 +289,7 @@ class _Decoder:
                     raise pickle.UnpicklingError("ADDITEMS to a non-set")
                 fs = self.build(frozenset, items)  # bounds and hashes the items
                 self.depth[id(target)] = max(self.depth.get(id(target), 1), self.depth[id(fs)])
+                self.size[id(target)] = self.size.get(id(target), 1) + self.size[id(fs)] - 1
                 target.update(fs)
             elif name == "FROZENSET":
                 self.push(self.build(frozenset, self.pop_mark()))
@@ -282,6 +333,7 @@ class _Decoder:
                     self.depth[id(obj)] = 1 + max(
                         (self.depth.get(id(a), 0) for a in args), default=0
                     )
+                    self.size[id(obj)] = self.size.get(id(args), 1)
                 self.push(obj)
             else:
                 raise pickle.UnpicklingError(f"pickle opcode {name} is not plain data")
@@ -290,15 +342,13 @@ class _Decoder:
     def _append(self, target: Any, items: list[Any]) -> None:
         if not isinstance(target, list):
             raise pickle.UnpicklingError("APPEND to a non-list")
-        for x in items:
-            self._place(target, x)
+        self._place_all(target, items)
         target.extend(items)
 
     def _setitems(self, target: Any, items: list[Any]) -> None:
         if not isinstance(target, dict) or len(items) % 2:
             raise pickle.UnpicklingError("SETITEMS to a non-dict")
-        for x in items:
-            self._place(target, x)
+        self._place_all(target, items)
         try:
             for k in range(0, len(items), 2):
                 target[items[k]] = items[k + 1]
