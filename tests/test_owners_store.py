@@ -228,3 +228,28 @@ def test_a_backup_copy_never_goes_to_another_device_of_the_stragglers_owner(stor
     assert store.sync(twin, SyncIn(want=4, slots_free=4), T0 + 5).tasks == []
     [backup] = store.sync(honest, SyncIn(want=4, slots_free=4), T0 + 5).tasks
     assert backup["args"] == slow["args"]
+
+
+def test_two_devices_of_one_owner_agreeing_on_a_wrong_answer_count_as_one_vote(
+    store: Store,
+) -> None:
+    # x1 loses its copy (so x2 may take it), then reports it late anyway: two of mallory's
+    # devices have results for the task, both wrong, against one honest device.
+    mallory, _ = store.create_owner("mallory", T0)
+    x1, x2 = device(store, mallory, "x1"), device(store, mallory, "x2")
+    honest = device(store, None, "h")
+    job_id = store.create_job("c1", job(1, replicas=2), T0)
+    [a] = store.sync(x1, SyncIn(want=1), T0).tasks
+    store.expire_leases(T0 + 11)
+    [b] = store.sync(x2, SyncIn(want=1), T0 + 12).tasks
+    [c] = store.sync(honest, SyncIn(want=1), T0 + 12).tasks
+    store.sync(x1, SyncIn(results=[ok(a["task_id"], a["attempt"], b"wrong")]), T0 + 13)
+    store.sync(x2, SyncIn(results=[ok(b["task_id"], b["attempt"], b"wrong")]), T0 + 13)
+    store.sync(honest, SyncIn(results=[ok(c["task_id"], c["attempt"], b"right")]), T0 + 13)
+    results = store.results_since("c1", job_id, 0)["results"]
+    # a tie with nobody left to break it: a clear failure, never mallory's answer
+    assert [r["state"] for r in results] == ["failed"]
+    assert "disagree" in results[0]["error"]["message"]
+    history = store.get_task("c1", results[0]["task_id"])["history"]
+    outcome = {h["node_id"]: h["outcome"] for h in history}
+    assert outcome == {x1: "unsettled", x2: "superseded", honest: "unsettled"}
