@@ -89,3 +89,13 @@ def test_an_output_the_node_did_not_upload_is_refused_alone(store: Store) -> Non
     assert out.acked == [t1["task_id"]]
     assert store.owned_blobs("c1", {"b" * 64}) == {"b" * 64}  # ... the accepted output is c1's
     assert store.owned_blobs("c2", {"b" * 64}) == set()
+
+
+def test_an_attempt_number_past_any_column_is_refused_alone(store: Store) -> None:
+    node = join(store, "n")
+    store.create_job("c1", job(2), T0)
+    t1, t2 = store.sync(node, SyncIn(want=2, slots_free=2), T0).tasks
+    bad = claim({**t1, "attempt": 2**40}, 0.1)
+    out = store.sync(node, SyncIn(results=[bad, claim(t2, 0.1)]), T0 + 1)
+    assert out.acked == [t2["task_id"]]
+    assert [r["task_id"] for r in out.rejected] == [t1["task_id"]]

@@ -33,7 +33,7 @@ from fogwheel.core.tasks import (
     apply,
 )
 from fogwheel.errors import IllegalTransition
-from fogwheel.protocol import MAX_WALL_S, SyncIn, TaskReport
+from fogwheel.protocol import MAX_KEPT_BYTES, MAX_WALL_S, SQL_INT_MAX, SyncIn, TaskReport
 from fogwheel.store.base import (
     _NO_NEEDS,
     _TASK_COLS,
@@ -323,7 +323,7 @@ class LeasingStore(VerifyStore):
                 key = json.loads(specs[r.task_id]).get("keep_out")
                 if key:
                     customer = self._job_row(c, rows[r.task_id].job_id)["customer_id"]
-                    names.append((keep_name(customer, key), r.kept or 0))
+                    names.append((keep_name(customer, key), min(r.kept or 0, MAX_KEPT_BYTES)))
             self._hold_blobs(c, node_id, names)
         self._verify_groups(c, groups, now)
 
@@ -463,6 +463,8 @@ class LeasingStore(VerifyStore):
                     f"output {missing[0][:12]}… was not uploaded by this node: a node reports "
                     "only blobs it uploaded itself (PUT /v1/blobs/<sha> first)"
                 )
+            if not 1 <= rep.attempt <= SQL_INT_MAX:  # the wire refuses it; the store too
+                foreign[tid] = f"attempt {rep.attempt} is no attempt of task {tid}"
             at = leased.get((tid, rep.attempt), latest.get(tid))
             claim = credit.Claim(node_id, rep.cpu_s, 0.0 if at is None else now - at, cores)
             cpu = credit.capped(claim)
