@@ -119,6 +119,82 @@ def test_the_sandbox_applies_its_rlimits(tmp_path, limits, command, check) -> No
     assert check(res, scratch), res.stderr
 
 
+# -- files in scratch: never through a link (safefs) --------------------------------------
+
+
+def test_outputs_are_read_without_following_any_link(tmp_path) -> None:
+    from fogwheel.node import safefs
+
+    secret = tmp_path / "node.json"
+    secret.write_text("credential")
+    scratch = tmp_path / "scratch"
+    (scratch / "sub").mkdir(parents=True)
+    (scratch / "sub" / "ok.txt").write_text("honest")
+    (scratch / "link.txt").symlink_to(secret)
+    (scratch / "dirlink").symlink_to(tmp_path)
+    os.mkfifo(scratch / "fifo")
+    with safefs.opened_dir(scratch) as fd:
+        assert safefs.read_file(fd, "sub/ok.txt", 100) == b"honest"
+        for name in ("link.txt", "dirlink/node.json", "fifo", "sub", "../node.json", "/etc/passwd"):
+            with pytest.raises(safefs.Unsafe):
+                safefs.read_file(fd, name, 100)
+        with pytest.raises(safefs.Unsafe, match="larger than"):
+            safefs.read_file(fd, "sub/ok.txt", 3)
+        # an entry planted before the agent writes an input is refused, never written through
+        (scratch / "input.txt").symlink_to(tmp_path / "planted")
+        src = tmp_path / "src"
+        src.write_text("input")
+        with pytest.raises(FileExistsError):
+            safefs.place(fd, "input.txt", src)
+        with pytest.raises(safefs.Unsafe):
+            safefs.place(fd, "dirlink/x", src)
+        assert not (tmp_path / "planted").exists() and not (tmp_path / "x").exists()
+        assert sorted(safefs.files_under(fd, "sub")) == ["sub/ok.txt"]
+    assert secret.read_text() == "credential"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_handing_scratch_over_never_chowns_through_a_link(tmp_path) -> None:
+    from fogwheel.node import safefs
+
+    outside = tmp_path / "outside"
+    outside.write_text("host file")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "link").symlink_to(outside)
+    (scratch / "d").mkdir()
+    (scratch / "d" / "f").write_text("x")
+    safefs.chown_tree(scratch, 12345)
+    assert (scratch / "d" / "f").stat().st_uid == 12345
+    assert outside.stat().st_uid == 0
+
+
+def test_the_seccomp_filter_compiles() -> None:
+    from fogwheel.node.seccomp_filter import compile_filter
+
+    program = compile_filter()
+    assert program is not None and len(program) % 8 == 0  # struct sock_filter: 8 bytes each
+    assert detect().seccomp == program
+
+
+def test_a_secrets_file_is_private_and_reads_back(tmp_path) -> None:
+    from fogwheel.errors import FogwheelError
+    from fogwheel.secretfile import read_env_file, read_token_file, write_env_file
+
+    path = tmp_path / "fog.env"
+    write_env_file(path, {"FOGWHEEL_API_KEY": "fwc_a b'c", "FOGWHEEL_JOIN_TOKEN": "fwj_x#sha256:y"})
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert read_env_file(path)["FOGWHEEL_API_KEY"] == "fwc_a b'c"
+    assert read_token_file(path) == "fwj_x#sha256:y"
+    bare = tmp_path / "token"
+    bare.write_text("fwj_bare\n")
+    bare.chmod(0o600)
+    assert read_token_file(bare) == "fwj_bare"
+    bare.chmod(0o640)
+    with pytest.raises(FogwheelError, match="chmod 600"):
+        read_token_file(bare)
+
+
 def test_a_node_without_a_sandbox_refuses_to_start_and_says_what_to_do(tmp_path) -> None:
     env = {**os.environ, "FOGWHEEL_BWRAP": "/nonexistent/bwrap"}
     res = subprocess.run(

@@ -98,7 +98,13 @@ class SlotGroup:
             self._write("pids", "pids.max", str(processes))
             self._write("cpu", "cpu.max", f"{int(cores * CPU_PERIOD_US)} {CPU_PERIOD_US}")
             return
+        swap = self._file("memory", "memory.memsw.limit_in_bytes")  # absent: no swap accounting
+        has_swap = swap is not None and swap.exists()
+        if has_swap:
+            self._write("memory", "memory.memsw.limit_in_bytes", "-1")  # never below the limit
         self._write("memory", "memory.limit_in_bytes", str(memory_bytes or -1))
+        if has_swap and memory_bytes:
+            self._write("memory", "memory.memsw.limit_in_bytes", str(memory_bytes))  # no swap
         self._write("pids", "pids.max", str(processes))
         if "cpu" in self.paths:
             self._write("cpu", "cpu.cfs_period_us", str(CPU_PERIOD_US))
