@@ -253,3 +253,21 @@ def test_two_devices_of_one_owner_agreeing_on_a_wrong_answer_count_as_one_vote(
     history = store.get_task("c1", results[0]["task_id"])["history"]
     outcome = {h["node_id"]: h["outcome"] for h in history}
     assert outcome == {x1: "unsettled", x2: "superseded", honest: "unsettled"}
+
+
+def test_a_device_caught_lying_puts_its_owners_other_devices_back_on_probation(
+    store: Store,
+) -> None:
+    from fogwheel.core import trust
+
+    mallory, _ = store.create_owner("mallory", T0)
+    liar, sibling = device(store, mallory, "liar"), device(store, mallory, "sibling")
+    bystander = device(store, None, "op")
+    for n in (liar, sibling, bystander):
+        prove(store, n)
+    with store.tx() as c:
+        store._record_verdict(c, liar, agreed=False, reason="test: a wrong result")
+        records = {n: store._trust_record(c, n) for n in (liar, sibling, bystander)}
+    assert records[liar].quarantined
+    assert records[sibling].streak == 0 and not records[sibling].quarantined
+    assert records[bystander].streak == trust.PROBATION  # another owner's: untouched

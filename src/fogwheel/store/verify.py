@@ -530,6 +530,15 @@ class VerifyStore(StoreBase):
         c.execute(
             update(nodes).where(nodes.c.id == node_id).values(quarantine_reason=reason[:500])
         )
+        # Reputation follows owners: the liar's sibling devices (not the operator's, which
+        # vote alone) are back on probation, every result checked (core/owners.py).
+        owner = c.execute(select(nodes.c.owner_id).where(nodes.c.id == node_id)).scalar()
+        if owner is not None and owner != owners.OPERATOR:
+            c.execute(
+                update(nodes)
+                .where(nodes.c.owner_id == owner, nodes.c.id != node_id)
+                .values(streak=0)
+            )
         c.execute(
             update(tasks)
             .where(tasks.c.node_id == node_id, tasks.c.state == TaskState.LEASED)
