@@ -26,6 +26,8 @@ from fogwheel.coordinator.bodytimeout import BodyTimeout
 from fogwheel.errors import ConfigError
 from fogwheel.signing import fingerprint, join_string, key_pin, load_or_create_key, public_key_b64
 from fogwheel.store import Store
+from fogwheel.store.migrate import add_missing_columns
+from fogwheel.store.schema import metadata
 from fogwheel.store.sql import hash_secret, new_secret
 
 log = logging.getLogger("fogwheel.coordinator")
@@ -61,6 +63,7 @@ def open_store(config: CoordinatorConfig) -> tuple[Store, dict[str, str]]:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(config.db_url, lease_seconds=config.lease_seconds)
     store.create_schema()
+    add_missing_columns(store.engine, metadata)  # an upgraded coordinator on an older database
     now = time.time()
     created: dict[str, str] = {}
     # The --join-token is the operator's own devices' token (docs/owners.md): a new one

@@ -1,0 +1,69 @@
+"""Bring an existing database up to the tables of this version: add the columns it lacks.
+
+`create_all` makes missing tables but never touches existing ones, so a coordinator upgraded
+in place would fail on the first query that names a new column (nodes.owner_id, say). New
+columns are always nullable or have a scalar default (a rule for schema.py), so adding them
+with `ALTER TABLE … ADD COLUMN … DEFAULT …` is safe on SQLite and PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import Column, Engine, MetaData, inspect, text
+
+log = logging.getLogger("fogwheel.store")
+
+
+def missing_columns(engine: Engine, metadata: MetaData) -> list[tuple[str, Column]]:
+    """(table, column) pairs that the tables in the database lack."""
+    have = inspect(engine)
+    out = []
+    for table in metadata.sorted_tables:
+        if not have.has_table(table.name):
+            continue  # create_all makes it whole
+        present = {c["name"] for c in have.get_columns(table.name)}
+        out += [(table.name, col) for col in table.columns if col.name not in present]
+    return out
+
+
+def add_missing_columns(engine: Engine, metadata: MetaData) -> list[str]:
+    """Add every missing column (and index); returns what it added, `table.column` and
+    `index name`."""
+    added = []
+    for table, col in missing_columns(engine, metadata):
+        kind = col.type.compile(dialect=engine.dialect)
+        default = col.default.arg if col.default is not None and col.default.is_scalar else None
+        clause = f'ALTER TABLE {table} ADD COLUMN "{col.name}" {kind}'
+        if default is not None:
+            clause += f" DEFAULT {_literal(default)}"
+        if not col.nullable:
+            if default is None:
+                raise RuntimeError(
+                    f"cannot add {table}.{col.name} to an existing database: a new NOT NULL "
+                    "column needs a scalar default in store/schema.py"
+                )
+            clause += " NOT NULL"
+        with engine.begin() as c:
+            c.execute(text(clause))
+        added.append(f"{table}.{col.name}")
+    have = inspect(engine)
+    for table in metadata.sorted_tables:
+        if not have.has_table(table.name):
+            continue
+        present = {i["name"] for i in have.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in present:
+                index.create(engine)
+                added.append(f"index {index.name}")
+    if added:
+        log.info("database upgraded: added %s", ", ".join(added))
+    return added
+
+
+def _literal(value: object) -> str:
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int | float):
+        return repr(value)
+    return "'" + str(value).replace("'", "''") + "'"
