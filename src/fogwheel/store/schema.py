@@ -1,4 +1,7 @@
-"""Tables. Times are float seconds since the epoch; JSON columns hold protocol models."""
+"""Tables. Times are float seconds since the epoch; JSON columns hold protocol models.
+
+A column added to an existing table must be nullable or have a scalar `default`: a database
+made by an older version gets it with ALTER TABLE at start (store/migrate.py)."""
 
 from __future__ import annotations
 
