@@ -169,6 +169,28 @@ def test_handing_scratch_over_never_chowns_through_a_link(tmp_path) -> None:
     assert outside.stat().st_uid == 0
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="control groups need a root agent here")
+def test_the_groups_of_a_dead_agent_are_swept_and_a_live_ones_kept(tmp_path) -> None:
+    from fogwheel.node import cgroups
+
+    hierarchy = cgroups.detect()
+    assert hierarchy is not None
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    live = hierarchy.group(cgroups.group_name(tmp_path, 0, "worker"))  # ours: we live
+    stale = [
+        root / f"fogwheel-00000000-{dead.pid}-1-slot0-worker" for root in hierarchy.roots.values()
+    ]
+    for p in stale:
+        p.mkdir()
+    try:
+        assert hierarchy.sweep() >= len(stale)
+        assert not any(p.exists() for p in stale)
+        assert all(p.exists() for p in live.paths.values())
+    finally:
+        live.remove()
+
+
 def test_the_seccomp_filter_compiles() -> None:
     from fogwheel.node.seccomp_filter import compile_filter
 

@@ -815,6 +815,8 @@ class Agent:
     def _protections(self, sandbox: Sandbox) -> Protections:
         """Find what confines guests beyond the sandbox here, and say it in the log."""
         groups = cgroups.detect() if sandbox.confined else None
+        if groups is not None and groups.sweep():
+            log.info("removed the control groups of agents that died without removing theirs")
         # tmpfs scratch only in a mount namespace of our own: it dies with us, even killed
         tmpfs = sandbox.confined and self._private_mounts and can_mount()
         keep = self.config.keep_mb << 20

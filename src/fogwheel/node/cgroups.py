@@ -46,6 +46,24 @@ class Hierarchy:
             return "cgroup v2 (memory.max, pids.max, cpu.max per slot)"
         return f"cgroup v1 ({', '.join(names)} per slot)"
 
+    def sweep(self) -> int:
+        """Kill and remove the groups of agents that died without removing theirs (killed
+        with SIGKILL, say); how many were removed."""
+        removed = 0
+        for root in self.roots.values():
+            for path in root.glob("fogwheel-*-slot*"):
+                parts = path.name.split("-")  # fogwheel, node, pid, start, slotN, purpose
+                if len(parts) != 6 or not parts[2].isdigit():
+                    continue
+                if _process_tag(int(parts[2])) == f"{parts[2]}-{parts[3]}":
+                    continue  # its agent lives
+                _kill(_procs(path))
+                with contextlib.suppress(OSError):
+                    if not _procs(path):
+                        path.rmdir()
+                        removed += 1
+        return removed
+
     def group(self, name: str) -> SlotGroup:
         """A group called `name` (made now, emptied of any process a dead agent left)."""
         paths = {c: root / name for c, root in self.roots.items()}
@@ -156,6 +174,13 @@ class SlotGroup:
                 p.rmdir()
 
 
+def _procs(path: Path) -> set[int]:
+    try:
+        return {int(x) for x in (path / "cgroup.procs").read_text().split()}
+    except (OSError, ValueError):
+        return set()
+
+
 def _kill(pids: set[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -163,9 +188,20 @@ def _kill(pids: set[int]) -> None:
 
 
 def group_name(data_dir: Path, slot: int, purpose: str) -> str:
-    """A name that tells agents (by data dir) and slots apart, stable across restarts."""
+    """A name that tells agents (by data dir and by process: pid and start time) and slots
+    apart, so that `sweep` can tell the groups of an agent that died from a live one's."""
     node = zlib.crc32(str(data_dir.absolute()).encode())
-    return f"fogwheel-{node:08x}-slot{slot}-{purpose}"
+    return f"fogwheel-{node:08x}-{_process_tag(os.getpid())}-slot{slot}-{purpose}"
+
+
+def _process_tag(pid: int) -> str:
+    """pid and start time (clock ticks since boot): pids are reused, the pair is not."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            start = f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return f"{pid}-gone"
+    return f"{pid}-{start}"
 
 
 def detect() -> Hierarchy | None:
