@@ -28,8 +28,9 @@ SLACK_PER_RUN = 2  # micro-credits: rounding up to whole micro-credits, and cloc
 
 
 def tiny(x: int) -> int:
-    """A few milliseconds of CPU: enough that a run costs a few micro-credits."""
-    busy = sum(k * k for k in range(20_000))
+    """Some tens of milliseconds of CPU: a run costs tens of micro-credits, so that rounding
+    to whole micro-credits is small beside the 10 % the test allows."""
+    busy = sum(k * k for k in range(300_000))
     return x * 3 + busy - busy
 
 
