@@ -465,3 +465,27 @@ def test_a_secrets_file_others_can_read_is_refused(tmp_path: Path) -> None:
     )
     assert res.returncode == 2
     assert "chmod 600" in " ".join(res.stderr.split())
+
+
+def test_a_node_joins_with_a_token_file_and_shows_no_token(fog: LocalFog, tmp_path: Path) -> None:
+    token = tmp_path / "join-token"
+    token.write_text(fog.join_string + "\n")
+    token.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOGWHEEL_")}
+    node_dir = tmp_path / "node"
+    cmd = [sys.executable, "-m", "fogwheel", "node", "--coordinator", fog.url]
+    cmd += ["--token-file", str(token), "--data-dir", str(node_dir), "--cores", "1", "--no-serve"]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (node_dir / "node.json").exists():
+            assert proc.poll() is None, "the node exited instead of joining"
+            assert time.monotonic() < deadline, "the node did not join with its token file"
+            time.sleep(0.1)
+        line = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()
+        assert fog.join_token not in line
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
