@@ -15,6 +15,7 @@ at start and keeps to rlimits.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -257,8 +258,7 @@ def _v2(mounts: list[tuple[str, Path, set[str]]], own: dict[str, str]) -> Hierar
         enabled = set((base / "cgroup.subtree_control").read_text().split())
         missing = [c for c in wanted if c not in enabled]
         if missing:
-            # fails (EBUSY) while the agent's group holds processes: then v2 is not ours
-            (base / "cgroup.subtree_control").write_text(" ".join("+" + c for c in missing))
+            _enable(base, missing)
         probe = base / f"fogwheel-probe-{os.getpid()}"
         probe.mkdir(exist_ok=True)
         try:
@@ -267,6 +267,26 @@ def _v2(mounts: list[tuple[str, Path, set[str]]], own: dict[str, str]) -> Hierar
             probe.rmdir()
         return Hierarchy(2, {"unified": base})
     return None
+
+
+def _enable(base: Path, controllers: list[str]) -> None:
+    """Delegate `controllers` to `base`'s children. A group that holds processes cannot (the
+    "no internal processes" rule): when the agent is alone in its group (a systemd service with
+    Delegate=yes, say), it moves itself into a leaf `fogwheel-agent` first; OSError else."""
+    want = " ".join("+" + c for c in controllers)
+    try:
+        (base / "cgroup.subtree_control").write_text(want)
+        return
+    except OSError as e:
+        if e.errno != errno.EBUSY:
+            raise
+    others = {int(x) for x in (base / "cgroup.procs").read_text().split()} - {os.getpid()}
+    if others:
+        raise OSError(errno.EBUSY, f"{base} holds other processes: cannot delegate to slots")
+    leaf = base / "fogwheel-agent"
+    leaf.mkdir(exist_ok=True)
+    (leaf / "cgroup.procs").write_text(str(os.getpid()))
+    (base / "cgroup.subtree_control").write_text(want)
 
 
 def _v1(mounts: list[tuple[str, Path, set[str]]], own: dict[str, str]) -> Hierarchy | None:
