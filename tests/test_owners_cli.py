@@ -121,3 +121,16 @@ def test_an_owner_key_cannot_act_as_the_operator(fog) -> None:
     assert res.returncode == 1 and "no admin key" in res.stderr
     env_key = run(fog, "owners", "list", key=owner_key)
     assert env_key.returncode == 1
+
+
+def test_fogwheel_nodes_shows_each_devices_owner_and_quota(fog) -> None:
+    owner_id = json.loads(run(fog, "owners", "create", "carol", "--json").stdout)["owner_id"]
+    made = json.loads(run(fog, "tokens", "create", "--owner", owner_id, "--json").stdout)
+    dev = HostileNode(fog.url, made["join_string"], name="carols-box")
+    assert dev.join().status_code == 201
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOGWHEEL_")}
+    env |= {"FOGWHEEL_COORDINATOR": fog.url, "FOGWHEEL_API_KEY": fog.api_key, "COLUMNS": "200"}
+    res = subprocess.run([*FOGWHEEL, "nodes"], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 0, res.stderr
+    [line] = [ln for ln in res.stdout.splitlines() if dev.node_id in ln]
+    assert owner_id in line and " 2 " in line  # a new device's quota

@@ -646,14 +646,27 @@ def nodes(
     table = Table(title="nodes")
     for col in ("id", "name"):
         table.add_column(col, no_wrap=True)
-    for col in ("state", "cores", "held", "lost", "reliability", "agreed", "disputed", "checked"):
+    for col in (
+        "owner",
+        "state",
+        "cores",
+        "quota",
+        "held",
+        "lost",
+        "reliability",
+        "agreed",
+        "disputed",
+        "checked",
+    ):
         table.add_column(col)
     for n in rows:
         table.add_row(
             n["id"],
             n["name"],
+            n.get("owner_id", "operator"),
             n["state"],
             str(n["cores"]),
+            str(n.get("quota", "")),
             str(n["held"]),
             str(n["lost"]),
             f"{n['reliability']:.2f}",
