@@ -12,8 +12,9 @@ and the customer agreed to:
 - **MAX_CPU_S**: a week on 1,024 cores, the most the wire accepts (protocol.py);
 - for a result **nobody checked** (one replica: a trusted node's fast path, or a job with
   `replicas=1`): the *typical* credit of checked runs of the same function (CreditNew's
-  per-application average, BOINC 2010), when there are any. A lone claim above what checked
-  runs of the same code were granted is not believed.
+  per-application average, BOINC 2010), when there are any, with `UNCHECKED_SLACK` (10 %) for
+  the noise of CPU time: a lone claim further above what checked runs of the same code were
+  granted is not believed.
 
 Every agreeing replica is then paid that one granted figure, not its own claim, and the
 customer is charged for exactly those runs. Pure: nothing here reads a clock or a database.
@@ -26,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 MAX_CPU_S = 7 * 24 * 3600 * 1024  # a week on 1,024 cores: the wire's bound (protocol.py)
-UNCHECKED_SLACK = 1.0  # a lone, unchecked claim is granted at most this times the typical
+UNCHECKED_SLACK = 1.1  # a lone, unchecked claim is granted at most this times the typical
 
 
 @dataclass(frozen=True, slots=True)
