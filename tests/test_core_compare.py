@@ -175,3 +175,13 @@ def test_huge_integers_and_deep_values_never_raise_from_close() -> None:
     for _ in range(5000):
         deep = [deep]
     assert close(deep, deep, TOL) is False
+
+
+def test_close_values_with_different_files_or_errors_are_not_one_class() -> None:
+    """A liar's outputs never ride on an honest value's closeness: rests must be equal too."""
+    tol = Tolerance(rel=1e-6)
+    honest, liar = pickle.dumps(1.0), pickle.dumps(1.0 + 1e-9)
+    same = agreement_classes([("a", "d1", honest), ("b", "d2", liar)], tol, ["r", "r"])
+    assert same[0][1] == same[1][1]
+    apart = agreement_classes([("a", "d1", honest), ("b", "d2", liar)], tol, ["r", "evil"])
+    assert apart[0][1] != apart[1][1]

@@ -204,8 +204,9 @@ class _Decoder:
 
     def run(self, data: bytes) -> Any:
         pending_global: tuple[str, str] | None = None
-        for op, arg, _pos in pickletools.genops(data):
+        for op, op_arg, _pos in pickletools.genops(data):
             name = op.name
+            arg: Any = op_arg
             # the opcodes plain data uses most come first
             if name == "MEMOIZE":
                 self.memo[len(self.memo)] = self.top()
@@ -229,9 +230,7 @@ class _Decoder:
                 if self.stack:
                     raise pickle.UnpicklingError("data after the value")
                 return value
-            if name == "MARK":
-                self.stack.append(_MARK)
-            elif name == "POP":
+            if name == "POP":
                 self.pop()
             elif name == "POP_MARK":
                 self.pop_mark()
@@ -241,14 +240,8 @@ class _Decoder:
                 self.push(True)
             elif name == "NEWFALSE":
                 self.push(False)
-            elif name in ("INT", "LONG", "BININT", "BININT1", "BININT2", "LONG1", "LONG4"):
-                self.push(arg)
             elif name in ("FLOAT", "BINFLOAT"):
                 self.push(float(arg))
-            elif name in ("UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8"):
-                self.push(str(arg))
-            elif name in ("BINBYTES", "SHORT_BINBYTES", "BINBYTES8"):
-                self.push(bytes(arg))
             elif name == "BYTEARRAY8":
                 self.push(bytearray(arg))
             elif name == "EMPTY_LIST":
@@ -302,8 +295,6 @@ class _Decoder:
                 self.push(self.build(tuple, items))
             elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
                 self.memo[int(arg)] = self.top()
-            elif name == "MEMOIZE":
-                self.memo[len(self.memo)] = self.top()
             elif name in ("GET", "BINGET", "LONG_BINGET"):
                 self.get(int(arg))
             elif name in ("GLOBAL", "STACK_GLOBAL"):
@@ -442,26 +433,36 @@ def decode(raw: bytes | None) -> Decoded:
 
 
 def agreement_classes(
-    results: Sequence[tuple[str, str, bytes | Decoded | None]], tol: Tolerance
+    results: Sequence[tuple[str, str, bytes | Decoded | None]],
+    tol: Tolerance,
+    rests: Sequence[str] | None = None,
 ) -> list[tuple[str, str]]:
     """Map `(node, digest, value)` to `(node, class)`: a result that is close to an earlier
     one takes that one's digest as its class, so that equal classes mean agreement.
 
     `value` is the raw value bytes, or their `decode` (made ahead, outside any database
-    transaction), or None (compared by hash). All the comparisons of one call share one
-    budget of `MAX_STEPS` visited nodes."""
-    reps: list[tuple[str, Any]] = []  # (class digest, decoded value)
+    transaction), or None (compared by hash). `rests` (one per result) digests everything
+    else the customer receives — output files, error fields: two results share a class only
+    when their rests are equal too, so a liar's outputs or error never ride on an honest
+    value's closeness. All the comparisons of one call share one budget of `MAX_STEPS`
+    visited nodes."""
+    if rests is not None and len(rests) != len(results):
+        raise ValueError(f"{len(rests)} rests for {len(results)} results")
+    reps: list[tuple[str, Any, str]] = []  # (class digest, decoded value, rest digest)
     out = []
     budget = [MAX_STEPS]
-    for node, digest, raw in results:
+    for i, (node, digest, raw) in enumerate(results):
+        rest = rests[i] if rests is not None else ""
         cls = digest
         dec = raw if isinstance(raw, Decoded) else decode(raw) if raw is not None else None
         if dec is not None and dec.plain:
-            for rep_digest, rep_value in reps:
-                if rep_digest == digest or close(dec.value, rep_value, tol, budget):
+            for rep_digest, rep_value, rep_rest in reps:
+                if rep_digest == digest or (
+                    rep_rest == rest and close(dec.value, rep_value, tol, budget)
+                ):
                     cls = rep_digest
                     break
             else:
-                reps.append((digest, dec.value))
+                reps.append((digest, dec.value, rest))
         out.append((node, cls))
     return out

@@ -45,11 +45,22 @@ def result_digest(rep: TaskReport) -> str:
     in all the customer sees, the one its agreeing replicas sent (no lone node's words ride
     along). Only the numbers in a `limit` message are left out: they are measurements (how
     much scratch a task held) that differ between honest nodes."""
+    return _digest(rep, with_value=True)
+
+
+def rest_digest(rep: TaskReport) -> str:
+    """`result_digest` without the value: what must be equal between two results whose values
+    are compared within a tolerance (their files and errors are not numbers)."""
+    return _digest(rep, with_value=False)
+
+
+def _digest(rep: TaskReport, *, with_value: bool) -> str:
     body: dict[str, Any] = {
         "ok": rep.ok,
-        "value": rep.value.sha if rep.value else None,
         "outputs": sorted((k, v.sha) for k, v in rep.outputs.items()),
     }
+    if with_value:
+        body["value"] = rep.value.sha if rep.value else None
     if not rep.ok:
         err = rep.error
         body["error"] = None if err is None else _error_digest_fields(err)
@@ -150,6 +161,7 @@ class VerifyStore(StoreBase):
             votes = compare.agreement_classes(
                 [(n, r.digest, _decoded_value(r.report)) for n, r in reported.items()],
                 compare.Tolerance(tol["rel"], tol["abs"]),
+                [_rest_of(r.report) for r in reported.values()],
             )
         verdict = trust.verdict(votes, max(quorum, 1), outstanding, involved)
         if isinstance(verdict, trust.Accept):
@@ -527,9 +539,7 @@ class VerifyStore(StoreBase):
     ) -> None:
         """No more work for a node caught lying; its leases end now; its recent unchecked
         results are checked again on other nodes. `reason` is kept on the node (a sentence)."""
-        c.execute(
-            update(nodes).where(nodes.c.id == node_id).values(quarantine_reason=reason[:500])
-        )
+        c.execute(update(nodes).where(nodes.c.id == node_id).values(quarantine_reason=reason[:500]))
         # Reputation follows owners: the liar's sibling devices (not the operator's, which
         # vote alone) are back on probation, every result checked (core/owners.py).
         owner = c.execute(select(nodes.c.owner_id).where(nodes.c.id == node_id)).scalar()
@@ -672,6 +682,11 @@ def _count(value: Any) -> int:
 
 
 _DECODED = _DecodedCache()
+
+
+def _rest_of(report_json: str | None) -> str:
+    """The rest digest of a kept report ("" when none was kept: compared by value alone)."""
+    return rest_digest(TaskReport.model_validate_json(report_json)) if report_json else ""
 
 
 def _decoded_value(report_json: str | None) -> compare.Decoded | None:
