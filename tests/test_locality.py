@@ -72,6 +72,7 @@ def test_a_node_that_reported_a_blob_result_holds_it(store: Store) -> None:
     store.create_job("c1", job(1), T0)
     [t] = store.sync(a, SyncIn(want=1, slots_free=1), T0).tasks
     produced = blob("result of the first step", 3 * MB)
+    store.note_upload(a, produced.sha, T0)  # the agent PUTs a large result before reporting it
     store.sync(
         a,
         SyncIn(results=[TaskReport(task_id=t["task_id"], attempt=1, ok=True, value=produced)]),
