@@ -291,14 +291,6 @@ BAD_SYNCS = {
         {"results": [report(value={"sha": "xyz", "size": 1})]},
         "results.0.value.sha: String should match",
     ),
-    "value whose inline bytes do not match": (
-        {"results": [report(value={**inline(b"abc"), "size": 2})]},
-        "inline bytes do not match their SHA-256",
-    ),
-    "value never uploaded": (
-        {"results": [report(value=ref(NEVER_UPLOADED))]},
-        "is not uploaded: PUT it to /v1/blobs first",
-    ),
     "value too large to store": (
         {"results": [report(value={**ref(b"x"), "size": OVER_INT32})]},
         "results.0.value.size: Input should be less than or equal to",
@@ -324,6 +316,29 @@ def test_a_sync_of_the_wrong_shape_is_refused(
     node: httpx.Client, body: dict[str, Any], phrase: str
 ) -> None:
     refused(node.post("/v1/nodes/me/sync", json=body), 422, phrase)
+
+
+BAD_REPORTS = {
+    "value whose inline bytes do not match": (
+        report(value={**inline(b"abc"), "size": 2}),
+        "inline bytes do not match their SHA-256",
+    ),
+    "value never uploaded": (
+        report(value=ref(NEVER_UPLOADED)),
+        "is not uploaded: PUT it to /v1/blobs first",
+    ),
+}
+
+
+@pytest.mark.parametrize(("rep", "phrase"), BAD_REPORTS.values(), ids=BAD_REPORTS.keys())
+def test_a_report_whose_bytes_fail_their_check_is_rejected_alone(
+    node: httpx.Client, rep: dict[str, Any], phrase: str
+) -> None:
+    """The sync goes on (200, renewals and leases as usual); only that report is refused."""
+    r = node.post("/v1/nodes/me/sync", json={"results": [rep], "want": 0})
+    assert r.status_code == 200, r.text[:500]
+    [rejected] = r.json()["rejected"]
+    assert rejected["task_id"] == rep["task_id"] and phrase in rejected["reason"]
 
 
 BAD_POLLS = {

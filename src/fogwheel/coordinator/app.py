@@ -430,10 +430,21 @@ def build_routes(
     def sync(request: Request, req: SyncIn, leaving: bool = False) -> SyncOut:
         who = auth.require(request, "node")
         req = screen_serve_url(request, who.id, req)  # its chunk server, checked (cdn/audit.py)
+        # A report that parses but whose bytes fail their checks is rejected alone, with its
+        # reason: the node's other results, renewals and lease requests go on.
+        refused: list[dict[str, Any]] = []
+        kept: list[TaskReport] = []
         for rep in req.results:
-            for v in [rep.value, *rep.outputs.values()]:
-                if v is not None:
-                    _check_value(v, uploaded=True)
+            try:
+                for v in [rep.value, *rep.outputs.values()]:
+                    if v is not None:
+                        _check_value(v, uploaded=True)
+            except HTTPException as e:
+                refused.append({"task_id": rep.task_id, "reason": str(e.detail)})
+            else:
+                kept.append(rep)
+        if refused:
+            req = req.model_copy(update={"results": kept})
         host = request.client.host if request.client else None
         out = store.sync(who.id, req, time.time(), leaving=leaving, client_host=host)
         if out.acked:
@@ -442,7 +453,7 @@ def build_routes(
         metrics.reported.inc(len(out.acked))
         return SyncOut(
             acked=out.acked,
-            rejected=out.rejected,
+            rejected=[*refused, *out.rejected],
             lost=out.lost,
             tasks=[_signed(t) for t in out.tasks],
             lease_seconds=store.lease_seconds,
