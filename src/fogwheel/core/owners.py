@@ -213,6 +213,5 @@ def failure_verdict(this: Failure, earlier: Sequence[Failure]) -> str:
 def gave_up() -> str:
     """The clause a task that GIVE_UP failed carries."""
     return (
-        f"gave up after {POISON_FAILURES} failures on devices: the task itself is the likely "
-        "cause"
+        f"gave up after {POISON_FAILURES} failures on devices: the task itself is the likely cause"
     )
