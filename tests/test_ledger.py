@@ -599,7 +599,7 @@ def test_the_ledger_routes_refuse_the_wrong_credentials_with_one_sentence(
 
 def test_fogwheel_usage_and_earnings_show_balances_in_credits(paid_fog: dict[str, Any]) -> None:
     fog, node, store = paid_fog["fog"], paid_fog["nodes"][0], paid_fog["store"]
-    used = fogwheel_cli("usage", "-c", fog.url, "-k", fog.api_key)
+    used = fogwheel_cli("usage", "-c", fog.url, "--api-key", fog.api_key)
     assert used.returncode == 0, used.stderr
     account = f"customer:{paid_fog['alice']['id']}"
     assert f"{account}: balance {format_credits(store.balance(account))}" in used.stdout

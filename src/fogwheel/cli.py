@@ -43,7 +43,7 @@ CoordinatorOpt = Annotated[
 ]
 ApiKeyOpt = Annotated[
     str | None,
-    typer.Option("--api-key", "-k", envvar="FOGWHEEL_API_KEY", help="Your customer API key."),
+    typer.Option("--api-key", envvar="FOGWHEEL_API_KEY", help="Your customer API key."),
 ]
 LocalOpt = Annotated[
     int,
@@ -1244,7 +1244,9 @@ def kmer(
     fasta: Annotated[
         list[Path], typer.Argument(exists=True, dir_okay=False, help="FASTA or FASTQ files.")
     ],
-    k: Annotated[int, typer.Option("-k", min=1, max=31, help="k-mer length.")] = 21,
+    k: Annotated[
+        int, typer.Option("--kmer-length", "-k", min=1, max=31, help="k-mer length.")
+    ] = 21,
     counts: Annotated[
         Path, typer.Option("--out", "-o", help="Where to write kmer<TAB>count lines.")
     ] = Path("counts.tsv"),
@@ -1321,10 +1323,10 @@ def train(
     local: LocalOpt = 0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train a byte-level Transformer on Python's documentation with DiLoCo across the fog.
+    r"""Train a byte-level Transformer on Python's documentation with DiLoCo across the fog.
 
     Each round, every worker runs H AdamW steps on its shard and sends back only its
-    pseudo-gradient; the outer Nesterov step runs here. Needs the [ml] extra (PyTorch).
+    pseudo-gradient; the outer Nesterov step runs here. Needs the \[ml] extra (PyTorch).
 
     Example: fogwheel train --workers 2 --rounds 5 --inner-steps 20 --local 2
     """
@@ -1478,14 +1480,22 @@ def cdn_publish(
 
     if k > n:
         raise _fail(f"--k {k} is more than --n {n}: a segment is rebuilt from k of its n shares")
+    warned: list[str] = []
     with _client(coordinator, api_key, 0) as client, _bytes_bar("publishing") as bar:
         task = bar.add_task("publish", total=file.stat().st_size)
         try:
             cid = publish(
-                client, file, k=k, n=n, progress=lambda d, t: bar.update(task, completed=d)
+                client,
+                file,
+                k=k,
+                n=n,
+                progress=lambda d, t: bar.update(task, completed=d),
+                on_warning=warned.append,
             )
         except FogwheelError as e:
             raise _fail(str(e)) from None
+    for note in warned:  # fewer live devices than n: the spread is degraded
+        err.print(f"warning: {note}", style="yellow", markup=False, highlight=False)
     out.print(f"published {file} as {cid} ({k} of {n} shares a segment)", highlight=False)
     print(cid)
 
@@ -1562,13 +1572,48 @@ def cdn_stats_cmd(
         ("repair traffic", mb(s["repair_bytes"])),
         ("fetch throughput", "-" if s["fetch_mb_s"] is None else f"{s['fetch_mb_s']:.1f} MB/s"),
         ("fetch p95", "-" if s["fetch_p95_s"] is None else f"{s['fetch_p95_s']:.2f} s"),
-        ("segments full / degraded / below k", f"{seg['full']}/{seg['degraded']}/{seg['below_k']}"),
+        (
+            "segments full / degraded / at risk / below k",
+            f"{seg['full']}/{seg['degraded']}/{seg.get('at_risk', 0)}/{seg['below_k']}",
+        ),
+        ("fewest devices a segment", "-" if seg.get("min_devices") is None else str(seg["min_devices"])),
     ]
     for node_id, n in sorted(s["served_by_node"].items()):
         rows.append((f"served by {node_id}", mb(n)))
     for name, value in rows:
         table.add_row(name, value)
     out.print(table)
+    _print_cdn_spread(s.get("by_object", []))
+
+
+def _print_cdn_spread(objects: list[dict[str, Any]]) -> None:
+    """Per object: its worst segment, the fewest distinct devices of a segment (of n)."""
+    if not objects:
+        return
+    table = Table(title="objects: how their shares are spread")
+    for col in ("object", "name", "k/n", "state", "fewest devices", "after 1 loss"):
+        table.add_column(col)
+    for o in objects:
+        state = o["state"].replace("_", " ")
+        table.add_row(
+            o["content_id"],
+            escape(o["name"]),
+            f"{o['k']}/{o['n']}",
+            state,
+            f"{o['min_devices']} of {o['n']}",
+            f"{o['min_shares_after_one_loss']} shares",
+        )
+    out.print(table)
+    for o in objects:
+        if o["state"] != "full":
+            out.print(
+                f"{o['content_id']}: {o['state'].replace('_', ' ')} — some segment has its "
+                f"{o['n']} shares on {o['min_devices']} device(s); losing one leaves "
+                f"{o['min_shares_after_one_loss']} (k={o['k']} rebuilds): add devices, repair "
+                "spreads them out again",
+                markup=False,
+                highlight=False,
+            )
 
 
 # owners, join tokens, revocation (src/fogwheel/cli_owners.py)
