@@ -3,7 +3,7 @@
 A job is a mapper, an optional combiner and a reducer, plain Python functions; they travel
 to the nodes by value, so this file need not be installed anywhere. Run it with
 
-    fogwheel mapreduce run examples/mapreduce_wordlengths.py:job book.txt --local 2
+    fogwheel mapreduce run examples/mapreduce_wordlengths.py:job examples/pydocs.txt --local 2
 
 or from Python:
 
@@ -12,7 +12,7 @@ or from Python:
     from mapreduce_wordlengths import job
 
     with Client() as fog:
-        result = run(fog, job, ["book.txt"], out="lengths/")
+        result = run(fog, job, ["examples/pydocs.txt"], out="lengths/")
 
 Every output line is `letter<TAB>[words, letters, mean length]`.
 """
