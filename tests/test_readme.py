@@ -20,7 +20,7 @@ HTML comments right before a block (only blank lines between) say more about it:
                                           runs count as one space); in a ```console block it
                                           must also be part of the output the README shows
     <!-- readme-test: nodes N -->         the block gets a fog of N nodes of its own
-    <!-- readme-test: timeout S -->       seconds the block may take (default 300)
+    <!-- readme-test: timeout S -->       seconds the block may take (default 400)
 
 An unknown marker fails, and so does a block of shell commands without a tag (it would never
 run). The slowest blocks render 24 frames and start their own small fogs: the whole file takes
@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 RUN_TAGS = {"sh", "bash", "console", "python"}
 DEFAULT_NODES = 2
-DEFAULT_TIMEOUT = 300.0
+DEFAULT_TIMEOUT = 400.0  # seconds a block may run (pytest-timeout allows the test 600)
 MARKER = re.compile(r"^<!--\s*readme-test:\s*(?P<body>.*?)\s*-->$")
 FENCE = re.compile(r"^(?P<indent>\s*)```(?P<tag>[\w+-]*)\s*$")
 
@@ -220,6 +220,17 @@ def test_parser_on_a_sample() -> None:
     assert python.problems and python.skip is None
 
 
+def test_the_sample_data_is_what_make_samples_makes() -> None:
+    """examples/ holds exactly what examples/make_samples.py makes (seeded, so repeatable)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "make_samples.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
 @pytest.fixture(scope="module")
 def fog(tmp_path_factory: pytest.TempPathFactory) -> LocalFog:
     with LocalFog(DEFAULT_NODES, workdir=tmp_path_factory.mktemp("readme-fog")) as f:
@@ -286,6 +297,7 @@ def test_a_failing_command_fails_its_block(fog: LocalFog, tmp_path: Path) -> Non
     assert proc.returncode == 3 and proc.stdout.strip() == fog.url
 
 
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("block", [b for b in BLOCKS if b.tag in RUN_TAGS], ids=_block_id)
 def test_readme_block(block: Block, fog: LocalFog, tmp_path: Path) -> None:
     if block.skip:
