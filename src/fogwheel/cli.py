@@ -96,7 +96,10 @@ def _logging(verbose: bool) -> None:
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(Text.assemble(("error:", "red"), " ", message), highlight=False)
+    """Print `message` as the command's error (a coordinator's refusal put in the CLI's words,
+    see cli_errors.explain) and return the Exit to raise."""
+    line = Text.assemble(("error:", "red"), " ", explain(message))
+    err.print(line, highlight=False, soft_wrap=True)  # one line, whole, for grep and logs
     return typer.Exit(code)
 
 
@@ -475,6 +478,7 @@ def demo(
 def _client(
     coordinator: str | None, api_key: str | None, local: int, replicas: str | int = "adaptive"
 ) -> Iterator[Any]:
+    from fogwheel.cli_jobs import stopping  # Ctrl-C cancels the jobs waited for
     from fogwheel.client import Client
     from fogwheel.errors import ConfigError
 
@@ -488,16 +492,19 @@ def _client(
         if local == 1:
             replicas = 1
         try:
-            with Client(fog.url, fog.api_key, replicas=replicas) as c:
+            with (
+                Client(fog.url, fog.api_key, replicas=replicas, cancel_on_exit=False) as c,
+                stopping(c),
+            ):
                 yield c
         finally:
             fog.stop()
         return
     try:
-        client = Client(coordinator, api_key, replicas=replicas)
+        client = Client(coordinator, api_key, replicas=replicas, cancel_on_exit=False)
     except ConfigError as e:
         raise _fail(f"{e} (or use --local N for a throwaway local fog)") from None
-    with client:
+    with client, stopping(client):
         yield client
 
 
@@ -1620,6 +1627,11 @@ def _print_cdn_spread(objects: list[dict[str, Any]]) -> None:
 from fogwheel import cli_owners  # noqa: E402
 
 cli_owners.register(app, keys_app, nodes_app)
+
+# cancel, attach, logs; Ctrl-C while a job runs (src/fogwheel/cli_jobs.py)
+from fogwheel import cli_jobs  # noqa: E402
+
+cli_jobs.register(app)
 
 
 def main() -> None:

@@ -45,9 +45,11 @@ from fogwheel.errors import (
     CommandFailed,
     ConfigError,
     CoordinatorUnreachable,
+    FogwheelError,
     IntegrityError,
     NotFound,
     RemoteTraceback,
+    TaskCancelled,
     TaskFailed,
 )
 from fogwheel.safe_pickle import Limits, TrustedType
@@ -115,12 +117,24 @@ class CommandResult:
 
 
 class TaskFuture(Future):  # type: ignore[type-arg]
-    """A `concurrent.futures.Future` for one task on the fog."""
+    """A `concurrent.futures.Future` for one task on the fog.
 
-    def __init__(self, job_id: int, index: int) -> None:
+    `cancel()` cancels the task on the fog too: it is not run again, a node running it stops
+    it, and nobody is charged or paid for it. It returns False when the task had already
+    finished there (its result is on its way) or the coordinator could not be told."""
+
+    def __init__(self, job_id: int, index: int, client: Client | None = None) -> None:
         super().__init__()
         self.job_id = job_id
         self.index = index
+        self._client = client
+
+    def cancel(self) -> bool:
+        if self.done() or self._client is None:
+            return super().cancel()
+        if not self._client._cancel_task(self):
+            return False
+        return super().cancel()
 
     def __repr__(self) -> str:
         return f"<TaskFuture job={self.job_id} index={self.index} {self._state.lower()}>"
@@ -150,8 +164,14 @@ class Client:
         trusted_types: Iterable[TrustedType] = (),
         result_limits: Limits | None = None,
         unsafe_trust_nodes: bool | None = None,
+        cancel_on_exit: bool = True,
     ) -> None:
-        """`trusted_types` are the types beyond plain data (numbers, strings, containers,
+        """`cancel_on_exit`: a `with Client(...)` block left by an exception (Ctrl-C's
+        KeyboardInterrupt included) cancels on the fog the jobs whose futures are still
+        pending, so that they stop running and costing; False leaves them running (reattach
+        with `Client.attach` or `fogwheel attach`).
+
+        `trusted_types` are the types beyond plain data (numbers, strings, containers,
         numpy) that results and exceptions from nodes may be decoded as: classes, or names
         like "pkg.mod:Name". `result_limits` bounds the work one result's decoding may cause.
         `unsafe_trust_nodes=True` (or FOGWHEEL_UNSAFE_TRUST_NODES=1) decodes results with
@@ -170,6 +190,7 @@ class Client:
         if unsafe_trust_nodes is None:
             unsafe_trust_nodes = os.environ.get(UNSAFE_ENV, "") not in ("", "0", "false", "no")
         self.unsafe_trust_nodes = unsafe_trust_nodes
+        self.cancel_on_exit = cancel_on_exit
         if unsafe_trust_nodes:
             _warn_unsafe()
         self.decoder = safe_pickle.Decoder(trusted_types, result_limits)
@@ -190,8 +211,12 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        try:
+            if exc_type is not None and self.cancel_on_exit:
+                self.cancel_pending()
+        finally:
+            self.close()
 
     def close(self) -> None:
         self._closed.set()
@@ -214,7 +239,9 @@ class Client:
         name: str | None = None,
         trusted_types: Iterable[TrustedType] = (),
     ) -> Iterator[Any]:
-        """Like `Executor.map`: one task per item, results yielded in input order."""
+        """Like `Executor.map`: one task per item, results yielded in input order. Like it,
+        an iteration that ends early (an exception, Ctrl-C, a `break` once the iterator is
+        closed) cancels the tasks not yet finished, on the fog too."""
         calls = [(args, {}) for args in zip(*iterables, strict=False)]
         futures = self.submit_many(
             fn, calls, name=name or _name_of(fn), trusted_types=trusted_types
@@ -222,9 +249,12 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
 
         def results() -> Iterator[Any]:
-            for f in futures:
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                yield f.result(left)
+            try:
+                for f in futures:
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    yield f.result(left)
+            finally:
+                self._cancel_unfinished(futures)
 
         return results()
 
@@ -477,7 +507,7 @@ class Client:
         decoder: safe_pickle.Decoder | None,
     ) -> list[TaskFuture]:
         """Futures for a job's tasks, resolved by the results watcher (started on first use)."""
-        futures = {i: TaskFuture(job_id, i) for i in range(total)}
+        futures = {i: TaskFuture(job_id, i, self) for i in range(total)}
         with self._lock:
             self._watches[job_id] = _Watch(
                 kind, futures, total=total, outputs=outputs, decoder=decoder
@@ -508,7 +538,74 @@ class Client:
         return self._request("GET", f"/v1/jobs/{job_id}/tasks", params=params).json()["tasks"]
 
     def cancel(self, job_id: int) -> dict[str, Any]:
-        return self._request("POST", f"/v1/jobs/{job_id}/cancel").json()
+        """Cancel a job on the fog: its unfinished tasks are not run again, nodes running them
+        stop them at their next sync, and nobody is charged or paid for them (finished tasks
+        keep their results and charges). This client's futures of the job not yet resolved
+        are cancelled. Returns the job as the coordinator left it."""
+        out = self._request("POST", f"/v1/jobs/{job_id}/cancel").json()
+        self._cancel_locally(job_id)
+        return out
+
+    def logs(self, job_id: int, index: int) -> dict[str, Any]:
+        """What task `index` of a job left behind: a command's exit status and stdout/stderr
+        tails, a Python task's error and traceback, and every attempt's node and outcome."""
+        return self._request("GET", f"/v1/jobs/{job_id}/tasks/{index}/logs").json()
+
+    def pending_jobs(self) -> list[int]:
+        """The jobs this client watches that still have futures not resolved."""
+        with self._lock:
+            return sorted(
+                j for j, w in self._watches.items() if any(not f.done() for f in w.futures.values())
+            )
+
+    def cancel_pending(self) -> list[int]:
+        """Cancel on the fog every job of `pending_jobs()` (what leaving `with Client(...)` on
+        an exception does); returns the ids of those it cancelled. One quick try each: a job
+        that could not be cancelled is logged with the command that cancels it later."""
+        cancelled = []
+        for job_id in self.pending_jobs():
+            if self._cancel_now(job_id):
+                cancelled.append(job_id)
+        return cancelled
+
+    def _cancel_unfinished(self, futures: Sequence[TaskFuture]) -> None:
+        for job_id in sorted({f.job_id for f in futures if not f.done()}):
+            self._cancel_now(job_id)
+
+    def _cancel_now(self, job_id: int) -> bool:
+        """Cancel a job with one short request (on the way out: no two-minute retries)."""
+        try:
+            r = self._http.post(f"/v1/jobs/{job_id}/cancel", timeout=10.0)
+            if r.status_code >= 400:
+                raise ApiError(r.status_code, _message(r))
+        except (httpx.HTTPError, RuntimeError, FogwheelError) as e:  # RuntimeError: closed
+            log.warning(
+                "job %d is still running on the fog: cancelling it failed (%s); "
+                "cancel it with: fogwheel cancel %d",
+                job_id,
+                e,
+                job_id,
+            )
+            return False
+        self._cancel_locally(job_id)
+        log.warning("cancelled job %d on the fog", job_id)
+        return True
+
+    def _cancel_locally(self, job_id: int) -> None:
+        with self._lock:
+            watch = self._watches.get(job_id)
+            futures = list(watch.futures.values()) if watch else []
+        for f in futures:
+            Future.cancel(f)
+
+    def _cancel_task(self, fut: TaskFuture) -> bool:
+        """Cancel one task on the fog; False when it had finished there or the call failed."""
+        try:
+            out = self._request("POST", f"/v1/jobs/{fut.job_id}/tasks/{fut.index}/cancel").json()
+        except (FogwheelError, RuntimeError) as e:
+            log.warning("could not cancel task %d of job %d: %s", fut.index, fut.job_id, e)
+            return False
+        return bool(out["cancelled"])
 
     def nodes(self) -> list[dict[str, Any]]:
         return self._request("GET", "/v1/nodes").json()["nodes"]
@@ -549,6 +646,11 @@ class Client:
             try:
                 if res["state"] == "done":
                     fut.set_result(self._decode_result(watch, res))
+                elif res["state"] == "cancelled":
+                    job = ans["job_id"]
+                    fut.set_exception(
+                        TaskCancelled(f"task {res['index']} of job {job} was cancelled on the fog")
+                    )
                 else:
                     fut.set_exception(self._decode_error(watch, res))
             except Exception as e:  # a corrupt or unreadable result is this future's error

@@ -14,6 +14,7 @@ FogwheelError
 ├── JobFailed              a MapReduce map or reduce task failed for good (mapreduce/)
 ├── TaskFailed             a task failed on the fog for a reason other than its own exception
 │   ├── CommandFailed      a command task exited with a non-zero status
+│   ├── TaskCancelled      the task was cancelled on the fog (also a futures CancelledError)
 │   └── RemoteError        a task raised an exception of a type not rebuilt here (`type_name`)
 ├── RefusedValue           a node's result names a type the decoder does not trust (safe_pickle)
 ├── OutputRefused          an output file would land outside its directory, via a link, or
@@ -27,6 +28,7 @@ pickle.UnpicklingError; OutputRefused is also an OSError.)
 from __future__ import annotations
 
 import pickle
+from concurrent.futures import CancelledError
 
 
 class FogwheelError(Exception):
@@ -76,6 +78,11 @@ class CommandFailed(TaskFailed):
     def __init__(self, message: str, result: object) -> None:
         super().__init__(message)
         self.result = result
+
+
+class TaskCancelled(TaskFailed, CancelledError):
+    """The task was cancelled on the fog (`fogwheel cancel`, another client): it has no
+    result. A concurrent.futures CancelledError too."""
 
 
 class RemoteError(TaskFailed):

@@ -26,6 +26,7 @@ from fogwheel.blobs.store import CorruptBlob
 from fogwheel.coordinator.auth import Authenticator
 from fogwheel.coordinator.cdn_routes import build_cdn_routes, screen_serve_url
 from fogwheel.coordinator.diskfull import DISK_FULL_MESSAGE, is_disk_full
+from fogwheel.coordinator.job_routes import build_job_routes
 from fogwheel.coordinator.ledger_routes import build_ledger_routes
 from fogwheel.coordinator.metrics import Metrics
 from fogwheel.coordinator.owner_routes import build_owner_routes
@@ -522,6 +523,7 @@ def build_routes(
         metrics.refresh()
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    build_job_routes(app, store, auth, blobs, results.notify)  # task cancel and logs
     build_ledger_routes(app, store, auth)
     build_owner_routes(app, store, auth, public_key)
     build_cdn_routes(app, store, auth, blobs, signing_key)

@@ -230,10 +230,10 @@ def _collect(
         try:
             results[i] = fut.result()
         except Exception as e:
-            for f in futures:
-                f.cancel()
-            with contextlib.suppress(Exception):
-                client.cancel(fut.job_id)
+            # One request a job cancels its tasks on the fog and this process's futures.
+            for job_id in sorted({f.job_id for f in futures}):
+                with contextlib.suppress(Exception):
+                    client.cancel(job_id)
             raise JobFailed(f"{phase} task {i} (job {fut.job_id}) failed: {e}") from e
         report(phase, done, len(futures))
     return [r for r in results if r is not None]

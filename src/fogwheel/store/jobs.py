@@ -187,28 +187,79 @@ class JobsStore(StoreBase):
             if owner != customer_id:
                 return None
             c.execute(update(jobs).where(jobs.c.id == job_id).values(cancelled=True))
-            rows = c.execute(
-                select(*_TASK_COLS, tasks.c.replica_of).where(
-                    tasks.c.job_id == job_id,
-                    tasks.c.state.in_([TaskState.PENDING, TaskState.LEASED, TaskState.VERIFYING]),
-                )
-            ).all()
-            finished = []
-            for r in rows:
-                t = apply(_task(r), Cancelled())
-                if r.replica_of is None:
-                    finished.append((r.id, r.job_id, t, None))
-                else:
-                    c.execute(update(tasks).where(tasks.c.id == r.id).values(**_task_cols(t)))
-            error = json.dumps({"kind": "cancelled", "message": "cancelled by the customer"})
-            self._finish(c, finished, now, error_json=error)
-            c.execute(
-                update(attempts)
-                .where(attempts.c.task_id.in_([r.id for r in rows]), attempts.c.outcome.is_(None))
-                .values(outcome="cancelled", ended_at=now)
-            )
+            self._cancel_open(c, job_id, None, now)
             r = c.execute(select(jobs).where(jobs.c.id == job_id)).mappings().one()
             return _job_out(r)
+
+    def cancel_task(
+        self, customer_id: str, job_id: int, index: int, now: float
+    ) -> dict[str, Any] | None:
+        """Cancel task `index` of a job, its replicas and backup copies too; None when the job
+        is not this customer's or has no such task. A task that had finished keeps its result
+        (`cancelled` is False). A node running it stops it at its next sync (its renewal is
+        refused), and its late result is dropped: nobody is charged or paid for it."""
+        with self.tx() as c:
+            owner = c.execute(
+                select(jobs.c.customer_id).where(jobs.c.id == job_id).with_for_update()
+            ).scalar()
+            if owner != customer_id:
+                return None
+            cancelled = self._cancel_open(c, job_id, index, now)
+            state = c.execute(
+                select(tasks.c.state).where(
+                    tasks.c.job_id == job_id, tasks.c.idx == index, tasks.c.replica_of.is_(None)
+                )
+            ).scalar()
+            if state is None:
+                return None
+            return {"job_id": job_id, "index": index, "state": state, "cancelled": cancelled}
+
+    def _cancel_open(self, c: Connection, job_id: int, index: int | None, now: float) -> bool:
+        """Cancel the open tasks of a job (of one task `index`, with its replicas); whether the
+        task itself (not only a replica) was open."""
+        q = select(*_TASK_COLS, tasks.c.replica_of).where(
+            tasks.c.job_id == job_id,
+            tasks.c.state.in_([TaskState.PENDING, TaskState.LEASED, TaskState.VERIFYING]),
+        )
+        if index is not None:
+            q = q.where(tasks.c.idx == index)
+        rows = c.execute(q).all()
+        finished = []
+        for r in rows:
+            t = apply(_task(r), Cancelled())
+            if r.replica_of is None:
+                finished.append((r.id, r.job_id, t, None))
+            else:
+                c.execute(update(tasks).where(tasks.c.id == r.id).values(**_task_cols(t)))
+        error = json.dumps({"kind": "cancelled", "message": "cancelled by the customer"})
+        self._finish(c, finished, now, error_json=error)
+        c.execute(
+            update(attempts)
+            .where(attempts.c.task_id.in_([r.id for r in rows]), attempts.c.outcome.is_(None))
+            .values(outcome="cancelled", ended_at=now)
+        )
+        return bool(finished)
+
+    def task_logs(self, customer_id: str, job_id: int, index: int) -> dict[str, Any] | None:
+        """What a customer may read of one task: its state, stored result reference and error,
+        and every attempt (replicas' included); None when not this customer's."""
+        with self.read() as c:
+            kind = c.execute(
+                select(jobs.c.kind).where(jobs.c.id == job_id, jobs.c.customer_id == customer_id)
+            ).scalar()
+            if kind is None:
+                return None
+            row = c.execute(
+                select(tasks.c.id, tasks.c.result).where(
+                    tasks.c.job_id == job_id, tasks.c.idx == index, tasks.c.replica_of.is_(None)
+                )
+            ).first()
+            if row is None:
+                return None
+            detail = self._task_detail(c, row.id)
+        detail["kind"] = kind
+        detail["result"] = json.loads(row.result) if row.result else None
+        return detail
 
     def results_since(
         self, customer_id: str, job_id: int, after: int, limit: int = 10_000
