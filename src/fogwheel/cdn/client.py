@@ -16,6 +16,7 @@ the coordinator places the shares on nodes, which fetch them in their next round
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,12 @@ def publish(
     name: str | None = None,
     segment_size: int = SEGMENT_SIZE,
     progress: Progress | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> str:
-    """Encrypt, erasure-code and upload `path`; returns its content id."""
+    """Encrypt, erasure-code and upload `path`; returns its content id.
+
+    When the fog has fewer live devices than `n`, the coordinator's warning (what that spread
+    risks, what to change) goes to `on_warning`, or is raised as a `UserWarning`."""
     path = Path(path)
     size = path.stat().st_size
     key = new_key()
@@ -58,9 +63,15 @@ def publish(
     manifest = build_manifest(
         content_id, (name or path.name)[:200], size, segment_size, k, n, segments
     )
-    client._request(
+    answer = client._request(
         "POST", "/v1/cdn/objects", json={"manifest": manifest.to_dict(), "key": key.hex()}
-    )
+    ).json()
+    warning = answer.get("warning") if isinstance(answer, dict) else None
+    if isinstance(warning, str) and warning:
+        if on_warning is not None:
+            on_warning(warning)
+        else:
+            warnings.warn(warning, UserWarning, stacklevel=2)
     return content_id
 
 

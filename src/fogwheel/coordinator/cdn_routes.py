@@ -60,6 +60,11 @@ class PublishOut(Model):
     content_id: str
     shares: int
     placed: int
+    devices: int = Field(description="live devices that serve shares, when it was placed")
+    warning: str | None = Field(
+        default=None,
+        description="set when the fog has fewer live devices than n: what that spread risks",
+    )
 
 
 class BadShareIn(Model):
@@ -150,7 +155,9 @@ def build_cdn_routes(
     @v1.post("/objects", status_code=201)
     def publish(request: Request, body: PublishIn) -> PublishOut:
         """Register an object whose shares the customer has uploaded to /v1/blobs; its shares
-        are placed on nodes. 422 when the manifest is malformed or a share is missing."""
+        are placed on nodes, at most one of a segment a device while any device is free of it.
+        `warning` says so when the fog has fewer live devices than n. 422 when the manifest is
+        malformed or a share is missing."""
         who = auth.require(request, "customer")
         try:
             manifest = Manifest.from_dict(body.manifest)

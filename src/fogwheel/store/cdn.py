@@ -29,6 +29,7 @@ from sqlalchemy import Connection, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from fogwheel.core import ledger as books
+from fogwheel.core import spread as spreads
 from fogwheel.store.base import NODE_GONE_AFTER_LEASES
 from fogwheel.store.schema import (
     cdn_holders,
@@ -101,7 +102,14 @@ class CdnStore(VerifyStore):
                 ],
             )
             placed = self._place(c, now, [manifest["content_id"]], repair=False)
-        return {"content_id": manifest["content_id"], "shares": len(shares), "placed": placed}
+            devices = len(self._cdn_live(c, now))
+        return {
+            "content_id": manifest["content_id"],
+            "shares": len(shares),
+            "placed": placed,
+            "devices": devices,
+            "warning": spreads.too_few_devices(devices, manifest["k"], manifest["n"]),
+        }
 
     def cdn_exists(self, content_id: str) -> bool:
         with self.read() as c:
@@ -137,7 +145,10 @@ class CdnStore(VerifyStore):
     ) -> int:
         """Give every share of these objects (all objects: None) the holders it lacks on live
         nodes: one, or two for a hot object; a node takes at most one share of a segment while
-        others are free of it. Returns the number of assignments made."""
+        others are free of it. On a fog with fewer live devices than n the rest of a segment's
+        shares still go to devices that hold some already (peers can serve them; `cdn_stats`
+        reports such segments degraded), and a repair pass moves them to devices that come
+        along later (`_spread_out`). Returns the number of assignments made."""
         live = self._cdn_live(c, now)
         if not live:
             return 0
@@ -145,16 +156,20 @@ class CdnStore(VerifyStore):
             cdn_shares.c.sha,
             cdn_shares.c.content_id,
             cdn_shares.c.segment,
+            cdn_shares.c.idx,
             cdn_shares.c.size,
             cdn_objects.c.fetches,
         ).join(cdn_objects, cdn_objects.c.id == cdn_shares.c.content_id)
         ids = list(content_ids) if content_ids is not None else None
         if ids is not None:
             q = q.where(cdn_shares.c.content_id.in_(ids))
-        shares = c.execute(q.order_by(cdn_shares.c.content_id, cdn_shares.c.segment)).all()
+        shares = c.execute(
+            q.order_by(cdn_shares.c.content_id, cdn_shares.c.segment, cdn_shares.c.idx)
+        ).all()
         if not shares:
             return 0
         holders: dict[str, set[str]] = defaultdict(set)
+        stored: set[tuple[str, str]] = set()  # (sha, node) confirmed
         bad: dict[str, set[str]] = defaultdict(set)
         hq = select(cdn_holders.c.sha, cdn_holders.c.node_id, cdn_holders.c.state)
         if ids is not None:
@@ -164,6 +179,8 @@ class CdnStore(VerifyStore):
         for sha, node_id, state in c.execute(hq).all():
             if state in ("assigned", "stored"):
                 holders[sha].add(node_id)
+                if state == "stored":
+                    stored.add((sha, node_id))
             else:
                 bad[sha].add(node_id)
         # how many shares each node holds, for spreading
@@ -211,6 +228,8 @@ class CdnStore(VerifyStore):
                 holders[s.sha].add(n)
                 seg_nodes.add(n)
                 load[n] += 1
+        if repair:
+            new_rows += self._spread_out(c, now, shares, live, holders, stored, bad, load)
         if new_rows:
             # a node that once held this share (and dropped it) may take it again
             for r in new_rows:
@@ -221,6 +240,91 @@ class CdnStore(VerifyStore):
                 )
             c.execute(cdn_holders.insert(), new_rows)
         return len(new_rows)
+
+    def _spread_out(
+        self,
+        c: Connection,
+        now: float,
+        shares: Sequence[Any],
+        live: dict[str, dict[str, Any]],
+        holders: dict[str, set[str]],
+        stored: set[tuple[str, str]],
+        bad: dict[str, set[str]],
+        load: dict[str, int],
+    ) -> list[dict[str, Any]]:
+        """Restore distinctness, one repair pass at a time: while a live device holds two or
+        more shares of a segment more than another live device, one of its shares is copied
+        to the emptier one; once such a copy is stored, the holder the share no longer needs
+        (the most crowded) is dropped, never below the holders the share wants. Returns the
+        new assignments (the caller inserts them)."""
+        by_seg: dict[tuple[str, int], list[Any]] = defaultdict(list)
+        for s in shares:
+            by_seg[(s.content_id, s.segment)].append(s)
+        new_rows: list[dict[str, Any]] = []
+        drops: list[tuple[str, str]] = []
+        for group in by_seg.values():
+            on = {s.sha: holders[s.sha] & live.keys() for s in group}
+            count: dict[str, int] = dict.fromkeys(live, 0)
+            for devs in on.values():
+                for n in devs:
+                    count[n] += 1
+            want = {s.sha: 2 if s.fetches >= HOT_FETCHES else 1 for s in group}
+            moving = set()
+            # a share with more holders than it wants: drop the most crowded once another is
+            # stored; until then it is in motion, counted where it is going
+            for sha, devs in on.items():
+                while len(devs) > want[sha]:
+                    crowded = max(devs, key=lambda n: (count[n], n))
+                    if not any((sha, n) in stored for n in devs - {crowded}):
+                        moving.add(sha)
+                        count[crowded] -= 1  # as good as gone
+                        break
+                    drops.append((sha, crowded))
+                    devs.discard(crowded)
+                    holders[sha].discard(crowded)
+                    count[crowded] -= 1
+            # then copy shares from the fullest device to the emptiest while that helps
+            while True:
+                full = max(count, key=lambda n: (count[n], n))
+                empty = min(
+                    count, key=lambda n: (count[n], load[n] / max(1, live[n]["disk_mb"]), n)
+                )
+                if count[full] - count[empty] < 2:
+                    break
+                sha = next(
+                    (
+                        s.sha
+                        for s in group
+                        if s.sha not in moving
+                        and full in on[s.sha]
+                        and empty not in holders[s.sha]
+                        and empty not in bad[s.sha]
+                    ),
+                    None,
+                )
+                if sha is None:
+                    break
+                moving.add(sha)
+                holders[sha].add(empty)
+                count[full] -= 1
+                count[empty] += 1
+                load[empty] += 1
+                new_rows.append(
+                    {
+                        "sha": sha,
+                        "node_id": empty,
+                        "state": "assigned",
+                        "assigned_at": now,
+                        "repair": True,
+                    }
+                )
+        for sha, node_id in drops:
+            c.execute(
+                update(cdn_holders)
+                .where(cdn_holders.c.sha == sha, cdn_holders.c.node_id == node_id)
+                .values(state="dropped")
+            )
+        return new_rows
 
     def cdn_repair(self, now: float) -> int:
         """Re-place shares whose holders are gone, bad or missing; returns assignments made."""
@@ -677,8 +781,10 @@ class CdnStore(VerifyStore):
     # -- metrics ------------------------------------------------------------------------------
 
     def cdn_stats(self, customer_id: str | None, now: float) -> dict[str, Any]:
-        """Offload, bytes served a node, repair bytes, fetch throughput and p95 time: for one
-        customer's objects, or for all (the operator)."""
+        """Offload, bytes served a node, repair bytes, fetch throughput and p95 time, and how
+        the segments are spread over live devices (`segments`, and per object `by_object`:
+        full / degraded / at risk / below k, the fewest distinct devices of any segment): for
+        one customer's objects, or for all (the operator)."""
         with self.read() as c:
             objs = select(cdn_objects.c.id)
             if customer_id is not None:
@@ -695,7 +801,7 @@ class CdnStore(VerifyStore):
                 ).where(cdn_traffic.c.content_id.in_(ids))
             ).all()
             live = self._cdn_live(c, now)
-            segments = self._segment_health(c, ids, live)
+            segments, by_object = self._segment_health(c, ids, live)
         fetches = [t for t in traffic if t.kind == "fetch"]
         delivered = sum(t.bytes for t in fetches)
         peers = sum(t.from_peers for t in fetches)
@@ -722,12 +828,16 @@ class CdnStore(VerifyStore):
             "fetch_mb_s": delivered / 1e6 / secs if secs else None,
             "fetch_p95_s": times[min(len(times) - 1, int(0.95 * len(times)))] if times else None,
             "segments": segments,
+            "by_object": by_object,
+            "live_devices": len(live),
         }
 
     def _segment_health(
         self, c: Connection, ids: list[str], live: dict[str, Any]
-    ) -> dict[str, int]:
-        """How many segments have all n shares stored on live nodes, fewer, or fewer than k."""
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """How the segments' shares are spread over live devices (core/spread.py): counts of
+        segments full, degraded, at risk and below k, the fewest distinct devices any segment
+        has; and the same per object."""
         rows = c.execute(
             select(
                 cdn_shares.c.content_id,
@@ -737,26 +847,51 @@ class CdnStore(VerifyStore):
                 cdn_holders.c.state,
                 cdn_objects.c.k,
                 cdn_objects.c.n,
+                cdn_objects.c.name,
             )
             .join(cdn_objects, cdn_objects.c.id == cdn_shares.c.content_id)
             .outerjoin(cdn_holders, cdn_holders.c.sha == cdn_shares.c.sha)
             .where(cdn_shares.c.content_id.in_(ids))
         ).all()
-        ok: dict[tuple[str, int], set[str]] = defaultdict(set)
-        kn: dict[tuple[str, int], tuple[int, int]] = {}
+        on: dict[tuple[str, int], dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+        meta: dict[str, tuple[int, int, str]] = {}
         for r in rows:
-            key = (r.content_id, r.segment)
-            kn[key] = (r.k, r.n)
+            meta[r.content_id] = (r.k, r.n, r.name)
+            held = on[(r.content_id, r.segment)]
+            held.setdefault(r.sha, set())  # every share counts, held or not
             if r.state == "stored" and r.node_id in live:
-                ok[key].add(r.sha)
-        full = sum(1 for key, (_, n) in kn.items() if len(ok[key]) >= n)
-        below_k = sum(1 for key, (k, _) in kn.items() if len(ok[key]) < k)
-        return {
-            "total": len(kn),
-            "full": full,
-            "degraded": len(kn) - full - below_k,
-            "below_k": below_k,
-        }
+                held[r.sha].add(r.node_id)
+        per_obj: dict[str, list[spreads.Spread]] = defaultdict(list)
+        for (cid, _), held in on.items():
+            k, n, _ = meta[cid]
+            per_obj[cid].append(spreads.spread(held, k, n))
+        objects = []
+        for cid, segs in sorted(per_obj.items()):
+            k, n, name = meta[cid]
+            counts = {state: sum(1 for s in segs if s.state == state) for state in spreads.STATES}
+            objects.append(
+                {
+                    "content_id": cid,
+                    "name": name,
+                    "k": k,
+                    "n": n,
+                    "segments": len(segs),
+                    **counts,
+                    "min_devices": min(s.devices for s in segs),
+                    "min_shares_after_one_loss": min(s.after_one_loss for s in segs),
+                    "state": spreads.worst([s.state for s in segs]),
+                }
+            )
+        everything = [s for segs in per_obj.values() for s in segs]
+        totals = {state: sum(1 for s in everything if s.state == state) for state in spreads.STATES}
+        return (
+            {
+                "total": len(everything),
+                **totals,
+                "min_devices": min((s.devices for s in everything), default=None),
+            },
+            objects,
+        )
 
 
 def _network(url: str | None) -> str:
