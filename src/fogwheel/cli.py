@@ -1502,7 +1502,7 @@ def cdn_publish(
         except FogwheelError as e:
             raise _fail(str(e)) from None
     for note in warned:  # fewer live devices than n: the spread is degraded
-        err.print(f"warning: {note}", style="yellow", markup=False, highlight=False)
+        err.print(f"warning: {note}", style="yellow", markup=False, highlight=False, soft_wrap=True)
     out.print(f"published {file} as {cid} ({k} of {n} shares a segment)", highlight=False)
     print(cid)
 
@@ -1583,7 +1583,7 @@ def cdn_stats_cmd(
             "segments full / degraded / at risk / below k",
             f"{seg['full']}/{seg['degraded']}/{seg.get('at_risk', 0)}/{seg['below_k']}",
         ),
-        ("fewest devices a segment", "-" if seg.get("min_devices") is None else str(seg["min_devices"])),
+        ("fewest devices a segment", str(seg.get("min_devices") or "-")),
     ]
     for node_id, n in sorted(s["served_by_node"].items()):
         rows.append((f"served by {node_id}", mb(n)))
@@ -1604,7 +1604,7 @@ def _print_cdn_spread(objects: list[dict[str, Any]]) -> None:
         state = o["state"].replace("_", " ")
         table.add_row(
             o["content_id"],
-            escape(o["name"]),
+            Text(o["name"]),
             f"{o['k']}/{o['n']}",
             state,
             f"{o['min_devices']} of {o['n']}",
@@ -1614,10 +1614,10 @@ def _print_cdn_spread(objects: list[dict[str, Any]]) -> None:
     for o in objects:
         if o["state"] != "full":
             out.print(
-                f"{o['content_id']}: {o['state'].replace('_', ' ')} — some segment has its "
-                f"{o['n']} shares on {o['min_devices']} device(s); losing one leaves "
-                f"{o['min_shares_after_one_loss']} (k={o['k']} rebuilds): add devices, repair "
-                "spreads them out again",
+                f"{o['content_id']}: {o['state'].replace('_', ' ')} — a segment sits on "
+                f"{o['min_devices']} of n={o['n']} devices, and losing the worst one leaves "
+                f"{o['min_shares_after_one_loss']} shares (k={o['k']} rebuild it): add "
+                "devices and repair spreads the shares over them",
                 markup=False,
                 highlight=False,
             )
@@ -1636,3 +1636,4 @@ cli_jobs.register(app)
 
 def main() -> None:
     app()
+                soft_wrap=True,
