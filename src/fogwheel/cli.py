@@ -1620,6 +1620,7 @@ def _print_cdn_spread(objects: list[dict[str, Any]]) -> None:
                 "devices and repair spreads the shares over them",
                 markup=False,
                 highlight=False,
+                soft_wrap=True,
             )
 
 
@@ -1636,4 +1637,3 @@ cli_jobs.register(app)
 
 def main() -> None:
     app()
-                soft_wrap=True,
