@@ -156,7 +156,11 @@ BLOCKS = parse_readme(README.read_text())
 
 
 def _block_id(block: Block) -> str:
-    return f"line{block.line}-{block.tag or 'plain'}"
+    """`line190-fogwheel-kmer`: where the block is, and what it runs first."""
+    lines = block.commands if block.tag == "console" else block.body.splitlines()
+    first = next((x for x in lines if x.strip() and not x.lstrip().startswith("#")), "")
+    words = re.findall(r"[\w.-]+", first)[:2] if block.tag != "python" else ["python"]
+    return "-".join([f"line{block.line}", *words])
 
 
 def test_readme_has_command_blocks_and_markers_parse() -> None:
