@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fogwheel import __version__
+from fogwheel.cli_errors import coordinator_url, explain, user_errors
 
 app = typer.Typer(
     name="fogwheel",
@@ -38,7 +39,8 @@ CoordinatorOpt = Annotated[
         "--coordinator",
         "-c",
         envvar="FOGWHEEL_COORDINATOR",
-        help="Coordinator URL, e.g. http://127.0.0.1:8470.",
+        callback=coordinator_url,
+        help="Coordinator URL, e.g. http://127.0.0.1:8470 (the base: a trailing /v1 is dropped).",
     ),
 ]
 ApiKeyOpt = Annotated[
@@ -240,7 +242,7 @@ def coordinator(
         raise _fail(f"cannot listen on {host}:{port}: {e.strerror}; pick another --port") from None
     except Exception as e:
         if "psycopg" in type(e).__module__ or "sqlalchemy" in type(e).__module__:
-            raise _fail(f"cannot open the database: {e}") from None
+            raise _fail(f"cannot open the database: {e}; check --db / FOGWHEEL_DB") from None
         raise
 
 
@@ -500,12 +502,30 @@ def _client(
         finally:
             fog.stop()
         return
+    # The CLI's own words for what is missing (the SDK's would say url= and api_key=).
+    local_hint = " (or use --local N for a throwaway local fog)" if _offers_local() else ""
+    if not coordinator:
+        raise _fail(
+            f"no coordinator: pass --coordinator URL or set FOGWHEEL_COORDINATOR{local_hint}"
+        )
+    if not api_key:
+        raise _fail(f"no API key: pass --api-key KEY or set FOGWHEEL_API_KEY{local_hint}")
     try:
         client = Client(coordinator, api_key, replicas=replicas, cancel_on_exit=False)
     except ConfigError as e:
-        raise _fail(f"{e} (or use --local N for a throwaway local fog)") from None
-    with client, stopping(client):
+        raise _fail(str(e)) from None
+    with user_errors(_fail), client, stopping(client):
         yield client
+
+
+def _offers_local() -> bool:
+    """Whether the running command has --local (then a missing coordinator can suggest it)."""
+    try:  # Typer carries its own Click, whose context is not public API
+        from typer._click.globals import get_current_context
+    except ImportError:
+        return False
+    ctx = get_current_context(silent=True)
+    return ctx is not None and any(p.name == "local" for p in ctx.command.params)
 
 
 @app.command(context_settings={"allow_interspersed_args": False})
@@ -606,11 +626,15 @@ def _print_jobs(rows: list[dict[str, Any]]) -> None:
 
 def _print_job(job: dict[str, Any], tasks: list[dict[str, Any]]) -> None:
     out.print(
-        f"[bold]job {job['id']}[/] {job['name']}: {job['state']}, "
-        f"{job['finished']}/{job['total']} finished, {job['failed']} failed"
+        Text.assemble(
+            (f"job {job['id']}", "bold"),
+            f" {job['name']}: {job['state']}, "
+            f"{job['finished']}/{job['total']} finished, {job['failed']} failed",
+        )
     )
-    table = Table()
-    for col in ("task", "state", "attempt", "node", "outcome", "why it went there"):
+    # The reasons name tasks by the fog's task id ("checks task 812"), so the table shows it.
+    table = Table(caption="#: the task's place in the job; task id: the fog's, as reasons name it")
+    for col in ("#", "task id", "state", "attempt", "node", "outcome", "why it went there"):
         table.add_column(col)
     for t in tasks:
         for h in t["history"] or [
@@ -618,11 +642,12 @@ def _print_job(job: dict[str, Any], tasks: list[dict[str, Any]]) -> None:
         ]:
             table.add_row(
                 str(t["index"]),
+                str(t["id"]),
                 t["state"],
                 str(h["n"]),
                 h["node_id"],
                 str(h["outcome"] or "running"),
-                h["reason"],
+                Text(h["reason"]),  # as written: no Rich markup in a reason
             )
     out.print(table)
 
@@ -833,7 +858,11 @@ def keys_create(
     if as_json:
         print(json.dumps(made), flush=True)
         return
-    err.print(f"customer [bold]{made['customer_id']}[/] ({name}) created; its API key, shown once:")
+    err.print(
+        f"customer {made['customer_id']} ({name}) created; its API key, shown once:",
+        markup=False,
+        highlight=False,
+    )
     print(made["api_key"], flush=True)
 
 
@@ -859,7 +888,10 @@ def _api_call(
             timeout=30.0,
         )
     except httpx.HTTPError as e:
-        raise _fail(f"cannot reach the coordinator at {url}: {e}") from None
+        raise _fail(
+            f"cannot reach the coordinator at {url}: {e}; check --coordinator / "
+            "FOGWHEEL_COORDINATOR, and that the coordinator runs there"
+        ) from None
     if r.status_code >= 400:
         try:
             message = str(r.json().get("error", r.text[:200]))
@@ -1242,7 +1274,7 @@ def _load_job(ref: str) -> Any:
     except Exception as e:
         raise _fail(f"{file} failed to load: {type(e).__name__}: {e}") from None
     if not hasattr(module, name):
-        raise _fail(f"{file} has no {name!r}")
+        raise _fail(f"{file} has no {name!r}: define it there, or name another as FILE.py:NAME")
     return getattr(module, name)
 
 

@@ -38,7 +38,7 @@ from typing import Any
 import cloudpickle
 import httpx
 
-from fogwheel import output_files, results, safe_pickle
+from fogwheel import funcpickle, output_files, results, safe_pickle
 from fogwheel.errors import (
     ApiError,
     AuthError,
@@ -306,7 +306,7 @@ class Client:
             chunk = calls[start : start + SUBMIT_CHUNK]
             tasks: list[dict[str, Any]] = []
             for i, (a, k) in enumerate(chunk):
-                task: dict[str, Any] = {"args": self._blob_value(cloudpickle.dumps((a, dict(k))))}
+                task: dict[str, Any] = {"args": self._blob_value(funcpickle.dumps((a, dict(k))))}
                 if inputs is not None:
                     task["inputs"] = self._files(inputs[start + i])
                 if outputs:
@@ -784,7 +784,7 @@ def pickle_function(fn: Callable[..., Any]) -> bytes:
     if by_value:
         cloudpickle.register_pickle_by_value(module)
     try:
-        return cloudpickle.dumps(fn)
+        return funcpickle.dumps(fn)  # keeps the file names a remote traceback shows
     finally:
         if by_value:
             cloudpickle.unregister_pickle_by_value(module)

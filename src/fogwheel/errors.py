@@ -20,6 +20,7 @@ FogwheelError
 ├── OutputRefused          an output file would land outside its directory, via a link, or
 │                          over a file that is there already (CommandResult.save)
 ├── IllegalTransition      core: an event that the task's current state does not allow
+├── NameTaken              a customer name that another customer has (answered as HTTP 409)
 └── RemoteTraceback        attached as __cause__ of an exception re-raised from a node
 (BadShare is a CodecError too; CodecError is also a ValueError; RefusedValue is also a
 pickle.UnpicklingError; OutputRefused is also an OSError.)
@@ -115,6 +116,10 @@ class OutputRefused(FogwheelError, OSError):
 
 class IllegalTransition(FogwheelError):
     """A task event arrived in a state whose transition table has no entry for it."""
+
+
+class NameTaken(FogwheelError):
+    """A name that must be unique (a customer's) is another's already: pick another."""
 
 
 class RemoteTraceback(Exception):

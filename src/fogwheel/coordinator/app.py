@@ -31,7 +31,7 @@ from fogwheel.coordinator.ledger_routes import build_ledger_routes
 from fogwheel.coordinator.metrics import Metrics
 from fogwheel.coordinator.owner_routes import build_owner_routes
 from fogwheel.core.owners import Refuse, network_of
-from fogwheel.errors import IntegrityError, StorageFull
+from fogwheel.errors import IntegrityError, NameTaken, StorageFull
 from fogwheel.protocol import (
     SQL_INT_MAX,
     JobIn,
@@ -182,10 +182,18 @@ def build_routes(
         who = auth.principal(request)
         return {"kind": who.kind, "id": who.id, "name": who.name}
 
-    @v1.post("/customers", status_code=201, tags=["admin"])
+    @v1.post(
+        "/customers",
+        status_code=201,
+        tags=["admin"],
+        responses={409: {"model": Problem, "description": "A customer has this name already"}},
+    )
     def create_customer(request: Request, name: Annotated[Name, Query()]) -> dict[str, str]:
         auth.require(request, "admin")
-        customer_id, key = store.create_customer(name, time.time())
+        try:
+            customer_id, key = store.create_customer(name, time.time())
+        except NameTaken as e:
+            raise HTTPException(409, str(e)) from None
         return {"customer_id": customer_id, "api_key": key}
 
     # -- jobs -------------------------------------------------------------------------------
