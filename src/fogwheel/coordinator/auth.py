@@ -9,6 +9,21 @@ from fastapi import HTTPException, Request
 from fogwheel.store import Principal, Store
 
 _CACHE_SECONDS = 10.0
+_CHALLENGE = {"www-authenticate": 'Bearer realm="fogwheel"'}
+# Every kind of principal, and what its secret is called (a 401 names the kinds it takes).
+KINDS = ("customer", "admin", "owner", "node")
+_KEY_NAMES = {
+    "customer": "a customer API key",
+    "admin": "the admin key",
+    "owner": "an owner key",
+    "node": "a node credential",
+}
+
+
+def _kinds_words(kinds: tuple[str, ...]) -> str:
+    """'a customer API key or a node credential'."""
+    return " or ".join(_KEY_NAMES.get(k, f"a {k} key") for k in kinds)
+
 
 
 class Authenticator:
@@ -18,12 +33,17 @@ class Authenticator:
         self.store = store
         self._cache: dict[str, tuple[float, Principal]] = {}
 
-    def principal(self, request: Request) -> Principal:
+    def principal(self, request: Request, kinds: tuple[str, ...] = ()) -> Principal:
+        """Who sent `request`; 401 (naming the key `kinds` this endpoint takes, all when none
+        are given) when no key was sent or the key is unknown or revoked."""
+        takes = f"this endpoint takes {_kinds_words(kinds or KINDS)}"
         header = request.headers.get("authorization", "")
         scheme, _, secret = header.partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
             raise HTTPException(
-                401, "missing credentials: send the header 'Authorization: Bearer <key>'"
+                401,
+                f"missing credentials: send the header 'Authorization: Bearer <key>'; {takes}",
+                headers=_CHALLENGE,
             )
         secret = secret.strip()
         now = time.monotonic()
@@ -32,7 +52,7 @@ class Authenticator:
             return hit[1]
         who = self.store.authenticate(secret)
         if who is None:
-            raise HTTPException(401, "unknown or revoked key: check --api-key / FOGWHEEL_API_KEY")
+            raise HTTPException(401, f"unknown or revoked key: {takes}", headers=_CHALLENGE)
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[secret] = (now, who)
@@ -44,7 +64,7 @@ class Authenticator:
         self._cache.clear()
 
     def require(self, request: Request, *kinds: str) -> Principal:
-        who = self.principal(request)
+        who = self.principal(request, kinds)
         if who.kind not in kinds:
             raise HTTPException(
                 403,

@@ -126,16 +126,31 @@ def exception_report(
         message = str(exc)
     except Exception:  # a __str__ that raises
         message = f"<{type(exc).__name__} whose message could not be read>"
+    exc_args = exc.args
+    if isinstance(exc, ModuleNotFoundError):
+        message = missing_module(message, exc.name)
+        exc_args = (message,)
     out = _error(
         "exception",
         safe_pickle.type_name(type(exc))[:MAX_TYPE_NAME],
         uniform(message, scratch)[:MAX_MESSAGE],
         uniform(text, scratch)[-MAX_TRACEBACK:],
     )
-    args = plain_args(exc.args, scratch)
+    args = plain_args(exc_args, scratch)
     if args is not None:
         out["error"]["args"] = args
     return out
+
+
+def missing_module(message: str, name: str | None) -> str:
+    """A ModuleNotFoundError's message with what to do about it. The node is not named: the
+    replicas of a task must report the same bytes (`fogwheel jobs JOB` shows where it ran)."""
+    module = (name or "").split(".")[0] or "it needs"
+    return (
+        f"{message}: the module {module} is not installed on the node that ran this task: "
+        "install it there, or send the code with your function (it travels by value from "
+        "your own files)"
+    )
 
 
 def plain_args(args: Any, scratch: str | None = None) -> list[Any] | None:

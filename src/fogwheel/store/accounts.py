@@ -14,6 +14,7 @@ from sqlalchemy import Connection, func, select, update
 
 from fogwheel.core import owners as owning
 from fogwheel.core.ledger import node_account
+from fogwheel.errors import NameTaken
 from fogwheel.store.base import (
     Principal,
     StoreBase,
@@ -73,10 +74,30 @@ class AccountsStore(StoreBase):
             return bool(c.execute(q).scalar())
 
     def create_customer(self, name: str, now: float) -> tuple[str, str]:
-        """A new customer and its API key (shown once; only the hash is kept)."""
+        """A new customer and its API key (shown once; only the hash is kept). NameTaken when
+        a customer with a live key has `name` already: two of one name cannot be told apart in
+        the operator's books."""
         customer_id = "c-" + secrets.token_hex(4)
         key = new_secret("fwc")
-        self.add_secret("customer", customer_id, name, key, now)
+        with self.tx() as c:
+            taken = c.execute(
+                select(principals.c.id).where(
+                    principals.c.kind == "customer", principals.c.name == name
+                )
+            ).first()
+            if taken is not None:
+                raise NameTaken(
+                    f"a customer named {name!r} exists already ({taken.id}): pick another name"
+                )
+            c.execute(
+                principals.insert().values(
+                    secret_hash=hash_secret(key),
+                    kind="customer",
+                    id=customer_id,
+                    name=name,
+                    created_at=now,
+                )
+            )
         return customer_id, key
 
     def revoke_customer(self, customer_id: str) -> bool:
