@@ -19,6 +19,9 @@ HTML comments right before a block (only blank lines between) say more about it:
     <!-- readme-test: expect TEXT -->     TEXT must appear in what the block prints (whitespace
                                           runs count as one space); in a ```console block it
                                           must also be part of the output the README shows
+    <!-- readme-test: only expect -->     in a ```console block, check only the expect lines
+                                          (else every shown line without a digit is checked too:
+                                          counts, sizes, times and ids vary, words should not)
     <!-- readme-test: nodes N -->         the block gets a fog of N nodes of its own
     <!-- readme-test: timeout S -->       seconds the block may take (default 400)
 
@@ -47,6 +50,7 @@ RUN_TAGS = {"sh", "bash", "console", "python"}
 DEFAULT_NODES = 2
 DEFAULT_TIMEOUT = 400.0  # seconds a block may run (pytest-timeout allows the test 600)
 MARKER = re.compile(r"^<!--\s*readme-test:\s*(?P<body>.*?)\s*-->$")
+BOX_OR_ELISION = re.compile(r"[\u2500-\u257f …]+")  # table rules, `…`
 FENCE = re.compile(r"^(?P<indent>\s*)```(?P<tag>[\w+-]*)\s*$")
 
 pytestmark = pytest.mark.slow
@@ -62,6 +66,7 @@ class Block:
     nodes: int | None = None
     timeout: float = DEFAULT_TIMEOUT
     problems: list[str] = field(default_factory=list)  # malformed markers
+    only_expect: bool = False  # a ```console block's other shown lines go unchecked
 
     @property
     def commands(self) -> list[str]:
@@ -90,6 +95,18 @@ class Block:
         return "\n".join(shown)
 
     @property
+    def must_print(self) -> list[str]:
+        """The expect lines and, in a ```console block, every shown line with no digit in it
+        (counts, sizes, times and ids vary; words do not), but for rules and elisions."""
+        shown: list[str] = []
+        if self.tag == "console" and not self.only_expect:
+            for line in self.shown_output.splitlines():
+                text = _normal(line)
+                if text and not re.search(r"\d", text) and not BOX_OR_ELISION.fullmatch(text):
+                    shown.append(text)
+        return [*self.expect, *shown]
+
+    @property
     def script(self) -> str:
         if self.tag == "python":
             return self.body
@@ -108,14 +125,16 @@ def _apply_marker(block: Block, body: str) -> None:
         block.skip = reason or "?"
     elif word == "expect" and rest:
         block.expect.append(rest)
+    elif word == "only" and rest == "expect":
+        block.only_expect = True
     elif word == "nodes" and rest.isdigit():
         block.nodes = int(rest)
     elif word == "timeout" and re.fullmatch(r"\d+(\.\d+)?", rest):
         block.timeout = float(rest)
     else:
         block.problems.append(
-            f"unknown readme-test marker {body!r}: use skip (why), expect TEXT, nodes N "
-            "or timeout S"
+            f"unknown readme-test marker {body!r}: use skip (why), expect TEXT, only expect, "
+            "nodes N or timeout S"
         )
 
 
@@ -209,6 +228,10 @@ def test_parser_on_a_sample() -> None:
             "  b",
             "wrote a",
             "$ true",
+            "┏━━━━┓  ",
+            "…",
+            "took 3.1 s",
+            "┃ a  b ┃",
             "```",
             "<!-- readme-test: nonsense -->",
             "```python",
@@ -219,8 +242,9 @@ def test_parser_on_a_sample() -> None:
     skipped, console, python = parse_readme(sample)
     assert (skipped.skip, skipped.line, skipped.tag) == ("installs packages", 2, "sh")
     assert console.commands == ["echo a \\\n  b", "true"]
-    assert console.shown_output == "wrote a"
+    assert console.shown_output.splitlines()[0] == "wrote a"
     assert console.expect == ["wrote a"] and console.line == 8
+    assert console.must_print == ["wrote a", "wrote a", "┃ a b ┃"]  # no digits, rules, `…`
     assert python.problems and python.skip is None
 
 
@@ -319,5 +343,5 @@ def test_readme_block(block: Block, fog: LocalFog, tmp_path: Path) -> None:
         f"{proc.stderr[-4000:]}"
     )
     assert proc.returncode == 0, context
-    missing = [e for e in block.expect if _normal(e) not in _normal(printed)]
+    missing = [e for e in block.must_print if _normal(e) not in _normal(printed)]
     assert not missing, f"not printed: {missing}\n{context}"
