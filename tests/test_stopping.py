@@ -464,6 +464,19 @@ def test_logs_show_output_tails_tracebacks_and_attempts_to_their_owner_only(
         r = api(fog, method, path, key=bob)
         assert r.status_code == 404 and "no " in r.json()["error"]
     assert api(fog, "GET", f"/v1/jobs/{cmd.job_id}/tasks/0/logs", key="fwc_nope").status_code == 401
+    # --follow waits for a task still running, then shows it
+    with Client(fog.url, fog.api_key, replicas=1) as client:
+        [slow] = client.run_many([["sh", "-c", "sleep 3; echo late"]], name="slow")
+    followed = subprocess.run(
+        [sys.executable, "-m", "fogwheel", "logs", str(slow.job_id), "--follow"],
+        env=env_of(fog),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert followed.returncode == 0, followed.stderr
+    assert followed.stdout == "late\n" and "done, exit status 0" in followed.stderr
+
     paths = httpx.get(f"{fog.url}/openapi.json", timeout=30).json()["paths"]
     assert "/v1/jobs/{job_id}/tasks/{index}/logs" in paths
     assert "/v1/jobs/{job_id}/tasks/{index}/cancel" in paths
