@@ -1,9 +1,9 @@
 """Every command block of README.md runs as written, and says what the README shows.
 
 The README is read when the tests are collected, so a block someone adds is covered from then
-on. Each fenced block tagged ```sh, ```bash, ```console or ```python is one test case:
+on. Each fenced block tagged ```sh, ```bash, ```shell, ```console or ```python is a test case:
 
-- ```sh / ```bash: the block is one bash script (`set -eo pipefail`); it must exit 0.
+- ```sh, ```bash, ```shell: the block is one bash script (`set -eo pipefail`); it must exit 0.
 - ```console: the lines that start with `$ ` are the commands (a line ending in `\\` goes on
   on the next); the other lines are the output the README shows, and are not run.
 - ```python: the block runs as a script in a fresh interpreter.
@@ -46,7 +46,7 @@ from fogwheel.localfog import LocalFog
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-RUN_TAGS = {"sh", "bash", "console", "python"}
+RUN_TAGS = {"sh", "bash", "shell", "console", "python"}
 DEFAULT_NODES = 2
 DEFAULT_TIMEOUT = 400.0  # seconds a block may run (pytest-timeout allows the test 600)
 MARKER = re.compile(r"^<!--\s*readme-test:\s*(?P<body>.*?)\s*-->$")
