@@ -653,7 +653,8 @@ def _print_job(job: dict[str, Any], tasks: list[dict[str, Any]]) -> None:
 
 
 nodes_app = typer.Typer(
-    help="The fog's nodes: list them (no subcommand); operator: pardon a quarantined one.",
+    help="The fog's nodes: list them (no subcommand); operator: pardon a quarantined one; "
+    "operator or owner: revoke a device.",
     invoke_without_command=True,
 )
 app.add_typer(nodes_app, name="nodes")

@@ -38,7 +38,7 @@ from typing import Any
 import cloudpickle
 import httpx
 
-from fogwheel import funcpickle, output_files, results, safe_pickle
+from fogwheel import funcpickle, output_files, results, retry, safe_pickle
 from fogwheel.errors import (
     ApiError,
     AuthError,
@@ -47,8 +47,12 @@ from fogwheel.errors import (
     CoordinatorUnreachable,
     FogwheelError,
     IntegrityError,
+    NeedsMoreNodes,
+    NoCapableNode,
+    NoLiveNodes,
     NotFound,
     RemoteTraceback,
+    StillWaiting,
     TaskCancelled,
     TaskFailed,
 )
@@ -136,8 +140,49 @@ class TaskFuture(Future):  # type: ignore[type-arg]
             return False
         return super().cancel()
 
+    def result(self, timeout: float | None = None) -> Any:
+        """The task's result; a wait that runs out raises a `StillWaiting` (a TimeoutError)
+        that says why the task waits: `NoLiveNodes`, `NeedsMoreNodes`, `NoCapableNode`…"""
+        try:
+            return super().result(timeout)
+        except TimeoutError as e:
+            if self.done() or isinstance(e, StillWaiting) or self._client is None:
+                raise  # the task's own TimeoutError, or already explained
+            raise self._client._still_waiting(self.job_id, timeout) from None
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        try:
+            return super().exception(timeout)
+        except TimeoutError as e:
+            if self.done() or isinstance(e, StillWaiting) or self._client is None:
+                raise
+            raise self._client._still_waiting(self.job_id, timeout) from None
+
     def __repr__(self) -> str:
         return f"<TaskFuture job={self.job_id} index={self.index} {self._state.lower()}>"
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Why a job's tasks wait (the coordinator's `waiting`, core/waiting.py), as `on_wait`
+    receives it: `reason` a stable code, `sentence` what to do, `tasks` how many wait so."""
+
+    job_id: int
+    reason: str
+    sentence: str
+    stuck: bool
+    tasks: int
+
+
+STALL_S = 2.0  # a job whose results have not moved for this long is asked why
+ASK_MAX_S = 15.0  # ... and asked again at most this far apart while nothing waits
+_WAIT_ERRORS: dict[str, type[StillWaiting]] = {
+    "no-live-nodes": NoLiveNodes,
+    "quarantined": NoLiveNodes,
+    "checking-needs-another-owner-or-node": NeedsMoreNodes,
+    "no-node-has-capability": NoCapableNode,
+    "no-node-has-memory": NoCapableNode,
+}
 
 
 @dataclass
@@ -148,6 +193,9 @@ class _Watch:
     total: int = 0
     outputs: tuple[str, ...] | None = None  # the output names asked for (None: not known)
     decoder: safe_pickle.Decoder | None = None  # None: unsafe_trust_nodes
+    moved_at: float = field(default_factory=time.monotonic)  # last result, or the submit
+    ask_at: float = 0.0  # when to ask the coordinator why it waits (0: STALL_S after moved_at)
+    said: tuple[str, str] | None = None  # the wait last announced (reason, sentence)
 
 
 class Client:
@@ -165,6 +213,8 @@ class Client:
         result_limits: Limits | None = None,
         unsafe_trust_nodes: bool | None = None,
         cancel_on_exit: bool = True,
+        on_wait: Callable[[int, Wait | None], None] | None = None,
+        on_retry: Callable[[str], None] | None = None,
     ) -> None:
         """`cancel_on_exit`: a `with Client(...)` block left by an exception (Ctrl-C's
         KeyboardInterrupt included) cancels on the fog the jobs whose futures are still
@@ -191,6 +241,13 @@ class Client:
             unsafe_trust_nodes = os.environ.get(UNSAFE_ENV, "") not in ("", "0", "false", "no")
         self.unsafe_trust_nodes = unsafe_trust_nodes
         self.cancel_on_exit = cancel_on_exit
+        # No silent waits: `on_wait(job_id, Wait)` when a job's results have not moved for
+        # STALL_S and the coordinator says why (`on_wait(job_id, None)` once they move
+        # again); `on_retry(line)` before each retry of a request. Both log a warning when
+        # not given.
+        self.on_wait = on_wait
+        self.on_retry = on_retry
+        self._reached = False  # the coordinator has answered once: retry through restarts
         if unsafe_trust_nodes:
             _warn_unsafe()
         self.decoder = safe_pickle.Decoder(trusted_types, result_limits)
@@ -205,6 +262,7 @@ class Client:
         self._news = threading.Event()
         self._closed = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._explainer: threading.Thread | None = None
 
     # -- context ----------------------------------------------------------------------------
 
@@ -517,6 +575,10 @@ class Client:
                     target=self._watch, name="fogwheel-results", daemon=True
                 )
                 self._watcher.start()
+                self._explainer = threading.Thread(
+                    target=self._explain_waits, name="fogwheel-waits", daemon=True
+                )
+                self._explainer.start()
         self._news.set()
         return [futures[i] for i in range(total)]
 
@@ -658,8 +720,78 @@ class Client:
                     fut.set_exception(e)
         with self._lock:
             watch.cursor = ans["cursor"]
+            moved = bool(ans["results"])
+            if moved:
+                watch.moved_at, watch.ask_at = time.monotonic(), 0.0
+            said, watch.said = watch.said, (None if moved else watch.said)
+        if moved and said is not None:
+            self._tell_wait(ans["job_id"], None)
+        with self._lock:
             if not watch.futures:
                 self._watches.pop(ans["job_id"], None)
+
+    # -- why a job waits --------------------------------------------------------------------
+
+    def _explain_waits(self) -> None:
+        """Ask the coordinator why a job whose results have not moved for STALL_S waits, and
+        announce each new reason once (`on_wait`, else a warning)."""
+        while not self._closed.wait(0.5):
+            now = time.monotonic()
+            with self._lock:
+                due = [
+                    (j, w)
+                    for j, w in self._watches.items()
+                    if now >= (w.ask_at or w.moved_at + STALL_S)
+                ]
+            for job_id, w in due:
+                found = self._job_wait(job_id)
+                with self._lock:
+                    # Soon while the stall is young (a task that is just running may wait
+                    # next), seldom once it has lasted: a quarter of the stall, 1 s to 15 s.
+                    stalled = time.monotonic() - w.moved_at
+                    w.ask_at = time.monotonic() + min(ASK_MAX_S, max(1.0, stalled / 4))
+                    said = (found.reason, found.sentence) if found else None
+                    news = said is not None and said != w.said and found.reason != "queued"
+                    if news:
+                        w.said = said
+                if news:
+                    self._tell_wait(job_id, found)
+
+    def _job_wait(self, job_id: int) -> Wait | None:
+        """The coordinator's word on why the job waits, with one quick request (None: it
+        does not wait, or the coordinator did not answer: the results watcher says so)."""
+        try:
+            r = self._http.get(f"/v1/jobs/{job_id}", timeout=10.0)
+            w = r.json().get("waiting") if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, RuntimeError):  # RuntimeError: closed
+            return None
+        if not isinstance(w, dict):
+            return None
+        return Wait(
+            job_id,
+            str(w.get("reason", "")),
+            str(w.get("sentence", "")),
+            bool(w.get("stuck")),
+            int(w.get("tasks", 0)),
+        )
+
+    def _tell_wait(self, job_id: int, wait: Wait | None) -> None:
+        if self.on_wait is not None:
+            try:
+                self.on_wait(job_id, wait)
+            except Exception:  # a callback's bug must not stop the watch
+                log.exception("on_wait raised")
+        elif wait is not None:
+            log.warning("job %d waits: %s", job_id, wait.sentence)
+
+    def _still_waiting(self, job_id: int, timeout: float | None) -> StillWaiting:
+        """The TimeoutError of a wait that ran out, of the kind that says why."""
+        found = self._job_wait(job_id)
+        waited = f"still waiting after {timeout:g} s" if timeout is not None else "still waiting"
+        if found is None:
+            return StillWaiting(f"job {job_id}: {waited}", "unknown", job_id)
+        kind = _WAIT_ERRORS.get(found.reason, StillWaiting)
+        return kind(f"job {job_id}: {waited}: {found.sentence}", found.reason, job_id)
 
     def _fail_all(self, error: Exception, job_ids: list[int]) -> None:
         with self._lock:
@@ -733,21 +865,32 @@ class Client:
         return data
 
     def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        """One API call, retried while the coordinator is unreachable or restarting."""
-        deadline = time.monotonic() + self.retry_for
-        delay = 0.1
+        """One API call, retried (retry.py) while the coordinator is unreachable or
+        restarting, each retry announced: `Backoff.attempts` tries when it has never
+        answered this client, `retry_for` seconds once it has (a restart). An unknown
+        host is not retried."""
+        tries = retry.Attempts(
+            RETRY, budget_s=self.retry_for if self._reached else None, start=time.monotonic()
+        )
         while True:
             try:
                 r = self._http.request(method, path, **kw)
+                self._reached = True
                 if r.status_code < 500 and r.status_code != 429:
                     break
                 problem: Exception = ApiError(r.status_code, _message(r))
+                why = f"HTTP {r.status_code}"
             except httpx.TransportError as e:
-                problem = CoordinatorUnreachable(f"cannot reach {self.url}: {e}")
-            if time.monotonic() > deadline or self._closed.is_set():
+                why = retry.why_retry(e) or ""
+                problem = self._unreachable(why or "unknown host", tries.tried + 1)
+                if not why:
+                    raise problem from e
+            if not tries.failed(time.monotonic()) or self._closed.is_set():
+                if isinstance(problem, CoordinatorUnreachable):
+                    problem = self._unreachable(why, tries.tried)
                 raise problem
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            self._say_retry(tries.announce(self.url, why))
+            time.sleep(tries.delay())
         if r.status_code in (401, 403):
             raise AuthError(r.status_code, _message(r))
         if r.status_code == 404:
@@ -755,6 +898,29 @@ class Client:
         if r.status_code >= 400:
             raise ApiError(r.status_code, _message(r))
         return r
+
+
+    def _unreachable(self, why: str, tries: int) -> CoordinatorUnreachable:
+        if why == "unknown host":
+            host = httpx.URL(self.url).host
+            return CoordinatorUnreachable(
+                f"cannot reach the coordinator at {self.url}: no such host {host!r}: check "
+                "the URL (--coordinator or FOGWHEEL_COORDINATOR)"
+            )
+        after = f", {tries} tries" if tries > 1 else ""
+        return CoordinatorUnreachable(
+            f"cannot reach the coordinator at {self.url} ({why}{after}): is it running? "
+            "check the URL (--coordinator or FOGWHEEL_COORDINATOR)"
+        )
+
+    def _say_retry(self, line: str) -> None:
+        if self.on_retry is not None:
+            self.on_retry(line)
+        else:
+            log.warning("%s", line)
+
+
+RETRY = retry.Backoff(attempts=8, first_s=0.25, max_s=2.0)
 
 
 def _warn_unsafe() -> None:

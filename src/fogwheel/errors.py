@@ -6,6 +6,10 @@ FogwheelError
 │   ├── AuthError          401/403: a missing, wrong or revoked key or credential
 │   └── NotFound           404: no such job, task, node or blob (or not yours)
 ├── CoordinatorUnreachable the coordinator could not be reached after retries
+├── StillWaiting           a future's wait ran out while its task waits (also a TimeoutError)
+│   ├── NoLiveNodes        no live node (or every one quarantined): start one
+│   ├── NeedsMoreNodes     checking needs another device, of another owner and network
+│   └── NoCapableNode      no live node has what the task needs (a program, the memory)
 ├── IntegrityError         bytes did not match the SHA-256 they were named by
 │   └── BadShare           a CDN share whose bytes do not match its name (cdn/codec.py)
 ├── CodecError             a malformed CDN manifest, too few shares, a segment that won't decrypt
@@ -22,8 +26,9 @@ FogwheelError
 ├── IllegalTransition      core: an event that the task's current state does not allow
 ├── NameTaken              a customer name that another customer has (answered as HTTP 409)
 └── RemoteTraceback        attached as __cause__ of an exception re-raised from a node
-(BadShare is a CodecError too; CodecError is also a ValueError; RefusedValue is also a
-pickle.UnpicklingError; OutputRefused is also an OSError.)
+(StillWaiting and its kinds are TimeoutErrors too; BadShare is a CodecError too; CodecError
+is also a ValueError; RefusedValue is also a pickle.UnpicklingError; OutputRefused is also
+an OSError.)
 """
 
 from __future__ import annotations
@@ -59,6 +64,31 @@ class NotFound(ApiError):
 
 class CoordinatorUnreachable(FogwheelError):
     """No answer from the coordinator within the retry budget."""
+
+
+class StillWaiting(FogwheelError, TimeoutError):
+    """`Future.result(timeout=…)` ran out while the task waits on the fog: `reason` is the
+    coordinator's code for why (core/waiting.py; "unknown" when it could not say), `sentence`
+    what to do. A TimeoutError, so `except TimeoutError` code goes on working."""
+
+    def __init__(self, sentence: str, reason: str = "unknown", job_id: int | None = None) -> None:
+        super().__init__(sentence)
+        self.sentence = sentence
+        self.reason = reason
+        self.job_id = job_id
+
+
+class NoLiveNodes(StillWaiting):
+    """No live node can take work (none polls, or every one is quarantined): start one."""
+
+
+class NeedsMoreNodes(StillWaiting):
+    """A result waits for a check that no live device may run (it ran there, or they share its
+    owner or network): add a device of another owner, or pass replicas=1."""
+
+
+class NoCapableNode(StillWaiting):
+    """No live node has what the task needs: a program (`needs`), or the memory it asks for."""
 
 
 class IntegrityError(FogwheelError):

@@ -130,6 +130,22 @@ class JobIn(Model):
     )
 
 
+class WaitingFor(Model):
+    """Why a task waits (core/waiting.py): a stable `reason` code and a sentence that says
+    what to do; `stuck` when the fog as it is will never run it."""
+
+    reason: str = Field(
+        description="no-live-nodes | quarantined | no-node-has-capability | "
+        "no-node-has-memory | checking-needs-another-owner-or-node | all-nodes-busy | queued"
+    )
+    sentence: str
+    stuck: bool
+
+
+class JobWaiting(WaitingFor):
+    tasks: int = Field(description="how many of the job's waiting tasks wait for this reason")
+
+
 class JobOut(Model):
     id: int
     name: str
@@ -139,6 +155,9 @@ class JobOut(Model):
     finished: int
     failed: int
     created_at: float
+    waiting: JobWaiting | None = Field(
+        default=None, description="why its tasks wait, when they do (GET /v1/jobs/{id} only)"
+    )
 
 
 class JobList(Model):
@@ -213,6 +232,7 @@ class TaskOut(Model):
     node_id: str | None
     error: ErrorInfo | None
     history: list[AttemptOut]
+    waiting_for: WaitingFor | None = None
 
 
 class TaskList(Model):

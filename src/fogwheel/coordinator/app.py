@@ -237,6 +237,8 @@ def build_routes(
         job = store.get_job(who.id, job_id)
         if job is None:
             raise HTTPException(404, f"no job {job_id}")
+        if job["state"] == "running":
+            job["waiting"] = store.job_waiting(who.id, job_id, time.time())
         return JobOut(**job)
 
     @v1.post("/jobs/{job_id}/cancel", tags=["jobs"])
@@ -301,7 +303,7 @@ def build_routes(
         offset: Annotated[int, Query(ge=0, le=SQL_INT_MAX)] = 0,
     ) -> TaskList:
         who = auth.require(request, "customer")
-        rows = store.list_tasks(who.id, job_id, state, limit, offset)
+        rows = store.list_tasks(who.id, job_id, state, limit, offset, now=time.time())
         if rows is None:
             raise HTTPException(404, f"no job {job_id}")
         return TaskList(tasks=[TaskOut(**t) for t in rows])

@@ -66,6 +66,7 @@ class JobsStore(StoreBase):
                         "client_token": job.client_token,
                         "tolerance": job.tolerance.model_dump_json() if job.tolerance else None,
                         "backups": job.backups,
+                        "replicas": str(job.replicas),  # why a task waits (store/waits.py)
                     }
                 )
                 .returning(jobs.c.id)
@@ -309,8 +310,15 @@ class JobsStore(StoreBase):
         }
 
     def list_tasks(
-        self, customer_id: str, job_id: int, state: str | None, limit: int, offset: int
+        self,
+        customer_id: str,
+        job_id: int,
+        state: str | None,
+        limit: int,
+        offset: int,
+        now: float | None = None,
     ) -> list[dict[str, Any]] | None:
+        """A page of a job's tasks; with `now`, each says why it waits (`waiting_for`)."""
         with self.read() as c:
             if (
                 c.execute(
@@ -323,7 +331,18 @@ class JobsStore(StoreBase):
             if state:
                 q = q.where(tasks.c.state == state)
             ids = c.execute(q.order_by(tasks.c.idx).limit(limit).offset(offset)).scalars().all()
-            return [self._task_detail(c, i) for i in ids]
+            details = [self._task_detail(c, i) for i in ids]
+            if now is not None:
+                waits = self._waits(c, ids, now)  # type: ignore[attr-defined]
+                for d in details:
+                    w = waits.get(d["id"])
+                    if w is not None:
+                        d["waiting_for"] = {
+                            "reason": w.reason,
+                            "sentence": w.sentence,
+                            "stuck": w.stuck,
+                        }
+            return details
 
     def get_task(self, customer_id: str, task_id: int) -> dict[str, Any] | None:
         with self.read() as c:

@@ -15,9 +15,12 @@ from fogwheel.store.fleet import FleetStore
 from fogwheel.store.jobs import JobsStore
 from fogwheel.store.leasing import LeasingStore
 from fogwheel.store.ledger import LedgerStore
+from fogwheel.store.waits import WaitsStore
 
 
-class Store(AccountsStore, FleetStore, JobsStore, LeasingStore, LedgerStore, CdnStore):
+class Store(
+    AccountsStore, FleetStore, JobsStore, LeasingStore, LedgerStore, CdnStore, WaitsStore
+):
     """All coordinator state. Methods take `now`; none reads the clock itself."""
 
 
