@@ -50,7 +50,9 @@ def option_names(cmd: Command) -> list[str]:
     for param in cmd.params:
         if param.param_type_name == "option":
             names += [*param.opts, *param.secondary_opts]
-    names += cmd.get_help_option_names(cmd.make_context(cmd.name, ["--help"], resilient_parsing=True))
+    names += cmd.get_help_option_names(
+        cmd.make_context(cmd.name, ["--help"], resilient_parsing=True)
+    )
     return names
 
 
