@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from concurrent.futures import wait
 from pathlib import Path
 from typing import Any
 
@@ -346,6 +347,7 @@ def test_future_cancel_cancels_that_task_on_the_fog_and_no_other(fog: LocalFog) 
         wait_for("task 2 to run", lambda: tasks_of(fog, job_id)[2]["state"] == "leased")
         assert futures[2].cancel() is True
         assert futures[2].cancelled()
+        assert futures[2] in wait(futures, timeout=5).done  # wait() and as_completed() see it
         states = [t["state"] for t in tasks_of(fog, job_id)]
         assert states[2] == "cancelled" and states[3] in ("pending", "leased")
         assert api(fog, "GET", f"/v1/jobs/{job_id}").json()["state"] == "running"

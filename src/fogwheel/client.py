@@ -135,10 +135,20 @@ class TaskFuture(Future):  # type: ignore[type-arg]
 
     def cancel(self) -> bool:
         if self.done() or self._client is None:
-            return super().cancel()
+            return self._cancel_here()
         if not self._client._cancel_task(self):
             return False
-        return super().cancel()
+        return self._cancel_here()
+
+    def _cancel_here(self) -> bool:
+        """Cancel this future only, and wake `wait` and `as_completed` on it (a plain
+        Future.cancel leaves that to the executor that would have run it)."""
+        with self._condition:
+            if not Future.cancel(self):
+                return False
+            if self._state == "CANCELLED":
+                self.set_running_or_notify_cancel()
+            return True
 
     def result(self, timeout: float | None = None) -> Any:
         """The task's result; a wait that runs out raises a `StillWaiting` (a TimeoutError)
@@ -658,7 +668,7 @@ class Client:
             watch = self._watches.get(job_id)
             futures = list(watch.futures.values()) if watch else []
         for f in futures:
-            Future.cancel(f)
+            f._cancel_here()
 
     def _cancel_task(self, fut: TaskFuture) -> bool:
         """Cancel one task on the fog; False when it had finished there or the call failed."""
