@@ -402,6 +402,19 @@ def test_attach_shows_results_as_run_would_and_ctrl_c_cancels(
     assert (tmp_path / "1" / "out.txt").read_text() == "1\n"
 
     with Client(fog.url, fog.api_key, replicas=1) as client:
+        values = client.submit_many(napper, [((0,), {}), ((1,), {})], name="values")
+        assert [f.result(timeout=120) for f in values] == [0, 10]
+    py = subprocess.run(
+        [sys.executable, "-m", "fogwheel", "attach", str(values[0].job_id)],
+        env=env_of(fog),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert py.returncode == 0, py.stderr
+    assert py.stdout.splitlines() == ["0", "10"] and "is done" in py.stderr
+
+    with Client(fog.url, fog.api_key, replicas=1) as client:
         [sleeper] = client.run_many([["sleep", str(SLEEP_S + 2)]], name="sleeper")
     proc = fogwheel("attach", str(sleeper.job_id), fog=fog)
     assert proc.stderr is not None

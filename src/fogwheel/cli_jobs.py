@@ -158,10 +158,13 @@ def attach(
             futures = client.attach(job_id)
         except FogwheelError as e:
             raise _fail(str(e)) from None
-        _say(
-            f"watching job {job_id} ({job['name']}): {job['finished']} of {job['total']} tasks "
-            "finished; Ctrl-C cancels it"
-        )
+        if job["state"] == "running":
+            _say(
+                f"watching job {job_id} ({job['name']}): {job['finished']} of {job['total']} "
+                "tasks finished; Ctrl-C cancels it"
+            )
+        else:
+            _say(f"job {job_id} ({job['name']}) is {job['state']}")
         columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=err, transient=True) as bar:
             task = bar.add_task(f"job {job_id} {job['name']}"[:60], total=len(futures))
