@@ -92,6 +92,22 @@ def test_a_cancelled_tasks_late_result_is_charged_to_nobody_and_paid_to_nobody(
     assert store.check()[0] == 0  # the books balance
 
 
+def test_a_result_waiting_for_its_check_is_not_charged_or_paid_after_a_cancel(
+    store: Store,
+) -> None:
+    a, b = join(store, "a"), join(store, "b")
+    job_id = store.create_job("c1", job(1, replicas=2), T0)
+    [mine] = store.sync(a, SyncIn(want=1, slots_free=1), T0).tasks
+    [theirs] = store.sync(b, SyncIn(want=1, slots_free=1), T0).tasks
+    store.sync(a, SyncIn(results=[busy(mine["task_id"])]), T0 + 1)
+    assert store.list_tasks("c1", job_id, None, 10, 0)[0]["state"] == "verifying"
+    store.cancel_job("c1", job_id, T0 + 2)
+    store.sync(b, SyncIn(results=[busy(theirs["task_id"])]), T0 + 3)  # the check, too late
+    assert store.list_tasks("c1", job_id, None, 10, 0)[0]["state"] == "cancelled"
+    for account in (customer_account("c1"), node_account(a), node_account(b)):
+        assert store.history(account, 100, None) == []
+
+
 def test_task_logs_show_the_stored_result_and_every_attempt(store: Store) -> None:
     node = join(store)
     command = JobIn(
