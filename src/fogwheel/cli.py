@@ -615,7 +615,7 @@ def _print_jobs(rows: list[dict[str, Any]]) -> None:
     for j in rows:
         table.add_row(
             str(j["id"]),
-            j["name"],
+            Text(j["name"]),  # a job's name as written: never Rich markup
             j["kind"],
             j["state"],
             f"{j['finished']}/{j['total']}",
