@@ -154,6 +154,15 @@ def coordinator(
         ),
     ] = None,
     max_body_mb: Annotated[int, typer.Option(min=1, help="Largest request body accepted.")] = 64,
+    max_blob_mb: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=2047,
+            envvar="FOGWHEEL_MAX_BLOB_MB",
+            help="Largest blob one upload may make (streamed to disk), MB.",
+        ),
+    ] = 2047,
     body_timeout: Annotated[
         float,
         typer.Option(
@@ -228,6 +237,7 @@ def coordinator(
         api_key=api_key,
         admin_key=admin_key,
         max_body_mb=max_body_mb,
+        max_blob_mb=max_blob_mb,
         body_idle_s=body_timeout,
         tls_cert=tls_cert,
         tls_key=tls_key,
@@ -532,13 +542,13 @@ def _offers_local() -> bool:
 def run(
     command: Annotated[list[str], typer.Argument(help="The program and its arguments (after --).")],
     input: Annotated[
-        list[Path] | None,
+        list[str] | None,
         typer.Option(
             "--input",
             "-i",
-            exists=True,
-            dir_okay=False,
-            help="A file to place in the task's working directory.",
+            help="A file to place in the task's working directory: PATH, NAME=PATH, or "
+            "NAME=blob:SHA (a blob of yours, see `fogwheel blobs`). Large files are streamed "
+            "up as blobs first, resumably.",
         ),
     ] = None,
     output: Annotated[
@@ -557,10 +567,11 @@ def run(
 
     Example: fogwheel run -i data.txt -o out.txt -- sort -o out.txt data.txt
     """
+    from fogwheel.cli_blobs import inputs_for
     from fogwheel.errors import CommandFailed, FogwheelError
 
-    inputs = {p.name: p for p in input or []}
     with _client(coordinator, api_key, local, _replicas(replicas)) as client:
+        inputs = inputs_for(client, input or [])  # large files uploaded here, with a bar
         try:
             with err.status(f"running {command[0]} on the fog…"):
                 res = client.run(
@@ -1666,6 +1677,11 @@ cli_owners.register(app, keys_app, nodes_app)
 from fogwheel import cli_jobs  # noqa: E402
 
 cli_jobs.register(app)
+
+# blobs put|get|ls; large inputs of `run -i` (src/fogwheel/cli_blobs.py)
+from fogwheel import cli_blobs  # noqa: E402
+
+cli_blobs.register(app)
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ from typing import Any
 import cloudpickle
 import httpx
 
-from fogwheel import funcpickle, output_files, results, retry, safe_pickle
+from fogwheel import funcpickle, output_files, results, retry, safe_pickle, transfers
 from fogwheel.errors import (
     ApiError,
     AuthError,
@@ -267,6 +267,9 @@ class Client:
             timeout=httpx.Timeout(timeout, connect=5.0),
         )
         self._uploaded: set[str] = set()
+        self._hashed: dict[tuple[str, int, int, int], str] = {}  # a file's identity -> sha
+        # hears of every file hashed, uploaded or downloaded: (phase, name, done, total)
+        self.transfer_progress: transfers.Progress | None = None
         self._watches: dict[int, _Watch] = {}
         self._lock = threading.Lock()
         self._news = threading.Event()
@@ -490,23 +493,91 @@ class Client:
         return None if self.unsafe_trust_nodes else self.decoder.with_trusted(trusted_types)
 
     def _files(self, ins: Mapping[str, Blob | bytes | str | os.PathLike[str]]) -> dict[str, Any]:
+        """Input files as values: small ones inline, large files streamed up as blobs."""
         files = {}
         for fname, src in ins.items():
             if isinstance(src, Blob):
                 files[fname] = _blob_ref(src)
+            elif isinstance(src, bytes):
+                files[fname] = self._blob_value(src)
+            elif os.stat(src).st_size <= INLINE_MAX:
+                files[fname] = self._blob_value(Path(src).read_bytes())
             else:
-                data = src if isinstance(src, bytes) else Path(src).read_bytes()
-                files[fname] = self._blob_value(data)
+                files[fname] = _blob_ref(self._upload_file(src))
         return files
 
     # -- blobs ------------------------------------------------------------------------------
 
-    def put_blob(self, data: bytes, upload: bool = False) -> Blob:
+    def put_blob(self, data: bytes | str | os.PathLike[str], upload: bool = False) -> Blob:
         """Upload `data` once (a second put of the same bytes sends nothing) as a `Blob`;
-        small data travels inline with the tasks that read it unless `upload` is set."""
+        small data travels inline with the tasks that read it unless `upload` is set.
+
+        A path is streamed from disk (never whole in memory) and resumed where an earlier,
+        interrupted upload of the same file stopped; `transfer_progress` hears of it."""
+        if not isinstance(data, bytes):
+            return self._upload_file(data)
         value = self._blob_value(data, upload=upload or len(data) > INLINE_MAX)
         inline = base64.b64decode(value["data"]) if value.get("data") is not None else None
         return Blob(value["sha"], value["size"], inline)
+
+    def upload(self, path: str | os.PathLike[str]) -> transfers.Transfer:
+        """Stream a file up as a blob: hashed in one pass (once per version of the file), then
+        sent in 1 MiB pieces, from where an interrupted upload of it stopped (the coordinator
+        keeps what arrived). Returns what crossed the network (`sent`, `resumed_from`)."""
+        st = os.stat(path)
+        key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+        name = Path(path).name
+        sha = self._hashed.get(key)
+        if sha is None:
+            sha, _ = transfers.hash_file(path, self.transfer_progress, name)
+            self._hashed[key] = sha
+        if sha in self._uploaded:
+            return transfers.Transfer(sha, st.st_size, 0, st.st_size)
+        sent = transfers.upload(
+            self._http,
+            path,
+            sha=sha,
+            retry_for=self.retry_for,
+            progress=self.transfer_progress,
+            name=name,
+        )
+        self._uploaded.add(sha)
+        return sent
+
+    def _upload_file(self, path: str | os.PathLike[str]) -> Blob:
+        sent = self.upload(path)
+        return Blob(sent.sha, sent.size)
+
+    def blob(self, sha: str) -> Blob:
+        """Your blob `sha` (uploaded, or a task's output), to pass as a task input; NotFound
+        when it is not yours or not whole."""
+        st = self._request("GET", f"/v1/blobs/{sha}/upload").json()
+        if not st["complete"]:
+            arrived = (
+                f"; {st['received']} bytes of an upload of it arrived" if st["received"] else ""
+            )
+            raise NotFound(
+                404, f"no blob {sha} of yours: upload it with fogwheel blobs put FILE{arrived}"
+            )
+        return Blob(sha, int(st["size"]))
+
+    def blobs(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        """Your blobs, newest first: sha, size, created (a Unix time, or None)."""
+        params = {"limit": limit, "offset": offset}
+        return self._request("GET", "/v1/blobs", params=params).json()["blobs"]
+
+    def download(self, blob: Blob | str, path: str | os.PathLike[str]) -> transfers.Transfer:
+        """Stream a blob into `path` via `path.part`, checked; an interrupted download is
+        continued by the next call (Range), and `path` appears only once it is whole."""
+        sha = blob if isinstance(blob, str) else blob.sha
+        return transfers.download(
+            self._http,
+            sha,
+            path,
+            retry_for=self.retry_for,
+            progress=self.transfer_progress,
+            name=Path(path).name,
+        )
 
     def fetch(self, blob: Blob) -> bytes:
         """The bytes of `blob`, checked against its name."""

@@ -8,11 +8,19 @@ hashed again on every read; the mark lapses after `REVERIFY_S`, which bounds how
 corruption below the file system (a flipped bit that changes no metadata) goes unseen. A file
 that does not match its name is moved to `quarantine/` (kept for the operator), never served,
 and the next correct upload of that name replaces it.
+
+Uploads stream to disk (`PartialUpload`): the bytes go to `partial/<sha>.<uploader>`, hashed
+as they arrive, and only a whole blob that hashes to its name is renamed into place. What an
+interrupted upload sent is kept, so the same uploader can send the rest (a `Content-Range`
+part, core/byteranges.py); each uploader has its own partial (no one can add bytes to
+another's), at most `PARTIALS_PER_UPLOADER` of them, each dropped after `PARTIAL_MAX_AGE_S`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -35,6 +43,8 @@ DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 REVERIFY_S = 3600.0  # a verified mark is trusted this long, then the blob is hashed again
 VERIFIED_MAX = 65_536  # marks kept (least recent dropped): about 10 MB of memory at most
 READ_CHUNK = 1 << 20
+PARTIALS_PER_UPLOADER = 4  # a fifth upload in progress drops the uploader's oldest partial
+PARTIAL_MAX_AGE_S = 24 * 3600.0  # an upload not finished in a day starts again
 
 
 def sha256_hex(data: bytes) -> str:
@@ -62,6 +72,17 @@ def write_atomically(path: Path, data: bytes, prefix: str = ".tmp-") -> None:
 
 class CorruptBlob(IntegrityError):
     """A stored blob no longer hashes to its name; it has been quarantined."""
+
+
+class UploadBusy(Exception):
+    """Another request of the same uploader is writing this blob's partial right now."""
+
+
+def _disk_full(sha: str, size: int) -> StorageFull:
+    return StorageFull(
+        f"the coordinator's disk is full: blob {sha[:12]}… ({size} bytes) "
+        "was not stored; the operator must free space, then upload it again"
+    )
 
 
 class BlobStore(ABC):
@@ -115,13 +136,64 @@ class FileBlobStore(BlobStore):
             write_atomically(final, data)
         except OSError as e:
             if e.errno in DISK_FULL_ERRNOS:
-                raise StorageFull(
-                    f"the coordinator's disk is full: blob {sha[:12]}… ({len(data)} bytes) "
-                    "was not stored; the operator must free space, then upload it again"
-                ) from e
+                raise _disk_full(sha, len(data)) from e
             raise
         self._mark(sha, os.stat(final))
         return sha
+
+    # -- streamed, resumable uploads --------------------------------------------------------
+
+    def partial_path(self, sha: str, uploader: str) -> Path:
+        """Where `uploader`'s bytes of blob `sha` so far are kept."""
+        self.path(sha)  # checks the name
+        who = hashlib.sha256(uploader.encode()).hexdigest()[:16]
+        return self.root / "partial" / f"{sha}.{who}"
+
+    def received(self, sha: str, uploader: str) -> int:
+        """How many bytes of `sha` this uploader has sent so far (0: none kept)."""
+        try:
+            return self.partial_path(sha, uploader).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def upload(self, sha: str, uploader: str) -> PartialUpload:
+        """Open (or continue) `uploader`'s upload of `sha`; see PartialUpload."""
+        return PartialUpload(self, sha, uploader)
+
+    def _adopt(self, partial: Path, sha: str) -> None:
+        """Move a partial whose bytes hash to `sha` into place (fsynced by the caller)."""
+        try:
+            with self.open_verified(sha):
+                partial.unlink(missing_ok=True)  # already here, and intact
+                return
+        except KeyError:
+            pass
+        except CorruptBlob:
+            pass  # quarantined just now: these verified bytes take its place
+        final = self.path(sha)
+        final.parent.mkdir(exist_ok=True)
+        os.replace(partial, final)
+        self._mark(sha, os.stat(final))
+
+    def _sweep_partials(self, uploader_suffix: str, keep: Path) -> None:
+        """Drop this uploader's partials past their age, and its oldest beyond the cap."""
+        now = time.time()
+        mine = []
+        for p in keep.parent.glob(f"*.{uploader_suffix}"):
+            try:
+                mtime = p.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if p == keep:
+                continue
+            if now - mtime > PARTIAL_MAX_AGE_S:
+                _drop_unless_busy(p)
+            else:
+                mine.append((mtime, p))
+        mine.sort()
+        for _, p in mine[: max(0, len(mine) - (PARTIALS_PER_UPLOADER - 1))]:
+            if _drop_unless_busy(p):
+                log.info("dropped the unfinished upload %s: its uploader started too many", p.name)
 
     def get(self, sha: str) -> bytes:
         with self.open_verified(sha) as f:
@@ -161,10 +233,17 @@ class FileBlobStore(BlobStore):
             f.close()
             raise
 
-    def chunks(self, f: BinaryIO) -> Iterator[bytes]:
-        """The rest of an open blob file in pieces; closes it at the end."""
+    def chunks(self, f: BinaryIO, limit: int | None = None) -> Iterator[bytes]:
+        """The rest of an open blob file (at most `limit` bytes) in pieces; closes it at the
+        end."""
+        left = limit
         with f:
-            while chunk := f.read(READ_CHUNK):
+            while left is None or left > 0:
+                chunk = f.read(READ_CHUNK if left is None else min(READ_CHUNK, left))
+                if not chunk:
+                    return
+                if left is not None:
+                    left -= len(chunk)
                 yield chunk
 
     # -- verified marks and quarantine ------------------------------------------------------
@@ -206,6 +285,117 @@ class FileBlobStore(BlobStore):
             st.st_size,
             kept,
         )
+
+
+class PartialUpload:
+    """One uploader's upload of one blob, streamed to disk and hashed as it grows.
+
+        up = blobs.upload(sha, who)
+        up.open()            # -> bytes already received (a resumed upload); UploadBusy
+        up.write(chunk) ...  # append; StorageFull (and the partial dropped) on a full disk
+        up.finish()          # whole: hash checked, renamed into place; IntegrityError if not
+        up.close()           # always: the partial stays for a later resume unless finished
+
+    The partial is locked (flock) while open, so two requests of one uploader cannot interleave
+    their bytes, in one coordinator process or several sharing the directory.
+    """
+
+    def __init__(self, store: FileBlobStore, sha: str, uploader: str) -> None:
+        self.store = store
+        self.sha = sha
+        self.path = store.partial_path(sha, uploader)
+        self.received = 0
+        self._hash = hashlib.sha256()
+        self._file: BinaryIO | None = None
+        self._ephemeral = False  # a partial of this request's own: never resumed
+
+    def open(self, resume: bool = True) -> int:
+        """Lock the partial and return how many bytes it holds; `resume=False` empties it
+        first (a plain PUT sends the whole blob again). A plain PUT that finds the partial
+        busy goes to a partial of its own instead, dropped unless it completes; a resumed one
+        raises UploadBusy."""
+        self.path.parent.mkdir(exist_ok=True)
+        is_new = not self.path.exists()
+        f = open(self.path, "a+b")  # noqa: SIM115 - closed in close()
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            if resume:
+                raise UploadBusy(
+                    f"an upload of blob {self.sha[:12]}… by you is in progress already: wait "
+                    "for it to end, then send what is left"
+                ) from None
+            sha, who = self.path.name.split(".")
+            self.path = self.path.with_name(f"{sha}-{os.urandom(6).hex()}.{who}")
+            self._ephemeral = True
+            f = open(self.path, "w+b")  # noqa: SIM115 - closed in close()
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._file = f
+        if is_new:
+            self.store._sweep_partials(self.path.suffix[1:], self.path)
+        if not resume:
+            f.truncate(0)
+        f.seek(0)
+        while chunk := f.read(READ_CHUNK):  # a resumed upload: hash what is already here
+            self._hash.update(chunk)
+            self.received += len(chunk)
+        return self.received
+
+    def write(self, chunk: bytes) -> None:
+        assert self._file is not None
+        try:
+            self._file.write(chunk)
+        except OSError as e:
+            if e.errno in DISK_FULL_ERRNOS:
+                self.discard()
+                raise _disk_full(self.sha, self.received + len(chunk)) from e
+            raise
+        self._hash.update(chunk)
+        self.received += len(chunk)
+
+    def finish(self) -> None:
+        """The blob is whole: keep it if it hashes to its name, drop it (IntegrityError) if not."""
+        assert self._file is not None
+        actual = self._hash.hexdigest()
+        if actual != self.sha:
+            self.discard()
+            raise IntegrityError(
+                f"the body ({self.received} bytes) hashes to {actual}, not to the name "
+                f"{self.sha} it was sent as: upload the file again from its start"
+            )
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as e:
+            if e.errno in DISK_FULL_ERRNOS:
+                self.discard()
+                raise _disk_full(self.sha, self.received) from e
+            raise
+        self.store._adopt(self.path, self.sha)
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.flush()
+            self._file.close()  # releases the lock
+            self._file = None
+        if self._ephemeral:
+            self.discard()
+
+
+def _drop_unless_busy(path: Path) -> bool:
+    """Remove a partial that no request is writing now; True if removed."""
+    try:
+        with open(path, "rb") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            path.unlink(missing_ok=True)
+            return True
+    except (BlockingIOError, FileNotFoundError):
+        return False
 
 
 def _identity(st: os.stat_result) -> _Identity:

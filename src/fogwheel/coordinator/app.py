@@ -19,10 +19,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from fogwheel import __version__
 from fogwheel.blobs import FileBlobStore, is_sha256, sha256_hex
-from fogwheel.blobs.store import CorruptBlob
+from fogwheel.blobs.store import CorruptBlob, PartialUpload, UploadBusy
 from fogwheel.coordinator.auth import Authenticator
 from fogwheel.coordinator.cdn_routes import build_cdn_routes, screen_serve_url
 from fogwheel.coordinator.diskfull import DISK_FULL_MESSAGE, is_disk_full
@@ -30,6 +31,7 @@ from fogwheel.coordinator.job_routes import build_job_routes
 from fogwheel.coordinator.ledger_routes import build_ledger_routes
 from fogwheel.coordinator.metrics import Metrics
 from fogwheel.coordinator.owner_routes import build_owner_routes
+from fogwheel.core import byteranges
 from fogwheel.core.owners import Refuse, network_of
 from fogwheel.errors import IntegrityError, NameTaken, StorageFull
 from fogwheel.protocol import (
@@ -75,6 +77,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": Problem, "description": "Body or parameters of the wrong shape"},
     507: {"model": Problem, "description": "The coordinator's disk or database is full"},
 }
+
+BLOB_WRITE = 1 << 20  # an upload reaches the disk in writes of about this size
+DEFAULT_MAX_BLOB_BYTES = SQL_INT_MAX  # sizes live in 32-bit SQL columns: 2 GiB - 1
 
 JobId = Annotated[int, Path(ge=0, le=SQL_INT_MAX)]
 TaskId = Annotated[int, Path(ge=0, le=SQL_INT_MAX)]
@@ -127,6 +132,7 @@ def build_routes(
     join_open: bool = True,
     *,
     signing_key: Ed25519PrivateKey,
+    max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES,
 ) -> None:
     public_key = public_key_b64(signing_key)
     auth = Authenticator(store)
@@ -331,19 +337,116 @@ def build_routes(
             }
         },
     )
-    async def put_blob(request: Request, sha: str) -> dict[str, Any]:
+    async def put_blob(request: Request, sha: str) -> JSONResponse:
+        """Upload a blob, streamed to disk and hashed on the way (docs/blobs.md).
+
+        A plain PUT sends the whole blob. A resumable one sends parts with `Content-Range:
+        bytes FIRST-LAST/TOTAL`, each starting where the bytes received so far end (GET
+        /v1/blobs/{sha}/upload tells where); what an interrupted request sent is kept. 201
+        once the blob is whole and hashes to its name, 202 `{"received": N}` for a part
+        before the last; 409 for a part at the wrong offset, 413 over the blob limit."""
         who = await run_in_threadpool(auth.require, request, "customer", "node")
         _check_sha(sha)
-        data = await request.body()
+        ranged = request.headers.get("content-range")
         try:
-            await run_in_threadpool(blobs.put, data, sha)
-        except IntegrityError as e:
-            raise HTTPException(400, str(e)) from None
+            part = byteranges.parse_content_range(ranged) if ranged else None
+        except byteranges.RangeError as e:
+            raise HTTPException(e.status, str(e)) from None
+        up = blobs.upload(sha, f"{who.kind}:{who.id}")
+        try:
+            received = await run_in_threadpool(up.open, part is not None)
+        except UploadBusy as e:
+            raise HTTPException(409, str(e)) from None
+        try:
+            if part is not None:
+                try:
+                    byteranges.check_part(part, received, max_blob_bytes)
+                except byteranges.RangeError as e:
+                    raise HTTPException(e.status, str(e)) from None
+            length = part.length if part is not None else max_blob_bytes
+            if not await _receive_into(request, up, length, part is not None):
+                return JSONResponse({"error": "the client went away"}, 400)  # partial kept
+            got = up.received - received
+            if part is not None and got != part.length:
+                raise HTTPException(
+                    400, f"Content-Range announced {part.length} bytes but {got} came"
+                )
+            if part is not None and not part.completes:
+                return JSONResponse(
+                    {"sha": sha, "received": up.received, "size": part.total, "complete": False},
+                    202,
+                )
+            try:
+                await run_in_threadpool(up.finish)
+            except IntegrityError as e:
+                raise HTTPException(400, str(e)) from None
+        finally:
+            await run_in_threadpool(up.close)
+        size = up.received
         if who.kind == "customer":
-            await run_in_threadpool(store.own_blob, who.id, sha, len(data))
+            await run_in_threadpool(store.own_blob, who.id, sha, size, time.time())
         else:  # a node may name what it uploaded as a task's output (store/leasing.py)
             await run_in_threadpool(store.note_upload, who.id, sha, time.time())
-        return {"sha": sha, "size": len(data)}
+        return JSONResponse({"sha": sha, "size": size, "complete": True}, 201)
+
+    async def _receive_into(
+        request: Request, up: PartialUpload, length: int, ranged: bool
+    ) -> bool:
+        """Stream the body into `up` in 1 MiB writes; False when the client went away (what
+        came is written, for a later resume). At most `length` bytes (400 / 413 beyond)."""
+        buf = bytearray()
+        got = 0
+        try:
+            async for chunk in request.stream():
+                got += len(chunk)
+                if got > length:
+                    if ranged:
+                        raise HTTPException(400, f"the body is longer than its {length} bytes")
+                    await run_in_threadpool(up.discard)
+                    raise HTTPException(
+                        413,
+                        f"a blob over the coordinator's blob limit of {max_blob_bytes} bytes "
+                        "(coordinator --max-blob-mb)",
+                    )
+                buf += chunk
+                if len(buf) >= BLOB_WRITE:
+                    await run_in_threadpool(up.write, bytes(buf))
+                    buf.clear()
+        except ClientDisconnect:
+            if buf:
+                await run_in_threadpool(up.write, bytes(buf))
+            return False
+        except StarletteHTTPException as e:  # BodyLimit's 413: nothing of it is worth keeping
+            if e.status_code == 413:
+                await run_in_threadpool(up.discard)
+            raise
+        if buf:
+            await run_in_threadpool(up.write, bytes(buf))
+        return True
+
+    @v1.get("/blobs/{sha}/upload", tags=["blobs"])
+    def upload_status(request: Request, sha: str) -> dict[str, Any]:
+        """How much of blob `sha` the coordinator holds from you: `complete` (with its `size`)
+        when the blob is yours, else the bytes `received` of your unfinished upload (0: none),
+        which is where a resumed upload sends from."""
+        who = auth.require(request, "customer", "node")
+        _check_sha(sha)
+        if who.kind == "customer" and store.owned_blobs(who.id, {sha}):
+            with contextlib.suppress(FileNotFoundError):
+                size = blobs.path(sha).stat().st_size
+                return {"sha": sha, "complete": True, "size": size, "received": size}
+        received = blobs.received(sha, f"{who.kind}:{who.id}")
+        return {"sha": sha, "complete": False, "received": received}
+
+    @v1.get("/blobs", tags=["blobs"])
+    def list_blobs(
+        request: Request,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0, le=SQL_INT_MAX)] = 0,
+    ) -> dict[str, Any]:
+        """Your blobs (uploaded, or your tasks' outputs), newest first: sha, size, created."""
+        who = auth.require(request, "customer")
+        return {"blobs": store.list_blobs(who.id, limit, offset)}
 
     @v1.get(
         "/blobs/{sha}",
@@ -370,6 +473,24 @@ def build_routes(
         except CorruptBlob as e:
             raise HTTPException(404, str(e)) from None
         size = os.fstat(f.fileno()).st_size
+        asked = request.headers.get("range")
+        if asked:  # the rest of an interrupted download (RFC 9110 §14.2)
+            try:
+                span = byteranges.parse_range(asked, size)
+            except byteranges.RangeError as e:
+                f.close()
+                headers = {"content-range": f"bytes */{size}"} if e.status == 416 else None
+                raise HTTPException(e.status, str(e), headers=headers) from None
+            f.seek(span.first)
+            return StreamingResponse(
+                blobs.chunks(f, span.length),
+                status_code=206,
+                media_type="application/octet-stream",
+                headers={
+                    "content-length": str(span.length),
+                    "content-range": span.content_range(size),
+                },
+            )
         # A node keeps what it fetched in its cache: once it has it all, placement may prefer
         # it for the tasks that read this blob (locality).
         held = (
@@ -378,7 +499,7 @@ def build_routes(
         return StreamingResponse(
             blobs.chunks(f),
             media_type="application/octet-stream",
-            headers={"content-length": str(size)},
+            headers={"content-length": str(size), "accept-ranges": "bytes"},
             background=held,
         )
 

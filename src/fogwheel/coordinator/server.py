@@ -24,6 +24,7 @@ from fogwheel.coordinator.app import build_routes
 from fogwheel.coordinator.bodylimit import BodyLimit
 from fogwheel.coordinator.bodytimeout import BodyTimeout
 from fogwheel.errors import ConfigError
+from fogwheel.protocol import SQL_INT_MAX
 from fogwheel.signing import fingerprint, join_string, key_pin, load_or_create_key, public_key_b64
 from fogwheel.store import Store
 from fogwheel.store.migrate import add_missing_columns
@@ -46,12 +47,17 @@ class CoordinatorConfig:
     api_key: str | None = None  # a customer key to accept (created when none exists)
     admin_key: str | None = None
     max_body_mb: int = 64
+    max_blob_mb: int = 2047  # one blob, streamed to disk (sizes are 32-bit in SQL: < 2 GiB)
     body_idle_s: float = 30.0  # a request body with no byte for this long gets 408
     body_min_rate: float = 1024.0  # …and one slower than this many bytes/s on average
     tls_cert: Path | None = None  # serve HTTPS with this certificate (PEM, chain included)
     tls_key: Path | None = None  # …and this private key
     allow_private_serve: bool = False  # nodes may serve the CDN from loopback/private IPs
     ready_file: Path | None = None  # where to write {"url": …} once listening
+
+    @property
+    def max_blob_bytes(self) -> int:
+        return min(self.max_blob_mb * 1024 * 1024, SQL_INT_MAX)
 
     @property
     def db_url(self) -> str:
@@ -114,7 +120,7 @@ def build_app(config: CoordinatorConfig, store: Store) -> FastAPI:
         description="Schedules work onto a fog of pull-only node agents. All routes under /v1.",
         lifespan=lifespan,
     )
-    build_routes(app, store, blobs, signing_key=signing_key)
+    build_routes(app, store, blobs, signing_key=signing_key, max_blob_bytes=config.max_blob_bytes)
     app.state.config = config
     return app
 
@@ -170,7 +176,7 @@ def serve(config: CoordinatorConfig, announce: bool = True) -> None:
         tmp.replace(config.ready_file)
     uv = uvicorn.Config(
         BodyTimeout(
-            BodyLimit(app, config.max_body_mb * 1024 * 1024),
+            BodyLimit(app, config.max_body_mb * 1024 * 1024, config.max_blob_bytes),
             idle_s=config.body_idle_s,
             min_rate=config.body_min_rate,
         ),

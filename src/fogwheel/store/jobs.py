@@ -379,11 +379,17 @@ class JobsStore(StoreBase):
 
     # -- blobs ------------------------------------------------------------------------------
 
-    def own_blob(self, customer_id: str, sha: str, size: int) -> None:
+    def own_blob(self, customer_id: str, sha: str, size: int, now: float | None = None) -> None:
         with self.tx() as c:
-            self._own_blobs(c, customer_id, [(sha, size)])
+            self._own_blobs(c, customer_id, [(sha, size)], now)
 
-    def _own_blobs(self, c: Connection, customer_id: str, blobs: Sequence[tuple[str, int]]) -> None:
+    def _own_blobs(
+        self,
+        c: Connection,
+        customer_id: str,
+        blobs: Sequence[tuple[str, int]],
+        now: float | None = None,
+    ) -> None:
         if not blobs:
             return
         shas = {s for s, _ in blobs}
@@ -398,8 +404,26 @@ class JobsStore(StoreBase):
         if new:
             c.execute(
                 blob_owners.insert(),
-                [{"sha": s, "customer_id": customer_id, "size": n} for s, n in new.items()],
+                [
+                    {"sha": s, "customer_id": customer_id, "size": n, "at": now}
+                    for s, n in new.items()
+                ],
             )
+
+    def list_blobs(
+        self, customer_id: str, limit: int = 100, offset: int = 0
+    ) -> list[dict[str, Any]]:
+        """A customer's blobs (uploaded, or its tasks' accepted outputs), newest first:
+        sha, size and `created` (None for blobs older than that column)."""
+        with self.read() as c:
+            rows = c.execute(
+                select(blob_owners.c.sha, blob_owners.c.size, blob_owners.c.at)
+                .where(blob_owners.c.customer_id == customer_id)
+                .order_by(blob_owners.c.at.desc().nulls_last(), blob_owners.c.sha)
+                .limit(limit)
+                .offset(offset)
+            ).all()
+        return [{"sha": r.sha, "size": r.size, "created": r.at} for r in rows]
 
     def note_upload(self, node_id: str, sha: str, now: float) -> None:
         """A node uploaded blob `sha` (its bytes hashed to the name): it may name it as an

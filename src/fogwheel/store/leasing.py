@@ -411,7 +411,7 @@ class LeasingStore(VerifyStore):
                     for v in [rep.value, *rep.outputs.values()]
                     if v is not None and v.data is None
                 ]
-                self._own_blobs(c, self._job_row(c, job_id)["customer_id"], blobs)
+                self._own_blobs(c, self._job_row(c, job_id)["customer_id"], blobs, now)
 
     def _intake(
         self,

@@ -188,6 +188,7 @@ blob_owners = Table(
     Column("sha", String(64), primary_key=True),
     Column("customer_id", String(64), primary_key=True),
     Column("size", Integer, nullable=False),
+    Column("at", Float, nullable=True),  # when it became the customer's (`fogwheel blobs ls`)
 )
 
 # Which blobs a task reads: a node may fetch them while it holds the task.
