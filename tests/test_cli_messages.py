@@ -3,6 +3,7 @@ coordinator and node, each message naming the option or the action that fixes it
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -40,6 +41,14 @@ def fogwheel(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
     )
 
 
+def as_admin(fog: LocalFog, *args: str) -> subprocess.CompletedProcess[str]:
+    return fogwheel(*args, "-c", fog.url, "--admin-key", fog.admin_key)
+
+
+def as_customer(fog: LocalFog, *args: str) -> subprocess.CompletedProcess[str]:
+    return fogwheel(*args, "-c", fog.url, "--api-key", fog.api_key)
+
+
 def failed(res: subprocess.CompletedProcess[str]) -> str:
     """The one error line of a command that failed."""
     assert res.returncode != 0, res.stdout
@@ -63,19 +72,19 @@ def test_a_wrong_api_key_points_to_api_key(fog: LocalFog) -> None:
 
 
 def test_a_customer_key_where_the_admin_key_is_needed_says_which_is_which(fog: LocalFog) -> None:
-    said = failed(fogwheel("keys", "create", "--name", "y", "-c", fog.url, "--admin-key", fog.api_key))
+    said = failed(
+        fogwheel("keys", "create", "--name", "y", "-c", fog.url, "--admin-key", fog.api_key)
+    )
     assert "the admin key (--admin-key / FOGWHEEL_ADMIN_KEY)" in said
     assert "the key given is a customer API key" in said
 
 
 def test_a_revoked_key_is_called_revoked_and_points_to_its_flag(fog: LocalFog) -> None:
-    made = fogwheel("keys", "create", "--name", "soon-gone", "-c", fog.url, "--admin-key", fog.admin_key, "--json")  # fmt: skip
+    made = as_admin(fog, "keys", "create", "--name", "soon-gone", "--json")
     assert made.returncode == 0, made.stderr
-    import json
-
     customer = json.loads(made.stdout)
     assert fogwheel("jobs", "-c", fog.url, "--api-key", customer["api_key"]).returncode == 0
-    gone = fogwheel("keys", "revoke", customer["customer_id"], "-c", fog.url, "--admin-key", fog.admin_key)  # fmt: skip
+    gone = as_admin(fog, "keys", "revoke", customer["customer_id"])
     assert gone.returncode == 0, gone.stderr
     said = failed(fogwheel("jobs", "-c", fog.url, "--api-key", customer["api_key"]))
     assert "revoked" in said and "--api-key / FOGWHEEL_API_KEY" in said
@@ -98,6 +107,12 @@ def test_a_url_ending_in_v1_is_taken_as_the_base(fog: LocalFog) -> None:
         assert res.returncode == 0, res.stderr
 
 
+def test_the_sdk_takes_a_url_ending_in_v1_as_the_base(fog: LocalFog) -> None:
+    with Client(fog.url + "/v1/", fog.api_key) as client:
+        assert client.url == fog.url
+        assert isinstance(client.jobs(5), list)
+
+
 def test_a_url_with_another_path_says_the_url_is_the_base(fog: LocalFog) -> None:
     said = failed(fogwheel("jobs", "-c", fog.url + "/api", "--api-key", fog.api_key))
     assert "the coordinator URL is the base" in said and "without /v1" in said
@@ -113,14 +128,13 @@ def test_a_url_that_is_no_url_is_refused_with_its_form(fog: LocalFog) -> None:
 
 
 def test_a_malformed_content_id_is_a_sentence_not_a_regex(fog: LocalFog, tmp_path: Path) -> None:
-    res = fogwheel("cdn", "get", "not-an-id", "--out", str(tmp_path / "f"), "-c", fog.url, "--api-key", fog.api_key)  # fmt: skip
-    said = failed(res)
+    said = failed(as_customer(fog, "cdn", "get", "not-an-id", "--out", str(tmp_path / "f")))
     assert "the content id is not in the right form" in said and "24 hex digits" in said
     assert not any(words in said for words in PYDANTIC_WORDS), said
 
 
 def test_a_name_too_long_says_how_long_it_may_be(fog: LocalFog) -> None:
-    said = failed(fogwheel("keys", "create", "--name", "x" * 300, "-c", fog.url, "--admin-key", fog.admin_key))  # fmt: skip
+    said = failed(as_admin(fog, "keys", "create", "--name", "x" * 300))
     assert "the name is too long: at most 200 characters" in said
     assert not any(words in said for words in PYDANTIC_WORDS), said
 
@@ -129,9 +143,9 @@ def test_a_name_too_long_says_how_long_it_may_be(fog: LocalFog) -> None:
 
 
 def test_a_second_customer_of_one_name_is_refused_with_409(fog: LocalFog) -> None:
-    first = fogwheel("keys", "create", "--name", "acme", "-c", fog.url, "--admin-key", fog.admin_key)  # fmt: skip
+    first = as_admin(fog, "keys", "create", "--name", "acme")
     assert first.returncode == 0, first.stderr
-    said = failed(fogwheel("keys", "create", "--name", "acme", "-c", fog.url, "--admin-key", fog.admin_key))  # fmt: skip
+    said = failed(as_admin(fog, "keys", "create", "--name", "acme"))
     assert "a customer named 'acme' exists already" in said and "pick another name" in said
     assert "(HTTP 409)" in said
     r = httpx.post(
@@ -183,18 +197,22 @@ def test_jobs_id_shows_the_task_ids_its_reasons_name(fog: LocalFog) -> None:
 
 
 def test_a_remote_traceback_names_the_users_file_and_line(fog: LocalFog) -> None:
-    with Client(fog.url, fog.api_key, replicas=1) as client:
-        with pytest.raises(ValueError, match="bad input 7") as raised:
-            client.submit(raise_here, 7).result(120)
+    with (
+        Client(fog.url, fog.api_key, replicas=1) as client,
+        pytest.raises(ValueError, match="bad input 7") as raised,
+    ):
+        client.submit(raise_here, 7).result(120)
     tb = str(raised.value.__cause__)
     assert "<dynamic-code>" not in tb
     assert f'test_cli_messages.py", line {RAISE_LINE}, in raise_here' in tb, tb
 
 
 def test_a_module_missing_on_the_node_says_how_to_get_it_there(fog: LocalFog) -> None:
-    with Client(fog.url, fog.api_key, replicas=1) as client:
-        with pytest.raises(ModuleNotFoundError) as raised:
-            client.submit(import_missing).result(120)
+    with (
+        Client(fog.url, fog.api_key, replicas=1) as client,
+        pytest.raises(ModuleNotFoundError) as raised,
+    ):
+        client.submit(import_missing).result(120)
     said = str(raised.value)
     assert "No module named 'fogwheel_no_such_module'" in said
     assert "the module fogwheel_no_such_module is not installed on the node" in said

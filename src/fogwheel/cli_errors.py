@@ -11,11 +11,11 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Callable, Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import typer
 
 from fogwheel.core.explain import explain_refusal
+from fogwheel.core.urls import coordinator_base
 from fogwheel.errors import ApiError, FogwheelError
 
 _HTTP_SUFFIX = re.compile(r"^(?P<message>.*) \(HTTP (?P<status>\d{3})\)$", re.S)
@@ -44,18 +44,11 @@ def user_errors(fail: Callable[[str], typer.Exit]) -> Iterator[None]:
 
 
 def coordinator_url(value: str | None) -> str | None:
-    """--coordinator as the base URL the API lives under: trailing slashes and a trailing /v1
-    (a URL copied from the API docs) dropped; any other path is kept, for a coordinator that
-    a proxy serves under one."""
+    """The --coordinator callback: the base URL the API lives under (core/urls.py), or the
+    form it should take."""
     if not value:
         return value
-    value = value.strip()
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise typer.BadParameter(
-            f"{value!r} is not a coordinator URL: write it as http://HOST:PORT (or https://…), "
-            "e.g. http://127.0.0.1:8470"
-        )
-    path = parts.path.rstrip("/")
-    path = re.sub(r"/v1(/.*)?$", "", path)
-    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+    try:
+        return coordinator_base(value)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None

@@ -39,6 +39,7 @@ import cloudpickle
 import httpx
 
 from fogwheel import funcpickle, output_files, results, retry, safe_pickle, transfers
+from fogwheel.core.urls import coordinator_base
 from fogwheel.errors import (
     ApiError,
     AuthError,
@@ -242,7 +243,10 @@ class Client:
             raise ConfigError("no coordinator: pass url= or set FOGWHEEL_COORDINATOR")
         if not api_key:
             raise ConfigError("no API key: pass api_key= or set FOGWHEEL_API_KEY")
-        self.url = url.rstrip("/")
+        try:  # the base URL: a trailing /v1 (copied from the API docs) is dropped
+            self.url = coordinator_base(url)
+        except ValueError as e:
+            raise ConfigError(f"url=: {e}") from None
         self.retry_for = retry_for
         # "adaptive": results of new or doubtful nodes are checked on another node; N: every
         # task runs on N distinct nodes; 1: no checking (a fog of your own devices).
