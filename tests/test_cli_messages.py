@@ -239,3 +239,17 @@ def test_kmer_k_5_equals_jellyfish_at_k_5(fog: LocalFog, tmp_path: Path) -> None
     )  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "again.tsv").read_text() == (tmp_path / "k5.tsv").read_text()
+
+
+# -- what the user wrote is printed as written ------------------------------------------------
+
+
+def test_a_path_with_brackets_is_printed_whole(fog: LocalFog, tmp_path: Path) -> None:
+    out_dir = tmp_path / "run[ml]"  # what Rich would take for a tag
+    res = fogwheel(
+        "run", "-c", fog.url, "--api-key", fog.api_key, "--replicas", "1",
+        "-o", "out.txt", "--out-dir", str(out_dir), "--", "sh", "-c", "echo hi > out.txt",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert f"saved {out_dir / 'out.txt'}" in res.stderr, res.stderr
+    assert (out_dir / "out.txt").read_text() == "hi\n"

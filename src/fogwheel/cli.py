@@ -592,7 +592,7 @@ def run(
         # Only the names given with -o are in res.outputs: those the user asked to be
         # written, so they replace what is there (never through a link, never outside).
         for path in res.save(out_dir, overwrite=True):
-            err.print(f"saved {path}")
+            err.print(f"saved {path}", markup=False, highlight=False, soft_wrap=True)
     except FogwheelError as e:
         raise _fail(str(e)) from None
 
@@ -997,7 +997,7 @@ def render(
             except (FogwheelError, rendering.PngError) as e:
                 raise _fail(str(e)) from None
     for path in paths:
-        out.print(f"wrote {path}", highlight=False, soft_wrap=True)
+        out.print(f"wrote {path}", highlight=False, soft_wrap=True, markup=False)
 
 
 # -- MapReduce and k-mers ---------------------------------------------------------------------
@@ -1465,7 +1465,8 @@ def train(
     rejected = sum(h.rejected for h in history)
     if dropped or rejected:
         out.print(f"  dropped late: {dropped}, rejected as malformed: {rejected}")
-    out.print(f"wrote {report['csv']}" + (f" and {report['png']}" if report["png"] else ""))
+    wrote = f"wrote {report['csv']}" + (f" and {report['png']}" if report["png"] else "")
+    out.print(wrote, markup=False, highlight=False)  # paths as written
     out.print("sample:", highlight=False)
     out.print(report["sample"], markup=False, highlight=False)
     if as_json:
