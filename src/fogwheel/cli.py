@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fogwheel import __version__
+from fogwheel import cli_waits as waits
 from fogwheel.cli_errors import coordinator_url, explain, user_errors
 
 app = typer.Typer(
@@ -504,8 +505,9 @@ def _client(
         if local == 1:
             replicas = 1
         try:
+            hooks = waits.notice.hooks()  # why a job waits, each retry: said on stderr
             with (
-                Client(fog.url, fog.api_key, replicas=replicas, cancel_on_exit=False) as c,
+                Client(fog.url, fog.api_key, replicas=replicas, cancel_on_exit=False, **hooks) as c,
                 stopping(c),
             ):
                 yield c
@@ -521,7 +523,8 @@ def _client(
     if not api_key:
         raise _fail(f"no API key: pass --api-key KEY or set FOGWHEEL_API_KEY{local_hint}")
     try:
-        client = Client(coordinator, api_key, replicas=replicas, cancel_on_exit=False)
+        hooks = waits.notice.hooks()  # why a job waits, each retry: said on stderr
+        client = Client(coordinator, api_key, replicas=replicas, cancel_on_exit=False, **hooks)
     except ConfigError as e:
         raise _fail(str(e)) from None
     with user_errors(_fail), client, stopping(client):
@@ -567,13 +570,16 @@ def run(
 
     Example: fogwheel run -i data.txt -o out.txt -- sort -o out.txt data.txt
     """
+    from rich.markup import escape
+
     from fogwheel.cli_blobs import inputs_for
     from fogwheel.errors import CommandFailed, FogwheelError
 
     with _client(coordinator, api_key, local, _replicas(replicas)) as client:
         inputs = inputs_for(client, input or [])  # large files uploaded here, with a bar
         try:
-            with err.status(f"running {command[0]} on the fog…"):
+            doing = f"running {escape(command[0])} on the fog…"
+            with err.status(doing) as status, waits.notice.shown_on(status, doing):
                 res = client.run(
                     command, inputs=inputs, outputs=output or [], memory_mb=memory, wall_s=wall
                 ).result()
@@ -976,6 +982,7 @@ def render(
 
     with _client(coordinator, api_key, local, _replicas(replicas)) as client:
         columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        columns += (waits.notice.column(),)  # why it waits, while it does (cli_waits.py)
         with Progress(*columns, console=err, transient=True) as bar:
             task = bar.add_task(f"rendering {scene.name}", total=None)
             try:
@@ -1056,6 +1063,7 @@ def _run_mapreduce(
             BarColumn(),
             "{task.fields[count]}",
             TimeElapsedColumn(),
+            waits.notice.column(),  # why it waits, while it does (cli_waits.py)
             console=err,
         ) as bar,
     ):
@@ -1435,6 +1443,7 @@ def train(
             BarColumn(),
             TextColumn("train {task.fields[train]}  val {task.fields[val]}"),
             TimeElapsedColumn(),
+            waits.notice.column(),  # why it waits, while it does (cli_waits.py)
             console=err,
         ) as bar:
             task = bar.add_task("train", total=cfg.rounds, completed=run.round, train="-", val="-")
