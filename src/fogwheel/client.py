@@ -133,11 +133,14 @@ class TaskFuture(Future):  # type: ignore[type-arg]
         self.job_id = job_id
         self.index = index
         self._client = client
+        self._cancelling = False  # the fog's "cancelled" for it then cancels it here
 
     def cancel(self) -> bool:
         if self.done() or self._client is None:
             return self._cancel_here()
+        self._cancelling = True
         if not self._client._cancel_task(self):
+            self._cancelling = False
             return False
         return self._cancel_here()
 
@@ -689,6 +692,7 @@ class Client:
         stop them at their next sync, and nobody is charged or paid for them (finished tasks
         keep their results and charges). This client's futures of the job not yet resolved
         are cancelled. Returns the job as the coordinator left it."""
+        self._cancel_locally(job_id, before=True)
         out = self._request("POST", f"/v1/jobs/{job_id}/cancel").json()
         self._cancel_locally(job_id)
         return out
@@ -721,6 +725,7 @@ class Client:
 
     def _cancel_now(self, job_id: int) -> bool:
         """Cancel a job with one short request (on the way out: no two-minute retries)."""
+        self._cancel_locally(job_id, before=True)
         try:
             r = self._http.post(f"/v1/jobs/{job_id}/cancel", timeout=10.0)
             if r.status_code >= 400:
@@ -738,12 +743,17 @@ class Client:
         log.warning("cancelled job %d on the fog", job_id)
         return True
 
-    def _cancel_locally(self, job_id: int) -> None:
+    def _cancel_locally(self, job_id: int, before: bool = False) -> None:
+        """Cancel this client's futures of a job (`before` the fog is told: mark them, so that
+        the fog's "cancelled" answers cancel them rather than fail them)."""
         with self._lock:
             watch = self._watches.get(job_id)
             futures = list(watch.futures.values()) if watch else []
         for f in futures:
-            f._cancel_here()
+            if before:
+                f._cancelling = True
+            else:
+                f._cancel_here()
 
     def _cancel_task(self, fut: TaskFuture) -> bool:
         """Cancel one task on the fog; False when it had finished there or the call failed."""
@@ -793,6 +803,8 @@ class Client:
             try:
                 if res["state"] == "done":
                     fut.set_result(self._decode_result(watch, res))
+                elif res["state"] == "cancelled" and fut._cancelling:
+                    fut._cancel_here()  # this process's cancel(): cancelled, not failed
                 elif res["state"] == "cancelled":
                     job = ans["job_id"]
                     fut.set_exception(
