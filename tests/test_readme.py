@@ -22,6 +22,9 @@ HTML comments right before a block (only blank lines between) say more about it:
     <!-- readme-test: only expect -->     in a ```console block, check only the expect lines
                                           (else every shown line without a digit is checked too:
                                           counts, sizes, times and ids vary, words should not)
+    <!-- readme-test: needs PROGRAM -->   skipped, saying so, where PROGRAM is not installed
+                                          (fails instead if FOGWHEEL_REQUIRE_PROGRAM=1, as CI
+                                          sets for jellyfish; .ci/run installs povray)
     <!-- readme-test: nodes N -->         the block gets a fog of N nodes of its own
     <!-- readme-test: timeout S -->       seconds the block may take (default 400)
 
@@ -67,6 +70,7 @@ class Block:
     timeout: float = DEFAULT_TIMEOUT
     problems: list[str] = field(default_factory=list)  # malformed markers
     only_expect: bool = False  # a ```console block's other shown lines go unchecked
+    needs: list[str] = field(default_factory=list)  # programs it runs that may be missing
 
     @property
     def commands(self) -> list[str]:
@@ -125,6 +129,8 @@ def _apply_marker(block: Block, body: str) -> None:
         block.skip = reason or "?"
     elif word == "expect" and rest:
         block.expect.append(rest)
+    elif word == "needs" and re.fullmatch(r"[\w.-]+( [\w.-]+)*", rest):
+        block.needs += rest.split()
     elif word == "only" and rest == "expect":
         block.only_expect = True
     elif word == "nodes" and rest.isdigit():
@@ -134,7 +140,7 @@ def _apply_marker(block: Block, body: str) -> None:
     else:
         block.problems.append(
             f"unknown readme-test marker {body!r}: use skip (why), expect TEXT, only expect, "
-            "nodes N or timeout S"
+            "needs PROGRAM, nodes N or timeout S"
         )
 
 
@@ -222,6 +228,7 @@ def test_parser_on_a_sample() -> None:
             "```",
             "text",
             "<!-- readme-test: expect wrote a -->",
+            "<!-- readme-test: needs jellyfish povray -->",
             "",
             "```console",
             "$ echo a \\",
@@ -243,7 +250,8 @@ def test_parser_on_a_sample() -> None:
     assert (skipped.skip, skipped.line, skipped.tag) == ("installs packages", 2, "sh")
     assert console.commands == ["echo a \\\n  b", "true"]
     assert console.shown_output.splitlines()[0] == "wrote a"
-    assert console.expect == ["wrote a"] and console.line == 8
+    assert console.expect == ["wrote a"] and console.line == 9
+    assert console.needs == ["jellyfish", "povray"]
     assert console.must_print == ["wrote a", "wrote a", "┃ a b ┃"]  # no digits, rules, `…`
     assert python.problems and python.skip is None
 
@@ -331,6 +339,11 @@ def test_readme_block(block: Block, fog: LocalFog, tmp_path: Path) -> None:
     if block.skip:
         pytest.skip(f"README.md:{block.line}: {block.skip}")
     assert not block.problems, block.problems
+    for program in block.needs:
+        if shutil.which(program) is None:
+            if os.environ.get(f"FOGWHEEL_REQUIRE_{program.upper()}") == "1":
+                pytest.fail(f"README.md:{block.line} needs {program}, which is not installed")
+            pytest.skip(f"README.md:{block.line}: {program} is not installed")
     if block.nodes:
         with LocalFog(block.nodes, workdir=tmp_path / "fog") as own:
             proc = _run_block(block, own, tmp_path / "work")
