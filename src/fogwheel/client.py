@@ -712,11 +712,18 @@ class Client:
     def cancel_pending(self) -> list[int]:
         """Cancel on the fog every job of `pending_jobs()` (what leaving `with Client(...)` on
         an exception does); returns the ids of those it cancelled. One quick try each: a job
-        that could not be cancelled is logged with the command that cancels it later."""
+        that could not be cancelled is logged with the command that cancels it later; a
+        second Ctrl-C meanwhile leaves the rest running, and says so."""
         cancelled = []
-        for job_id in self.pending_jobs():
-            if self._cancel_now(job_id):
-                cancelled.append(job_id)
+        jobs = self.pending_jobs()
+        for i, job_id in enumerate(jobs):
+            try:
+                if self._cancel_now(job_id):
+                    cancelled.append(job_id)
+            except KeyboardInterrupt:
+                left = " ".join(map(str, jobs[i:]))
+                log.warning("left job(s) %s running on the fog: fogwheel cancel %s", left, left)
+                raise
         return cancelled
 
     def _cancel_unfinished(self, futures: Sequence[TaskFuture]) -> None:
