@@ -25,7 +25,6 @@ def _kinds_words(kinds: tuple[str, ...]) -> str:
     return " or ".join(_KEY_NAMES.get(k, f"a {k} key") for k in kinds)
 
 
-
 class Authenticator:
     """Looks secrets up by their hash, with a short cache so that hot paths skip the database."""
 
