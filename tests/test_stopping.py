@@ -511,3 +511,41 @@ def test_logs_show_output_tails_tracebacks_and_attempts_to_their_owner_only(
     paths = httpx.get(f"{fog.url}/openapi.json", timeout=30).json()["paths"]
     assert "/v1/jobs/{job_id}/tasks/{index}/logs" in paths
     assert "/v1/jobs/{job_id}/tasks/{index}/cancel" in paths
+
+
+def test_ctrl_c_on_fogwheel_mapreduce_cancels_its_map_job(fog: LocalFog, tmp_path: Path) -> None:
+    (tmp_path / "slow.py").write_text(
+        textwrap.dedent(
+            """
+            import time
+            from fogwheel.mapreduce import MapReduce
+
+            def mapper(line):
+                time.sleep(600)
+                yield line, 1
+
+            def reducer(key, values):
+                return sum(values)
+
+            job = MapReduce(mapper, reducer, name="slow")
+            """
+        )
+    )
+    (tmp_path / "in.txt").write_text("a\nb\n")
+    before = last_job_id(fog)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fogwheel", "mapreduce", "run", "slow.py:job", "in.txt"],
+        cwd=tmp_path,
+        env=env_of(fog),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    job = wait_for("the map job", lambda: newest_job(fog, before))
+    wait_for("a map task to run", lambda: leased(fog, job["id"]))
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert f"cancelled job {job['id']} on the fog" in stderr
+    assert api(fog, "GET", f"/v1/jobs/{job['id']}").json()["state"] == "cancelled"
+    assert last_job_id(fog) == job["id"]  # no reduce job was started
