@@ -52,6 +52,16 @@ LocalOpt = Annotated[
     int,
     typer.Option("--local", min=0, help="Run on a throwaway local fog of N nodes instead."),
 ]
+MaxCostOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-cost",
+        min=0.000001,
+        envvar="FOGWHEEL_MAX_COST",
+        help="Credits the job may cost: refused when its limits let it cost more, cancelled "
+        "('max cost reached') once its charges reach it. See `fogwheel price`.",
+    ),
+]
 ReplicasOpt = Annotated[
     str,
     typer.Option(
@@ -491,6 +501,7 @@ def demo(
 def _client(
     coordinator: str | None, api_key: str | None, local: int, replicas: str | int = "adaptive"
 ) -> Iterator[Any]:
+    from fogwheel.cli_costs import max_cost_option
     from fogwheel.cli_jobs import stopping  # Ctrl-C cancels the jobs waited for
     from fogwheel.client import Client
     from fogwheel.errors import ConfigError
@@ -510,6 +521,7 @@ def _client(
                 Client(fog.url, fog.api_key, replicas=replicas, cancel_on_exit=False, **hooks) as c,
                 stopping(c),
             ):
+                c.max_cost = max_cost_option()  # --max-cost of the running command
                 yield c
         finally:
             fog.stop()
@@ -527,6 +539,7 @@ def _client(
         client = Client(coordinator, api_key, replicas=replicas, cancel_on_exit=False, **hooks)
     except ConfigError as e:
         raise _fail(str(e)) from None
+    client.max_cost = max_cost_option()  # --max-cost of the running command
     with user_errors(_fail), client, stopping(client):
         yield client
 
@@ -565,6 +578,7 @@ def run(
     api_key: ApiKeyOpt = None,
     local: LocalOpt = 0,
     replicas: ReplicasOpt = "adaptive",
+    max_cost: MaxCostOpt = None,
 ) -> None:
     """Run a program on one node of the fog.
 
@@ -626,9 +640,11 @@ def jobs(
 
 
 def _print_jobs(rows: list[dict[str, Any]]) -> None:
-    table = Table(title="jobs")
-    for col in ("id", "name", "kind", "state", "done", "failed"):
-        table.add_column(col)
+    from fogwheel.cli_costs import job_cost_cells
+
+    table = Table(title="jobs", caption="cost: credits charged so far; checks: runs that checked")
+    for col in ("id", "name", "kind", "state", "done", "failed", "cost", "checks"):
+        table.add_column(col, justify="right" if col in ("cost", "checks") else "left")
     for j in rows:
         table.add_row(
             str(j["id"]),
@@ -637,6 +653,7 @@ def _print_jobs(rows: list[dict[str, Any]]) -> None:
             j["state"],
             f"{j['finished']}/{j['total']}",
             str(j["failed"]),
+            *job_cost_cells(j),
         )
     out.print(table)
 
@@ -649,6 +666,9 @@ def _print_job(job: dict[str, Any], tasks: list[dict[str, Any]]) -> None:
             f"{job['finished']}/{job['total']} finished, {job['failed']} failed",
         )
     )
+    from fogwheel.cli_costs import job_cost_line
+
+    out.print(job_cost_line(job), markup=False, highlight=False, soft_wrap=True)
     # The reasons name tasks by the fog's task id ("checks task 812"), so the table shows it.
     table = Table(caption="#: the task's place in the job; task id: the fog's, as reasons name it")
     for col in ("#", "task id", "state", "attempt", "node", "outcome", "why it went there"):
@@ -812,14 +832,30 @@ def earnings(
         ),
     ] = None,
     coordinator: CoordinatorOpt = None,
+    statement: Annotated[
+        bool,
+        typer.Option(
+            "--statement",
+            help="A statement instead: earnings per UTC day and job, and payouts so far "
+            "(with --owner: of all your devices).",
+        ),
+    ] = False,
 ) -> None:
     """Show what this device has earned: its node's balance and newest entries.
 
     Run it on the device: it reads the credential that `fogwheel node` saved in --data-dir.
     With --owner, what all your devices earned, each and in total (docs/owners.md).
+    With --statement, earnings per day and job and payouts so far; its lines sum to the
+    earnings.
 
     Amounts are in credits (1 credit = 1,000,000 micro-credits).
     """
+    if owner and statement:
+        url, key = cli_owners._need(
+            coordinator, owner_key, "no owner key: pass --owner-key or set FOGWHEEL_OWNER_KEY"
+        )
+        cli_costs.statement(url, key, "/v1/owners/me/statement", as_json)
+        return
     if owner:
         cli_owners.owner_earnings(coordinator, owner_key, as_json)
         return
@@ -834,6 +870,9 @@ def earnings(
         ) from None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise _fail(f"cannot read the node credential in {path}: {e}") from None
+    if statement:
+        cli_costs.statement(url, credential, "/v1/nodes/me/statement", as_json)
+        return
     params = {"limit": limit, **({"before": before} if before else {})}
     data = _api_call("GET", url, credential, "/v1/nodes/me/earnings", params)
     _print_account(data, as_json)
@@ -970,6 +1009,7 @@ def render(
     api_key: ApiKeyOpt = None,
     local: LocalOpt = 0,
     replicas: ReplicasOpt = "adaptive",
+    max_cost: MaxCostOpt = None,
 ) -> None:
     """Render a POV-Ray scene on the fog's nodes that have povray, in row bands, into a PNG.
 
@@ -1159,6 +1199,7 @@ def mr_wordcount(
     api_key: ApiKeyOpt = None,
     local: LocalOpt = 0,
     replicas: ReplicasOpt = "adaptive",
+    max_cost: MaxCostOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Count every whitespace-separated word of the inputs: `word<TAB>count` part files.
@@ -1200,6 +1241,7 @@ def mr_grep(
     api_key: ApiKeyOpt = None,
     local: LocalOpt = 0,
     replicas: ReplicasOpt = "adaptive",
+    max_cost: MaxCostOpt = None,
 ) -> None:
     """Count every distinct match of PATTERN in the inputs: `match<TAB>count` (Hadoop's grep).
 
@@ -1248,6 +1290,7 @@ def mr_run(
     api_key: ApiKeyOpt = None,
     local: LocalOpt = 0,
     replicas: ReplicasOpt = "adaptive",
+    max_cost: MaxCostOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run your own MapReduce job, defined in a Python file.
@@ -1323,6 +1366,7 @@ def kmer(
     api_key: ApiKeyOpt = None,
     local: LocalOpt = 0,
     replicas: ReplicasOpt = "adaptive",
+    max_cost: MaxCostOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Count canonical k-mers across the fog, as `jellyfish count -C -m K` + `dump -c`, sorted.
@@ -1380,6 +1424,7 @@ def train(
     coordinator: CoordinatorOpt = None,
     api_key: ApiKeyOpt = None,
     local: LocalOpt = 0,
+    max_cost: MaxCostOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     r"""Train a byte-level Transformer on Python's documentation with DiLoCo across the fog.
@@ -1682,6 +1727,11 @@ def _print_cdn_spread(objects: list[dict[str, Any]]) -> None:
 from fogwheel import cli_owners  # noqa: E402
 
 cli_owners.register(app, keys_app, nodes_app)
+
+# price, keys credit-limit, the cost columns and --max-cost (src/fogwheel/cli_costs.py)
+from fogwheel import cli_costs  # noqa: E402
+
+cli_costs.register(app, keys_app)
 
 # cancel, attach, logs; Ctrl-C while a job runs (src/fogwheel/cli_jobs.py)
 from fogwheel import cli_jobs  # noqa: E402

@@ -229,6 +229,7 @@ class Client:
         cancel_on_exit: bool = True,
         on_wait: Callable[[int, Wait | None], None] | None = None,
         on_retry: Callable[[str], None] | None = None,
+        max_cost: float | None = None,
     ) -> None:
         """`cancel_on_exit`: a `with Client(...)` block left by an exception (Ctrl-C's
         KeyboardInterrupt included) cancels on the fog the jobs whose futures are still
@@ -258,6 +259,9 @@ class Client:
             unsafe_trust_nodes = os.environ.get(UNSAFE_ENV, "") not in ("", "0", "false", "no")
         self.unsafe_trust_nodes = unsafe_trust_nodes
         self.cancel_on_exit = cancel_on_exit
+        # Credits each job it submits may cost: refused (ApiError 422) when its limits let it
+        # cost more, stopped ("max cost reached") once its charges reach it. None: no cap.
+        self.max_cost = max_cost
         # No silent waits: `on_wait(job_id, Wait)` when a job's results have not moved for
         # STALL_S and the coordinator says why (`on_wait(job_id, None)` once they move
         # again); `on_retry(line)` before each retry of a request. Both log a warning when
@@ -638,6 +642,8 @@ class Client:
         outputs: tuple[str, ...],
         decoder: safe_pickle.Decoder | None = None,
     ) -> list[TaskFuture]:
+        if self.max_cost is not None:
+            job.setdefault("max_cost", self.max_cost)
         out = self._request("POST", "/v1/jobs", json=job).json()
         if decoder is None and not self.unsafe_trust_nodes:
             decoder = self.decoder

@@ -128,6 +128,15 @@ class JobIn(Model):
         description="near the end of the job, idle nodes run backup copies of its slowest "
         "running tasks; the first result wins",
     )
+    max_cost: float | None = Field(
+        default=None,
+        gt=0,
+        le=1e9,
+        allow_inf_nan=False,
+        description="credits: refused (422) when its limits let it cost more (tasks x runs x "
+        "limits.cpu_s, else wall_s, x the price); cancelled, reason 'max cost reached', once "
+        "its charges reach it",
+    )
 
 
 class WaitingFor(Model):
@@ -157,6 +166,13 @@ class JobOut(Model):
     created_at: float
     waiting: JobWaiting | None = Field(
         default=None, description="why its tasks wait, when they do (GET /v1/jobs/{id} only)"
+    )
+    cost: int = Field(default=0, description="micro-credits charged for it so far (the ledger)")
+    checks: int = Field(default=0, description="paid runs that checked another run's result")
+    checks_cost: int = Field(default=0, description="micro-credits of `cost` paid for checks")
+    max_cost: int | None = Field(default=None, description="its cap, micro-credits")
+    cancel_reason: str | None = Field(
+        default=None, description="why it was stopped, when not by the customer"
     )
 
 

@@ -208,6 +208,9 @@ def build_routes(
     def submit_job(request: Request, job: JobIn) -> JobOut:
         who = auth.require(request, "customer")
         _check_job(job, who.id)
+        refusal = store.job_refusal(who.id, job)  # credit limit (402), max_cost (422)
+        if refusal is not None:
+            raise HTTPException(*refusal)
         job_id = store.create_job(who.id, job, time.time())
         metrics.submitted.inc(len(job.tasks))
         out = store.get_job(who.id, job_id)

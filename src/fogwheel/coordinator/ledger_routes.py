@@ -1,17 +1,29 @@
-"""Routes over the books: a customer's usage, a node's earnings, the operator's totals.
+"""Routes over the books: the price, a customer's usage, a node's earnings and an owner's
+statement, the operator's totals and credit limits.
 
 Each caller sees one account only, chosen by its credential and never by a parameter: a customer
-key reads `customer:<id>`, a node credential reads `node:<id>`, the admin key reads every
-account's balance and the grand total, which is 0 in healthy double-entry books.
+key reads `customer:<id>`, a node credential reads `node:<id>`, an owner key its devices' node
+accounts, the admin key reads every account's balance and the grand total, which is 0 in
+healthy double-entry books.
+
+GET  /v1/price                              the current price (any credential, or none)
+GET  /v1/usage                              a customer's balance, credit limit and entries
+GET  /v1/nodes/me/earnings, /me/statement   a device's balance; its entries per day and job
+GET  /v1/owners/me/statement                an owner's devices' entries per day and job
+GET  /v1/owners/{id}/statement              the same, for the operator
+PUT  /v1/customers/{id}/credit-limit        the operator sets how far below 0 a balance may go
+GET  /v1/ledger                             the operator's check of the books
 """
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Request
 
 from fogwheel.coordinator.auth import Authenticator
+from fogwheel.core.costs import to_micro
 from fogwheel.core.ledger import customer_account, format_credits, node_account
 from fogwheel.protocol import Model, Problem
 from fogwheel.store import Store
@@ -44,6 +56,49 @@ class AccountOut(Model):
     balance_text: str  # the same in credits, e.g. "-0.012000 credits"
     history: list[LedgerEntryOut]
     next_before: int | None
+    credit_limit: int | None = None  # a customer's: how far below 0 its balance may go
+
+
+class PriceOut(Model):
+    """The current price: integers in micro-credits, `credits` the same in credits."""
+
+    per_cpu_second: int
+    per_cpu_hour: int
+    per_gb_served: int
+    fee_bps: int  # the platform's share of every charge, basis points
+    min_charge: int  # the least a verified run costs
+    credits: dict[str, float]
+    micro: int  # micro-credits a credit
+    checks: str  # who pays for checks
+
+
+class StatementLine(Model):
+    """What the accounts earned on one UTC day from one source (a job, a CDN object)."""
+
+    day: str
+    source: str
+    job_id: int | None
+    earned: int
+    entries: int
+
+
+class StatementOut(Model):
+    """Earnings per day and source, newest first; `earned` is the lines' sum."""
+
+    owner_id: str | None = None
+    node_id: str | None = None
+    lines: list[StatementLine]
+    earned: int
+    earned_text: str
+    payouts: list[dict[str, Any]]  # none yet: paying out is not built
+    paid_out: int
+    balance: int
+
+
+class CreditLimitOut(Model):
+    customer_id: str
+    credit_limit: int
+    credit_limit_text: str
 
 
 class LedgerTotalsOut(Model):
@@ -61,9 +116,23 @@ Before = Annotated[
 ]
 
 
+CHECKS = (
+    "the customer pays every run that agreed on a task's result: with adaptive replication a "
+    "new or doubtful node's result is checked on a second node (about 1.06 runs a task on the "
+    "measured benchmark); --replicas 1 pays one run a task and checks nothing"
+)
+IdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
 def build_ledger_routes(app: FastAPI | APIRouter, store: Store, auth: Authenticator) -> None:
-    """Add GET /v1/usage, /v1/nodes/me/earnings and /v1/ledger to `app`."""
+    """Add the price, usage, earnings, statements, credit limits and /v1/ledger to `app`."""
     v1 = APIRouter(prefix="/v1", responses=ERRORS, tags=["ledger"])
+
+    @v1.get("/price")
+    def price() -> PriceOut:
+        """The current price of a CPU-second and of a GB served, the platform's fee, and who
+        pays for checks: what a job will be charged at, before it runs."""
+        return PriceOut(**store.price_sheet(), checks=CHECKS)
 
     def account_out(account: str, limit: int, before: int | None) -> AccountOut:
         rows = store.history(account, limit, before)
@@ -78,15 +147,57 @@ def build_ledger_routes(app: FastAPI | APIRouter, store: Store, auth: Authentica
 
     @v1.get("/usage")
     def usage(request: Request, limit: Limit = 50, before: Before = None) -> AccountOut:
-        """What this customer has been charged: balance (negative) and newest entries."""
+        """What this customer has been charged: balance (negative), credit limit (new jobs are
+        refused with 402 once the balance is that far below 0) and newest entries."""
         who = auth.require(request, "customer")
-        return account_out(customer_account(who.id), limit, before)
+        out = account_out(customer_account(who.id), limit, before)
+        out.credit_limit = store.credit_limit(who.id)
+        return out
 
     @v1.get("/nodes/me/earnings")
     def earnings(request: Request, limit: Limit = 50, before: Before = None) -> AccountOut:
         """What this node has earned: balance and newest entries."""
         who = auth.require(request, "node")
         return account_out(node_account(who.id), limit, before)
+
+    def statement_out(data: dict[str, Any]) -> StatementOut:
+        return StatementOut(**data, earned_text=format_credits(data["earned"]))
+
+    @v1.get("/nodes/me/statement")
+    def node_statement(request: Request) -> StatementOut:
+        """What this device earned, per UTC day and job (or CDN object), and payouts so far."""
+        who = auth.require(request, "node")
+        return statement_out({"node_id": who.id, **store.node_statement(who.id)})
+
+    @v1.get("/owners/me/statement")
+    def my_statement(request: Request) -> StatementOut:
+        """What your devices earned, per UTC day and job (or CDN object), and payouts so far;
+        the lines sum to your earnings (`fogwheel earnings --owner`)."""
+        who = auth.require(request, "owner")
+        return statement_out(store.owner_statement(who.id))
+
+    @v1.get("/owners/{owner_id}/statement")
+    def owner_statement(request: Request, owner_id: IdPath) -> StatementOut:
+        """Operator: one owner's statement. 404 when there is no such owner."""
+        auth.require(request, "admin")
+        if store.get_owner(owner_id) is None and owner_id != "operator":
+            raise HTTPException(404, f"no owner {owner_id}: `fogwheel owners list` lists them")
+        return statement_out(store.owner_statement(owner_id))
+
+    @v1.put("/customers/{customer_id}/credit-limit")
+    def set_credit_limit(
+        request: Request,
+        customer_id: IdPath,
+        credits: Annotated[float, Query(ge=0, le=1e12, allow_inf_nan=False)],
+    ) -> CreditLimitOut:
+        """Operator: how far below zero this customer's balance may go before new jobs are
+        refused (402)."""
+        auth.require(request, "admin")
+        limit = to_micro(credits)
+        store.set_credit_limit(customer_id, limit, time.time())
+        return CreditLimitOut(
+            customer_id=customer_id, credit_limit=limit, credit_limit_text=format_credits(limit)
+        )
 
     @v1.get("/ledger")
     def totals(request: Request) -> LedgerTotalsOut:

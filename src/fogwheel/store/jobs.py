@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from fogwheel.core.costs import to_micro
 from fogwheel.core.tasks import (
     Cancelled,
     TaskState,
@@ -66,6 +67,7 @@ class JobsStore(StoreBase):
                         "client_token": job.client_token,
                         "tolerance": job.tolerance.model_dump_json() if job.tolerance else None,
                         "backups": job.backups,
+                        "max_cost": None if job.max_cost is None else to_micro(job.max_cost),
                         "replicas": str(job.replicas),  # why a task waits (store/waits.py)
                     }
                 )
@@ -164,7 +166,8 @@ class JobsStore(StoreBase):
                 .mappings()
                 .first()
             )
-        return None if r is None else _job_out(r)
+            money = self._money(c, [r]) if r is not None else {}
+        return None if r is None else {**_job_out(r), **money.get(r["id"], {})}
 
     def list_jobs(self, customer_id: str, limit: int = 50) -> list[dict[str, Any]]:
         with self.read() as c:
@@ -178,7 +181,20 @@ class JobsStore(StoreBase):
                 .mappings()
                 .all()
             )
-        return [_job_out(r) for r in rows]
+            money = self._money(c, rows)
+        return [{**_job_out(r), **money.get(r["id"], {})} for r in rows]
+
+    def _money(self, c: Connection, rows: Sequence[Any]) -> dict[int, dict[str, Any]]:
+        """Cost, checks, cap and stop reason of these jobs (store/ledger.py: job_costs)."""
+        figures = self.job_costs(c, [r["id"] for r in rows])  # type: ignore[attr-defined]
+        return {
+            r["id"]: {
+                **figures[r["id"]],
+                "max_cost": r.get("max_cost"),
+                "cancel_reason": r.get("cancel_reason"),
+            }
+            for r in rows
+        }
 
     def cancel_job(self, customer_id: str, job_id: int, now: float) -> dict[str, Any] | None:
         with self.tx() as c:
@@ -191,6 +207,16 @@ class JobsStore(StoreBase):
             self._cancel_open(c, job_id, None, now)
             r = c.execute(select(jobs).where(jobs.c.id == job_id)).mappings().one()
             return _job_out(r)
+
+    def _stop_job(self, c: Connection, job_id: int, reason: str, now: float) -> None:
+        """Cancel a job for `reason` (its max cost reached, say: store/ledger.py), kept on it
+        as `cancel_reason` and as its open tasks' error."""
+        c.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id)
+            .values(cancelled=True, cancel_reason=reason[:200])
+        )
+        self._cancel_open(c, job_id, None, now, message=reason)
 
     def cancel_task(
         self, customer_id: str, job_id: int, index: int, now: float
@@ -215,9 +241,16 @@ class JobsStore(StoreBase):
                 return None
             return {"job_id": job_id, "index": index, "state": state, "cancelled": cancelled}
 
-    def _cancel_open(self, c: Connection, job_id: int, index: int | None, now: float) -> bool:
+    def _cancel_open(
+        self,
+        c: Connection,
+        job_id: int,
+        index: int | None,
+        now: float,
+        message: str = "cancelled by the customer",
+    ) -> bool:
         """Cancel the open tasks of a job (of one task `index`, with its replicas); whether the
-        task itself (not only a replica) was open."""
+        task itself (not only a replica) was open. `message` is the tasks' error."""
         q = select(*_TASK_COLS, tasks.c.replica_of).where(
             tasks.c.job_id == job_id,
             tasks.c.state.in_([TaskState.PENDING, TaskState.LEASED, TaskState.VERIFYING]),
@@ -232,7 +265,7 @@ class JobsStore(StoreBase):
                 finished.append((r.id, r.job_id, t, None))
             else:
                 c.execute(update(tasks).where(tasks.c.id == r.id).values(**_task_cols(t)))
-        error = json.dumps({"kind": "cancelled", "message": "cancelled by the customer"})
+        error = json.dumps({"kind": "cancelled", "message": message})
         self._finish(c, finished, now, error_json=error)
         c.execute(
             update(attempts)

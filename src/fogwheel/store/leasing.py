@@ -86,6 +86,7 @@ class LeasingStore(VerifyStore):
                 self._renew(c, node_id, req.renew, now, out)
             if req.release:
                 self._release(c, node_id, req.release, now)
+            self._stop_over_max_cost(c, now)  # type: ignore[attr-defined]  # before leasing
             c.execute(
                 update(nodes)
                 .where(nodes.c.id == node_id)
@@ -897,6 +898,7 @@ class LeasingStore(VerifyStore):
             if finished:
                 self._finish(c, finished, now)
             self._verify_groups(c, regroup, now)
+            self._stop_over_max_cost(c, now)  # type: ignore[attr-defined]
             for nid, n in lost_by_node.items():
                 c.execute(
                     update(nodes)

@@ -7,21 +7,33 @@ is undone by posting its reversal (`reverse`), so the history always explains ev
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 
+from fogwheel.core import costs
 from fogwheel.core.ledger import (
     DEFAULT_PRICE,
+    MICRO,
+    PRICE_PER_GB_SERVED,
     Entry,
     Price,
     charge_for_task,
     check_transaction,
     correction,
+    customer_account,
+    node_account,
 )
+from fogwheel.protocol import JobIn
 from fogwheel.store.base import StoreBase
-from fogwheel.store.schema import ledger
+from fogwheel.store.schema import credit_limits, jobs, ledger, nodes, tasks
+
+DEFAULT_CREDIT_LIMIT = 1_000 * MICRO  # how far below zero a customer may go: 1,000 credits
+_CHARGED = "fogwheel.charged_tasks"  # Connection.info key: tasks charged in this transaction
 
 
 def task_txn(task_id: int) -> str:
@@ -30,6 +42,10 @@ def task_txn(task_id: int) -> str:
 
 
 class LedgerStore(StoreBase):
+    price: Price = DEFAULT_PRICE  # what a CPU-second costs (core/ledger.py)
+    price_per_gb: int = PRICE_PER_GB_SERVED  # micro-credits a GB a node serves (the CDN)
+    default_credit_limit: int = DEFAULT_CREDIT_LIMIT  # micro-credits, for a customer without one
+
     # -- writing: inside the caller's transaction --------------------------------------------
 
     def post(
@@ -81,6 +97,7 @@ class LedgerStore(StoreBase):
         entries = charge_for_task(txn, customer_id, runs, price=price, memo=f"task {task_id}")
         if entries:
             self.post(c, entries, now, task_id)
+            self._note_charged(c, [task_id])
         return entries
 
     def credit_verified_batch(
@@ -116,6 +133,7 @@ class LedgerStore(StoreBase):
             ]
         if rows:
             c.execute(ledger.insert(), rows)
+            self._note_charged(c, {r["task_id"] for r in rows})
         return len(rows)
 
     # -- writing: a transaction of its own ---------------------------------------------------
@@ -202,3 +220,180 @@ class LedgerStore(StoreBase):
                 )
             ).one()
         return int(total), int(n)
+
+    # -- costs: the price, a job's charges, caps ----------------------------------------------
+
+    def price_sheet(self) -> dict[str, Any]:
+        """The current prices: a CPU-second, a GB served, the platform's fee, the least a run
+        costs; in micro-credits and in credits."""
+        p = self.price
+        return {
+            "per_cpu_second": p.per_cpu_second,
+            "per_cpu_hour": p.per_cpu_second * 3600,
+            "per_gb_served": self.price_per_gb,
+            "fee_bps": p.fee_bps,
+            "min_charge": p.min_charge,
+            "credits": {
+                "per_cpu_second": p.per_cpu_second / MICRO,
+                "per_cpu_hour": p.per_cpu_second * 3600 / MICRO,
+                "per_gb_served": self.price_per_gb / MICRO,
+            },
+            "micro": MICRO,
+        }
+
+    def credit_limit(self, customer_id: str) -> int:
+        """How far below zero this customer's balance may go (micro-credits)."""
+        with self.read() as c:
+            own = c.execute(
+                select(credit_limits.c.credit_limit).where(
+                    credit_limits.c.customer_id == customer_id
+                )
+            ).scalar()
+        return self.default_credit_limit if own is None else int(own)
+
+    def set_credit_limit(self, customer_id: str, limit: int, now: float) -> None:
+        """The operator sets how far below zero a customer's balance may go (micro-credits)."""
+        if limit < 0:
+            raise ValueError("a credit limit is 0 or more credits")
+        insert = (sqlite.insert if self.is_sqlite else postgresql.insert)(credit_limits)
+        row = {"credit_limit": limit, "set_at": now}
+        with self.tx() as c:
+            c.execute(
+                insert.values(customer_id=customer_id, **row).on_conflict_do_update(
+                    index_elements=["customer_id"], set_=row
+                )
+            )
+
+    def job_refusal(self, customer_id: str, job: JobIn) -> tuple[int, str] | None:
+        """Why a job may not start, as (HTTP status, sentence), or None: 402 when the customer's
+        balance is past its credit limit, 422 when the job's limits let it cost more than its
+        `max_cost` (core/costs.py)."""
+        balance = self.balance(customer_account(customer_id))
+        past = costs.over_credit_limit(balance, self.credit_limit(customer_id))
+        if past:
+            return 402, past
+        if job.max_cost is None:
+            return None
+        est = costs.estimate(
+            len(job.tasks),
+            job.replicas,
+            cpu_s=job.limits.cpu_s,
+            wall_s=job.limits.wall_s,
+            price=self.price,
+        )
+        over = costs.over_max_cost(est, costs.to_micro(job.max_cost), self.price)
+        return None if over is None else (422, over)
+
+    def job_costs(self, c: Connection, job_ids: Iterable[int]) -> dict[int, dict[str, int]]:
+        """For each job: `cost` (micro-credits charged so far, reversals netted), `checks`
+        (paid runs beyond the first of a task: the replicas that checked a result) and
+        `checks_cost` (what those runs cost), from the books."""
+        ids = list(job_ids)
+        out = {j: {"cost": 0, "checks": 0, "checks_cost": 0} for j in ids}
+        if not ids:
+            return out
+        rows = c.execute(
+            select(tasks.c.job_id, ledger.c.txn, ledger.c.account, ledger.c.amount)
+            .join(tasks, tasks.c.id == ledger.c.task_id)
+            .where(tasks.c.job_id.in_(ids))
+        ).all()
+        charge: dict[tuple[int, str], int] = defaultdict(int)  # (job, txn) -> customer's side
+        runs: dict[tuple[int, str], int] = defaultdict(int)
+        for job_id, txn, account, amount in rows:
+            if account.startswith("customer:"):
+                charge[(job_id, txn)] -= int(amount)
+            elif account.startswith("node:") and amount > 0:
+                runs[(job_id, txn)] += 1
+        for (job_id, txn), paid in charge.items():
+            figures = out[job_id]
+            figures["cost"] += paid
+            n = runs.get((job_id, txn), 0)
+            if paid > 0 and n > 1:
+                figures["checks"] += n - 1
+                figures["checks_cost"] += paid * (n - 1) // n
+        return out
+
+    def _note_charged(self, c: Connection, task_ids: Iterable[int]) -> None:
+        """Remember, for this transaction, the tasks just charged (see `_stop_over_max_cost`)."""
+        noted: set[int] = c.info.setdefault(_CHARGED, set())
+        noted |= set(task_ids)
+
+    def _stop_over_max_cost(self, c: Connection, now: float) -> list[int]:
+        """Cancel the jobs whose charges reached their `max_cost` in this transaction, with
+        the reason "max cost reached": nothing more of theirs is leased, their open tasks are
+        cancelled (a late result of one is dropped, neither charged nor paid). Returns them.
+
+        Called where results are charged (a node's sync, lease expiry), after the charging:
+        what a job is charged is at most its max_cost plus the results that were charged in
+        the transaction that crossed it (one node's batch of in-flight tasks)."""
+        charged = c.info.pop(_CHARGED, None)
+        if not charged:
+            return []
+        capped = c.execute(
+            select(jobs.c.id, jobs.c.max_cost).where(
+                jobs.c.id.in_(
+                    select(tasks.c.job_id).where(tasks.c.id.in_(list(charged))).distinct()
+                ),
+                jobs.c.max_cost.is_not(None),
+                ~jobs.c.cancelled,
+            )
+        ).all()
+        if not capped:
+            return []
+        figures = self.job_costs(c, [j for j, _ in capped])
+        stopped = []
+        for job_id, max_cost in capped:
+            reason = costs.max_cost_reached(figures[job_id]["cost"], int(max_cost))
+            if reason is None:
+                continue
+            self._stop_job(c, job_id, reason, now)  # type: ignore[attr-defined]
+            stopped.append(job_id)
+        return stopped
+
+    # -- statements: what an owner's (or a device's) accounts earned, day by day -----------
+
+    def statement(self, accounts: Sequence[str]) -> dict[str, Any]:
+        """The entries of these node accounts summed per UTC day and source (a job, a CDN
+        object, an adjustment), newest day first; with the total earned, the payouts so far
+        (none: paying out is not built yet) and the balance. The lines sum to the total."""
+        lines: dict[tuple[str, str], dict[str, Any]] = {}
+        if accounts:
+            with self.read() as c:
+                rows = c.execute(
+                    select(
+                        ledger.c.amount,
+                        ledger.c.memo,
+                        ledger.c.txn,
+                        ledger.c.created_at,
+                        tasks.c.job_id,
+                    )
+                    .outerjoin(tasks, tasks.c.id == ledger.c.task_id)
+                    .where(ledger.c.account.in_(list(accounts)))
+                ).all()
+            for amount, memo, txn, at, job_id in rows:
+                day = time.strftime("%Y-%m-%d", time.gmtime(at))
+                if job_id is not None:
+                    source = f"job {job_id}"
+                elif txn.startswith("cdn-"):
+                    source = (memo.split(":", 1)[0] or "cdn").strip()
+                else:
+                    source = (memo.split(":", 1)[0] or txn)[:100]
+                line = lines.setdefault(
+                    (day, source),
+                    {"day": day, "source": source, "job_id": job_id, "earned": 0, "entries": 0},
+                )
+                line["earned"] += int(amount)
+                line["entries"] += 1
+        ordered = sorted(lines.values(), key=lambda x: (x["day"], x["source"]), reverse=True)
+        total = sum(x["earned"] for x in ordered)
+        return {"lines": ordered, "earned": total, "payouts": [], "paid_out": 0, "balance": total}
+
+    def node_statement(self, node_id: str) -> dict[str, Any]:
+        return self.statement([node_account(node_id)])
+
+    def owner_statement(self, owner_id: str) -> dict[str, Any]:
+        """Every device of the owner (revoked ones included: their earnings stay theirs)."""
+        owned = self._owned_by(owner_id)  # type: ignore[attr-defined]
+        with self.read() as c:
+            ids = list(c.execute(select(nodes.c.id).where(owned)).scalars())
+        return {"owner_id": owner_id, **self.statement([node_account(i) for i in ids])}

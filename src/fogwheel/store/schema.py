@@ -123,6 +123,8 @@ jobs = Table(
     Column("quorum", Integer, nullable=False, default=2),
     Column("tolerance", Text),  # ToleranceIn JSON: compare results within it, not by hash
     Column("backups", Boolean, nullable=False, default=True),  # back up stragglers at the end
+    Column("max_cost", BigInteger),  # micro-credits: stopped when its charges reach it
+    Column("cancel_reason", String(200)),  # why it was cancelled, when not by the customer
     Index("ux_jobs_client_token", "customer_id", "client_token", unique=True),
 )
 
@@ -301,6 +303,17 @@ ledger = Table(
     Column("created_at", Float, nullable=False),
     Index("ux_ledger_txn_account", "txn", "account", unique=True),
     Index("ix_ledger_account_id", "account", "id"),
+    Index("ix_ledger_task", "task_id"),  # a job's cost: its tasks' transactions
+)
+
+# How far below zero a customer's balance may go before new jobs are refused (402); a
+# customer without a row has the coordinator's default (store/ledger.py).
+credit_limits = Table(
+    "credit_limits",
+    metadata,
+    Column("customer_id", String(64), primary_key=True),
+    Column("credit_limit", BigInteger, nullable=False),  # micro-credits
+    Column("set_at", Float, nullable=False),
 )
 
 _APPEND_ONLY = "the ledger is append-only: post a correcting transaction instead"
