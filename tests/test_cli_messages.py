@@ -90,6 +90,12 @@ def test_a_revoked_key_is_called_revoked_and_points_to_its_flag(fog: LocalFog) -
     assert "revoked" in said and "--api-key / FOGWHEEL_API_KEY" in said
 
 
+def test_a_refused_node_credential_points_to_the_node_json(fog: LocalFog, tmp_path: Path) -> None:
+    (tmp_path / "node.json").write_text(json.dumps({"coordinator": fog.url, "credential": "x"}))
+    said = failed(fogwheel("earnings", "--data-dir", str(tmp_path)))
+    assert "node.json in the node's --data-dir" in said and "--api-key" not in said
+
+
 # -- the coordinator: missing, or given with a path ----------------------------------------
 
 

@@ -20,7 +20,8 @@ KEY_FLAGS: dict[str, tuple[str, str]] = {
     "owner": ("an owner key", "--owner-key / FOGWHEEL_OWNER_KEY"),
     "node": (
         "a node credential",
-        "the node.json in the node's --data-dir (join again with `fogwheel node --token`)",
+        "the node.json in the node's --data-dir; a revoked device joins again with "
+        "`fogwheel node --token`",
     ),
 }
 
