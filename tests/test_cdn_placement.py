@@ -205,3 +205,22 @@ def test_a_fog_of_three_says_degraded_warns_at_publish_and_repair_spreads_out_ag
         with Client(fog.url, fog.api_key) as client:
             fetch(client, cid, tmp_path / "again.bin")
         assert (tmp_path / "again.bin").read_bytes() == data
+
+
+def test_repair_evens_out_a_crowded_device_over_the_few_that_join(store: Store) -> None:
+    survivor = node(store, "s", "127.0.0.1")
+    cid, _, shares = publish(store, segments=1, k=4, n=8)
+    confirm(store, cid, [survivor], NOW + 1)  # all 8 on one device: at risk
+    t = NOW + 2
+    fresh = [node(store, f"m{i}", f"127.0.1.{i + 1}", t) for i in range(2)]
+    everyone = [survivor, *fresh]
+    for step in range(6):  # a few housekeeping passes, each node syncing in between
+        store.cdn_repair(t + step)
+        confirm(store, cid, everyone, t + step)
+    held = confirm(store, cid, everyone, t + 6)
+    per_device = {d: sum(1 for sha, *_ in shares if d in held[sha]) for d in everyone}
+    assert sorted(per_device.values()) == [2, 3, 3]  # as even as 8 on 3 can be
+    assert all(len(held[sha]) == 1 for sha, *_ in shares)  # and the doubles were dropped
+    [obj] = store.cdn_stats("cust", t + 6)["by_object"]
+    assert obj["state"] == "degraded" and obj["min_devices"] == 3
+    assert obj["min_shares_after_one_loss"] == 5
