@@ -151,6 +151,7 @@ def test_a_200_mb_input_goes_through_fogwheel_run_streamed(fog, big_file, tmp_pa
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.split() == [sha, str(BIG)]  # the task got every byte, in order
     assert "big.bin: sent 209.7 MB" in res.stderr  # told on stderr what went up
+    print(f"fogwheel run -i, 200 MB input: client peak RSS {peak:.1f} MB")
     assert peak < PEAK_LIMIT_MB, f"the client peaked at {peak:.0f} MB for a 200 MB input"
 
 
@@ -179,6 +180,7 @@ def test_a_200_mb_input_goes_through_the_sdk_streamed(fog, big_file, tmp_path) -
     res, peak = measured(fog, [sys.executable, str(script), str(path)], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.split() == [sha, str(BIG)]
+    print(f"Client.submit_many(inputs=), 200 MB input: client peak RSS {peak:.1f} MB")
     assert peak < PEAK_LIMIT_MB, f"the SDK peaked at {peak:.0f} MB for a 200 MB input"
 
 
@@ -212,6 +214,7 @@ def test_an_upload_killed_half_way_sends_only_the_rest_when_run_again(fog, big_f
     assert line["resumed_from"] >= kept["received"] > 0
     assert line["sent"] == BIG - line["resumed_from"] < BIG  # only the rest went again
     assert "resumed at" in res.stderr
+    print(f"killed at {kept['received']} bytes; the rerun sent {line['sent']} of {BIG}")
     assert upload_status(fog, sha)["complete"]
 
 

@@ -19,10 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
-from fogwheel.cli import ApiKeyOpt, CoordinatorOpt, _client, _fail, err, out
+from fogwheel.cli import ApiKeyOpt, CoordinatorOpt, _client, _fail, err
 from fogwheel.cli_errors import explain
 from fogwheel.errors import FogwheelError
 
@@ -34,6 +32,7 @@ blobs_app = typer.Typer(
     "(upload, download, list; pass one to a task with -i NAME=blob:SHA).",
     no_args_is_help=True,
 )
+_AGAIN_UP = "the coordinator keeps what arrived; run the same command again to send the rest"
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON lines instead.")]
 
 
@@ -76,6 +75,9 @@ def transfer_bar(client: Client) -> Iterator[None]:
             tasks[key] = bar.add_task(f"{verbs.get(phase, phase)} {name}", total=total)
         bar.update(tasks[key], completed=done, total=total)
 
+    if not err.is_terminal:  # a log or a pipe gets the one-line summaries only
+        yield
+        return
     before = client.transfer_progress
     client.transfer_progress = progress
     try:
@@ -83,6 +85,16 @@ def transfer_bar(client: Client) -> Iterator[None]:
             yield
     finally:
         client.transfer_progress = before
+
+
+@contextlib.contextmanager
+def interruptible(what: str, again: str) -> Iterator[None]:
+    """Ctrl-C during a transfer: say what is kept and how to go on, exit 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        err.print(f"{what} interrupted: {again}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
 
 
 def _say_sent(name: str, sent: int, size: int, resumed_from: int, seconds: float) -> None:
@@ -115,7 +127,8 @@ def blobs_put(
         for path in files:
             try:
                 t0 = time.monotonic()
-                sent = client.upload(path)
+                with interruptible(f"upload of {path}", _AGAIN_UP):
+                    sent = client.upload(path)
             except FogwheelError as e:
                 raise _fail(f"{path}: {explain(e)}") from None
             except OSError as e:
@@ -126,7 +139,7 @@ def blobs_put(
                 line = {"sha": sha, "size": size, "file": str(path), "sent": sent.sent}
                 typer.echo(json.dumps({**line, "resumed_from": sent.resumed_from}))
             else:
-                out.print(f"{sha}  {size}  {path}", markup=False, highlight=False)
+                typer.echo(f"{sha}  {size}  {path}")
 
 
 @blobs_app.command("get")
@@ -149,7 +162,9 @@ def blobs_get(
     with _client(coordinator, api_key, 0) as client, transfer_bar(client):
         t0 = time.monotonic()
         try:
-            got = client.download(sha, output)
+            keep = f"what arrived is in {output}.part; run the same command again to fetch the rest"
+            with interruptible(f"download of {sha[:12]}…", keep):
+                got = client.download(sha, output)
         except FogwheelError as e:
             raise _fail(explain(e)) from None
         except OSError as e:
@@ -182,15 +197,16 @@ def blobs_ls(
     if not rows:
         err.print("no blobs yet: upload one with `fogwheel blobs put FILE`", markup=False)
         return
-    table = Table("sha", "size", "created", box=None)
+    # plain lines, never cut to the terminal's width: a SHA is copied whole into `get`
+    width = max(len(str(row["size"])) for row in rows)
+    typer.echo(f"{'sha':<64}  {'size':>{width}}  created (UTC)")
     for row in rows:
         created = (
             datetime.fromtimestamp(row["created"], UTC).strftime("%Y-%m-%d %H:%M:%S")
             if row.get("created")
             else "-"
         )
-        table.add_row(escape(row["sha"]), str(row["size"]), created)
-    out.print(table, soft_wrap=True)
+        typer.echo(f"{row['sha']}  {row['size']:>{width}}  {created}")
 
 
 # -- task inputs --------------------------------------------------------------------------------
@@ -237,7 +253,8 @@ def inputs_for(client: Client, values: list[str]) -> dict[str, Blob | Path]:
                     inputs[name] = client.blob(src[5:])
                 elif src.stat().st_size > INLINE_MAX:
                     t0 = time.monotonic()
-                    sent = client.upload(src)
+                    with interruptible(f"upload of {src}", _AGAIN_UP):
+                        sent = client.upload(src)
                     inputs[name] = Blob(sent.sha, sent.size)
                     _say_sent(
                         src.name, sent.sent, sent.size, sent.resumed_from, time.monotonic() - t0
