@@ -259,3 +259,18 @@ def test_a_path_with_brackets_is_printed_whole(fog: LocalFog, tmp_path: Path) ->
     assert res.returncode == 0, res.stderr
     assert f"saved {out_dir / 'out.txt'}" in res.stderr, res.stderr
     assert (out_dir / "out.txt").read_text() == "hi\n"
+
+
+def test_customers_made_at_once_under_one_name_are_one(store: Store) -> None:
+    """Two coordinator processes (threads here, each its own connection) asking at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def make(i: int) -> str:
+        try:
+            return store.create_customer("rush", float(i))[0]
+        except NameTaken:
+            return "taken"
+
+    with ThreadPoolExecutor(8) as pool:
+        made = list(pool.map(make, range(8)))
+    assert made.count("taken") == 7, made

@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, func, select, text, update
 
 from fogwheel.core import owners as owning
 from fogwheel.core.ledger import node_account
@@ -80,6 +80,11 @@ class AccountsStore(StoreBase):
         customer_id = "c-" + secrets.token_hex(4)
         key = new_secret("fwc")
         with self.tx() as c:
+            if c.dialect.name == "postgresql":  # coordinator processes check one at a time
+                c.execute(
+                    text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
+                    {"key": f"customer name {name}"},
+                )
             taken = c.execute(
                 select(principals.c.id).where(
                     principals.c.kind == "customer", principals.c.name == name
