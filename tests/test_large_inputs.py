@@ -363,3 +363,23 @@ def test_a_blob_over_the_blob_limit_is_refused_and_leaves_nothing_behind(
         with Client(small.url, small.api_key) as client, pytest.raises(ApiError) as caught:
             client.put_blob(big)
         assert caught.value.status == 413 and "--max-blob-mb" in str(caught.value)
+
+
+# -- the listing, on both databases ---------------------------------------------------------------
+
+
+def test_a_customers_blob_list_is_its_own_newest_first(store) -> None:
+    store.own_blob("alice", "a" * 64, 10, 1000.0)
+    store.own_blob("alice", "b" * 64, 20, 2000.0)
+    store.own_blob("alice", "c" * 64, 30)  # owned before the column existed: no time
+    store.own_blob("bob", "d" * 64, 40, 3000.0)
+    store.own_blob("alice", "a" * 64, 10, 5000.0)  # owned already: its time stays
+    rows = store.list_blobs("alice")
+    assert [(r["sha"][0], r["size"], r["created"]) for r in rows] == [
+        ("b", 20, 2000.0),
+        ("a", 10, 1000.0),
+        ("c", 30, None),
+    ]
+    assert [r["sha"][0] for r in store.list_blobs("alice", limit=1, offset=1)] == ["a"]
+    assert [r["sha"] for r in store.list_blobs("bob")] == ["d" * 64]
+    assert store.list_blobs("carol") == []
