@@ -299,6 +299,24 @@ def test_another_customer_can_neither_get_list_nor_use_your_blob(fog, other_key,
     assert res.returncode == 1 and "no blob" in res.stderr
 
 
+def test_putting_again_a_blob_corrupted_on_the_coordinator_replaces_it(fog, tmp_path) -> None:
+    data = tmp_path / "precious.bin"
+    sha = write_random(data, 1 << 20, seed=17)
+    assert fogwheel(fog, "blobs", "put", str(data)).returncode == 0
+    again = fogwheel(fog, "blobs", "put", str(data))
+    assert "already on the coordinator: nothing sent" in again.stderr  # intact: not sent twice
+    stored = fog.dir / "coordinator" / "blobs" / sha[:2] / sha
+    rotten = bytearray(stored.read_bytes())
+    rotten[4321] ^= 1
+    stored.write_bytes(bytes(rotten))
+
+    res = fogwheel(fog, "blobs", "put", str(data))
+    assert res.returncode == 0 and "sent 1.0 MB" in res.stderr  # the correct bytes went up
+    got = tmp_path / "got.bin"
+    assert fogwheel(fog, "blobs", "get", sha, "-o", str(got)).returncode == 0
+    assert got.read_bytes() == data.read_bytes()
+
+
 # -- the coordinator's side of the protocol -------------------------------------------------------
 
 

@@ -435,8 +435,10 @@ def build_routes(
         who = auth.require(request, "customer", "node")
         _check_sha(sha)
         if who.kind == "customer" and store.owned_blobs(who.id, {sha}):
-            with contextlib.suppress(FileNotFoundError):
-                size = blobs.path(sha).stat().st_size
+            # complete only if intact: a corrupt one is quarantined here, so the client
+            # uploads it again and its correct bytes replace it
+            with contextlib.suppress(KeyError, CorruptBlob), blobs.open_verified(sha) as f:
+                size = os.fstat(f.fileno()).st_size
                 return {"sha": sha, "complete": True, "size": size, "received": size}
         received = blobs.received(sha, f"{who.kind}:{who.id}")
         return {"sha": sha, "complete": False, "received": received}
