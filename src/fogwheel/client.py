@@ -861,7 +861,7 @@ class Client:
                     stalled = time.monotonic() - w.moved_at
                     w.ask_at = time.monotonic() + min(ASK_MAX_S, max(1.0, stalled / 4))
                     said = (found.reason, found.sentence) if found else None
-                    news = said is not None and said != w.said and found.reason != "queued"
+                    news = found is not None and said != w.said and found.reason != "queued"
                     if news:
                         w.said = said
                 if news:

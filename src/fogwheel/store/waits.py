@@ -124,7 +124,7 @@ class WaitsStore(StoreBase):
                 nodes.c.quarantined,
             ).where(nodes.c.state == "up", nodes.c.last_seen >= horizon, ~nodes.c.revoked)
         ).all()
-        held = dict(
+        held: dict[str, int] = dict(
             c.execute(
                 select(tasks.c.node_id, func.count())
                 .where(tasks.c.state == TaskState.LEASED.value)
