@@ -141,6 +141,21 @@ def test_run_with_replicas_1_on_a_fog_of_one_node_just_runs(one_node: LocalFog) 
     assert "waiting:" not in done.stderr
 
 
+def test_run_local_1_runs_unchecked_and_never_waits_for_a_second_node(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOGWHEEL_")}
+    done = subprocess.run(
+        [*FOGWHEEL, "run", "--local", "1", "--", "python3", "-c", "print(6 * 7)"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "42"
+    assert "checking needs" not in done.stderr
+
+
 @pytest.mark.parametrize(
     "args",
     [
