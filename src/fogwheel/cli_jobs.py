@@ -150,6 +150,7 @@ def attach(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
+    from fogwheel import cli_waits as waits
     from fogwheel.errors import FogwheelError
 
     with _client(coordinator, api_key, 0) as client:
@@ -166,6 +167,7 @@ def attach(
         else:
             _say(f"job {job_id} ({job['name']}) is {job['state']}")
         columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        columns += (waits.notice.column(),)  # why it waits, while it does (cli_waits.py)
         with Progress(*columns, console=err, transient=True) as bar:
             task = bar.add_task(f"job {job_id} {job['name']}"[:60], total=len(futures))
             for _ in as_completed(futures):
