@@ -225,6 +225,10 @@ def test_a_job_over_its_max_cost_is_refused_by_the_cli_and_the_sdk(fog) -> None:
         with pytest.raises(ApiError) as e:
             client.submit_many(burn, [((0.1,), {}) for _ in range(16)], cpu_s=0.5)
         assert e.value.status == 422 and "may cost up to 0.008000 credits" in e.value.message
+    with Client(fog.url, fog.api_key) as client:  # a cap for one job only
+        with pytest.raises(ApiError) as e:
+            client.run(["python3", "-c", "print(1)"], max_cost=0.1)
+        assert e.value.status == 422 and "may cost up to 0.600000 credits" in e.value.message
 
 
 def test_a_running_job_is_stopped_at_its_max_cost_and_jobs_show_what_each_cost(fog) -> None:

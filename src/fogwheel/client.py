@@ -358,8 +358,14 @@ class Client:
         keep: Sequence[tuple[str | None, str | None]] | None = None,
         replicas: str | int | None = None,
         trusted_types: Iterable[TrustedType] = (),
+        max_cost: float | None = None,
     ) -> list[TaskFuture]:
         """One job of many calls of `fn`; the lower layer under `submit` and `map`.
+
+        `max_cost` (credits; default the client's `max_cost`) caps what the job may cost:
+        refused (ApiError 422) when its limits let it cost more, cancelled ("max cost
+        reached") once its charges reach it. A submission of more than SUBMIT_CHUNK calls
+        is several jobs, each with that cap.
 
         `trusted_types` adds, for this job, to the types its results may be decoded as.
 
@@ -411,6 +417,8 @@ class Client:
                 "backups": backups,
                 "client_token": uuid.uuid4().hex,
             }
+            if max_cost is not None:
+                job["max_cost"] = max_cost
             if rel_tol is not None:
                 job["tolerance"] = {"rel": rel_tol, "abs": abs_tol}
             futures.extend(
@@ -431,6 +439,7 @@ class Client:
         wall_s: float = 600.0,
         cpu_s: float | None = None,
         name: str | None = None,
+        max_cost: float | None = None,
     ) -> TaskFuture:
         """Run a program on one node: `inputs` are files placed in its working directory
         (paths or bytes), `outputs` the files to bring back. The future's result is a
@@ -444,6 +453,7 @@ class Client:
             wall_s=wall_s,
             cpu_s=cpu_s,
             name=name or str(command[0]),
+            max_cost=max_cost,
         )[0]
 
     def run_many(
@@ -457,6 +467,7 @@ class Client:
         wall_s: float = 600.0,
         cpu_s: float | None = None,
         name: str = "command",
+        max_cost: float | None = None,
     ) -> list[TaskFuture]:
         """One job of several command tasks (a render's bands, say)."""
         inputs = inputs or [{} for _ in commands]
@@ -478,6 +489,8 @@ class Client:
             "replicas": self.replicas,
             "client_token": uuid.uuid4().hex,
         }
+        if max_cost is not None:
+            job["max_cost"] = max_cost
         return self._submit_job(job, "command", outputs=tuple(outputs))
 
     def attach(

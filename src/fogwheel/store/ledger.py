@@ -133,7 +133,7 @@ class LedgerStore(StoreBase):
             ]
         if rows:
             c.execute(ledger.insert(), rows)
-            self._note_charged(c, {r["task_id"] for r in rows})
+            self._note_charged(c, {tid for tid, _, _ in items})
         return len(rows)
 
     # -- writing: a transaction of its own ---------------------------------------------------
