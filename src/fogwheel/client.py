@@ -564,6 +564,7 @@ class Client:
             retry_for=self.retry_for,
             progress=self.transfer_progress,
             name=name,
+            status=lambda url: self._request("GET", url).json(),
         )
         self._uploaded.add(sha)
         return sent
@@ -594,6 +595,8 @@ class Client:
         """Stream a blob into `path` via `path.part`, checked; an interrupted download is
         continued by the next call (Range), and `path` appears only once it is whole."""
         sha = blob if isinstance(blob, str) else blob.sha
+        if not self._request("GET", f"/v1/blobs/{sha}/upload").json()["complete"]:
+            raise NotFound(404, f"no blob {sha} of yours (`fogwheel blobs ls` lists yours)")
         return transfers.download(
             self._http,
             sha,

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import httpx
 
@@ -73,11 +73,14 @@ def upload(
     retry_for: float = 120.0,
     progress: Progress | None = None,
     name: str = "",
+    status: Callable[[str], dict[str, Any]] | None = None,
 ) -> Transfer:
     """Upload a file (or bytes) as a blob, resuming any upload of it the coordinator kept.
 
     Transport errors and 5xx answers are retried for `retry_for` seconds, each retry sending
-    only what the coordinator lacks; a 4xx raises (AuthError, NotFound, ApiError)."""
+    only what the coordinator lacks; a 4xx raises (AuthError, NotFound, ApiError). `status`
+    asks `GET /v1/blobs/{sha}/upload` (the SDK passes its own request, which says on stderr
+    when it retries an unreachable coordinator)."""
     if isinstance(source, bytes):
         size = len(source)
         sha = sha or hashlib.sha256(source).hexdigest()
@@ -91,7 +94,8 @@ def upload(
     delay = 0.2
     while True:
         try:
-            st = _ok(http.get(f"/v1/blobs/{sha}/upload")).json()
+            path = f"/v1/blobs/{sha}/upload"
+            st = status(path) if status else _ok(http.get(path)).json()
             if st["complete"]:
                 done = size if resumed_from is None else resumed_from
                 return Transfer(sha, size, counted.sent, done)
