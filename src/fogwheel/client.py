@@ -432,7 +432,7 @@ class Client:
         self,
         command: Sequence[str],
         *,
-        inputs: Mapping[str, str | os.PathLike[str] | bytes] | None = None,
+        inputs: Mapping[str, Blob | str | os.PathLike[str] | bytes] | None = None,
         outputs: Sequence[str] = (),
         needs: Sequence[str] = (),
         memory_mb: int = 256,
@@ -442,7 +442,8 @@ class Client:
         max_cost: float | None = None,
     ) -> TaskFuture:
         """Run a program on one node: `inputs` are files placed in its working directory
-        (paths or bytes), `outputs` the files to bring back. The future's result is a
+        (paths, bytes or `Blob`s; a large file is streamed up as a blob, resumably),
+        `outputs` the files to bring back. The future's result is a
         `CommandResult`; a non-zero exit raises `CommandFailed`."""
         return self.run_many(
             [command],
@@ -460,7 +461,7 @@ class Client:
         self,
         commands: Sequence[Sequence[str]],
         *,
-        inputs: Sequence[Mapping[str, str | os.PathLike[str] | bytes]] | None = None,
+        inputs: Sequence[Mapping[str, Blob | str | os.PathLike[str] | bytes]] | None = None,
         outputs: Sequence[str] = (),
         needs: Sequence[str] = (),
         memory_mb: int = 256,
