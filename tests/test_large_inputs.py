@@ -8,9 +8,11 @@ SDK scripts run as subprocesses. The 200 MB files live in tmp directories and ar
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -215,6 +217,107 @@ def test_an_upload_killed_half_way_sends_only_the_rest_when_run_again(fog, big_f
     assert line["sent"] == BIG - line["resumed_from"] < BIG  # only the rest went again
     assert "resumed at" in res.stderr
     print(f"killed at {kept['received']} bytes; the rerun sent {line['sent']} of {BIG}")
+    assert upload_status(fog, sha)["complete"]
+
+
+class DroppingProxy:
+    """A TCP proxy to the coordinator that cuts its first `drops` connections after `cut`
+    bytes in `direction` ("up": client to coordinator, "down": back): a connection that drops
+    half-way, with real sockets. `heads` keeps the start of every request it forwarded."""
+
+    def __init__(self, target: str, cut: int, direction: str, drops: int = 1) -> None:
+        import socket
+        import threading
+
+        host, port = target.removeprefix("http://").split(":")
+        self.target = (host, int(port))
+        self.cut, self.direction, self.drops = cut, direction, drops
+        self.heads: list[bytes] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self._socket, self._threading = socket, threading
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            cut = self.cut if self.drops > 0 else None
+            self.drops -= 1
+            upstream = self._socket.create_connection(self.target)
+            up_cut, down_cut = (cut, None) if self.direction == "up" else (None, cut)
+            for src, dst, limit, log in (
+                (client, upstream, up_cut, True),
+                (upstream, client, down_cut, False),
+            ):
+                self._threading.Thread(
+                    target=self._pump, args=(src, dst, limit, log, client, upstream), daemon=True
+                ).start()
+
+    def _pump(self, src, dst, limit, log, *both) -> None:
+        moved = 0
+        try:
+            while data := src.recv(65536):
+                if log and data[:4] in (b"GET ", b"PUT ", b"POST", b"HEAD"):
+                    self.heads.append(data[:1000])
+                if limit is not None and moved + len(data) > limit:
+                    dst.sendall(data[: limit - moved])
+                    break
+                dst.sendall(data)
+                moved += len(data)
+        except OSError:
+            pass
+        for s in both:  # one side ended or was cut: end the connection
+            with contextlib.suppress(OSError):
+                s.shutdown(self._socket.SHUT_RDWR)
+            s.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_download_cut_half_way_goes_on_from_where_it_stopped(fog, tmp_path) -> None:
+    from fogwheel import Client
+
+    data = tmp_path / "five.bin"
+    sha = write_random(data, 5 << 20, seed=19)
+    with Client(fog.url, fog.api_key) as client:
+        blob = client.put_blob(data)
+    proxy = DroppingProxy(fog.url, cut=2 << 20, direction="down", drops=2)
+    try:
+        with Client(proxy.url, fog.api_key) as client:
+            got = tmp_path / "got.bin"
+            assert client.fetch_to(blob, got) == 5 << 20
+            assert got.read_bytes() == data.read_bytes()
+            ranged = [h for h in proxy.heads if b"range: bytes=" in h.lower()]
+            assert ranged, "the second try asked for the whole blob again"
+            proxy.drops = 1
+            tr = client.download(sha, tmp_path / "again.bin")
+            assert (tmp_path / "again.bin").read_bytes() == data.read_bytes()
+            assert tr.sent == 5 << 20 and tr.resumed_from == 0  # all of it, over two requests
+    finally:
+        proxy.close()
+
+
+def test_an_upload_cut_half_way_sends_only_the_rest(fog, tmp_path) -> None:
+    from fogwheel import Client
+
+    data = tmp_path / "six.bin"
+    sha = write_random(data, 6 << 20, seed=23)
+    proxy = DroppingProxy(fog.url, cut=3 << 20, direction="up")
+    try:
+        with Client(proxy.url, fog.api_key) as client:
+            tr = client.upload(data)
+    finally:
+        proxy.close()
+    assert tr.sha == sha and tr.size == 6 << 20
+    puts = [h.lower() for h in proxy.heads if h.startswith(b"PUT ")]
+    assert len(puts) == 2 and b"content-range: bytes 0-" in puts[0]
+    [resumed_at] = re.findall(rb"content-range: bytes (\d+)-", puts[1])
+    assert 0 < int(resumed_at) < 6 << 20  # the second try went on from what had arrived
+    assert tr.sent < 2 * (6 << 20)  # the cut part, then only the rest
     assert upload_status(fog, sha)["complete"]
 
 

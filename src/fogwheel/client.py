@@ -615,40 +615,56 @@ class Client:
 
     def fetch_to(self, blob: Blob, path: str | os.PathLike[str], append: bool = False) -> int:
         """Stream `blob` into the file `path` (appended with `append`), checking it on the way;
-        returns its size. A corrupt transfer raises IntegrityError and leaves no new file."""
+        returns its size. A dropped connection continues from the bytes already written
+        (`Range`); a corrupt transfer raises IntegrityError and leaves no new bytes."""
         path = Path(path)
         if blob.data is not None:
             with open(path, "ab" if append else "wb") as f:
                 f.write(blob.data)
             return blob.size
-        deadline = time.monotonic() + self.retry_for
-        while True:
-            start = path.stat().st_size if append and path.exists() else 0
-            h = hashlib.sha256()
-            try:
-                with (
-                    self._http.stream("GET", f"/v1/blobs/{blob.sha}") as r,
-                    open(path, "ab" if append else "wb") as f,
-                ):
-                    if r.status_code >= 400:
-                        r.read()
-                        if r.status_code < 500 or time.monotonic() > deadline:
-                            raise ApiError(r.status_code, _message(r))
-                        continue
-                    for chunk in r.iter_bytes(1 << 20):
-                        h.update(chunk)
-                        f.write(chunk)
-                break
-            except httpx.TransportError as e:
-                with open(path, "ab") as f:
-                    f.truncate(start)
-                if time.monotonic() > deadline:
-                    raise CoordinatorUnreachable(f"cannot reach {self.url}: {e}") from e
-                time.sleep(0.5)
-        if h.hexdigest() != blob.sha:
+        start = path.stat().st_size if append and path.exists() else 0
+        if not append:
+            path.write_bytes(b"")
+
+        def undo() -> None:
             with open(path, "ab") as f:
                 f.truncate(start)
-            raise IntegrityError(f"blob {blob.sha[:12]}… arrived corrupt")
+
+        deadline = time.monotonic() + self.retry_for
+        h = hashlib.sha256()
+        have = 0  # bytes of this blob written after `start`
+        try:
+            while True:
+                headers = {"range": f"bytes={have}-"} if have else {}
+                try:
+                    with self._http.stream("GET", f"/v1/blobs/{blob.sha}", headers=headers) as r:
+                        if r.status_code == 416 and have:  # all of it came already
+                            r.read()
+                            break
+                        if r.status_code >= 400:
+                            r.read()
+                            if r.status_code < 500 or time.monotonic() > deadline:
+                                raise ApiError(r.status_code, _message(r))
+                            time.sleep(0.5)
+                            continue
+                        if have and r.status_code != 206:  # the whole blob again
+                            undo()
+                            h, have = hashlib.sha256(), 0
+                        with open(path, "ab") as f:
+                            for chunk in r.iter_bytes(1 << 20):
+                                h.update(chunk)
+                                f.write(chunk)
+                                have += len(chunk)
+                    break
+                except httpx.TransportError as e:
+                    if time.monotonic() > deadline:
+                        raise CoordinatorUnreachable(f"cannot reach {self.url}: {e}") from e
+                    time.sleep(0.5)
+            if h.hexdigest() != blob.sha:
+                raise IntegrityError(f"blob {blob.sha[:12]}… arrived corrupt")
+        except (ApiError, CoordinatorUnreachable, IntegrityError):
+            undo()
+            raise
         return blob.size
 
     def _submit_job(
