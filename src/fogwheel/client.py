@@ -1042,7 +1042,6 @@ class Client:
             raise ApiError(r.status_code, _message(r))
         return r
 
-
     def _unreachable(self, why: str, tries: int) -> CoordinatorUnreachable:
         if why == "unknown host":
             host = httpx.URL(self.url).host

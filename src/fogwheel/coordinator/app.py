@@ -392,9 +392,7 @@ def build_routes(
             await run_in_threadpool(store.note_upload, who.id, sha, time.time())
         return JSONResponse({"sha": sha, "size": size, "complete": True}, 201)
 
-    async def _receive_into(
-        request: Request, up: PartialUpload, length: int, ranged: bool
-    ) -> bool:
+    async def _receive_into(request: Request, up: PartialUpload, length: int, ranged: bool) -> bool:
         """Stream the body into `up` in 1 MiB writes; False when the client went away (what
         came is written, for a later resume). At most `length` bytes (400 / 413 beyond)."""
         buf = bytearray()

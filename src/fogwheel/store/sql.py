@@ -18,9 +18,7 @@ from fogwheel.store.ledger import LedgerStore
 from fogwheel.store.waits import WaitsStore
 
 
-class Store(
-    AccountsStore, FleetStore, JobsStore, LeasingStore, LedgerStore, CdnStore, WaitsStore
-):
+class Store(AccountsStore, FleetStore, JobsStore, LeasingStore, LedgerStore, CdnStore, WaitsStore):
     """All coordinator state. Methods take `now`; none reads the clock itself."""
 
 
