@@ -192,8 +192,14 @@ class CdnStore(VerifyStore):
         ).all():
             load[node_id] = n
         by_segment: dict[tuple[str, int], set[str]] = defaultdict(set)
+        # how many of a segment's shares each live node holds: a node takes a second share of
+        # a segment only when every node has one, a third only when every node has two, …
+        per_segment: dict[tuple[str, int], dict[str, int]] = defaultdict(lambda: defaultdict(int))
         for s in shares:
-            by_segment[(s.content_id, s.segment)] |= holders[s.sha] & live.keys()
+            on_live = holders[s.sha] & live.keys()
+            by_segment[(s.content_id, s.segment)] |= on_live
+            for n in on_live:
+                per_segment[(s.content_id, s.segment)][n] += 1
         fastest = max((v["uplink"] for v in live.values()), default=0.0) or 1.0
         new_rows = []
         for s in shares:
@@ -203,6 +209,7 @@ class CdnStore(VerifyStore):
             if need <= 0:
                 continue
             seg_nodes = by_segment[(s.content_id, s.segment)]
+            seg_count = per_segment[(s.content_id, s.segment)]
             seg_networks = {live[n]["network"] for n in seg_nodes if n in live}
             candidates = [n for n in live if n not in holders[s.sha] and n not in bad[s.sha]]
             # nodes without a share of this segment first, then those on another network;
@@ -210,7 +217,7 @@ class CdnStore(VerifyStore):
             _rng.shuffle(candidates)
             candidates.sort(
                 key=lambda n: (
-                    n in seg_nodes,
+                    seg_count[n],
                     live[n]["network"] in seg_networks,
                     load[n] / max(1, live[n]["disk_mb"]) / (1.0 + live[n]["uplink"] / fastest),
                 )
@@ -227,6 +234,7 @@ class CdnStore(VerifyStore):
                 )
                 holders[s.sha].add(n)
                 seg_nodes.add(n)
+                seg_count[n] += 1
                 load[n] += 1
         if repair:
             new_rows += self._spread_out(c, now, shares, live, holders, stored, bad, load)
