@@ -1204,7 +1204,7 @@ def mr_wordcount(
 ) -> None:
     """Count every whitespace-separated word of the inputs: `word<TAB>count` part files.
 
-    Example: fogwheel mapreduce wordcount book.txt --out counts --local 2
+    Example: fogwheel mapreduce wordcount examples/pydocs.txt --out counts --local 2
     """
     from fogwheel.mapreduce import WordCount
 
@@ -1245,7 +1245,7 @@ def mr_grep(
 ) -> None:
     """Count every distinct match of PATTERN in the inputs: `match<TAB>count` (Hadoop's grep).
 
-    Example: fogwheel mapreduce grep 'colou?r' book.txt --out colours --local 2
+    Example: fogwheel mapreduce grep '__[a-z]+__' examples/pydocs.txt --out colours --local 2
     """
     from fogwheel.mapreduce import Grep
 
@@ -1295,7 +1295,7 @@ def mr_run(
 ) -> None:
     """Run your own MapReduce job, defined in a Python file.
 
-    Example: fogwheel mapreduce run examples/mapreduce_wordlengths.py:job book.txt --local 2
+    Example: fogwheel mapreduce run examples/mapreduce_wordlengths.py:job examples/pydocs.txt --local 2
     """
     from fogwheel.mapreduce import Job
 
@@ -1371,7 +1371,7 @@ def kmer(
 ) -> None:
     """Count canonical k-mers across the fog, as `jellyfish count -C -m K` + `dump -c`, sorted.
 
-    Example: fogwheel kmer genome.fa -k 21 --out counts.tsv --local 2
+    Example: fogwheel kmer examples/genome.fa -k 21 --out counts.tsv --local 2
     """
     from fogwheel.workloads.kmer import KmerJob
 
