@@ -35,7 +35,8 @@ class WaitNotice:
         sentence = "" if wait is None else str(wait.sentence)
         with self._lock:
             self.sentence = sentence
-            new = bool(sentence) and sentence not in self._said
+            # printed once when the fog cannot make progress; a busy queue shows on the bar only
+            new = bool(sentence) and bool(wait.stuck) and sentence not in self._said
             if new:
                 self._said.add(sentence)
             listeners = list(self._listeners)

@@ -925,7 +925,13 @@ class Client:
             except Exception:  # a callback's bug must not stop the watch
                 log.exception("on_wait raised")
         elif wait is not None:
-            log.warning("job %d waits: %s", job_id, wait.sentence)
+            # A fog that cannot make progress is a warning; a queue that is only busy is news.
+            log.log(
+                logging.WARNING if wait.stuck else logging.INFO,
+                "job %d waits: %s",
+                job_id,
+                wait.sentence,
+            )
 
     def _still_waiting(self, job_id: int, timeout: float | None) -> StillWaiting:
         """The TimeoutError of a wait that ran out, of the kind that says why."""
