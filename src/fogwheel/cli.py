@@ -1295,7 +1295,7 @@ def mr_run(
 ) -> None:
     """Run your own MapReduce job, defined in a Python file.
 
-    Example: fogwheel mapreduce run examples/mapreduce_wordlengths.py:job examples/pydocs.txt --local 2
+    Example: fogwheel mapreduce run examples/mapreduce_wordlengths.py:job examples/words.txt
     """
     from fogwheel.mapreduce import Job
 
