@@ -359,6 +359,7 @@ class Client:
         replicas: str | int | None = None,
         trusted_types: Iterable[TrustedType] = (),
         max_cost: float | None = None,
+        client_token: str | None = None,
     ) -> list[TaskFuture]:
         """One job of many calls of `fn`; the lower layer under `submit` and `map`.
 
@@ -368,6 +369,8 @@ class Client:
         is several jobs, each with that cap.
 
         `trusted_types` adds, for this job, to the types its results may be decoded as.
+        `client_token` (letters, digits, `_`, `-`; at most 60) makes the submission
+        idempotent: submitting again with the same token returns the jobs made the first time.
 
         With `rel_tol` (and `abs_tol`), replicas' numeric results agree when every number is
         within that tolerance (`math.isclose`) rather than only when their bytes are equal.
@@ -415,7 +418,11 @@ class Client:
                 "max_attempts": max_attempts,
                 "replicas": self.replicas if replicas is None else replicas,
                 "backups": backups,
-                "client_token": uuid.uuid4().hex,
+                # the same token again (a driver resumed after it was killed mid-submit)
+                # answers with the job it made the first time, not a twin
+                "client_token": f"{client_token}-{start // SUBMIT_CHUNK}"
+                if client_token
+                else uuid.uuid4().hex,
             }
             if max_cost is not None:
                 job["max_cost"] = max_cost

@@ -117,6 +117,7 @@ class Run:
     outer: dict[str, Any] | None = None  # Blob of the outer optimizer's state
     shards: list[dict[str, Any]] = field(default_factory=list)
     in_flight: int | None = None  # job id of the round being run
+    submitting: str | None = None  # client token of a round being submitted (idempotent)
     workers_in_flight: list[int] = field(default_factory=list)  # its workers, in task order
     last_round: dict[str, int] = field(default_factory=dict)  # worker -> last round it ran
     history: list[RoundRecord] = field(default_factory=list)
@@ -261,10 +262,17 @@ class Trainer:
             job_id = self.run.in_flight
             futures = self.client.attach(job_id, outputs=["delta"])
         else:
-            self.run.workers_in_flight = self.cfg.present(r)
-            futures = self._submit(r, self.run.workers_in_flight)
+            # The token is saved before the job is submitted: a driver killed between the two
+            # submits again with it after --resume and gets the same job back, never a twin
+            # whose tasks would find the kept state already moved on.
+            if self.run.submitting is None:
+                self.run.workers_in_flight = self.cfg.present(r)
+                self.run.submitting = uuid.uuid4().hex
+                self.run.save(self.dir)
+            futures = self._submit(r, self.run.workers_in_flight, self.run.submitting)
             job_id = futures[0].job_id
             self.run.in_flight = job_id
+            self.run.submitting = None
             self.run.save(self.dir)
         who = self.run.workers_in_flight
         results = {who[i]: out for i, out in self._gather(futures, t0, len(who)).items()}
@@ -314,7 +322,7 @@ class Trainer:
         self._checkpoint()
         return record
 
-    def _submit(self, r: int, workers: list[int]) -> list[Any]:
+    def _submit(self, r: int, workers: list[int], token: str) -> list[Any]:
         from fogwheel.workloads import transformer
 
         cfg = self.cfg
@@ -348,6 +356,7 @@ class Trainer:
             memory_mb=TASK_MEMORY_MB,
             wall_s=max(60.0, self.cfg.round_timeout * 2),
             max_attempts=2,
+            client_token=token,
         )
 
     def _gather(self, futures: list[Any], t0: float, present: int) -> dict[int, TaskOutput]:
