@@ -1245,7 +1245,7 @@ def mr_grep(
 ) -> None:
     """Count every distinct match of PATTERN in the inputs: `match<TAB>count` (Hadoop's grep).
 
-    Example: fogwheel mapreduce grep '__[a-z]+__' examples/pydocs.txt --out colours --local 2
+    Example: fogwheel mapreduce grep 'colou?r' examples/pydocs.txt --out colours --local 2
     """
     from fogwheel.mapreduce import Grep
 

@@ -53,8 +53,12 @@ def _interrupted(client: Any) -> None:
         _say("interrupted")
         return
     it = "it" if len(jobs) == 1 else "them"
-    _say(f"cancelling {_jobs_text(jobs)} on the fog… (press Ctrl-C again to leave {it} running)")
     try:
+        # inside the try: a second Ctrl-C can arrive as soon as the line is out, before the
+        # print returns
+        _say(
+            f"cancelling {_jobs_text(jobs)} on the fog… (press Ctrl-C again to leave {it} running)"
+        )
         time.sleep(GRACE_S)
     except KeyboardInterrupt:
         _left_running(jobs)
