@@ -22,6 +22,7 @@ from rich.text import Text
 from fogwheel import __version__
 from fogwheel import cli_waits as waits
 from fogwheel.cli_errors import coordinator_url, explain, user_errors
+from fogwheel.core.scheduler import Policy
 
 app = typer.Typer(
     name="fogwheel",
@@ -216,6 +217,15 @@ def coordinator(
             "local user can read them.",
         ),
     ] = None,
+    placement: Annotated[
+        Policy,
+        typer.Option(
+            envvar="FOGWHEEL_PLACEMENT",
+            help="Which pending tasks a node gets: fair (customers take turns, queue order; "
+            "the default), random, reliability (long tasks to reliable nodes) or deadline "
+            "(least slack first). `fogwheel sim` compares them (docs/sim.md).",
+        ),
+    ] = Policy.FAIR,
     ready_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
     quiet: Annotated[bool, typer.Option(help="Print nothing at start.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
@@ -254,6 +264,7 @@ def coordinator(
         tls_key=tls_key,
         allow_private_serve=allow_private_serve,
         ready_file=ready_file,
+        placement=placement.value,
     )
     try:
         serve(config, announce=not quiet)

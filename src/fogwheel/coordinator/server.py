@@ -23,6 +23,7 @@ from fogwheel.blobs import FileBlobStore
 from fogwheel.coordinator.app import build_routes
 from fogwheel.coordinator.bodylimit import BodyLimit
 from fogwheel.coordinator.bodytimeout import BodyTimeout
+from fogwheel.core.scheduler import Placement, Policy
 from fogwheel.errors import ConfigError
 from fogwheel.protocol import SQL_INT_MAX
 from fogwheel.signing import fingerprint, join_string, key_pin, load_or_create_key, public_key_b64
@@ -54,6 +55,8 @@ class CoordinatorConfig:
     tls_key: Path | None = None  # …and this private key
     allow_private_serve: bool = False  # nodes may serve the CDN from loopback/private IPs
     ready_file: Path | None = None  # where to write {"url": …} once listening
+    placement: str = "fair"  # core/scheduler.Policy: fair, random, reliability, deadline
+    placement_seed: int = 0  # the draws of --placement random
 
     @property
     def max_blob_bytes(self) -> int:
@@ -68,6 +71,7 @@ def open_store(config: CoordinatorConfig) -> tuple[Store, dict[str, str]]:
     """Open (and create) the store; returns it with any secrets created now, to show once."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(config.db_url, lease_seconds=config.lease_seconds)
+    store.placement = Placement(Policy(config.placement), config.placement_seed)
     store.create_schema()
     add_missing_columns(store.engine, metadata)  # an upgraded coordinator on an older database
     now = time.time()

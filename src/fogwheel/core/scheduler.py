@@ -7,14 +7,22 @@ and which. Every assignment carries a one-line reason that the console and the A
 Two ideas from MapReduce (Dean & Ghemawat, OSDI 2004): a task goes preferably to a node that
 already holds its input (§3.4, locality), and near the end of a job an idle node runs a backup
 copy of the slowest running task, the first result winning (§3.6, backup tasks).
+
+Which pending tasks a node takes is a placement policy (`Placement`): the default, `fair`,
+serves customers round robin in queue order (locality first); `random`, `reliability` and
+`deadline` are the alternatives that `fogwheel sim` compares with it, and that
+`fogwheel coordinator --placement` runs live. Every policy keeps the same bounds
+(`grant_size`: slots, fair share, probation) and the same rules of who may take what (`_fits`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import defaultdict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 MAX_HELD_PER_SLOT = 64  # a node may queue this many tiny tasks per slot to hide round trips
 PROBATION_RELIABILITY = 0.5  # below this, a node gets one task at a time while others are free
@@ -22,6 +30,38 @@ BACKUP_MIN_S = 2.0  # a task is never backed up before it has run this long
 LOCALITY_WAIT_S = 3.0  # a task whose input another live node holds waits this long for it
 STICKY_WAIT_S = 30.0  # ... and a task whose kept state a live node holds, this long, busy or not
 BACKUP_FACTOR = 1.5  # ... nor before it has run this many times its job's median attempt
+RELIABLE = 0.8  # under `reliability`, a node at least this reliable takes the longest tasks first
+
+
+class Policy(StrEnum):
+    """How a node's share of the pending queue is chosen (the bounds are the same for all).
+
+    - `fair`: today's behaviour and the default: customers take turns, each customer's queue
+      in queue order with locality first; unreliable nodes are on probation (`grant_size`).
+    - `random`: a uniformly random choice among the tasks the node may take; the draws come
+      from `Placement.seed`, never from a global generator.
+    - `reliability`: reliable nodes take the longest tasks first and flaky ones the shortest,
+      so that the work a lost lease throws away is small; customers still take turns.
+    - `deadline`: least slack first (the task's deadline less its estimated length), across
+      customers; a task longer than the node is expected to stay up goes after those that fit.
+    """
+
+    FAIR = "fair"
+    RANDOM = "random"
+    RELIABILITY = "reliability"
+    DEADLINE = "deadline"
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """A placement policy with its seed: a value, so that the coordinator and the simulator
+    given the same one decide the same."""
+
+    policy: Policy = Policy.FAIR
+    seed: int = 0
+
+
+FAIR = Placement()
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +73,7 @@ class NodeView:
     done: int = 0  # attempts it finished (a result, or the task's own exception)
     lost: int = 0  # attempts it lost (lease expired, crashed worker)
     capabilities: frozenset[str] = frozenset()
+    expected_up_s: float | None = None  # how much longer it is likely to stay up; None: unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +102,8 @@ class Candidate:
     holder_free: bool = False  # a live node holding more of its input has a free slot now
     sticky: bool = False  # it reads state kept on a node (TaskIn.keep_in): worth a longer wait
     keeper: str | None = None  # the live node that keeps that state, if any
+    est_s: float | None = None  # its expected run time (its job's typical attempt); None: unknown
+    deadline: float | None = None  # when its job wants it done; None: no deadline
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,17 +148,24 @@ def grant_size(node: NodeView, want: int, cluster: ClusterView) -> tuple[int, st
 
 
 def plan_lease(
-    node: NodeView, want: int, candidates: Sequence[Candidate], cluster: ClusterView
+    node: NodeView,
+    want: int,
+    candidates: Sequence[Candidate],
+    cluster: ClusterView,
+    placement: Placement = FAIR,
 ) -> list[Assignment]:
-    """Choose tasks for `node` from `candidates` (queue order), round-robin across customers."""
+    """Choose tasks for `node` from `candidates` (queue order) by the placement policy."""
     grant, why = grant_size(node, want, cluster)
     if grant <= 0:
         return []
     rel = reliability(node)
     head = f"{node.id}: reliability {rel:.2f} ({node.done}/{node.done + node.lost}), {why}"
+    if placement.policy is not Policy.FAIR:
+        head += f"; {placement.policy.value} placement"
     chosen: list[Assignment] = []
     groups: set[int] = set()
-    for cand in _round_robin(c for c in candidates if _fits(node, c, cluster)):
+    fitting = [c for c in candidates if _fits(node, c, cluster)]
+    for cand in _ordered(node, fitting, placement):
         group = cand.group if cand.group is not None else cand.task_id
         if group in groups:
             continue  # two copies of one task never go to the same node
@@ -131,6 +181,32 @@ def plan_lease(
         if len(chosen) == grant:
             break
     return chosen
+
+
+def _ordered(node: NodeView, cands: list[Candidate], placement: Placement) -> Iterable[Candidate]:
+    """The fitting candidates in the order the policy takes them."""
+    policy = placement.policy
+    if policy is Policy.FAIR:
+        return _round_robin(cands)
+    if policy is Policy.RANDOM:
+        seed = f"{placement.seed}:{node.id}:".encode()
+        return sorted(cands, key=lambda c: _draw(seed, c.task_id))
+    if policy is Policy.RELIABILITY:
+        sign = -1.0 if reliability(node) >= RELIABLE else 1.0
+        return _round_robin(cands, key=lambda c: sign * (c.est_s or 0.0))
+    up = node.expected_up_s
+    return sorted(
+        cands,
+        key=lambda c: (
+            up is not None and c.est_s is not None and c.est_s > up,  # would likely be lost
+            math.inf if c.deadline is None else c.deadline - (c.est_s or 0.0),  # slack
+        ),
+    )
+
+
+def _draw(seed: bytes, task_id: int) -> bytes:
+    """A uniform pseudo-random key for (seed, node, task): the same on every process."""
+    return hashlib.blake2b(seed + str(task_id).encode(), digest_size=8).digest()
 
 
 def backup_after(job_median_s: float) -> float:
@@ -230,12 +306,18 @@ def _fits(node: NodeView, cand: Candidate, cluster: ClusterView) -> bool:
     )
 
 
-def _round_robin(cands: Iterable[Candidate]) -> Iterable[Candidate]:
-    """Customers take turns, in the order they first appear; each one's queue by locality."""
+def _round_robin(
+    cands: Iterable[Candidate], key: Callable[[Candidate], float] | None = None
+) -> Iterable[Candidate]:
+    """Customers take turns, in the order they first appear; each one's queue by locality
+    (then stably by `key`, when the policy gives one)."""
     by_customer: dict[str, list[Candidate]] = defaultdict(list)
     for c in cands:
         by_customer[c.customer_id].append(c)
-    queues = {k: deque(locality_order(v)) for k, v in by_customer.items()}
+    queues = {}
+    for k, v in by_customer.items():
+        ordered = locality_order(v)
+        queues[k] = deque(ordered if key is None else sorted(ordered, key=key))
     while queues:
         for customer in list(queues):
             q = queues[customer]

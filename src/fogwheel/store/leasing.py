@@ -60,6 +60,7 @@ FINISHED = ("accepted", "agreed", "reported")  # attempt outcomes that mean: it 
 
 
 class LeasingStore(VerifyStore):
+    placement: scheduler.Placement = scheduler.FAIR  # core/scheduler.py: --placement
     # -- the node's round trip --------------------------------------------------------------
 
     def sync(
@@ -635,7 +636,7 @@ class LeasingStore(VerifyStore):
                     ),
                 )
             )
-        plan = scheduler.plan_lease(view, want, candidates, cluster)
+        plan = scheduler.plan_lease(view, want, candidates, cluster, self.placement)
         return self._grant(c, node_id, [(rows[a.task_id], a.reason) for a in plan], now)
 
     def _keepers(self, c: Connection, rows: Sequence[Any], live: frozenset[str]) -> dict[int, str]:
