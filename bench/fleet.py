@@ -1,0 +1,598 @@
+"""Fleet load: thousands of simulated devices against real coordinator processes.
+
+Each simulated device speaks the real node protocol over HTTP: it joins with a join token
+(`POST /v1/nodes/join`), then syncs (`POST /v1/nodes/me/sync`) with its results, renewals and
+how many tasks it wants, and waits as the coordinator tells it (`SyncOut.next_sync_s`; the
+agent's idle interval, 0.5 s, when a coordinator says nothing). A lease is "run" by waiting a
+short random delay and reporting ok, so only the coordinator's side of the round trip is
+measured. Meanwhile an SDK-like submitter keeps no-op `command` jobs queued through the real
+API (`POST /v1/jobs` with a customer key). The coordinators are real processes started here:
+one on SQLite, one on PostgreSQL, three on one PostgreSQL database (devices spread over the
+three URLs); every run gets a fresh database.
+
+    python bench/fleet.py                           # 10,000 devices, the three setups
+    python bench/fleet.py --quick                   # 300 devices, a few seconds each
+    python bench/fleet.py --devices 2000 --setups sqlite --seconds 30
+
+The devices share a bounded pool of keep-alive connections per coordinator URL (`--conns`,
+256) instead of holding one socket each: the figures are the coordinator's, and 10,000
+sockets would only measure the kernel's and the generator's bookkeeping. The file-descriptor
+limit is raised anyway. Progress goes to stderr; the last line of stdout is one JSON object:
+`devices`, `syncs_per_s`, `p50_ms`, `p99_ms`, `errors`, `tasks_per_s` (the one-process
+SQLite setup's figures) and `pg3_vs_pg1` (three PostgreSQL processes' tasks/s over one's),
+with each setup's figures under `setups`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import resource
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psutil
+
+PG_URL = os.environ.get("FOGWHEEL_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+IDLE_POLL_S = 0.5  # the agent's idle interval (NodeConfig.poll_s) when no next_sync_s comes
+REPORT_DELAY_S = 0.05  # the agent batches finished results for up to 50 ms
+TASK_S = (0.05, 0.25)  # how long a simulated device "runs" a no-op task
+QUEUE_PER_SLOT = 2  # the agent queues at least two tasks per slot
+SYNC_TIMEOUT_S = 30.0  # a sync that takes longer counts as an error
+
+
+def progress(message: str) -> None:
+    """Status for the person watching; stderr, so that stdout ends with the JSON line."""
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- a small HTTP/1.1 client over a bounded pool of keep-alive connections -------------------
+
+
+class HttpError(Exception):
+    """The connection failed or the answer was not HTTP."""
+
+
+class Pool:
+    """At most `size` keep-alive connections to one coordinator, shared by every device.
+
+    Hand-written on asyncio streams because httpx costs the generator more CPU per request
+    than the coordinator spends on an idle sync, and both share this machine's two cores."""
+
+    def __init__(self, url: str, size: int) -> None:
+        parts = urlsplit(url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 80
+        self._slots = asyncio.Semaphore(size)
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def request(
+        self, method: str, path: str, token: str | None = None, body: Any = None
+    ) -> tuple[int, Any]:
+        """(status, decoded JSON body or None)."""
+        data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+        head = [f"{method} {path} HTTP/1.1", f"host: {self.host}:{self.port}"]
+        if token:
+            head.append(f"authorization: Bearer {token}")
+        if body is not None:
+            head.append("content-type: application/json")
+        head.append(f"content-length: {len(data)}")
+        raw = ("\r\n".join(head) + "\r\n\r\n").encode() + data
+        async with self._slots:
+            for attempt in range(2):
+                reused = bool(self._idle)
+                conn = self._idle.pop() if reused else await self._connect()
+                try:
+                    status, payload, keep = await self._exchange(conn, raw)
+                except (OSError, asyncio.IncompleteReadError, HttpError, ValueError) as e:
+                    conn[1].close()
+                    if reused and attempt == 0:  # a keep-alive connection the server closed
+                        continue
+                    raise HttpError(f"{type(e).__name__}: {e}") from None
+                if keep:
+                    self._idle.append(conn)
+                else:
+                    conn[1].close()
+                return status, (json.loads(payload) if payload else None)
+        raise AssertionError("unreachable")
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        try:
+            return await asyncio.open_connection(self.host, self.port)
+        except OSError as e:
+            raise HttpError(f"connect: {e}") from None
+
+    async def _exchange(
+        self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], raw: bytes
+    ) -> tuple[int, bytes, bool]:
+        reader, writer = conn
+        writer.write(raw)
+        await writer.drain()
+        line = await reader.readline()
+        if not line.startswith(b"HTTP/1."):
+            raise HttpError(f"not an HTTP answer: {line[:40]!r}")
+        status = int(line.split()[1])
+        length = None
+        chunked = False
+        keep = True
+        while True:
+            h = await reader.readline()
+            if h in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = h.decode("latin-1").partition(":")
+            name = name.strip().lower()
+            value = value.strip().lower()
+            if name == "content-length":
+                length = int(value)
+            elif name == "transfer-encoding" and "chunked" in value:
+                chunked = True
+            elif name == "connection" and value == "close":
+                keep = False
+        if chunked:
+            parts = []
+            while True:
+                size = int((await reader.readline()).split(b";")[0], 16)
+                if size == 0:
+                    await reader.readline()
+                    break
+                parts.append(await reader.readexactly(size))
+                await reader.readline()
+            return status, b"".join(parts), keep
+        if length is None:
+            return status, await reader.read(), False
+        return status, await reader.readexactly(length), keep
+
+    def close(self) -> None:
+        for _, w in self._idle:
+            w.close()
+        self._idle.clear()
+
+
+# -- the simulated device -----------------------------------------------------------------
+
+
+@dataclass
+class Stats:
+    """What the devices saw; only syncs that end inside the measured window count."""
+
+    window: tuple[float, float] = (0.0, float("inf"))
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    tasks_done: int = 0
+    leased: int = 0
+    lost: int = 0
+    next_sync: list[float] = field(default_factory=list)
+
+    def inside(self, t: float) -> bool:
+        return self.window[0] <= t < self.window[1]
+
+    def error(self, kind: str, t: float) -> None:
+        if self.inside(t):
+            self.errors += 1
+            self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
+
+
+class Device:
+    """One simulated node: a thin driver of the round trip (join, then sync forever).
+
+    It keeps what the real agent keeps between syncs (the leases it holds, the results not
+    yet acknowledged) and decides when to sync as the agent does: soon after a task finishes
+    (results are batched for 50 ms), every third of the lease while it holds work, and when
+    idle after `next_sync_s` (or the agent's 0.5 s)."""
+
+    def __init__(self, pool: Pool, name: str, rng: random.Random) -> None:
+        self.pool = pool
+        self.name = name
+        self.rng = rng
+        self.credential = ""
+        self.lease_s = 15.0
+        self.held: dict[int, tuple[int, float]] = {}  # task id -> (attempt, finishes at)
+        self.outbox: dict[int, dict[str, Any]] = {}
+        self.next_sync_s: float | None = None
+
+    async def join(self, token: str) -> None:
+        body = {"token": token, "name": self.name, "cores": 1, "memory_mb": 512, "disk_mb": 8000}
+        status, out = await self.pool.request("POST", "/v1/nodes/join", body=body)
+        if status != 201:
+            raise RuntimeError(f"join answered {status}: {out}")
+        self.credential = out["credential"]
+        self.lease_s = float(out["lease_seconds"])
+
+    def _due(self, now: float) -> float:
+        """When the next sync is worth making."""
+        finishes = [at for _, at in self.held.values()]
+        if self.outbox:
+            return now  # results are ready (the batching delay was already waited)
+        if finishes:
+            return min(min(finishes) + REPORT_DELAY_S, now + self.lease_s / 3)
+        return now + (IDLE_POLL_S if self.next_sync_s is None else self.next_sync_s)
+
+    async def run(self, start_at: float, stats: Stats, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        wake = start_at
+        while not stop.is_set():
+            delay = wake - loop.time()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                if stop.is_set():
+                    return
+            now = loop.time()
+            for tid, (attempt, at) in list(self.held.items()):
+                if at <= now:
+                    self.outbox[tid] = {
+                        "task_id": tid,
+                        "attempt": attempt,
+                        "ok": True,
+                        "wall_s": TASK_S[1],
+                    }
+            active = len(self.held) - len(self.outbox)
+            body = {
+                "results": list(self.outbox.values()),
+                "renew": [t for t in self.held if t not in self.outbox],
+                "want": max(0, QUEUE_PER_SLOT - active),
+                "slots_free": 0 if active else 1,
+            }
+            t0 = loop.time()
+            try:
+                status, out = await asyncio.wait_for(
+                    self.pool.request("POST", "/v1/nodes/me/sync", self.credential, body),
+                    SYNC_TIMEOUT_S,
+                )
+            except (TimeoutError, HttpError) as e:
+                stats.error(type(e).__name__, loop.time())
+                wake = loop.time() + 1.0
+                continue
+            t1 = loop.time()
+            if status != 200:
+                stats.error(f"http {status}", t1)
+                wake = t1 + 1.0
+                continue
+            if stats.inside(t1):
+                stats.latencies.append(t1 - t0)
+                stats.tasks_done += len(out["acked"])
+                stats.leased += len(out["tasks"])
+                stats.lost += len(out["lost"])
+            for tid in out["acked"]:
+                self.outbox.pop(tid, None)
+                self.held.pop(tid, None)
+            for r in out["rejected"]:
+                self.outbox.pop(r["task_id"], None)
+                self.held.pop(r["task_id"], None)
+            for tid in out["lost"]:
+                self.outbox.pop(tid, None)
+                self.held.pop(tid, None)
+            for lease in out["tasks"]:
+                self.held[lease["task_id"]] = (lease["attempt"], t1 + self.rng.uniform(*TASK_S))
+            self.next_sync_s = out.get("next_sync_s")
+            if self.next_sync_s is not None and stats.inside(t1) and not self.held:
+                stats.next_sync.append(self.next_sync_s)
+            wake = self._due(t1)
+
+
+# -- the customer: keeps no-op work queued -------------------------------------------------
+
+
+async def submitter(
+    pool: Pool, api_key: str, queued: int, batch: int, stop: asyncio.Event, log: list[str]
+) -> int:
+    """Submit `command` jobs of `batch` no-op tasks whenever fewer than `queued` are open."""
+    submitted = 0
+    jobs: dict[int, int] = {}  # job id -> tasks not finished
+    while not stop.is_set():
+        try:
+            if jobs:
+                status, out = await pool.request("GET", "/v1/jobs?limit=100", api_key)
+                if status == 200:
+                    for j in out["jobs"]:
+                        if j["id"] in jobs:
+                            jobs[j["id"]] = j["total"] - j["finished"]
+                            if j["state"] != "running":
+                                jobs.pop(j["id"])
+            while sum(jobs.values()) < queued and not stop.is_set():
+                body = {
+                    "name": "fleet-noop",
+                    "kind": "command",
+                    "tasks": [{"command": ["true"]} for _ in range(batch)],
+                    "replicas": 1,
+                    "limits": {"wall_s": 60},
+                }
+                status, out = await pool.request("POST", "/v1/jobs", api_key, body)
+                if status not in (200, 201):
+                    log.append(f"submit answered {status}: {str(out)[:200]}")
+                    break
+                jobs[out["id"]] = batch
+                submitted += batch
+        except HttpError as e:
+            log.append(f"submitter: {e}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
+    return submitted
+
+
+# -- the coordinators ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def scratch_database(base: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for one run, dropped afterwards."""
+    import psycopg
+
+    name = "fwfleet_" + secrets.token_hex(6)
+    raw = base.replace("+psycopg", "")
+    with psycopg.connect(raw, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield base.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(raw, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+class Coordinators:
+    """`n` coordinator processes on one database and one data dir, on free loopback ports."""
+
+    def __init__(self, workdir: Path, n: int, db: str | None, env: dict[str, str]) -> None:
+        self.dir = workdir
+        self.n = n
+        self.db = db
+        self.env = env
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.urls: list[str] = []
+
+    def start(self) -> None:
+        for i in range(self.n):  # one at a time: the first creates the schema and the key
+            ready = self.dir / f"ready-{i}.json"
+            cmd = [
+                sys.executable,
+                "-m",
+                "fogwheel",
+                "coordinator",
+                "--data-dir",
+                str(self.dir / "coordinator"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--lease-seconds",
+                "15",
+                "--ready-file",
+                str(ready),
+                "--quiet",
+            ]
+            env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+            if self.db:
+                env["FOGWHEEL_DB"] = self.db
+            with open(self.dir / f"coordinator-{i}.log", "ab") as log:
+                proc = subprocess.Popen(
+                    cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                )
+            self.procs.append(proc)
+            deadline = time.monotonic() + 60
+            while not ready.exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"coordinator {i} did not start: {self.log(i)[-2000:]}")
+                time.sleep(0.05)
+            self.urls.append(json.loads(ready.read_text())["url"])
+
+    def log(self, i: int) -> str:
+        return (self.dir / f"coordinator-{i}.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+class Usage:
+    """CPU seconds and peak RSS of the coordinator processes over the measured window."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.procs = [psutil.Process(p) for p in pids]
+        self.cpu0 = 0.0
+        self.rss_mb = 0.0
+
+    def cpu(self) -> float:
+        return sum(p.cpu_times().user + p.cpu_times().system for p in self.procs)
+
+    def sample_rss(self) -> None:
+        self.rss_mb = max(self.rss_mb, max(p.memory_info().rss for p in self.procs) / 2**20)
+
+
+# -- one setup ----------------------------------------------------------------------------
+
+
+async def drive(
+    urls: list[str],
+    secrets_: dict[str, str],
+    args: argparse.Namespace,
+    usage: Usage,
+) -> dict[str, Any]:
+    pools = [Pool(u, args.conns) for u in urls]
+    admin, api_key = secrets_["FOGWHEEL_ADMIN_KEY"], secrets_["FOGWHEEL_API_KEY"]
+    # A token of the operator's that admits the whole fleet at once (the default flag token
+    # refills at 10 joins a second).
+    body = {"max_devices": args.devices, "rate_per_hour": 1_000_000}
+    status, tok = await pools[0].request("POST", "/v1/tokens", admin, body)
+    if status != 201:
+        raise RuntimeError(f"token: {status} {tok}")
+    rng = random.Random(args.seed)
+    devices = [
+        Device(pools[i % len(pools)], f"sim-{i}", random.Random(rng.random()))
+        for i in range(args.devices)
+    ]
+    t0 = time.perf_counter()
+    gate = asyncio.Semaphore(32)
+
+    async def join(d: Device) -> None:
+        async with gate:
+            await d.join(tok["token"])
+
+    await asyncio.gather(*(join(d) for d in devices))
+    progress(f"  {args.devices} devices joined in {time.perf_counter() - t0:.1f} s")
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    stats = Stats()
+    start = loop.time()
+    runs = [
+        asyncio.create_task(d.run(start + rng.uniform(0, args.ramp), stats, stop)) for d in devices
+    ]
+    log: list[str] = []
+    customer = asyncio.create_task(submitter(pools[0], api_key, args.queued, args.batch, stop, log))
+    measure_from = start + args.ramp + args.warmup
+    stats.window = (measure_from, measure_from + args.seconds)
+    await asyncio.sleep(max(0.0, measure_from - loop.time()))
+    cpu0 = usage.cpu()
+    w0 = loop.time()
+    while loop.time() < stats.window[1]:
+        usage.sample_rss()
+        await asyncio.sleep(min(1.0, max(0.01, stats.window[1] - loop.time())))
+    cpu = usage.cpu() - cpu0
+    wall = loop.time() - w0
+    stop.set()
+    await asyncio.gather(*runs)
+    submitted = await customer
+    for p in pools:
+        p.close()
+    lat = sorted(stats.latencies)
+
+    def pct(q: float) -> float | None:
+        return round(1000 * lat[min(len(lat) - 1, int(q * len(lat)))], 1) if lat else None
+
+    return {
+        "devices": args.devices,
+        "syncs_per_s": round(len(lat) / wall, 1),
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "errors": stats.errors,
+        "error_kinds": stats.error_kinds,
+        "tasks_per_s": round(stats.tasks_done / wall, 1),
+        "leased_per_s": round(stats.leased / wall, 1),
+        "lost": stats.lost,
+        "idle_next_sync_s": round(statistics.median(stats.next_sync), 2)
+        if stats.next_sync
+        else None,
+        "coordinator_cpu_pct": round(100 * cpu / wall, 1),
+        "coordinator_rss_mb": round(usage.rss_mb, 1),
+        "submitted": submitted,
+        "submit_log": log[:5],
+    }
+
+
+def run_setup(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    n, on_pg = {"sqlite": (1, False), "pg1": (1, True), "pg3": (3, True)}[name]
+    workdir = Path(tempfile.mkdtemp(prefix=f"fogwheel-fleet-{name}-"))
+    env = {
+        "FOGWHEEL_JOIN_TOKEN": "fwj_" + secrets.token_hex(16),
+        "FOGWHEEL_API_KEY": "fwc_" + secrets.token_hex(16),
+        "FOGWHEEL_ADMIN_KEY": "fwa_" + secrets.token_hex(16),
+    }
+    if args.sync_budget:
+        env["FOGWHEEL_SYNC_BUDGET"] = str(args.sync_budget * n)
+    with contextlib.ExitStack() as stack:
+        db = stack.enter_context(scratch_database(args.pg)) if on_pg else None
+        coords = Coordinators(workdir, n, db, env)
+        stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+        stack.callback(coords.stop)
+        coords.start()
+        progress(f"{name}: {n} coordinator(s) at {', '.join(coords.urls)}")
+        usage = Usage([p.pid for p in coords.procs])
+        out = asyncio.run(drive(coords.urls, env, args, usage))
+        tracebacks = sum(coords.log(i).count("Traceback") for i in range(n))
+        out["coordinator_tracebacks"] = tracebacks
+        out["setup"] = name
+        return out
+
+
+def raise_fd_limit() -> None:
+    """Room for the pools' sockets and the joins' bursts, up to the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    cols = [
+        ("setup", "setup"),
+        ("devices", "devices"),
+        ("syncs_per_s", "syncs/s"),
+        ("p50_ms", "p50 ms"),
+        ("p99_ms", "p99 ms"),
+        ("errors", "errors"),
+        ("tasks_per_s", "tasks/s"),
+        ("idle_next_sync_s", "idle next s"),
+        ("coordinator_cpu_pct", "coord CPU %"),
+        ("coordinator_rss_mb", "coord RSS MB"),
+    ]
+    lines = [" | ".join(h for _, h in cols), " | ".join("---" for _ in cols)]
+    for r in rows:
+        lines.append(" | ".join(str(r.get(k)) for k, _ in cols))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--devices", type=int, default=10_000)
+    p.add_argument("--setups", default="sqlite,pg1,pg3", help="comma-separated: sqlite,pg1,pg3")
+    p.add_argument("--seconds", type=float, default=60.0, help="measured window per setup")
+    p.add_argument("--ramp", type=float, default=15.0, help="devices start spread over this")
+    p.add_argument("--warmup", type=float, default=10.0, help="seconds after the ramp, unmeasured")
+    p.add_argument("--queued", type=int, default=1000, help="no-op tasks kept open")
+    p.add_argument("--batch", type=int, default=500, help="tasks per submitted job")
+    p.add_argument("--conns", type=int, default=256, help="connections per coordinator URL")
+    p.add_argument(
+        "--sync-budget", type=float, default=0.0, help="FOGWHEEL_SYNC_BUDGET per process"
+    )
+    p.add_argument("--pg", default=PG_URL, help="PostgreSQL server (a database is made per run)")
+    p.add_argument("--seed", type=int, default=12)
+    p.add_argument("--quick", action="store_true", help="a small smoke run")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.devices = min(args.devices, 300)
+        args.seconds, args.ramp, args.warmup = 5.0, 2.0, 2.0
+        args.queued, args.batch = 200, 100
+    raise_fd_limit()
+    rows = []
+    for name in [s.strip() for s in args.setups.split(",") if s.strip()]:
+        progress(f"-- {name}: {args.devices} devices, {args.seconds:g} s measured")
+        rows.append(run_setup(name, args))
+        progress(json.dumps(rows[-1]))
+    print(table(rows))
+    by = {r["setup"]: r for r in rows}
+    head = by.get("sqlite") or rows[0]
+    pg1, pg3 = by.get("pg1"), by.get("pg3")
+    ratio = (
+        round(pg3["tasks_per_s"] / pg1["tasks_per_s"], 2)
+        if pg1 and pg3 and pg1["tasks_per_s"]
+        else None
+    )
+    keys = ("devices", "syncs_per_s", "p50_ms", "p99_ms", "errors", "tasks_per_s")
+    print(json.dumps({**{k: head[k] for k in keys}, "pg3_vs_pg1": ratio, "setups": by}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
