@@ -226,6 +226,24 @@ def coordinator(
             "(least slack first). `fogwheel sim` compares them (docs/sim.md).",
         ),
     ] = Policy.FAIR,
+    signing_key: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="FOGWHEEL_SIGNING_KEY",
+            help="Sign task specs with this Ed25519 key file (PKCS#8 PEM, mode 0600), e.g. one "
+            "that config management gives every coordinator; default: coordinator.key in "
+            "--data-dir on SQLite, a key kept in the database on PostgreSQL.",
+        ),
+    ] = None,
+    blobs: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FOGWHEEL_BLOBS",
+            help="Where blobs live: db (in the database, reached by every coordinator; the "
+            "default on PostgreSQL) or dir (in --data-dir; the default on SQLite; several "
+            "coordinators then need one shared --data-dir).",
+        ),
+    ] = None,
     ready_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
     quiet: Annotated[bool, typer.Option(help="Print nothing at start.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
@@ -265,6 +283,8 @@ def coordinator(
         allow_private_serve=allow_private_serve,
         ready_file=ready_file,
         placement=placement.value,
+        signing_key=signing_key,
+        blobs=blobs,
     )
     try:
         serve(config, announce=not quiet)

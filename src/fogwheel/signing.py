@@ -56,12 +56,7 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
     """
     path = Path(path)
     if not path.exists():
-        key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        pem = key_to_pem(Ed25519PrivateKey.generate())
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -74,6 +69,12 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
                 os.link(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+    return read_key_file(path)
+
+
+def read_key_file(path: Path) -> Ed25519PrivateKey:
+    """The private key in `path` (PKCS#8 PEM); warns when other users may read the file."""
+    path = Path(path)
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         log.warning(
@@ -82,9 +83,26 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
             path,
             mode,
         )
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    return key_from_pem(path.read_bytes(), str(path))
+
+
+def key_to_pem(key: Ed25519PrivateKey) -> bytes:
+    """The private key as unencrypted PKCS#8 PEM: the coordinator's key file, or its row."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def key_from_pem(pem: bytes, where: str) -> Ed25519PrivateKey:
+    """The Ed25519 private key in `pem`; ValueError naming `where` when it holds another."""
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{where} does not hold a PEM private key: {e}") from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"{path} does not hold an Ed25519 private key")
+        raise ValueError(f"{where} does not hold an Ed25519 private key")
     return key
 
 

@@ -32,7 +32,7 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from fogwheel.errors import IntegrityError, StorageFull
 
@@ -99,6 +99,30 @@ class BlobStore(ABC):
 
     @abstractmethod
     def has(self, sha: str) -> bool: ...
+
+    # The coordinator streams blobs in and out through these: FileBlobStore on one disk,
+    # blobs/db.py's DbBlobStore in a database that several coordinator processes share.
+
+    @abstractmethod
+    def open_verified(self, sha: str) -> Any:
+        """A readable, seekable handle at the blob's start, its bytes known to hash to `sha`
+        (a context manager); KeyError when absent, CorruptBlob when corrupt."""
+
+    @abstractmethod
+    def size_of(self, f: Any) -> int:
+        """The size of a blob opened with open_verified."""
+
+    @abstractmethod
+    def chunks(self, f: Any, limit: int | None = None) -> Iterator[bytes]:
+        """The rest of an open blob (at most `limit` bytes) in pieces; closes it at the end."""
+
+    @abstractmethod
+    def received(self, sha: str, uploader: str) -> int:
+        """How many bytes of `sha` this uploader's unfinished upload holds."""
+
+    @abstractmethod
+    def upload(self, sha: str, uploader: str) -> Any:
+        """Open (or continue) `uploader`'s upload: open, write, finish, discard, close."""
 
 
 _Identity = tuple[int, int, int, int]  # inode, size, mtime_ns, ctime_ns
@@ -232,6 +256,9 @@ class FileBlobStore(BlobStore):
         except BaseException:
             f.close()
             raise
+
+    def size_of(self, f: BinaryIO) -> int:
+        return os.fstat(f.fileno()).st_size
 
     def chunks(self, f: BinaryIO, limit: int | None = None) -> Iterator[bytes]:
         """The rest of an open blob file (at most `limit` bytes) in pieces; closes it at the

@@ -7,7 +7,6 @@ import base64
 import contextlib
 import logging
 import math
-import os
 import time
 from typing import Annotated, Any
 
@@ -22,8 +21,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from fogwheel import __version__
-from fogwheel.blobs import FileBlobStore, is_sha256, sha256_hex
-from fogwheel.blobs.store import CorruptBlob, PartialUpload, UploadBusy
+from fogwheel.blobs import BlobStore, is_sha256, sha256_hex
+from fogwheel.blobs.store import CorruptBlob, UploadBusy
 from fogwheel.coordinator.auth import Authenticator
 from fogwheel.coordinator.cdn_routes import build_cdn_routes, screen_serve_url
 from fogwheel.coordinator.diskfull import DISK_FULL_MESSAGE, is_disk_full
@@ -86,22 +85,41 @@ TaskId = Annotated[int, Path(ge=0, le=SQL_INT_MAX)]
 
 
 class Results:
-    """Wakes long-polling result readers when this process finishes tasks.
+    """Wakes long-polling result readers when results are committed, here or by a peer.
 
     A wake crosses from a worker thread into the event loop, which costs a self-pipe write:
-    it is skipped when nobody waits, and coalesced while one is already on its way."""
+    it is skipped when nobody waits, and coalesced while one is already on its way. With
+    several coordinator processes (PostgreSQL), `peers` (coordinator/wakeups.py) carries each
+    wake to the others, and while it listens readers look again only every `RECHECK_PEERS_S`
+    (a safety net) instead of every `RECHECK_S`."""
+
+    RECHECK_S = 0.5  # how often a waiting reader looks again when no peer can wake it
+    RECHECK_PEERS_S = 3.0  # … and when peers wake it (lease expiry settles tasks unannounced)
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._event: asyncio.Event | None = None
         self._waiting = 0
         self._wake_pending = False
+        self.peers: Any = None  # a PgWakeups, set by the server on PostgreSQL
+
+    @property
+    def recheck_s(self) -> float:
+        listening = self.peers is not None and self.peers.listening
+        return self.RECHECK_PEERS_S if listening else self.RECHECK_S
 
     def bind(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._event = asyncio.Event()
 
     def notify(self) -> None:
+        """Results were committed by this process: wake its readers, and tell the peers."""
+        if self.peers is not None:
+            self.peers.send()
+        self.wake_local()
+
+    def wake_local(self) -> None:
+        """Wake this process's waiting readers (from any thread)."""
         if self._loop is None or self._waiting == 0 or self._wake_pending:
             return
         self._wake_pending = True
@@ -128,7 +146,7 @@ class Results:
 def build_routes(
     app: FastAPI,
     store: Store,
-    blobs: FileBlobStore,
+    blobs: BlobStore,
     join_open: bool = True,
     *,
     signing_key: Ed25519PrivateKey,
@@ -279,7 +297,7 @@ def build_routes(
             if out["results"] or out["finished"] >= out["total"] or left <= 0:
                 return ResultsOut(**out)
             # Woken by this process; polling covers results committed by other coordinators.
-            await results.wait(min(left, 0.5))
+            await results.wait(min(left, results.recheck_s))
 
     @v1.post("/results/poll", tags=["jobs"])
     async def poll_results(request: Request, body: PollIn) -> PollOut:
@@ -299,7 +317,7 @@ def build_routes(
             news = not answers or any(a["results"] or a["finished"] >= a["total"] for a in answers)
             if news or left <= 0:
                 return PollOut(jobs=[ResultsOut(**a) for a in answers])
-            await results.wait(min(left, 0.5))
+            await results.wait(min(left, results.recheck_s))
 
     @v1.get("/jobs/{job_id}/tasks", tags=["jobs"])
     def list_tasks(
@@ -367,8 +385,11 @@ def build_routes(
                 except byteranges.RangeError as e:
                     raise HTTPException(e.status, str(e)) from None
             length = part.length if part is not None else max_blob_bytes
-            if not await _receive_into(request, up, length, part is not None):
-                return JSONResponse({"error": "the client went away"}, 400)  # partial kept
+            try:
+                if not await _receive_into(request, up, length, part is not None):
+                    return JSONResponse({"error": "the client went away"}, 400)  # partial kept
+            except UploadBusy as e:  # the database store: another request took the partial over
+                raise HTTPException(409, str(e)) from None
             got = up.received - received
             if part is not None and got != part.length:
                 raise HTTPException(
@@ -392,7 +413,7 @@ def build_routes(
             await run_in_threadpool(store.note_upload, who.id, sha, time.time())
         return JSONResponse({"sha": sha, "size": size, "complete": True}, 201)
 
-    async def _receive_into(request: Request, up: PartialUpload, length: int, ranged: bool) -> bool:
+    async def _receive_into(request: Request, up: Any, length: int, ranged: bool) -> bool:
         """Stream the body into `up` in 1 MiB writes; False when the client went away (what
         came is written, for a later resume). At most `length` bytes (400 / 413 beyond)."""
         buf = bytearray()
@@ -436,7 +457,7 @@ def build_routes(
             # complete only if intact: a corrupt one is quarantined here, so the client
             # uploads it again and its correct bytes replace it
             with contextlib.suppress(KeyError, CorruptBlob), blobs.open_verified(sha) as f:
-                size = os.fstat(f.fileno()).st_size
+                size = blobs.size_of(f)
                 return {"sha": sha, "complete": True, "size": size, "received": size}
         received = blobs.received(sha, f"{who.kind}:{who.id}")
         return {"sha": sha, "complete": False, "received": received}
@@ -475,7 +496,7 @@ def build_routes(
             raise HTTPException(404, f"no blob {sha}") from None
         except CorruptBlob as e:
             raise HTTPException(404, str(e)) from None
-        size = os.fstat(f.fileno()).st_size
+        size = blobs.size_of(f)
         asked = request.headers.get("range")
         if asked:  # the rest of an interrupted download (RFC 9110 §14.2)
             try:

@@ -15,21 +15,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import uvicorn
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql
 from starlette.concurrency import run_in_threadpool
 
 from fogwheel import __version__
-from fogwheel.blobs import FileBlobStore
+from fogwheel.blobs import BlobStore, FileBlobStore
+from fogwheel.blobs.db import DbBlobStore
 from fogwheel.coordinator.app import build_routes
 from fogwheel.coordinator.bodylimit import BodyLimit
 from fogwheel.coordinator.bodytimeout import BodyTimeout
+from fogwheel.coordinator.wakeups import PgWakeups
 from fogwheel.core.scheduler import Placement, Policy
 from fogwheel.errors import ConfigError
 from fogwheel.protocol import SQL_INT_MAX
-from fogwheel.signing import fingerprint, join_string, key_pin, load_or_create_key, public_key_b64
+from fogwheel.signing import (
+    fingerprint,
+    join_string,
+    key_from_pem,
+    key_pin,
+    key_to_pem,
+    load_or_create_key,
+    public_key_b64,
+    read_key_file,
+)
 from fogwheel.store import Store
 from fogwheel.store.migrate import add_missing_columns
-from fogwheel.store.schema import metadata
+from fogwheel.store.schema import coordinator_keys, metadata
 from fogwheel.store.sql import hash_secret, new_secret
 
 log = logging.getLogger("fogwheel.coordinator")
@@ -55,6 +69,8 @@ class CoordinatorConfig:
     tls_key: Path | None = None  # …and this private key
     allow_private_serve: bool = False  # nodes may serve the CDN from loopback/private IPs
     ready_file: Path | None = None  # where to write {"url": …} once listening
+    signing_key: Path | None = None  # a key file shared by config management, not the database's
+    blobs: str | None = None  # "db" | "dir"; default: "db" on PostgreSQL, "dir" on SQLite
     placement: str = "fair"  # core/scheduler.Policy: fair, random, reliability, deadline
     placement_seed: int = 0  # the draws of --placement random
 
@@ -102,21 +118,80 @@ def open_store(config: CoordinatorConfig) -> tuple[Store, dict[str, str]]:
     return store, created
 
 
+def signing_key_for(config: CoordinatorConfig, store: Store) -> tuple[Ed25519PrivateKey, str]:
+    """The key that signs task specs, and where it is kept (for the log).
+
+    Every coordinator process on one database must sign with one key, or a node pinned to one
+    refuses the others' leases. So on PostgreSQL the key is a row (`coordinator_keys`): the
+    first process inserts one, `ON CONFLICT DO NOTHING`, and every process uses the row that
+    won; a key file left in the data dir by an earlier version is what it inserts, so an
+    upgrade keeps the nodes' pin. SQLite serves one process: its key stays a file beside the
+    database. `--signing-key FILE` overrides both (a key handed out by config management).
+    """
+    if config.signing_key is not None:
+        try:
+            return read_key_file(config.signing_key), str(config.signing_key)
+        except (OSError, ValueError) as e:
+            raise ConfigError(
+                f"cannot read the --signing-key {config.signing_key}: {e}; give an Ed25519 "
+                "private key in PKCS#8 PEM (the coordinator.key of an existing coordinator)"
+            ) from None
+    local = config.data_dir / KEY_FILE
+    if store.is_sqlite:
+        return load_or_create_key(local), str(local)
+    offer = read_key_file(local) if local.exists() else Ed25519PrivateKey.generate()
+    with store.tx() as c:
+        c.execute(
+            postgresql.insert(coordinator_keys)
+            .values(name="signing", private_pem=key_to_pem(offer).decode(), created_at=time.time())
+            .on_conflict_do_nothing(index_elements=["name"])
+        )
+        pem = c.execute(
+            select(coordinator_keys.c.private_pem).where(coordinator_keys.c.name == "signing")
+        ).scalar_one()
+    key = key_from_pem(pem.encode(), "the database's coordinator_keys row")
+    if local.exists() and public_key_b64(offer) != public_key_b64(key):
+        log.warning(
+            "%s is not the key in the database, which every coordinator on it signs with: "
+            "nodes pinned to the file's key must join again with the current join string",
+            local,
+        )
+    return key, "the database (table coordinator_keys)"
+
+
+def blob_store_for(config: CoordinatorConfig, store: Store) -> BlobStore:
+    """Blobs in the database on PostgreSQL (every process reaches them), in the data dir on
+    SQLite; `--blobs dir` on PostgreSQL needs a data dir that all processes share."""
+    kind = config.blobs or ("dir" if store.is_sqlite else "db")
+    if kind == "db":
+        return DbBlobStore(store)
+    if kind == "dir":
+        return FileBlobStore(config.data_dir / "blobs")
+    raise ConfigError(f"--blobs {kind!r}: say db (in the database) or dir (in --data-dir)")
+
+
 def build_app(config: CoordinatorConfig, store: Store) -> FastAPI:
-    blobs = FileBlobStore(config.data_dir / "blobs")
-    signing_key = load_or_create_key(config.data_dir / KEY_FILE)
+    blobs = blob_store_for(config, store)
+    signing_key, kept = signing_key_for(config, store)
     log.info(
-        "task specs are signed by Ed25519 key %s (private key in %s)",
+        "task specs are signed by Ed25519 key %s (private key in %s); blobs kept in %s",
         fingerprint(public_key_b64(signing_key)),
-        config.data_dir / KEY_FILE,
+        kept,
+        "the database" if isinstance(blobs, DbBlobStore) else config.data_dir / "blobs",
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.results.bind()
+        results = app.state.results
+        results.bind()
+        if not store.is_sqlite:  # peers on the same database wake each other's readers
+            results.peers = PgWakeups(store.url, results.wake_local)
+            results.peers.start()
         reaper = asyncio.create_task(_reap(store))
         yield
         reaper.cancel()
+        if results.peers is not None:
+            await run_in_threadpool(results.peers.stop)
 
     app = FastAPI(
         title="fogwheel coordinator",
@@ -126,6 +201,7 @@ def build_app(config: CoordinatorConfig, store: Store) -> FastAPI:
     )
     build_routes(app, store, blobs, signing_key=signing_key, max_blob_bytes=config.max_blob_bytes)
     app.state.config = config
+    app.state.signing_key = signing_key
     return app
 
 
@@ -160,7 +236,7 @@ def serve(config: CoordinatorConfig, announce: bool = True) -> None:
     port = sock.getsockname()[1]
     scheme = "https" if config.tls_cert else "http"
     url = f"{scheme}://{config.host}:{port}"
-    public_key = public_key_b64(load_or_create_key(config.data_dir / KEY_FILE))
+    public_key = public_key_b64(app.state.signing_key)
     pin = key_pin(public_key)
     token = created.get("join_token")  # a token given in the config is not echoed
     if announce:

@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -314,6 +315,48 @@ credit_limits = Table(
     Column("customer_id", String(64), primary_key=True),
     Column("credit_limit", BigInteger, nullable=False),  # micro-credits
     Column("set_at", Float, nullable=False),
+)
+
+# The Ed25519 key that signs task specs, for coordinators that share this database: the first
+# process to start inserts it, every other reads the winner (coordinator/server.py).
+coordinator_keys = Table(
+    "coordinator_keys",
+    metadata,
+    Column("name", String(32), primary_key=True),  # "signing"
+    Column("private_pem", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+# Blobs kept in the database (blobs/db.py), so that every coordinator process reaches them.
+# A blob's bytes are `blob_chunks` rows of at most 1 MiB named by their offset; its row in
+# `db_blobs` says it is whole. An upload in progress owns its chunks as `p:<upload id>` and
+# hands them to the blob's name when it hashes right; a corrupt blob's become `q:<sha>:<ns>`.
+db_blobs = Table(
+    "db_blobs",
+    metadata,
+    Column("sha", String(64), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+blob_chunks = Table(
+    "blob_chunks",
+    metadata,
+    Column("owner", String(100), primary_key=True),
+    Column("off", BigInteger, primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+)
+blob_partials = Table(
+    "blob_partials",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("sha", String(64), nullable=False),
+    Column("uploader", String(16), nullable=False),  # a hash of who uploads
+    Column("received", BigInteger, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("holder", String(32), nullable=True),  # the request writing it now …
+    Column("held_until", Float, nullable=True),  # … until then (a crashed one lets go)
+    Column("ephemeral", Boolean, nullable=False, default=False),
+    Index("ix_blob_partials_uploader", "uploader"),
 )
 
 _APPEND_ONLY = "the ledger is append-only: post a correcting transaction instead"
