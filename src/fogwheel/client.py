@@ -39,7 +39,6 @@ import cloudpickle
 import httpx
 
 from fogwheel import funcpickle, output_files, results, retry, safe_pickle, transfers
-from fogwheel.core.urls import coordinator_base
 from fogwheel.errors import (
     ApiError,
     AuthError,
@@ -217,9 +216,10 @@ class Client:
 
     def __init__(
         self,
-        url: str | None = None,
+        url: str | Sequence[str] | None = None,
         api_key: str | None = None,
         *,
+        http: httpx.Client | None = None,
         timeout: float = 30.0,
         retry_for: float = 120.0,
         replicas: str | int = "adaptive",
@@ -240,17 +240,30 @@ class Client:
         numpy) that results and exceptions from nodes may be decoded as: classes, or names
         like "pkg.mod:Name". `result_limits` bounds the work one result's decoding may cause.
         `unsafe_trust_nodes=True` (or FOGWHEEL_UNSAFE_TRUST_NODES=1) decodes results with
-        full pickle, which runs any code a node sends: only for a fog of your own devices."""
+        full pickle, which runs any code a node sends: only for a fog of your own devices.
+
+        `url` may name several coordinators of one fog (a list, or "URL1,URL2" here and in
+        FOGWHEEL_COORDINATOR): requests go to one while it answers and move to the next on
+        a transport error or a 502/503/504; a request is sent again only where that is
+        safe (retry.may_resend: reads, content-addressed uploads, a submit with its client
+        token, cancels). `http` is a ready `httpx.Client` to send every request through (a
+        `starlette.testclient.TestClient(app)` runs the SDK against an app in this process,
+        without sockets): its base URL is the coordinator's, it gets the API key's header,
+        and it stays open after `close()` (its owner closes it)."""
+        if url is None and http is not None:
+            url = str(http.base_url)
         url = url or os.environ.get("FOGWHEEL_COORDINATOR")
         api_key = api_key or os.environ.get("FOGWHEEL_API_KEY")
         if not url:
             raise ConfigError("no coordinator: pass url= or set FOGWHEEL_COORDINATOR")
-        if not api_key:
+        if not api_key and not (http is not None and "authorization" in http.headers):
             raise ConfigError("no API key: pass api_key= or set FOGWHEEL_API_KEY")
-        try:  # the base URL: a trailing /v1 (copied from the API docs) is dropped
-            self.url = coordinator_base(url)
+        try:  # base URLs: a trailing /v1 (copied from the API docs) is dropped
+            self.urls = tuple(retry.coordinator_urls(url))
         except ValueError as e:
             raise ConfigError(f"url=: {e}") from None
+        self.url = self.urls[0]
+        self._coordinators = retry.Coordinators(self.urls)
         self.retry_for = retry_for
         # "adaptive": results of new or doubtful nodes are checked on another node; N: every
         # task runs on N distinct nodes; 1: no checking (a fog of your own devices).
@@ -272,11 +285,10 @@ class Client:
         if unsafe_trust_nodes:
             _warn_unsafe()
         self.decoder = safe_pickle.Decoder(trusted_types, result_limits)
-        self._http = httpx.Client(
-            base_url=self.url,
-            headers={"authorization": f"Bearer {api_key}"},
-            timeout=httpx.Timeout(timeout, connect=5.0),
-        )
+        self._owns_http = http is None
+        self._http = http if http is not None else self._new_http(api_key or "", timeout)
+        if http is not None and api_key:
+            http.headers["authorization"] = f"Bearer {api_key}"
         self._uploaded: set[str] = set()
         self._hashed: dict[tuple[str, int, int, int], str] = {}  # a file's identity -> sha
         # hears of every file hashed, uploaded or downloaded: (phase, name, done, total)
@@ -305,7 +317,23 @@ class Client:
         self._news.set()
         if self._watcher is not None:
             self._watcher.join(timeout=5)
-        self._http.close()
+        if self._owns_http:
+            self._http.close()
+
+    def _new_http(self, api_key: str, timeout: float) -> httpx.Client:
+        """The HTTP client of this SDK; with several coordinators, one whose transport sends
+        each request to the coordinator that answers now (retry.FailoverTransport). That one
+        ignores proxy settings of the environment: a proxy would take the requests before
+        the failover could route them."""
+        kw: dict[str, Any] = {
+            "base_url": self.url,
+            "headers": {"authorization": f"Bearer {api_key}"},
+            "timeout": httpx.Timeout(timeout, connect=5.0),
+        }
+        if len(self.urls) > 1:
+            kw["transport"] = retry.FailoverTransport(self._coordinators, httpx.HTTPTransport())
+            kw["trust_env"] = False
+        return httpx.Client(**kw)
 
     # -- submitting -------------------------------------------------------------------------
 
@@ -684,7 +712,8 @@ class Client:
     ) -> list[TaskFuture]:
         if self.max_cost is not None:
             job.setdefault("max_cost", self.max_cost)
-        out = self._request("POST", "/v1/jobs", json=job).json()
+        # the job's client token makes a repeat answer with the job made the first time
+        out = self._request("POST", "/v1/jobs", json=job, idempotent="client_token" in job).json()
         if decoder is None and not self.unsafe_trust_nodes:
             decoder = self.decoder
         return self._watch_job(out["id"], out["total"], kind, outputs=outputs, decoder=decoder)
@@ -739,7 +768,7 @@ class Client:
         keep their results and charges). This client's futures of the job not yet resolved
         are cancelled. Returns the job as the coordinator left it."""
         self._cancel_locally(job_id, before=True)
-        out = self._request("POST", f"/v1/jobs/{job_id}/cancel").json()
+        out = self._request("POST", f"/v1/jobs/{job_id}/cancel", idempotent=True).json()
         self._cancel_locally(job_id)
         return out
 
@@ -811,7 +840,9 @@ class Client:
     def _cancel_task(self, fut: TaskFuture) -> bool:
         """Cancel one task on the fog; False when it had finished there or the call failed."""
         try:
-            out = self._request("POST", f"/v1/jobs/{fut.job_id}/tasks/{fut.index}/cancel").json()
+            out = self._request(
+                "POST", f"/v1/jobs/{fut.job_id}/tasks/{fut.index}/cancel", idempotent=True
+            ).json()
         except (FogwheelError, RuntimeError) as e:
             log.warning("could not cancel task %d of job %d: %s", fut.index, fut.job_id, e)
             return False
@@ -834,6 +865,7 @@ class Client:
                 r = self._request(
                     "POST",
                     "/v1/results/poll",
+                    idempotent=True,  # a read: it changes nothing
                     json={"jobs": cursors, "wait": 5.0},
                     timeout=httpx.Timeout(30.0, connect=5.0),
                 )
@@ -1020,13 +1052,24 @@ class Client:
             raise IntegrityError(f"result {value['sha'][:12]}… arrived corrupt")
         return data
 
-    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+    def _request(
+        self, method: str, path: str, *, idempotent: bool | None = None, **kw: Any
+    ) -> httpx.Response:
         """One API call, retried (retry.py) while the coordinator is unreachable or
         restarting, each retry announced: `Backoff.attempts` tries when it has never
         answered this client, `retry_for` seconds once it has (a restart). An unknown
-        host is not retried."""
+        host is not retried (one of several coordinators' is: the others may answer).
+
+        With several coordinators, a failed try moves to the next at once and only a full
+        round of failures waits. A request that may have been acted on is sent again only
+        when that is safe (`idempotent`: True for a POST whose repeat is harmless, see
+        retry.may_resend); else its failure is raised."""
+        many = len(self.urls) > 1
         tries = retry.Attempts(
-            RETRY, budget_s=self.retry_for if self._reached else None, start=time.monotonic()
+            RETRY,
+            budget_s=self.retry_for if self._reached else None,
+            start=time.monotonic(),
+            urls=len(self.urls),
         )
         while True:
             try:
@@ -1036,17 +1079,33 @@ class Client:
                     break
                 problem: Exception = ApiError(r.status_code, _message(r))
                 why = f"HTTP {r.status_code}"
+                tried = self._coordinators.base_of(r.request.url)
+                # a 429 was refused before anything was done; a 5xx may come after
+                resend = retry.may_resend(method, idempotent=idempotent, sent=r.status_code != 429)
             except httpx.TransportError as e:
                 why = retry.why_retry(e) or ""
-                problem = self._unreachable(why or "unknown host", tries.tried + 1)
-                if not why:
+                tried = self._coordinators.base_of(e.request.url) if many else self.url
+                problem = self._unreachable(why or "unknown host", tries.tried + 1, tried)
+                if not why and not many:
                     raise problem from e
+                why = why or "no such host"
+                resend = retry.may_resend(
+                    method, idempotent=idempotent, sent=not retry.surely_unsent(e)
+                )
+            if not resend:
+                raise problem
             if not tries.failed(time.monotonic()) or self._closed.is_set():
                 if isinstance(problem, CoordinatorUnreachable):
-                    problem = self._unreachable(why, tries.tried)
+                    problem = self._unreachable(why, tries.tried, ", ".join(self.urls))
                 raise problem
-            self._say_retry(tries.announce(self.url, why))
-            time.sleep(tries.delay())
+            if many:
+                after = self._coordinators.current
+                self._say_retry(tries.announce(after, f"{tried}: {why}"))
+                if self._coordinators.round_ended():
+                    time.sleep(tries.delay(self._coordinators.rounds_failed()))
+            else:
+                self._say_retry(tries.announce(self.url, why))
+                time.sleep(tries.delay())
         if r.status_code in (401, 403):
             raise AuthError(r.status_code, _message(r))
         if r.status_code == 404:
@@ -1055,16 +1114,17 @@ class Client:
             raise ApiError(r.status_code, _message(r))
         return r
 
-    def _unreachable(self, why: str, tries: int) -> CoordinatorUnreachable:
+    def _unreachable(self, why: str, tries: int, url: str | None = None) -> CoordinatorUnreachable:
+        url = url or self.url
         if why == "unknown host":
-            host = httpx.URL(self.url).host
+            host = httpx.URL(url).host
             return CoordinatorUnreachable(
-                f"cannot reach the coordinator at {self.url}: no such host {host!r}: check "
+                f"cannot reach the coordinator at {url}: no such host {host!r}: check "
                 "the URL (--coordinator or FOGWHEEL_COORDINATOR)"
             )
         after = f", {tries} tries" if tries > 1 else ""
         return CoordinatorUnreachable(
-            f"cannot reach the coordinator at {self.url} ({why}{after}): is it running? "
+            f"cannot reach the coordinator at {url} ({why}{after}): is it running? "
             "check the URL (--coordinator or FOGWHEEL_COORDINATOR)"
         )
 
