@@ -160,7 +160,11 @@ class FleetStore(StoreBase):
         return row["state"]
 
     def _fleet_views(self, c: Connection, now: float) -> list[scheduler.NodeView]:
-        """Live nodes, cached for a second: placement needs the fleet's shape, not its pulse."""
+        """Live nodes, cached for a second: placement needs the fleet's shape, not its pulse.
+
+        With several coordinator processes a node quarantined or revoked through another one
+        still weighs in this view for at most that second; it gets no work meanwhile, since
+        a lease reads the node's own row fresh (store/leasing.py)."""
         at, views = self._fleet
         if now - at < 1.0:
             return views

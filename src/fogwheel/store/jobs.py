@@ -33,6 +33,8 @@ from fogwheel.store.schema import (
     tasks,
 )
 
+JOBS_CACHED = 10_000  # immutable job rows kept in memory (see _job_row)
+
 
 class JobsStore(StoreBase):
     # -- jobs -------------------------------------------------------------------------------
@@ -133,9 +135,17 @@ class JobsStore(StoreBase):
         return job_id
 
     def _job_row(self, c: Connection, job_id: int) -> dict[str, Any]:
-        """The immutable part of a job (function, limits), cached."""
+        """The immutable part of a job (function, limits), cached.
+
+        Only columns that no statement ever updates are cached, so what another coordinator
+        process writes (a cancel, a max cost reached) can never leave this stale: `cancelled`
+        and the counters are always read from the database. Emptied when it holds
+        `JOBS_CACHED` rows (a long-lived coordinator sees many jobs; a clear is atomic
+        where evicting one by one from several threads is not)."""
         row = self._jobs_cache.get(job_id)
         if row is None:
+            if len(self._jobs_cache) >= JOBS_CACHED:
+                self._jobs_cache.clear()
             r = c.execute(
                 select(
                     jobs.c.kind,
