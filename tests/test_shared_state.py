@@ -16,18 +16,21 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select, update
 
 from fogwheel.blobs.db import CHUNK, DbBlobStore
 from fogwheel.blobs.store import CorruptBlob, UploadBusy
+from fogwheel.coordinator.server import KEY_FILE, CoordinatorConfig, signing_key_for
 from fogwheel.coordinator.wakeups import PgWakeups
-from fogwheel.errors import IntegrityError
+from fogwheel.errors import ConfigError, IntegrityError
 from fogwheel.localfog import LocalFog
-from fogwheel.signing import verify_lease
+from fogwheel.signing import key_to_pem, public_key_b64, verify_lease
 from fogwheel.store import Store
 from fogwheel.store.schema import blob_chunks, blob_partials
 from tests.adversarial.hostile import HostileNode
@@ -311,3 +314,38 @@ def test_a_wake_sent_by_one_process_reaches_the_others_listener_and_not_its_own(
     finally:
         a.stop()
         b.stop()
+
+
+# -- the signing key ----------------------------------------------------------------------
+
+
+def test_every_process_on_one_database_gets_one_key_and_an_old_key_file_is_imported(
+    store: Store, tmp_path: Path
+) -> None:
+    old = Ed25519PrivateKey.generate()
+    first = tmp_path / "a"
+    first.mkdir()
+    (first / KEY_FILE).write_bytes(key_to_pem(old))
+    (first / KEY_FILE).chmod(0o600)
+    key, _ = signing_key_for(CoordinatorConfig(data_dir=first), store)
+    assert public_key_b64(key) == public_key_b64(old)  # an upgrade keeps the nodes' pin
+    other, where = signing_key_for(CoordinatorConfig(data_dir=tmp_path / "b"), store)
+    if store.is_sqlite:  # one process, one file: a second data dir is another coordinator
+        assert (tmp_path / "b" / KEY_FILE).exists()
+        return
+    assert public_key_b64(other) == public_key_b64(old) and "database" in where
+    assert not (tmp_path / "b" / KEY_FILE).exists()
+
+
+def test_a_signing_key_file_given_is_used_and_a_bad_one_is_refused_with_a_sentence(
+    store: Store, tmp_path: Path
+) -> None:
+    given = Ed25519PrivateKey.generate()
+    path = tmp_path / "shared.key"
+    path.write_bytes(key_to_pem(given))
+    path.chmod(0o600)
+    config = CoordinatorConfig(data_dir=tmp_path / "d", signing_key=path)
+    assert public_key_b64(signing_key_for(config, store)[0]) == public_key_b64(given)
+    path.write_text("not a key")
+    with pytest.raises(ConfigError, match="--signing-key"):
+        signing_key_for(config, store)
