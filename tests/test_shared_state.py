@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import random
 import threading
 import time
@@ -294,6 +295,8 @@ def test_a_wake_sent_by_one_process_reaches_the_others_listener_and_not_its_own(
     from tests.conftest import PG_URL, _pg_available
 
     if why := _pg_available():
+        if os.environ.get("FOGWHEEL_REQUIRE_POSTGRES"):
+            pytest.fail(why)
         pytest.skip(why)
     woke = {"a": threading.Event(), "b": threading.Event()}
     a = PgWakeups(PG_URL, woke["a"].set)

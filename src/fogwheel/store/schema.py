@@ -345,6 +345,14 @@ blob_chunks = Table(
     Column("off", BigInteger, primary_key=True),
     Column("data", LargeBinary, nullable=False),
 )
+# Blob bytes are mostly compressed or random already: PostgreSQL need not try to compress them.
+event.listen(
+    blob_chunks,
+    "after_create",
+    DDL("ALTER TABLE blob_chunks ALTER COLUMN data SET STORAGE EXTERNAL").execute_if(
+        dialect="postgresql"
+    ),
+)
 blob_partials = Table(
     "blob_partials",
     metadata,
