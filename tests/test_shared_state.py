@@ -148,6 +148,21 @@ def test_a_partial_in_use_is_busy_for_a_resume_and_a_plain_put_writes_its_own(
     assert blobs.received(sha, "node:n1") == 1000  # the stalled request's bytes stay its own
 
 
+def test_two_uploaders_finishing_one_blob_at_once_leave_one_copy(store: Store) -> None:
+    data, sha = blob(2 * MiB + 9, seed=6)
+    ups = [DbBlobStore(store).upload(sha, who) for who in ("customer:alice", "node:n7")]
+    for up in ups:
+        up.open()
+        up.write(data)
+    for up in ups:
+        up.finish()
+        up.close()
+    assert DbBlobStore(store).get(sha) == data
+    with store.read() as c:
+        owners = list(c.execute(select(blob_chunks.c.owner)).scalars())
+    assert owners == [sha] * 3  # the second upload's rows were dropped, not kept beside
+
+
 def test_bytes_that_hash_to_another_name_are_refused_and_dropped(store: Store) -> None:
     data, sha = blob(MiB, seed=5)
     blobs = DbBlobStore(store)
