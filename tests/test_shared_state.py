@@ -26,7 +26,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select, update
 
 from fogwheel.blobs.db import CHUNK, DbBlobStore
-from fogwheel.blobs.store import CorruptBlob, UploadBusy
+from fogwheel.blobs.store import (
+    PARTIAL_MAX_AGE_S,
+    PARTIALS_PER_UPLOADER,
+    CorruptBlob,
+    UploadBusy,
+)
 from fogwheel.coordinator.server import KEY_FILE, CoordinatorConfig, signing_key_for
 from fogwheel.coordinator.wakeups import PgWakeups
 from fogwheel.errors import ConfigError, IntegrityError
@@ -161,6 +166,51 @@ def test_two_uploaders_finishing_one_blob_at_once_leave_one_copy(store: Store) -
     with store.read() as c:
         owners = list(c.execute(select(blob_chunks.c.owner)).scalars())
     assert owners == [sha] * 3  # the second upload's rows were dropped, not kept beside
+
+
+def test_a_crashed_requests_hold_lapses_and_its_uploader_resumes(store: Store) -> None:
+    data, sha = blob(MiB, seed=8)
+    crashed = DbBlobStore(store).upload(sha, "customer:alice")
+    crashed.open()
+    crashed.write(data[:1000])  # …and its process dies: no close, the hold stays
+    with pytest.raises(UploadBusy):
+        DbBlobStore(store).upload(sha, "customer:alice").open(resume=True)
+    with store.tx() as c:  # HOLD_S later
+        c.execute(update(blob_partials).values(held_until=time.time() - 1))
+    up = DbBlobStore(store).upload(sha, "customer:alice")
+    assert up.open(resume=True) == 1000
+    up.write(data[1000:])
+    up.finish()
+    up.close()
+    assert DbBlobStore(store).get(sha) == data
+    with pytest.raises(UploadBusy):  # the crashed request, were it only stalled, cannot write
+        crashed.write(b"late")
+
+
+def test_an_uploader_keeps_its_quota_of_partials_and_none_older_than_a_day(store: Store) -> None:
+    names = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(PARTIALS_PER_UPLOADER + 2)]
+    blobs = DbBlobStore(store)
+    for i, name in enumerate(names):
+        up = blobs.upload(name, "customer:alice")
+        up.open()
+        up.write(b"x")
+        up.close()
+        at = time.time() - 100 + i  # the first is oldest
+        if i == 1:
+            at -= PARTIAL_MAX_AGE_S  # and this one was left for a day
+        with store.tx() as c:
+            row = blob_partials.c.sha == name
+            c.execute(update(blob_partials).where(row).values(updated_at=at))
+    other = blobs.upload(names[0], "customer:bob")
+    other.open()
+    other.write(b"y")
+    other.close()
+    kept = [n for n in names if blobs.received(n, "customer:alice")]
+    assert kept == names[-PARTIALS_PER_UPLOADER:]  # the day-old one and the oldest dropped
+    assert blobs.received(names[0], "customer:bob") == 1  # another uploader's are not counted
+    with store.read() as c:
+        left = set(c.execute(select(blob_chunks.c.owner)).scalars())
+    assert len(left) == PARTIALS_PER_UPLOADER + 1  # the dropped partials' rows went with them
 
 
 def test_bytes_that_hash_to_another_name_are_refused_and_dropped(store: Store) -> None:
