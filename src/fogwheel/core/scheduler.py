@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -164,7 +165,7 @@ def plan_lease(
         head += f"; {placement.policy.value} placement"
     chosen: list[Assignment] = []
     groups: set[int] = set()
-    fitting = [c for c in candidates if _fits(node, c, cluster)]
+    fitting = _fitting(node, candidates, cluster)
     for cand in _ordered(node, fitting, placement):
         group = cand.group if cand.group is not None else cand.task_id
         if group in groups:
@@ -255,7 +256,14 @@ def locality_order(cands: Iterable[Candidate]) -> list[Candidate]:
     It only orders: a task held elsewhere still runs here when nothing better is queued. A
     replica is never put back for being held elsewhere: the nodes that hold its input are the
     ones that ran its group, which may not run it."""
+    cands = list(cands)
+    if not any(map(_LOCAL, cands)) and not any(map(_ELSEWHERE, cands)):
+        return cands  # nothing is held anywhere: queue order
     return sorted(cands, key=_locality_rank)
+
+
+_LOCAL = operator.attrgetter("local_bytes")
+_ELSEWHERE = operator.attrgetter("elsewhere_bytes")
 
 
 def _locality_rank(cand: Candidate) -> tuple[int, int]:
@@ -271,6 +279,22 @@ def _size(n: int) -> str:
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
     return f"{n} B"
+
+
+def _fitting(
+    node: NodeView, candidates: Sequence[Candidate], cluster: ClusterView
+) -> list[Candidate]:
+    """The candidates `node` may take (`_fits`), with the common case decided inline: the
+    simulator asks this a million times a run, so the cheap tests come first."""
+    nid, memory, capabilities = node.id, node.memory_mb, node.capabilities
+    out = []
+    for c in candidates:
+        if c.memory_mb > memory or nid in c.exclude or (c.needs and not c.needs <= capabilities):
+            continue
+        if (c.holder_free or c.sticky or c.failed_on) and not _fits(node, c, cluster):
+            continue
+        out.append(c)
+    return out
 
 
 def _fits(node: NodeView, cand: Candidate, cluster: ClusterView) -> bool:
@@ -314,6 +338,9 @@ def _round_robin(
     by_customer: dict[str, list[Candidate]] = defaultdict(list)
     for c in cands:
         by_customer[c.customer_id].append(c)
+    if len(by_customer) == 1 and key is None:
+        yield from locality_order(next(iter(by_customer.values())))
+        return
     queues = {}
     for k, v in by_customer.items():
         ordered = locality_order(v)

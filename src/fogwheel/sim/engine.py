@@ -1,0 +1,231 @@
+"""The discrete-event loop: devices come and go, run what the coordinator (`World`) leases
+them, and report; one binary heap of timed events drives it all.
+
+What a device does is modelled; what the coordinator decides is not: every decision is
+`World`'s, which is core/'s. A device that comes up syncs and asks for as many tasks as it has
+free cores; when a task finishes it reports and asks again; when it goes down its running
+tasks are abandoned and their leases expire `lease_s` later (renewals are not simulated one by
+one: a lease holds while its device is up). A device left without work waits, idle, until new
+work is queued (the live agent's idle syncs, without simulating each empty one).
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from fogwheel.core import scheduler
+from fogwheel.sim.model import CYCLES, Fleet, JobSpec, Scenario
+from fogwheel.sim.world import RIGHT, World
+
+UP, DOWN, FINISH, EXPIRE, ARRIVE, SWEEP = range(6)
+SWEEP_S = 60.0  # how often idle devices are asked again, in case no event woke them
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One policy's run: what the issue asks the simulator to report, and how it ran."""
+
+    policy: str
+    makespan_s: float
+    utilisation: float  # busy core-seconds / core-seconds devices were up, until the makespan
+    lost_to_churn: float  # share of busy core-seconds thrown away when devices went down
+    replication_overhead: float  # results computed per task settled
+    settled: int
+    failed: int
+    wrong_accepted: int
+    deadlines_met: float  # share of jobs finished by their deadline
+    leases: int
+    replicas: int
+    backups: int
+    quarantined: int
+    decisions: int  # placement calls (plan_lease, plan_backups)
+    decisions_per_s: float  # ... per second of wall time spent in the placement step
+    events: int
+    wall_s: float
+
+
+def simulate(
+    sc: Scenario,
+    placement: scheduler.Placement,
+    fleet: Fleet,
+    jobs: list[JobSpec],
+    progress: Callable[[int], None] | None = None,
+) -> Outcome:
+    """Run the scenario under one placement policy; `progress(settled)` now and then."""
+    started = time.perf_counter()
+    n = len(fleet.cores)
+    draws = _uniforms(np.random.default_rng([sc.seed, 3]))
+    world = World(
+        [f"d{i}" for i in range(n)],
+        fleet.cores,
+        placement=placement,
+        lease_s=sc.lease_s,
+        draw=lambda: next(draws),
+    )
+    cores, speed, uplink = fleet.cores, fleet.speed, fleet.uplink_mbps
+    up_s, down_s = fleet.up_s, fleet.down_s
+    digest = [f"bad-{d}" if fleet.faulty[d] else RIGHT for d in range(n)]
+    for d in range(n):
+        if fleet.colluding[d]:
+            digest[d] = "cartel"
+    first_task: list[int] = []  # the first task id of each job
+    running: list[dict[int, float]] = [{} for _ in range(n)]  # task -> started, on the device
+    gen = [0] * n  # bumped when the device goes down: its FINISH events are void
+    cycle = [0] * n
+    up_since = [0.0] * n
+    is_up = list(fleet.up_at_start)
+    up_seen = [0.0] * n
+    up_count = [0] * n
+    idle: deque[int] = deque()
+    is_idle = [False] * n
+    events: list[tuple[float, int, int, int, int, int]] = []
+    seq = 0
+    busy = lost = avail = 0.0
+    total = sum(len(j.work) for j in jobs)
+
+    def push(at: float, kind: int, d: int = -1, t: int = 0, g: int = 0) -> None:
+        nonlocal seq
+        seq += 1
+        heapq.heappush(events, (at, seq, kind, d, t, g))
+
+    def sync(d: int, now: float) -> None:
+        free = cores[d] - len(running[d])
+        if free <= 0:
+            return
+        leased = world.sync(d, free, free, now)
+        for t in leased:
+            g = world.group_of[t]
+            spec = jobs[world.job_of[t]]
+            work = float(spec.work[g - first_task[world.job_of[t]]])
+            took = spec.input_mb * 8.0 / uplink[d] + work / speed[d]
+            running[d][t] = now
+            push(now + took, FINISH, d, t, gen[d])
+        if not leased and not is_idle[d]:
+            is_idle[d] = True
+            idle.append(d)
+
+    def wake(now: float, k: int) -> None:
+        """Let up to `k` idle devices ask again (new work was queued)."""
+        while k > 0 and idle and world.pending:
+            d = idle.popleft()
+            is_idle[d] = False
+            if world.live[d]:
+                k -= 1
+                sync(d, now)
+
+    cancelled: list[int] = []
+
+    def on_cancel(d: int, t: int) -> None:
+        nonlocal busy
+        began = running[d].pop(t, None)
+        if began is not None:
+            busy += now - began
+            cancelled.append(d)
+
+    world.on_cancel = on_cancel
+    for d in range(n):
+        world.set_live(d, fleet.up_at_start[d])
+        push(fleet.first_s[d], DOWN if fleet.up_at_start[d] else UP, d)
+    for j, spec in enumerate(jobs):
+        push(spec.arrives, ARRIVE, t=j)
+    push(SWEEP_S, SWEEP)
+    now = 0.0
+    handled = 0
+    c = world.counters
+    while events and c.settled_ok + c.failed < total:
+        now, _, kind, d, t, g = heapq.heappop(events)
+        handled += 1
+        if kind == FINISH:
+            if g != gen[d] or t not in running[d]:
+                continue  # the device went down, or the copy was cancelled
+            began = running[d].pop(t)
+            busy += now - began
+            queued = len(world.pending)
+            world.report(d, t, digest[d], now, now - began)
+            sync(d, now)
+            added = len(world.pending) - queued
+            if added > 0:
+                wake(now, added + 2)
+        elif kind == UP:
+            up_since[d] = now
+            is_up[d] = True
+            world.set_live(d, True)
+            push(now + float(up_s[d, cycle[d] % CYCLES]), DOWN, d)
+            sync(d, now)
+        elif kind == DOWN:
+            gen[d] += 1
+            for t2, began in running[d].items():
+                busy += now - began
+                lost += now - began
+                push(now + sc.lease_s, EXPIRE, d, t2)
+            running[d].clear()
+            is_up[d] = False
+            world.set_live(d, False)
+            avail += (now - up_since[d]) * cores[d]
+            up_seen[d] += now - up_since[d]
+            up_count[d] += 1
+            world.expected_up_s[d] = up_seen[d] / up_count[d]
+            push(now + float(down_s[d, cycle[d] % CYCLES]), UP, d)
+            cycle[d] += 1
+        elif kind == EXPIRE:
+            queued = len(world.pending)
+            world.expire(t, now)
+            added = len(world.pending) - queued
+            if added > 0:
+                wake(now, added + 2)
+        elif kind == ARRIVE:
+            spec = jobs[t]
+            ids = world.add_job(
+                spec.customer, len(spec.work), now, deadline=spec.deadline, backups=True
+            )
+            first_task.append(ids.start)
+            wake(now, len(ids))
+        else:  # SWEEP
+            wake(now, len(idle))
+            push(now + SWEEP_S, SWEEP)
+        while cancelled:
+            sync(cancelled.pop(), now)
+        if progress is not None and handled % 65_536 == 0:
+            progress(c.settled_ok + c.failed)
+    makespan = now
+    for d in range(n):
+        if is_up[d]:
+            avail += (makespan - up_since[d]) * cores[d]
+        for began in running[d].values():
+            busy += makespan - began
+    wall = time.perf_counter() - started
+    met = sum(
+        j.finished_at is not None and j.finished_at <= s.deadline
+        for j, s in zip(world.jobs, jobs, strict=False)
+    )
+    return Outcome(
+        policy=placement.policy.value,
+        makespan_s=makespan,
+        utilisation=busy / avail if avail else 0.0,
+        lost_to_churn=lost / busy if busy else 0.0,
+        replication_overhead=c.results / max(1, c.settled_ok + c.failed),
+        settled=c.settled_ok,
+        failed=c.failed,
+        wrong_accepted=c.wrong_accepted,
+        deadlines_met=met / max(1, len(jobs)),
+        leases=c.leases,
+        replicas=c.replicas,
+        backups=c.backups,
+        quarantined=c.quarantined,
+        decisions=c.decisions,
+        decisions_per_s=c.decisions / c.placement_s if c.placement_s else 0.0,
+        events=handled,
+        wall_s=wall,
+    )
+
+
+def _uniforms(rng: np.random.Generator) -> Iterator[float]:
+    """An endless stream of uniform draws, made 65,536 at a time."""
+    while True:
+        yield from rng.random(65_536).tolist()

@@ -1,0 +1,70 @@
+"""The pending queue in the store's order (priority, then id), with the head read cheaply.
+
+The store reads the first `max(want * 4, 64)` pending rows by `(priority, id)` through an
+index; the simulator needs the same window a few million times a run. New tasks arrive with
+rising ids, so they sit in one append-only array read from a moving head (leased ones leave
+holes that the head skips); the few that come back (a lost lease, a check copy) wait in a small
+sorted list beside it. Both are merged when the window is read.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+
+
+class PendingQueue:
+    def __init__(self) -> None:
+        self._main: list[int] = []  # keys of new tasks, rising
+        self._head = 0  # _main[:_head] are all gone
+        self._in_main: set[int] = set()
+        self._back: list[int] = []  # sorted keys of tasks queued again, and of check copies
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __bool__(self) -> bool:
+        return self._n > 0
+
+    def extend(self, keys: Iterable[int]) -> None:
+        """Queue new tasks, each key above every key queued before in this way."""
+        keys = list(keys)
+        if self._main and keys and keys[0] <= self._main[-1]:
+            raise ValueError("new keys must rise; use add() for others")
+        self._main.extend(keys)
+        self._in_main.update(keys)
+        self._n += len(keys)
+
+    def add(self, key: int) -> None:
+        bisect.insort(self._back, key)
+        self._n += 1
+
+    def discard(self, key: int) -> None:
+        if key in self._in_main:
+            self._in_main.remove(key)
+            self._n -= 1
+            main = self._main
+            while self._head < len(main) and main[self._head] not in self._in_main:
+                self._head += 1
+            return
+        i = bisect.bisect_left(self._back, key)
+        if i < len(self._back) and self._back[i] == key:
+            del self._back[i]
+            self._n -= 1
+
+    def first(self, k: int) -> list[int]:
+        """The `k` smallest keys, in order."""
+        live, main = self._in_main, self._main
+        ahead: list[int] = []
+        at = self._head
+        while len(ahead) < k and at < len(main):
+            chunk = main[at : at + 2 * k]
+            at += len(chunk)
+            ahead += [key for key in chunk if key in live]
+        back = self._back[:k]
+        if not back:
+            return ahead[:k]
+        if not ahead or back[-1] < ahead[0]:
+            return (back + ahead)[:k]
+        return sorted(back + ahead)[:k]

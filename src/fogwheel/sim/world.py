@@ -1,0 +1,522 @@
+"""The coordinator's state as the simulator keeps it, and the round trip over it.
+
+`World` holds what the store holds in SQL (devices with their counters, quota and trust
+record; tasks with their lifecycle state, replicas and attempts) in plain lists, and makes every
+decision with the same core/ functions the store calls: placement (`scheduler.plan_lease`,
+`plan_backups`), the lifecycle (`tasks.apply`), the in-flight quota (`quota.room`, `grown`,
+`shrunk`) and verification (`trust.quorum_for`, `verdict`, `record_after`). `sync` builds the
+scheduler's frozen views from this state exactly as `store/leasing.py` `_lease` builds them
+from rows, which is what tests/test_sim.py checks against a real store.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from fogwheel.core import quota as inflight
+from fogwheel.core import scheduler, trust
+from fogwheel.core.tasks import (
+    Cancelled,
+    Expired,
+    Leased,
+    Reported,
+    Settled,
+    Task,
+    TaskState,
+    apply,
+)
+from fogwheel.sim.queue import PendingQueue
+
+EXACT_FLEET = 2_000  # up to this many devices, probation's "better free slots" is summed whole
+PRIORITY_SHIFT = 1 << 40  # queue key: priority * PRIORITY_SHIFT + id, as the store orders
+MEDIAN_SAMPLE = 201  # = store/leasing.py: a job's finished attempts its typical run is taken over
+BACKUP_SCAN = 64  # = store/leasing.py: running tasks looked at for stragglers
+NEW = Task()  # every task starts as this one value: a million pending tasks share it
+OPEN = (TaskState.PENDING, TaskState.LEASED)
+RIGHT = "ok"  # the digest of a correct result; a faulty device answers anything else
+
+
+@dataclass(slots=True)
+class Job:
+    customer: str
+    created_at: float
+    deadline: float | None
+    backups: bool
+    max_attempts: int
+    tasks: int = 0
+    pending: int = 0  # its tasks (not replicas) waiting in the queue
+    settled: int = 0
+    finished_at: float | None = None
+    took: list[float] = field(default_factory=list)  # wall times of finished attempts
+    typical: float | None = None  # median of `took`, once known
+    running: dict[int, float] = field(default_factory=dict)  # original -> leased_at, in order
+
+
+@dataclass(slots=True)
+class Counters:
+    """What the run measures, beside the timings."""
+
+    leases: int = 0
+    results: int = 0  # results reported (every copy)
+    settled_ok: int = 0
+    failed: int = 0
+    wrong_accepted: int = 0  # tasks settled on a wrong digest
+    replicas: int = 0  # check copies made
+    backups: int = 0  # backup copies made
+    expired: int = 0
+    cancelled_running: int = 0  # copies killed because their group settled
+    quarantined: int = 0
+    decisions: int = 0  # plan_lease / plan_backups calls
+    placement_s: float = 0.0  # wall time spent in the placement step
+
+
+class World:
+    """The coordinator's state for `len(names)` devices; ids are the store's (tasks from 1)."""
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        cores: Sequence[int],
+        *,
+        placement: scheduler.Placement = scheduler.FAIR,
+        lease_s: float = 15.0,
+        quota: int = inflight.START,
+        memory_mb: int = 512,
+        draw: Callable[[], float] | None = None,
+    ) -> None:
+        n = len(names)
+        self.names = list(names)
+        self.index = {name: d for d, name in enumerate(self.names)}
+        self.cores = list(cores)
+        self.memory_mb = memory_mb
+        self.placement = placement
+        self.lease_s = lease_s
+        self.draw = draw or (lambda: 0.0)  # the verifier's uniform draw (store: _rng.random())
+        self.quota = [quota] * n
+        self.done = [0] * n
+        self.lost = [0] * n
+        self.held = [0] * n  # tasks LEASED to it, as the coordinator counts them
+        self.reported_free = list(self.cores)  # slots_free of its last sync (store: nodes row)
+        self.record = [trust.Record()] * n
+        self.live = [True] * n  # up, not quarantined: what _fleet_views returns
+        self.expected_up_s: list[float | None] = [None] * n
+        self.total_slots = sum(map(inflight.scheduling_slots, self.quota, self.cores))
+        self.total_free = sum(self._free(d) for d in range(n))
+        # tasks, indexed by id (0 unused: the store's ids start at 1)
+        self.state: list[Task] = [NEW]
+        self.job_of: list[int] = [-1]
+        self.group_of: list[int] = [0]  # the task a copy belongs to; itself for originals
+        self.backup: list[bool] = [False]
+        self.members: dict[int, list[int]] = defaultdict(list)  # group -> its copies
+        self.ran: dict[int, set[str]] = defaultdict(set)  # group -> nodes holding/answered
+        self.involved: dict[int, set[str]] = defaultdict(set)  # group -> every node that held one
+        self.lost_on: dict[int, set[str]] = {}
+        self.results: dict[int, dict[str, str]] = defaultdict(dict)  # group -> node -> digest
+        self.quorum: dict[int, int] = {}
+        self.jobs: list[Job] = []
+        self.pending = PendingQueue()
+        self._cands: dict[int, scheduler.Candidate] = {}  # queue key -> candidate
+        self._most_lost = 0  # the most nodes any one task was lost on
+        self.n_live = n
+        self.counters = Counters()
+        self.on_cancel: Callable[[int, int], None] | None = None  # (device, task) killed
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    def add_job(
+        self,
+        customer: str,
+        n: int,
+        now: float,
+        *,
+        deadline: float | None = None,
+        backups: bool = True,
+        max_attempts: int = 3,
+    ) -> range:
+        """Queue a job of `n` tasks; their ids, consecutive as the store's."""
+        j = len(self.jobs)
+        self.jobs.append(Job(customer, now, deadline, backups, max_attempts, tasks=n, pending=n))
+        first = len(self.state)
+        ids = range(first, first + n)
+        task = NEW if max_attempts == NEW.max_attempts else Task(max_attempts=max_attempts)
+        self.state.extend([task] * n)
+        self.job_of.extend([j] * n)
+        self.group_of.extend(ids)
+        self.backup.extend([False] * n)
+        self.pending.extend(PRIORITY_SHIFT + t for t in ids)
+        return ids
+
+    def _key(self, t: int) -> int:
+        """Its place in the queue: checks first (store: priority 0), then by id."""
+        return (PRIORITY_SHIFT if self.group_of[t] == t else 0) + t
+
+    def _enqueue(self, t: int) -> None:
+        self.pending.add(self._key(t))
+        self.jobs[self.job_of[t]].pending += 1
+
+    def _dequeue(self, t: int) -> None:
+        self.pending.discard(self._key(t))
+        self.jobs[self.job_of[t]].pending -= 1
+
+    def _copy(self, group: int, backup: bool) -> int:
+        """A replica (or backup copy) of `group`, queued first (store: priority 0)."""
+        t = len(self.state)
+        j = self.job_of[group]
+        self.state.append(Task(max_attempts=self.jobs[j].max_attempts))
+        self.job_of.append(j)
+        self.group_of.append(group)
+        self.backup.append(backup)
+        self.members[group].append(t)
+        self._changed(group)
+        if backup:
+            self.counters.backups += 1
+        else:
+            self.counters.replicas += 1
+            self._enqueue(t)
+        return t
+
+    # -- the round trip ------------------------------------------------------------------------
+
+    def sync(self, d: int, want: int, slots_free: int, now: float) -> list[int]:
+        """A device's sync asking for `want` tasks: the ids leased to it (store: `sync`)."""
+        before = self._free(d)
+        self.reported_free[d] = slots_free
+        self.total_free += self._free(d) - before
+        if not self.live[d] or self.record[d].quarantined or want <= 0:
+            return []
+        started = time.perf_counter()
+        leased = self._lease(d, want, now)
+        self.counters.placement_s += time.perf_counter() - started
+        return leased
+
+    def _lease(self, d: int, want: int, now: float) -> list[int]:
+        held = self.held[d]
+        cores = self.cores[d]
+        want = min(want, inflight.room(self.quota[d], cores, held))
+        if want <= 0:
+            return []
+        view = scheduler.NodeView(
+            self.names[d],
+            inflight.scheduling_slots(self.quota[d], cores),
+            self.memory_mb,
+            held,
+            self.done[d],
+            self.lost[d],
+            frozenset(),
+            self.expected_up_s[d],
+        )
+        out: list[int] = []
+        if self.pending:
+            plan = self.place(d, view, want)
+            for a in plan:
+                self._grant(d, a.task_id, now)
+            out = [a.task_id for a in plan]
+        held = self.held[d]
+        free = min(want - len(out), view.slots - held)
+        if free > 0:
+            view = scheduler.NodeView(
+                view.id, view.slots, view.memory_mb, held, view.done, view.lost, frozenset()
+            )
+            for a in self._backups(d, view, free, now):
+                copy = self._copy(a.task_id, backup=True)
+                self._grant(d, copy, now)
+                out.append(copy)
+        return out
+
+    def place(self, d: int, view: scheduler.NodeView, want: int) -> list[scheduler.Assignment]:
+        """The placement step: the scheduler's views of this state, and its decision."""
+        rel = scheduler.reliability(view)
+        pending = len(self.pending)
+        # The fleet as _fleet_views sees it: live devices, held = cores - reported slots_free;
+        # the asking one as the store reads it now. Better nodes' free slots only matter to
+        # probation (rel < 0.5) when they could take the whole queue, so they are summed only
+        # then; below that, any figure under `pending` decides the same.
+        total = self.total_slots - (self._slots(d) if self.live[d] else 0) + view.slots
+        better = 0
+        if rel < scheduler.PROBATION_RELIABILITY and self.total_free >= pending:
+            # Summed only as far as `pending`, which is all the decision needs (the reason
+            # then says "at least" that many): a full sum would cost a scan of the fleet.
+            for e in range(len(self.names)):
+                if e != d and self.live[e] and self._reliability(e) > rel:
+                    better += self._free(e)
+                    if better >= pending and len(self.names) > EXACT_FLEET:
+                        break
+        window = self.pending.first(max(want * 4, 64))
+        cache = self._cands
+        cands = [cache.get(key) or self._candidate(key) for key in window]
+        live: frozenset[str] = frozenset()
+        most = 0
+        if self.n_live <= self._most_lost:  # else no task was lost on every live node
+            most = max(len(c.failed_on) for c in cands)
+        if most and self.n_live <= most:
+            # `live <= failed_on` can only hold when no more nodes are live than lost the task.
+            live = frozenset(self.names[e] for e in range(len(self.names)) if self.live[e])
+        cluster = scheduler.ClusterView(pending, total, better, live)
+        self.counters.decisions += 1
+        return scheduler.plan_lease(view, want, cands, cluster, self.placement)
+
+    def _candidate(self, key: int) -> scheduler.Candidate:
+        """The task's Candidate as _lease_pending builds it from its rows; kept until a copy of
+        its group changes (placed, answered, lost) or its job's typical run does."""
+        t = key % PRIORITY_SHIFT
+        j = self.job_of[t]
+        g = self.group_of[t]
+        job = self.jobs[j]
+        cand = scheduler.Candidate(
+            t,
+            job.customer,
+            0,
+            frozenset(),
+            frozenset(self.lost_on.get(t, ())),
+            group=None if g == t else g,
+            exclude=frozenset(self.ran.get(g, ())),
+            waited_s=0.0,
+            est_s=job.typical,
+            deadline=job.deadline,
+        )
+        self._cands[key] = cand
+        return cand
+
+    def _changed(self, group: int) -> None:
+        """A copy of `group` was placed, answered or lost: its copies' candidates are stale."""
+        self._cands.pop(PRIORITY_SHIFT + group, None)
+        for m in self.members.get(group, ()):
+            self._cands.pop(m, None)
+
+    def _grant(self, d: int, t: int, now: float) -> None:
+        name = self.names[d]
+        task = self.state[t]
+        if task.state is TaskState.PENDING and not self.backup[t]:
+            self._dequeue(t)
+        self.state[t] = apply(task, Leased(name, now, self.lease_s))
+        g = self.group_of[t]
+        self.ran[g].add(name)
+        self.involved[g].add(name)
+        self._changed(g)
+        self._cands.pop(self._key(t), None)
+        self._set_held(d, self.held[d] + 1)
+        if g == t:
+            self.jobs[self.job_of[t]].running[t] = now
+        self.counters.leases += 1
+
+    def _backups(
+        self, d: int, view: scheduler.NodeView, free: int, now: float
+    ) -> list[scheduler.Assignment]:
+        """Backup copies of stragglers (store: `_lease_backups`): jobs with nothing pending."""
+        last_wave = [
+            ((at, t) for t, at in job.running.items())
+            for job in self.jobs
+            if job.running and job.backups and not job.pending
+        ]
+        if not last_wave:
+            return []
+        name = self.names[d]
+        stragglers = []
+        for at, t in itertools.islice(heapq.merge(*last_wave), BACKUP_SCAN):
+            if at >= now - scheduler.BACKUP_MIN_S:
+                break
+            if any(self.state[m].state in OPEN for m in self.members.get(t, ())):
+                continue  # a copy already runs or waits
+            holder = self.state[t].node
+            if holder is None or holder == name:
+                continue
+            job = self.jobs[self.job_of[t]]
+            touched = name in self.involved.get(t, ())
+            stragglers.append(
+                scheduler.Straggler(
+                    t,
+                    holder,
+                    now - at,
+                    job.typical,
+                    0,
+                    frozenset(),
+                    frozenset({name}) if touched else frozenset(),
+                )
+            )
+        if not stragglers:
+            return []
+        self.counters.decisions += 1
+        return scheduler.plan_backups(view, free, stragglers)
+
+    # -- results, losses, verdicts ---------------------------------------------------------------
+
+    def report(self, d: int, t: int, digest: str, now: float, took: float) -> None:
+        """Device `d` reports `digest` for `t` after `took` seconds (the right one is RIGHT)."""
+        name = self.names[d]
+        task = self.state[t]
+        if task.state is not TaskState.LEASED or task.node != name:
+            return  # superseded: the lease was lost or the copy cancelled
+        self.state[t] = apply(task, Reported(name))
+        self._set_held(d, self.held[d] - 1)
+        self.done[d] += 1
+        self.counters.results += 1
+        g = self.group_of[t]
+        job = self.jobs[self.job_of[t]]
+        job.running.pop(t, None)
+        if len(job.took) < MEDIAN_SAMPLE:
+            job.took.append(took)
+            n = len(job.took)
+            if n & (n - 1) == 0 or n == MEDIAN_SAMPLE:
+                # The store's median moves with every result; here it is taken at 1, 2, 4,
+                # ... 128 and 201 results, then kept (candidates are rebuilt when it moves).
+                job.typical = statistics.median(job.took)
+                self._cands.clear()
+        self.results[g][name] = digest
+        self._changed(g)
+        if g == t and not self.members.get(g) and self.quorum.get(g, 0) <= 1:
+            # The fast path: a first result that its node's record lets go unchecked.
+            quorum = self.quorum.get(g) or trust.quorum_for(self.record[d], self.draw())
+            if quorum <= 1:
+                self.quorum[g] = 1
+                self._settle(g, True, now)
+                self.counters.wrong_accepted += digest != RIGHT
+                self._vote(d, agreed=True)
+                return
+            self.quorum[g] = quorum
+        self._verify(g, now)
+
+    def expire(self, t: int, now: float) -> None:
+        """The lease of `t` ran out (its device went away): back to the queue, or failed."""
+        task = self.state[t]
+        if task.state is not TaskState.LEASED or task.lease_expires is None:
+            return
+        d = self.index[task.node or ""]
+        new = apply(task, Expired(max(now, task.lease_expires)))
+        g = self.group_of[t]
+        self.counters.expired += 1
+        self._set_held(d, self.held[d] - 1)
+        self.lost[d] += 1
+        self._set_quota(d, inflight.shrunk(self.quota[d]))
+        lost_on = self.lost_on.setdefault(t, set())
+        lost_on.add(task.node or "")
+        self._most_lost = max(self._most_lost, len(lost_on))
+        self.ran[g].discard(task.node or "")
+        self._changed(g)
+        self._cands.pop(self._key(t), None)
+        if g == t:
+            self.jobs[self.job_of[t]].running.pop(t, None)
+        if self.backup[t] and new.state is TaskState.PENDING:
+            new = apply(new, Cancelled(f"backup copy lost on {task.node}"))
+        self.state[t] = new
+        if new.state is TaskState.PENDING:
+            self._enqueue(t)
+        elif g != t:
+            self._verify(g, now)
+        elif new.state is TaskState.FAILED:
+            self._finish(g, now, ok=False)
+
+    def _verify(self, g: int, now: float) -> None:
+        """Decide on group `g` from its results so far (store: `_verify_groups`)."""
+        if self.state[g].state in (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED):
+            return
+        votes = [(n, dg) for n, dg in self.results[g].items() if not self._quarantined(n)]
+        copies = [g, *self.members.get(g, ())]
+        outstanding = sum(self.state[m].state in OPEN for m in copies)
+        involved = frozenset(self.involved[g])
+        quorum = self.quorum.get(g, 0)
+        if quorum == 0 and votes:
+            quorum = trust.quorum_for(self.record[self.index[votes[0][0]]], self.draw())
+            self.quorum[g] = quorum
+        verdict = trust.verdict(votes, max(quorum, 1), outstanding, involved)
+        if isinstance(verdict, trust.Accept):
+            self._settle(g, True, now)
+            self.counters.wrong_accepted += verdict.digest != RIGHT
+            for n in verdict.agreeing:
+                self._vote(self.index[n], agreed=True)
+            for n in verdict.disputing:
+                self._vote(self.index[n], agreed=False)
+        elif isinstance(verdict, trust.NeedMore):
+            for _ in range(verdict.replicas):
+                self._copy(g, backup=False)
+        else:
+            self._settle(g, False, now)
+
+    def _settle(self, g: int, ok: bool, now: float) -> None:
+        """The group's verdict: the original settles, copies still open are cancelled."""
+        for m in (g, *self.members.get(g, ())):
+            task = self.state[m]
+            if task.state in OPEN:
+                if task.state is TaskState.LEASED:
+                    d = self.index[task.node or ""]
+                    self._set_held(d, self.held[d] - 1)
+                    self.counters.cancelled_running += 1
+                    if self.on_cancel is not None:
+                        self.on_cancel(d, m)
+                elif not self.backup[m]:
+                    self._dequeue(m)
+                self.jobs[self.job_of[m]].running.pop(m, None)
+            if m == g:
+                self.state[m] = apply(task, Settled(ok, None if ok else "no agreement"))
+            elif task.state is TaskState.VERIFYING:
+                self.state[m] = apply(task, Settled(ok))
+            elif task.state in OPEN:
+                self.state[m] = apply(task, Cancelled("no longer needed: the task is settled"))
+            self._cands.pop(self._key(m), None)
+        self._finish(g, now, ok=ok)
+
+    def _finish(self, g: int, now: float, *, ok: bool) -> None:
+        job = self.jobs[self.job_of[g]]
+        job.settled += 1
+        if ok:
+            self.counters.settled_ok += 1
+        else:
+            self.counters.failed += 1
+        if job.settled == job.tasks:
+            job.finished_at = now
+
+    def _vote(self, d: int, *, agreed: bool) -> None:
+        rec = trust.record_after(self.record[d], agreed)
+        self.record[d] = rec
+        if agreed:
+            self._set_quota(d, inflight.grown(self.quota[d]))
+        elif self.live[d]:
+            self.counters.quarantined += 1
+            self.set_live(d, False)
+
+    def _quarantined(self, name: str) -> bool:
+        return self.record[self.index[name]].quarantined
+
+    # -- the fleet ---------------------------------------------------------------------------
+
+    def set_live(self, d: int, live: bool) -> None:
+        """The device came up (and is not quarantined) or went away."""
+        live = live and not self.record[d].quarantined
+        if live == self.live[d]:
+            return
+        sign = 1 if live else -1
+        self.n_live += sign
+        self.total_slots += sign * self._slots(d)
+        self.total_free += sign * self._free(d, force=True)
+        self.live[d] = live
+
+    def _slots(self, d: int) -> int:
+        return inflight.scheduling_slots(self.quota[d], self.cores[d])
+
+    def _free(self, d: int, force: bool = False) -> int:
+        """Free slots as `_fleet_views` counts them: quota-backed slots less what it runs."""
+        if not force and not self.live[d]:
+            return 0
+        return max(0, self._slots(d) - (self.cores[d] - self.reported_free[d]))
+
+    def _reliability(self, d: int) -> float:
+        return (self.done[d] + 1) / (self.done[d] + self.lost[d] + 2)
+
+    def _set_held(self, d: int, held: int) -> None:
+        self.held[d] = held
+
+    def _set_quota(self, d: int, quota: int) -> None:
+        if quota == self.quota[d]:
+            return
+        if self.live[d]:
+            self.total_slots -= self._slots(d)
+            self.total_free -= self._free(d)
+        self.quota[d] = quota
+        if self.live[d]:
+            self.total_slots += self._slots(d)
+            self.total_free += self._free(d)
