@@ -35,6 +35,7 @@ import resource
 import secrets
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -389,7 +390,18 @@ class Coordinators:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"coordinator {i} did not start: {self.log(i)[-2000:]}")
                 time.sleep(0.05)
-            self.urls.append(json.loads(ready.read_text())["url"])
+            url = json.loads(ready.read_text())["url"]
+            while True:  # the ready file is written just before uvicorn listens
+                try:
+                    with socket.create_connection(_address(url), timeout=1):
+                        break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(
+                            f"coordinator {i} does not listen: {self.log(i)}"
+                        ) from None
+                    time.sleep(0.05)
+            self.urls.append(url)
 
     def log(self, i: int) -> str:
         return (self.dir / f"coordinator-{i}.log").read_text(errors="replace")
@@ -404,6 +416,11 @@ class Coordinators:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+def _address(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 80
 
 
 class Usage:
@@ -465,12 +482,41 @@ async def drive(
     stats.window = (measure_from, measure_from + args.seconds)
     await asyncio.sleep(max(0.0, measure_from - loop.time()))
     cpu0 = usage.cpu()
+    own0 = time.process_time()
     w0 = loop.time()
+    spies = (
+        [
+            subprocess.Popen(
+                [
+                    "py-spy",
+                    "record",
+                    "-p",
+                    str(pr.pid),
+                    "-f",
+                    "raw",
+                    "-r",
+                    "200",
+                    "-o",
+                    f"{args.profile}-{i}.txt",
+                    "-d",
+                    str(int(args.seconds)),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for i, pr in enumerate(usage.procs)
+        ]
+        if args.profile
+        else []
+    )
     while loop.time() < stats.window[1]:
         usage.sample_rss()
         await asyncio.sleep(min(1.0, max(0.01, stats.window[1] - loop.time())))
     cpu = usage.cpu() - cpu0
     wall = loop.time() - w0
+    own = time.process_time() - own0
+    for spy in spies:
+        spy.wait()
     stop.set()
     await asyncio.gather(*runs)
     submitted = await customer
@@ -496,6 +542,7 @@ async def drive(
         else None,
         "coordinator_cpu_pct": round(100 * cpu / wall, 1),
         "coordinator_rss_mb": round(usage.rss_mb, 1),
+        "generator_cpu_pct": round(100 * own / wall, 1),
         "submitted": submitted,
         "submit_log": log[:5],
     }
@@ -568,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--pg", default=PG_URL, help="PostgreSQL server (a database is made per run)")
     p.add_argument("--seed", type=int, default=12)
+    p.add_argument("--profile", default="", help="py-spy each coordinator into PREFIX-N.txt")
     p.add_argument("--quick", action="store_true", help="a small smoke run")
     args = p.parse_args(argv)
     if args.quick:

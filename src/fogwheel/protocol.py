@@ -361,6 +361,11 @@ class SyncOut(Model):
         default_factory=list, description="CDN shares to fetch from /v1/blobs and keep"
     )
     drop: list[str] = Field(default_factory=list, description="CDN shares to delete")
+    next_sync_s: float | None = Field(
+        default=None,
+        description="the longest the node should wait before its next sync when it has "
+        "nothing to report sooner (core/pacing.py); null: its own idle interval",
+    )
 
 
 class NodeOut(Model):

@@ -7,6 +7,7 @@ import base64
 import contextlib
 import logging
 import math
+import random
 import time
 from typing import Annotated, Any
 
@@ -30,7 +31,7 @@ from fogwheel.coordinator.job_routes import build_job_routes
 from fogwheel.coordinator.ledger_routes import build_ledger_routes
 from fogwheel.coordinator.metrics import Metrics
 from fogwheel.coordinator.owner_routes import build_owner_routes
-from fogwheel.core import byteranges
+from fogwheel.core import byteranges, pacing
 from fogwheel.core.owners import Refuse, network_of
 from fogwheel.errors import IntegrityError, NameTaken, StorageFull
 from fogwheel.protocol import (
@@ -63,6 +64,7 @@ from fogwheel.signing import (
     sign_lease,
 )
 from fogwheel.store import Store
+from fogwheel.store.base import NODE_GONE_AFTER_LEASES
 
 log = logging.getLogger("fogwheel.coordinator")
 
@@ -151,6 +153,7 @@ def build_routes(
     *,
     signing_key: Ed25519PrivateKey,
     max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES,
+    sync_budget: float = pacing.DEFAULT_BUDGET,
 ) -> None:
     public_key = public_key_b64(signing_key)
     auth = Authenticator(store)
@@ -602,11 +605,19 @@ def build_routes(
         if refused:
             req = req.model_copy(update={"results": kept})
         host = request.client.host if request.client else None
-        out = store.sync(who.id, req, time.time(), leaving=leaving, client_host=host)
+        now = time.time()
+        out = store.sync(who.id, req, now, leaving=leaving, client_host=host)
         if out.acked:
             results.notify()
         metrics.leased.inc(len(out.tasks))
         metrics.reported.inc(len(out.acked))
+        # When to come back if it has nothing to report: idle syncs spread within the budget.
+        fleet = pacing.Fleet(
+            store.live_count(now),
+            sync_budget,
+            store.work_pending(now),
+            store.lease_seconds * NODE_GONE_AFTER_LEASES,
+        )
         return SyncOut(
             acked=out.acked,
             rejected=[*refused, *out.rejected],
@@ -615,6 +626,7 @@ def build_routes(
             lease_seconds=store.lease_seconds,
             store=out.store,  # type: ignore[arg-type]
             drop=out.drop,
+            next_sync_s=pacing.next_sync_s(fleet, random.random()),
         )
 
     @v1.post(

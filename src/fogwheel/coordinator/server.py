@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio.to_thread
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
@@ -28,6 +29,7 @@ from fogwheel.coordinator.app import build_routes
 from fogwheel.coordinator.bodylimit import BodyLimit
 from fogwheel.coordinator.bodytimeout import BodyTimeout
 from fogwheel.coordinator.wakeups import PgWakeups
+from fogwheel.core.pacing import DEFAULT_BUDGET
 from fogwheel.core.scheduler import Placement, Policy
 from fogwheel.errors import ConfigError
 from fogwheel.protocol import SQL_INT_MAX
@@ -69,6 +71,13 @@ class CoordinatorConfig:
     tls_key: Path | None = None  # …and this private key
     allow_private_serve: bool = False  # nodes may serve the CDN from loopback/private IPs
     ready_file: Path | None = None  # where to write {"url": …} once listening
+    # threads for the sync routes: None is as many as the database pool holds connections
+    # (4 on SQLite, 8 on PostgreSQL), so that no request waits for, or churns, a connection
+    worker_threads: int | None = None
+    # syncs a second this coordinator set serves, all processes together (core/pacing.py)
+    sync_budget: float = field(
+        default_factory=lambda: float(os.environ.get("FOGWHEEL_SYNC_BUDGET") or DEFAULT_BUDGET)
+    )
     signing_key: Path | None = None  # a key file shared by config management, not the database's
     blobs: str | None = None  # "db" | "dir"; default: "db" on PostgreSQL, "dir" on SQLite
     placement: str = "fair"  # core/scheduler.Policy: fair, random, reliability, deadline
@@ -184,6 +193,8 @@ def build_app(config: CoordinatorConfig, store: Store) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         results = app.state.results
         results.bind()
+        threads = config.worker_threads or (4 if store.is_sqlite else 8)
+        anyio.to_thread.current_default_thread_limiter().total_tokens = threads
         if not store.is_sqlite:  # peers on the same database wake each other's readers
             results.peers = PgWakeups(store.url, results.wake_local)
             results.peers.start()
@@ -199,7 +210,14 @@ def build_app(config: CoordinatorConfig, store: Store) -> FastAPI:
         description="Schedules work onto a fog of pull-only node agents. All routes under /v1.",
         lifespan=lifespan,
     )
-    build_routes(app, store, blobs, signing_key=signing_key, max_blob_bytes=config.max_blob_bytes)
+    build_routes(
+        app,
+        store,
+        blobs,
+        signing_key=signing_key,
+        max_blob_bytes=config.max_blob_bytes,
+        sync_budget=config.sync_budget,
+    )
     app.state.config = config
     app.state.signing_key = signing_key
     return app
@@ -264,6 +282,7 @@ def serve(config: CoordinatorConfig, announce: bool = True) -> None:
         access_log=False,
         lifespan="on",
         timeout_keep_alive=30,
+        backlog=4096,  # a fleet reconnecting at once (the kernel caps it at somaxconn)
         ssl_certfile=str(config.tls_cert) if config.tls_cert else None,
         ssl_keyfile=str(config.tls_key) if config.tls_key else None,
     )

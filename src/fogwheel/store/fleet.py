@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import secrets
+import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, case, func, select
+from sqlalchemy import Connection, bindparam, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 
 from fogwheel.core import owners, scheduler, trust
 from fogwheel.core import quota as inflight
@@ -26,11 +29,71 @@ from fogwheel.store.base import (
 from fogwheel.store.schema import (
     attempts,
     blob_holders,
+    jobs,
     nodes,
     principals,
     task_blobs,
     tasks,
 )
+
+log = logging.getLogger("fogwheel.store")
+
+HEARTBEAT_FLUSH_S = 1.0  # idle syncs' last_seen are written in one statement this often
+WORK_CACHE_S = 1.0  # how long "which jobs are in their last wave" and the live count are kept
+
+# An idle sync reads these and nothing else (built once: a statement per request costs more
+# Python than the query costs SQL).
+_PULSE = select(
+    nodes.c.state,
+    nodes.c.slots_free,
+    nodes.c.network,
+    nodes.c.last_seen,
+    nodes.c.quarantined,
+    nodes.c.revoked,
+).where(nodes.c.id == bindparam("node_id"))
+_ANY_PENDING = select(tasks.c.id).where(tasks.c.state == TaskState.PENDING).limit(1)
+_WAITING = tasks.alias("waiting")
+# Jobs whose stragglers may get backups: backups on, not cancelled, open, nothing pending.
+_LAST_WAVE = select(jobs.c.id).where(
+    jobs.c.backups,
+    ~jobs.c.cancelled,
+    jobs.c.finished < jobs.c.total,
+    ~select(_WAITING.c.id)
+    .where(_WAITING.c.state == TaskState.PENDING, _WAITING.c.job_id == jobs.c.id)
+    .exists(),
+)
+
+
+class Heartbeats:
+    """The last_seen of idle syncs, kept in memory and written in one statement a second.
+
+    An idle fleet would otherwise write one row per sync (issue 12: a write transaction per
+    heartbeat is what an idle SQLite coordinator spends its time waiting for). Each batch is
+    written with the earliest time it holds, so a stored last_seen is never later than the
+    node's real last sync: a node is never kept alive by the batching, only seen up to
+    HEARTBEAT_FLUSH_S late."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._due: dict[str, float] = {}
+        self._since = float("-inf")
+        self._flushed_at = float("-inf")
+
+    def note(self, node_id: str, now: float) -> None:
+        with self._lock:
+            if not self._due:
+                self._since = now
+            self._due.setdefault(node_id, now)
+
+    def take(self, now: float) -> tuple[float, list[str]] | None:
+        """The batch to write now, as (its earliest time, node ids); None when not due."""
+        with self._lock:
+            if not self._due or 0 <= now - self._flushed_at < HEARTBEAT_FLUSH_S:
+                return None
+            batch = (min(self._since, now), sorted(self._due))
+            self._due = {}
+            self._flushed_at = now
+            return batch
 
 
 class FleetStore(StoreBase):
@@ -194,6 +257,128 @@ class FleetStore(StoreBase):
         ]
         self._fleet = (now, views)
         return views
+
+    # -- idle syncs: answered without a write transaction --------------------------------
+
+    @property
+    def _heartbeats(self) -> Heartbeats:
+        beats = self.__dict__.get("_beats")
+        if beats is None:
+            beats = self.__dict__.setdefault("_beats", Heartbeats())
+        return beats  # type: ignore[no-any-return]
+
+    def _idle_sync(
+        self, node_id: str, want: int, slots_free: int, now: float, network: str | bool | None
+    ) -> bool:
+        """Answer a sync that reports nothing, when it would change nothing but last_seen.
+
+        True when the node is up with the same free slots and network (`network` False: not
+        known), runs no chunk server, and no work waits that it could be leased (nothing
+        pending, no job in its last wave with backups on); its last_seen then goes into the
+        next batched write (`Heartbeats`) instead of a write transaction of its own. A node
+        that reads as gone is written at once, as every other change is."""
+        horizon = now - self.lease_seconds * NODE_GONE_AFTER_LEASES
+        with self.read() as c:
+            row = c.execute(_PULSE, {"node_id": node_id}).first()
+            if row is None or row.state != "up" or row.slots_free != slots_free:
+                return False
+            if row.last_seen < horizon or (network is not False and row.network != network):
+                return False
+            serves = getattr(self, "_serves", None)
+            if serves is not None and serves(c, node_id):
+                return False  # the CDN may have shares for it to fetch
+            if want and not (row.quarantined or row.revoked) and self._work_waiting(c, now):
+                return False
+        self._heartbeats.note(node_id, now)
+        self._flush_heartbeats(now)
+        return True
+
+    def _work_waiting(self, c: Connection, now: float) -> bool:
+        """Whether a node that asks for work might get some: a pending task, or a job in its
+        last wave (whose stragglers may get backups)."""
+        if c.execute(_ANY_PENDING).first() is not None:
+            return True
+        return bool(self._last_wave(c, now))
+
+    def _last_wave(self, c: Connection, now: float) -> frozenset[int]:
+        """Jobs whose stragglers may be backed up, cached for WORK_CACHE_S.
+
+        A job enters its last wave when its last pending task is leased: `_forget_last_wave`
+        drops the cache when this process leases, so only another process's leasing is
+        seen up to WORK_CACHE_S late (and a straggler needs BACKUP_MIN_S anyway)."""
+        cached = self.__dict__.get("_last_wave_at")
+        if cached is not None and 0 <= now - cached[0] < WORK_CACHE_S:
+            return cached[1]  # type: ignore[no-any-return]
+        ids = frozenset(c.execute(_LAST_WAVE).scalars())
+        self.__dict__["_last_wave_at"] = (now, ids)
+        return ids
+
+    def _forget_last_wave(self) -> None:
+        self.__dict__.pop("_last_wave_at", None)
+
+    def _flush_heartbeats(self, now: float) -> None:
+        """Write the batched last_seen when due, in one statement per 500 nodes.
+
+        On PostgreSQL rows another transaction holds are skipped (SKIP LOCKED: a heartbeat
+        never waits on, or deadlocks with, a sync) and noted again for the next batch."""
+        batch = self._heartbeats.take(now)
+        if batch is None:
+            return
+        seen, ids = batch
+        skipped: list[str] = []
+        try:
+            with self.tx() as c:
+                for i in range(0, len(ids), 500):
+                    part = ids[i : i + 500]
+                    if self.is_sqlite:
+                        c.execute(
+                            update(nodes)
+                            .where(nodes.c.id.in_(part), nodes.c.last_seen < seen)
+                            .values(last_seen=seen)
+                        )
+                        continue
+                    free = (
+                        select(nodes.c.id)
+                        .where(nodes.c.id.in_(part), nodes.c.last_seen < seen)
+                        .with_for_update(skip_locked=True)
+                    )
+                    done = set(
+                        c.execute(
+                            update(nodes)
+                            .where(nodes.c.id.in_(free.scalar_subquery()))
+                            .values(last_seen=seen)
+                            .returning(nodes.c.id)
+                        ).scalars()
+                    )
+                    skipped += [n for n in part if n not in done]
+        except DBAPIError:
+            log.warning("heartbeats of %d idle nodes not written; next batch", len(ids))
+            skipped = ids
+        for n in skipped:
+            self._heartbeats.note(n, seen)
+
+    def live_count(self, now: float) -> int:
+        """Live nodes (up, seen within the gone horizon, not quarantined), cached for
+        WORK_CACHE_S: the size of the fleet that sync pacing spreads (core/pacing.py)."""
+        cached = self.__dict__.get("_live_at")
+        if cached is not None and 0 <= now - cached[0] < WORK_CACHE_S:
+            return cached[1]  # type: ignore[no-any-return]
+        horizon = now - self.lease_seconds * NODE_GONE_AFTER_LEASES
+        with self.read() as c:
+            n = c.execute(
+                select(func.count())
+                .select_from(nodes)
+                .where(nodes.c.state == "up", nodes.c.last_seen >= horizon, ~nodes.c.quarantined)
+            ).scalar_one()
+            pending = c.execute(_ANY_PENDING).first() is not None
+        self.__dict__["_live_at"] = (now, int(n))
+        self.__dict__["_pending_at"] = (now, pending)
+        return int(n)
+
+    def work_pending(self, now: float) -> bool:
+        """Whether tasks are pending, as last seen by `live_count` (for pacing only)."""
+        self.live_count(now)
+        return bool(self.__dict__["_pending_at"][1])
 
     def _failure_fate(self, c: Connection, task_id: int, node_id: str) -> str:
         """What `node_id`'s crash or lost lease does to the task (core/owners.py)."""
