@@ -3,23 +3,37 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
+import logging
+import random
 import secrets
 import threading
-from collections.abc import Iterator, Sequence
+import time
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, update
+from sqlalchemy import Connection, Engine, bindparam, create_engine, event, select, text, update
+from sqlalchemy.exc import DBAPIError
 
 from fogwheel.core import scheduler
 from fogwheel.core.tasks import Task, TaskState
-from fogwheel.store.schema import attempts, metadata, tasks
+from fogwheel.store.schema import attempts, jobs, metadata, tasks
+
+log = logging.getLogger("fogwheel.store")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 NODE_GONE_AFTER_LEASES = 3  # a node silent for this many lease periods is marked gone
 RETRYABLE = {"crash", "lost", "input"}  # error kinds that are the device's fault, not the task's
 _NO_NEEDS: frozenset[str] = frozenset()
+CONFLICT_TRIES = 6  # a whole transaction is tried this often before a lost race is an error
+# PostgreSQL's serialization failure and deadlock detected, and a race the store noticed itself
+CONFLICT_STATES = {"40001", "40P01", "lost"}
+_FINISHED = "fogwheel.finished"  # Connection.info: tasks this transaction finished, per job
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,14 +100,138 @@ class StoreBase:
 
     @contextlib.contextmanager
     def tx(self) -> Iterator[Connection]:
-        """One write transaction; on SQLite, writers in this process take turns."""
+        """One write transaction; on SQLite, writers in this process take turns.
+
+        The job rows of the tasks it finished are locked and counted last, just before the
+        commit, in ascending job id (`_number_finished`): every transaction takes its task
+        rows first and its job rows after, so the two kinds never wait on each other in a
+        circle (docs/architecture.md, Concurrency)."""
         with self._write_lock, self.engine.begin() as conn:
+            conn.info[_FINISHED] = {}
+            try:
+                yield conn
+                _number_finished(conn)
+            finally:
+                conn.info.pop(_FINISHED, None)
+
+    @contextlib.contextmanager
+    def duty(self, name: str) -> Iterator[Connection | None]:
+        """A transaction for a background duty that one coordinator at a time performs.
+
+        On PostgreSQL the transaction takes `pg_try_advisory_xact_lock` on the duty's name:
+        the process that gets it does the work, the others get None and skip this round. The
+        lock ends with the transaction, so a leader that is killed frees it at once. SQLite
+        has one coordinator process: the duty is always its own."""
+        with self.tx() as conn:
+            if not self.is_sqlite:
+                key = zlib.crc32(f"fogwheel duty {name}".encode())
+                if not conn.execute(
+                    text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}
+                ).scalar():
+                    yield None
+                    return
             yield conn
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
         with self.engine.connect() as conn:
             yield conn
+
+
+class LostRace(Exception):
+    """A row this transaction meant to change was changed by another one first: the whole
+    transaction is given up and tried again (`retry_conflicts`)."""
+
+
+def retry_conflicts(method: Callable[P, R]) -> Callable[P, R]:
+    """Run a store method that opens one transaction again when PostgreSQL aborted it for a
+    lost race (a deadlock or a serialization failure), a few times, after a short random
+    pause. Safe because such a transaction changed nothing: it commits whole or not at all,
+    and the method builds its answer afresh each time. The last line of defence behind the
+    lock order: a node or a customer never gets a 500 because two transactions collided."""
+
+    @functools.wraps(method)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        for n in range(1, CONFLICT_TRIES + 1):
+            try:
+                return method(*args, **kwargs)
+            except (DBAPIError, LostRace) as e:
+                state = "lost" if isinstance(e, LostRace) else getattr(e.orig, "sqlstate", None)
+                if state not in CONFLICT_STATES or n == CONFLICT_TRIES:
+                    raise
+                CONFLICTS[state] = CONFLICTS.get(state, 0) + 1
+                log.info(
+                    "%s lost a race (%s), try %d of %d: %s",
+                    method.__name__,
+                    state,
+                    n,
+                    CONFLICT_TRIES,
+                    str(getattr(e, "orig", e)).replace("\n", " | ")[:600],
+                    extra={"statement": getattr(e, "statement", None)},
+                )
+                time.sleep(random.uniform(0, 0.02 * 2**n))
+        raise AssertionError("unreachable")
+
+    return run
+
+
+CONFLICTS: dict[str, int] = {}  # transactions tried again, by SQLSTATE (for tests and benches)
+
+
+def _note_finished(c: Connection, job_id: int, finished: Sequence[tuple[int, bool]]) -> None:
+    """Tasks that this transaction moved to a terminal state (id, failed): numbered and counted
+    on their job just before the commit, or at once outside `StoreBase.tx`."""
+    pending: dict[int, list[tuple[int, bool]]] | None = c.info.get(_FINISHED)
+    if pending is None:
+        _count_finished(c, job_id, finished)
+    else:
+        pending.setdefault(job_id, []).extend(finished)
+
+
+def _number_finished(c: Connection) -> None:
+    """Count and number the tasks this transaction finished, jobs in ascending id."""
+    pending: dict[int, list[tuple[int, bool]]] = c.info.get(_FINISHED) or {}
+    for job_id in sorted(pending):
+        _count_finished(c, job_id, pending[job_id])
+    pending.clear()
+
+
+def _count_finished(c: Connection, job_id: int, finished: Sequence[tuple[int, bool]]) -> None:
+    """Add tasks to their job's counters and give each its `finish_seq`, under the job row's
+    lock: the numbers of one job are handed out in commit order, so a customer polling
+    `finish_seq > cursor` never misses one that commits later with a smaller number."""
+    if not finished:
+        return
+    items = sorted(finished)
+    failed = sum(f for _, f in items)
+    last = c.execute(
+        update(jobs)
+        .where(jobs.c.id == job_id)
+        .values(finished=jobs.c.finished + len(items), failed=jobs.c.failed + failed)
+        .returning(jobs.c.finished)
+    ).scalar_one()
+    first = last - len(items) + 1
+    c.execute(
+        update(tasks).where(tasks.c.id == bindparam("b_id")).values(finish_seq=bindparam("seq")),
+        [{"b_id": tid, "seq": first + k} for k, (tid, _) in enumerate(items)],
+    )
+
+
+def lock_tasks(c: Connection, ids: Sequence[int], *, skip_locked: bool = False) -> list[int]:
+    """Lock these task rows in ascending id (PostgreSQL; SQLite has one writer): the one
+    order every transaction takes task rows in. Returns the ids locked (with `skip_locked`,
+    those another transaction holds are left out)."""
+    if not ids:
+        return []
+    if c.dialect.name == "sqlite":
+        return sorted(set(ids))
+    q = (
+        select(tasks.c.id)
+        .where(tasks.c.id.in_(sorted(set(ids))))
+        .order_by(tasks.c.id)
+        .with_for_update(skip_locked=skip_locked)
+    )
+    return list(c.execute(q).scalars())
 
 
 # -- row helpers ------------------------------------------------------------------------------

@@ -335,9 +335,10 @@ class CdnStore(VerifyStore):
         return new_rows
 
     def cdn_repair(self, now: float) -> int:
-        """Re-place shares whose holders are gone, bad or missing; returns assignments made."""
-        with self.tx() as c:
-            return self._place(c, now, None, repair=True)
+        """Re-place shares whose holders are gone, bad or missing; returns assignments made.
+        One coordinator at a time repairs (`duty`); the others place nothing this round."""
+        with self.duty("cdn repair") as c:
+            return 0 if c is None else self._place(c, now, None, repair=True)
 
     # -- the node's side, in its sync ---------------------------------------------------------
 

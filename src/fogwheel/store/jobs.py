@@ -11,6 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from fogwheel.core.costs import to_micro
 from fogwheel.core.tasks import (
+    TERMINAL,
     Cancelled,
     TaskState,
     apply,
@@ -20,9 +21,11 @@ from fogwheel.store.base import (
     _TASK_COLS,
     StoreBase,
     _job_out,
+    _number_finished,
     _task,
     _task_cols,
     keep_name,
+    retry_conflicts,
 )
 from fogwheel.store.schema import (
     attempts,
@@ -206,28 +209,31 @@ class JobsStore(StoreBase):
             for r in rows
         }
 
+    @retry_conflicts
     def cancel_job(self, customer_id: str, job_id: int, now: float) -> dict[str, Any] | None:
+        """Cancel a job's open tasks, then mark the job: task rows first, the job row last,
+        the order every transaction takes them in (no circle of waits with a sync)."""
         with self.tx() as c:
-            owner = c.execute(
-                select(jobs.c.customer_id).where(jobs.c.id == job_id).with_for_update()
-            ).scalar()
+            owner = c.execute(select(jobs.c.customer_id).where(jobs.c.id == job_id)).scalar()
             if owner != customer_id:
                 return None
-            c.execute(update(jobs).where(jobs.c.id == job_id).values(cancelled=True))
             self._cancel_open(c, job_id, None, now)
+            c.execute(update(jobs).where(jobs.c.id == job_id).values(cancelled=True))
+            _number_finished(c)  # the answer below counts the tasks cancelled now
             r = c.execute(select(jobs).where(jobs.c.id == job_id)).mappings().one()
             return _job_out(r)
 
     def _stop_job(self, c: Connection, job_id: int, reason: str, now: float) -> None:
         """Cancel a job for `reason` (its max cost reached, say: store/ledger.py), kept on it
-        as `cancel_reason` and as its open tasks' error."""
+        as `cancel_reason` and as its open tasks' error. Tasks first, then the job row."""
+        self._cancel_open(c, job_id, None, now, message=reason)
         c.execute(
             update(jobs)
             .where(jobs.c.id == job_id)
             .values(cancelled=True, cancel_reason=reason[:200])
         )
-        self._cancel_open(c, job_id, None, now, message=reason)
 
+    @retry_conflicts
     def cancel_task(
         self, customer_id: str, job_id: int, index: int, now: float
     ) -> dict[str, Any] | None:
@@ -236,9 +242,7 @@ class JobsStore(StoreBase):
         (`cancelled` is False). A node running it stops it at its next sync (its renewal is
         refused), and its late result is dropped: nobody is charged or paid for it."""
         with self.tx() as c:
-            owner = c.execute(
-                select(jobs.c.customer_id).where(jobs.c.id == job_id).with_for_update()
-            ).scalar()
+            owner = c.execute(select(jobs.c.customer_id).where(jobs.c.id == job_id)).scalar()
             if owner != customer_id:
                 return None
             cancelled = self._cancel_open(c, job_id, index, now)
@@ -260,13 +264,19 @@ class JobsStore(StoreBase):
         message: str = "cancelled by the customer",
     ) -> bool:
         """Cancel the open tasks of a job (of one task `index`, with its replicas); whether the
-        task itself (not only a replica) was open. `message` is the tasks' error."""
+        task itself (not only a replica) was open. `message` is the tasks' error.
+
+        The open rows are locked in ascending id and read under the lock (a task a sync
+        finished meanwhile is not open any more); each is cancelled from the state it is in
+        now, and counted on the job only if this transaction moved it (`_finish`)."""
+        open_states = [TaskState.PENDING, TaskState.LEASED, TaskState.VERIFYING]
         q = select(*_TASK_COLS, tasks.c.replica_of).where(
-            tasks.c.job_id == job_id,
-            tasks.c.state.in_([TaskState.PENDING, TaskState.LEASED, TaskState.VERIFYING]),
+            tasks.c.job_id == job_id, tasks.c.state.in_(open_states)
         )
         if index is not None:
             q = q.where(tasks.c.idx == index)
+        if not self.is_sqlite:
+            q = q.order_by(tasks.c.id).with_for_update()
         rows = c.execute(q).all()
         finished = []
         for r in rows:
@@ -274,15 +284,21 @@ class JobsStore(StoreBase):
             if r.replica_of is None:
                 finished.append((r.id, r.job_id, t, None))
             else:
-                c.execute(update(tasks).where(tasks.c.id == r.id).values(**_task_cols(t)))
+                c.execute(
+                    update(tasks)
+                    .where(tasks.c.id == r.id, tasks.c.state == r.state)
+                    .values(**_task_cols(t))
+                )
         error = json.dumps({"kind": "cancelled", "message": message})
-        self._finish(c, finished, now, error_json=error)
+        moved = self._finish(  # type: ignore[attr-defined]
+            c, finished, now, error_json=error, expected={r.id: r.state for r in rows}
+        )
         c.execute(
             update(attempts)
             .where(attempts.c.task_id.in_([r.id for r in rows]), attempts.c.outcome.is_(None))
             .values(outcome="cancelled", ended_at=now)
         )
-        return bool(finished)
+        return bool(moved)
 
     def task_logs(self, customer_id: str, job_id: int, index: int) -> dict[str, Any] | None:
         """What a customer may read of one task: its state, stored result reference and error,
@@ -325,7 +341,14 @@ class JobsStore(StoreBase):
                     tasks.c.error,
                     tasks.c.finish_seq,
                 )
-                .where(tasks.c.job_id == job_id, tasks.c.finish_seq > after)
+                # Only terminal rows are results (TaskResult.state); a numbered row in any
+                # other state would be a task reopened by a lost race, which the guards in
+                # store/leasing.py prevent; it is never answered as a result, nor a 500.
+                .where(
+                    tasks.c.job_id == job_id,
+                    tasks.c.finish_seq > after,
+                    tasks.c.state.in_([s.value for s in TERMINAL]),
+                )
                 .order_by(tasks.c.finish_seq)
                 .limit(limit)
             ).all()

@@ -38,11 +38,15 @@ from fogwheel.store.base import (
     _NO_NEEDS,
     _TASK_COLS,
     RETRYABLE,
+    LostRace,
     SyncResult,
     _end_attempt,
+    _note_finished,
     _task,
     _task_cols,
     keep_name,
+    lock_tasks,
+    retry_conflicts,
 )
 from fogwheel.store.fleet import barred_groups, quota_shrunk
 from fogwheel.store.schema import (
@@ -56,6 +60,7 @@ from fogwheel.store.verify import VerifyStore, _error_text, _rng, result_digest
 
 BACKUP_SCAN = 64  # running tasks looked at, longest-running first, when looking for stragglers
 MEDIAN_SAMPLE = 201  # a job's most recent finished attempts that its median is taken over
+EXPIRE_BATCH = 2000  # expired leases taken per round: a long outage is worked off in steps
 FINISHED = ("accepted", "agreed", "reported")  # attempt outcomes that mean: it ran to the end
 
 
@@ -78,20 +83,6 @@ class LeasingStore(VerifyStore):
         (core/owners.py: copies of a task go to distinct networks)."""
         out = SyncResult([], [], [], [])
         seen = {} if client_host is None else {"network": owners.network_of(client_host)}
-        quiet = not (
-            leaving
-            or req.results
-            or req.renew
-            or req.release
-            or req.serve_url
-            or req.stored
-            or req.bad
-            or req.refused
-            or req.served
-        )
-        network = seen.get("network", False)
-        if quiet and self._idle_sync(node_id, req.want, req.slots_free, now, network):
-            return out  # nothing to write but a heartbeat, nothing to lease (store/fleet.py)
         if req.results:  # outside the write transaction: decoding is bounded, but not free
             self._decode_ahead(req.results)
         with self.tx() as c:
@@ -114,8 +105,6 @@ class LeasingStore(VerifyStore):
             )
             if req.want and not leaving:
                 out.tasks = self._lease(c, node_id, req.want, now)
-                if out.tasks:
-                    self._forget_last_wave()  # a job's last pending task may be gone now
             cdn = getattr(self, "_cdn_sync", None)
             if cdn is not None and not leaving:
                 out.store, out.drop = cdn(
@@ -143,6 +132,7 @@ class LeasingStore(VerifyStore):
         A retryable failure (the device's fault: a crash, a lost input) puts the task back in
         the queue; anything else is a result, the task's own exception included."""
         by_id = {r.task_id: r for r in reports}
+        self._lock_groups(c, list(by_id))  # before anything is read: decided on locked rows
         rows = {
             r.id: r
             for r in c.execute(
@@ -283,9 +273,13 @@ class LeasingStore(VerifyStore):
                 kept,
             )
         for tid, t, err in requeued:
-            c.execute(
+            c.execute(  # guarded: a task another transaction moved since it was read is its
                 update(tasks)
-                .where(tasks.c.id == tid)
+                .where(
+                    tasks.c.id == tid,
+                    tasks.c.state == rows[tid].state,
+                    tasks.c.attempts == rows[tid].attempts,
+                )
                 .values(**_task_cols(t), max_attempts=t.max_attempts, error=err or None)
             )
         if failed:  # a device's failure: its outputs were never accepted, nobody owns them
@@ -345,6 +339,27 @@ class LeasingStore(VerifyStore):
             self._hold_blobs(c, node_id, names)
         self._verify_groups(c, groups, now)
 
+    def _lock_groups(
+        self, c: Connection, ids: Sequence[int], *, skip_locked: bool = False
+    ) -> set[int]:
+        """Lock these task rows and the heads of their groups, in ascending id, before any of
+        them is read or written (PostgreSQL; SQLite has one writer). The head comes first
+        (its id is lower than its copies'), as in `_verify_group`, so two transactions that
+        touch one group never hold each other's rows. Returns the ids locked (with
+        `skip_locked`, those another transaction holds are left out)."""
+        if not ids or self.is_sqlite:
+            return set(ids)
+        heads = select(tasks.c.replica_of).where(
+            tasks.c.id.in_(list(ids)), tasks.c.replica_of.is_not(None)
+        )
+        q = (
+            select(tasks.c.id)
+            .where(tasks.c.id.in_(list(ids)) | tasks.c.id.in_(heads))
+            .order_by(tasks.c.id)
+            .with_for_update(skip_locked=skip_locked)
+        )
+        return set(c.execute(q).scalars())
+
     def _finish(
         self,
         c: Connection,
@@ -353,25 +368,41 @@ class LeasingStore(VerifyStore):
         *,
         error_json: str | None = None,
         own_outputs: bool = True,
-    ) -> None:
-        """Write terminal tasks and number them per job; the job row lock orders the numbers.
+        expected: dict[int, TaskState] | None = None,
+    ) -> set[int]:
+        """Write terminal tasks; returns the ids this call moved, the only ones counted.
 
-        The output blobs of each result (`own_outputs`: an accepted one, verified or let go
-        unchecked) become the task's customer's to read, and nobody else's."""
+        A task moves only from a non-terminal state at the attempt the caller read (and from
+        `expected[id]`, where the caller knows it): one that a concurrent transaction settled,
+        cancelled or leased again meanwhile is left as that one wrote it, so a task is
+        finished, counted and numbered once (the rows are locked first, in ascending id, and
+        read again under the lock). The job counters and `finish_seq` are written just before
+        the commit (store/base.py: `_note_finished`). The output blobs of each result moved
+        (`own_outputs`: an accepted one, verified or let go unchecked) become the task's
+        customer's to read, and nobody else's."""
+        if not finished:
+            return set()
+        wanted = {tid: t for tid, _, t, _ in finished}
+        lock_tasks(c, list(wanted))
+        now_rows = c.execute(
+            select(tasks.c.id, tasks.c.state, tasks.c.attempts).where(tasks.c.id.in_(list(wanted)))
+        ).all()
+        moved = {
+            r.id
+            for r in now_rows
+            if TaskState(r.state) not in TERMINAL
+            and r.attempts == wanted[r.id].attempts
+            and (expected is None or expected.get(r.id, r.state) == r.state)
+        }
         per_job: dict[int, list[tuple[int, Task, TaskReport | None]]] = defaultdict(list)
-        for tid, job_id, t, rep in finished:
-            per_job[job_id].append((tid, t, rep))
-        for job_id, items in per_job.items():
-            failed = sum(t.state is not TaskState.DONE for _, t, _ in items)
-            last = c.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id)
-                .values(finished=jobs.c.finished + len(items), failed=jobs.c.failed + failed)
-                .returning(jobs.c.finished)
-            ).scalar_one()
-            first = last - len(items) + 1
+        for tid, job_id, t, rep in sorted(finished, key=lambda f: f[0]):
+            if tid in moved:
+                per_job[job_id].append((tid, t, rep))
+                moved.discard(tid)  # a task listed twice moves once
+        moved = {tid for items in per_job.values() for tid, _, _ in items}
+        for job_id, items in sorted(per_job.items()):
             params = []
-            for k, (tid, t, rep) in enumerate(items):
+            for tid, t, rep in items:
                 result = error = None
                 cpu = 0.0
                 if rep is not None:
@@ -400,7 +431,6 @@ class LeasingStore(VerifyStore):
                         "lease_expires": None,
                         "result": result,
                         "error": error,
-                        "finish_seq": first + k,
                         "finished_at": now,
                         "cpu_s": cpu,
                     }
@@ -415,12 +445,12 @@ class LeasingStore(VerifyStore):
                     lease_expires=bindparam("lease_expires"),
                     result=bindparam("result"),
                     error=bindparam("error"),
-                    finish_seq=bindparam("finish_seq"),
                     finished_at=bindparam("finished_at"),
                     cpu_s=bindparam("cpu_s"),
                 ),
                 params,
             )
+            _note_finished(c, job_id, [(tid, t.state is not TaskState.DONE) for tid, t, _ in items])
             if own_outputs:
                 blobs = [
                     (v.sha, v.size)
@@ -430,6 +460,7 @@ class LeasingStore(VerifyStore):
                     if v is not None and v.data is None
                 ]
                 self._own_blobs(c, self._job_row(c, job_id)["customer_id"], blobs, now)
+        return moved
 
     def _intake(
         self,
@@ -498,10 +529,15 @@ class LeasingStore(VerifyStore):
     def _renew(
         self, c: Connection, node_id: str, ids: Sequence[int], now: float, out: SyncResult
     ) -> None:
+        """Extend the leases this node still holds; the rest are `lost` to it. Guarded by the
+        state it expects (leased to this node): a task that expiry, a verdict or a cancel
+        moved is not held any more, and its renewal changes nothing."""
         res = c.execute(
             update(tasks)
             .where(
-                tasks.c.id.in_(ids), tasks.c.node_id == node_id, tasks.c.state == TaskState.LEASED
+                tasks.c.id.in_(sorted(set(ids))),
+                tasks.c.node_id == node_id,
+                tasks.c.state == TaskState.LEASED,
             )
             .values(lease_expires=now + self.lease_seconds)
             .returning(tasks.c.id)
@@ -510,10 +546,17 @@ class LeasingStore(VerifyStore):
         out.lost.extend(i for i in ids if i not in renewed)
 
     def _release(self, c: Connection, node_id: str, ids: Sequence[int], now: float) -> None:
+        """Hand tasks back: each one this node still holds goes back to the queue (a backup
+        copy is cancelled). The rows are locked in ascending id and read under the lock, so a
+        task that a concurrent transaction finished or gave to another node stays as it is."""
+        self._lock_groups(c, ids)  # a backup copy's head too: its verdict is taken below
         rows = c.execute(
-            select(*_TASK_COLS, tasks.c.replica_of, tasks.c.backup).where(tasks.c.id.in_(ids))
+            select(*_TASK_COLS, tasks.c.replica_of, tasks.c.backup)
+            .where(tasks.c.id.in_(list(ids)), tasks.c.node_id == node_id)
+            .order_by(tasks.c.id)
         ).all()
         regroup = []
+        released = []
         for r in rows:
             try:
                 t = apply(_task(r), Released(node_id))
@@ -522,8 +565,14 @@ class LeasingStore(VerifyStore):
             if r.backup:  # a backup copy is for an idle node now, not for the queue
                 t = apply(t, Cancelled(f"backup copy handed back by {node_id}"))
                 regroup.append(r.replica_of)
-            c.execute(update(tasks).where(tasks.c.id == r.id).values(**_task_cols(t)))
-            _end_attempt(c, r.id, node_id, "released", now)
+            c.execute(
+                update(tasks)
+                .where(tasks.c.id == r.id, tasks.c.state == r.state, tasks.c.attempts == r.attempts)
+                .values(**_task_cols(t))
+            )
+            released.append(r.id)
+        if released:
+            _end_attempt(c, released, node_id, "released", now)
         self._verify_groups(c, regroup, now)
 
     def _lease(self, c: Connection, node_id: str, want: int, now: float) -> list[dict[str, Any]]:
@@ -690,13 +739,7 @@ class LeasingStore(VerifyStore):
         running task (`backup` set), leased at once to this node, so that verification decides
         between the copies: the first accepted result settles the task, and the other copy is
         cancelled (a replica) or its attempt ended (the original, whose late result is then
-        superseded). Only jobs with nothing pending qualify: they are in their last wave.
-
-        Which jobs those are is cached for a second (`_last_wave`): with none, an idle sync
-        skips this search, which cost 41 % of an idle fleet's CPU when run on every sync."""
-        last_wave = self._last_wave(c, now)
-        if not last_wave:
-            return []
+        superseded). Only jobs with nothing pending qualify: they are in their last wave."""
         node_id = view.id
         waiting = tasks.alias("waiting")
         copies = tasks.alias("copies")
@@ -720,7 +763,6 @@ class LeasingStore(VerifyStore):
                 tasks.c.state == TaskState.LEASED,
                 tasks.c.replica_of.is_(None),
                 tasks.c.node_id != node_id,
-                tasks.c.job_id.in_(last_wave),
                 jobs.c.backups,
                 ~jobs.c.cancelled,
                 attempts.c.leased_at < now - scheduler.BACKUP_MIN_S,
@@ -830,6 +872,8 @@ class LeasingStore(VerifyStore):
             updates.append(
                 {
                     "b_id": r.id,
+                    "b_state": r.state,
+                    "b_attempts": r.attempts,
                     "state": t.state.value,
                     "attempts": t.attempts,
                     "node_id": t.node,
@@ -865,9 +909,17 @@ class LeasingStore(VerifyStore):
                     "keep_out": _keep(job["customer_id"], spec.get("keep_out")),
                 }
             )
-        c.execute(
+        # Compare-and-set: each row is still what was read (on PostgreSQL it is locked, SKIP
+        # LOCKED, or a copy this transaction made; SQLite has one writer). Should one have
+        # moved all the same, the whole transaction is tried again rather than leasing a
+        # task twice.
+        res = c.execute(
             update(tasks)
-            .where(tasks.c.id == bindparam("b_id"))
+            .where(
+                tasks.c.id == bindparam("b_id"),
+                tasks.c.state == bindparam("b_state"),
+                tasks.c.attempts == bindparam("b_attempts"),
+            )
             .values(
                 state=bindparam("state"),
                 attempts=bindparam("attempts"),
@@ -876,19 +928,58 @@ class LeasingStore(VerifyStore):
             ),
             updates,
         )
+        if c.dialect.supports_sane_multi_rowcount and res.rowcount != len(updates):
+            raise LostRace(f"{len(updates) - res.rowcount} of {len(updates)} leased rows moved")
         c.execute(attempts.insert(), attempt_rows)
         return leases
 
     # -- housekeeping -----------------------------------------------------------------------
 
+    @retry_conflicts
     def expire_leases(self, now: float) -> list[int]:
-        """Put tasks whose lease ran out back in the queue (or fail them after max attempts)."""
-        with self.tx() as c:
-            rows = c.execute(
-                select(*_TASK_COLS, tasks.c.replica_of, tasks.c.backup).where(
-                    tasks.c.state == TaskState.LEASED, tasks.c.lease_expires <= now
-                )
+        """Put tasks whose lease ran out back in the queue (or fail them after max attempts).
+
+        One coordinator at a time does it (`duty`). The expired rows are locked, `FOR UPDATE
+        SKIP LOCKED` in ascending id, and their state and lease re-checked under the lock: a
+        task that a concurrent sync is reporting (its row locked) is left for the next round,
+        and one it has finished no longer matches, so expiry never writes over a result."""
+        with self.duty("lease expiry") as c:
+            if c is None:
+                return []  # another coordinator expires leases this round
+            expired = (tasks.c.state == TaskState.LEASED, tasks.c.lease_expires <= now)
+            found = c.execute(
+                select(tasks.c.id, tasks.c.node_id)
+                .where(*expired)
+                .order_by(tasks.c.id)
+                .limit(EXPIRE_BATCH)
             ).all()
+            ids = [i for i, _ in found]
+            # Expiry waits for no row, so it is never part of a circle of waits. The holders'
+            # node rows first (their loss is counted on them below), SKIP LOCKED: a node in
+            # the middle of a sync holds its own row, and its tasks wait for the next round
+            # (a node that is really gone holds nothing). Then the expired tasks and the heads
+            # of their groups, SKIP LOCKED too: a copy whose head another transaction holds
+            # waits for the next round as well.
+            holders = {n for _, n in found if n is not None}
+            if holders and not self.is_sqlite:
+                holders = set(
+                    c.execute(
+                        select(nodes.c.id)
+                        .where(nodes.c.id.in_(sorted(holders)))
+                        .order_by(nodes.c.id)
+                        .with_for_update(skip_locked=True)
+                    ).scalars()
+                )
+            locked = self._lock_groups(c, ids, skip_locked=True)
+            rows = [
+                r
+                for r in c.execute(
+                    select(*_TASK_COLS, tasks.c.replica_of, tasks.c.backup)
+                    .where(tasks.c.id.in_([i for i in ids if i in locked]), *expired)
+                    .order_by(tasks.c.id)
+                ).all()
+                if (r.replica_of is None or r.replica_of in locked) and r.node_id in holders
+            ]
             finished = []
             lost_by_node: dict[str, int] = defaultdict(int)
             regroup = []
@@ -906,9 +997,15 @@ class LeasingStore(VerifyStore):
                     t = apply(t, Cancelled(f"backup copy lost on {r.node_id}"))
                 lost_by_node[r.node_id] += 1
                 _end_attempt(c, r.id, r.node_id, "lost", now)
+                # The row is locked and was read under the lock: still leased at this attempt.
+                unmoved = (
+                    tasks.c.id == r.id,
+                    tasks.c.state == TaskState.LEASED,
+                    tasks.c.attempts == r.attempts,
+                )
                 if t.state in TERMINAL and r.replica_of is not None:
                     # A replica that could not be run: the verifier decides whether to try more.
-                    c.execute(update(tasks).where(tasks.c.id == r.id).values(**_task_cols(t)))
+                    c.execute(update(tasks).where(*unmoved).values(**_task_cols(t)))
                     regroup.append(r.replica_of)
                 elif t.state in TERMINAL:
                     finished.append((r.id, r.job_id, t, None))
@@ -916,14 +1013,16 @@ class LeasingStore(VerifyStore):
                     err = json.dumps({"kind": "lost", "message": t.error})
                     c.execute(
                         update(tasks)
-                        .where(tasks.c.id == r.id)
+                        .where(*unmoved)
                         .values(**_task_cols(t), max_attempts=t.max_attempts, error=err)
                     )
             if finished:
-                self._finish(c, finished, now)
+                self._finish(
+                    c, finished, now, expected={tid: TaskState.LEASED for tid, *_ in finished}
+                )
             self._verify_groups(c, regroup, now)
             self._stop_over_max_cost(c, now)  # type: ignore[attr-defined]
-            for nid, n in lost_by_node.items():
+            for nid, n in sorted(lost_by_node.items()):
                 c.execute(
                     update(nodes)
                     .where(nodes.c.id == nid)
@@ -931,8 +1030,12 @@ class LeasingStore(VerifyStore):
                 )
         return [r.id for r in rows]
 
+    @retry_conflicts
     def extend_leases(self, now: float) -> int:
-        """After a coordinator restart, give every holder a full lease to come back and report."""
+        """After a coordinator restart, give every holder a full lease to come back and report.
+
+        A single guarded statement (leased, and the lease shorter than that): it cannot write
+        over a task that a running coordinator finished meanwhile."""
         with self.tx() as c:
             res = c.execute(
                 update(tasks)

@@ -90,16 +90,21 @@ class VerifyStore(StoreBase):
         ).one()
         return trust.Record(r.agreed, r.disputed, r.streak, bool(r.quarantined))
 
-    def _verify_groups(self, c: Connection, groups: Iterable[int], now: float) -> None:
-        for group in dict.fromkeys(groups):
+    def _verify_groups(self, c: Connection, groups: Iterable[int | None], now: float) -> None:
+        """Take each group's verdict again, in ascending id: the one order of task locks."""
+        for group in sorted({g for g in groups if g is not None}):
             self._verify_group(c, group, now)
 
     def _verify_group(self, c: Connection, group: int, now: float) -> None:
-        head = c.execute(
-            select(*_TASK_COLS, tasks.c.quorum, tasks.c.replicas, tasks.c.digest).where(
-                tasks.c.id == group
-            )
-        ).one()
+        """The verdict on one group. Its head row is locked first and read under the lock:
+        two nodes that report copies of one task at once take turns, and the second sees the
+        verdict of the first (a late vote) instead of settling the task again."""
+        q = select(*_TASK_COLS, tasks.c.quorum, tasks.c.replicas, tasks.c.digest).where(
+            tasks.c.id == group
+        )
+        if not self.is_sqlite:
+            q = q.with_for_update()
+        head = c.execute(q).one()
         members = c.execute(
             select(tasks.c.id, tasks.c.state).where(tasks.c.replica_of == group)
         ).all()
@@ -167,7 +172,10 @@ class VerifyStore(StoreBase):
         if isinstance(verdict, trust.Accept):
             winner = next(r for n, r in reported.items() if n in verdict.agreeing)
             rep = TaskReport.model_validate_json(winner.report)
-            self._settle(c, head, Settled(rep.ok, None if rep.ok else _error_text(rep)), rep, now)
+            if not self._settle(
+                c, head, Settled(rep.ok, None if rep.ok else _error_text(rep)), rep, now
+            ):
+                return  # settled by another transaction: nobody is paid twice
             c.execute(update(tasks).where(tasks.c.id == group).values(digest=verdict.digest))
             self._cancel_members(c, members, now)
             # An unchecked result counts towards its node's streak too: trust grows with volume,
@@ -215,7 +223,12 @@ class VerifyStore(StoreBase):
         one statement per kind of write, however many tasks. Each is paid as one unchecked
         claim (core/credit.py): never above the typical checked run of its function."""
         finish = self._finish  # type: ignore[attr-defined]
-        finish(c, [(tid, job, t, rep) for tid, job, t, rep, _, _ in items], now)
+        moved = finish(c, [(tid, job, t, rep) for tid, job, t, rep, _, _ in items], now)
+        # A task that a concurrent transaction finished first is its: not settled, paid or
+        # counted on this node again.
+        items = [it for it in items if it[0] in moved]
+        if not items:
+            return
         job_row = self._job_row  # type: ignore[attr-defined]
         typical = {job: self._typical_cpu(c, job) for job in {it[1] for it in items}}
         granted = {
@@ -368,7 +381,9 @@ class VerifyStore(StoreBase):
 
     def _settle(
         self, c: Connection, head: Any, event: Settled, rep: TaskReport | None, now: float
-    ) -> None:
+    ) -> bool:
+        """Finish the group's head with its verdict; False when another transaction moved it
+        first (then nothing is written)."""
         task = apply(_task(head), event)
         if head.state == TaskState.LEASED:
             # Settled by another copy (a backup) while its holder still runs it: that attempt
@@ -381,14 +396,33 @@ class VerifyStore(StoreBase):
         error = (
             None if rep is not None else json.dumps({"kind": "disputed", "message": event.reason})
         )
-        self._finish(c, [(head.id, head.job_id, task, rep)], now, error_json=error)  # type: ignore[attr-defined]
+        moved = self._finish(  # type: ignore[attr-defined]
+            c,
+            [(head.id, head.job_id, task, rep)],
+            now,
+            error_json=error,
+            expected={head.id: head.state},
+        )
+        return bool(moved)
 
     def _cancel_members(self, c: Connection, members: Sequence[Any], now: float) -> None:
-        """Replicas still queued or running are no longer needed once the group is settled."""
-        open_ = [m.id for m in members if m.state in (TaskState.PENDING, TaskState.LEASED)]
+        """Replicas still queued or running are no longer needed once the group is settled.
+
+        Locked `SKIP LOCKED` and read under the lock: a copy that another transaction holds
+        (its node reporting it, expiry taking it) is left to that one, which finds the group
+        settled; waiting for it here, while holding the head, could close a circle of locks."""
+        open_states = (TaskState.PENDING, TaskState.LEASED)
+        open_ = [m.id for m in members if m.state in open_states]
         if not open_:
             return
-        for r in c.execute(select(*_TASK_COLS).where(tasks.c.id.in_(open_))).all():
+        q = select(*_TASK_COLS).where(tasks.c.id.in_(open_), tasks.c.state.in_(open_states))
+        if not self.is_sqlite:
+            q = q.order_by(tasks.c.id).with_for_update(skip_locked=True)
+        rows = c.execute(q).all()
+        open_ = [r.id for r in rows]
+        if not open_:
+            return
+        for r in rows:
             t = apply(_task(r), Cancelled("no longer needed: the task is settled"))
             c.execute(update(tasks).where(tasks.c.id == r.id).values(**_task_cols(t)))
         c.execute(
