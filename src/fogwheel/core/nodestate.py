@@ -70,6 +70,7 @@ class Settings:
     seen_max: int = 100_000  # (task, attempt) pairs remembered, so a replay never runs
     backoff_s: float = 0.2  # first wait after a failed sync; doubles to backoff_max_s
     backoff_max_s: float = 5.0
+    key_name: str = "the coordinator's key"  # how refusals name the key leases must verify by
 
 
 # -- events -------------------------------------------------------------------------------
@@ -227,6 +228,7 @@ class Failover:
     urls: int = 1
     backoff_s: float = 0.2
     backoff_max_s: float = 5.0
+    key_name: str = "the coordinator's key"  # how refusals name the key leases must verify by
     current: int = 0
     failures: int = 0  # in a row
     wait_s: float = field(init=False, default=0.0)
@@ -588,8 +590,8 @@ class NodeState:
         out.append(
             Log(
                 "error",
-                f"task {tid} refused: its spec's signature does not verify against the "
-                "coordinator's key (changed in transit?); not running it",
+                f"task {tid} refused: its spec's signature does not verify against "
+                f"{self.settings.key_name} (changed in transit?); not running it",
             )
         )
         if type(tid) is not int or type(attempt) is not int or attempt < 1 or tid in self.phase:
