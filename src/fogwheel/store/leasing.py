@@ -8,32 +8,28 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import Connection, Text, bindparam, func, select, update
 
-from fogwheel.core import credit, owners, scheduler, trust
+from fogwheel.core import intake, owners, scheduler, trust
 from fogwheel.core import quota as inflight
 from fogwheel.core.tasks import (
     TERMINAL,
     Cancelled,
-    Completed,
     Errored,
     Expired,
     Leased,
     Released,
-    Reported,
-    Settled,
     Task,
     TaskState,
     apply,
 )
 from fogwheel.errors import IllegalTransition
-from fogwheel.protocol import MAX_KEPT_BYTES, MAX_WALL_S, SQL_INT_MAX, SyncIn, TaskReport
+from fogwheel.protocol import MAX_KEPT_BYTES, MAX_WALL_S, SyncIn, TaskReport
 from fogwheel.store.base import (
     _NO_NEEDS,
     _TASK_COLS,
@@ -56,7 +52,7 @@ from fogwheel.store.schema import (
     nodes,
     tasks,
 )
-from fogwheel.store.verify import VerifyStore, _error_text, _rng, result_digest
+from fogwheel.store.verify import VerifyStore, _rng, result_digest
 
 BACKUP_SCAN = 64  # running tasks looked at, longest-running first, when looking for stragglers
 MEDIAN_SAMPLE = 201  # a job's most recent finished attempts that its median is taken over
@@ -127,217 +123,94 @@ class LeasingStore(VerifyStore):
         now: float,
         out: SyncResult,
     ) -> None:
-        """Keep each result on its attempt, then let the verifier settle the tasks it touches.
+        """Carry out a node's reports: load the rows they concern (`_intake`), let the pure
+        intake decide (core/intake.py), and apply each kind of instruction in one statement.
 
         A retryable failure (the device's fault: a crash, a lost input) puts the task back in
         the queue; anything else is a result, the task's own exception included."""
         by_id = {r.task_id: r for r in reports}
         self._lock_groups(c, list(by_id))  # before anything is read: decided on locked rows
-        rows = {
-            r.id: r
-            for r in c.execute(
-                select(
-                    *_TASK_COLS,
-                    tasks.c.replica_of,
-                    tasks.c.quorum,
-                    tasks.c.replicas,
-                    tasks.c.backup,
-                ).where(tasks.c.id.in_(by_id))
-            ).all()
-        }
-        mine = set(
-            c.execute(
-                select(attempts.c.task_id).where(
-                    attempts.c.node_id == node_id, attempts.c.task_id.in_(by_id)
+        batch = self._intake(c, node_id, by_id, now)
+        self._apply_intake(c, node_id, intake.intake(batch), by_id, now, out)
+
+    def _apply_intake(
+        self,
+        c: Connection,
+        node_id: str,
+        todo: Sequence[intake.Instruction],
+        by_id: dict[int, TaskReport],
+        now: float,
+        out: SyncResult,
+    ) -> None:
+        """Apply the intake's instructions: one batched statement per kind, kinds in the
+        order below (attempts, then tasks, then the node, its blobs, and the verdicts)."""
+        kinds: dict[type, list[Any]] = defaultdict(list)
+        for ins in todo:
+            kinds[type(ins)].append(ins)
+        out.rejected.extend({"task_id": r.task, "reason": r.reason} for r in kinds[intake.Reject])
+        clean: dict[int, TaskReport] = {}  # the acknowledged reports, their claims bounded
+        for a in kinds[intake.Ack]:
+            rep = by_id[a.task]
+            if a.cpu_s != rep.cpu_s or a.wall_s != rep.wall_s:
+                rep = rep.model_copy(update={"cpu_s": a.cpu_s, "wall_s": a.wall_s})
+            clean[a.task] = rep
+            out.acked.append(a.task)
+        for outcome in (intake.SUPERSEDED, intake.LOST):
+            ended = [e.task for e in kinds[intake.EndAttempt] if e.outcome == outcome]
+            if ended:
+                _end_attempt(c, ended, node_id, outcome, now)
+        _keep_results(c, node_id, kinds[intake.KeepResult], clean, now)
+        _move_tasks(c, [*kinds[intake.Requeue], *kinds[intake.Advance]])
+        for own in (False, True):
+            done = [f for f in kinds[intake.Finish] if f.own_outputs is own]
+            if done:  # a device's failure: its outputs were never accepted, nobody owns them
+                self._finish(
+                    c, [(f.task, f.job, f.new, clean[f.task]) for f in done], now, own_outputs=own
                 )
-            ).scalars()
-        )
-        # Bounded claims, and only outputs that this node uploaded itself (or inline bytes).
-        by_id, foreign, claims = self._intake(c, node_id, by_id, mine, now)
-        failed: list[tuple[int, int, Task, TaskReport]] = []
-        requeued: list[tuple[int, Task, str]] = []
-        kept: list[dict[str, Any]] = []
-        groups: list[int] = []
-        lost_ids: list[int] = []
-        superseded: list[int] = []
-        # settled without a check
-        accepted: list[tuple[int, int, Task, TaskReport, str, credit.Claim]] = []
-        to_check: list[int] = []
-        record: trust.Record | None = None
-        for tid, rep in by_id.items():
-            row = rows.get(tid)
-            if row is None or tid not in mine:
-                out.rejected.append({"task_id": tid, "reason": "this node never held that task"})
-                continue
-            if tid in foreign:  # one bad report is refused alone; the rest of the sync goes on
-                out.rejected.append({"task_id": tid, "reason": foreign[tid]})
-                continue
-            out.acked.append(tid)
-            task = _task(row)
-            kind = rep.error.kind if (rep.error and not rep.ok) else None
-            if kind in RETRYABLE or (not rep.ok and rep.error is None):
-                reason = f"{kind or 'crash'} on {node_id}: {rep.error.message if rep.error else ''}"
-                # A new device's crash, or a second one from the same owner, gives the task
-                # one more attempt instead of using one up (core/owners.py: failure_verdict).
-                fate = self._failure_fate(c, tid, node_id)
-                try:
-                    if fate == owners.REFUND and task.state is TaskState.LEASED:
-                        task = dataclasses.replace(task, max_attempts=task.max_attempts + 1)
-                        new = apply(task, Errored(node_id, reason[:500], retryable=True))
-                    elif fate == owners.GIVE_UP:
-                        why = f"{reason[:400]}; {owners.gave_up()}"
-                        new = apply(task, Errored(node_id, why, retryable=False))
-                    else:
-                        new = apply(task, Errored(node_id, reason[:500], retryable=True))
-                except IllegalTransition:
-                    superseded.append(tid)
-                    continue
-                lost_ids.append(tid)
-                if new.state in TERMINAL and row.replica_of is None:
-                    failed.append((tid, row.job_id, new, rep))
-                elif new != task:
-                    if row.backup and new.state is TaskState.PENDING:
-                        new = apply(new, Cancelled(f"backup copy lost: {reason}"[:500]))
-                        groups.append(row.replica_of)  # the verdict may need another check now
-                    err = json.dumps({"kind": "lost", "message": new.error})
-                    requeued.append((tid, new, err))
-                continue
-            event = Completed(node_id) if row.replica_of is not None else Reported(node_id)
-            # Only a result for an open attempt (or one written off as lost) is kept ...
-            reopen = "lost"
-            try:
-                new = apply(task, event)
-            except IllegalTransition:
-                if task.state not in TERMINAL or row.replica_of is not None:
-                    superseded.append(tid)
-                    continue
-                new = task  # a late result for a settled task is still a vote on the verdict
-                if task.state is not TaskState.CANCELLED:
-                    # ... or, once a verdict settled the task (a backup copy won), one that the
-                    # verdict cancelled: it is compared with the verdict like any late result.
-                    reopen = "cancelled"
-            digest = result_digest(rep)
-            outcome = "reported"
-            if new.state is TaskState.VERIFYING and row.replicas == 0 and row.quorum <= 1:
-                # The fast path: a first result that its node's record lets go unchecked.
-                if row.quorum == 0 and record is None:
-                    record = self._trust_record(c, node_id)
-                draw = _rng.random()
-                quorum = row.quorum or trust.quorum_for(record, draw)  # type: ignore[arg-type]
-                if quorum > 1:
-                    to_check.append(tid)  # the draw is made once: write it down
-                else:
-                    why = None if rep.ok else _error_text(rep)
-                    settled = apply(new, Settled(rep.ok, why))
-                    accepted.append((tid, row.job_id, settled, rep, digest, claims[tid]))
-                    outcome = "accepted"
-            if outcome == "reported":
-                if new != task:
-                    requeued.append((tid, new, row.error or ""))
-                groups.append(row.replica_of or tid)
-            kept.append(
-                {
-                    "b_task": tid,
-                    "b_node": node_id,
-                    "b_n": rep.attempt,
-                    "b_outcome": outcome,
-                    "digest": digest,
-                    "report": rep.model_dump_json() if outcome == "reported" else None,
-                    "cpu_s": claims[tid].cpu_s if credit.well_formed(claims[tid].cpu_s) else None,
-                    "ended_at": now,
-                    "b_reopen": reopen,
-                }
+        if kinds[intake.AcceptUnchecked]:
+            self._accept_unchecked(
+                c,
+                node_id,
+                [
+                    (a.task, a.job, a.settled, clean[a.task], a.digest, a.claim)
+                    for a in kinds[intake.AcceptUnchecked]
+                ],
+                now,
             )
-        if superseded:
-            _end_attempt(c, superseded, node_id, "superseded", now)
-        if lost_ids:
-            _end_attempt(c, lost_ids, node_id, "lost", now)
-        if kept:
-            c.execute(
-                update(attempts)
-                .where(
-                    attempts.c.task_id == bindparam("b_task"),
-                    attempts.c.node_id == bindparam("b_node"),
-                    attempts.c.n == bindparam("b_n"),  # the attempt this result answers
-                    attempts.c.outcome.is_(None)
-                    | (attempts.c.outcome == "lost")
-                    | (attempts.c.outcome == bindparam("b_reopen")),
-                )
-                .values(
-                    outcome=bindparam("b_outcome"),
-                    digest=bindparam("digest"),
-                    report=bindparam("report"),
-                    cpu_s=bindparam("cpu_s"),
-                    ended_at=bindparam("ended_at"),
-                ),
-                kept,
-            )
-        for tid, t, err in requeued:
-            c.execute(  # guarded: a task another transaction moved since it was read is its
-                update(tasks)
-                .where(
-                    tasks.c.id == tid,
-                    tasks.c.state == rows[tid].state,
-                    tasks.c.attempts == rows[tid].attempts,
-                )
-                .values(**_task_cols(t), max_attempts=t.max_attempts, error=err or None)
-            )
-        if failed:  # a device's failure: its outputs were never accepted, nobody owns them
-            self._finish(c, failed, now, own_outputs=False)
-        if accepted:
-            self._accept_unchecked(c, node_id, accepted, now)
-        if to_check:
-            c.execute(update(tasks).where(tasks.c.id.in_(to_check)).values(quorum=trust.QUORUM))
-        if kept or lost_ids:
+        _mark_for_check(c, kinds[intake.MarkForCheck])
+        for n in kinds[intake.CountNode]:
             c.execute(
                 update(nodes)
                 .where(nodes.c.id == node_id)
                 .values(
-                    done=nodes.c.done + len(kept),
-                    lost=nodes.c.lost + len(lost_ids),
-                    **({"quota": quota_shrunk(len(lost_ids))} if lost_ids else {}),
+                    done=nodes.c.done + n.done,
+                    lost=nodes.c.lost + n.lost,
+                    **({"quota": quota_shrunk(n.lost)} if n.lost else {}),
                 )
             )
-        outputs = [
-            (v.sha, v.size)
-            for rep in by_id.values()
-            for v in [rep.value, *rep.outputs.values()]
-            if v is not None and v.data is None
-        ]
-        acked = set(out.acked)
-        if outputs:
+        for h in kinds[intake.HoldBlobs]:
             # A task's output blobs become its customer's only with an accepted result
             # (`_finish`). The node keeps what it uploaded in its cache: tasks that read it
             # may go there.
-            self._hold_blobs(
-                c,
-                node_id,
-                [
-                    (v.sha, v.size)
-                    for rep in by_id.values()
-                    if rep.task_id in acked
-                    for v in [rep.value, *rep.outputs.values()]
-                    if v is not None and v.data is None
-                ],
-            )
-        kept = [r for r in by_id.values() if r.kept is not None and r.ok and r.task_id in acked]
-        if kept:
-            # State the node keeps for a later task of the same customer (TaskIn.keep_out).
-            specs = dict(
-                c.execute(
-                    select(tasks.c.id, tasks.c.spec).where(
-                        tasks.c.id.in_([r.task_id for r in kept])
-                    )
-                ).all()
-            )
-            names = []
-            for r in kept:
-                key = json.loads(specs[r.task_id]).get("keep_out")
-                if key:
-                    customer = self._job_row(c, rows[r.task_id].job_id)["customer_id"]
-                    names.append((keep_name(customer, key), min(r.kept or 0, MAX_KEPT_BYTES)))
-            self._hold_blobs(c, node_id, names)
-        self._verify_groups(c, groups, now)
+            self._hold_blobs(c, node_id, list(h.blobs))
+        if kinds[intake.HoldKept]:
+            self._hold_kept(c, node_id, kinds[intake.HoldKept])
+        self._verify_groups(c, [v.group for v in kinds[intake.Verify]], now)
+
+    def _hold_kept(self, c: Connection, node_id: str, held: Sequence[intake.HoldKept]) -> None:
+        """State the node keeps for a later task of the same customer (TaskIn.keep_out)."""
+        specs = dict(
+            c.execute(
+                select(tasks.c.id, tasks.c.spec).where(tasks.c.id.in_([h.task for h in held]))
+            ).all()
+        )
+        names = []
+        for h in held:
+            key = json.loads(specs[h.task]).get("keep_out")
+            if key:
+                customer = self._job_row(c, h.job)["customer_id"]
+                names.append((keep_name(customer, key), min(h.size, MAX_KEPT_BYTES)))
+        self._hold_blobs(c, node_id, names)
 
     def _lock_groups(
         self, c: Connection, ids: Sequence[int], *, skip_locked: bool = False
@@ -467,64 +340,58 @@ class LeasingStore(VerifyStore):
         c: Connection,
         node_id: str,
         by_id: dict[int, TaskReport],
-        mine: set[int],
         now: float,
-    ) -> tuple[dict[int, TaskReport], dict[int, str], dict[int, credit.Claim]]:
-        """Bound what the node's reports claim before anything is written.
+    ) -> intake.Batch:
+        """Load what the intake decides a node's reports from (core/intake.py: `Batch`).
 
-        Returns the reports with their CPU-seconds held to what the coordinator saw (the
-        lease's age x the node's cores, core/credit.py) and wall times to MAX_WALL_S; the
-        reports to refuse, with the reason (an output blob this node never uploaded: naming
-        another customer's blob by its SHA-256 must not hand it to this task's customer); and
-        each report's claim, for the credit."""
-        if not mine:
-            return by_id, {}, {}
+        The task rows and this node's attempts of them; when it held any, its cores and trust
+        record, which of the reported output blobs it uploaded itself, the failure fate of
+        each device failure (core/owners.py) and a random draw for each result that may go
+        unchecked: the store's randomness, passed to the core as data. The task rows are
+        locked already (`_lock_groups`), so the state the intake decides from is the state
+        its guarded writes expect."""
+        q = select(
+            *_TASK_COLS, tasks.c.replica_of, tasks.c.quorum, tasks.c.replicas, tasks.c.backup
+        ).where(tasks.c.id.in_(by_id))
+        rows = {
+            r.id: intake.Row(
+                r.id, _task(r), r.job_id, r.replica_of, r.quorum, r.replicas, bool(r.backup)
+            )
+            for r in c.execute(q).all()
+        }
         leased: dict[tuple[int, int], float] = {
             (t, n): at
             for t, n, at in c.execute(
                 select(attempts.c.task_id, attempts.c.n, attempts.c.leased_at).where(
-                    attempts.c.node_id == node_id, attempts.c.task_id.in_(mine)
+                    attempts.c.node_id == node_id, attempts.c.task_id.in_(by_id)
                 )
             ).all()
         }
-        latest: dict[int, float] = {}
-        for (t, _), at in sorted(leased.items()):
-            latest[t] = at
-        cores = c.execute(select(nodes.c.cores).where(nodes.c.id == node_id)).scalar() or 1
-        named = {
-            v.sha
-            for rep in by_id.values()
-            for v in [rep.value, *rep.outputs.values()]
-            if v is not None and v.data is None
-        }
-        uploaded = self._uploaded_by(c, node_id, named)
-        clean: dict[int, TaskReport] = {}
-        foreign: dict[int, str] = {}
-        claims: dict[int, credit.Claim] = {}
-        for tid, rep in by_id.items():
-            missing = sorted(
-                v.sha
-                for v in [rep.value, *rep.outputs.values()]
-                if v is not None and v.data is None and v.sha not in uploaded
-            )
-            if missing:
-                foreign[tid] = (
-                    f"output {missing[0][:12]}… was not uploaded by this node: a node reports "
-                    "only blobs it uploaded itself (PUT /v1/blobs/<sha> first)"
-                )
-            if not 1 <= rep.attempt <= SQL_INT_MAX:  # the wire refuses it; the store too
-                foreign[tid] = f"attempt {rep.attempt} is no attempt of task {tid}"
-            at = leased.get((tid, rep.attempt), latest.get(tid))
-            claim = credit.Claim(node_id, rep.cpu_s, 0.0 if at is None else now - at, cores)
-            cpu = credit.capped(claim)
-            wall = credit.finite(rep.wall_s, MAX_WALL_S)
-            if cpu != rep.cpu_s or wall != rep.wall_s:
-                rep = rep.model_copy(update={"cpu_s": cpu, "wall_s": wall})
-            clean[tid] = rep
-            # a claim that is no number keeps no say in the credit (it is stored as NULL)
-            said = cpu if credit.well_formed(claim.cpu_s) else math.nan
-            claims[tid] = dataclasses.replace(claim, cpu_s=said)
-        return clean, foreign, claims
+        views = [_report_view(r) for r in by_id.values()]
+        batch = intake.Batch(node_id, views, rows, leased, now, MAX_WALL_S)
+        if not leased:
+            return batch  # it never held any of them: every report is refused
+        node = c.execute(
+            select(
+                nodes.c.cores, nodes.c.agreed, nodes.c.disputed, nodes.c.streak, nodes.c.quarantined
+            ).where(nodes.c.id == node_id)
+        ).one_or_none()
+        named = {sha for v in views for sha, _ in v.blobs}
+        batch = dataclasses.replace(
+            batch,
+            uploaded=frozenset(self._uploaded_by(c, node_id, named)),
+            cores=(node.cores if node else None) or 1,
+            record=(
+                trust.Record(node.agreed, node.disputed, node.streak, bool(node.quarantined))
+                if node
+                else trust.Record()
+            ),
+        )
+        return dataclasses.replace(
+            batch,
+            fates={t: self._failure_fate(c, t, node_id) for t in intake.fates_needed(batch)},
+            draws={t: _rng.random() for t in intake.draws_needed(batch)},
+        )
 
     def _renew(
         self, c: Connection, node_id: str, ids: Sequence[int], now: float, out: SyncResult
@@ -1057,3 +924,118 @@ class LeasingStore(VerifyStore):
 
 def _keep(customer_id: str, key: str | None) -> str | None:
     return keep_name(customer_id, key) if key else None
+
+
+def _report_view(rep: TaskReport) -> intake.Report:
+    """What the intake reads of a wire report (core/ takes its own types)."""
+    err = rep.error
+    return intake.Report(
+        task=rep.task_id,
+        attempt=rep.attempt,
+        ok=rep.ok,
+        error=None if err is None else intake.ReportedError(err.kind, err.type, err.message),
+        cpu_s=rep.cpu_s,
+        wall_s=rep.wall_s,
+        blobs=tuple(
+            (v.sha, v.size)
+            for v in [rep.value, *rep.outputs.values()]
+            if v is not None and v.data is None
+        ),
+        kept=rep.kept,
+        digest=result_digest(rep),
+    )
+
+
+def _keep_results(
+    c: Connection,
+    node_id: str,
+    keeps: Sequence[intake.KeepResult],
+    clean: dict[int, TaskReport],
+    now: float,
+) -> None:
+    """Write each kept result on the attempt it answers, in one statement."""
+    if not keeps:
+        return
+    c.execute(
+        update(attempts)
+        .where(
+            attempts.c.task_id == bindparam("b_task"),
+            attempts.c.node_id == bindparam("b_node"),
+            attempts.c.n == bindparam("b_n"),  # the attempt this result answers
+            attempts.c.outcome.is_(None)
+            | (attempts.c.outcome == "lost")
+            | (attempts.c.outcome == bindparam("b_reopen")),
+        )
+        .values(
+            outcome=bindparam("b_outcome"),
+            digest=bindparam("digest"),
+            report=bindparam("report"),
+            cpu_s=bindparam("cpu_s"),
+            ended_at=bindparam("ended_at"),
+        ),
+        [
+            {
+                "b_task": k.task,
+                "b_node": node_id,
+                "b_n": k.attempt,
+                "b_outcome": k.outcome,
+                "digest": k.digest,
+                "report": clean[k.task].model_dump_json() if k.keep_report else None,
+                "cpu_s": k.cpu_s,
+                "ended_at": now,
+                "b_reopen": k.reopen,
+            }
+            for k in sorted(keeps, key=lambda k: k.task)
+        ],
+    )
+
+
+def _move_tasks(c: Connection, moves: Sequence[intake.Requeue | intake.Advance]) -> None:
+    """Write the tasks that reports moved, in one statement, in ascending id (the order every
+    transaction takes task rows in). Each is guarded by the state the intake decided from: a
+    task that a concurrent transaction moved first is left as that one wrote it. A requeue
+    writes its error; a result leaves the error column as it was."""
+    if not moves:
+        return
+    c.execute(
+        update(tasks)
+        .where(
+            tasks.c.id == bindparam("b_id"),
+            tasks.c.state == bindparam("b_state"),
+            tasks.c.attempts == bindparam("b_attempts"),
+        )
+        .values(
+            state=bindparam("n_state"),
+            attempts=bindparam("n_attempts"),
+            max_attempts=bindparam("n_max"),
+            node_id=bindparam("n_node"),
+            lease_expires=bindparam("n_expires"),
+            error=func.coalesce(bindparam("n_error", type_=Text), tasks.c.error),
+        ),
+        [
+            {
+                "b_id": m.task,
+                "b_state": m.expected.state.value,
+                "b_attempts": m.expected.attempts,
+                "n_state": m.new.state.value,
+                "n_attempts": m.new.attempts,
+                "n_max": m.new.max_attempts,
+                "n_node": m.new.node,
+                "n_expires": m.new.lease_expires,
+                "n_error": m.error if isinstance(m, intake.Requeue) else None,
+            }
+            for m in sorted(moves, key=lambda m: m.task)
+        ],
+    )
+
+
+def _mark_for_check(c: Connection, marks: Sequence[intake.MarkForCheck]) -> None:
+    """Write down the draw that asked for a check (the quorum becomes trust.QUORUM), guarded
+    by the quorum the draw was made on."""
+    for quorum in sorted({m.expected_quorum for m in marks}):
+        ids = sorted(m.task for m in marks if m.expected_quorum == quorum)
+        c.execute(
+            update(tasks)
+            .where(tasks.c.id.in_(ids), tasks.c.quorum == quorum)
+            .values(quorum=trust.QUORUM)
+        )
