@@ -54,9 +54,9 @@ def mean_wait_s(fleet: Fleet) -> float:
     share = 1.0 if fleet.work_waiting else IDLE_SHARE
     rate = fleet.budget * share
     top = max_wait_s(fleet.gone_after_s)
-    if not (rate > 0 and math.isfinite(rate)):
-        return top if rate <= 0 else POLL_S
-    wait = max(0, fleet.live) / rate
+    wait = math.inf  # no budget at all: as seldom as is safe
+    if rate > 0:
+        wait = max(0, fleet.live) / rate if math.isfinite(rate) else 0.0
     return min(max(wait, POLL_S), top / (1 + JITTER))
 
 
@@ -64,5 +64,5 @@ def next_sync_s(fleet: Fleet, draw: float) -> float:
     """Seconds until the node's next sync, for a uniform random `draw` in [0, 1)."""
     mean = mean_wait_s(fleet)
     draw = min(max(draw, 0.0), 1.0)
-    wait = mean * (1 + JITTER * (2 * draw - 1))
-    return round(min(max(wait, POLL_S), max_wait_s(fleet.gone_after_s)), 3)
+    wait = round(mean * (1 + JITTER * (2 * draw - 1)), 3)  # a millisecond is precise enough
+    return min(max(wait, POLL_S), max_wait_s(fleet.gone_after_s))

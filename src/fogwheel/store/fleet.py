@@ -337,16 +337,16 @@ class FleetStore(StoreBase):
                             .values(last_seen=seen)
                         )
                         continue
-                    free = (
-                        select(nodes.c.id)
-                        .where(nodes.c.id.in_(part), nodes.c.last_seen < seen)
-                        .with_for_update(skip_locked=True)
-                    )
+                    free = select(nodes.c.id).where(nodes.c.id.in_(part))
                     done = set(
                         c.execute(
                             update(nodes)
-                            .where(nodes.c.id.in_(free.scalar_subquery()))
-                            .values(last_seen=seen)
+                            .where(
+                                nodes.c.id.in_(
+                                    free.with_for_update(skip_locked=True).scalar_subquery()
+                                )
+                            )
+                            .values(last_seen=func.greatest(nodes.c.last_seen, seen))
                             .returning(nodes.c.id)
                         ).scalars()
                     )
