@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import random
 import resource
@@ -49,11 +50,10 @@ from urllib.parse import urlsplit
 
 import psutil
 
+from fogwheel.core import nodestate
+
 PG_URL = os.environ.get("FOGWHEEL_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-IDLE_POLL_S = 0.5  # the agent's idle interval (NodeConfig.poll_s) when no next_sync_s comes
-REPORT_DELAY_S = 0.05  # the agent batches finished results for up to 50 ms
 TASK_S = (0.05, 0.25)  # how long a simulated device "runs" a no-op task
-QUEUE_PER_SLOT = 2  # the agent queues at least two tasks per slot
 SYNC_TIMEOUT_S = 30.0  # a sync that takes longer counts as an error
 
 
@@ -190,22 +190,21 @@ class Stats:
 
 
 class Device:
-    """One simulated node: a thin driver of the round trip (join, then sync forever).
+    """One simulated node: the agent's own state machine (core/nodestate.py) over HTTP.
 
-    It keeps what the real agent keeps between syncs (the leases it holds, the results not
-    yet acknowledged) and decides when to sync as the agent does: soon after a task finishes
-    (results are batched for 50 ms), every third of the lease while it holds work, and when
-    idle after `next_sync_s` (or the agent's 0.5 s)."""
+    The machine decides what each sync carries and when it goes out (results batched for
+    50 ms, renewals every third of the lease, an idle node after `next_sync_s` or its 0.5 s
+    poll); this shell only carries out its instructions. A `Run` is a no-op task that ends
+    after a short random delay with an ok report. Signatures are not checked (every lease is
+    passed in as signed): the figures are the coordinator's, and checking costs the
+    generator, not it."""
 
     def __init__(self, pool: Pool, name: str, rng: random.Random) -> None:
         self.pool = pool
         self.name = name
         self.rng = rng
         self.credential = ""
-        self.lease_s = 15.0
-        self.held: dict[int, tuple[int, float]] = {}  # task id -> (attempt, finishes at)
-        self.outbox: dict[int, dict[str, Any]] = {}
-        self.next_sync_s: float | None = None
+        self.state = nodestate.NodeState(nodestate.Settings(slots=1))
 
     async def join(self, token: str) -> None:
         body = {"token": token, "name": self.name, "cores": 1, "memory_mb": 512, "disk_mb": 8000}
@@ -213,78 +212,81 @@ class Device:
         if status != 201:
             raise RuntimeError(f"join answered {status}: {out}")
         self.credential = out["credential"]
-        self.lease_s = float(out["lease_seconds"])
-
-    def _due(self, now: float) -> float:
-        """When the next sync is worth making."""
-        finishes = [at for _, at in self.held.values()]
-        if self.outbox:
-            return now  # results are ready (the batching delay was already waited)
-        if finishes:
-            return min(min(finishes) + REPORT_DELAY_S, now + self.lease_s / 3)
-        return now + (IDLE_POLL_S if self.next_sync_s is None else self.next_sync_s)
+        settings = nodestate.Settings(slots=1, lease_seconds=float(out["lease_seconds"]))
+        self.state = nodestate.NodeState(settings)
 
     async def run(self, start_at: float, stats: Stats, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        wake = start_at
+        await _sleep(stop, start_at - loop.time())
+        running: dict[int, tuple[float, dict[str, Any]]] = {}  # task id -> (ends at, report)
+        events: list[nodestate.Event] = []
         while not stop.is_set():
-            delay = wake - loop.time()
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                if stop.is_set():
-                    return
             now = loop.time()
-            for tid, (attempt, at) in list(self.held.items()):
+            for tid, (at, report) in list(running.items()):
                 if at <= now:
-                    self.outbox[tid] = {
-                        "task_id": tid,
-                        "attempt": attempt,
+                    del running[tid]
+                    events.append(nodestate.TaskFinished(tid, now, report))
+            wake = math.inf
+            instructions = self.state.handle(*events, nodestate.Tick(now))
+            events = []
+            for ins in instructions:
+                if isinstance(ins, nodestate.Run):
+                    took = self.rng.uniform(*TASK_S)
+                    lease = ins.lease
+                    report = {
+                        "task_id": lease["task_id"],
+                        "attempt": lease["attempt"],
                         "ok": True,
-                        "wall_s": TASK_S[1],
+                        "wall_s": round(took, 3),
                     }
-            active = len(self.held) - len(self.outbox)
-            body = {
-                "results": list(self.outbox.values()),
-                "renew": [t for t in self.held if t not in self.outbox],
-                "want": max(0, QUEUE_PER_SLOT - active),
-                "slots_free": 0 if active else 1,
-            }
-            t0 = loop.time()
-            try:
-                status, out = await asyncio.wait_for(
-                    self.pool.request("POST", "/v1/nodes/me/sync", self.credential, body),
-                    SYNC_TIMEOUT_S,
-                )
-            except (TimeoutError, HttpError) as e:
-                stats.error(type(e).__name__, loop.time())
-                wake = loop.time() + 1.0
+                    running[lease["task_id"]] = (now + took, report)
+                elif isinstance(ins, nodestate.Kill):
+                    running.pop(ins.task_id, None)
+                    events.append(nodestate.TaskFinished(ins.task_id, now, None))
+                elif isinstance(ins, nodestate.Sync):
+                    events.append(await self._sync(ins, stats))
+                elif isinstance(ins, nodestate.SleepUntil):
+                    wake = ins.t
+                elif isinstance(ins, nodestate.Exit):
+                    if ins.fatal:
+                        stats.error("exit", loop.time())
+                    return
+            if events:
                 continue
-            t1 = loop.time()
-            if status != 200:
-                stats.error(f"http {status}", t1)
-                wake = t1 + 1.0
-                continue
-            if stats.inside(t1):
-                stats.latencies.append(t1 - t0)
-                stats.tasks_done += len(out["acked"])
-                stats.leased += len(out["tasks"])
-                stats.lost += len(out["lost"])
-            for tid in out["acked"]:
-                self.outbox.pop(tid, None)
-                self.held.pop(tid, None)
-            for r in out["rejected"]:
-                self.outbox.pop(r["task_id"], None)
-                self.held.pop(r["task_id"], None)
-            for tid in out["lost"]:
-                self.outbox.pop(tid, None)
-                self.held.pop(tid, None)
-            for lease in out["tasks"]:
-                self.held[lease["task_id"]] = (lease["attempt"], t1 + self.rng.uniform(*TASK_S))
-            self.next_sync_s = out.get("next_sync_s")
-            if self.next_sync_s is not None and stats.inside(t1) and not self.held:
-                stats.next_sync.append(self.next_sync_s)
-            wake = self._due(t1)
+            wake = min([wake, *(at for at, _ in running.values())])
+            await _sleep(stop, min(wake, now + 60.0) - loop.time())
+
+    async def _sync(self, ins: nodestate.Sync, stats: Stats) -> nodestate.Event:
+        loop = asyncio.get_running_loop()
+        path = "/v1/nodes/me/sync?leaving=true" if ins.leaving else "/v1/nodes/me/sync"
+        t0 = loop.time()
+        try:
+            status, out = await asyncio.wait_for(
+                self.pool.request("POST", path, self.credential, ins.body), SYNC_TIMEOUT_S
+            )
+        except (TimeoutError, HttpError) as e:
+            stats.error(type(e).__name__, loop.time())
+            return nodestate.SyncFailed(loop.time(), f"{type(e).__name__}: {e}")
+        t1 = loop.time()
+        if status != 200:
+            stats.error(f"http {status}", t1)
+            return nodestate.SyncFailed(t1, f"http {status}", status)
+        if stats.inside(t1):
+            stats.latencies.append(t1 - t0)
+            stats.tasks_done += len(out["acked"])
+            stats.leased += len(out["tasks"])
+            stats.lost += len(out["lost"])
+            if out.get("next_sync_s") is not None and not out["tasks"] and not ins.body["renew"]:
+                stats.next_sync.append(out["next_sync_s"])
+        signed = [True] * len(out["tasks"])
+        return nodestate.SyncAnswered.from_json(out, signed, t1, wall=time.time())
+
+
+async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep, or return early when the run stops."""
+    if seconds > 0 and not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
 
 
 # -- the customer: keeps no-op work queued -------------------------------------------------
