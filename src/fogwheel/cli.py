@@ -1774,6 +1774,11 @@ from fogwheel import cli_blobs  # noqa: E402
 
 cli_blobs.register(app)
 
+# sim: the discrete-event simulator over core/ (src/fogwheel/cli_sim.py)
+from fogwheel import cli_sim  # noqa: E402
+
+cli_sim.register(app)
+
 
 def main() -> None:
     app()

@@ -48,6 +48,7 @@ class Outcome:
     decisions_per_s: float  # ... per second of wall time spent in the placement step
     events: int
     wall_s: float
+    curve: tuple[tuple[float, int], ...] = ()  # (time, tasks settled) along the run
 
 
 def simulate(
@@ -55,9 +56,9 @@ def simulate(
     placement: scheduler.Placement,
     fleet: Fleet,
     jobs: list[JobSpec],
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, float], None] | None = None,
 ) -> Outcome:
-    """Run the scenario under one placement policy; `progress(settled)` now and then."""
+    """Run the scenario under one placement policy; `progress(settled, now)` now and then."""
     started = time.perf_counter()
     n = len(fleet.cores)
     draws = _uniforms(np.random.default_rng([sc.seed, 3]))
@@ -137,6 +138,7 @@ def simulate(
     push(SWEEP_S, SWEEP)
     now = 0.0
     handled = 0
+    curve: list[tuple[float, int]] = [(0.0, 0)]
     c = world.counters
     while events and c.settled_ok + c.failed < total:
         now, _, kind, d, t, g = heapq.heappop(events)
@@ -191,9 +193,12 @@ def simulate(
             push(now + SWEEP_S, SWEEP)
         while cancelled:
             sync(cancelled.pop(), now)
-        if progress is not None and handled % 65_536 == 0:
-            progress(c.settled_ok + c.failed)
+        if handled % 16_384 == 0:
+            curve.append((now, c.settled_ok + c.failed))
+            if progress is not None:
+                progress(c.settled_ok + c.failed, now)
     makespan = now
+    curve.append((now, c.settled_ok + c.failed))
     for d in range(n):
         if is_up[d]:
             avail += (makespan - up_since[d]) * cores[d]
@@ -222,6 +227,7 @@ def simulate(
         decisions_per_s=c.decisions / c.placement_s if c.placement_s else 0.0,
         events=handled,
         wall_s=wall,
+        curve=tuple(curve),
     )
 
 

@@ -33,6 +33,7 @@ from fogwheel.core.tasks import (
 )
 from fogwheel.sim.queue import PendingQueue
 
+WINDOW = 64  # = store/leasing.py: pending rows read per lease, at least (4 per task wanted)
 EXACT_FLEET = 2_000  # up to this many devices, probation's "better free slots" is summed whole
 PRIORITY_SHIFT = 1 << 40  # queue key: priority * PRIORITY_SHIFT + id, as the store orders
 MEDIAN_SAMPLE = 201  # = store/leasing.py: a job's finished attempts its typical run is taken over
@@ -86,9 +87,10 @@ class World:
         *,
         placement: scheduler.Placement = scheduler.FAIR,
         lease_s: float = 15.0,
-        quota: int = inflight.START,
+        quota: int | Sequence[int] = inflight.START,
         memory_mb: int = 512,
         draw: Callable[[], float] | None = None,
+        window: int = WINDOW,
     ) -> None:
         n = len(names)
         self.names = list(names)
@@ -98,7 +100,8 @@ class World:
         self.placement = placement
         self.lease_s = lease_s
         self.draw = draw or (lambda: 0.0)  # the verifier's uniform draw (store: _rng.random())
-        self.quota = [quota] * n
+        self.quota = [quota] * n if isinstance(quota, int) else list(quota)
+        self.window = window
         self.done = [0] * n
         self.lost = [0] * n
         self.held = [0] * n  # tasks LEASED to it, as the coordinator counts them
@@ -138,8 +141,10 @@ class World:
         deadline: float | None = None,
         backups: bool = True,
         max_attempts: int = 3,
+        unchecked: bool = False,
     ) -> range:
-        """Queue a job of `n` tasks; their ids, consecutive as the store's."""
+        """Queue a job of `n` tasks; their ids, consecutive as the store's. `unchecked`: the
+        job asked for replicas=1 (no verification); else replication is adaptive."""
         j = len(self.jobs)
         self.jobs.append(Job(customer, now, deadline, backups, max_attempts, tasks=n, pending=n))
         first = len(self.state)
@@ -150,6 +155,8 @@ class World:
         self.group_of.extend(ids)
         self.backup.extend([False] * n)
         self.pending.extend(PRIORITY_SHIFT + t for t in ids)
+        if unchecked:
+            self.quorum.update(dict.fromkeys(ids, 1))
         return ids
 
     def _key(self, t: int) -> int:
@@ -247,7 +254,7 @@ class World:
                     better += self._free(e)
                     if better >= pending and len(self.names) > EXACT_FLEET:
                         break
-        window = self.pending.first(max(want * 4, 64))
+        window = self.pending.first(max(want * 4, self.window))
         cache = self._cands
         cands = [cache.get(key) or self._candidate(key) for key in window]
         live: frozenset[str] = frozenset()
@@ -409,6 +416,7 @@ class World:
         elif g != t:
             self._verify(g, now)
         elif new.state is TaskState.FAILED:
+            self._cancel_copies(g)
             self._finish(g, now, ok=False)
 
     def _verify(self, g: int, now: float) -> None:
@@ -437,27 +445,39 @@ class World:
         else:
             self._settle(g, False, now)
 
+    def _cancel_copies(self, g: int) -> None:
+        """The original failed for good: its copies still open are no longer needed."""
+        for m in self.members.get(g, ()):
+            if self.state[m].state in OPEN:
+                self._close(g, m)
+                self.state[m] = apply(self.state[m], Cancelled("the task failed"))
+
+    def _close(self, g: int, m: int) -> None:
+        """Copy `m` of `g` leaves the queue, or its device is told to drop it."""
+        task = self.state[m]
+        if task.state is TaskState.LEASED:
+            d = self.index[task.node or ""]
+            self._set_held(d, self.held[d] - 1)
+            self.counters.cancelled_running += 1
+            if self.on_cancel is not None:
+                self.on_cancel(d, m)
+        elif not self.backup[m]:
+            self._dequeue(m)
+        self.jobs[self.job_of[m]].running.pop(m, None)
+        self._cands.pop(self._key(m), None)
+
     def _settle(self, g: int, ok: bool, now: float) -> None:
         """The group's verdict: the original settles, copies still open are cancelled."""
         for m in (g, *self.members.get(g, ())):
             task = self.state[m]
             if task.state in OPEN:
-                if task.state is TaskState.LEASED:
-                    d = self.index[task.node or ""]
-                    self._set_held(d, self.held[d] - 1)
-                    self.counters.cancelled_running += 1
-                    if self.on_cancel is not None:
-                        self.on_cancel(d, m)
-                elif not self.backup[m]:
-                    self._dequeue(m)
-                self.jobs[self.job_of[m]].running.pop(m, None)
+                self._close(g, m)
             if m == g:
                 self.state[m] = apply(task, Settled(ok, None if ok else "no agreement"))
             elif task.state is TaskState.VERIFYING:
                 self.state[m] = apply(task, Settled(ok))
             elif task.state in OPEN:
                 self.state[m] = apply(task, Cancelled("no longer needed: the task is settled"))
-            self._cands.pop(self._key(m), None)
         self._finish(g, now, ok=ok)
 
     def _finish(self, g: int, now: float, *, ok: bool) -> None:

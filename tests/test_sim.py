@@ -1,0 +1,219 @@
+"""The simulator as a specification: it decides what the live coordinator decides, it is
+reproducible from its seed, its churn follows the distributions it cites, and its CLI runs."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fogwheel.core import scheduler
+from fogwheel.core.tasks import TaskState
+from fogwheel.protocol import JobIn, Limits, NodeJoin, SyncIn, TaskIn, TaskReport, Value
+from fogwheel.sim import Scenario, World, build_fleet, build_jobs, simulate
+from fogwheel.sim.churn import CLUSTERS, Gamma, LogNormal, Weibull
+from fogwheel.sim.world import RIGHT
+from fogwheel.store import Store
+
+T0 = 1_000_000.0
+FN = Value(sha="a" * 64, size=10)
+POLICIES = [scheduler.Placement(p, seed=7) for p in scheduler.Policy]
+
+
+def value(data: bytes) -> Value:
+    return Value(
+        sha=hashlib.sha256(data).hexdigest(), size=len(data), data=base64.b64encode(data).decode()
+    )
+
+
+def job(n: int) -> JobIn:
+    """An unchecked job without backups: placement is what is compared, not verification."""
+    return JobIn(
+        name="t",
+        kind="python",
+        fn=FN,
+        tasks=[TaskIn(args=value(str(i).encode())) for i in range(n)],
+        limits=Limits(),
+        replicas=1,
+        backups=False,
+    )
+
+
+def ok(task_id: int, attempt: int) -> TaskReport:
+    return TaskReport(task_id=task_id, attempt=attempt, ok=True, value=value(b"r"))
+
+
+# Each step: (seconds after T0, node index, tasks wanted, slots it reports free, report?).
+# Nodes: a 4-core proven device, a 2-core new one (in-flight quota 2), a 1-core one, an
+# 8-core one. Between steps 4 and 5 every lease but the first node's expires: the others
+# lose their tasks, fall under 0.5 reliability and the lost tasks must go elsewhere.
+CORES = [4, 2, 1, 8]
+QUOTAS = [4096, 2, 4096, 4096]
+STEPS = [
+    (1, 0, 4, 4, False),
+    (2, 1, 4, 2, False),
+    (3, 2, 1, 1, False),
+    (4, 3, 8, 8, False),
+    (16, 0, 4, 0, True),  # reports its four, asks again; the others' leases expired at 12-14
+    (17, 1, 2, 2, False),
+    (18, 3, 8, 8, False),
+    (19, 2, 1, 1, False),
+    (20, 0, 4, 0, True),
+    (21, 3, 8, 0, True),
+]
+
+
+@pytest.mark.parametrize("placement", POLICIES, ids=lambda p: p.policy.value)
+def test_the_simulator_places_exactly_what_the_live_coordinator_leases(
+    store: Store, placement: scheduler.Placement
+) -> None:
+    # Given a real store and the simulator's world over the same devices and jobs
+    store.placement = placement
+    names = []
+    for i, (cores, quota) in enumerate(zip(CORES, QUOTAS, strict=True)):
+        info = NodeJoin(token="x" * 8, name=f"n{i}", cores=cores, memory_mb=512, disk_mb=1000)
+        names.append(store.join_node(info, T0, quota=quota)[0])
+    world = World(names, CORES, placement=placement, lease_s=store.lease_seconds, quota=QUOTAS)
+    for customer, n in (("alice", 14), ("bob", 9), ("carol", 5)):
+        store.create_job(customer, job(n), T0)
+        world.add_job(customer, n, T0, backups=False, unchecked=True)
+    held: dict[int, dict[int, int]] = {i: {} for i in range(len(names))}  # task -> attempt
+    decided = []
+    # When each node syncs in turn, reporting what it holds or letting leases expire
+    for dt, i, want, free, report in STEPS:
+        now = T0 + dt
+        expired = store.expire_leases(now)
+        for t in sorted(expired):
+            world.expire(t, now)
+        for h in held.values():
+            for t in expired:
+                h.pop(t, None)
+        results = [ok(t, a) for t, a in held[i].items()] if report else []
+        for t in held[i] if report else ():
+            world.report(i, t, RIGHT, now, now - T0)
+        if report:
+            held[i] = {}
+        out = store.sync(names[i], SyncIn(want=want, slots_free=free, results=results), now)
+        live = [lease["task_id"] for lease in out.tasks]
+        for lease in out.tasks:
+            held[i][lease["task_id"]] = lease["attempt"]
+        # Then the simulator's placement step leases the same tasks, in the same order
+        sim = world.sync(i, want, free, now)
+        assert sim == live, f"step at +{dt} s, node {i}: sim {sim} vs live {live}"
+        decided.append(live)
+    # ... over a script that exercised quota, fair shares, retries after loss and probation
+    assert len(decided[1]) == 2  # the new device holds its quota, not its want
+    assert any(world.lost), "no lease was lost: the retry rules went untested"
+    assert sum(map(len, decided)) > 20
+    rows = {t: world.state[t].state for t in range(1, len(world.state))}
+    assert TaskState.DONE in rows.values()
+
+
+def outcome_without_timings(o: object) -> dict[str, object]:
+    d = dataclasses.asdict(o)  # type: ignore[call-overload]
+    for k in ("wall_s", "decisions_per_s"):
+        d.pop(k)
+    return d
+
+
+SMALL = Scenario(devices=150, tasks=1_200, seed=11, tasks_per_job=300)
+
+
+@pytest.mark.parametrize("policy", list(scheduler.Policy), ids=lambda p: p.value)
+def test_a_seed_gives_the_same_run_every_time_and_another_seed_another(
+    policy: scheduler.Policy,
+) -> None:
+    def run(sc: Scenario) -> dict[str, object]:
+        placement = scheduler.Placement(policy, sc.seed)
+        return outcome_without_timings(simulate(sc, placement, build_fleet(sc), build_jobs(sc)))
+
+    first, again = run(SMALL), run(SMALL)
+    assert first == again
+    other = run(dataclasses.replace(SMALL, seed=12))
+    assert other["makespan_s"] != first["makespan_s"]
+    assert first["settled"] + first["failed"] == SMALL.tasks
+
+
+def test_faulty_devices_are_caught_and_churn_loses_work() -> None:
+    sc = dataclasses.replace(SMALL, faulty=0.1, colluding=0.0)
+    o = simulate(sc, scheduler.FAIR, build_fleet(sc), build_jobs(sc))
+    assert o.quarantined > 0
+    assert o.wrong_accepted == 0  # a new device's every result is checked (core/trust.py)
+    assert o.replication_overhead > 1.0
+    assert 0 < o.lost_to_churn < 1
+    assert 0 < o.utilisation <= 1
+
+
+@pytest.mark.parametrize("cluster", CLUSTERS, ids=lambda c: c.name)
+@pytest.mark.parametrize("side", ["up", "down"])
+def test_churn_draws_follow_the_clusters_distributions(cluster: object, side: str) -> None:
+    dist = getattr(cluster, side)
+    x = dist.draw(np.random.default_rng(5), 40_000)
+    logs = np.log(x)
+    # The sample median is the distribution's (the gamma's only approximately known)...
+    tolerance = 0.05 if isinstance(dist, Gamma) else 0.03
+    assert np.median(x) == pytest.approx(dist.median_s(), rel=tolerance)
+    # ... and so is its shape.
+    if isinstance(dist, Weibull):  # sd of ln X = pi / (k sqrt 6)
+        assert logs.std() == pytest.approx(math.pi / (dist.shape * math.sqrt(6)), rel=0.03)
+    elif isinstance(dist, LogNormal):
+        assert logs.std() == pytest.approx(dist.sigma, rel=0.03)
+    else:  # gamma: mean k theta, squared coefficient of variation 1 / k
+        assert x.mean() == pytest.approx(dist.mean_s(), rel=0.03)
+        assert x.var() / x.mean() ** 2 == pytest.approx(1 / dist.shape, rel=0.1)
+
+
+def test_the_fleet_starts_up_in_proportion_to_each_clusters_availability() -> None:
+    fleet = build_fleet(Scenario(devices=30_000, tasks=1))
+    up = np.array(fleet.up_at_start)
+    for i, cl in enumerate(CLUSTERS):
+        assert up[fleet.cluster == i].mean() == pytest.approx(cl.availability(), abs=0.02)
+    assert set(fleet.cores) <= set(range(1, 9))
+    assert min(fleet.uplink_mbps) >= 2.0 and max(fleet.uplink_mbps) > 8.0
+
+
+def test_fogwheel_sim_prints_a_table_and_a_last_line_of_json(tmp_path) -> None:
+    plot = tmp_path / "sim.png"
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fogwheel",
+            "sim",
+            "--devices",
+            "200",
+            "--tasks",
+            "2000",
+            "--plot",
+            str(plot),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "makespan" in res.stdout and "reliability" in res.stdout
+    figures = json.loads(res.stdout.strip().splitlines()[-1])
+    for key in ("devices", "tasks", "wall_s", "decisions_per_s", "peak_mb"):
+        assert figures[key] > 0
+    assert set(figures["policies"]) == {p.value for p in scheduler.Policy}
+    assert 0 < figures["makespan_ratio_vs_random"] <= 1
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_fogwheel_sim_json_alone_and_a_wrong_policy_named() -> None:
+    cmd = [sys.executable, "-m", "fogwheel", "sim", "--devices", "200", "--tasks", "2000"]
+    res = subprocess.run([*cmd, "--json", "--policy", "fair"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    [line] = res.stdout.strip().splitlines()
+    assert json.loads(line)["tasks"] == 2000
+    bad = subprocess.run([*cmd, "--policy", "fastest"], capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert "fastest" in bad.stderr and "reliability" in bad.stderr
