@@ -8,7 +8,8 @@ from fastapi import HTTPException, Request
 
 from fogwheel.store import Principal, Store
 
-_CACHE_SECONDS = 10.0
+_CACHE_SECONDS = 10.0  # how long a revoked key may still work on another coordinator process
+_CACHE_MAX = 100_000  # principals cached: a fleet of 10,000 devices and its customers fit
 _CHALLENGE = {"www-authenticate": 'Bearer realm="fogwheel"'}
 # Every kind of principal, and what its secret is called (a 401 names the kinds it takes).
 KINDS = ("customer", "admin", "owner", "node")
@@ -52,10 +53,21 @@ class Authenticator:
         who = self.store.authenticate(secret)
         if who is None:
             raise HTTPException(401, f"unknown or revoked key: {takes}", headers=_CHALLENGE)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
+        if len(self._cache) >= _CACHE_MAX:
+            self._evict(now)
         self._cache[secret] = (now, who)
         return who
+
+    def _evict(self, now: float) -> None:
+        """Drop the expired entries, and if that is not enough the older half.
+
+        Clearing the whole cache instead (as once) made a fleet of more than `_CACHE_MAX`
+        nodes look every credential up again at once, and every few seconds after."""
+        for key in [k for k, (at, _) in self._cache.items() if now - at >= _CACHE_SECONDS]:
+            del self._cache[key]
+        if len(self._cache) >= _CACHE_MAX:  # all fresh: keep the newer half (insertion order)
+            for key in list(self._cache)[: len(self._cache) // 2]:
+                del self._cache[key]
 
     def forget(self) -> None:
         """Drop every cached principal: after a revocation, this process asks the store again
