@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from fogwheel.blobs.store import (
@@ -42,7 +42,8 @@ from fogwheel.blobs.store import (
     sha256_hex,
 )
 from fogwheel.errors import IntegrityError
-from fogwheel.store.schema import blob_chunks, blob_partials, db_blobs
+from fogwheel.store.migrate import add_missing_columns
+from fogwheel.store.schema import blob_chunks, blob_metadata, blob_partials, db_blobs
 
 if TYPE_CHECKING:
     from fogwheel.store.base import StoreBase
@@ -51,6 +52,7 @@ log = logging.getLogger("fogwheel.blobs")
 
 CHUNK = 1 << 20  # one row's bytes: PostgreSQL keeps them out of line (TOAST), 1 MiB at most
 HOLD_S = 60.0  # a request's hold on its partial, renewed by each write
+_DDL_LOCK = 0x66776462  # "fwdb": the advisory lock around making the tables
 _CHUNK_SQL = "SELECT data FROM blob_chunks WHERE owner = %s AND off = %s"
 
 
@@ -59,6 +61,11 @@ class DbBlobStore(BlobStore):
 
     def __init__(self, store: StoreBase) -> None:
         self.store = store
+        with store.tx() as c:  # its tables, made (or brought up to date) on first use
+            if not store.is_sqlite:  # by one process at a time: DDL is transactional there
+                c.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _DDL_LOCK})
+            blob_metadata.create_all(c)
+        add_missing_columns(store.engine, blob_metadata)
         self._dialect = sqlite if store.is_sqlite else postgresql
         self._verified: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()

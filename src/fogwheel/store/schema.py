@@ -331,16 +331,19 @@ coordinator_keys = Table(
 # A blob's bytes are `blob_chunks` rows of at most 1 MiB named by their offset; its row in
 # `db_blobs` says it is whole. An upload in progress owns its chunks as `p:<upload id>` and
 # hands them to the blob's name when it hashes right; a corrupt blob's become `q:<sha>:<ns>`.
+# Their own MetaData: made when a database blob store opens, so a coordinator that keeps its
+# blobs on disk (SQLite's default) carries no empty tables for them.
+blob_metadata = MetaData()
 db_blobs = Table(
     "db_blobs",
-    metadata,
+    blob_metadata,
     Column("sha", String(64), primary_key=True),
     Column("size", BigInteger, nullable=False),
     Column("created_at", Float, nullable=False),
 )
 blob_chunks = Table(
     "blob_chunks",
-    metadata,
+    blob_metadata,
     Column("owner", String(100), primary_key=True),
     Column("off", BigInteger, primary_key=True),
     Column("data", LargeBinary, nullable=False),
@@ -355,7 +358,7 @@ event.listen(
 )
 blob_partials = Table(
     "blob_partials",
-    metadata,
+    blob_metadata,
     Column("id", String(40), primary_key=True),
     Column("sha", String(64), nullable=False),
     Column("uploader", String(16), nullable=False),  # a hash of who uploads
