@@ -5,12 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -443,67 +440,6 @@ def node(
         agent.run()
     except FatalNodeError as e:
         raise _fail(str(e)) from None
-
-
-@app.command()
-def up(
-    nodes: Annotated[int, typer.Option("--nodes", "-n", min=0, help="Local node agents.")] = 4,
-    cores_per_node: Annotated[int, typer.Option(min=1)] = 1,
-    data_dir: Annotated[
-        Path | None, typer.Option(help="Keep state here (default: a temporary dir).")
-    ] = None,
-    lease_seconds: Annotated[float, typer.Option(min=1.0)] = 10.0,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print URL and key as one JSON line.")
-    ] = False,
-) -> None:
-    """Start a coordinator and N local nodes, print the URL and an API key, stay up."""
-    from fogwheel.localfog import LocalFog
-
-    fog = LocalFog(
-        nodes, cores_per_node=cores_per_node, workdir=data_dir, lease_seconds=lease_seconds
-    )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        fog.start()
-        info = {
-            "url": fog.url,
-            "api_key": fog.api_key,
-            "join_token": fog.join_token,
-            "join_string": fog.join_string,
-            "admin_key": fog.admin_key,
-            "nodes": nodes,
-            "dir": str(fog.dir),
-            "sandboxed": fog.sandboxed,
-        }
-        info["env_file"] = str(fog.write_env_file())
-        if as_json:
-            print(json.dumps(info), flush=True)
-        else:
-            say = partial(out.print, soft_wrap=True, highlight=False)  # a long key stays whole
-            say(f"[bold green]fog up[/] at {fog.url} with {nodes} nodes")
-            if not fog.sandboxed:
-                say(
-                    "[bold yellow]warning:[/] no usable bubblewrap: these local nodes run guest "
-                    "code unconfined; `apt-get install bubblewrap` sandboxes them"
-                )
-            say(f"  data dir: {fog.dir}", markup=False)
-            say(f"  export FOGWHEEL_COORDINATOR={fog.url}", markup=False)
-            say(f"  export FOGWHEEL_API_KEY={fog.api_key}", markup=False)
-            say(f"  admin key: {fog.admin_key}", markup=False)
-            say(f"  all of these, for your shell: source {info['env_file']}", markup=False)
-            say(
-                f"  join more nodes: FOGWHEEL_JOIN_TOKEN='{fog.join_string}' "
-                f"fogwheel node -c {fog.url}",
-                markup=False,
-            )
-            say("  Ctrl-C to stop")
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        fog.stop()
 
 
 @app.command()
@@ -1773,6 +1709,11 @@ cli_jobs.register(app)
 from fogwheel import cli_blobs  # noqa: E402
 
 cli_blobs.register(app)
+
+# up: a local fog, one coordinator or several behind nginx (src/fogwheel/cli_up.py)
+from fogwheel import cli_up  # noqa: E402
+
+cli_up.register(app)
 
 # sim: the discrete-event simulator over core/ (src/fogwheel/cli_sim.py)
 from fogwheel import cli_sim  # noqa: E402

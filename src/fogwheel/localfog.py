@@ -1,6 +1,11 @@
 """A throwaway fog on this machine: a coordinator and N node agents as real processes.
 
 Used by `fogwheel up`, `fogwheel demo`, every `--local N` option and the integration tests.
+
+With `coordinators=N` (and a PostgreSQL `db`) it starts N coordinator processes on that one
+database, each on a port of its own, as one service: they share one data dir (the signing key
+and the blobs are there) and every node is given all their URLs, a different one first, so
+that the nodes spread over them and move to another when theirs stops.
 """
 
 from __future__ import annotations
@@ -34,7 +39,15 @@ class LocalFog:
         host: str = "127.0.0.1",
         node_args: list[str] | None = None,
         sandbox: bool | None = None,
+        coordinators: int = 1,
     ) -> None:
+        if coordinators < 1:
+            raise ValueError("a fog needs at least one coordinator")
+        if coordinators > 1 and not (db or "").startswith("postgresql"):
+            raise FogwheelError(
+                f"{coordinators} coordinators share one database: give a PostgreSQL URL "
+                "(db='postgresql+psycopg://USER@HOST/DB'); SQLite serves one process"
+            )
         self.n_nodes = nodes
         self.cores_per_node = cores_per_node
         self.lease_seconds = lease_seconds
@@ -56,11 +69,42 @@ class LocalFog:
         self.join_token = new_secret("fwj")
         self.api_key = new_secret("fwc")
         self.admin_key = new_secret("fwa")
-        self.url = ""
-        self.port = 0
         self.key_pin = ""  # the coordinator key's pin, read once it has started
-        self.coordinator: subprocess.Popen[bytes] | None = None
+        # One entry per coordinator process; index 0 is the one `url`, `port` and
+        # `coordinator` name (the whole of a one-coordinator fog).
+        self.urls: list[str] = [""] * coordinators
+        self.ports: list[int] = [0] * coordinators
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * coordinators
         self.nodes: list[subprocess.Popen[bytes] | None] = []
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
+
+    @url.setter
+    def url(self, value: str) -> None:
+        self.urls[0] = value
+
+    @property
+    def port(self) -> int:
+        return self.ports[0]
+
+    @port.setter
+    def port(self, value: int) -> None:
+        self.ports[0] = value
+
+    @property
+    def coordinator(self) -> subprocess.Popen[bytes] | None:
+        return self.procs[0]
+
+    @coordinator.setter
+    def coordinator(self, value: subprocess.Popen[bytes] | None) -> None:
+        self.procs[0] = value
+
+    @property
+    def coordinator_url(self) -> str:
+        """Every coordinator's URL, separated by commas: what a node or the SDK is given."""
+        return ",".join(self.urls)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -73,14 +117,20 @@ class LocalFog:
 
     def start(self, wait_for_nodes: bool = True) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.start_coordinator()
+        # one after another: the first creates the schema and the signing key, the others
+        # find them (two creating them at once would race)
+        for i in range(len(self.procs)):
+            self.start_coordinator(index=i)
         for _ in range(self.n_nodes):
             self.add_node()
         if wait_for_nodes:
             self.wait_for_nodes(self.n_nodes)
 
-    def start_coordinator(self, timeout: float = 30.0) -> None:
-        ready = self.dir / "coordinator.ready"
+    def start_coordinator(self, timeout: float = 30.0, index: int = 0) -> None:
+        """Start coordinator `index` (again, after a kill: on the port it had)."""
+        name = "coordinator" if index == 0 else f"coordinator-{index}"
+        ready = self.dir / f"{name}.ready"
+        log_path = self.dir / f"{name}.log"
         ready.unlink(missing_ok=True)
         cmd = [
             sys.executable,
@@ -92,7 +142,7 @@ class LocalFog:
             "--host",
             self.host,
             "--port",
-            str(self.port),
+            str(self.ports[index]),
             "--lease-seconds",
             str(self.lease_seconds),
             "--ready-file",
@@ -109,24 +159,23 @@ class LocalFog:
         }
         if self.db:
             secrets["FOGWHEEL_DB"] = self.db
-        self.coordinator = self._spawn(cmd, self.dir / "coordinator.log", secrets)
+        proc = self.procs[index] = self._spawn(cmd, log_path, secrets)
         deadline = time.monotonic() + timeout
         while not ready.exists():
-            if self.coordinator.poll() is not None:
+            if proc.poll() is not None:
                 raise FogwheelError(
-                    f"the coordinator exited at start: see {self.dir / 'coordinator.log'}:\n"
-                    + _tail(self.dir / "coordinator.log")
+                    f"the coordinator exited at start: see {log_path}:\n" + _tail(log_path)
                 )
             if time.monotonic() > deadline:
                 raise FogwheelError(f"the coordinator did not start in {timeout:g} s")
             time.sleep(0.02)
         info = json.loads(ready.read_text())
-        self.url = info["url"]
+        url = self.urls[index] = info["url"]
         self.key_pin = info.get("key_pin", "")
-        self.port = int(self.url.rsplit(":", 1)[1])
+        self.ports[index] = int(url.rsplit(":", 1)[1])
         while True:
             try:
-                if httpx.get(f"{self.url}/v1/health", timeout=2).status_code == 200:
+                if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -134,15 +183,21 @@ class LocalFog:
                 raise FogwheelError("the coordinator does not answer /v1/health")
             time.sleep(0.02)
 
-    def add_node(self, *extra: str, env: dict[str, str] | None = None) -> int:
+    def add_node(
+        self, *extra: str, env: dict[str, str] | None = None, first: int | None = None
+    ) -> int:
+        """Start a node agent; with several coordinators it is given all their URLs,
+        coordinator `first`'s first (default: the next in turn, so nodes spread)."""
         i = len(self.nodes)
+        k = (i if first is None else first) % len(self.urls)
+        urls = self.urls[k:] + self.urls[:k]
         cmd = [
             sys.executable,
             "-m",
             "fogwheel",
             "node",
             "--coordinator",
-            self.url,
+            ",".join(urls),
             "--cores",
             str(self.cores_per_node),
             "--data-dir",
@@ -178,15 +233,16 @@ class LocalFog:
         """What a node joins with: the token and the pin of the coordinator's key."""
         return f"{self.join_token}#{self.key_pin}" if self.key_pin else self.join_token
 
-    def write_env_file(self) -> Path:
-        """`fogwheel.env` in the fog's dir (mode 0600): the URL and every secret, to `source`."""
+    def write_env_file(self, url: str | None = None) -> Path:
+        """`fogwheel.env` in the fog's dir (mode 0600): the URL (`url`, else every
+        coordinator's) and every secret, to `source`."""
         from fogwheel.secretfile import write_env_file
 
         path = self.dir / "fogwheel.env"
         write_env_file(
             path,
             {
-                "FOGWHEEL_COORDINATOR": self.url,
+                "FOGWHEEL_COORDINATOR": url or self.coordinator_url,
                 "FOGWHEEL_API_KEY": self.api_key,
                 "FOGWHEEL_ADMIN_KEY": self.admin_key,
                 "FOGWHEEL_JOIN_TOKEN": self.join_string,
@@ -205,10 +261,12 @@ class LocalFog:
             if sig == signal.SIGKILL:
                 proc.wait()
 
-    def kill_coordinator(self) -> None:
-        if self.coordinator and self.coordinator.poll() is None:
-            self.coordinator.kill()
-            self.coordinator.wait()
+    def kill_coordinator(self, index: int = 0) -> None:
+        """SIGKILL coordinator `index`: what it acknowledged is in the database already."""
+        proc = self.procs[index]
+        if proc and proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
     def stop(self, timeout: float = 20.0) -> None:
         for proc in self.nodes:
@@ -222,13 +280,17 @@ class LocalFog:
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
-        if self.coordinator and self.coordinator.poll() is None:
-            self.coordinator.send_signal(signal.SIGTERM)
+        for coordinator in self.procs:
+            if coordinator and coordinator.poll() is None:
+                coordinator.send_signal(signal.SIGTERM)
+        for coordinator in self.procs:
+            if coordinator is None:
+                continue
             try:
-                self.coordinator.wait(10)
+                coordinator.wait(10)
             except subprocess.TimeoutExpired:
-                self.coordinator.kill()
-                self.coordinator.wait()
+                coordinator.kill()
+                coordinator.wait()
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 
