@@ -129,7 +129,7 @@ class LeasingStore(VerifyStore):
         A retryable failure (the device's fault: a crash, a lost input) puts the task back in
         the queue; anything else is a result, the task's own exception included."""
         by_id = {r.task_id: r for r in reports}
-        self._lock_groups(c, list(by_id))  # before anything is read: decided on locked rows
+        self._lock_groups(c, list(by_id), reporter=node_id)  # decided on locked rows
         batch = self._intake(c, node_id, by_id, now)
         self._apply_intake(c, node_id, intake.intake(batch), by_id, now, out)
 
@@ -213,18 +213,46 @@ class LeasingStore(VerifyStore):
         self._hold_blobs(c, node_id, names)
 
     def _lock_groups(
-        self, c: Connection, ids: Sequence[int], *, skip_locked: bool = False
+        self,
+        c: Connection,
+        ids: Sequence[int],
+        *,
+        skip_locked: bool = False,
+        reporter: str | None = None,
     ) -> set[int]:
         """Lock these task rows and the heads of their groups, in ascending id, before any of
         them is read or written (PostgreSQL; SQLite has one writer). The head comes first
         (its id is lower than its copies'), as in `_verify_group`, so two transactions that
         touch one group never hold each other's rows. Returns the ids locked (with
-        `skip_locked`, those another transaction holds are left out)."""
+        `skip_locked`, those another transaction holds are left out).
+
+        With `reporter`, the node rows a verdict on these groups may write (the reporter's
+        own, and those of every node with a result in them: their trust records) are locked
+        first, in ascending id: node rows before task rows, so two syncs that settle groups
+        the other voted in never wait for each other's node row in a circle."""
         if not ids or self.is_sqlite:
             return set(ids)
         heads = select(tasks.c.replica_of).where(
             tasks.c.id.in_(list(ids)), tasks.c.replica_of.is_not(None)
         )
+        if reporter is not None:
+            groups = select(func.coalesce(tasks.c.replica_of, tasks.c.id)).where(
+                tasks.c.id.in_(list(ids))
+            )
+            voters = (
+                select(attempts.c.node_id)
+                .join(tasks, tasks.c.id == attempts.c.task_id)
+                .where(
+                    tasks.c.id.in_(groups) | tasks.c.replica_of.in_(groups),
+                    attempts.c.digest.is_not(None),
+                )
+            )
+            c.execute(
+                select(nodes.c.id)
+                .where((nodes.c.id == reporter) | nodes.c.id.in_(voters))
+                .order_by(nodes.c.id)
+                .with_for_update()
+            ).all()
         q = (
             select(tasks.c.id)
             .where(tasks.c.id.in_(list(ids)) | tasks.c.id.in_(heads))
