@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from fogwheel.core.scheduler import (
     BACKUP_FACTOR,
     BACKUP_MIN_S,
+    FAIR,
     LOCALITY_WAIT_S,
     MAX_HELD_PER_SLOT,
     PROBATION_RELIABILITY,
@@ -22,6 +23,8 @@ from fogwheel.core.scheduler import (
     Candidate,
     ClusterView,
     NodeView,
+    Placement,
+    Policy,
     Straggler,
     backup_after,
     grant_size,
@@ -622,3 +625,125 @@ def test_the_node_that_keeps_a_tasks_state_may_take_it_at_once() -> None:
     cand = Candidate(1, "a", waited_s=0.0, sticky=True, keeper="n1")
     cluster = ClusterView(pending=1, total_slots=8, live=frozenset({"n1", "n2"}))
     assert ids(plan_lease(node("n1"), 1, [cand], cluster)) == [1]
+
+
+# -- placement policies ---------------------------------------------------------------------
+
+POLICIES = [Placement(p, seed=3) for p in Policy]
+ROOMY = ClusterView(pending=100, total_slots=100)
+
+
+def sized(*est: float | None, customer: str = "a") -> list[Candidate]:
+    return [Candidate(i + 1, customer, est_s=e) for i, e in enumerate(est)]
+
+
+def test_fair_placement_is_the_default_and_what_plan_lease_did_before() -> None:
+    cands = queue(("a", 3), ("b", 3))
+    assert Placement() == FAIR and FAIR.policy is Policy.FAIR
+    assert ids(plan_lease(node(), 4, cands, ROOMY)) == [1, 4, 2, 5]
+    assert plan_lease(node(), 4, cands, ROOMY) == plan_lease(node(), 4, cands, ROOMY, FAIR)
+
+
+def test_random_placement_is_a_function_of_its_seed_the_node_and_the_tasks() -> None:
+    cands = queue(("a", 40))
+
+    def pick(seed: int, at: str = "n1") -> list[int]:
+        return ids(plan_lease(node(at), 4, cands, ROOMY, Placement(Policy.RANDOM, seed)))
+
+    assert pick(1) == pick(1)
+    assert pick(1) != pick(2)
+    assert pick(1, at="n2") != pick(1)  # each node draws its own
+    assert pick(1) != [1, 2, 3, 4]
+
+
+def test_random_placement_is_roughly_uniform_over_the_window() -> None:
+    cands = queue(("a", 10))
+    first = Counter(
+        plan_lease(node(f"n{i}"), 1, cands, ROOMY, Placement(Policy.RANDOM, 0))[0].task_id
+        for i in range(2_000)
+    )
+    assert set(first) == set(range(1, 11))
+    assert max(first.values()) < 2 * min(first.values())
+
+
+@pytest.mark.parametrize(
+    ("done", "lost", "expected"),
+    [(50, 0, [2, 4]), (0, 5, [3, 1])],  # reliable: longest first; flaky: shortest first
+)
+def test_reliability_placement_gives_long_tasks_to_reliable_nodes(
+    done: int, lost: int, expected: list[int]
+) -> None:
+    cands = sized(60.0, 3600.0, 5.0, 900.0)
+    plan = plan_lease(node(done=done, lost=lost), 2, cands, ROOMY, Placement(Policy.RELIABILITY))
+    assert ids(plan) == expected
+    assert "reliability placement" in plan[0].reason
+
+
+def test_reliability_placement_keeps_customers_taking_turns() -> None:
+    cands = [*sized(1.0, 2.0, customer="a"), Candidate(3, "b", est_s=100.0)]
+    cands.append(Candidate(4, "b", est_s=50.0))
+    plan = plan_lease(node(done=50), 4, cands, ROOMY, Placement(Policy.RELIABILITY))
+    assert ids(plan) == [2, 3, 1, 4]
+
+
+def test_deadline_placement_takes_the_least_slack_first_and_no_deadline_last() -> None:
+    cands = [
+        Candidate(1, "a", deadline=None),
+        Candidate(2, "b", deadline=1_000.0, est_s=100.0),  # slack 900
+        Candidate(3, "a", deadline=800.0, est_s=10.0),  # slack 790
+        Candidate(4, "c", deadline=2_000.0, est_s=1_500.0),  # slack 500
+    ]
+    plan = plan_lease(node(), 4, cands, ROOMY, Placement(Policy.DEADLINE))
+    assert ids(plan) == [4, 3, 2, 1]
+
+
+def test_deadline_placement_puts_tasks_longer_than_the_nodes_expected_uptime_last() -> None:
+    cands = [
+        Candidate(1, "a", deadline=100.0, est_s=3_600.0),
+        Candidate(2, "a", deadline=5_000.0, est_s=60.0),
+    ]
+    short_lived = NodeView("n1", 4, 4096, expected_up_s=600.0)
+    assert ids(plan_lease(short_lived, 1, cands, ROOMY, Placement(Policy.DEADLINE))) == [2]
+    assert ids(plan_lease(node(), 1, cands, ROOMY, Placement(Policy.DEADLINE))) == [1]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    policy=st.sampled_from(POLICIES),
+    want=st.integers(0, 12),
+    done=st.integers(0, 30),
+    lost=st.integers(0, 30),
+    spec=st.lists(
+        st.tuples(
+            st.sampled_from("abc"),
+            st.one_of(st.none(), st.floats(1, 10_000)),
+            st.one_of(st.none(), st.floats(0, 10_000)),
+            st.one_of(st.none(), st.integers(1, 3)),
+            st.frozensets(st.sampled_from(NODE_IDS), max_size=2),
+        ),
+        max_size=30,
+    ),
+)
+def test_every_policy_keeps_the_same_bounds_and_rules(
+    policy: Placement,
+    want: int,
+    done: int,
+    lost: int,
+    spec: list[tuple[str, float | None, float | None, int | None, frozenset[str]]],
+) -> None:
+    cands = [
+        Candidate(i + 10, c, est_s=e, deadline=dl, group=g, exclude=ex)
+        for i, (c, e, dl, g, ex) in enumerate(spec)
+    ]
+    n = node(done=done, lost=lost)
+    cluster = ClusterView(pending=len(cands), total_slots=8, better_free_slots=4)
+    plan = plan_lease(n, want, cands, cluster, policy)
+    fair = plan_lease(n, want, cands, cluster)
+    grant, _ = grant_size(n, want, cluster)
+    chosen = ids(plan)
+    by_id = {c.task_id: c for c in cands}
+    assert len(chosen) == len(set(chosen)) <= max(0, grant)
+    assert all(n.id not in by_id[t].exclude for t in chosen)
+    groups = [by_id[t].group or t for t in chosen]
+    assert len(groups) == len(set(groups))  # never two copies of one task to one node
+    assert len(chosen) == len(fair)  # a policy changes which tasks, never how many
