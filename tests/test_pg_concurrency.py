@@ -340,7 +340,7 @@ def test_two_coordinators_on_one_postgresql_keep_every_invariant_under_load() ->
         stores[0].create_schema()
         before = dict(CONFLICTS)
         try:
-            seen = hammer_store(stores, seconds=8.0, devices=16, seed=12)
+            seen = hammer_store(stores, seconds=5.0, devices=16, seed=12)
             with stores[0].read() as c:
                 check_database(c, seen, all_done=True)
                 leases = c.execute(text("SELECT count(*) FROM attempts")).scalar_one()
@@ -356,7 +356,7 @@ def test_one_sqlite_store_keeps_the_same_invariants_under_threads(tmp_path: Path
     store = Store(f"sqlite:///{tmp_path / 'fog.db'}", lease_seconds=0.4)
     store.create_schema()
     try:
-        seen = hammer_store([store], seconds=4.0, devices=6, seed=7)
+        seen = hammer_store([store], seconds=2.5, devices=6, seed=7)
         with store.read() as c:
             check_database(c, seen, all_done=True)
     finally:
@@ -427,7 +427,7 @@ def test_two_coordinator_processes_serve_fake_devices_without_a_5xx(tmp_path: Pa
             stack.callback(_stop, coords[-1])
         urls = [c.url for c in coords]
         job_ids = []
-        for name, n, replicas in (("plain", 160, 1), ("checked", 40, 2)):
+        for name, n, replicas in (("plain", 100, 1), ("checked", 30, 2)):
             body = {
                 "name": name,
                 "kind": "python",
