@@ -12,7 +12,6 @@ from rows, which is what tests/test_sim.py checks against a real store.
 from __future__ import annotations
 
 import heapq
-import itertools
 import statistics
 import time
 from collections import defaultdict
@@ -57,6 +56,7 @@ class Job:
     took: list[float] = field(default_factory=list)  # wall times of finished attempts
     typical: float | None = None  # median of `took`, once known
     running: dict[int, float] = field(default_factory=dict)  # original -> leased_at, in order
+    backed: dict[int, float] = field(default_factory=dict)  # ... those with a copy open
 
 
 @dataclass(slots=True)
@@ -181,6 +181,9 @@ class World:
         self.backup.append(backup)
         self.members[group].append(t)
         self._changed(group)
+        job = self.jobs[j]
+        if group in job.running:  # a copy is open: no longer a straggler to back up
+            job.backed[group] = job.running.pop(group)
         if backup:
             self.counters.backups += 1
         else:
@@ -255,8 +258,11 @@ class World:
                     if better >= pending and len(self.names) > EXACT_FLEET:
                         break
         window = self.pending.first(max(want * 4, self.window))
-        cache = self._cands
-        cands = [cache.get(key) or self._candidate(key) for key in window]
+        if self.placement.policy is not scheduler.Policy.RANDOM and self._one_job(window):
+            cands = self._prefix(view.id, window, want)
+        else:
+            cache = self._cands
+            cands = [cache.get(key) or self._candidate(key) for key in window]
         live: frozenset[str] = frozenset()
         most = 0
         if self.n_live <= self._most_lost:  # else no task was lost on every live node
@@ -267,6 +273,33 @@ class World:
         cluster = scheduler.ClusterView(pending, total, better, live)
         self.counters.decisions += 1
         return scheduler.plan_lease(view, want, cands, cluster, self.placement)
+
+    def _one_job(self, window: list[int]) -> bool:
+        job_of = self.job_of
+        j = job_of[window[0] % PRIORITY_SHIFT]
+        return all(job_of[key % PRIORITY_SHIFT] == j for key in window)
+
+    def _prefix(self, node: str, window: list[int], want: int) -> list[scheduler.Candidate]:
+        """The head of a one-job window that decides as the whole window would: enough
+        candidates that surely fit, each of its own group, to fill `want`.
+
+        When every candidate is of one job, all policies but `random` take them in queue
+        order (one customer; one deadline and one typical run: the sorts are stable), so
+        plan_lease picks the first `grant <= want` that fit: those lie in this prefix."""
+        cache = self._cands
+        out = []
+        groups: set[int] = set()
+        for key in window:
+            c = cache.get(key) or self._candidate(key)
+            out.append(c)
+            if c.failed_on or node in c.exclude or c.holder_free or c.sticky:
+                continue  # it may not fit: look further
+            g = c.task_id if c.group is None else c.group
+            if g not in groups:
+                groups.add(g)
+                if len(groups) >= want:
+                    break
+        return out
 
     def _candidate(self, key: int) -> scheduler.Candidate:
         """The task's Candidate as _lease_pending builds it from its rows; kept until a copy of
@@ -316,20 +349,21 @@ class World:
         self, d: int, view: scheduler.NodeView, free: int, now: float
     ) -> list[scheduler.Assignment]:
         """Backup copies of stragglers (store: `_lease_backups`): jobs with nothing pending."""
+        # The store's query: leased originals of such jobs, not the asker's, leased over
+        # BACKUP_MIN_S ago, with no copy open (those wait in `backed`), oldest first, 64.
         last_wave = [
-            ((at, t) for t, at in job.running.items())
+            iter(job.running.items())
             for job in self.jobs
             if job.running and job.backups and not job.pending
         ]
         if not last_wave:
             return []
         name = self.names[d]
-        stragglers = []
-        for at, t in itertools.islice(heapq.merge(*last_wave), BACKUP_SCAN):
-            if at >= now - scheduler.BACKUP_MIN_S:
+        cutoff = now - scheduler.BACKUP_MIN_S
+        stragglers: list[scheduler.Straggler] = []
+        for t, at in heapq.merge(*last_wave, key=_by_lease):
+            if at >= cutoff or len(stragglers) == BACKUP_SCAN:
                 break
-            if any(self.state[m].state in OPEN for m in self.members.get(t, ())):
-                continue  # a copy already runs or waits
             holder = self.state[t].node
             if holder is None or holder == name:
                 continue
@@ -365,7 +399,9 @@ class World:
         self.counters.results += 1
         g = self.group_of[t]
         job = self.jobs[self.job_of[t]]
-        job.running.pop(t, None)
+        self._not_running(t)
+        if g != t:
+            self._copy_closed(g)
         if len(job.took) < MEDIAN_SAMPLE:
             job.took.append(took)
             n = len(job.took)
@@ -406,11 +442,12 @@ class World:
         self.ran[g].discard(task.node or "")
         self._changed(g)
         self._cands.pop(self._key(t), None)
-        if g == t:
-            self.jobs[self.job_of[t]].running.pop(t, None)
+        self._not_running(t)
         if self.backup[t] and new.state is TaskState.PENDING:
             new = apply(new, Cancelled(f"backup copy lost on {task.node}"))
         self.state[t] = new
+        if g != t and new.state is not TaskState.PENDING:
+            self._copy_closed(g)
         if new.state is TaskState.PENDING:
             self._enqueue(t)
         elif g != t:
@@ -445,6 +482,21 @@ class World:
         else:
             self._settle(g, False, now)
 
+    def _not_running(self, t: int) -> None:
+        job = self.jobs[self.job_of[t]]
+        job.running.pop(t, None)
+        job.backed.pop(t, None)
+
+    def _copy_closed(self, g: int) -> None:
+        """A copy of `g` is no longer open: if none is and `g` still runs, it may be backed up."""
+        job = self.jobs[self.job_of[g]]
+        if g not in job.backed or any(self.state[m].state in OPEN for m in self.members[g]):
+            return
+        at = job.backed.pop(g)
+        if self.state[g].state is TaskState.LEASED:
+            job.running[g] = at
+            job.running = dict(sorted(job.running.items(), key=_by_lease))
+
     def _cancel_copies(self, g: int) -> None:
         """The original failed for good: its copies still open are no longer needed."""
         for m in self.members.get(g, ()):
@@ -463,7 +515,7 @@ class World:
                 self.on_cancel(d, m)
         elif not self.backup[m]:
             self._dequeue(m)
-        self.jobs[self.job_of[m]].running.pop(m, None)
+        self._not_running(m)
         self._cands.pop(self._key(m), None)
 
     def _settle(self, g: int, ok: bool, now: float) -> None:
@@ -540,3 +592,8 @@ class World:
         if self.live[d]:
             self.total_slots += self._slots(d)
             self.total_free += self._free(d)
+
+
+def _by_lease(item: tuple[int, float]) -> tuple[float, int]:
+    """(task, leased_at) in the store's order for stragglers: leased_at, then id."""
+    return (item[1], item[0])
