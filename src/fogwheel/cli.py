@@ -295,9 +295,32 @@ def coordinator(
         raise
 
 
+def _node_coordinators(value: str | None) -> str | None:
+    """The node's --coordinator callback: one base URL, or several of one fog separated by
+    commas, each normalised (core/urls.py)."""
+    if not value:
+        return value
+    from fogwheel.core.urls import coordinator_base
+
+    try:
+        return ",".join(coordinator_base(p) for p in value.split(",") if p.strip())
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
 @app.command()
 def node(
-    coordinator: CoordinatorOpt = None,
+    coordinator: Annotated[
+        str | None,
+        typer.Option(
+            "--coordinator",
+            "-c",
+            envvar="FOGWHEEL_COORDINATOR",
+            callback=_node_coordinators,
+            help="Coordinator URL, e.g. http://127.0.0.1:8470; several coordinators of one fog "
+            "separated by commas: the node moves to the next when one does not answer.",
+        ),
+    ] = None,
     token: Annotated[
         str | None,
         typer.Option(
@@ -412,7 +435,7 @@ def node(
             raise _fail(str(e), 2) from None
     agent = Agent(
         NodeConfig(
-            coordinator=coordinator.rstrip("/"),
+            coordinator=coordinator,
             token=token,
             ca_cert=ca_cert,
             max_clock_skew_s=max_clock_skew,

@@ -4,6 +4,11 @@ Pull, never push: every request goes from the node to the coordinator, so a devi
 NAT needs no open port. One `sync` round trip carries finished results, lease renewals and a
 request for more work. Unacknowledged results stay in memory and are sent again until the
 coordinator acknowledges them, so a coordinator restart loses nothing the node finished.
+
+Every decision of that round trip (what a sync carries, what an answer means, when to sync
+next, back-off and failover, which leases to refuse) is made by `core/nodestate.py`'s pure
+`NodeState`; this module carries its instructions out: HTTP, slots, threads and the lock
+around the machine. The CDN's shares and the blob cache stay here.
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
 import platform
 import queue
@@ -22,7 +26,6 @@ import signal
 import ssl
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -30,6 +33,8 @@ from typing import Any
 
 import httpx
 
+from fogwheel.core import nodestate as ns
+from fogwheel.core.urls import coordinator_base
 from fogwheel.node import cgroups
 from fogwheel.node.faults import ENV as FAULT_ENV
 from fogwheel.node.faults import Faults
@@ -42,10 +47,6 @@ log = logging.getLogger("fogwheel.node")
 
 INLINE_MAX = 64 * 1024  # as in fogwheel.protocol; not imported to keep pydantic out of the agent
 PROBED_PROGRAMS = ("python3", "povray", "jellyfish", "bwrap")
-TARGET_QUEUE_SECONDS = 0.5  # keep about this much work queued per slot
-MAX_QUEUE_PER_SLOT = 64
-REPORT_DELAY = 0.05  # hold a finished result at most this long to batch it with others
-REPORT_BATCH = 64
 SCRUB_EVERY_S = 600.0  # how often kept CDN shares are hashed again
 NO_SANDBOX = (
     "no usable sandbox (bubblewrap): install it with `apt-get install bubblewrap`, "
@@ -55,14 +56,13 @@ UNSAFE_WARNING = (
     "UNSAFE: --unsafe-no-sandbox: guest code runs UNCONFINED as this user, with network "
     "access and every file this user can read (the node credential included)"
 )
-REFUSED_UNSIGNED = "refused: task spec signature does not verify"
+REFUSED_UNSIGNED = ns.REFUSED_UNSIGNED
 _KEPT_LOCK = threading.Lock()  # kept state is trimmed by one slot at a time
-SEEN_LEASES_MAX = 100_000  # (task, attempt) pairs remembered, so a replayed lease never runs
 
 
 @dataclass
 class NodeConfig:
-    coordinator: str
+    coordinator: str  # its URL, or several of one fog separated by commas (failover)
     token: str | None = None  # the join string `TOKEN#sha256:PIN` (or a bare token: TOFU)
     ca_cert: Path | None = None  # CA file for an https coordinator (default: system store)
     max_clock_skew_s: float = 60.0  # a lease expired longer ago than this is refused
@@ -83,6 +83,22 @@ class NodeConfig:
     scratch_mb: int = 1024  # each slot's scratch (a tmpfs where the agent can mount one)
     keep_mb: int = 1024  # kept state (TaskIn.keep_out) for all jobs, least recent dropped
     keep_hours: float = 24.0  # kept state unused this long is removed
+    coordinators: list[str] = field(default_factory=list)  # more URLs of the same fog
+
+    def urls(self) -> list[str]:
+        """Every coordinator URL, `coordinator`'s first, each normalised, repeats dropped."""
+        found: list[str] = []
+        for piece in [*self.coordinator.split(","), *self.coordinators]:
+            if piece.strip():
+                try:
+                    url = coordinator_base(piece)
+                except ValueError as e:
+                    raise FatalNodeError(str(e)) from None
+                if url not in found:
+                    found.append(url)
+        if not found:
+            raise FatalNodeError("no coordinator: pass --coordinator URL")
+        return found
 
 
 class FatalNodeError(Exception):
@@ -90,8 +106,19 @@ class FatalNodeError(Exception):
 
 
 class Agent:
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, http: httpx.Client | None = None) -> None:
+        """`http`: a ready client to send every request through (a
+        `starlette.testclient.TestClient(app)` runs the agent against a coordinator app in
+        this process, no sockets). The agent adds its credential to each request and never
+        changes the client's headers, so an SDK and several agents may share one; its owner
+        closes it. With `http` and an empty `config.coordinator`, the client's base URL is
+        the coordinator's."""
+        if http is not None and not config.coordinator:
+            config.coordinator = str(http.base_url).rstrip("/")
         self.config = config
+        self.urls = config.urls()
+        self._url = self.urls[0]  # the coordinator asked now (failover moves it)
+        self._given_http = http
         self.data_dir = config.data_dir
         self.slots_n = config.cores or os.cpu_count() or 1
         self._stop = threading.Event()
@@ -99,25 +126,19 @@ class Agent:
         self._faults = Faults()
         if self._faults.active:
             log.warning("FAULT INJECTION: %s (%s)", self._faults.describe(), FAULT_ENV)
-        self._stop_seen = False
         self._wake = threading.Event()
-        self._lock = threading.Lock()
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self._held: dict[int, dict[str, Any]] = {}  # leased and not yet reported
-        self._running: set[int] = set()
+        self._lock = threading.Lock()  # around the state machine and the bookkeeping below
+        self.state: ns.NodeState | None = None  # made once joined (it needs the lease period)
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()  # Run: to a free slot
         self._running_on: dict[int, Slot] = {}  # task id -> the slot running it
-        self._outbox: dict[int, dict[str, Any]] = {}  # finished, waiting for an acknowledgement
-        self._outbox_since: float | None = None
-        self._avg_wall = 0.1
+        self._killed: set[int] = set()  # told to stop (Kill): its result is wanted by nobody
         self._slots: list[Slot] = []
         self.node_id: str | None = None
         self.public_key = ""  # the coordinator's Ed25519 key: only specs it signed are run
         self.lease_seconds = 15.0
         self.http: httpx.Client | None = None
+        self._credential = ""
         self._tls: ssl.SSLContext | bool = True
-        # every (task, attempt) leased to this process: a lease seen again is a replay
-        self._seen_leases: OrderedDict[tuple[Any, Any], None] = OrderedDict()
-        self._release_next: list[int] = []  # expired leases to hand back in the next sync
         self.sandbox: Sandbox | None = None  # chosen when the agent starts (choose_sandbox)
         self._warned_jobs: set[int] = set()
         self._cache_lock = threading.Lock()
@@ -144,6 +165,10 @@ class Agent:
         join string's pin before anything signed by it is trusted."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._tls = self._tls_context()
+        if self._given_http is not None:
+            self.http = self._given_http
+        elif self.http is None:
+            self.http = httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0), verify=self._tls)
         secret, pin = self._join_secret()
         ident = self._load_identity()
         if ident is None:
@@ -157,7 +182,7 @@ class Agent:
                 log.warning(
                     "node.json held no coordinator key: trusting %s on first use (from %s)",
                     fingerprint(key),
-                    self.config.coordinator,
+                    self._url,
                 )
         elif pin is not None and not pin_matches(ident["public_key"], pin):
             raise FatalNodeError(
@@ -169,12 +194,21 @@ class Agent:
         self.node_id = ident["node_id"]
         self.public_key = ident["public_key"]
         self.lease_seconds = ident.get("lease_seconds", 15.0)
-        self.http = httpx.Client(
-            base_url=self.config.coordinator,
-            headers={"authorization": f"Bearer {ident['credential']}"},
-            timeout=httpx.Timeout(30.0, connect=5.0),
-            verify=self._tls,
+        self._credential = ident["credential"]
+        self.state = ns.NodeState(
+            ns.Settings(
+                slots=self.slots_n,
+                lease_seconds=self.lease_seconds,
+                poll_s=self.config.poll_s,
+                coordinators=len(self.urls),
+                max_clock_skew_s=self.config.max_clock_skew_s,
+                key_name=f"coordinator key {fingerprint(self.public_key)}"
+                if self.public_key
+                else "no coordinator key",
+            )
         )
+        # Go on where joining got through: the failover machine starts at that URL.
+        self.state.failover.current = self.urls.index(self._url)
 
     def _tls_context(self) -> ssl.SSLContext:
         """How an https coordinator's certificate is checked: the system's CA store, or the
@@ -203,13 +237,13 @@ class Agent:
                 "(%s) is trusted unchecked, and anyone on the way could have given their own; "
                 "join with the join string TOKEN#sha256:PIN that the coordinator printed",
                 fingerprint(key) if isinstance(key, str) else "(not a key)",
-                self.config.coordinator,
+                self._url,
                 where,
             )
             return
         if not pin_matches(key, pin):
             raise FatalNodeError(
-                f"the coordinator at {self.config.coordinator} answered ({where}) with signing "
+                f"the coordinator at {self._url} answered ({where}) with signing "
                 f"key {fingerprint(key) if isinstance(key, str) else '(not a key)'}, not the "
                 f"key the join string pins ({pin[:23]}…): something between this node and the "
                 "coordinator may be impersonating it; nothing was run or saved; check the URL "
@@ -221,9 +255,9 @@ class Agent:
         if not path.exists():
             return None
         ident = json.loads(path.read_text())
-        if ident.get("coordinator") != self.config.coordinator.rstrip("/"):
-            return None
-        return ident
+        if ident.get("coordinator") not in self.urls:
+            return None  # it joined another fog
+        return dict(ident)
 
     def _join_with_token(self, secret: str | None, pin: str | None) -> dict[str, Any]:
         if not secret:
@@ -250,7 +284,7 @@ class Agent:
         joined = r.json()
         self._check_pin(joined.get("public_key"), pin, "its join answer")
         ident = {
-            "coordinator": self.config.coordinator.rstrip("/"),
+            "coordinator": self._url,
             "node_id": joined["node_id"],
             "credential": joined["credential"],
             "lease_seconds": joined["lease_seconds"],
@@ -266,13 +300,17 @@ class Agent:
         return ident
 
     def _until_reachable(self, method: str, path: str, what: str, **kw: Any) -> httpx.Response:
-        """One unauthenticated request, retried with back-off until the coordinator answers."""
-        delay = 0.2
+        """One unauthenticated request, retried until a coordinator answers: the next URL at
+        once after a failure, a wait (doubling) once every URL failed in a row."""
+        turns = ns.Failover(len(self.urls))
+        turns.current = self.urls.index(self._url)
+        assert self.http is not None
         while True:
             try:
-                return httpx.request(
-                    method, f"{self.config.coordinator}{path}", timeout=30, verify=self._tls, **kw
-                )
+                r = self.http.request(method, f"{self._url}{path}", timeout=30, **kw)
+                if r.status_code not in ns.UNREACHABLE_STATUS:
+                    return r
+                problem = f"HTTP {r.status_code}"
             except httpx.TransportError as e:
                 bad_cert = _certificate_refused(e)
                 if bad_cert:
@@ -280,11 +318,19 @@ class Agent:
                         f"the coordinator's TLS certificate does not verify ({bad_cert}): pass "
                         "--ca-cert FILE with the CA that signed it, or check the URL"
                     ) from None
-                if self._stop.is_set():
-                    raise FatalNodeError(f"stopped before {what}") from e
-                log.warning("coordinator unreachable (%s); retrying in %.1f s", e, delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, 5.0)
+                problem = str(e)
+            if self._stop.is_set():
+                raise FatalNodeError(f"stopped before {what}")
+            switch, delay = turns.failed()
+            log.warning(
+                "coordinator %s unreachable (%s); %s",
+                self._url,
+                problem,
+                f"retrying in {delay:.1f} s" if delay else "trying the next one",
+            )
+            if switch is not None:
+                self._url = self.urls[switch]
+            self._stop.wait(delay)
 
     def _save_identity(self, ident: dict[str, Any]) -> None:
         path = self._identity_path()
@@ -362,230 +408,116 @@ class Agent:
                 self._queue.put(None)
             for slot in self._slots:
                 slot.close()
-            if self.http:
+            if self.http is not None and self._given_http is None:
                 self.http.close()
         log.info("node %s stopped", self.node_id)
 
-    def _loop(self) -> None:
-        backoff = 0.2
-        unreachable_since: float | None = None
-        while True:
-            if self._abort.is_set():
-                for slot in self._slots:
-                    slot.stop()
-            stopping = self._stop.is_set()
-            with self._lock:
-                results = list(self._outbox.values())
-                renew = [t for t in self._held if t not in self._outbox]
-                release = self._drain_queue() if stopping else []
-                release += self._release_next
-                self._release_next = []
-                if self._abort.is_set():
-                    release += [t for t in self._running if t not in self._outbox]
-                # Results reported in this round trip no longer occupy the queue.
-                active = len(self._held) - len(results)
-            depth = self._queue_depth()
-            want = 0 if stopping else max(0, depth - active)
-            with self._lock:
-                leaving = stopping and not (set(self._held) - set(release) - set(self._outbox))
-            body = {
-                "results": results,
-                "renew": [t for t in renew if t not in release],
-                "release": release,
-                "want": want,
-                "slots_free": max(0, self.slots_n - len(self._running)),
-            }
-            cdn_report = self._cdn_report()
-            body.update(cdn_report)
-            try:
-                assert self.http is not None
-                r = self.http.post("/v1/nodes/me/sync", params={"leaving": leaving}, json=body)
-            except httpx.TransportError as e:
-                if unreachable_since is None:
-                    unreachable_since = time.monotonic()
-                    log.warning(
-                        "coordinator unreachable (%s); keeping %d results, retrying",
-                        type(e).__name__,
-                        len(results),
-                    )
-                if stopping and time.monotonic() - unreachable_since > self.lease_seconds:
-                    log.warning("giving up on the coordinator while stopping")
-                    return
-                self._stop.wait(backoff) if not stopping else time.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            if r.status_code == 401:
-                raise FatalNodeError(
-                    "the coordinator no longer knows this node's credential: "
-                    f"delete {self._identity_path()} and rejoin with --token"
-                )
-            if r.status_code >= 400:
-                log.error("sync refused: %s", _problem(r))
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            if unreachable_since is not None:
-                log.info("coordinator reachable again")
-            unreachable_since = None
-            backoff = 0.2
-            answer = r.json()
-            got = self._absorb(answer, release)
-            self._cdn_absorb(answer)
-            if leaving:
-                return
-            self._wait_for_reason_to_sync(idle=want > 0 and got < want and not self._held)
+    # -- carrying out the state machine's instructions ----------------------------------------
 
-    def _absorb(self, out: dict[str, Any], released: list[int]) -> int:
-        # Checked before queueing, outside the lock (about 0.1 ms a lease): a spec is run only
-        # if the coordinator signed exactly it.
-        signed = [verify_lease(self.public_key, t, t.get("signature")) for t in out["tasks"]]
-        now = time.time()
+    def _handle(self, *events: ns.Event) -> list[ns.Instruction]:
+        """Feed the machine under the lock; carry out what needs no round trip at once."""
+        assert self.state is not None
+        to_stop: list[tuple[Slot, str]] = []
         with self._lock:
-            for tid in out["acked"]:
-                self._outbox.pop(tid, None)
-                self._held.pop(tid, None)
-            for rej in out["rejected"]:
-                log.warning("result of task %s refused: %s", rej["task_id"], rej["reason"])
-                self._outbox.pop(rej["task_id"], None)
-                self._held.pop(rej["task_id"], None)
-            for tid in released:
-                self._held.pop(tid, None)
-            for tid in out["lost"]:
-                # The coordinator gave this task to someone else, or another copy of it won
-                # (a backup): drop it, and stop it if it is running.
-                lease = self._held.get(tid)
-                if lease is not None and tid not in self._outbox:
-                    lease["lost"] = True
-                    slot = self._running_on.get(tid)
-                    if slot is not None:
-                        log.info("task %s is no longer ours: stopping it", tid)
-                        slot.abort()
-            if not self._outbox:
-                self._outbox_since = None
-            for lease, ok in zip(out["tasks"], signed, strict=True):
-                if not ok:
-                    self._refuse(lease)
-                elif self._fresh(lease, now):
-                    self._held[lease["task_id"]] = lease
-                    self._queue.put(lease)
-            self.lease_seconds = out.get("lease_seconds", self.lease_seconds)
-        return len(out["tasks"])
+            instructions = self.state.handle(*events)
+            self.lease_seconds = self.state.lease_seconds
+            for ev in events:
+                if isinstance(ev, ns.TaskFinished):
+                    self._killed.discard(ev.task_id)  # the machine is done with it
+            for ins in instructions:
+                if isinstance(ins, ns.Kill):
+                    # Under the lock, so a slot that finishes at this moment sees it.
+                    self._killed.add(ins.task_id)
+                    slot = self._running_on.get(ins.task_id)
+                    if slot is not None:  # else not started yet: its slot drops it
+                        to_stop.append((slot, ins.why))
+        for slot, why in to_stop:
+            if why == "abort":
+                slot.stop()
+            else:
+                slot.abort()
+        rest = []
+        for ins in instructions:
+            if isinstance(ins, ns.Run):
+                self._queue.put(dict(ins.lease))
+            elif isinstance(ins, ns.Log):
+                log.log(_LEVELS[ins.level], "%s", ins.message)
+            elif isinstance(ins, ns.SwitchCoordinator):
+                self._url = self.urls[ins.index]
+                log.warning("moving to coordinator %s", self._url)
+            elif not isinstance(ins, ns.Kill):
+                rest.append(ins)
+        return rest
 
-    def _fresh(self, lease: dict[str, Any], now: float) -> bool:
-        """A signed lease is run only once, and only while it is current.
-
-        A proxy can keep a genuine, signed sync answer and send it again later: the signature
-        still verifies. So a (task, attempt) this process has already received is dropped, and
-        so is a lease whose signed `lease_expires` lies further in the past than the clock
-        skew allowed (which also covers replays across a restart of this agent, when the
-        memory is gone). An expired lease is handed back unless this node holds the task
-        under another attempt; a replay is only logged. Called with the lock held.
-        """
-        tid, attempt = lease.get("task_id"), lease.get("attempt")
-        seen = (tid, attempt)
-        if seen in self._seen_leases:
-            log.warning(
-                "task %s attempt %s refused: this node already received that lease "
-                "(replayed?); not running it again",
-                tid,
-                attempt,
-            )
-            return False
-        self._seen_leases[seen] = None
-        while len(self._seen_leases) > SEEN_LEASES_MAX:
-            self._seen_leases.popitem(last=False)
-        expires = lease.get("lease_expires")
-        late = (
-            now - expires
-            if isinstance(expires, int | float) and not isinstance(expires, bool)
-            else math.inf
-        )
-        if not late <= self.config.max_clock_skew_s:  # NaN and a missing expiry fail too
-            log.warning(
-                "task %s attempt %s refused: its lease expired %.0f s ago (allowed clock skew "
-                "%g s; replayed, or this device's clock is wrong); handing it back",
-                tid,
-                attempt,
-                late,
-                self.config.max_clock_skew_s,
-            )
-            if type(tid) is int and tid not in self._held:
-                self._release_next.append(tid)
-            return False
-        return True
-
-    def _refuse(self, lease: dict[str, Any]) -> None:
-        """Never run a spec the coordinator did not sign; report the attempt as failed.
-
-        The report goes out like a finished task's, so the coordinator queues the task again
-        and counts the failure against this node. Called with the lock held.
-        """
-        tid, attempt = lease.get("task_id"), lease.get("attempt")
-        log.error(
-            "task %s refused: its spec's signature does not verify against coordinator key %s "
-            "(changed in transit?); not running it",
-            tid,
-            fingerprint(self.public_key) if self.public_key else "(none)",
-        )
-        if type(tid) is not int or type(attempt) is not int or attempt < 1 or tid in self._held:
-            return  # nothing that could be reported without spoiling a genuine lease
-        self._held[tid] = lease
-        self._outbox[tid] = {
-            "task_id": tid,
-            "attempt": attempt,
-            "ok": False,
-            "error": {"kind": "crash", "message": REFUSED_UNSIGNED},
-            "cpu_s": 0.0,
-            "wall_s": 0.0,
-        }
-        if self._outbox_since is None:
-            self._outbox_since = time.monotonic()
-
-    def _drain_queue(self) -> list[int]:
-        drained = []
+    def _loop(self) -> None:
+        stop_told = abort_told = False
         while True:
-            try:
-                lease = self._queue.get_nowait()
-            except queue.Empty:
-                return drained
-            if lease is None:
-                self._queue.put(None)
-                return drained
-            drained.append(lease["task_id"])
-
-    def _queue_depth(self) -> int:
-        per_slot = math.ceil(TARGET_QUEUE_SECONDS / max(self._avg_wall, 0.001))
-        return self.slots_n * min(MAX_QUEUE_PER_SLOT, max(2, per_slot))
-
-    def _wait_for_reason_to_sync(self, idle: bool) -> None:
-        """Sleep until there is something worth a round trip: results, an empty queue, a renewal."""
-        renew_by = time.monotonic() + self.lease_seconds / 3
-        poll_by = time.monotonic() + (self.config.poll_s if idle else self.lease_seconds / 3)
-        while True:
-            if self._abort.is_set():
-                return
-            if self._stop.is_set() and not self._stop_seen:
-                self._stop_seen = True  # one prompt round trip to hand back the queue
-                return
+            events: list[ns.Event] = []
             now = time.monotonic()
-            with self._lock:
-                n_out = len(self._outbox)
-                since = self._outbox_since
-                queued = self._queue.qsize()
-                running = len(self._running)
-            if n_out >= REPORT_BATCH or (since is not None and now - since >= REPORT_DELAY):
-                return
-            if not idle and n_out and queued < self._queue_depth() // 2:
-                return  # running low: report and ask for more before the slots go dry
-            if not idle and queued == 0 and running == 0:
-                return
-            if now >= min(renew_by, poll_by):
-                return
-            timeout = min(renew_by, poll_by) - now
-            if since is not None:
-                timeout = min(timeout, since + REPORT_DELAY - now)
-            self._wake.wait(max(0.001, timeout))
+            if self._stop.is_set() and not stop_told:
+                stop_told = True
+                events.append(ns.StopRequested(now))
+            if self._abort.is_set() and not abort_told:
+                abort_told = True
+                events.append(ns.AbortRequested(now))
             self._wake.clear()
+            for ins in self._handle(*events, ns.Tick(now)):
+                if isinstance(ins, ns.Sync):
+                    for after in self._sync(ins):
+                        if isinstance(after, ns.Exit):
+                            self._exit(after)
+                            return
+                elif isinstance(ins, ns.SleepUntil):
+                    self._wake.wait(max(0.001, ins.t - time.monotonic()))
+                elif isinstance(ins, ns.Exit):
+                    self._exit(ins)
+                    return
+
+    def _exit(self, ins: ns.Exit) -> None:
+        if ins.fatal == ns.CREDENTIAL_REFUSED:
+            raise FatalNodeError(
+                f"{ins.fatal}: delete {self._identity_path()} and rejoin with --token"
+            )
+        if ins.fatal:
+            raise FatalNodeError(ins.fatal)
+
+    def _sync(self, ins: ns.Sync) -> list[ns.Instruction]:
+        """One round trip: the machine's body (and the CDN's news) out, the answer back in."""
+        body = dict(ins.body)
+        body.update(self._cdn_report())
+        assert self.http is not None
+        try:
+            r = self.http.post(
+                f"{self._url}/v1/nodes/me/sync",
+                params={"leaving": ins.leaving},
+                json=body,
+                headers=self._auth(),
+            )
+        except httpx.TransportError as e:
+            return self._handle(ns.SyncFailed(time.monotonic(), type(e).__name__))
+        if r.status_code >= 400:
+            return self._handle(ns.SyncFailed(time.monotonic(), _problem(r), r.status_code))
+        try:
+            answer = r.json()
+            tasks = answer["tasks"]
+            # Checked before queueing, outside the lock (about 0.1 ms a lease): a spec is run
+            # only if the coordinator signed exactly it.
+            signed = [verify_lease(self.public_key, t, t.get("signature")) for t in tasks]
+            event = ns.SyncAnswered.from_json(answer, signed, time.monotonic(), wall=time.time())
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            why = f"not a sync answer ({type(e).__name__})"
+            return self._handle(ns.SyncFailed(time.monotonic(), why))
+        after = self._handle(event)
+        self._cdn_absorb(answer)
+        return after
+
+    def _auth(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self._credential}"}
+
+    def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        """One authenticated request to the coordinator asked now."""
+        assert self.http is not None
+        return self.http.request(method, f"{self._url}{path}", headers=self._auth(), **kw)
 
     # -- slots ------------------------------------------------------------------------------
 
@@ -595,39 +527,33 @@ class Agent:
             if lease is None:
                 return
             tid = lease["task_id"]
-            if lease.get("lost"):
-                with self._lock:
-                    self._held.pop(tid, None)
-                continue
             with self._lock:
-                self._running.add(tid)
-                self._running_on[tid] = slot
-            try:
-                report = self._execute(slot, lease)
-                self._faults.slow_down(report.get("wall_s", 0.0), partial(lease.get, "lost"))
-            except Exception as e:  # a bug or an unreachable blob: the task goes back
-                log.exception("task %s could not run", tid)
-                report = {
-                    "ok": False,
-                    "error": {"kind": "input", "message": f"{type(e).__name__}: {e}"},
-                }
-            if lease.get("lost"):  # stopped on purpose: nobody waits for this result
-                with self._lock:
-                    self._running.discard(tid)
-                    self._running_on.pop(tid, None)
-                    self._held.pop(tid, None)
-                continue
-            report.update(task_id=tid, attempt=lease["attempt"])
-            report = self._faults.tamper(report)
-            report.setdefault("cpu_s", 0.0)
-            report.setdefault("wall_s", 0.0)
-            self._avg_wall = 0.8 * self._avg_wall + 0.2 * report["wall_s"]
+                killed = tid in self._killed
+                if not killed:
+                    self._running_on[tid] = slot
+            report: dict[str, Any] | None = None
+            if not killed:
+                try:
+                    report = self._execute(slot, lease)
+                    self._faults.slow_down(
+                        report.get("wall_s", 0.0), partial(self._killed.__contains__, tid)
+                    )
+                except Exception as e:  # a bug or an unreachable blob: the task goes back
+                    log.exception("task %s could not run", tid)
+                    report = {
+                        "ok": False,
+                        "error": {"kind": "input", "message": f"{type(e).__name__}: {e}"},
+                    }
+                report.update(task_id=tid, attempt=lease["attempt"])
+                report = self._faults.tamper(report)
+                report.setdefault("cpu_s", 0.0)
+                report.setdefault("wall_s", 0.0)
             with self._lock:
-                self._running.discard(tid)
                 self._running_on.pop(tid, None)
-                self._outbox[tid] = report
-                if self._outbox_since is None:
-                    self._outbox_since = time.monotonic()
+                if tid in self._killed:  # stopped on purpose: nobody waits for this result
+                    self._killed.discard(tid)
+                    report = None
+            self._handle(ns.TaskFinished(tid, time.monotonic(), report))
             self._wake.set()
 
     def _execute(self, slot: Slot, lease: dict[str, Any]) -> dict[str, Any]:
@@ -691,8 +617,7 @@ class Agent:
         if len(data) <= INLINE_MAX:
             return _inline(data)
         sha = hashlib.sha256(data).hexdigest()
-        assert self.http is not None
-        self._retrying(lambda: self.http.put(f"/v1/blobs/{sha}", content=data))  # type: ignore[union-attr]
+        self._retrying(lambda: self._call("PUT", f"/v1/blobs/{sha}", content=data))
         return {"sha": sha, "size": len(data)}
 
     # -- the CDN: shares kept and served ------------------------------------------------------
@@ -722,9 +647,9 @@ class Agent:
             return {}
         if self.chunks.public_key_b64 != self.public_key:
             self.chunks.public_key_b64 = self.public_key
-        if self.chunks.identity is None and self.http is not None and self.node_id:
+        if self.chunks.identity is None and self._credential and self.node_id:
             # the chunk server proves it is this node to the coordinator's probe (cdn/audit.py)
-            cred = self.http.headers.get("authorization", "").removeprefix("Bearer ")
+            cred = self._credential
             self.chunks.identity = (self.node_id, hashlib.sha256(cred.encode()).hexdigest())
         with self._lock:
             for content_id, n in self.chunks.take_served().items():
@@ -796,8 +721,8 @@ class Agent:
                 return
             sha = item["sha"]
             try:
-                assert self.http is not None and self.shares is not None
-                r = self._retrying(lambda s=sha: self.http.get(f"/v1/blobs/{s}"))  # type: ignore[union-attr,misc]
+                assert self.shares is not None
+                r = self._retrying(lambda s=sha: self._call("GET", f"/v1/blobs/{s}"))  # type: ignore[misc]
                 self.shares.put(sha, r.content, item["content_id"])
                 with self._lock:
                     self._stored.append(sha)
@@ -894,11 +819,10 @@ class Agent:
         if not cached.exists():
             os.replace(path, cached)
             self._cached(size)
-        assert self.http is not None
 
         def put() -> httpx.Response:
             with open(cached, "rb") as f:
-                return self.http.put(f"/v1/blobs/{sha}", content=_chunks(f))  # type: ignore[union-attr]
+                return self._call("PUT", f"/v1/blobs/{sha}", content=_chunks(f))
 
         self._retrying(put)
         return {"sha": sha, "size": size}
@@ -922,8 +846,7 @@ class Agent:
         if value.get("data") is not None:
             data = self._blob_bytes(value)
         else:
-            assert self.http is not None
-            r = self._retrying(lambda: self.http.get(f"/v1/blobs/{sha}"))  # type: ignore[union-attr]
+            r = self._retrying(lambda: self._call("GET", f"/v1/blobs/{sha}"))
             data = r.content
             if hashlib.sha256(data).hexdigest() != sha:
                 raise ValueError(f"blob {sha} arrived corrupt")
@@ -1009,6 +932,14 @@ def _memory_mb() -> int:
     except OSError:
         pass
     return 512
+
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 def _problem(r: httpx.Response) -> str:
