@@ -175,3 +175,41 @@ def test_fogwheel_up_says_what_several_coordinators_need(tmp_path: Path) -> None
     assert no_db.returncode == 2 and "give a PostgreSQL URL" in no_db.stderr
     no_nginx = up("--db", "postgresql+psycopg://x@127.0.0.1/x", "--nginx", "/nonexistent")
     assert no_nginx.returncode == 2 and "apt-get install -y nginx" in no_nginx.stderr
+
+
+def test_the_balancer_config_is_valid_nginx_and_passes_on_only_what_no_coordinator_took(
+    tmp_path: Path,
+) -> None:
+    _nginx_or_skip()
+    from fogwheel.cli_up import Balancer, find_nginx, nginx_conf
+    from fogwheel.coordinator.server import CoordinatorConfig
+
+    limits = CoordinatorConfig()
+    b = Balancer(
+        port=8470,
+        upstreams=("127.0.0.1:1", "127.0.0.1:2"),
+        prefix=tmp_path,
+        max_body_mb=limits.max_body_mb,
+        max_blob_mb=limits.max_blob_mb,
+    )
+    conf = nginx_conf(b)
+    (tmp_path / "nginx.conf").write_text(conf)
+    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (tmp_path / "tmp" / sub).mkdir(parents=True)
+    paths = ["-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")]
+    checked = subprocess.run(
+        [find_nginx(), "-t", *paths, "-e", str(tmp_path / "error.log")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert checked.returncode == 0, checked.stderr
+    directives = [line.strip() for line in conf.splitlines() if not line.strip().startswith("#")]
+    # a POST already sent is never sent to another (nginx would with `non_idempotent`)
+    assert "proxy_next_upstream error timeout http_502 http_503 http_504;" in directives
+    assert not any("non_idempotent" in line for line in directives)
+    assert f"client_max_body_size {limits.max_body_mb}m;" in conf
+    blobs = conf[conf.index("location /v1/blobs/") :]
+    assert f"client_max_body_size {limits.max_blob_mb}m;" in blobs
+    assert "proxy_request_buffering off;" in blobs
+    assert "server 127.0.0.1:1 " in conf and "server 127.0.0.1:2 " in conf

@@ -28,8 +28,6 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from fogwheel.cli import _fail, out
-
 INSTALL_NGINX = "apt-get install -y nginx"
 UPSTREAM = "fogwheel_coordinators"
 # Longer than any long-poll (a results poll waits up to 60 s, a node's sync less) and than a
@@ -62,7 +60,7 @@ def nginx_conf(b: Balancer) -> str:
         f"request body too large: at most {b.max_body_mb} MB, a blob upload at most "
         f"{b.max_blob_mb} MB"
     )
-    no_coordinator = "no coordinator behind this balancer answers: try again shortly"
+    no_coordinator = "no coordinator behind this balancer answered: try again shortly"
     return f"""# written by `fogwheel up`: {len(b.upstreams)} coordinators of one fog behind one URL
 {user}daemon off;
 worker_processes 1;
@@ -105,6 +103,7 @@ http {{
         proxy_buffering off;  # long-polls and downloads stream through as they come
         proxy_intercept_errors off;
         error_page 413 @too_large;
+        # nginx's own refusals as JSON; the status stays the one nginx met (502, 503, 504)
         error_page 502 503 504 @no_coordinator;
         location / {{
             proxy_pass http://{UPSTREAM};
@@ -120,7 +119,7 @@ http {{
         }}
         location @no_coordinator {{
             default_type application/json;
-            return 503 '{{"error": "{no_coordinator}"}}';
+            return 502 '{{"error": "{no_coordinator}"}}';
         }}
     }}
 }}
@@ -249,6 +248,7 @@ def up(
 ) -> None:
     """Start a coordinator (or several behind nginx) and N local nodes, print the URL and an
     API key, stay up until Ctrl-C or SIGTERM."""
+    from fogwheel.cli import _fail  # here, not above: fogwheel.cli imports this module
     from fogwheel.errors import FogwheelError
     from fogwheel.localfog import LocalFog
 
@@ -326,6 +326,8 @@ def _user_if_root() -> str | None:
 
 
 def _announce(fog: Any, url: str, balancer: Nginx | None, nodes: int, as_json: bool) -> None:
+    from fogwheel.cli import out
+
     info: dict[str, Any] = {
         "url": url,
         "api_key": fog.api_key,

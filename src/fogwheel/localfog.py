@@ -117,10 +117,13 @@ class LocalFog:
 
     def start(self, wait_for_nodes: bool = True) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        # one after another: the first creates the schema and the signing key, the others
-        # find them (two creating them at once would race)
-        for i in range(len(self.procs)):
-            self.start_coordinator(index=i)
+        # the first alone: it creates the schema and the signing key; then the others at
+        # once, which find them (two creating them at the same time would race)
+        self.start_coordinator(index=0)
+        for i in range(1, len(self.procs)):
+            self._spawn_coordinator(i)
+        for i in range(1, len(self.procs)):
+            self._await_coordinator(i)
         for _ in range(self.n_nodes):
             self.add_node()
         if wait_for_nodes:
@@ -128,9 +131,15 @@ class LocalFog:
 
     def start_coordinator(self, timeout: float = 30.0, index: int = 0) -> None:
         """Start coordinator `index` (again, after a kill: on the port it had)."""
+        self._spawn_coordinator(index)
+        self._await_coordinator(index, timeout)
+
+    def _coordinator_files(self, index: int) -> tuple[Path, Path]:
         name = "coordinator" if index == 0 else f"coordinator-{index}"
-        ready = self.dir / f"{name}.ready"
-        log_path = self.dir / f"{name}.log"
+        return self.dir / f"{name}.ready", self.dir / f"{name}.log"
+
+    def _spawn_coordinator(self, index: int) -> None:
+        ready, log_path = self._coordinator_files(index)
         ready.unlink(missing_ok=True)
         cmd = [
             sys.executable,
@@ -159,7 +168,13 @@ class LocalFog:
         }
         if self.db:
             secrets["FOGWHEEL_DB"] = self.db
-        proc = self.procs[index] = self._spawn(cmd, log_path, secrets)
+        self.procs[index] = self._spawn(cmd, log_path, secrets)
+
+    def _await_coordinator(self, index: int, timeout: float = 30.0) -> None:
+        """Wait until coordinator `index` has written its ready file and answers."""
+        ready, log_path = self._coordinator_files(index)
+        proc = self.procs[index]
+        assert proc is not None
         deadline = time.monotonic() + timeout
         while not ready.exists():
             if proc.poll() is not None:
@@ -171,7 +186,14 @@ class LocalFog:
             time.sleep(0.02)
         info = json.loads(ready.read_text())
         url = self.urls[index] = info["url"]
-        self.key_pin = info.get("key_pin", "")
+        pin = info.get("key_pin", "")
+        if index > 0 and pin != self.key_pin:
+            # nodes pin one key: a coordinator signing with another would be refused by all
+            raise FogwheelError(
+                f"coordinator {index} signs with another key than coordinator 0 "
+                f"({pin or 'none'} vs {self.key_pin or 'none'}): they must share one"
+            )
+        self.key_pin = pin
         self.ports[index] = int(url.rsplit(":", 1)[1])
         while True:
             try:
