@@ -17,6 +17,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fogwheel import Client, retry
 from fogwheel import client as client_module
@@ -97,6 +99,31 @@ def test_a_client_stays_on_one_coordinator_and_waits_only_after_a_full_round() -
     assert (c.current, c.round_ended(), c.rounds_failed()) == ("http://a", True, 1)
     c.answered("http://a")
     assert (c.current, c.round_ended(), c.rounds_failed()) == ("http://a", False, 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 4),
+    st.lists(st.tuples(st.sampled_from(["failed", "answered"]), st.integers(0, 3)), max_size=40),
+)
+def test_failover_visits_every_url_once_a_round_and_an_answer_ends_the_round(
+    n: int, events: list[tuple[str, int]]
+) -> None:
+    urls = [f"http://c{i}" for i in range(n)]
+    c = retry.Coordinators(urls)
+    for what, i in events:
+        getattr(c, what)(urls[i % n])
+        assert c.current in urls
+    # from wherever it stands: failing the current one n times visits each once, ends a round
+    c.answered(c.current)
+    visited = []
+    for k in range(n):
+        visited.append(c.current)
+        c.failed(c.current)
+        assert c.round_ended() is (k == n - 1)
+    assert sorted(visited) == urls and c.current == visited[0] and c.rounds_failed() == 1
+    c.answered(c.current)
+    assert (c.rounds_failed(), c.round_ended()) == (0, False)
 
 
 @pytest.mark.parametrize(
