@@ -625,6 +625,8 @@ def main(argv: list[str] | None = None) -> int:
         args.seconds, args.ramp, args.warmup = 5.0, 2.0, 2.0
         args.queued, args.batch = 200, 100
     raise_fd_limit()
+    # SIGTERM unwinds like Ctrl-C: the coordinators stop and the scratch databases are dropped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rows = []
     for name in [s.strip() for s in args.setups.split(",") if s.strip()]:
         progress(f"-- {name}: {args.devices} devices, {args.seconds:g} s measured")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -9,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fogwheel.core import pacing
-from fogwheel.core.pacing import Fleet, max_wait_s, mean_wait_s, next_sync_s
+from fogwheel.core.pacing import Fleet, SyncRate, max_wait_s, mean_wait_s, next_sync_s
 
 GONE_S = 45.0  # three 15 s leases, the coordinator's default
 
@@ -19,6 +20,7 @@ fleets = st.builds(
     budget=st.floats(min_value=0.0, max_value=1e7, allow_nan=False),
     work_waiting=st.booleans(),
     gone_after_s=st.floats(min_value=0.5, max_value=1e5, allow_nan=False),
+    busy_per_s=st.floats(min_value=0.0, max_value=1e6, allow_nan=False),
 )
 draws = st.floats(min_value=0.0, max_value=1.0, exclude_max=True)
 
@@ -42,20 +44,28 @@ def test_the_idle_fleets_syncs_stay_within_their_share_of_the_budget_unless_the_
     share = 1.0 if fleet.work_waiting else pacing.IDLE_SHARE
     capped = mean >= max_wait_s(fleet.gone_after_s) / (1 + pacing.JITTER) * (1 - 1e-9)
     floored = mean <= pacing.POLL_S * (1 + 1e-9)
+    left = fleet.budget * share - pacing.BUSY_COST * fleet.busy_per_s
+    allowed = max(left, fleet.budget * pacing.IDLE_FLOOR)
     if fleet.budget > 0 and not (capped or floored):
-        assert fleet.live / mean <= fleet.budget * share * (1 + 1e-9)
+        assert fleet.live / mean <= allowed * (1 + 1e-9)
+
+
+@given(fleets, st.floats(min_value=0.0, max_value=1e4, allow_nan=False))
+def test_busy_syncs_never_make_idle_nodes_come_more_often(fleet: Fleet, more: float) -> None:
+    busier = dataclasses.replace(fleet, busy_per_s=fleet.busy_per_s + more)
+    assert mean_wait_s(busier) >= mean_wait_s(fleet)
 
 
 @given(fleets, st.integers(min_value=1, max_value=1_000_000))
 def test_a_bigger_fleet_never_syncs_more_often(fleet: Fleet, more: int) -> None:
-    bigger = Fleet(fleet.live + more, fleet.budget, fleet.work_waiting, fleet.gone_after_s)
+    bigger = dataclasses.replace(fleet, live=fleet.live + more)
     assert mean_wait_s(bigger) >= mean_wait_s(fleet)
 
 
 @given(fleets)
 def test_work_waiting_never_makes_a_node_wait_longer(fleet: Fleet) -> None:
-    busy = Fleet(fleet.live, fleet.budget, True, fleet.gone_after_s)
-    idle = Fleet(fleet.live, fleet.budget, False, fleet.gone_after_s)
+    busy = dataclasses.replace(fleet, work_waiting=True)
+    idle = dataclasses.replace(fleet, work_waiting=False)
     assert mean_wait_s(busy) <= mean_wait_s(idle)
 
 
@@ -92,3 +102,21 @@ def test_mean_waits_for_a_few_fleets(live: int, work: bool, mean: float) -> None
 def test_no_budget_means_the_longest_safe_wait_not_a_division_by_zero() -> None:
     assert next_sync_s(Fleet(100, 0.0, False, GONE_S), 0.5) == pytest.approx(24.0)
     assert next_sync_s(Fleet(0, 300.0, False, GONE_S), 0.5) == pacing.POLL_S
+
+
+def test_a_busy_fleet_leaves_the_idle_nodes_what_its_syncs_do_not_cost() -> None:
+    # 600 nodes, 300 syncs/s of budget with work waiting: 40 busy syncs a second cost 200.
+    assert mean_wait_s(Fleet(600, 300.0, True, GONE_S, busy_per_s=40)) == pytest.approx(6.0)
+    # never less than a tenth of the budget: 600 / 30
+    assert mean_wait_s(Fleet(600, 300.0, True, GONE_S, busy_per_s=1e4)) == pytest.approx(20.0)
+
+
+def test_sync_rate_counts_the_last_whole_second() -> None:
+    rate = SyncRate()
+    for k in range(30):
+        rate.add(100.0 + k / 30)  # 30 in second 100
+    assert rate.per_s(100.9) == 30
+    rate.add(101.2)
+    assert rate.per_s(101.5) == 30  # second 101 has 1 so far: the last whole one counts
+    assert rate.per_s(102.1) == 1
+    assert rate.per_s(110.0) == 0

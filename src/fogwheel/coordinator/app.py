@@ -160,6 +160,7 @@ def build_routes(
     metrics = Metrics(store)
     results = Results()
     app.state.results = results
+    busy = pacing.SyncRate()  # syncs that reported, renewed or leased (core/pacing.py)
     v1 = APIRouter(prefix="/v1", responses=ERRORS)
 
     # -- errors: always JSON with one sentence, never a traceback ---------------------------
@@ -611,12 +612,16 @@ def build_routes(
             results.notify()
         metrics.leased.inc(len(out.tasks))
         metrics.reported.inc(len(out.acked))
-        # When to come back if it has nothing to report: idle syncs spread within the budget.
+        # When to come back if it has nothing to report: idle syncs spread within what the
+        # budget leaves after the busy ones.
+        if req.results or req.renew or out.tasks:
+            busy.add(now)
         fleet = pacing.Fleet(
             store.live_count(now),
             sync_budget,
             store.work_pending(now),
             store.lease_seconds * NODE_GONE_AFTER_LEASES,
+            busy.per_s(now),
         )
         return SyncOut(
             acked=out.acked,

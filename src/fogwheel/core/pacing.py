@@ -28,6 +28,10 @@ GONE_SHARE = 2 / 3  # the longest wait, as a share of the horizon after which a 
 # Syncs a second that one coordinator process serves within a p99 of 100 ms on a 2-core
 # machine (bench/fleet.py, docs/benchmarks.md "Fleet"); FOGWHEEL_SYNC_BUDGET overrides it.
 DEFAULT_BUDGET = 300.0
+# A sync that reports, renews or leases costs about five idle ones (bench/fleet.py: ~7 ms of
+# the coordinator's CPU against ~1.4 ms): the idle fleet gets what such syncs leave over ...
+BUSY_COST = 5.0
+IDLE_FLOOR = 0.1  # ... but never less than this share of the budget
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,7 @@ class Fleet:
     budget: float  # syncs a second the coordinator set serves within its latency target
     work_waiting: bool  # tasks are pending: idle nodes should come for them soon
     gone_after_s: float  # a node silent this long is taken for gone
+    busy_per_s: float = 0.0  # syncs a second that reported, renewed or leased (SyncRate)
 
 
 def max_wait_s(gone_after_s: float) -> float:
@@ -49,10 +54,11 @@ def mean_wait_s(fleet: Fleet) -> float:
     """The mean wait that keeps the fleet's syncs within its share of the budget.
 
     `live` nodes each syncing every `w` seconds make `live / w` syncs a second; the share of
-    the budget they may use gives `w`. At least POLL_S, and low enough that the jittered
-    wait stays within max_wait_s."""
+    the budget they may use (less what busy syncs cost) gives `w`. At least POLL_S, and
+    low enough that the jittered wait stays within max_wait_s."""
     share = 1.0 if fleet.work_waiting else IDLE_SHARE
-    rate = fleet.budget * share
+    busy = BUSY_COST * max(0.0, fleet.busy_per_s) if math.isfinite(fleet.busy_per_s) else 0.0
+    rate = max(fleet.budget * share - busy, fleet.budget * IDLE_FLOOR)
     top = max_wait_s(fleet.gone_after_s)
     wait = math.inf  # no budget at all: as seldom as is safe
     if rate > 0:
@@ -66,3 +72,29 @@ def next_sync_s(fleet: Fleet, draw: float) -> float:
     draw = min(max(draw, 0.0), 1.0)
     wait = round(mean * (1 + JITTER * (2 * draw - 1)), 3)  # a millisecond is precise enough
     return min(max(wait, POLL_S), max_wait_s(fleet.gone_after_s))
+
+
+class SyncRate:
+    """Counts syncs in one-second buckets (`now` passed in): how many a second went by.
+
+    The coordinator counts its busy syncs with it for `Fleet.busy_per_s`. Lossy under
+    threads by design (a count off by one changes a wait by a fraction of a percent)."""
+
+    def __init__(self) -> None:
+        self._second = 0
+        self._count = 0
+        self._previous = 0
+
+    def add(self, now: float) -> None:
+        second = int(now)
+        if second != self._second:
+            self._previous = self._count if second == self._second + 1 else 0
+            self._second, self._count = second, 0
+        self._count += 1
+
+    def per_s(self, now: float) -> float:
+        """Syncs in the last whole second (or in this one, if more came already)."""
+        second = int(now)
+        if second == self._second:
+            return float(max(self._previous, self._count))
+        return float(self._count) if second == self._second + 1 else 0.0

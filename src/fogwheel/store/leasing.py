@@ -79,6 +79,20 @@ class LeasingStore(VerifyStore):
         (core/owners.py: copies of a task go to distinct networks)."""
         out = SyncResult([], [], [], [])
         seen = {} if client_host is None else {"network": owners.network_of(client_host)}
+        quiet = not (
+            leaving
+            or req.results
+            or req.renew
+            or req.release
+            or req.serve_url
+            or req.stored
+            or req.bad
+            or req.refused
+            or req.served
+        )
+        network = seen.get("network", False)
+        if quiet and self._idle_sync(node_id, req.want, req.slots_free, now, network):
+            return out  # nothing to write but a heartbeat, nothing to lease (store/fleet.py)
         if req.results:  # outside the write transaction: decoding is bounded, but not free
             self._decode_ahead(req.results)
         with self.tx() as c:
@@ -101,6 +115,8 @@ class LeasingStore(VerifyStore):
             )
             if req.want and not leaving:
                 out.tasks = self._lease(c, node_id, req.want, now)
+                if out.tasks:
+                    self._forget_last_wave()  # a job's last pending task may be gone now
             cdn = getattr(self, "_cdn_sync", None)
             if cdn is not None and not leaving:
                 out.store, out.drop = cdn(
@@ -632,7 +648,13 @@ class LeasingStore(VerifyStore):
         running task (`backup` set), leased at once to this node, so that verification decides
         between the copies: the first accepted result settles the task, and the other copy is
         cancelled (a replica) or its attempt ended (the original, whose late result is then
-        superseded). Only jobs with nothing pending qualify: they are in their last wave."""
+        superseded). Only jobs with nothing pending qualify: they are in their last wave.
+
+        Which jobs those are is cached for a second (`_last_wave`): with none, an idle sync
+        skips this search, which cost 41 % of an idle fleet's CPU when run on every sync."""
+        last_wave = self._last_wave(c, now)
+        if not last_wave:
+            return []
         node_id = view.id
         waiting = tasks.alias("waiting")
         copies = tasks.alias("copies")
@@ -656,6 +678,7 @@ class LeasingStore(VerifyStore):
                 tasks.c.state == TaskState.LEASED,
                 tasks.c.replica_of.is_(None),
                 tasks.c.node_id != node_id,
+                tasks.c.job_id.in_(last_wave),
                 jobs.c.backups,
                 ~jobs.c.cancelled,
                 attempts.c.leased_at < now - scheduler.BACKUP_MIN_S,
@@ -675,7 +698,17 @@ class LeasingStore(VerifyStore):
         rows = c.execute(q).all()
         if not rows:
             return []
-        medians = {job_id: self._job_median(c, job_id) for job_id in {r.job_id for r in rows}}
+        # A job's median moves slowly: kept a second per process, not queried per sync.
+        kept = self.__dict__.setdefault("_medians", {})
+        medians = {}
+        for job_id in {r.job_id for r in rows}:
+            at, median = kept.get(job_id, (None, None))
+            if at is None or not 0 <= now - at < 1.0:
+                median = self._job_median(c, job_id)
+                if len(kept) > 1000:
+                    kept.clear()
+                kept[job_id] = (now, median)
+            medians[job_id] = median
         # A backup goes to a device that has not run the task, of another owner and network
         # than those that have (core/owners.py).
         ran: dict[int, set[str]] = defaultdict(set)
