@@ -363,6 +363,42 @@ def test_one_sqlite_store_keeps_the_same_invariants_under_threads(tmp_path: Path
         store.close()
 
 
+def test_lease_expiry_runs_in_one_coordinator_at_a_time() -> None:
+    with pg_schema() as schema:
+        a, b = (Store(PG_URL, lease_seconds=1.0, schema=schema) for _ in range(2))
+        a.create_schema()
+        try:
+            info = NodeJoin(token="x" * 8, name="d", cores=1, memory_mb=512, disk_mb=1000)
+            node, _ = a.join_node(info, 0.0, quota=4096)
+            a.create_job("c1", job(2, 1, "j"), 0.0)
+            assert len(a.sync(node, SyncIn(want=2, slots_free=1), 0.0).tasks) == 2
+            with a.duty("lease expiry") as leader:
+                assert leader is not None  # a holds the duty: b skips its round
+                assert b.expire_leases(10.0) == []
+            assert len(b.expire_leases(10.0)) == 2  # a's transaction ended: b's turn
+        finally:
+            a.close()
+            b.close()
+
+
+def test_a_numbered_row_that_is_not_terminal_is_never_answered_as_a_result(
+    tmp_path: Path,
+) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'fog.db'}", lease_seconds=1.0)
+    store.create_schema()
+    try:
+        job_id = store.create_job("c1", job(2, 1, "j"), 0.0)
+        with store.tx() as c:  # what a lost race used to leave behind (issue 12)
+            c.execute(
+                text("UPDATE tasks SET state = 'verifying', finish_seq = 1 WHERE job_id = :j"),
+                {"j": job_id},
+            )
+        page = store.results_since("c1", job_id, 0)
+        assert page is not None and page["results"] == []
+    finally:
+        store.close()
+
+
 # -- over HTTP: two coordinator processes, fake devices on the real node protocol ---------------
 
 
