@@ -240,3 +240,72 @@ def test_a_lost_nodes_task_is_run_again_elsewhere(fog: Fog, client: Client) -> N
     history = client.tasks(fut.job_id)[0]["history"]
     assert (history[0]["node_id"], history[0]["outcome"]) == (node, "lost")
     assert history[-1]["node_id"] != node and history[-1]["outcome"] == "accepted"
+
+
+# -- failover -------------------------------------------------------------------------------
+
+
+class Coordinators(httpx.BaseTransport):
+    """Several coordinator URLs of one fog, all served by the one in-process app (as several
+    processes on one database would be); any of them can be taken down."""
+
+    def __init__(self, app: TestClient) -> None:
+        self.app = app
+        self.down: set[str] = set()
+        self.asked: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        self.asked.append(host)
+        if host in self.down:
+            raise httpx.ConnectError(f"{host} is down", request=request)
+        request.url = request.url.copy_with(host="testserver")
+        request.headers["host"] = "testserver"
+        return Link(self.app).handle_request(request)
+
+
+def test_a_node_fails_over_to_the_next_coordinator_when_joining_and_syncing(
+    tmp_path: Path,
+) -> None:
+    fog = InProcessFog(tmp_path)
+    routes = Coordinators(fog.http)
+    routes.down.add("a.test")  # down from the start: the node joins through b
+    config = NodeConfig(
+        coordinator="http://a.test:8470, http://b.test:8470/v1",
+        coordinators=["http://c.test:8470"],
+        token=fog.join,
+        cores=1,
+        data_dir=tmp_path / "node",
+        serve=False,
+        unsafe_no_sandbox=detect() is None,
+    )
+    agent = Agent(config, http=httpx.Client(transport=routes))
+    assert agent.urls == ["http://a.test:8470", "http://b.test:8470", "http://c.test:8470"]
+    thread = threading.Thread(target=fog._run, args=(agent,), daemon=True)
+    fog.agents.append(agent)
+    fog.threads.append(thread)
+    thread.start()
+    try:
+        with fog.client() as client:
+            assert client.submit(square, 3).result(timeout=60) == 9
+            routes.down = {"b.test"}  # b goes down mid-run: the node moves on to c
+            routes.asked.clear()
+            assert list(client.map(square, range(5), timeout=60)) == [0, 1, 4, 9, 16]
+            wait_for("a sync through c", lambda: "c.test" in routes.asked)
+            routes.down = {"a.test", "b.test", "c.test"}  # all down: it waits, then retries
+            time.sleep(1.0)
+            routes.down = set()
+            assert client.submit(square, 4).result(timeout=60) == 16
+    finally:
+        fog.close()
+    assert json.loads((tmp_path / "node" / "node.json").read_text())["coordinator"] == (
+        "http://b.test:8470"
+    )
+
+
+def test_the_node_command_takes_several_coordinators_separated_by_commas() -> None:
+    from fogwheel.cli import _node_coordinators
+
+    assert _node_coordinators("http://a:1/v1, http://b:2/") == "http://a:1,http://b:2"
+    with pytest.raises(Exception, match="not a coordinator URL"):
+        _node_coordinators("http://a:1,ftp://b")
