@@ -311,7 +311,7 @@ class NodeState:
         self._avg_wall = 0.1
         self._outbox_since: float | None = None
         self._in_flight: _InFlight | None = None
-        self._busy = 0  # slots taken: RUNNING and KILLED leases
+        self._count = dict.fromkeys(Phase, 0)  # leases in each phase, kept by _move
         self._answered_at: float | None = None  # None: sync at once
         self._idle = False
         self._next_sync_s: float | None = None
@@ -326,7 +326,10 @@ class NodeState:
     def running(self) -> list[int]:
         """Ids a slot is busy with (RUNNING or KILLED: a killed task holds its slot until it
         comes back)."""
-        return [t for t, p in self.phase.items() if p in (Phase.RUNNING, Phase.KILLED)]
+        return [t for t, p in self.phase.items() if p in _BUSY]
+
+    def _slots_taken(self) -> int:
+        return self._count[Phase.RUNNING] + self._count[Phase.KILLED]
 
     @property
     def in_flight(self) -> bool:
@@ -344,7 +347,7 @@ class NodeState:
         s = self.settings
         per_slot = math.ceil(s.target_queue_s / max(self._avg_wall, 0.001))
         depth = s.slots * min(s.max_queue_per_slot, max(2, per_slot))
-        active = sum(1 for p in self.phase.values() if p in (Phase.QUEUED, Phase.RUNNING))
+        active = self._count[Phase.QUEUED] + self._count[Phase.RUNNING]
         return max(0, depth - active)
 
     # -- the one entry point ----------------------------------------------------------------
@@ -381,7 +384,10 @@ class NodeState:
             del self.queue[tid]
         elif now is Phase.REPORTING:
             del self.outbox[tid]
-        self._busy += (to in _BUSY) - (now in _BUSY)
+        if now is not None:
+            self._count[now] -= 1
+        if to is not None:
+            self._count[to] += 1
         if to is None:
             del self.phase[tid]
             self.leases.pop(tid, None)
@@ -392,7 +398,7 @@ class NodeState:
 
     def _fill(self, out: list[Instruction]) -> None:
         """Give queued leases to free slots."""
-        free = self.settings.slots - self._busy
+        free = self.settings.slots - self._slots_taken()
         while free > 0 and self.queue and not self.stopping:
             tid = next(iter(self.queue))
             self._move(tid, Phase.RUNNING)
@@ -413,17 +419,15 @@ class NodeState:
         if due > now:
             out.append(SleepUntil(due))
             return
-        held = self.held
-        leaving = self.stopping and not any(
-            self.phase[t] in (Phase.QUEUED, Phase.RUNNING) for t in held
-        )
+        c = self._count
+        leaving = self.stopping and not (c[Phase.QUEUED] or c[Phase.RUNNING])
         want = 0 if leaving else self.want()
         body = {
             "results": list(self.outbox.values()),
-            "renew": [t for t in held if self.phase[t] is not Phase.REPORTING],
+            "renew": [t for t, p in self.phase.items() if p is Phase.QUEUED or p is Phase.RUNNING],
             "release": list(self.release),
             "want": want,
-            "slots_free": max(0, self.settings.slots - self._busy),
+            "slots_free": max(0, self.settings.slots - self._slots_taken()),
         }
         self._in_flight = _InFlight(frozenset(self.outbox), tuple(self.release), leaving, want)
         self._prompt = False
@@ -445,7 +449,7 @@ class NodeState:
         if not self._idle:
             if n_out and len(self.queue) < self._depth() // 2:
                 return now  # running low: report and ask for more before the slots go dry
-            if not self.queue and not self._busy:
+            if not self.queue and not self._slots_taken():
                 return now
         # An idle node polls (no slower than the coordinator asks); a busy one renews every
         # third of the lease.
@@ -514,7 +518,8 @@ class NodeState:
         self._next_sync_s = float(nxt) if isinstance(nxt, int | float) and nxt > 0 else None
         self._answered_at = ev.now
         # Idle: it asked for work, got less, and holds nothing; it polls at its own pace.
-        self._idle = flight.want > 0 and got < flight.want and not self.held
+        holds = any(self._count[p] for p in _HELD)
+        self._idle = flight.want > 0 and got < flight.want and not holds
         if leaving:
             self._left(ev.now, out)
 
