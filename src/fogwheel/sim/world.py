@@ -276,6 +276,8 @@ class World:
 
     def _one_job(self, window: list[int]) -> bool:
         job_of = self.job_of
+        if window[0] >= PRIORITY_SHIFT:  # no check copies: ids in order, a job's contiguous
+            return job_of[window[0] - PRIORITY_SHIFT] == job_of[window[-1] - PRIORITY_SHIFT]
         j = job_of[window[0] % PRIORITY_SHIFT]
         return all(job_of[key % PRIORITY_SHIFT] == j for key in window)
 
@@ -351,13 +353,10 @@ class World:
         """Backup copies of stragglers (store: `_lease_backups`): jobs with nothing pending."""
         # The store's query: leased originals of such jobs, not the asker's, leased over
         # BACKUP_MIN_S ago, with no copy open (those wait in `backed`), oldest first, 64.
-        last_wave = [
-            iter(job.running.items())
-            for job in self.jobs
-            if job.running and job.backups and not job.pending
-        ]
-        if not last_wave:
-            return []
+        jobs = [j for j in self.jobs if j.running and j.backups and not j.pending]
+        if not any(_may_straggle(j, now) for j in jobs):
+            return []  # plan_backups would find no straggler: spare building them
+        last_wave = [iter(job.running.items()) for job in jobs]
         name = self.names[d]
         cutoff = now - scheduler.BACKUP_MIN_S
         stragglers: list[scheduler.Straggler] = []
@@ -592,6 +591,14 @@ class World:
         if self.live[d]:
             self.total_slots += self._slots(d)
             self.total_free += self._free(d)
+
+
+def _may_straggle(job: Job, now: float) -> bool:
+    """Whether the job's oldest running task has run long enough to be backed up."""
+    if job.typical is None:
+        return False
+    oldest = next(iter(job.running.values()))
+    return now - oldest > scheduler.backup_after(job.typical)
 
 
 def _by_lease(item: tuple[int, float]) -> tuple[float, int]:
