@@ -5,6 +5,7 @@ invariants the store relies on and against the task lifecycle's transition table
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -492,3 +493,70 @@ def test_which_failures_are_the_devices_fault(kind: str) -> None:
     rep = Report(1, 1, ok=False, error=ReportedError(kind))
     assert device_failure(rep) == (kind in ("crash", "lost", "input"))
     assert not device_failure(Report(1, 1, ok=True, error=ReportedError(kind)))
+
+
+# -- many syncs in a row ----------------------------------------------------------------------
+
+
+def carry_out(rows: dict[int, Row], out: list[Instruction], finished: list[int]) -> None:
+    """A tiny in-memory shell: the task writes of the instructions, guarded as the store's."""
+    for i in out:
+        if isinstance(i, Requeue | Advance) and rows[i.task].task == i.expected:
+            rows[i.task] = Row(i.task, i.new, rows[i.task].job, rows[i.task].replica_of)
+        if isinstance(i, Finish | AcceptUnchecked):
+            row = rows[i.task]
+            if row.task.state not in TERMINAL:
+                new = i.new if isinstance(i, Finish) else i.settled
+                rows[i.task] = Row(i.task, new, row.job, row.replica_of)
+                finished.append(i.task)
+
+
+STEPS = st.lists(
+    st.tuples(
+        st.sampled_from(["report", "lease", "expire"]),
+        st.integers(1, 4),
+        reports_(),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(STEPS, st.sampled_from([NEW, PROVEN]), st.floats(0, 1, exclude_max=True))
+def test_over_many_syncs_a_task_is_finished_once_and_never_reopened(
+    steps: list[tuple[str, int, Report]], record: trust.Record, draw: float
+) -> None:
+    from fogwheel.core.tasks import Expired, Leased
+
+    rows = {t: Row(t, Task(), job=7) for t in range(1, 5)}
+    held: dict[tuple[int, int], float] = {}
+    finished: list[int] = []
+    now = NOW
+    for what, tid, rep in steps:
+        now += 1
+        row = rows[tid]
+        if what == "lease" and row.task.state is TaskState.PENDING:
+            new = apply(row.task, Leased(NODE, now, 15))
+            rows[tid] = Row(tid, new, row.job)
+            held[(tid, new.attempts)] = now
+        elif what == "expire" and row.task.state is TaskState.LEASED:
+            rows[tid] = Row(tid, apply(row.task, Expired(now + 100)), row.job)
+        elif what == "report":
+            rep = dataclasses.replace(rep, task=tid)
+            was = {t: r.task.state for t, r in rows.items()}
+            b = Batch(
+                NODE,
+                [rep],
+                rows,
+                held,
+                now,
+                MAX_WALL,
+                uploaded=frozenset(SHAS),
+                record=record,
+                draws={tid: draw},
+            )
+            carry_out(rows, intake(b), finished)
+            for t, state in was.items():
+                if state in TERMINAL:
+                    assert rows[t].task.state is state  # a settled task stays as it was
+    assert len(finished) == len(set(finished))
