@@ -368,7 +368,7 @@ def legal(task: Task, event: Completed | Reported | Errored) -> bool:
     return True
 
 
-EXAMPLES = settings(max_examples=150, deadline=None)
+EXAMPLES = settings(max_examples=100, deadline=None)
 
 
 @EXAMPLES
@@ -521,7 +521,7 @@ STEPS = st.lists(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(STEPS, st.sampled_from([NEW, PROVEN]), st.floats(0, 1, exclude_max=True))
 def test_over_many_syncs_a_task_is_finished_once_and_never_reopened(
     steps: list[tuple[str, int, Report]], record: trust.Record, draw: float
