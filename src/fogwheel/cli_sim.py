@@ -56,12 +56,13 @@ def sim(
         bool, typer.Option("--json", help="Print only the JSON line, no table.")
     ] = False,
 ) -> None:
-    """Simulate a fog of DEVICES under churn and compare placement policies side by side.
+    """Simulate a fog under churn and compare placement policies side by side.
 
     The simulator drives the coordinator's own core/ (placement, task lifecycle, quota,
     verification) over a fleet whose availability follows SETI@home-shaped traces; it prints a
     table, and as its last line one JSON object (devices, tasks, wall_s, decisions_per_s,
-    peak_mb, makespan_ratio_vs_random, and each policy's figures). See docs/sim.md.
+    peak_mb, makespan_ratio_vs_random, and each policy's figures). The default size takes
+    minutes per policy on one core; see docs/sim.md for measured figures.
 
     Examples:
 
