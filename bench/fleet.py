@@ -293,15 +293,23 @@ async def _sleep(stop: asyncio.Event, seconds: float) -> None:
 
 
 async def submitter(
-    pool: Pool, api_key: str, queued: int, batch: int, stop: asyncio.Event, log: list[str]
-) -> int:
-    """Submit `command` jobs of `batch` no-op tasks whenever fewer than `queued` are open."""
-    submitted = 0
+    pool: Pool,
+    api_key: str,
+    queued: int,
+    batch: int,
+    stop: asyncio.Event,
+    log: list[str],
+    submitted: list[int],
+) -> None:
+    """Submit `command` jobs of `batch` no-op tasks whenever fewer than `queued` are open;
+    `submitted[0]` counts the tasks submitted."""
     jobs: dict[int, int] = {}  # job id -> tasks not finished
     while not stop.is_set():
         try:
             if jobs:
-                status, out = await pool.request("GET", "/v1/jobs?limit=100", api_key)
+                status, out = await asyncio.wait_for(
+                    pool.request("GET", "/v1/jobs?limit=100", api_key), SYNC_TIMEOUT_S
+                )
                 if status == 200:
                     for j in out["jobs"]:
                         if j["id"] in jobs:
@@ -316,17 +324,18 @@ async def submitter(
                     "replicas": 1,
                     "limits": {"wall_s": 60},
                 }
-                status, out = await pool.request("POST", "/v1/jobs", api_key, body)
+                status, out = await asyncio.wait_for(
+                    pool.request("POST", "/v1/jobs", api_key, body), SYNC_TIMEOUT_S
+                )
                 if status not in (200, 201):
                     log.append(f"submit answered {status}: {str(out)[:200]}")
                     break
                 jobs[out["id"]] = batch
-                submitted += batch
-        except HttpError as e:
+                submitted[0] += batch
+        except (HttpError, TimeoutError) as e:
             log.append(f"submitter: {e}")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.5)
-    return submitted
 
 
 # -- the coordinators ----------------------------------------------------------------------
@@ -479,7 +488,10 @@ async def drive(
         asyncio.create_task(d.run(start + rng.uniform(0, args.ramp), stats, stop)) for d in devices
     ]
     log: list[str] = []
-    customer = asyncio.create_task(submitter(pools[0], api_key, args.queued, args.batch, stop, log))
+    submitted_box = [0]
+    customer = asyncio.create_task(
+        submitter(pools[0], api_key, args.queued, args.batch, stop, log, submitted_box)
+    )
     measure_from = start + args.ramp + args.warmup
     stats.window = (measure_from, measure_from + args.seconds)
     await asyncio.sleep(max(0.0, measure_from - loop.time()))
@@ -520,8 +532,12 @@ async def drive(
     for spy in spies:
         spy.wait()
     stop.set()
-    await asyncio.gather(*runs)
-    submitted = await customer
+    for t in runs:  # a device still waits for its sync at most SYNC_TIMEOUT_S; no longer
+        t.cancel()
+    await asyncio.gather(*runs, return_exceptions=True)
+    customer.cancel()
+    await asyncio.gather(customer, return_exceptions=True)
+    submitted = submitted_box[0]
     for p in pools:
         p.close()
     lat = sorted(stats.latencies)
