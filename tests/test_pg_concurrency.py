@@ -463,7 +463,7 @@ def test_two_coordinator_processes_serve_fake_devices_without_a_5xx(tmp_path: Pa
             stack.callback(_stop, coords[-1])
         urls = [c.url for c in coords]
         job_ids = []
-        for name, n, replicas in (("plain", 100, 1), ("checked", 30, 2)):
+        for name, n, replicas in (("plain", 80, 1), ("checked", 20, 2)):
             body = {
                 "name": name,
                 "kind": "python",
