@@ -264,6 +264,24 @@ def test_a_stopping_node_gives_up_on_a_coordinator_gone_for_a_lease_period() -> 
     assert t > NOW + 15
 
 
+def test_an_answer_is_read_not_trusted_to_be_well_formed() -> None:
+    garbage = {
+        "acked": [1, "2", None, [3], True],
+        "rejected": [{"task_id": 4, "reason": "x"}, {"reason": "no id"}, "junk", {"task_id": []}],
+        "lost": "everything",
+        "tasks": ["not a lease", lease(5), None],
+        "lease_seconds": "forever",
+        "next_sync_s": float("inf"),
+    }
+    ev = SyncAnswered.from_json(garbage, [True, True, True], NOW)
+    assert (ev.acked, ev.rejected, ev.lost) == ((1,), ((4, "x"),), ())
+    assert ev.tasks == (lease(5),) and ev.signed == (True,)
+    assert ev.lease_seconds is None and ev.next_sync_s is None
+    m = fresh()
+    synced(m)
+    assert [r.lease["task_id"] for r in of(Run, m.handle(ev))] == [5]
+
+
 def test_events_the_shell_could_not_have_sent_are_named_errors() -> None:
     m = fresh()
     with pytest.raises(IllegalTransition):

@@ -107,18 +107,43 @@ class SyncAnswered:
         now: float,
         wall: float | None = None,
     ) -> SyncAnswered:
-        """From a SyncOut as JSON (protocol.py)."""
+        """From a SyncOut as JSON (protocol.py). What is not of the expected type is left
+        out (an answer is read, never trusted to be well formed): ids that are not integers,
+        rejections without one, leases that are not objects, a lease period that is no number."""
+        pairs = [
+            (t, bool(ok))
+            for t, ok in zip(answer.get("tasks", ()), signed, strict=False)
+            if isinstance(t, Mapping)
+        ]
+        rejected = [r for r in answer.get("rejected", ()) if isinstance(r, Mapping)]
         return cls(
             now=now,
-            acked=tuple(answer.get("acked", ())),
-            rejected=tuple((r["task_id"], str(r.get("reason", ""))) for r in answer["rejected"]),
-            lost=tuple(answer.get("lost", ())),
-            tasks=tuple(answer.get("tasks", ())),
-            signed=tuple(signed),
-            lease_seconds=answer.get("lease_seconds"),
-            next_sync_s=answer.get("next_sync_s"),
+            acked=_ids(answer.get("acked", ())),
+            rejected=tuple(
+                (r["task_id"], str(r.get("reason", "")))
+                for r in rejected
+                if _is_id(r.get("task_id"))
+            ),
+            lost=_ids(answer.get("lost", ())),
+            tasks=tuple(t for t, _ in pairs),
+            signed=tuple(ok for _, ok in pairs),
+            lease_seconds=_number(answer.get("lease_seconds")),
+            next_sync_s=_number(answer.get("next_sync_s")),
             wall=wall,
         )
+
+
+def _is_id(x: object) -> bool:
+    return type(x) is int
+
+
+def _ids(xs: object) -> tuple[int, ...]:
+    return tuple(x for x in xs if type(x) is int) if isinstance(xs, list | tuple) else ()
+
+
+def _number(x: object) -> float | None:
+    ok = isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+    return float(x) if ok else None  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, slots=True)

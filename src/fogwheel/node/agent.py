@@ -502,7 +502,10 @@ class Agent:
             tasks = answer["tasks"]
             # Checked before queueing, outside the lock (about 0.1 ms a lease): a spec is run
             # only if the coordinator signed exactly it.
-            signed = [verify_lease(self.public_key, t, t.get("signature")) for t in tasks]
+            signed = [
+                isinstance(t, dict) and verify_lease(self.public_key, t, t.get("signature"))
+                for t in tasks
+            ]
             event = ns.SyncAnswered.from_json(answer, signed, time.monotonic(), wall=time.time())
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             why = f"not a sync answer ({type(e).__name__})"
