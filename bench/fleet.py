@@ -476,7 +476,13 @@ async def drive(
 
     async def join(d: Device) -> None:
         async with gate:
-            await d.join(tok["token"])
+            for attempt in range(5):  # a join that a loaded coordinator dropped is tried again
+                try:
+                    return await d.join(tok["token"])
+                except HttpError:
+                    if attempt == 4:
+                        raise
+                    await asyncio.sleep(0.5 * 2**attempt)
 
     await asyncio.gather(*(join(d) for d in devices))
     progress(f"  {args.devices} devices joined in {time.perf_counter() - t0:.1f} s")
