@@ -141,6 +141,17 @@ def coordinator(
     lease_seconds: Annotated[
         float, typer.Option(min=1.0, help="How long a node holds a task without renewing it.")
     ] = 15.0,
+    gone_after: Annotated[
+        float | None,
+        typer.Option(
+            "--gone-after",
+            min=1.0,
+            envvar="FOGWHEEL_GONE_AFTER",
+            help="Seconds a node may stay silent before it counts as gone (default: the longer "
+            "of 3 leases and 120 s). Longer lets idle nodes sync less often; a dead node is "
+            "then noticed later.",
+        ),
+    ] = None,
     join_token: Annotated[
         str | None,
         typer.Option(
@@ -241,6 +252,15 @@ def coordinator(
             "coordinators then need one shared --data-dir).",
         ),
     ] = None,
+    trusted_proxy: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FOGWHEEL_TRUSTED_PROXY",
+            help="Believe X-Forwarded-For only from these reverse-proxy addresses (commas; "
+            "e.g. 127.0.0.1 behind a local nginx). Default: none, the connection's own "
+            "address counts, since a device could name any network in that header.",
+        ),
+    ] = None,
     ready_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
     quiet: Annotated[bool, typer.Option(help="Print nothing at start.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
@@ -269,6 +289,7 @@ def coordinator(
         host=host,
         port=port,
         lease_seconds=lease_seconds,
+        gone_after_s=gone_after,
         join_token=join_token,
         api_key=api_key,
         admin_key=admin_key,
@@ -282,6 +303,7 @@ def coordinator(
         placement=placement.value,
         signing_key=signing_key,
         blobs=blobs,
+        trusted_proxies=tuple(a.strip() for a in (trusted_proxy or "").split(",") if a.strip()),
     )
     try:
         serve(config, announce=not quiet)

@@ -88,8 +88,8 @@ http {{
         proxy_http_version 1.1;
         proxy_set_header Connection "";
         proxy_set_header Host $http_host;
-        # set, not appended: a client's own X-Forwarded-For is not believed (uvicorn trusts
-        # this header from 127.0.0.1 only)
+        # set, not appended: a client's own X-Forwarded-For is not believed (the coordinators
+        # read this header from 127.0.0.1 only: --trusted-proxy)
         proxy_set_header X-Forwarded-For $remote_addr;
         proxy_set_header X-Forwarded-Proto $scheme;
         proxy_connect_timeout 2s;
@@ -260,6 +260,8 @@ def up(
             lease_seconds=lease_seconds,
             db=db,
             coordinators=coordinators,
+            # behind nginx on this machine: the devices' addresses come in X-Forwarded-For
+            coordinator_args=["--trusted-proxy", "127.0.0.1"] if coordinators > 1 else None,
         )
     except FogwheelError as e:
         raise _fail(str(e), 2) from None

@@ -40,6 +40,8 @@ class LocalFog:
         node_args: list[str] | None = None,
         sandbox: bool | None = None,
         coordinators: int = 1,
+        coordinator_args: list[str] | None = None,
+        gone_after_s: float | None = None,
     ) -> None:
         if coordinators < 1:
             raise ValueError("a fog needs at least one coordinator")
@@ -51,11 +53,15 @@ class LocalFog:
         self.n_nodes = nodes
         self.cores_per_node = cores_per_node
         self.lease_seconds = lease_seconds
+        # A few nodes on one machine: a silent one is gone after three leases (the coordinator's
+        # own default waits at least 120 s, so that a large idle fleet may sync rarely).
+        self.gone_after_s = 3 * lease_seconds if gone_after_s is None else gone_after_s
         self._own_dir = workdir is None
         self.dir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="fogwheel-"))
         self.db = db
         self.host = host
         self.node_args = node_args or []
+        self.coordinator_args = coordinator_args or []  # more `fogwheel coordinator` options
         # A local fog runs its owner's own code: where no bubblewrap works (sandbox=None and
         # detection fails), its nodes run unconfined and `sandboxed` says so; sandbox=True
         # insists on one, as a real node does.
@@ -154,10 +160,13 @@ class LocalFog:
             str(self.ports[index]),
             "--lease-seconds",
             str(self.lease_seconds),
+            "--gone-after",
+            str(self.gone_after_s),
             "--ready-file",
             str(ready),
             "--quiet",
             "--allow-private-serve",  # its nodes serve the CDN from this machine's addresses
+            *self.coordinator_args,
         ]
         # secrets (and a database URL, which may hold a password) travel in the environment,
         # readable by this user only, never on the command line every local user can read

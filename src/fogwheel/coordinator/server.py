@@ -60,6 +60,9 @@ class CoordinatorConfig:
     host: str = "127.0.0.1"
     port: int = 8470
     lease_seconds: float = 15.0
+    # A node silent this long is gone; None: store/base.py's default_gone_after_s (the longer
+    # of three leases and 120 s). Only idle nodes need it long: busy ones renew their leases.
+    gone_after_s: float | None = None
     join_token: str | None = None
     api_key: str | None = None  # a customer key to accept (created when none exists)
     admin_key: str | None = None
@@ -80,6 +83,9 @@ class CoordinatorConfig:
     )
     signing_key: Path | None = None  # a key file shared by config management, not the database's
     blobs: str | None = None  # "db" | "dir"; default: "db" on PostgreSQL, "dir" on SQLite
+    # Addresses of reverse proxies whose X-Forwarded-For is believed (nginx in `fogwheel up`);
+    # none by default: a device's own header could otherwise name any network it likes.
+    trusted_proxies: tuple[str, ...] = ()
     placement: str = "fair"  # core/scheduler.Policy: fair, random, reliability, deadline
     placement_seed: int = 0  # the draws of --placement random
 
@@ -95,7 +101,9 @@ class CoordinatorConfig:
 def open_store(config: CoordinatorConfig) -> tuple[Store, dict[str, str]]:
     """Open (and create) the store; returns it with any secrets created now, to show once."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(config.db_url, lease_seconds=config.lease_seconds)
+    store = Store(
+        config.db_url, lease_seconds=config.lease_seconds, gone_after_s=config.gone_after_s
+    )
     store.placement = Placement(Policy(config.placement), config.placement_seed)
     store.create_schema()
     add_missing_columns(store.engine, metadata)  # an upgraded coordinator on an older database
@@ -283,6 +291,10 @@ def serve(config: CoordinatorConfig, announce: bool = True) -> None:
         lifespan="on",
         timeout_keep_alive=30,
         backlog=4096,  # a fleet reconnecting at once (the kernel caps it at somaxconn)
+        # The client address decides a device's network (core/owners.py: copies of a task go
+        # to distinct networks), so X-Forwarded-For is read only from the proxies named.
+        proxy_headers=bool(config.trusted_proxies),
+        forwarded_allow_ips=",".join(config.trusted_proxies) or None,
         ssl_certfile=str(config.tls_cert) if config.tls_cert else None,
         ssl_keyfile=str(config.tls_key) if config.tls_key else None,
     )
