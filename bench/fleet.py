@@ -582,6 +582,8 @@ def run_setup(name: str, args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.sync_budget:
         env["FOGWHEEL_SYNC_BUDGET"] = str(args.sync_budget * n)
+    if args.gone_after:
+        env["FOGWHEEL_GONE_AFTER"] = str(args.gone_after)
     with contextlib.ExitStack() as stack:
         db = stack.enter_context(scratch_database(args.pg)) if on_pg else None
         coords = Coordinators(workdir, n, db, env)
@@ -636,6 +638,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--conns", type=int, default=256, help="connections per coordinator URL")
     p.add_argument(
         "--sync-budget", type=float, default=0.0, help="FOGWHEEL_SYNC_BUDGET per process"
+    )
+    p.add_argument(
+        "--gone-after", type=float, default=0.0, help="coordinator --gone-after (0: its default)"
     )
     p.add_argument("--pg", default=PG_URL, help="PostgreSQL server (a database is made per run)")
     p.add_argument("--seed", type=int, default=12)

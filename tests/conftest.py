@@ -25,11 +25,16 @@ def _pg_available() -> str | None:
         return f"PostgreSQL not reachable at {PG_URL}: {e}"
 
 
+# The store tests were written against a node going gone after three 10 s leases; the
+# coordinator's default horizon is longer (store/base.py: default_gone_after_s).
+GONE_AFTER_S = 30.0
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path) -> Iterator[Store]:
     """A fresh, empty store; the same tests run on both databases."""
     if request.param == "sqlite":
-        s = Store(f"sqlite:///{tmp_path / 'fog.db'}", lease_seconds=10.0)
+        s = Store(f"sqlite:///{tmp_path / 'fog.db'}", lease_seconds=10.0, gone_after_s=GONE_AFTER_S)
         s.create_schema()
         yield s
         s.close()
@@ -45,7 +50,7 @@ def store(request: pytest.FixtureRequest, tmp_path) -> Iterator[Store]:
     raw = PG_URL.replace("+psycopg", "")
     with psycopg.connect(raw, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
-    s = Store(PG_URL, lease_seconds=10.0, schema=schema)
+    s = Store(PG_URL, lease_seconds=10.0, schema=schema, gone_after_s=GONE_AFTER_S)
     s.create_schema()
     try:
         yield s

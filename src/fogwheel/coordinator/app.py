@@ -64,7 +64,6 @@ from fogwheel.signing import (
     sign_lease,
 )
 from fogwheel.store import Store
-from fogwheel.store.base import NODE_GONE_AFTER_LEASES
 
 log = logging.getLogger("fogwheel.coordinator")
 
@@ -620,7 +619,7 @@ def build_routes(
             store.live_count(now),
             sync_budget,
             store.work_pending(now),
-            store.lease_seconds * NODE_GONE_AFTER_LEASES,
+            store.gone_after_s,
             busy.per_s(now),
         )
         return SyncOut(

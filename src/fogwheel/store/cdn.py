@@ -30,7 +30,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from fogwheel.core import ledger as books
 from fogwheel.core import spread as spreads
-from fogwheel.store.base import NODE_GONE_AFTER_LEASES
 from fogwheel.store.schema import (
     cdn_holders,
     cdn_objects,
@@ -121,7 +120,7 @@ class CdnStore(VerifyStore):
     # -- placement ----------------------------------------------------------------------------
 
     def _cdn_live(self, c: Connection, now: float) -> dict[str, dict[str, Any]]:
-        horizon = now - self.lease_seconds * NODE_GONE_AFTER_LEASES
+        horizon = now - self.gone_after_s
         rows = c.execute(
             select(nodes.c.id, nodes.c.disk_mb, nodes.c.serve_url, nodes.c.uplink_bps).where(
                 nodes.c.state == "up",

@@ -14,14 +14,13 @@ from sqlalchemy import Connection, bindparam, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
-from fogwheel.core import owners, scheduler, trust
+from fogwheel.core import fleetview, owners, scheduler, trust
 from fogwheel.core import quota as inflight
 from fogwheel.core.tasks import (
     TaskState,
 )
 from fogwheel.protocol import NodeJoin
 from fogwheel.store.base import (
-    NODE_GONE_AFTER_LEASES,
     StoreBase,
     hash_secret,
     new_secret,
@@ -215,10 +214,7 @@ class FleetStore(StoreBase):
             return "revoked"
         if row["quarantined"]:
             return "quarantined"
-        if (
-            row["state"] == "up"
-            and now - row["last_seen"] > self.lease_seconds * NODE_GONE_AFTER_LEASES
-        ):
+        if row["state"] == "up" and now - row["last_seen"] > self.gone_after_s:
             return "gone"
         return row["state"]
 
@@ -231,7 +227,7 @@ class FleetStore(StoreBase):
         at, views = self._fleet
         if now - at < 1.0:
             return views
-        horizon = now - self.lease_seconds * NODE_GONE_AFTER_LEASES
+        horizon = now - self.gone_after_s
         rows = c.execute(
             select(
                 nodes.c.id,
@@ -258,6 +254,17 @@ class FleetStore(StoreBase):
         self._fleet = (now, views)
         return views
 
+    def _fleet_summary(self, c: Connection, now: float) -> fleetview.FleetSummary:
+        """`_fleet_views` summarised for placement, computed once per snapshot of it: a lease
+        then costs no pass over the fleet (core/fleetview.py)."""
+        views = self._fleet_views(c, now)
+        cached = self.__dict__.get("_fleet_summary_of")
+        if cached is not None and cached[0] is views:
+            return cached[1]  # type: ignore[no-any-return]
+        summary = fleetview.FleetSummary.of(views)
+        self.__dict__["_fleet_summary_of"] = (views, summary)
+        return summary
+
     # -- idle syncs: answered without a write transaction --------------------------------
 
     @property
@@ -277,7 +284,7 @@ class FleetStore(StoreBase):
         pending, no job in its last wave with backups on); its last_seen then goes into the
         next batched write (`Heartbeats`) instead of a write transaction of its own. A node
         that reads as gone is written at once, as every other change is."""
-        horizon = now - self.lease_seconds * NODE_GONE_AFTER_LEASES
+        horizon = now - self.gone_after_s
         with self.read() as c:
             row = c.execute(_PULSE, {"node_id": node_id}).first()
             if row is None or row.state != "up" or row.slots_free != slots_free:
@@ -363,7 +370,7 @@ class FleetStore(StoreBase):
         cached = self.__dict__.get("_live_at")
         if cached is not None and 0 <= now - cached[0] < WORK_CACHE_S:
             return cached[1]  # type: ignore[no-any-return]
-        horizon = now - self.lease_seconds * NODE_GONE_AFTER_LEASES
+        horizon = now - self.gone_after_s
         with self.read() as c:
             n = c.execute(
                 select(func.count())

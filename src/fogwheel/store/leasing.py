@@ -521,17 +521,9 @@ class LeasingStore(VerifyStore):
     ) -> list[dict[str, Any]]:
         """Place pending tasks on the asking node (core/scheduler.py decides which)."""
         node_id = view.id
-        fleet = [v for v in self._fleet_views(c, now) if v.id != node_id] + [view]
-        rel = scheduler.reliability(view)
-        cluster = scheduler.ClusterView(
-            pending=pending,
-            total_slots=sum(v.slots for v in fleet),
-            better_free_slots=sum(
-                max(0, v.slots - v.held) for v in fleet if scheduler.reliability(v) > rel
-            ),
-            live=frozenset(v.id for v in fleet),
-            free=frozenset(v.id for v in fleet if v.held < v.slots),
-        )
+        # The live fleet with the asking node's fresh view in place of its cached one, from
+        # aggregates kept with the cached fleet: no pass over 10,000 nodes per lease.
+        cluster = self._fleet_summary(c, now).cluster_for(view, pending)
         q = (
             select(
                 *_TASK_COLS,

@@ -26,7 +26,7 @@ from fogwheel.core import compare, owners, trust
 from fogwheel.core.credit import Claim, granted_cpu
 from fogwheel.core.tasks import TERMINAL, Cancelled, Settled, Task, TaskState, apply
 from fogwheel.protocol import TaskReport
-from fogwheel.store.base import _TASK_COLS, NODE_GONE_AFTER_LEASES, StoreBase, _task, _task_cols
+from fogwheel.store.base import _TASK_COLS, StoreBase, _task, _task_cols
 from fogwheel.store.fleet import devices, quota_grown
 from fogwheel.store.schema import attempts, jobs, nodes, task_blobs, tasks
 
@@ -362,7 +362,7 @@ class VerifyStore(StoreBase):
     def _tiebreakers(self, c: Connection, voted: set[str], now: float) -> bool:
         """Whether any live, trusted node has not yet given a result for this task, and is
         of another owner and network than those that have (core/owners.py)."""
-        horizon = now - self.lease_seconds * NODE_GONE_AFTER_LEASES
+        horizon = now - self.gone_after_s
         live = c.execute(
             select(nodes.c.id, nodes.c.owner_id, nodes.c.network).where(
                 nodes.c.state == "up", nodes.c.last_seen >= horizon, ~nodes.c.quarantined

@@ -12,7 +12,7 @@ from sqlalchemy import Connection, func, select
 from fogwheel.core import owners, waiting
 from fogwheel.core import quota as inflight
 from fogwheel.core.tasks import TaskState
-from fogwheel.store.base import NODE_GONE_AFTER_LEASES, StoreBase
+from fogwheel.store.base import StoreBase
 from fogwheel.store.fleet import devices
 from fogwheel.store.schema import attempts, jobs, nodes, tasks
 
@@ -111,7 +111,7 @@ class WaitsStore(StoreBase):
 
     def _waiting_fleet(self, c: Connection, now: float) -> waiting.Fleet:
         """The live nodes as core/waiting.py sees them (those placement could lease to)."""
-        horizon = now - self.lease_seconds * NODE_GONE_AFTER_LEASES
+        horizon = now - self.gone_after_s
         rows = c.execute(
             select(
                 nodes.c.id,
