@@ -123,6 +123,7 @@ class World:
         self.results: dict[int, dict[str, str]] = defaultdict(dict)  # group -> node -> digest
         self.quorum: dict[int, int] = {}
         self.jobs: list[Job] = []
+        self._drained: set[int] = set()  # jobs with nothing pending: only these are backed up
         self.pending = PendingQueue()
         self._cands: dict[int, scheduler.Candidate] = {}  # queue key -> candidate
         self._most_lost = 0  # the most nodes any one task was lost on
@@ -147,6 +148,8 @@ class World:
         job asked for replicas=1 (no verification); else replication is adaptive."""
         j = len(self.jobs)
         self.jobs.append(Job(customer, now, deadline, backups, max_attempts, tasks=n, pending=n))
+        if n == 0:
+            self._drained.add(j)
         first = len(self.state)
         ids = range(first, first + n)
         task = NEW if max_attempts == NEW.max_attempts else Task(max_attempts=max_attempts)
@@ -165,11 +168,17 @@ class World:
 
     def _enqueue(self, t: int) -> None:
         self.pending.add(self._key(t))
-        self.jobs[self.job_of[t]].pending += 1
+        j = self.job_of[t]
+        self.jobs[j].pending += 1
+        self._drained.discard(j)
 
     def _dequeue(self, t: int) -> None:
         self.pending.discard(self._key(t))
-        self.jobs[self.job_of[t]].pending -= 1
+        j = self.job_of[t]
+        job = self.jobs[j]
+        job.pending -= 1
+        if not job.pending:
+            self._drained.add(j)
 
     def _copy(self, group: int, backup: bool) -> int:
         """A replica (or backup copy) of `group`, queued first (store: priority 0)."""
@@ -258,7 +267,7 @@ class World:
                     if better >= pending and len(self.names) > EXACT_FLEET:
                         break
         window = self.pending.first(max(want * 4, self.window))
-        if self.placement.policy is not scheduler.Policy.RANDOM and self._one_job(window):
+        if self.placement.policy is not scheduler.Policy.RANDOM:
             cands = self._prefix(view.id, window, want)
         else:
             cache = self._cands
@@ -274,33 +283,40 @@ class World:
         self.counters.decisions += 1
         return scheduler.plan_lease(view, want, cands, cluster, self.placement)
 
-    def _one_job(self, window: list[int]) -> bool:
-        job_of = self.job_of
-        if window[0] >= PRIORITY_SHIFT:  # no check copies: ids in order, a job's contiguous
-            return job_of[window[0] - PRIORITY_SHIFT] == job_of[window[-1] - PRIORITY_SHIFT]
-        j = job_of[window[0] % PRIORITY_SHIFT]
-        return all(job_of[key % PRIORITY_SHIFT] == j for key in window)
-
     def _prefix(self, node: str, window: list[int], want: int) -> list[scheduler.Candidate]:
-        """The head of a one-job window that decides as the whole window would: enough
-        candidates that surely fit, each of its own group, to fill `want`.
+        """The part of the window that decides as the whole window would: of each job, its
+        candidates up to the one that completes `want` that surely fit, each of its own group.
 
-        When every candidate is of one job, all policies but `random` take them in queue
-        order (one customer; one deadline and one typical run: the sorts are stable), so
-        plan_lease picks the first `grant <= want` that fit: those lie in this prefix."""
+        Every policy but `random` orders a job's candidates as the queue does: `fair` takes
+        each customer's queue in order, `reliability` sorts it stably by the job's typical
+        run, `deadline` sorts the whole window stably by the job's slack; a key is the job's,
+        so a job's candidates keep their queue order among themselves. plan_lease takes at
+        most `want`, each of its own group, and a group is one job's: a job's candidates
+        after its `want`-th sure fit are always preceded by `want` that fit of the same key,
+        so they are never reached. Customers first appear in the same order (each job's
+        first candidate is kept), so the round robin turns the same way."""
         cache = self._cands
+        job_of = self.job_of
         out = []
-        groups: set[int] = set()
+        sure: dict[int, set[int]] = {}  # job -> groups of its candidates that surely fit
+        full: set[int] = set()  # jobs with `want` of them: the rest of theirs is never reached
         for key in window:
+            t = key % PRIORITY_SHIFT
+            j = job_of[t]
+            if j in full:
+                continue
             c = cache.get(key) or self._candidate(key)
             out.append(c)
             if c.failed_on or node in c.exclude or c.holder_free or c.sticky:
                 continue  # it may not fit: look further
-            g = c.task_id if c.group is None else c.group
-            if g not in groups:
-                groups.add(g)
-                if len(groups) >= want:
-                    break
+            groups = sure.get(j)
+            if groups is None:
+                groups = sure[j] = set()
+            groups.add(t if c.group is None else c.group)
+            if len(groups) >= want:
+                full.add(j)
+                if key >= PRIORITY_SHIFT and job_of[window[-1] % PRIORITY_SHIFT] == j:
+                    break  # originals come in id order: the rest of the window is this job's
         return out
 
     def _candidate(self, key: int) -> scheduler.Candidate:
@@ -353,7 +369,8 @@ class World:
         """Backup copies of stragglers (store: `_lease_backups`): jobs with nothing pending."""
         # The store's query: leased originals of such jobs, not the asker's, leased over
         # BACKUP_MIN_S ago, with no copy open (those wait in `backed`), oldest first, 64.
-        jobs = [j for j in self.jobs if j.running and j.backups and not j.pending]
+        jobs = [self.jobs[j] for j in sorted(self._drained)]
+        jobs = [j for j in jobs if j.running and j.backups]
         if not any(_may_straggle(j, now) for j in jobs):
             return []  # plan_backups would find no straggler: spare building them
         last_wave = [iter(job.running.items()) for job in jobs]
