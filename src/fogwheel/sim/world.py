@@ -238,7 +238,7 @@ class World:
             out = [a.task_id for a in plan]
         held = self.held[d]
         free = min(want - len(out), view.slots - held)
-        if free > 0:
+        if free > 0 and self._drained:  # else no job is in its last wave: no straggler
             view = scheduler.NodeView(
                 view.id, view.slots, view.memory_mb, held, view.done, view.lost, frozenset()
             )
