@@ -13,12 +13,15 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fogwheel.core import scheduler
 from fogwheel.core.tasks import TaskState
 from fogwheel.protocol import JobIn, Limits, NodeJoin, SyncIn, TaskIn, TaskReport, Value
 from fogwheel.sim import Scenario, World, build_fleet, build_jobs, simulate
 from fogwheel.sim.churn import CLUSTERS, Gamma, LogNormal, Weibull
+from fogwheel.sim.queue import PendingQueue
 from fogwheel.sim.world import RIGHT
 from fogwheel.store import Store
 
@@ -278,3 +281,47 @@ def test_the_window_cut_per_job_leases_what_the_whole_window_leases(
     # Then every sync is leased the same tasks, in the same order
     assert sum(len(got) for _, got in whole) > 200  # type: ignore[arg-type]
     assert cut == whole
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("xadf"), st.integers(0, 400), st.integers(1, 40))))
+def test_the_pending_queue_reads_the_smallest_keys_in_order_whatever_is_taken_out(
+    ops: list[tuple[str, int, int]],
+) -> None:
+    # Given the queue and a plain set of its keys, fed the same extends, adds and discards
+    queue, model, top = PendingQueue(), set(), 10_000
+    for op, key, k in ops:
+        if op == "x":  # new tasks: keys above all before (some later taken out of order)
+            queue.extend(range(top, top + k))
+            model.update(range(top, top + k))
+            top += k
+        elif op == "a" and key not in model:  # a task queued again, or a check copy
+            queue.add(key)
+            model.add(key)
+        elif op == "d":  # leased: a new task's key (out of order too) or one queued again
+            for gone in (key, top - 1 - key):
+                if gone in model:
+                    queue.discard(gone)
+                    model.discard(gone)
+        # Then every read is the model's k smallest keys, however many holes were stepped over
+        assert queue.first(k) == sorted(model)[:k]
+        assert len(queue) == len(model)
+
+
+def test_the_pending_queue_drops_holes_it_keeps_stepping_over_and_keeps_every_key() -> None:
+    # Given new tasks of which all but the first ten and the last hundred were leased
+    queue = PendingQueue()
+    queue.extend(range(1_000))
+    for key in range(10, 900):
+        queue.discard(key)
+    left = [*range(10), *range(900, 1_000)]
+    # When the head is read again and again (each read steps over 890 holes, until rebuilt)
+    for _ in range(5):
+        assert queue.first(20) == left[:20]
+    # Then nothing queued is lost when the first ten go and new tasks come
+    for key in range(10):
+        queue.discard(key)
+    queue.extend(range(1_000, 1_005))
+    queue.add(5)
+    assert queue.first(200) == [5, *range(900, 1_005)]
+    assert len(queue) == 106

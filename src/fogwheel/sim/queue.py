@@ -20,6 +20,7 @@ class PendingQueue:
         self._in_main: set[int] = set()
         self._back: list[int] = []  # sorted keys of tasks queued again, and of check copies
         self._n = 0
+        self._wasted = 0  # holes read past since _main was last compacted
 
     def __len__(self) -> int:
         return self._n
@@ -62,6 +63,14 @@ class PendingQueue:
             chunk = main[at : at + 2 * k]
             at += len(chunk)
             ahead += [key for key in chunk if key in live]
+        # Tasks leased out of id order (`deadline` takes later jobs first) leave holes past the
+        # head that every read would step over again; once the holes read past add up to the
+        # array's length, the array is rebuilt without them (the same keys, the same order).
+        self._wasted += at - self._head - len(ahead)
+        if self._wasted > len(main) - self._head:
+            self._main = [key for key in main[self._head :] if key in live]
+            self._head = 0
+            self._wasted = 0
         back = self._back[:k]
         if not back:
             return ahead[:k]
