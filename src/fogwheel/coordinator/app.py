@@ -7,12 +7,13 @@ import base64
 import contextlib
 import logging
 import math
+import os
 import random
 import time
 from typing import Annotated, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -78,6 +79,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     507: {"model": Problem, "description": "The coordinator's disk or database is full"},
 }
 
+SHED_AFTER_S = 0.25  # a sync should take milliseconds: a quarter second queued is overload
 BLOB_WRITE = 1 << 20  # an upload reaches the disk in writes of about this size
 DEFAULT_MAX_BLOB_BYTES = SQL_INT_MAX  # sizes live in 32-bit SQL columns: 2 GiB - 1
 
@@ -160,6 +162,8 @@ def build_routes(
     results = Results()
     app.state.results = results
     busy = pacing.SyncRate()  # syncs that reported, renewed or leased (core/pacing.py)
+    # A sync that only asks for work and queued longer than this for a thread is shed.
+    shed_after_s = float(os.environ.get("FOGWHEEL_SHED_AFTER_S", SHED_AFTER_S))
     v1 = APIRouter(prefix="/v1", responses=ERRORS)
 
     # -- errors: always JSON with one sentence, never a traceback ---------------------------
@@ -586,8 +590,34 @@ def build_routes(
         }
 
     @v1.post("/nodes/me/sync", tags=["nodes"])
-    def sync(request: Request, req: SyncIn, leaving: bool = False) -> SyncOut:
+    def sync(
+        request: Request,
+        req: SyncIn,
+        leaving: bool = False,
+        arrived: float = Depends(_arrival),
+    ) -> SyncOut:
         who = auth.require(request, "node")
+        if time.monotonic() - arrived > shed_after_s and _only_asks(req, leaving):
+            # Admission control: this sync waited in the queue for a worker thread longer than
+            # a sync should take, so the process is overloaded. A sync that only asks for work
+            # is answered at once, with no work and an idle node's wait, so that it does not
+            # add a write transaction to the queue it waited in; syncs that carry results,
+            # renewals or hand-backs always go through. Without this, an overloaded coordinator
+            # works on syncs whose nodes have timed out and retried (a metastable overload:
+            # bench/fleet.py at 10,000 devices with work queued, docs/benchmarks.md "Fleet").
+            metrics.shed.inc()
+            now = time.time()
+            idle = pacing.Fleet(
+                store.live_count(now), sync_budget, False, store.gone_after_s, busy.per_s(now)
+            )
+            return SyncOut(
+                acked=[],
+                rejected=[],
+                lost=[],
+                tasks=[],
+                lease_seconds=store.lease_seconds,
+                next_sync_s=pacing.next_sync_s(idle, random.random()),
+            )
         req = screen_serve_url(request, who.id, req)  # its chunk server, checked (cdn/audit.py)
         # A report that parses but whose bytes fail their checks is rejected alone, with its
         # reason: the node's other results, renewals and lease requests go on.
@@ -698,6 +728,27 @@ def build_routes(
     build_ledger_routes(app, store, auth)
     build_owner_routes(app, store, auth, public_key)
     build_cdn_routes(app, store, auth, blobs, signing_key)
+
+
+async def _arrival() -> float:
+    """When the request was parsed, on the event loop: the sync handler runs later, in a
+    worker thread, and the difference is how long it queued for one."""
+    return time.monotonic()
+
+
+def _only_asks(req: SyncIn, leaving: bool) -> bool:
+    """A sync that carries nothing to keep: no results, renewals, hand-backs or CDN reports."""
+    return not (
+        leaving
+        or req.serve_url is not None
+        or req.results
+        or req.renew
+        or req.release
+        or req.stored
+        or req.bad
+        or req.refused
+        or req.served
+    )
 
 
 def _check_sha(sha: str) -> None:

@@ -22,6 +22,11 @@ class Metrics:
             "Task results acknowledged to nodes",
             registry=self.registry,
         )
+        self.shed = Counter(
+            "fogwheel_syncs_shed",
+            "Syncs that only asked for work, answered at once because they had queued too long",
+            registry=self.registry,
+        )
         self.tasks = Gauge(
             "fogwheel_tasks", "Tasks in the store by state", ["state"], registry=self.registry
         )
