@@ -214,3 +214,25 @@ def test_a_wrong_results_quarantine_says_why_and_a_pardon_puts_it_on_probation(
     [row] = [n for n in store.list_nodes(T0 + 5) if n["id"] == liar]
     assert row["state"] == "up" and row["quarantine_reason"] is None
     assert row["check_rate"] == 1.0  # on probation: every result checked again
+
+
+def test_another_process_learns_a_chunk_server_announced_through_one(
+    store: Store, monkeypatch
+) -> None:
+    """Two coordinator processes on one database: a node seen without a chunk server by B,
+    which then announces one through A, is asked to fetch shares by B once B's cached answer
+    lapses (SERVING_TTL_S), not never."""
+    import fogwheel.store.cdn as cdn_store
+
+    other = Store(store.url, lease_seconds=store.lease_seconds)
+    other.engine = store.engine  # the same database (and, on PostgreSQL, the same schema)
+    info = NodeJoin(token="x" * 8, name="late", cores=1, memory_mb=512, disk_mb=1000)
+    node_id, _ = store.join_node(info, NOW)
+    with other.read() as c:
+        assert not other._serves(c, node_id)  # B caches: no chunk server
+    store.sync(node_id, SyncIn(serve_url="http://203.0.113.9:8471"), NOW)  # through A
+    with other.read() as c:
+        assert not other._serves(c, node_id)  # within the bound, B may still say no ...
+    monkeypatch.setattr(cdn_store, "SERVING_TTL_S", 0.0)
+    with other.read() as c:
+        assert other._serves(c, node_id)  # ... and past it, B reads it again

@@ -21,6 +21,7 @@ import json
 import random
 import secrets
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -49,10 +50,11 @@ DOUBTS_PER_CUSTOMER = 256  # accused nodes remembered for one customer (the newe
 DOUBTING_CUSTOMERS = 1000  # customers whose accusations are remembered (the latest)
 
 _rng = random.Random()
+SERVING_TTL_S = 10.0  # how long a process trusts what it read of a node's chunk server
 
 
 class CdnStore(VerifyStore):
-    _serving: dict[str, bool]  # node -> runs a chunk server (see _serves)
+    _serving: dict[str, tuple[bool, float]]  # node -> (runs a chunk server, when asked)
     _doubts: dict[str, dict[str, float]]  # customer -> node -> accused until (see cdn_doubt)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -356,7 +358,7 @@ class CdnStore(VerifyStore):
         """Apply a node's CDN report; answer the shares it should fetch and those to drop."""
         if serve_url is not None:
             c.execute(update(nodes).where(nodes.c.id == node_id).values(serve_url=serve_url))
-            self._serving[node_id] = True
+            self._serving[node_id] = (True, time.monotonic())
         elif not (stored or bad or served or refused) and not self._serves(c, node_id):
             return [], []  # a node without a chunk server: nothing to tell it, no query
         if stored:
@@ -442,12 +444,15 @@ class CdnStore(VerifyStore):
         return [{"sha": r.sha, "size": r.size, "content_id": r.content_id} for r in todo], drops
 
     def _serves(self, c: Connection, node_id: str) -> bool:
-        """Whether the node runs a chunk server (cached: asked once a node a process)."""
+        """Whether the node runs a chunk server, cached for SERVING_TTL_S: with several
+        coordinator processes the node may announce (or lose) its server through another one,
+        and this process must learn it within that bound, not never."""
         known = self._serving.get(node_id)
-        if known is None:
+        now = time.monotonic()
+        if known is None or not 0 <= now - known[1] < SERVING_TTL_S:
             url = c.execute(select(nodes.c.serve_url).where(nodes.c.id == node_id)).scalar()
-            known = self._serving[node_id] = url is not None
-        return known
+            known = self._serving[node_id] = (url is not None, now)
+        return known[0]
 
     def _cdn_bad(
         self, c: Connection, node_id: str, shas: Sequence[str], now: float, *, reason: str
@@ -636,7 +641,7 @@ class CdnStore(VerifyStore):
         placed nothing and appears in no plan until it announces one that passes."""
         with self.tx() as c:
             c.execute(update(nodes).where(nodes.c.id == node_id).values(serve_url=None))
-        self._serving[node_id] = False
+        self._serving[node_id] = (False, time.monotonic())
 
     # -- fetching -----------------------------------------------------------------------------
 
