@@ -59,6 +59,8 @@ _CHUNK_SQL = "SELECT data FROM blob_chunks WHERE owner = %s AND off = %s"
 class DbBlobStore(BlobStore):
     """Blobs as rows of the store's database; the same interface as FileBlobStore."""
 
+    read_chunk = CHUNK  # `chunks` reads a row at a time
+
     def __init__(self, store: StoreBase) -> None:
         self.store = store
         with store.tx() as c:  # its tables, made (or brought up to date) on first use
@@ -136,18 +138,6 @@ class DbBlobStore(BlobStore):
 
     def size_of(self, f: DbBlobReader) -> int:
         return f.size
-
-    def chunks(self, f: DbBlobReader, limit: int | None = None) -> Iterator[bytes]:
-        """The rest of an open blob (at most `limit` bytes) in pieces; closes it at the end."""
-        left = limit
-        with f:
-            while left is None or left > 0:
-                piece = f.read(CHUNK if left is None else min(CHUNK, left))
-                if not piece:
-                    return
-                if left is not None:
-                    left -= len(piece)
-                yield piece
 
     # -- streamed, resumable uploads ---------------------------------------------------------
 

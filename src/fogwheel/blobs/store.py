@@ -112,9 +112,20 @@ class BlobStore(ABC):
     def size_of(self, f: Any) -> int:
         """The size of a blob opened with open_verified."""
 
-    @abstractmethod
+    read_chunk = READ_CHUNK  # the size of the pieces `chunks` reads
+
     def chunks(self, f: Any, limit: int | None = None) -> Iterator[bytes]:
         """The rest of an open blob (at most `limit` bytes) in pieces; closes it at the end."""
+        left = limit
+        size = self.read_chunk
+        with f:
+            while left is None or left > 0:
+                chunk = f.read(size if left is None else min(size, left))
+                if not chunk:
+                    return
+                if left is not None:
+                    left -= len(chunk)
+                yield chunk
 
     @abstractmethod
     def received(self, sha: str, uploader: str) -> int:
@@ -259,19 +270,6 @@ class FileBlobStore(BlobStore):
 
     def size_of(self, f: BinaryIO) -> int:
         return os.fstat(f.fileno()).st_size
-
-    def chunks(self, f: BinaryIO, limit: int | None = None) -> Iterator[bytes]:
-        """The rest of an open blob file (at most `limit` bytes) in pieces; closes it at the
-        end."""
-        left = limit
-        with f:
-            while left is None or left > 0:
-                chunk = f.read(READ_CHUNK if left is None else min(READ_CHUNK, left))
-                if not chunk:
-                    return
-                if left is not None:
-                    left -= len(chunk)
-                yield chunk
 
     # -- verified marks and quarantine ------------------------------------------------------
 
