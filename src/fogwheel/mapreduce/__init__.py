@@ -22,24 +22,34 @@ coordinator's blob store, so a node lost between phases costs nothing.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import threading
 import time
 import types
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import as_completed
+from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
 
-from fogwheel.client import Blob, Client, TaskOutput, _is_users_own
-from fogwheel.errors import FogwheelError
+from fogwheel.client import Blob, Client, _is_users_own
 from fogwheel.mapreduce.jobs import Grep, Job, MapReduce, WordCount, line_splits, partition_of
+from fogwheel.mapreduce.phases import (
+    MAX_PARTITIONS,
+    JobFailed,
+    Progress,
+    Result,
+    collect,
+    default_split_mb,
+    fetch_parts,
+    live_slots,
+    part_name,
+    timed,
+    upload_splits,
+)
+from fogwheel.mapreduce.streaming import Streaming, run_streaming
 
 __all__ = [
     "Grep",
@@ -47,39 +57,13 @@ __all__ = [
     "JobFailed",
     "MapReduce",
     "Result",
+    "Streaming",
     "WordCount",
     "line_splits",
     "partition_of",
     "run",
+    "run_streaming",
 ]
-
-DEFAULT_SPLIT_MB = 16
-MIN_SPLIT_MB = 0.25
-MAX_PARTITIONS = 100  # a task lists its output files, at most 100
-Progress = Callable[[str, int, int], None]  # (phase, done, total)
-
-
-class JobFailed(FogwheelError):
-    """A map or reduce task failed for good (after its retries); says which and why."""
-
-
-@dataclass
-class Result:
-    """Where the output went and what the run did."""
-
-    paths: list[Path]
-    splits: int
-    partitions: int
-    input_bytes: int
-    output_bytes: int
-    seconds: dict[str, float] = field(default_factory=dict)  # per phase
-    map_job: int | None = None
-    reduce_job: int | None = None
-
-    @property
-    def total_seconds(self) -> float:
-        return sum(self.seconds.values())
-
 
 # -- what runs on the nodes -------------------------------------------------------------------
 
@@ -114,10 +98,6 @@ class ReduceTask:
         return {"inputs": len(paths), "bytes_out": len(data)}
 
 
-def part_name(r: int) -> str:
-    return f"part-{r:05d}"
-
-
 # -- the driver -------------------------------------------------------------------------------
 
 
@@ -148,29 +128,19 @@ def run(
             raise FileNotFoundError(f"no input file {p}")
     total_bytes = sum(p.stat().st_size for p in paths)
     if partitions is None or split_mb is None:
-        slots = max(1, sum(n.get("cores", 1) for n in client.nodes() if n.get("state") == "up"))
+        slots = live_slots(client)
         if partitions is None:
             partitions = min(MAX_PARTITIONS, job.suggest_partitions(total_bytes, slots))
         if split_mb is None:
-            split_mb = min(DEFAULT_SPLIT_MB, max(MIN_SPLIT_MB, total_bytes / 2**20 / (2 * slots)))
+            split_mb = default_split_mb(total_bytes, slots)
     if not 1 <= partitions <= MAX_PARTITIONS:
         raise ValueError(f"partitions must be between 1 and {MAX_PARTITIONS}, not {partitions}")
     seconds: dict[str, float] = {}
     report = progress or (lambda phase, done, total: None)
 
-    # Split: upload as we read; a split is forgotten once it is a blob.
-    t0 = time.perf_counter()
-    blobs: list[Blob] = []
-    sent = 0
-    report("split", 0, total_bytes)
-    for piece in job.splits(paths, max(1, int(split_mb * 1024 * 1024))):
-        blobs.append(client.put_blob(piece))
-        sent += len(piece)
-        report("split", min(sent, total_bytes), total_bytes)
-    if not blobs:
-        blobs.append(client.put_blob(b""))
-    report("split", total_bytes, total_bytes)  # a k-mer split drops headers and newlines
-    seconds["split"] = time.perf_counter() - t0
+    with timed(seconds, "split"):
+        pieces = job.splits(paths, max(1, int(split_mb * 1024 * 1024)))
+        blobs = upload_splits(client, pieces, total_bytes, report)
 
     names = [part_name(r) for r in range(partitions)]
 
@@ -186,7 +156,7 @@ def run(
             wall_s=wall_s,
             backups=backups,
         )
-        results = _collect(client, name, futures, report)
+        results = collect(client, name, futures, report)
         seconds[name] = time.perf_counter() - t0
         return results, futures[0].job_id
 
@@ -219,33 +189,13 @@ def run(
     )
 
 
-def _collect(
-    client: Client, phase: str, futures: Sequence[Any], report: Progress
-) -> list[TaskOutput]:
-    index = {f: i for i, f in enumerate(futures)}
-    results: list[TaskOutput | None] = [None] * len(futures)
-    report(phase, 0, len(futures))
-    for done, fut in enumerate(as_completed(futures), 1):
-        i = index[fut]
-        try:
-            results[i] = fut.result()
-        except Exception as e:
-            # One request a job cancels its tasks on the fog and this process's futures.
-            for job_id in sorted({f.job_id for f in futures}):
-                with contextlib.suppress(Exception):
-                    client.cancel(job_id)
-            raise JobFailed(f"{phase} task {i} (job {fut.job_id}) failed: {e}") from e
-        report(phase, done, len(futures))
-    return [r for r in results if r is not None]
-
-
 def _write_outputs(
     client: Client, job: Job, outputs: Sequence[Blob], out: Path, report: Progress
 ) -> list[Path]:
-    total = sum(b.size for b in outputs)
-    report("output", 0, total)
-    got = 0
     if job.output == "file":
+        total = sum(b.size for b in outputs)
+        report("output", 0, total)
+        got = 0
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.part")
         tmp.write_bytes(b"")
@@ -254,17 +204,9 @@ def _write_outputs(
             report("output", got, total)
         tmp.replace(out)
         return [out]
-    out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("part-*"):
         old.unlink()
-    paths = []
-    for r, blob in enumerate(outputs):
-        path = out / part_name(r)
-        got += client.fetch_to(blob, path)
-        paths.append(path)
-        report("output", got, total)
-    (out / "_SUCCESS").write_bytes(b"")
-    return paths
+    return fetch_parts(client, outputs, out, report)
 
 
 _pickle_lock = threading.Lock()
