@@ -261,6 +261,15 @@ def coordinator(
             "address counts, since a device could name any network in that header.",
         ),
     ] = None,
+    cors_origin: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FOGWHEEL_CORS_ORIGIN",
+            help="Origins whose pages may read CDN content with a bearer key (commas, e.g. "
+            "https://console.example.com; * for any). Default: none; signed URLs (fogwheel cdn "
+            "url) are readable from any page regardless.",
+        ),
+    ] = None,
     ready_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
     quiet: Annotated[bool, typer.Option(help="Print nothing at start.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
@@ -283,6 +292,16 @@ def coordinator(
         join_token = join_token or held.get("FOGWHEEL_JOIN_TOKEN")
         api_key = api_key or held.get("FOGWHEEL_API_KEY")
         admin_key = admin_key or held.get("FOGWHEEL_ADMIN_KEY")
+    from fogwheel.core.cors import valid_origin
+
+    origins = tuple(o.strip().rstrip("/") for o in (cors_origin or "").split(",") if o.strip())
+    for origin in origins:
+        if not valid_origin(origin):
+            raise _fail(
+                f"--cors-origin {origin[:80]!r} is not an origin: write scheme://host[:port] "
+                "with no path (e.g. https://console.example.com), or *",
+                2,
+            )
     config = CoordinatorConfig(
         data_dir=data_dir,
         db=db,
@@ -304,6 +323,7 @@ def coordinator(
         signing_key=signing_key,
         blobs=blobs,
         trusted_proxies=tuple(a.strip() for a in (trusted_proxy or "").split(",") if a.strip()),
+        cors_origins=origins,
     )
     try:
         serve(config, announce=not quiet)
@@ -1264,188 +1284,6 @@ def train(
         )
 
 
-# -- the CDN ------------------------------------------------------------------------------------
-
-cdn_app = typer.Typer(
-    help="A peer-assisted CDN: encrypted, erasure-coded objects served by the nodes.",
-    no_args_is_help=True,
-)
-app.add_typer(cdn_app, name="cdn")
-
-
-def _bytes_bar(label: str) -> Any:
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TimeElapsedColumn,
-        TransferSpeedColumn,
-    )
-
-    return Progress(
-        f"{label:<12}",
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeElapsedColumn(),
-        console=err,
-    )
-
-
-@cdn_app.command("publish")
-def cdn_publish(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The file to publish.")],
-    k: Annotated[int, typer.Option("--k", min=1, max=256, help="Shares needed to rebuild.")] = 4,
-    n: Annotated[int, typer.Option("--n", min=1, max=256, help="Shares made a segment.")] = 8,
-    coordinator: CoordinatorOpt = None,
-    api_key: ApiKeyOpt = None,
-) -> None:
-    """Encrypt FILE (a fresh AES-256 key), erasure-code it k-of-n, upload it; prints its id.
-
-    Example: fogwheel cdn publish film.mp4 --k 4 --n 8
-    """
-    from fogwheel.cdn.client import publish
-    from fogwheel.errors import FogwheelError
-
-    if k > n:
-        raise _fail(f"--k {k} is more than --n {n}: a segment is rebuilt from k of its n shares")
-    warned: list[str] = []
-    with _client(coordinator, api_key, 0) as client, _bytes_bar("publishing") as bar:
-        task = bar.add_task("publish", total=file.stat().st_size)
-        try:
-            cid = publish(
-                client,
-                file,
-                k=k,
-                n=n,
-                progress=lambda d, t: bar.update(task, completed=d),
-                on_warning=warned.append,
-            )
-        except FogwheelError as e:
-            raise _fail(str(e)) from None
-    for note in warned:  # fewer live devices than n: the spread is degraded
-        err.print(f"warning: {note}", style="yellow", markup=False, highlight=False, soft_wrap=True)
-    out.print(f"published {file} as {cid} ({k} of {n} shares a segment)", highlight=False)
-    print(cid)
-
-
-@cdn_app.command("get")
-def cdn_get(
-    content_id: Annotated[str, typer.Argument(metavar="ID", help="The content id.")],
-    out_file: Annotated[Path, typer.Option("--out", "-o", help="Where to write it.")],
-    parallel: Annotated[int, typer.Option(min=1, max=64, help="Transfers at once.")] = 8,
-    coordinator: CoordinatorOpt = None,
-    api_key: ApiKeyOpt = None,
-) -> None:
-    """Fetch an object from the nodes that hold its shares (the origin for what they cannot
-    give), verified and decrypted.
-
-    Example: fogwheel cdn get c0123… --out film.mp4
-    """
-    from fogwheel.cdn.client import fetch
-    from fogwheel.errors import FogwheelError
-
-    with _client(coordinator, api_key, 0) as client, _bytes_bar("fetching") as bar:
-        task = bar.add_task("fetch", total=None)
-        try:
-            stats = fetch(
-                client,
-                content_id,
-                out_file,
-                parallel=parallel,
-                progress=lambda d, t: bar.update(task, completed=d, total=t),
-            )
-        except (FogwheelError, ValueError, OSError) as e:
-            raise _fail(str(e)) from None
-    share = stats.from_peers / max(1, stats.from_peers + stats.from_origin)
-    out.print(
-        f"wrote {out_file}: {stats.size:,} bytes in {stats.seconds:.2f} s, "
-        f"{share:.0%} from peers" + (f", {len(stats.bad)} bad shares refused" if stats.bad else ""),
-        highlight=False,
-    )
-
-
-@cdn_app.command("stats")
-def cdn_stats_cmd(
-    coordinator: CoordinatorOpt = None,
-    api_key: ApiKeyOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Offload ratio, bytes served a node, repair traffic, fetch throughput and p95 time."""
-    from fogwheel.cdn.client import cdn_stats
-    from fogwheel.errors import FogwheelError
-
-    with _client(coordinator, api_key, 0) as client:
-        try:
-            s = cdn_stats(client)
-        except FogwheelError as e:
-            raise _fail(str(e)) from None
-    if as_json:
-        print(json.dumps(s))
-        return
-    table = Table(title="CDN")
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-
-    def mb(x: float | None) -> str:
-        return "-" if x is None else f"{x / 1e6:,.1f} MB"
-
-    offload = "-" if s["offload"] is None else f"{s['offload']:.1%}"
-    seg = s["segments"]
-    rows = [
-        ("objects", str(s["objects"])),
-        ("fetches", str(s["fetches"])),
-        ("delivered", mb(s["bytes_delivered"])),
-        ("offload (from peers)", offload),
-        ("from the origin", mb(s["bytes_from_origin"])),
-        ("repair traffic", mb(s["repair_bytes"])),
-        ("fetch throughput", "-" if s["fetch_mb_s"] is None else f"{s['fetch_mb_s']:.1f} MB/s"),
-        ("fetch p95", "-" if s["fetch_p95_s"] is None else f"{s['fetch_p95_s']:.2f} s"),
-        (
-            "segments full / degraded / at risk / below k",
-            f"{seg['full']}/{seg['degraded']}/{seg.get('at_risk', 0)}/{seg['below_k']}",
-        ),
-        ("fewest devices a segment", str(seg.get("min_devices") or "-")),
-    ]
-    for node_id, n in sorted(s["served_by_node"].items()):
-        rows.append((f"served by {node_id}", mb(n)))
-    for name, value in rows:
-        table.add_row(name, value)
-    out.print(table)
-    _print_cdn_spread(s.get("by_object", []))
-
-
-def _print_cdn_spread(objects: list[dict[str, Any]]) -> None:
-    """Per object: its worst segment, the fewest distinct devices of a segment (of n)."""
-    if not objects:
-        return
-    table = Table(title="objects: how their shares are spread")
-    for col in ("object", "name", "k/n", "state", "fewest devices", "after 1 loss"):
-        table.add_column(col)
-    for o in objects:
-        state = o["state"].replace("_", " ")
-        table.add_row(
-            o["content_id"],
-            Text(o["name"]),
-            f"{o['k']}/{o['n']}",
-            state,
-            f"{o['min_devices']} of {o['n']}",
-            f"{o['min_shares_after_one_loss']} shares",
-        )
-    out.print(table)
-    for o in objects:
-        if o["state"] != "full":
-            out.print(
-                f"{o['content_id']}: {o['state'].replace('_', ' ')} — a segment sits on "
-                f"{o['min_devices']} of n={o['n']} devices, and losing the worst one leaves "
-                f"{o['min_shares_after_one_loss']} shares (k={o['k']} rebuild it): add "
-                "devices and repair spreads the shares over them",
-                markup=False,
-                highlight=False,
-                soft_wrap=True,
-            )
-
-
 # owners, join tokens, revocation (src/fogwheel/cli_owners.py)
 from fogwheel import cli_owners  # noqa: E402
 
@@ -1481,6 +1319,11 @@ cli_mapreduce.register(app)
 from fogwheel import cli_sim  # noqa: E402
 
 cli_sim.register(app)
+
+# cdn publish|get|url|stats (src/fogwheel/cli_cdn.py)
+from fogwheel.cli_cdn import cdn_app  # noqa: E402
+
+app.add_typer(cdn_app, name="cdn")
 
 
 def main() -> None:

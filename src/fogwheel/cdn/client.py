@@ -1,12 +1,13 @@
 """The CDN through the SDK: publish a file, fetch it back from the nodes, read the stats.
 
     from fogwheel import Client
-    from fogwheel.cdn.client import publish, fetch
+    from fogwheel.cdn.client import publish, fetch, signed_url
 
     with Client() as fog:
-        cid = publish(fog, "film.mp4", k=4, n=8)
+        cid = publish(fog, "film.mp4", k=4, n=8)  # served as video/mp4, guessed from the name
         stats = fetch(fog, cid, "copy.mp4")
         print(stats.from_peers / stats.size)      # the share delivered by peers
+        url, expires = signed_url(fog, cid, expires_in=3600)  # <video src=url>, curl, wget
 
 Publishing encrypts and erasure-codes the file here, one segment at a time (cdn/codec.py),
 uploads every share to the coordinator (the origin), and registers the manifest and the key;
@@ -15,6 +16,7 @@ the coordinator places the shares on nodes, which fetch them in their next round
 
 from __future__ import annotations
 
+import mimetypes
 import os
 import warnings
 from collections.abc import Callable
@@ -38,12 +40,16 @@ def publish(
     segment_size: int = SEGMENT_SIZE,
     progress: Progress | None = None,
     on_warning: Callable[[str], None] | None = None,
+    content_type: str | None = None,
 ) -> str:
     """Encrypt, erasure-code and upload `path`; returns its content id.
 
+    `content_type` is the media type the coordinator serves it as (`video/mp4`); by default
+    it is guessed from the file's name (`mimetypes`), application/octet-stream when no guess.
     When the fog has fewer live devices than `n`, the coordinator's warning (what that spread
     risks, what to change) goes to `on_warning`, or is raised as a `UserWarning`."""
     path = Path(path)
+    kind = content_type or mimetypes.guess_type(name or path.name)[0]
     size = path.stat().st_size
     key = new_key()
     content_id = new_content_id()
@@ -63,9 +69,10 @@ def publish(
     manifest = build_manifest(
         content_id, (name or path.name)[:200], size, segment_size, k, n, segments
     )
-    answer = client._request(
-        "POST", "/v1/cdn/objects", json={"manifest": manifest.to_dict(), "key": key.hex()}
-    ).json()
+    body: dict[str, Any] = {"manifest": manifest.to_dict(), "key": key.hex()}
+    if kind:
+        body["content_type"] = kind
+    answer = client._request("POST", "/v1/cdn/objects", json=body).json()
     warning = answer.get("warning") if isinstance(answer, dict) else None
     if isinstance(warning, str) and warning:
         if on_warning is not None:
@@ -114,6 +121,16 @@ def fetch(
     tmp.replace(out)
     client._request("POST", f"/v1/cdn/objects/{content_id}/fetches", json=stats.report())
     return stats
+
+
+def signed_url(client: Client, content_id: str, *, expires_in: float = 3600) -> tuple[str, int]:
+    """A URL of the object that needs no header, and when it stops working (unix seconds):
+    for `<video src=…>`, players, curl and wget. At most 7 days; anyone who has it can read
+    the object until then (docs/cdn.md, "Signed URLs")."""
+    answer = client._request(
+        "POST", f"/v1/cdn/objects/{content_id}/urls", json={"expires_in": int(expires_in)}
+    ).json()
+    return client.url + answer["path"], int(answer["expires"])
 
 
 def cdn_stats(client: Client) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 POST /v1/cdn/objects                  register a published object (its shares uploaded)
 GET  /v1/cdn/objects/{id}             the fetch plan: manifest, key, holders, a node token
 POST /v1/cdn/objects/{id}/fetches     a client's figures, receipts and accusations for a fetch
-GET  /v1/cdn/objects/{id}/content     the object itself, reassembled here (Range requests)
+GET  /v1/cdn/objects/{id}/content     the object itself, a web origin (cdn_content.py)
+POST /v1/cdn/objects/{id}/urls        a signed, expiring URL of it (cdn_content.py)
 GET  /v1/cdn/stats                    offload, bytes served a node, repair bytes, p95
 POST /v1/nodes/{id}/pardon            the operator lifts a node's quarantine
 
@@ -16,14 +17,11 @@ Nodes are paid only against receipts the fetching client signed (cdn/receipts.py
 from __future__ import annotations
 
 import logging
-import re
 import time
-from collections.abc import Iterator
 from typing import Annotated, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import APIRouter, FastAPI, HTTPException, Path, Request
-from fastapi.responses import StreamingResponse
 from pydantic import Field, StringConstraints
 
 from fogwheel.blobs import FileBlobStore
@@ -31,6 +29,7 @@ from fogwheel.cdn import receipts as receipt
 from fogwheel.cdn.audit import ServeScreen, ShareAuditor
 from fogwheel.cdn.codec import CodecError, Manifest
 from fogwheel.coordinator.auth import Authenticator
+from fogwheel.coordinator.cdn_content import MEDIA_TYPE, build_content_routes, media_type
 from fogwheel.protocol import Model, Problem, SyncIn
 from fogwheel.signing import sign_token
 from fogwheel.store import Store
@@ -53,6 +52,13 @@ class PublishIn(Model):
     manifest: dict[str, Any] = Field(description="the object's manifest (cdn/codec.py)")
     key: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] = Field(
         description="the object's AES-256 key, hex: kept here, never sent to storing nodes"
+    )
+    content_type: Annotated[str, StringConstraints(max_length=200, pattern=MEDIA_TYPE)] | None = (
+        Field(
+            default=None,
+            description="the media type to serve it as (RFC 9110 §8.3), e.g. video/mp4; "
+            "default: guessed from the manifest's name",
+        )
     )
 
 
@@ -178,7 +184,8 @@ def build_cdn_routes(
             raise HTTPException(
                 422, f"share {sorted(missing)[0]} is not uploaded: PUT it to /v1/blobs first"
             )
-        out = store.cdn_create(who.id, manifest.to_dict(), body.key, shares, time.time())
+        kind = body.content_type or media_type(None, manifest.name)
+        out = store.cdn_create(who.id, manifest.to_dict(), body.key, shares, time.time(), kind)
         return PublishOut(**out)
 
     @v1.get("/objects/{content_id}")
@@ -222,82 +229,7 @@ def build_cdn_routes(
         if bad:
             auditor.accuse(who.id, bad)
 
-    @v1.get(
-        "/objects/{content_id}/content",
-        response_class=StreamingResponse,
-        responses={
-            200: {"content": {"application/octet-stream": {}}},
-            206: {"description": "Partial content"},
-            416: {"model": Problem, "description": "Range not satisfiable"},
-        },
-    )
-    def content(request: Request, content_id: ContentId) -> StreamingResponse:
-        """The object's bytes, reassembled here from the nodes (the origin for what they
-        cannot give): for plain HTTP clients such as curl. Honours one `Range: bytes=a-b`."""
-        from fogwheel.cdn.fetch import Fetcher
-
-        who = auth.require(request, "customer")
-        now = time.time()
-        plan = store.cdn_plan(who.id, content_id, now)
-        if plan is None:
-            raise HTTPException(404, f"no object {content_id}")
-        manifest = Manifest.from_dict(plan["manifest"])
-        size = manifest.size
-        start, end = 0, size - 1
-        status = 200
-        headers = {"accept-ranges": "bytes"}
-        rng = request.headers.get("range")
-        if rng:
-            m = re.fullmatch(r"bytes=(\d*)-(\d*)", rng.strip())
-            if not m or (not m.group(1) and not m.group(2)):
-                raise HTTPException(416, f"cannot serve the range {rng[:80]!r}")
-            if m.group(1):
-                start = int(m.group(1))
-                end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
-            else:  # the last N bytes
-                start = max(0, size - int(m.group(2)))
-            if start >= size or start > end:
-                raise HTTPException(416, f"the range {rng[:80]!r} is outside {size} bytes")
-            status = 206
-            headers["content-range"] = f"bytes {start}-{end}/{size}"
-        headers["content-length"] = str(end - start + 1 if size else 0)
-        plan["token"] = sign_token(signing_key, {"c": content_id, "exp": now + TOKEN_SECONDS})
-        with_receipts(plan, who.id, content_id, now)
-
-        def body() -> Iterator[bytes]:
-            if size == 0:
-                return
-            seg_size = manifest.segment_size
-            first, last = start // seg_size, end // seg_size
-            with Fetcher(plan, blobs.get) as f:
-                for i, data in enumerate(f.segments(first, last), first):
-                    lo = max(start - i * seg_size, 0)
-                    hi = min(end - i * seg_size + 1, len(data))
-                    yield data[lo:hi]
-                stats = f.stats
-            done = time.time()
-            # bad bytes seen here are the coordinator's own evidence, not an accusation
-            for node_id, sha in dict.fromkeys(stats.bad):
-                why = stats.bad_why.get((node_id, sha), "sent wrong bytes")
-                store.cdn_share_failed(
-                    node_id, sha, f"the coordinator's streaming fetch of {content_id}: {why}", done
-                )
-            store.cdn_record_fetch(
-                who.id,
-                content_id,
-                size=end - start + 1,
-                from_peers=stats.from_peers,
-                from_origin=stats.from_origin,
-                seconds=stats.seconds,
-                bad=[],
-                now=done,
-                peers=[(n, int(b), s) for n, (b, s) in stats.peers.items()],
-                receipts=[(stats.plan, r["node_id"], r["sha"]) for r in stats.receipts],
-            )
-
-        return StreamingResponse(
-            body(), status_code=status, headers=headers, media_type="application/octet-stream"
-        )
+    build_content_routes(v1, store, auth, blobs, signing_key)  # GET/HEAD/OPTIONS …/content
 
     @v1.get("/stats")
     def stats(request: Request) -> dict[str, Any]:

@@ -88,6 +88,9 @@ class CoordinatorConfig:
     trusted_proxies: tuple[str, ...] = ()
     placement: str = "fair"  # core/scheduler.Policy: fair, random, reliability, deadline
     placement_seed: int = 0  # the draws of --placement random
+    # Origins whose pages may read CDN content with a bearer key (core/cors.py); signed URLs
+    # are readable from any page whatever this says.
+    cors_origins: tuple[str, ...] = ()
 
     @property
     def max_blob_bytes(self) -> int:

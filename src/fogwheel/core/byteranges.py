@@ -183,7 +183,7 @@ def select_ranges(header: str, size: int, max_ranges: int = MAX_RANGES) -> Range
     if size == 0:
         return WholeBody("an empty body has no ranges to serve")
     if not wanted:
-        return Unsatisfiable(size, f"no range of {text[:80]!r} lies within the {size} bytes")
+        return Unsatisfiable(size, f"every range of {text[:80]!r} lies outside the {size} bytes")
     return PartialBody(coalesce(wanted))
 
 

@@ -72,6 +72,7 @@ class CdnStore(VerifyStore):
         key_hex: str,
         shares: Sequence[tuple[str, int, int, int]],  # (sha, segment, idx, size)
         now: float,
+        content_type: str | None = None,
     ) -> dict[str, Any]:
         """Record an object and place its shares on live nodes; returns its summary."""
         with self.tx() as c:
@@ -87,6 +88,7 @@ class CdnStore(VerifyStore):
                     manifest=json.dumps(manifest),
                     created_at=now,
                     fetches=0,
+                    content_type=content_type,
                 )
             )
             c.execute(
@@ -118,6 +120,22 @@ class CdnStore(VerifyStore):
                 c.execute(select(cdn_objects.c.id).where(cdn_objects.c.id == content_id)).first()
                 is not None
             )
+
+    def cdn_object(self, content_id: str) -> dict[str, Any] | None:
+        """What the content route serves an object by: owner, name, size, publish time and
+        media type (no key, no manifest); None when there is no such object."""
+        cols = cdn_objects.c
+        with self.read() as c:
+            row = (
+                c.execute(
+                    select(
+                        cols.customer_id, cols.name, cols.size, cols.created_at, cols.content_type
+                    ).where(cols.id == content_id)
+                )
+                .mappings()
+                .first()
+            )
+        return dict(row) if row is not None else None
 
     # -- placement ----------------------------------------------------------------------------
 

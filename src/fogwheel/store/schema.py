@@ -239,6 +239,8 @@ cdn_objects = Table(
     Column("manifest", Text, nullable=False),
     Column("created_at", Float, nullable=False),
     Column("fetches", Integer, nullable=False, default=0),
+    # the media type served (docs/cdn.md); NULL in rows older than it: guessed from the name
+    Column("content_type", String(200), nullable=True),
 )
 
 cdn_shares = Table(
