@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import math
 import operator
-from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -340,19 +339,18 @@ def _round_robin(
 ) -> Iterable[Candidate]:
     """Customers take turns, in the order they first appear; each one's queue by locality
     (then stably by `key`, when the policy gives one)."""
-    by_customer: dict[str, list[Candidate]] = defaultdict(list)
+    by_customer: dict[str, list[Candidate]] = {}
     for c in cands:
-        by_customer[c.customer_id].append(c)
-    if len(by_customer) == 1 and key is None:
-        yield from locality_order(next(iter(by_customer.values())))
-        return
-    queues = {}
-    for k, v in by_customer.items():
-        ordered = locality_order(v)
-        queues[k] = deque(ordered if key is None else sorted(ordered, key=key))
-    while queues:
-        for customer in list(queues):
-            q = queues[customer]
-            yield q.popleft()
-            if not q:
-                del queues[customer]
+        q = by_customer.get(c.customer_id)
+        if q is None:
+            by_customer[c.customer_id] = [c]
+        else:
+            q.append(c)
+    queues = [locality_order(q) for q in by_customer.values()]
+    if key is not None:
+        queues = [sorted(q, key=key) for q in queues]
+    if len(queues) <= 1:
+        return queues[0] if queues else []
+    # Turn i takes the i-th of each customer's queue that still has one, in their order.
+    longest = max(map(len, queues))
+    return [q[i] for i in range(longest) for q in queues if i < len(q)]

@@ -13,7 +13,7 @@ Everything here is pure: the shell supplies the random draws.
 
 from __future__ import annotations
 
-from collections import Counter
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -88,6 +88,8 @@ class Reject:
 
 Verdict = Accept | NeedMore | Reject
 
+_VOTES = operator.itemgetter(1)
+
 
 def verdict(
     results: Sequence[tuple[str, str]], quorum: int, outstanding: int, involved: frozenset[str]
@@ -98,8 +100,10 @@ def verdict(
     (they may not hold another: replicas go to distinct nodes)."""
     if not results:
         return NeedMore(max(0, 1 - outstanding), involved, "no result yet")
-    counts = Counter(d for _, d in results)
-    digest, votes = counts.most_common(1)[0]
+    counts: dict[str, int] = {}  # digest -> votes, in the order first seen
+    for _, d in results:
+        counts[d] = counts.get(d, 0) + 1
+    digest, votes = max(counts.items(), key=_VOTES)  # the first most voted, as most_common(1)
     tied = sum(1 for n in counts.values() if n == votes) > 1
     if votes >= quorum and not tied:
         agreeing = tuple(sorted(n for n, d in results if d == digest))

@@ -557,6 +557,18 @@ class World:
             self.counters.failed += 1
         if job.settled == job.tasks:
             job.finished_at = now
+        self._forget(g)
+
+    def _forget(self, g: int) -> None:
+        """Drop what only an open group needs: nothing reads it once the group is settled (no
+        copy of it is leased any more), and a million groups' sets weigh a gigabyte."""
+        for m in self.members.pop(g, ()):
+            self.lost_on.pop(m, None)
+        self.lost_on.pop(g, None)
+        self.ran.pop(g, None)
+        self.involved.pop(g, None)
+        self.results.pop(g, None)
+        self.quorum.pop(g, None)
 
     def _vote(self, d: int, *, agreed: bool) -> None:
         rec = trust.record_after(self.record[d], agreed)
