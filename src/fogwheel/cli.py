@@ -1022,63 +1022,6 @@ def _print_account(data: dict[str, Any], as_json: bool) -> None:
         out.print(f"older entries: --before {data['next_before']}")
 
 
-@app.command()
-def render(
-    scene: Annotated[
-        Path, typer.Argument(exists=True, dir_okay=False, help="The POV-Ray scene (.pov).")
-    ],
-    width: Annotated[int, typer.Option(min=1, help="Image width, pixels.")] = 320,
-    height: Annotated[int, typer.Option(min=1, help="Image height, pixels.")] = 240,
-    image: Annotated[
-        Path, typer.Option("--out", "-o", help="The PNG to write (IMG-001.png… for frames).")
-    ] = Path("render.png"),
-    bands: Annotated[int, typer.Option(min=1, help="Row bands per frame, one task each.")] = 8,
-    frames: Annotated[
-        int, typer.Option(min=1, help="Animation frames; `clock` runs from 0 to 1.")
-    ] = 1,
-    wall: Annotated[float, typer.Option(help="Wall-time limit per band, seconds.")] = 600.0,
-    coordinator: CoordinatorOpt = None,
-    api_key: ApiKeyOpt = None,
-    local: LocalOpt = 0,
-    replicas: ReplicasOpt = "adaptive",
-    max_cost: MaxCostOpt = None,
-) -> None:
-    """Render a POV-Ray scene on the fog's nodes that have povray, in row bands, into a PNG.
-
-    Example: fogwheel render examples/scenes/spheres.pov --width 640 --height 480 --out s.png
-    """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    from fogwheel.errors import CommandFailed, FogwheelError
-    from fogwheel.workloads import render as rendering
-
-    with _client(coordinator, api_key, local, _replicas(replicas)) as client:
-        columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        columns += (waits.notice.column(),)  # why it waits, while it does (cli_waits.py)
-        with Progress(*columns, console=err, transient=True) as bar:
-            task = bar.add_task(f"rendering {scene.name}", total=None)
-            try:
-                paths = rendering.render(
-                    client,
-                    scene,
-                    width,
-                    height,
-                    bands,
-                    image,
-                    frames=frames,
-                    wall_s=wall,
-                    progress=lambda done, total: bar.update(task, completed=done, total=total),
-                )
-            except CommandFailed as e:
-                if e.result is not None:
-                    sys.stderr.write(e.result.stderr[-2000:] or e.result.stdout[-2000:])
-                raise _fail(f"a band failed: {e}") from None
-            except (FogwheelError, rendering.PngError) as e:
-                raise _fail(str(e)) from None
-    for path in paths:
-        out.print(f"wrote {path}", highlight=False, soft_wrap=True, markup=False)
-
-
 # -- k-mers (`fogwheel mapreduce …` is src/fogwheel/cli_mapreduce.py) -------------------------
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="End with one JSON line of figures.")]
@@ -1319,6 +1262,12 @@ cli_mapreduce.register(app)
 from fogwheel import cli_sim  # noqa: E402
 
 cli_sim.register(app)
+
+# render: POV-Ray with POV-Ray's own options (src/fogwheel/cli_render.py)
+from fogwheel import cli_render  # noqa: E402
+
+cli_render.register(app)
+
 
 # cdn publish|get|url|stats (src/fogwheel/cli_cdn.py)
 from fogwheel.cli_cdn import cdn_app  # noqa: E402

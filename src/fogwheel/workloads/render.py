@@ -1,210 +1,204 @@
-"""Distributed POV-Ray rendering: a frame split into row bands, one command task each, stitched.
+"""Distributed POV-Ray rendering: POV-Ray's own options, frames split into row bands, stitched.
 
-Each band is rendered by `povray` on a node that advertises it (`needs=["povray"]`) with
-POV-Ray's start/end row options (`+SR`/`+ER`, 1-based and inclusive). POV-Ray 3.7 writes a
-full-size image for a band, the rows outside it black, and stamps every file with its render
-date (PNG `tIME` and `tEXt` chunks, PPM and TGA comments). Verification compares output
-files, stdout and stderr byte for byte, so a band is rendered as an 8-bit PPM, POV-Ray's
-console output goes to a log, and the task cuts the band's own rows of raw RGB off the PPM's
-end (`tail -c | head -c`): the same bytes on every node, and only the band's
-rows travel back. `stitch` joins the bands into one PNG, written with the standard library.
+The options are read as POV-Ray 3.7 reads them (`povray_options`: its default INI file, then
+switches, INI settings and INI files in order) and planned (`render_plan`). Each band of each
+frame is one command task for a node that advertises `povray` (`needs=["povray"]`): POV-Ray
+with the vetted options, the frame (`+SF`/`+EF`) and the band's rows (`+SR`/`+ER`, 1-based,
+inclusive, starting on a render-block boundary so the pixels equal a whole-frame render's:
+see `render_plan`). The node's POV-Ray reads no INI file of the node's owner (`POVINI` names
+an empty one) and its home is the task's scratch directory, so the owner's settings change
+no pixel and the scene's file I/O stays in the scratch (POV-Ray's `povray.conf` permits
+`%HOME%` and `.`, and the sandbox the rest).
 
-The stitched frame equals a single-process render pixel for pixel, with one catch that
-decides the antialiasing method: POV-Ray's default `+AM1` (adaptive, non-recursive) decides
-whether to supersample a pixel by comparing it with neighbours already traced, so the rows at
-a band's edge come out differently than in a whole-frame render. `+AM2` (adaptive recursive)
-gives identical rows however the frame is split (checked for 2 to 64 bands), so every render
-here uses `+A0.3 +AM2`.
+POV-Ray 3.7 writes a full-size image for a band, the rows outside it black, and stamps every
+file with its render date (PNG `tIME`, PPM comments). Replicas are compared byte for byte, so
+a band is rendered as a PPM (8 or 16 bits, the same samples as POV-Ray's PNG), POV-Ray's
+console output goes to a log, and the task cuts the band's own rows off the PPM's end
+(`tail -c | head -c`): the same bytes on every node, and only the band's rows travel back.
+`stitch` joins the bands into one PNG per frame, named as POV-Ray names its frames.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
-import struct
-import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import as_completed
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-Band = tuple[int, int]  # (first row, last row), 1-based and inclusive as POV-Ray counts them
+from fogwheel.workloads.png import Image, PngError, colour_chunks, decode_png, encode_png
+from fogwheel.workloads.povray_options import (
+    OptionError,
+    Setting,
+    read_arguments,
+    read_ini_text,
+    resolve,
+)
+from fogwheel.workloads.render_plan import (
+    INCLUDE_DIR,
+    SAFE_NAME,
+    Band,
+    RenderPlan,
+    frame_name,
+    plan_bands,
+    plan_render,
+)
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-BAND_FILE = "band.rgb"  # the band's rows, raw 8-bit RGB, top to bottom
+__all__ = [
+    "BAND_FILE",
+    "Image",
+    "OptionError",
+    "PngError",
+    "RenderPlan",
+    "decode_png",
+    "encode_png",
+    "include_files",
+    "output_paths",
+    "plan_bands",
+    "plan_from_arguments",
+    "render",
+    "render_planned",
+    "stitch",
+]
+
+BAND_FILE = "band.rgb"  # the band's rows, raw RGB samples, top to bottom
 MEMORY_MB = 512  # POV-Ray 3.7 cannot start under a 256 MB address-space limit
-CHANNELS = {0: 1, 2: 3, 6: 4}  # PNG colour type -> samples per pixel (8-bit only)
-KEPT_CHUNKS = (b"gAMA", b"sRGB", b"cHRM")  # colour information a decoded PNG keeps
-SRGB_CHUNKS = [(b"gAMA", struct.pack(">I", 45455)), (b"sRGB", b"\x00")]  # as POV-Ray tags PNGs
+POVLIBDIR = "/usr/share/povray-3.7"  # Debian's; POV-Ray adds its include/ when no INI is found
+INCLUDE_MAX_FILES = 2000  # an --include folder with more files is refused
+INCLUDE_MAX_BYTES = 1 << 30
 
 
-class PngError(ValueError):
-    """An image this module cannot read (interlaced, 16-bit, paletted PNG) or a short band."""
+# -- reading the options (the customer's machine) --------------------------------------------
 
 
-# -- planning (pure) --------------------------------------------------------------------------
+def default_ini(env: Mapping[str, str], cwd: Path) -> Path | None:
+    """The INI file POV-Ray 3.7 on Unix reads before the command line (`vfe/unix/
+    unixoptions.cpp`, `Process_povray_ini`): $POVINI, ./povray.ini, the user's, the system's."""
+    home = env.get("HOME", "")
+    candidates = [env["POVINI"]] if env.get("POVINI") else []
+    candidates += [str(cwd / "povray.ini")]
+    if home:
+        candidates.append(f"{home}/.povray/3.7/povray.ini")
+    candidates += ["/etc/povray/3.7/povray.ini", "/usr/local/etc/povray/3.7/povray.ini"]
+    if home:
+        candidates.append(f"{home}/.povrayrc")
+    return next((Path(c) for c in candidates if Path(c).is_file()), None)
 
 
-def plan_bands(height: int, n: int) -> list[Band]:
-    """Split rows 1..height into at most `n` contiguous bands whose sizes differ by at most one."""
-    if height < 1 or n < 1:
-        raise ValueError(f"need a height and a band count of at least 1, not {height} and {n}")
-    n = min(n, height)
-    size, extra = divmod(height, n)
-    bands, start = [], 1
-    for i in range(n):
-        end = start + size + (1 if i < extra else 0) - 1
-        bands.append((start, end))
-        start = end + 1
-    return bands
+def plan_from_arguments(
+    arguments: Sequence[str],
+    include: str | os.PathLike[str] | None = None,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> RenderPlan:
+    """Read POV-Ray's arguments (`scene.pov +A0.3 opts.ini[Hi] Declare=R=2`) after POV-Ray's
+    default INI file, and plan the render; an `OptionError` says what is refused and why."""
+    cwd = cwd or Path.cwd()
+    env = os.environ if env is None else env
+
+    def read_text(name: str) -> str:
+        # POV-Ray looks for an INI file where it is named, then in its own ini/ folder
+        found = [cwd / name] + ([Path(POVLIBDIR, "ini", name)] if "/" not in name else [])
+        path = next((p for p in found if p.is_file()), found[0])
+        try:
+            if path.stat().st_size > 1 << 20:
+                raise OptionError(f"the INI file {name} is larger than 1 MiB")
+            return path.read_text(encoding="utf-8", errors="replace")
+        except OSError as e:
+            raise OptionError(f"cannot read the INI file {name}: {e.strerror}") from None
+
+    ini = default_ini(env, cwd)
+    if ini is not None:
+        settings = read_ini_text(read_text(str(ini)), str(ini), None, read_text)
+    else:
+        settings = [Setting("Library_Path", f"{POVLIBDIR}/include", "POV-Ray's default")]
+    settings += read_arguments(arguments, read_text)
+    folder = None if include is None else str((cwd / include).resolve())
+    return plan_render(resolve(settings), folder, str(cwd.resolve()))
 
 
-def frame_clocks(frames: int) -> list[float | None]:
-    """The `clock` of each frame: none for a still, else 0 to 1 inclusive (as `+KFI1 +KFFN`)."""
-    if frames < 1:
-        raise ValueError(f"need at least one frame, not {frames}")
-    if frames == 1:
-        return [None]
-    return [k / (frames - 1) for k in range(frames)]
+def include_files(folder: str | os.PathLike[str]) -> dict[str, Path]:
+    """The files of an `--include` folder by the names they get on a node (`include/...`)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise OptionError(f"--include {folder}: not a folder")
+    files: dict[str, Path] = {}
+    total = 0
+    for top, dirs, names in os.walk(root):
+        dirs.sort()
+        for name in sorted(names):
+            path = Path(top, name)
+            rel = path.relative_to(root).as_posix()
+            if not path.is_file():
+                continue
+            if not all(SAFE_NAME.match(part) for part in rel.split("/")) or len(rel) > 180:
+                raise OptionError(
+                    f"--include {folder}: the file name {rel!r} cannot be shipped "
+                    "(letters, digits, '.', '_' and '-' only, starting with a letter or digit)"
+                )
+            total += path.stat().st_size
+            files[f"{INCLUDE_DIR}/{rel}"] = path
+            if len(files) > INCLUDE_MAX_FILES or total > INCLUDE_MAX_BYTES:
+                raise OptionError(
+                    f"--include {folder}: more than {INCLUDE_MAX_FILES} files or 1 GiB; "
+                    "ship only the folder the scene reads"
+                )
+    return files
 
 
-def povray_options(
-    width: int, height: int, clock: float | None = None, fmt: str = "+FN"
-) -> list[str]:
-    """The options every band and every reference render share: no display, `+AM2`
-    antialiasing (band-safe: see the module docstring), one thread (a task has one core)."""
-    opts = [f"+W{width}", f"+H{height}", fmt, "-D", "-P", "+A0.3", "+AM2", "+WT1"]
-    if clock is not None:
-        opts.append(f"+K{clock!r}")
-    return opts
+def output_paths(plan: RenderPlan, out: str | os.PathLike[str] | None, cwd: Path) -> list[Path]:
+    """Where each frame goes, named as POV-Ray 3.7 names them: `--out` or `Output_File_Name`
+    (a folder when it ends in `/` or is one), else the scene's name beside the scene."""
+    scene = Path(plan.scene)
+    base = os.fspath(out) if out is not None else plan.output
+    if base is None:
+        folder, name = (cwd / scene).parent, scene.stem
+    elif base.endswith("/") or (cwd / base).is_dir():
+        folder, name = cwd / base, scene.stem
+    else:
+        folder, name = (cwd / base).parent, Path(base).name
+    return [folder / frame_name(name, f, plan.final_frame) for f in plan.frames]
 
 
-def band_command(scene: str, width: int, height: int, band: Band, clock: float | None) -> list[str]:
-    """The command line that renders one band of `scene` and leaves its rows in `BAND_FILE`."""
+# -- the task (a node) ------------------------------------------------------------------------
+
+
+def band_command(plan: RenderPlan, scene: str, band: Band, frame: int | None) -> list[str]:
+    """The command line that renders one band of one frame and leaves its rows in `BAND_FILE`."""
     first, last = band
-    povray = ["povray", f"+I{scene}", "+Oband.ppm", *povray_options(width, height, clock, "+FP8")]
-    povray += [f"+SR{first}", f"+ER{last}"]
-    from_end = (height - first + 1) * width * 3  # the pixels are the file's last bytes
-    length = (last - first + 1) * width * 3
+    povray = ["povray", f"+I{scene}", *plan.node_options]
+    if frame is not None:
+        povray += [f"+SF{frame}", f"+EF{frame}"]
+    povray += [f"+SR{first}", f"+ER{last}", "-D", "-P", "+WT1", f"+FP{plan.depth}"]
+    povray += ["+Ofogwheel-band.ppm"]
+    sample = plan.depth // 8
+    from_end = (plan.height - first + 1) * plan.width * 3 * sample  # pixels end the file
+    length = (last - first + 1) * plan.width * 3 * sample
     # POV-Ray's console output carries timings, and replicas must agree on stdout and stderr
     # too: it goes to a log that only a failure shows.
     run = (
-        f"{shlex.join(povray)} >povray.log 2>&1 || {{ s=$?; tail -n 40 povray.log >&2; exit $s; }}"
+        ': >fogwheel-empty.ini && HOME="$PWD" POVINI=fogwheel-empty.ini '
+        f"{shlex.join(povray)} >fogwheel-povray.log 2>&1 "
+        "|| { s=$?; tail -n 40 fogwheel-povray.log >&2; exit $s; }"
     )
-    cut = f"tail -c {from_end} band.ppm | head -c {length} >{BAND_FILE}"
+    cut = f'set -- fogwheel-band*.ppm; tail -c {from_end} "$1" | head -c {length} >{BAND_FILE}'
     return ["sh", "-c", f"{run}; {cut}"]
 
 
-def frame_paths(out: Path, frames: int) -> list[Path]:
-    """Where the frames go: `out` for a still, `out-001.png`, `out-002.png`, … for an animation."""
-    if frames == 1:
-        return [out]
-    suffix = out.suffix or ".png"
-    return [out.with_name(f"{out.stem}-{k:03d}{suffix}") for k in range(1, frames + 1)]
+# -- stitching (pure) -------------------------------------------------------------------------
 
 
-# -- PNG (pure) -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Image:
-    """Decoded 8-bit pixels: `rows[y]` is one row of `width * channels` bytes."""
-
-    width: int
-    channels: int
-    colour_type: int
-    rows: list[bytes]
-    extra: list[tuple[bytes, bytes]]  # colour chunks to keep (type, data)
-
-    @property
-    def height(self) -> int:
-        return len(self.rows)
-
-
-def decode_png(data: bytes) -> Image:
-    """Decode an 8-bit non-interlaced PNG into rows of raw samples (all five row filters)."""
-    if not data.startswith(PNG_SIGNATURE):
-        raise PngError("not a PNG file")
-    pos, header, idat, extra = len(PNG_SIGNATURE), b"", [], []
-    while pos + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
-        body = data[pos + 8 : pos + 8 + length]
-        pos += 12 + length
-        if kind == b"IHDR":
-            header = body
-        elif kind == b"IDAT":
-            idat.append(body)
-        elif kind in KEPT_CHUNKS:
-            extra.append((kind, body))
-        elif kind == b"IEND":
-            break
-    if len(header) != 13:
-        raise PngError("PNG without a header chunk")
-    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", header)
-    if depth != 8 or colour not in CHANNELS or interlace:
-        raise PngError(
-            f"unsupported PNG: depth {depth}, colour type {colour}, interlace {interlace}"
-        )
-    bpp = CHANNELS[colour]
-    stride = width * bpp
-    raw = zlib.decompress(b"".join(idat))
-    if len(raw) != height * (stride + 1):
-        raise PngError(f"PNG pixel data is {len(raw)} bytes, expected {height * (stride + 1)}")
-    rows: list[bytes] = []
-    prior = bytes(stride)
-    for y in range(height):
-        start = y * (stride + 1)
-        row = _unfilter(raw[start], bytearray(raw[start + 1 : start + 1 + stride]), prior, bpp)
-        rows.append(row)
-        prior = row
-    return Image(width, bpp, colour, rows, extra)
-
-
-def _unfilter(kind: int, row: bytearray, prior: bytes, bpp: int) -> bytes:
-    """Undo one row's PNG filter (RFC 2083 §6: None, Sub, Up, Average, Paeth)."""
-    n = len(row)
-    if kind == 0:
-        pass
-    elif kind == 1:
-        for i in range(bpp, n):
-            row[i] = (row[i] + row[i - bpp]) & 0xFF
-    elif kind == 2:
-        for i in range(n):
-            row[i] = (row[i] + prior[i]) & 0xFF
-    elif kind == 3:
-        for i in range(n):
-            left = row[i - bpp] if i >= bpp else 0
-            row[i] = (row[i] + ((left + prior[i]) >> 1)) & 0xFF
-    elif kind == 4:
-        for i in range(n):
-            a = row[i - bpp] if i >= bpp else 0
-            b = prior[i]
-            c = prior[i - bpp] if i >= bpp else 0
-            p = a + b - c
-            pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-            pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
-            row[i] = (row[i] + pred) & 0xFF
-    else:
-        raise PngError(f"unknown PNG row filter {kind}")
-    return bytes(row)
-
-
-def encode_png(image: Image) -> bytes:
-    """Write `image` as a PNG (filter None on every row; zlib does the compressing)."""
-    header = struct.pack(">IIBBBBB", image.width, image.height, 8, image.colour_type, 0, 0, 0)
-    raw = b"".join(b"\x00" + row for row in image.rows)
-    chunks = [(b"IHDR", header), *image.extra, (b"IDAT", zlib.compress(raw, 9)), (b"IEND", b"")]
-    out = [PNG_SIGNATURE]
-    for kind, body in chunks:
-        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
-        out.append(struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc))
-    return b"".join(out)
-
-
-def stitch(parts: Sequence[tuple[Band, bytes]], width: int, height: int) -> bytes:
-    """Join bands of raw 8-bit RGB rows (`BAND_FILE`s) into one PNG frame."""
+def stitch(
+    parts: Sequence[tuple[Band, bytes]],
+    width: int,
+    height: int,
+    depth: int = 8,
+    file_gamma: float | None = None,
+) -> bytes:
+    """Join bands of raw RGB rows (`BAND_FILE`s) into one PNG frame."""
     rows: list[bytes | None] = [None] * height
-    stride = width * 3
+    stride = width * 3 * depth // 8
     for (first, last), data in parts:
         if len(data) != (last - first + 1) * stride:
             raise PngError(f"band {first}-{last} is {len(data)} bytes, not {last - first + 1} rows")
@@ -213,36 +207,44 @@ def stitch(parts: Sequence[tuple[Band, bytes]], width: int, height: int) -> byte
     missing = [y + 1 for y, row in enumerate(rows) if row is None]
     if missing:
         raise PngError(f"no band covers rows {missing[:5]}{'…' if len(missing) > 5 else ''}")
-    return encode_png(Image(width, 3, 2, [row for row in rows if row is not None], SRGB_CHUNKS))
+    chunks = colour_chunks(file_gamma, depth)
+    full = [row for row in rows if row is not None]
+    return encode_png(Image(width, 3, 2, full, chunks, depth))
 
 
 # -- on the fog -------------------------------------------------------------------------------
 
 
-def render(
+def render_planned(
     client: Any,
-    scene_path: str | Path,
-    width: int,
-    height: int,
-    bands: int,
-    out: str | Path,
-    frames: int = 1,
+    plan: RenderPlan,
+    bands: int = 8,
+    out: str | os.PathLike[str] | None = None,
+    include: str | os.PathLike[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
     wall_s: float = 600.0,
+    cwd: Path | None = None,
 ) -> list[Path]:
-    """Render `scene_path` on the fog, `bands` row bands per frame, and write the frames.
+    """Render `plan` on the fog, up to `bands` row bands per frame, and write the frames.
 
-    One job of `frames * bands` command tasks goes to nodes that have `povray`; each finished
-    band calls `progress(done, total)`. Returns the written paths (see `frame_paths`). A band
+    One job of (frames times bands) command tasks goes to nodes that have `povray`; each finished
+    band calls `progress(done, total)`. Returns the written paths (`output_paths`). A band
     that fails raises the client's `CommandFailed` with POV-Ray's output.
     """
-    scene = Path(scene_path)
-    plan = plan_bands(height, bands)
-    clocks = frame_clocks(frames)
-    work = [(f, band) for f in range(frames) for band in plan]
+    cwd = cwd or Path.cwd()
+    scene = cwd / plan.scene
+    if not SAFE_NAME.match(scene.name):
+        raise OptionError(f"the scene's file name {scene.name!r} cannot be shipped")
+    if not scene.is_file():
+        raise OptionError(f"no scene file {plan.scene}")
+    paths = output_paths(plan, out, cwd)
+    inputs: dict[str, Path] = {scene.name: scene}
+    if include is not None:
+        inputs |= include_files(cwd / include)
+    work = [(f, band) for f in plan.frames for band in plan_bands(plan.height, bands, plan.block)]
     futures = client.run_many(
-        [band_command(scene.name, width, height, band, clocks[f]) for f, band in work],
-        inputs=[{scene.name: scene} for _ in work],
+        [band_command(plan, scene.name, band, frame) for frame, band in work],
+        inputs=[inputs for _ in work],
         outputs=[BAND_FILE],
         needs=["povray"],
         memory_mb=MEMORY_MB,
@@ -257,9 +259,24 @@ def render(
         done[index[fut]] = fut.result().outputs[BAND_FILE]
         if progress:
             progress(len(done), len(work))
-    paths = frame_paths(Path(out), frames)
-    for f, path in enumerate(paths):
-        parts = [(band, done[i]) for i, (g, band) in enumerate(work) if g == f]
+    for frame, path in zip(plan.frames, paths, strict=True):
+        parts = [(band, done[i]) for i, (f, band) in enumerate(work) if f == frame]
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(stitch(parts, width, height))
+        path.write_bytes(stitch(parts, plan.width, plan.height, plan.depth, plan.file_gamma))
     return paths
+
+
+def render(
+    client: Any,
+    arguments: Sequence[str],
+    bands: int = 8,
+    out: str | os.PathLike[str] | None = None,
+    include: str | os.PathLike[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    wall_s: float = 600.0,
+) -> list[Path]:
+    """Render with POV-Ray's own arguments (`["scene.pov", "+W640", "+H480", "+A0.3"]`) on
+    the fog, as `povray` would on this machine; returns the PNGs written."""
+    cwd = Path.cwd()
+    plan = plan_from_arguments(arguments, include, cwd)
+    return render_planned(client, plan, bands, out, include, progress, wall_s, cwd)
