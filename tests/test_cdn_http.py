@@ -333,6 +333,27 @@ def test_the_cli_prints_a_signed_url_that_curl_fetches(
     assert bad.returncode == 2 and "15m, 1h or 7d" in bad.stderr
 
 
+@pytest.mark.postgres
+def test_a_url_one_coordinator_signs_another_on_the_same_database_serves(tmp_path: Path) -> None:
+    """Several coordinators on PostgreSQL share the signing key, so the URL secret too."""
+    from tests.test_api_errors import scratch_database
+
+    with (
+        scratch_database() as db,
+        LocalFog(nodes=0, coordinators=2, db=db, workdir=tmp_path / "fog") as fog,
+    ):
+        clip = tmp_path / "clip.webm"
+        clip.write_bytes(b"not really a film" * 100)
+        with Client(fog.urls[0], fog.api_key) as first:
+            cid = publish(first, clip, k=2, n=3, on_warning=lambda _: None)
+            link, _ = signed_url(first, cid, expires_in=60)
+        assert link.startswith(fog.urls[0])
+        elsewhere = fog.urls[1] + link[len(fog.urls[0]) :]
+        r = httpx.get(elsewhere, headers={"range": "bytes=4-10"}, timeout=60)
+        assert r.status_code == 206 and r.content == clip.read_bytes()[4:11]
+        assert r.headers["content-type"] == "video/webm"
+
+
 # -- CORS and Allow ----------------------------------------------------------------------------
 
 
