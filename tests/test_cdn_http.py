@@ -354,6 +354,20 @@ def test_a_url_one_coordinator_signs_another_on_the_same_database_serves(tmp_pat
         assert r.headers["content-type"] == "video/webm"
 
 
+def test_a_revoked_publishers_signed_urls_stop_working(fog: LocalFog, tmp_path: Path) -> None:
+    admin = {"authorization": f"Bearer {fog.admin_key}"}
+    made = httpx.post(f"{fog.url}/v1/customers", params={"name": "mallory"}, headers=admin).json()
+    with Client(fog.url, made["api_key"]) as mallory:
+        (tmp_path / "leak.txt").write_bytes(b"for a while")
+        cid = publish(mallory, tmp_path / "leak.txt", k=2, n=3, on_warning=lambda _: None)
+        link, _ = signed_url(mallory, cid, expires_in=600)
+    assert httpx.get(link, timeout=60).content == b"for a while"
+    revoked = httpx.post(f"{fog.url}/v1/customers/{made['customer_id']}/revoke", headers=admin)
+    assert revoked.status_code == 200, revoked.text
+    r = httpx.get(link, timeout=60)
+    assert r.status_code == 403 and "no longer has a key" in r.json()["error"]
+
+
 # -- CORS and Allow ----------------------------------------------------------------------------
 
 

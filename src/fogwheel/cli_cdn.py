@@ -156,7 +156,7 @@ def cdn_url(
 ) -> None:
     """Print a signed URL of your object that needs no header, until it expires: for
     `<video src=…>`, players, curl and wget. Anyone with the URL can read the object until
-    then, and it cannot be revoked earlier, so keep it short.
+    then, and it cannot be revoked alone (revoking your keys ends all of yours), so keep it short.
 
     Example: fogwheel cdn url c0123… --expires 1h
     """

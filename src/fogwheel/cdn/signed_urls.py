@@ -9,7 +9,8 @@ a rotated key ends every URL signed under the old one. The customer is not in th
 coordinator reads the object's owner and checks the signature against it, so a URL grants
 that one object and stops working if the object were ever owned by someone else. Compared in
 constant time (`hmac.compare_digest`). Like S3's presigned URLs, a URL lives at most
-`MAX_SECONDS` (7 days); there is no revoking one before it expires, so keep them short.
+`MAX_SECONDS` (7 days) and cannot be revoked alone, so keep them short; revoking its publisher
+ends all of theirs (the content route checks the owner still holds a key).
 """
 
 from __future__ import annotations

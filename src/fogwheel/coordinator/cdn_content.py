@@ -110,6 +110,8 @@ def build_content_routes(
             why = signed_urls.refusal(
                 url_key, content_id, obj["customer_id"], expires, signature, now
             )
+            if why is None and not obj["owner_active"]:
+                why = "the publisher of this object no longer has a key: its signed URLs ended"
             if why is not None:
                 raise refuse(request, 403, why)
             return obj, True

@@ -122,14 +122,25 @@ class CdnStore(VerifyStore):
             )
 
     def cdn_object(self, content_id: str) -> dict[str, Any] | None:
-        """What the content route serves an object by: owner, name, size, publish time and
-        media type (no key, no manifest); None when there is no such object."""
+        """What the content route serves an object by: owner, name, size, publish time, media
+        type (no key, no manifest) and whether its owner still holds a key (`owner_active`:
+        a revoked customer's signed URLs stop); None when there is no such object."""
         cols = cdn_objects.c
+        keyed = (
+            select(principals.c.id)
+            .where(principals.c.kind == "customer", principals.c.id == cols.customer_id)
+            .exists()
+        )
         with self.read() as c:
             row = (
                 c.execute(
                     select(
-                        cols.customer_id, cols.name, cols.size, cols.created_at, cols.content_type
+                        cols.customer_id,
+                        cols.name,
+                        cols.size,
+                        cols.created_at,
+                        cols.content_type,
+                        keyed.label("owner_active"),
                     ).where(cols.id == content_id)
                 )
                 .mappings()
