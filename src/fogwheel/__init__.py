@@ -13,8 +13,9 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from fogwheel.client import Client, CommandResult, as_completed, wait
+    from fogwheel.executor import Executor, gather
 
-__all__ = ["Client", "CommandResult", "__version__", "as_completed", "wait"]
+__all__ = ["Client", "CommandResult", "Executor", "__version__", "as_completed", "gather", "wait"]
 
 
 def __getattr__(name: str) -> Any:
@@ -23,4 +24,8 @@ def __getattr__(name: str) -> Any:
         from fogwheel import client
 
         return getattr(client, name)
+    if name in {"Executor", "gather"}:
+        from fogwheel import executor
+
+        return getattr(executor, name)
     raise AttributeError(f"module 'fogwheel' has no attribute {name!r}")

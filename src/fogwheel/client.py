@@ -31,6 +31,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, as_completed, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,18 +125,41 @@ class TaskFuture(Future):  # type: ignore[type-arg]
     """A `concurrent.futures.Future` for one task on the fog.
 
     `cancel()` cancels the task on the fog too: it is not run again, a node running it stops
-    it, and nobody is charged or paid for it. It returns False when the task had already
-    finished there (its result is on its way) or the coordinator could not be told."""
+    it, and nobody is charged or paid for it. Unlike a local pool's future, a running one can
+    be cancelled (the node kills it; nothing of it stays behind on this machine), so it
+    returns True then as well. It returns False when the task had already finished there (its
+    result is on its way) or the coordinator could not be told.
 
-    def __init__(self, job_id: int, index: int, client: Client | None = None) -> None:
+    `running()` is True once a node holds the task (running it, or queued in one of its
+    slots), as the coordinator's results stream says (asked for from the first call on).
+    `job_id` and `index` are None while an `Executor` still gathers its batch."""
+
+    def __init__(self, job_id: int | None, index: int | None, client: Client | None = None) -> None:
         super().__init__()
         self.job_id = job_id
         self.index = index
         self._client = client
         self._cancelling = False  # the fog's "cancelled" for it then cancels it here
+        self._placed = threading.Event()  # set once it is a task of a job on the fog
+        if job_id is not None:
+            self._placed.set()
+        # an Executor's: takes it back out of a batch not yet sent (True: it was there)
+        self._withdraw: Callable[[TaskFuture], bool] | None = None
+
+    def _place(self, job_id: int, index: int) -> None:
+        self.job_id, self.index = job_id, index
+        self._placed.set()
 
     def cancel(self) -> bool:
-        if self.done() or self._client is None:
+        if self.done():
+            return self.cancelled()
+        if self.job_id is None:
+            if self._withdraw is not None and self._withdraw(self):
+                return self._cancel_here()  # never sent: nothing to tell the fog
+            self._placed.wait(60.0)  # its batch is on its way to the coordinator
+            if self.job_id is None or self.done():
+                return self.cancelled()
+        if self._client is None:
             return self._cancel_here()
         self._cancelling = True
         if not self._client._cancel_task(self):
@@ -143,10 +167,23 @@ class TaskFuture(Future):  # type: ignore[type-arg]
             return False
         return self._cancel_here()
 
+    def running(self) -> bool:
+        if self._client is not None and self.job_id is not None and not self.done():
+            self._client._track_running(self.job_id)
+        return super().running()
+
+    def _mark_running(self) -> None:
+        with self._condition:
+            if self._state == "PENDING":
+                self.set_running_or_notify_cancel()
+
     def _cancel_here(self) -> bool:
         """Cancel this future only, and wake `wait` and `as_completed` on it (a plain
-        Future.cancel leaves that to the executor that would have run it)."""
+        Future.cancel leaves that to the executor that would have run it). A running one
+        too: the fog has stopped it."""
         with self._condition:
+            if self._state == "RUNNING":
+                self._state = "PENDING"
             if not Future.cancel(self):
                 return False
             if self._state == "CANCELLED":
@@ -203,6 +240,8 @@ class _Watch:
     kind: str
     futures: dict[int, TaskFuture]
     cursor: int = 0
+    leased: int | None = None  # tasks a node holds, as last heard (None: not asked for)
+    leased_asked: float = 0.0  # when running() last asked itself (until the stream says)
     total: int = 0
     outputs: tuple[str, ...] | None = None  # the output names asked for (None: not known)
     decoder: safe_pickle.Decoder | None = None  # None: unsafe_trust_nodes
@@ -346,27 +385,31 @@ class Client:
         fn: Callable[..., Any],
         *iterables: Iterable[Any],
         timeout: float | None = None,
+        chunksize: int = 1,
         name: str | None = None,
         trusted_types: Iterable[TrustedType] = (),
     ) -> Iterator[Any]:
-        """Like `Executor.map`: one task per item, results yielded in input order. Like it,
-        an iteration that ends early (an exception, Ctrl-C, a `break` once the iterator is
-        closed) cancels the tasks not yet finished, on the fog too."""
-        calls = [(args, {}) for args in zip(*iterables, strict=False)]
-        futures = self.submit_many(
-            fn, calls, name=name or _name_of(fn), trusted_types=trusted_types
-        )
+        """Like `Executor.map`, as one job: results yielded in input order, `chunksize` items
+        a task. It fails fast: the first failure known is raised at the next step, before
+        results of earlier items not yet yielded, and the rest is cancelled on the fog. Like
+        `Executor.map`, an iteration that ends early (a `break` once the iterator is closed,
+        Ctrl-C) cancels the tasks not yet finished, on the fog too (executor.py)."""
+        from fogwheel.executor import Chunk, chunked, in_order
+
         deadline = None if timeout is None else time.monotonic() + timeout
-
-        def results() -> Iterator[Any]:
-            try:
-                for f in futures:
-                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                    yield f.result(left)
-            finally:
-                self._cancel_unfinished(futures)
-
-        return results()
+        items = list(zip(*iterables, strict=False))
+        if chunksize < 1:
+            raise ValueError(f"chunksize must be 1 or more, not {chunksize}")
+        if chunksize == 1:
+            calls: list[tuple[tuple[Any, ...], Mapping[str, Any]]] = [(a, {}) for a in items]
+            task_fn: Callable[..., Any] = fn
+        else:
+            calls = [((chunk,), {}) for chunk in chunked(items, chunksize)]
+            task_fn = Chunk(fn)
+        futures = self.submit_many(
+            task_fn, calls, name=name or _name_of(fn), trusted_types=trusted_types
+        )
+        return in_order(futures, deadline, flat=chunksize > 1, cancel=self._cancel_unfinished)
 
     def submit_many(
         self,
@@ -388,6 +431,7 @@ class Client:
         trusted_types: Iterable[TrustedType] = (),
         max_cost: float | None = None,
         client_token: str | None = None,
+        _futures: Sequence[TaskFuture] | None = None,
     ) -> list[TaskFuture]:
         """One job of many calls of `fn`; the lower layer under `submit` and `map`.
 
@@ -415,6 +459,8 @@ class Client:
         what it leaves there is kept under `keep_out`. An optimizer's state between rounds of
         training, say. Kept state differs between nodes, so such a job needs `replicas=1`."""
         fn_value = self._blob_value(pickle_function(fn), upload=True)
+        if _futures is not None and len(_futures) != len(calls):
+            raise ValueError(f"{len(_futures)} futures for {len(calls)} calls")
         if inputs is not None and len(inputs) != len(calls):
             raise ValueError(f"{len(inputs)} input mappings for {len(calls)} calls")
         if keep is not None and len(keep) != len(calls):
@@ -425,7 +471,7 @@ class Client:
             chunk = calls[start : start + SUBMIT_CHUNK]
             tasks: list[dict[str, Any]] = []
             for i, (a, k) in enumerate(chunk):
-                task: dict[str, Any] = {"args": self._blob_value(funcpickle.dumps((a, dict(k))))}
+                task: dict[str, Any] = {"args": self._blob_value(_pickle_args(a, k))}
                 if inputs is not None:
                     task["inputs"] = self._files(inputs[start + i])
                 if outputs:
@@ -458,7 +504,11 @@ class Client:
                 job["tolerance"] = {"rel": rel_tol, "abs": abs_tol}
             futures.extend(
                 self._submit_job(
-                    job, kind, outputs=tuple(outputs), decoder=self._decoder_for(trusted_types)
+                    job,
+                    kind,
+                    outputs=tuple(outputs),
+                    decoder=self._decoder_for(trusted_types),
+                    futures=None if _futures is None else _futures[start : start + len(chunk)],
                 )
             )
         return futures
@@ -709,6 +759,7 @@ class Client:
         *,
         outputs: tuple[str, ...],
         decoder: safe_pickle.Decoder | None = None,
+        futures: Sequence[TaskFuture] | None = None,
     ) -> list[TaskFuture]:
         if self.max_cost is not None:
             job.setdefault("max_cost", self.max_cost)
@@ -716,7 +767,9 @@ class Client:
         out = self._request("POST", "/v1/jobs", json=job, idempotent="client_token" in job).json()
         if decoder is None and not self.unsafe_trust_nodes:
             decoder = self.decoder
-        return self._watch_job(out["id"], out["total"], kind, outputs=outputs, decoder=decoder)
+        return self._watch_job(
+            out["id"], out["total"], kind, outputs=outputs, decoder=decoder, made=futures
+        )
 
     def _watch_job(
         self,
@@ -726,9 +779,16 @@ class Client:
         *,
         outputs: tuple[str, ...] | None,
         decoder: safe_pickle.Decoder | None,
+        made: Sequence[TaskFuture] | None = None,
     ) -> list[TaskFuture]:
-        """Futures for a job's tasks, resolved by the results watcher (started on first use)."""
-        futures = {i: TaskFuture(job_id, i, self) for i in range(total)}
+        """Futures for a job's tasks (`made` ones placed in it), resolved by the results
+        watcher (started on first use)."""
+        if made is not None:
+            for i, f in enumerate(made):
+                f._place(job_id, i)
+            futures = dict(enumerate(made))
+        else:
+            futures = {i: TaskFuture(job_id, i, self) for i in range(total)}
         with self._lock:
             self._watches[job_id] = _Watch(
                 kind, futures, total=total, outputs=outputs, decoder=decoder
@@ -848,6 +908,69 @@ class Client:
             return False
         return bool(out["cancelled"])
 
+    def _cancel_tasks(self, futures: Iterable[TaskFuture]) -> list[TaskFuture]:
+        """Cancel many tasks on the fog, a request per job (and per 10,000 tasks): those the
+        fog cancelled are cancelled here, and returned; a failed request is logged."""
+        by_job: dict[int, list[TaskFuture]] = {}
+        for f in futures:
+            if f.job_id is not None and f.index is not None and not f.done():
+                by_job.setdefault(f.job_id, []).append(f)
+        stopped: list[TaskFuture] = []
+        for job_id, group in sorted(by_job.items()):
+            for start in range(0, len(group), 10_000):
+                part = {f.index: f for f in group[start : start + 10_000]}
+                for f in part.values():
+                    f._cancelling = True
+                try:
+                    out = self._request(
+                        "POST",
+                        f"/v1/jobs/{job_id}/tasks/cancel",
+                        json={"indexes": sorted(part)},
+                        idempotent=True,
+                    ).json()
+                except (FogwheelError, RuntimeError) as e:
+                    log.warning("could not cancel %d tasks of job %d: %s", len(part), job_id, e)
+                    out = {"cancelled": []}
+                for i, f in part.items():
+                    if i in out["cancelled"] and f._cancel_here():
+                        stopped.append(f)
+                    else:
+                        f._cancelling = False
+        return stopped
+
+    def _track_running(self, job_id: int) -> None:
+        """From now on ask the results stream which tasks of the job nodes hold. Until its
+        first answer comes (a long poll under way does not carry it), ask with a quick
+        request of its own, at most every quarter of a second, so that `running()` is
+        never stale by more than that."""
+        with self._lock:
+            watch = self._watches.get(job_id)
+            now = time.monotonic()
+            if watch is None or (watch.leased is not None and watch.leased >= 0):
+                return
+            if watch.leased == -1 and now - watch.leased_asked < 0.25:
+                return
+            watch.leased, watch.leased_asked = -1, now  # not known yet: an answer says it
+            cursor, unknown = watch.cursor, watch.total + 1
+        try:
+            r = self._http.post(
+                "/v1/results/poll",
+                json={"jobs": {str(job_id): cursor}, "wait": 0, "leased": {str(job_id): unknown}},
+                timeout=10.0,
+            )
+            held = r.json()["jobs"][0].get("leased") if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, KeyError, IndexError, RuntimeError):
+            held = None
+        if held:
+            self._mark_leased(watch, held)
+        self._news.set()
+
+    def _mark_leased(self, watch: _Watch, held: list[int]) -> None:
+        for i in held:
+            f = watch.futures.get(i)
+            if f is not None:
+                f._mark_running()
+
     def nodes(self) -> list[dict[str, Any]]:
         return self._request("GET", "/v1/nodes").json()["nodes"]
 
@@ -857,16 +980,25 @@ class Client:
         while not self._closed.is_set():
             with self._lock:
                 cursors = {str(j): w.cursor for j, w in self._watches.items()}
+                # how many tasks of each job we know nodes hold; more than it has: not known yet
+                held = {
+                    str(j): w.total + 1 if w.leased < 0 else w.leased
+                    for j, w in self._watches.items()
+                    if w.leased is not None
+                }
             if not cursors:
                 self._news.wait(1.0)
                 self._news.clear()
                 continue
+            body: dict[str, Any] = {"jobs": cursors, "wait": 5.0}
+            if held:
+                body["leased"] = held
             try:
                 r = self._request(
                     "POST",
                     "/v1/results/poll",
                     idempotent=True,  # a read: it changes nothing
-                    json={"jobs": cursors, "wait": 5.0},
+                    json=body,
                     timeout=httpx.Timeout(30.0, connect=5.0),
                 )
                 answers = r.json()["jobs"]
@@ -881,6 +1013,10 @@ class Client:
             watch = self._watches.get(ans["job_id"])
         if watch is None:
             return
+        if ans.get("leased") is not None:
+            with self._lock:
+                watch.leased = len(ans["leased"])
+            self._mark_leased(watch, ans["leased"])
         for res in ans["results"]:
             fut = watch.futures.pop(res["index"], None)
             if fut is None or fut.done():
@@ -1158,17 +1294,40 @@ def _log_dropped(notes: list[str]) -> None:
 
 
 def pickle_function(fn: Callable[..., Any]) -> bytes:
-    """cloudpickle `fn`; a function from the user's own module (a script, a test file) travels
-    by value, since nodes have only installed packages to import from."""
-    module = sys.modules.get(getattr(fn, "__module__", "") or "")
-    by_value = module is not None and _is_users_own(module)
-    if by_value:
-        cloudpickle.register_pickle_by_value(module)
-    try:
+    """cloudpickle `fn`; code from the user's own modules (a script, a test file) travels by
+    value, since nodes have only installed packages to import from."""
+    with _users_code_by_value():
         return funcpickle.dumps(fn)  # keeps the file names a remote traceback shows
-    finally:
-        if by_value:
-            cloudpickle.unregister_pickle_by_value(module)
+
+
+def _pickle_args(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bytes:
+    """A call's arguments as bytes; functions among them (a Dask task's, a joblib batch's)
+    travel by value too when they come from the user's own modules."""
+    with _users_code_by_value():
+        return funcpickle.dumps((args, dict(kwargs)))
+
+
+_users_modules: tuple[int, list[str]] = (0, [])  # (len(sys.modules) when found, their names)
+_by_value_lock = threading.Lock()
+
+
+@contextmanager
+def _users_code_by_value() -> Iterator[None]:
+    """Register the user's own loaded modules to pickle by value for the time of one dump
+    (found again only when modules were imported since)."""
+    global _users_modules
+    with _by_value_lock:
+        if _users_modules[0] != len(sys.modules):
+            own = [n for n, m in list(sys.modules.items()) if m is not None and _is_users_own(m)]
+            _users_modules = (len(sys.modules), own)
+        names = [n for n in _users_modules[1] if n in sys.modules]
+        for name in names:
+            cloudpickle.register_pickle_by_value(sys.modules[name])
+        try:
+            yield
+        finally:
+            for name in names:
+                cloudpickle.unregister_pickle_by_value(sys.modules[name])
 
 
 def _is_users_own(module: types.ModuleType) -> bool:

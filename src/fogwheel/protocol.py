@@ -159,7 +159,9 @@ class JobOut(Model):
     id: int
     name: str
     kind: str
-    state: Literal["running", "done", "cancelled"]
+    state: Literal["running", "done", "failed", "cancelled"] = Field(
+        description="failed: every task finished and at least one of them failed"
+    )
     total: int
     finished: int
     failed: int
@@ -215,15 +217,26 @@ class ResultsOut(Model):
     total: int
     finished: int
     results: list[TaskResult]
+    leased: list[int] | None = Field(
+        default=None,
+        description="indexes of its tasks held by a node now (asked for with PollIn.leased)",
+    )
+
+
+JobKey = Annotated[
+    str, StringConstraints(pattern=r"^[0-9]{1,18}$"), AfterValidator(_id_digits)
+]
 
 
 class PollIn(Model):
-    """Wait for results of several jobs at once: `jobs` maps a job id to its cursor."""
+    """Wait for results of several jobs at once: `jobs` maps a job id to its cursor.
 
-    jobs: dict[
-        Annotated[str, StringConstraints(pattern=r"^[0-9]{1,18}$"), AfterValidator(_id_digits)], Id
-    ] = Field(max_length=1000)
+    `leased` maps a job id to how many of its tasks the caller knows are held by nodes: the
+    answer then lists them (`ResultsOut.leased`), and a different count is news too."""
+
+    jobs: dict[JobKey, Id] = Field(max_length=1000)
     wait: float = Field(default=0.0, ge=0, le=60)
+    leased: dict[JobKey, Id] | None = Field(default=None, max_length=1000)
 
 
 class PollOut(Model):

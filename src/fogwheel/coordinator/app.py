@@ -312,16 +312,25 @@ def build_routes(
         who = await run_in_threadpool(auth.require, request, "customer")
         deadline = time.monotonic() + body.wait
         cursors = {int(j): after for j, after in body.jobs.items()}
+        known = {int(j): n for j, n in (body.leased or {}).items()}  # tasks held, as seen
         while True:
             answers = []
             for job_id, after in cursors.items():
-                out = await run_in_threadpool(store.results_since, who.id, job_id, after)
+                out = await run_in_threadpool(
+                    store.results_since, who.id, job_id, after, leased=job_id in known
+                )
                 if out is None:
                     raise HTTPException(404, f"no job {job_id}")
                 answers.append(out)
             left = deadline - time.monotonic()
-            # Nothing to wait for (no jobs named) counts as news: answer at once.
-            news = not answers or any(a["results"] or a["finished"] >= a["total"] for a in answers)
+            # Nothing to wait for (no jobs named) counts as news: answer at once; so does a
+            # task a node took (or lost) since the caller last looked.
+            news = not answers or any(
+                a["results"]
+                or a["finished"] >= a["total"]
+                or ("leased" in a and len(a["leased"]) != known[a["job_id"]])
+                for a in answers
+            )
             if news or left <= 0:
                 return PollOut(jobs=[ResultsOut(**a) for a in answers])
             await results.wait(min(left, results.recheck_s))

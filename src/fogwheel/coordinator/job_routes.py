@@ -1,6 +1,7 @@
 """Routes that stop one task and show what a task left behind (its logs).
 
     POST /v1/jobs/{job_id}/tasks/{index}/cancel   cancel one task (its replicas too)
+    POST /v1/jobs/{job_id}/tasks/cancel           cancel several tasks of a job at once
     GET  /v1/jobs/{job_id}/tasks/{index}/logs     stdout/stderr tails or traceback, attempts
 
 Both answer 404 for another customer's job, as every job route does. The logs are bytes a node
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Path, Request
+from pydantic import Field
 
 from fogwheel import results
 from fogwheel.blobs import FileBlobStore, sha256_hex
@@ -48,6 +50,22 @@ class TaskCancelOut(Model):
     index: int
     state: str
     cancelled: bool
+
+
+class TasksCancelIn(Model):
+    """The indexes of the tasks of one job to cancel (a `concurrent.futures` shutdown's)."""
+
+    indexes: list[Annotated[int, Field(ge=0, le=SQL_INT_MAX)]] = Field(
+        min_length=1, max_length=10_000
+    )
+
+
+class TasksCancelOut(Model):
+    """`cancelled`: the indexes that were still open and are now cancelled; the others had
+    finished already (their results stand) or were cancelled before."""
+
+    job_id: int
+    cancelled: list[int]
 
 
 class TaskLogsOut(Model):
@@ -90,6 +108,17 @@ def build_job_routes(
         if out["cancelled"]:
             notify()
         return TaskCancelOut(**out)
+
+    @v1.post("/jobs/{job_id}/tasks/cancel")
+    def cancel_tasks(request: Request, job_id: JobId, body: TasksCancelIn) -> TasksCancelOut:
+        """Cancel several tasks of one job at once, each as the one-task cancel does."""
+        who = auth.require(request, "customer")
+        done = store.cancel_tasks(who.id, job_id, body.indexes, time.time())
+        if done is None:
+            raise HTTPException(404, f"no job {job_id}")
+        if done:
+            notify()
+        return TasksCancelOut(job_id=job_id, cancelled=done)
 
     @v1.get("/jobs/{job_id}/tasks/{index}/logs")
     def task_logs(request: Request, job_id: JobId, index: Index) -> TaskLogsOut:

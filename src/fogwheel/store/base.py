@@ -308,7 +308,7 @@ def _job_out(r: Any) -> dict[str, Any]:
     if r["cancelled"]:
         state = "cancelled"
     elif r["finished"] >= r["total"]:
-        state = "done"
+        state = "failed" if r["failed"] else "done"  # a job whose tasks failed is not done
     else:
         state = "running"
     return {

@@ -37,6 +37,7 @@ from fogwheel.store.schema import (
 )
 
 JOBS_CACHED = 10_000  # immutable job rows kept in memory (see _job_row)
+_OPEN = [TaskState.PENDING, TaskState.LEASED, TaskState.VERIFYING]  # a cancel may stop these
 
 
 class JobsStore(StoreBase):
@@ -255,11 +256,43 @@ class JobsStore(StoreBase):
                 return None
             return {"job_id": job_id, "index": index, "state": state, "cancelled": cancelled}
 
+    @retry_conflicts
+    def cancel_tasks(
+        self, customer_id: str, job_id: int, indexes: Sequence[int], now: float
+    ) -> list[int] | None:
+        """Cancel several tasks of one job in one transaction (as `cancel_task` each); the
+        indexes it cancelled (those still open). None when the job is not this customer's."""
+        with self.tx() as c:
+            owner = c.execute(select(jobs.c.customer_id).where(jobs.c.id == job_id)).scalar()
+            if owner != customer_id:
+                return None
+            wanted = sorted(set(indexes))
+            before = set(
+                c.execute(
+                    select(tasks.c.idx).where(
+                        tasks.c.job_id == job_id,
+                        tasks.c.idx.in_(wanted),
+                        tasks.c.replica_of.is_(None),
+                        tasks.c.state.in_(_OPEN),
+                    )
+                ).scalars()
+            )
+            self._cancel_open(c, job_id, wanted, now)
+            after = c.execute(
+                select(tasks.c.idx).where(
+                    tasks.c.job_id == job_id,
+                    tasks.c.idx.in_(sorted(before)),
+                    tasks.c.replica_of.is_(None),
+                    tasks.c.state == TaskState.CANCELLED,
+                )
+            ).scalars()
+            return sorted(after)
+
     def _cancel_open(
         self,
         c: Connection,
         job_id: int,
-        index: int | None,
+        index: int | Sequence[int] | None,
         now: float,
         message: str = "cancelled by the customer",
     ) -> bool:
@@ -269,12 +302,14 @@ class JobsStore(StoreBase):
         The open rows are locked in ascending id and read under the lock (a task a sync
         finished meanwhile is not open any more); each is cancelled from the state it is in
         now, and counted on the job only if this transaction moved it (`_finish`)."""
-        open_states = [TaskState.PENDING, TaskState.LEASED, TaskState.VERIFYING]
+        open_states = _OPEN
         q = select(*_TASK_COLS, tasks.c.replica_of).where(
             tasks.c.job_id == job_id, tasks.c.state.in_(open_states)
         )
-        if index is not None:
+        if isinstance(index, int):
             q = q.where(tasks.c.idx == index)
+        elif index is not None:
+            q = q.where(tasks.c.idx.in_(list(index)))
         if not self.is_sqlite:
             q = q.order_by(tasks.c.id).with_for_update()
         rows = c.execute(q).all()
@@ -322,8 +357,10 @@ class JobsStore(StoreBase):
         return detail
 
     def results_since(
-        self, customer_id: str, job_id: int, after: int, limit: int = 10_000
+        self, customer_id: str, job_id: int, after: int, limit: int = 10_000, leased: bool = False
     ) -> dict[str, Any] | None:
+        """A job's results numbered after `after`; with `leased`, also the indexes of its
+        tasks a node holds now (the SDK's `Future.running()`), at most `limit` of them."""
         with self.read() as c:
             job = c.execute(
                 select(jobs.c.total, jobs.c.finished).where(
@@ -367,13 +404,28 @@ class JobsStore(StoreBase):
                 }
             )
         cursor = results[-1]["seq"] if results else after
-        return {
+        out: dict[str, Any] = {
             "job_id": job_id,
             "cursor": cursor,
             "total": job.total,
             "finished": job.finished,
             "results": results,
         }
+        if leased:
+            with self.read() as c:
+                out["leased"] = list(
+                    c.execute(
+                        select(tasks.c.idx)
+                        .where(
+                            tasks.c.job_id == job_id,
+                            tasks.c.state == TaskState.LEASED,
+                            tasks.c.replica_of.is_(None),
+                        )
+                        .order_by(tasks.c.idx)
+                        .limit(limit)
+                    ).scalars()
+                )
+        return out
 
     def list_tasks(
         self,
