@@ -138,6 +138,15 @@ def coordinator(
     port: Annotated[
         int, typer.Option(envvar="FOGWHEEL_PORT", help="Port (0: any free port).")
     ] = 8470,
+    public_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FOGWHEEL_PUBLIC_URL",
+            help="The URLs clients reach this coordinator at (commas, e.g. "
+            "https://fog.example.com), listed as `servers` in /openapi.json for client "
+            "generators. Default: / (wherever the document was read from).",
+        ),
+    ] = None,
     lease_seconds: Annotated[
         float, typer.Option(min=1.0, help="How long a node holds a task without renewing it.")
     ] = 15.0,
@@ -307,6 +316,7 @@ def coordinator(
         db=db,
         host=host,
         port=port,
+        public_urls=tuple(u.strip() for u in (public_url or "").split(",") if u.strip()),
         lease_seconds=lease_seconds,
         gone_after_s=gone_after,
         join_token=join_token,

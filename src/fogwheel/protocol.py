@@ -414,4 +414,65 @@ class Problem(Model):
     """Every error answer: what went wrong, in one sentence a person can act on."""
 
     error: str
-    detail: object | None = None
+    detail: object | None = Field(
+        default=None, description="for 422: each field that was wrong (loc, msg, type)"
+    )
+
+
+# -- small answers (typed, so that generated clients and schemathesis know their shape) ----
+
+
+class Health(Model):
+    """The coordinator answers: it is up, and which version it runs."""
+
+    ok: bool
+    version: str
+
+
+class WhoAmI(Model):
+    """Whose key this is: its kind (which routes take it), id and name."""
+
+    kind: Literal["customer", "admin", "owner", "node"]
+    id: str
+    name: str
+
+
+class CustomerCreated(Model):
+    """A new customer and its API key, shown once: only the key's hash is kept."""
+
+    customer_id: str
+    api_key: str
+
+
+class UploadState(Model):
+    """How much of a blob the coordinator holds from you: `complete` with its `size` once it
+    is whole and yours, else the bytes `received` so far (where a resumed upload goes on)."""
+
+    sha: Sha256
+    complete: bool
+    received: int = Field(ge=0)
+    size: int | None = Field(default=None, description="the whole blob's bytes, when known")
+
+
+class BlobInfo(Model):
+    sha: Sha256
+    size: int
+    created: float | None = Field(description="when it became yours; null for old blobs")
+
+
+class BlobList(Model):
+    blobs: list[BlobInfo]
+
+
+class CoordinatorKey(Model):
+    """The Ed25519 key that signs task specs, with the fingerprint and pin nodes check."""
+
+    algorithm: Literal["Ed25519"]
+    public_key: str
+    fingerprint: str
+    pin: str
+
+
+class ResultAcked(Model):
+    task_id: int
+    acked: bool

@@ -25,9 +25,11 @@ from starlette.requests import ClientDisconnect
 from fogwheel import __version__
 from fogwheel.blobs import BlobStore, is_sha256, sha256_hex
 from fogwheel.blobs.store import CorruptBlob, UploadBusy
+from fogwheel.coordinator.allow import allowed_methods, not_allowed_sentence
 from fogwheel.coordinator.auth import Authenticator
 from fogwheel.coordinator.cdn_routes import build_cdn_routes, screen_serve_url
 from fogwheel.coordinator.diskfull import DISK_FULL_MESSAGE, is_disk_full
+from fogwheel.coordinator.identity import caller
 from fogwheel.coordinator.job_routes import build_job_routes
 from fogwheel.coordinator.ledger_routes import build_ledger_routes
 from fogwheel.coordinator.metrics import Metrics
@@ -37,6 +39,10 @@ from fogwheel.core.owners import Refuse, network_of
 from fogwheel.errors import IntegrityError, NameTaken, StorageFull
 from fogwheel.protocol import (
     SQL_INT_MAX,
+    BlobList,
+    CoordinatorKey,
+    CustomerCreated,
+    Health,
     JobIn,
     JobList,
     JobOut,
@@ -47,6 +53,7 @@ from fogwheel.protocol import (
     PollIn,
     PollOut,
     Problem,
+    ResultAcked,
     ResultsOut,
     SyncIn,
     SyncOut,
@@ -54,7 +61,9 @@ from fogwheel.protocol import (
     TaskList,
     TaskOut,
     TaskReport,
+    UploadState,
     Value,
+    WhoAmI,
 )
 from fogwheel.signing import (
     fingerprint,
@@ -64,14 +73,12 @@ from fogwheel.signing import (
     public_key_b64,
     sign_lease,
 )
-from fogwheel.store import Store
+from fogwheel.store import Principal, Store
 
 log = logging.getLogger("fogwheel.coordinator")
 
-ERRORS: dict[int | str, dict[str, Any]] = {
+ERRORS: dict[int | str, dict[str, Any]] = {  # 401 and 403: coordinator/openapi.py
     400: {"model": Problem, "description": "Malformed request"},
-    401: {"model": Problem, "description": "Missing or unknown credentials"},
-    403: {"model": Problem, "description": "Credentials of the wrong kind"},
     404: {"model": Problem, "description": "No such resource (or not yours)"},
     408: {"model": Problem, "description": "The request body came too slowly"},
     413: {"model": Problem, "description": "Body over the size limit"},
@@ -165,16 +172,23 @@ def build_routes(
     # A sync that only asks for work and queued longer than this for a thread is shed.
     shed_after_s = float(os.environ.get("FOGWHEEL_SHED_AFTER_S", SHED_AFTER_S))
     v1 = APIRouter(prefix="/v1", responses=ERRORS)
+    customer, node, admin = caller(auth, "customer"), caller(auth, "node"), caller(auth, "admin")
+    customer_or_node = caller(auth, "customer", "node")
+    anyone_known = caller(auth, "customer", "admin", "owner", "node")
 
     # -- errors: always JSON with one sentence, never a traceback ---------------------------
 
     @app.exception_handler(StarletteHTTPException)  # also FastAPI's, routing's and BodyLimit's
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(
-            {"error": str(exc.detail)},
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
-        )
+        headers, message = getattr(exc, "headers", None), str(exc.detail)
+        if exc.status_code == 405:  # Allow from every route at this path, not just the first
+            allowed = allowed_methods(request.app.router.routes, request.scope)
+            kept = {k: v for k, v in (headers or {}).items() if k.lower() != "allow"}
+            headers = {**kept, "allow": ", ".join(allowed)}
+            message = not_allowed_sentence(request.method, request.url.path, allowed)
+        elif exc.status_code == 404 and exc.detail == "Not Found":  # no route at this path
+            message = f"no such path {request.url.path[:200]}: the API is under /v1 (see /docs)"
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -205,33 +219,34 @@ def build_routes(
     # -- health and identity ----------------------------------------------------------------
 
     @v1.get("/health", tags=["meta"])
-    def health() -> dict[str, Any]:
-        return {"ok": True, "version": __version__}
+    def health() -> Health:
+        """The coordinator is up (no key needed): for load balancers and `fogwheel up`."""
+        return Health(ok=True, version=__version__)
 
     @v1.get("/whoami", tags=["meta"])
-    def whoami(request: Request) -> dict[str, str]:
-        who = auth.principal(request)
-        return {"kind": who.kind, "id": who.id, "name": who.name}
+    def whoami(who: Principal = anyone_known) -> WhoAmI:
+        """Whose key this is: any kind of key."""
+        return WhoAmI(kind=who.kind, id=who.id, name=who.name)  # type: ignore[arg-type]
 
     @v1.post(
         "/customers",
         status_code=201,
         tags=["admin"],
+        dependencies=[admin],
         responses={409: {"model": Problem, "description": "A customer has this name already"}},
     )
-    def create_customer(request: Request, name: Annotated[Name, Query()]) -> dict[str, str]:
-        auth.require(request, "admin")
+    def create_customer(name: Annotated[Name, Query()]) -> CustomerCreated:
+        """Operator: a new customer and its API key (shown once)."""
         try:
             customer_id, key = store.create_customer(name, time.time())
         except NameTaken as e:
             raise HTTPException(409, str(e)) from None
-        return {"customer_id": customer_id, "api_key": key}
+        return CustomerCreated(customer_id=customer_id, api_key=key)
 
     # -- jobs -------------------------------------------------------------------------------
 
     @v1.post("/jobs", status_code=201, tags=["jobs"])
-    def submit_job(request: Request, job: JobIn) -> JobOut:
-        who = auth.require(request, "customer")
+    def submit_job(job: JobIn, who: Principal = customer) -> JobOut:
         _check_job(job, who.id)
         refusal = store.job_refusal(who.id, job)  # credit limit (402), max_cost (422)
         if refusal is not None:
@@ -261,13 +276,13 @@ def build_routes(
             )
 
     @v1.get("/jobs", tags=["jobs"])
-    def list_jobs(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> JobList:
-        who = auth.require(request, "customer")
+    def list_jobs(
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50, who: Principal = customer
+    ) -> JobList:
         return JobList(jobs=[JobOut(**j) for j in store.list_jobs(who.id, limit)])
 
     @v1.get("/jobs/{job_id}", tags=["jobs"])
-    def get_job(request: Request, job_id: JobId) -> JobOut:
-        who = auth.require(request, "customer")
+    def get_job(job_id: JobId, who: Principal = customer) -> JobOut:
         job = store.get_job(who.id, job_id)
         if job is None:
             raise HTTPException(404, f"no job {job_id}")
@@ -276,8 +291,7 @@ def build_routes(
         return JobOut(**job)
 
     @v1.post("/jobs/{job_id}/cancel", tags=["jobs"])
-    def cancel_job(request: Request, job_id: JobId) -> JobOut:
-        who = auth.require(request, "customer")
+    def cancel_job(job_id: JobId, who: Principal = customer) -> JobOut:
         job = store.cancel_job(who.id, job_id, time.time())
         if job is None:
             raise HTTPException(404, f"no job {job_id}")
@@ -286,15 +300,14 @@ def build_routes(
 
     @v1.get("/jobs/{job_id}/results", tags=["jobs"])
     async def job_results(
-        request: Request,
         job_id: JobId,
         after: Annotated[
             int, Query(ge=0, le=SQL_INT_MAX, description="cursor from the previous answer")
         ] = 0,
         wait: Annotated[float, Query(ge=0, le=60, description="seconds to wait for news")] = 0,
         limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+        who: Principal = customer,
     ) -> ResultsOut:
-        who = await run_in_threadpool(auth.require, request, "customer")
         deadline = time.monotonic() + wait
         while True:
             out = await run_in_threadpool(store.results_since, who.id, job_id, after, limit)
@@ -307,9 +320,8 @@ def build_routes(
             await results.wait(min(left, results.recheck_s))
 
     @v1.post("/results/poll", tags=["jobs"])
-    async def poll_results(request: Request, body: PollIn) -> PollOut:
+    async def poll_results(body: PollIn, who: Principal = customer) -> PollOut:
         """Results of several jobs after their cursors; waits up to `wait` s for any news."""
-        who = await run_in_threadpool(auth.require, request, "customer")
         deadline = time.monotonic() + body.wait
         cursors = {int(j): after for j, after in body.jobs.items()}
         known = {int(j): n for j, n in (body.leased or {}).items()}  # tasks held, as seen
@@ -337,23 +349,21 @@ def build_routes(
 
     @v1.get("/jobs/{job_id}/tasks", tags=["jobs"])
     def list_tasks(
-        request: Request,
         job_id: JobId,
         state: Annotated[
             str | None, Query(pattern="^(pending|leased|done|failed|cancelled)$")
         ] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Annotated[int, Query(ge=0, le=SQL_INT_MAX)] = 0,
+        who: Principal = customer,
     ) -> TaskList:
-        who = auth.require(request, "customer")
         rows = store.list_tasks(who.id, job_id, state, limit, offset, now=time.time())
         if rows is None:
             raise HTTPException(404, f"no job {job_id}")
         return TaskList(tasks=[TaskOut(**t) for t in rows])
 
     @v1.get("/tasks/{task_id}", tags=["jobs"])
-    def get_task(request: Request, task_id: TaskId) -> TaskOut:
-        who = auth.require(request, "customer")
+    def get_task(task_id: TaskId, who: Principal = customer) -> TaskOut:
         t = store.get_task(who.id, task_id)
         if t is None:
             raise HTTPException(404, f"no task {task_id}")
@@ -365,6 +375,10 @@ def build_routes(
         "/blobs/{sha}",
         status_code=201,
         tags=["blobs"],
+        responses={
+            202: {"model": UploadState, "description": "A part before the last was kept"},
+            409: {"model": Problem, "description": "A part at the wrong offset, or a busy upload"},
+        },
         openapi_extra={
             "requestBody": {
                 "content": {
@@ -374,7 +388,9 @@ def build_routes(
             }
         },
     )
-    async def put_blob(request: Request, sha: str) -> JSONResponse:
+    async def put_blob(
+        request: Request, response: Response, sha: str, who: Principal = customer_or_node
+    ) -> UploadState:
         """Upload a blob, streamed to disk and hashed on the way (docs/blobs.md).
 
         A plain PUT sends the whole blob. A resumable one sends parts with `Content-Range:
@@ -382,7 +398,6 @@ def build_routes(
         /v1/blobs/{sha}/upload tells where); what an interrupted request sent is kept. 201
         once the blob is whole and hashes to its name, 202 `{"received": N}` for a part
         before the last; 409 for a part at the wrong offset, 413 over the blob limit."""
-        who = await run_in_threadpool(auth.require, request, "customer", "node")
         _check_sha(sha)
         ranged = request.headers.get("content-range")
         try:
@@ -412,10 +427,8 @@ def build_routes(
                     400, f"Content-Range announced {part.length} bytes but {got} came"
                 )
             if part is not None and not part.completes:
-                return JSONResponse(
-                    {"sha": sha, "received": up.received, "size": part.total, "complete": False},
-                    202,
-                )
+                response.status_code = 202
+                return UploadState(sha=sha, complete=False, received=up.received, size=part.total)
             try:
                 await run_in_threadpool(up.finish)
             except IntegrityError as e:
@@ -427,7 +440,7 @@ def build_routes(
             await run_in_threadpool(store.own_blob, who.id, sha, size, time.time())
         else:  # a node may name what it uploaded as a task's output (store/leasing.py)
             await run_in_threadpool(store.note_upload, who.id, sha, time.time())
-        return JSONResponse({"sha": sha, "size": size, "complete": True}, 201)
+        return UploadState(sha=sha, complete=True, received=size, size=size)
 
     async def _receive_into(request: Request, up: Any, length: int, ranged: bool) -> bool:
         """Stream the body into `up` in 1 MiB writes; False when the client went away (what
@@ -463,30 +476,28 @@ def build_routes(
         return True
 
     @v1.get("/blobs/{sha}/upload", tags=["blobs"])
-    def upload_status(request: Request, sha: str) -> dict[str, Any]:
+    def upload_status(sha: str, who: Principal = customer_or_node) -> UploadState:
         """How much of blob `sha` the coordinator holds from you: `complete` (with its `size`)
         when the blob is yours, else the bytes `received` of your unfinished upload (0: none),
         which is where a resumed upload sends from."""
-        who = auth.require(request, "customer", "node")
         _check_sha(sha)
         if who.kind == "customer" and store.owned_blobs(who.id, {sha}):
             # complete only if intact: a corrupt one is quarantined here, so the client
             # uploads it again and its correct bytes replace it
             with contextlib.suppress(KeyError, CorruptBlob), blobs.open_verified(sha) as f:
                 size = blobs.size_of(f)
-                return {"sha": sha, "complete": True, "size": size, "received": size}
+                return UploadState(sha=sha, complete=True, size=size, received=size)
         received = blobs.received(sha, f"{who.kind}:{who.id}")
-        return {"sha": sha, "complete": False, "received": received}
+        return UploadState(sha=sha, complete=False, received=received)
 
     @v1.get("/blobs", tags=["blobs"])
     def list_blobs(
-        request: Request,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Annotated[int, Query(ge=0, le=SQL_INT_MAX)] = 0,
-    ) -> dict[str, Any]:
+        who: Principal = customer,
+    ) -> BlobList:
         """Your blobs (uploaded, or your tasks' outputs), newest first: sha, size, created."""
-        who = auth.require(request, "customer")
-        return {"blobs": store.list_blobs(who.id, limit, offset)}
+        return BlobList(blobs=store.list_blobs(who.id, limit, offset))  # type: ignore[arg-type]
 
     @v1.get(
         "/blobs/{sha}",
@@ -494,8 +505,7 @@ def build_routes(
         response_class=Response,
         responses={200: {"content": {"application/octet-stream": {}}}},
     )
-    def get_blob(request: Request, sha: str) -> Response:
-        who = auth.require(request, "customer", "node")
+    def get_blob(request: Request, sha: str, who: Principal = customer_or_node) -> Response:
         _check_sha(sha)
         allowed = (
             store.node_may_read(who.id, sha) or store.cdn_node_may_read(who.id, sha)
@@ -550,6 +560,7 @@ def build_routes(
         status_code=201,
         tags=["nodes"],
         responses={
+            401: {"model": Problem, "description": "Unknown, revoked or expired join token"},
             403: {"model": Problem, "description": "The join token has admitted all its devices"},
             429: {"model": Problem, "description": "Joins with this token come too fast"},
         },
@@ -588,15 +599,15 @@ def build_routes(
         )
 
     @v1.get("/coordinator/key", tags=["nodes"])
-    def coordinator_key() -> dict[str, str]:
+    def coordinator_key() -> CoordinatorKey:
         """The Ed25519 key that signs every task spec; a node checks it against the pin in its
         join string (or, given a bare token, trusts it on first use)."""
-        return {
-            "algorithm": "Ed25519",
-            "public_key": public_key,
-            "fingerprint": fingerprint(public_key),
-            "pin": key_pin(public_key),
-        }
+        return CoordinatorKey(
+            algorithm="Ed25519",
+            public_key=public_key,
+            fingerprint=fingerprint(public_key),
+            pin=key_pin(public_key),
+        )
 
     @v1.post("/nodes/me/sync", tags=["nodes"])
     def sync(
@@ -604,8 +615,8 @@ def build_routes(
         req: SyncIn,
         leaving: bool = False,
         arrived: float = Depends(_arrival),
+        who: Principal = node,
     ) -> SyncOut:
-        who = auth.require(request, "node")
         if time.monotonic() - arrived > shed_after_s and _only_asks(req, leaving):
             # Admission control: this sync waited in the queue for a worker thread longer than
             # a sync should take, so the process is overloaded. A sync that only asks for work
@@ -677,10 +688,9 @@ def build_routes(
         tags=["nodes"],
         responses={409: {"model": Problem, "description": "This node does not hold the task"}},
     )
-    def report_result(request: Request, task_id: TaskId, rep: TaskReport) -> dict[str, Any]:
+    def report_result(task_id: TaskId, rep: TaskReport, who: Principal = node) -> ResultAcked:
         """Report one task's result (the batch path is /v1/nodes/me/sync); 409 when this node
         never held the task."""
-        who = auth.require(request, "node")
         if rep.task_id != task_id:
             raise HTTPException(422, f"task_id {rep.task_id} in the body is not {task_id}")
         for v in [rep.value, *rep.outputs.values()]:
@@ -691,7 +701,7 @@ def build_routes(
             raise HTTPException(409, f"this node does not hold task {task_id}")
         results.notify()
         metrics.reported.inc(1)
-        return {"task_id": task_id, "acked": True}
+        return ResultAcked(task_id=task_id, acked=True)
 
     def _signed(lease: dict[str, Any]) -> TaskLease:
         """The lease as it goes on the wire, signed over exactly those values.
@@ -703,9 +713,8 @@ def build_routes(
         spec.signature = sign_lease(signing_key, spec.model_dump(mode="json"))
         return spec
 
-    @v1.get("/nodes", tags=["nodes"])
-    def list_nodes(request: Request) -> NodeList:
-        auth.require(request, "customer", "admin")
+    @v1.get("/nodes", tags=["nodes"], dependencies=[caller(auth, "customer", "admin")])
+    def list_nodes() -> NodeList:
         return NodeList(nodes=store.list_nodes(time.time()))  # type: ignore[arg-type]
 
     def _check_value(v: Value, uploaded: bool = False) -> None:
@@ -726,10 +735,21 @@ def build_routes(
 
     app.include_router(v1)
 
-    @app.get("/metrics", tags=["meta"], response_class=Response, responses=ERRORS)
-    def prometheus(request: Request) -> Response:
+    @app.get(
+        "/metrics",
+        tags=["meta"],
+        response_class=Response,
+        dependencies=[admin],
+        responses={
+            **ERRORS,
+            200: {
+                "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+                "description": "The Prometheus text exposition format",
+            },
+        },
+    )
+    def prometheus() -> Response:
         """Prometheus metrics, for the operator: scrape with `authorization: Bearer <admin key>`."""
-        auth.require(request, "admin")
         metrics.refresh()
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

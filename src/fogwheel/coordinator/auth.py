@@ -69,6 +69,15 @@ class Authenticator:
             for key in list(self._cache)[: len(self._cache) // 2]:
                 del self._cache[key]
 
+    def answers_at_once(self, request: Request) -> bool:
+        """Whether `principal(request)` needs no database (no key sent, or a fresh cache hit):
+        an async caller may then ask on the event loop instead of in a worker thread."""
+        scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            return True
+        hit = self._cache.get(secret.strip())
+        return hit is not None and time.monotonic() - hit[0] < _CACHE_SECONDS
+
     def forget(self) -> None:
         """Drop every cached principal: after a revocation, this process asks the store again
         at once (other coordinator processes within `_CACHE_SECONDS`)."""

@@ -24,6 +24,7 @@ from fogwheel import results
 from fogwheel.blobs import FileBlobStore, sha256_hex
 from fogwheel.blobs.store import CorruptBlob
 from fogwheel.coordinator.auth import Authenticator
+from fogwheel.coordinator.identity import caller
 from fogwheel.errors import IntegrityError
 from fogwheel.protocol import SQL_INT_MAX, AttemptOut, ErrorInfo, Model, Problem
 from fogwheel.store import Store
@@ -95,7 +96,10 @@ def build_job_routes(
     notify: Callable[[], None],
 ) -> None:
     """Add the task cancel and logs routes to `app`; `notify` wakes result long-polls."""
-    v1 = APIRouter(prefix="/v1", responses=ERRORS, tags=["jobs"])
+    # Every route takes a customer key: declared here (OpenAPI `security`), checked first.
+    v1 = APIRouter(
+        prefix="/v1", responses=ERRORS, tags=["jobs"], dependencies=[caller(auth, "customer")]
+    )
 
     @v1.post("/jobs/{job_id}/tasks/{index}/cancel")
     def cancel_task(request: Request, job_id: JobId, index: Index) -> TaskCancelOut:

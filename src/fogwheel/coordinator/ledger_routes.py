@@ -20,19 +20,18 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Path, Query
 
 from fogwheel.coordinator.auth import Authenticator
+from fogwheel.coordinator.identity import caller
 from fogwheel.core.costs import to_micro
 from fogwheel.core.ledger import customer_account, format_credits, node_account
 from fogwheel.protocol import Model, Problem
-from fogwheel.store import Store
+from fogwheel.store import Principal, Store
 
 BIGINT_MAX = 2**63 - 1  # entry ids live in a BIGINT column
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": Problem, "description": "Missing or unknown credentials"},
-    403: {"model": Problem, "description": "Credentials of the wrong kind"},
     422: {"model": Problem, "description": "Parameters of the wrong shape"},
 }
 
@@ -127,6 +126,8 @@ IdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_
 def build_ledger_routes(app: FastAPI | APIRouter, store: Store, auth: Authenticator) -> None:
     """Add the price, usage, earnings, statements, credit limits and /v1/ledger to `app`."""
     v1 = APIRouter(prefix="/v1", responses=ERRORS, tags=["ledger"])
+    customer, node, owner = caller(auth, "customer"), caller(auth, "node"), caller(auth, "owner")
+    admin = caller(auth, "admin")
 
     @v1.get("/price")
     def price() -> PriceOut:
@@ -146,63 +147,59 @@ def build_ledger_routes(app: FastAPI | APIRouter, store: Store, auth: Authentica
         )
 
     @v1.get("/usage")
-    def usage(request: Request, limit: Limit = 50, before: Before = None) -> AccountOut:
+    def usage(limit: Limit = 50, before: Before = None, who: Principal = customer) -> AccountOut:
         """What this customer has been charged: balance (negative), credit limit (new jobs are
         refused with 402 once the balance is that far below 0) and newest entries."""
-        who = auth.require(request, "customer")
         out = account_out(customer_account(who.id), limit, before)
         out.credit_limit = store.credit_limit(who.id)
         return out
 
     @v1.get("/nodes/me/earnings")
-    def earnings(request: Request, limit: Limit = 50, before: Before = None) -> AccountOut:
+    def earnings(limit: Limit = 50, before: Before = None, who: Principal = node) -> AccountOut:
         """What this node has earned: balance and newest entries."""
-        who = auth.require(request, "node")
         return account_out(node_account(who.id), limit, before)
 
     def statement_out(data: dict[str, Any]) -> StatementOut:
         return StatementOut(**data, earned_text=format_credits(data["earned"]))
 
     @v1.get("/nodes/me/statement")
-    def node_statement(request: Request) -> StatementOut:
+    def node_statement(who: Principal = node) -> StatementOut:
         """What this device earned, per UTC day and job (or CDN object), and payouts so far."""
-        who = auth.require(request, "node")
         return statement_out({"node_id": who.id, **store.node_statement(who.id)})
 
     @v1.get("/owners/me/statement")
-    def my_statement(request: Request) -> StatementOut:
+    def my_statement(who: Principal = owner) -> StatementOut:
         """What your devices earned, per UTC day and job (or CDN object), and payouts so far;
         the lines sum to your earnings (`fogwheel earnings --owner`)."""
-        who = auth.require(request, "owner")
         return statement_out(store.owner_statement(who.id))
 
-    @v1.get("/owners/{owner_id}/statement")
-    def owner_statement(request: Request, owner_id: IdPath) -> StatementOut:
+    @v1.get(
+        "/owners/{owner_id}/statement",
+        dependencies=[admin],
+        responses={404: {"model": Problem, "description": "No such owner"}},
+    )
+    def owner_statement(owner_id: IdPath) -> StatementOut:
         """Operator: one owner's statement. 404 when there is no such owner."""
-        auth.require(request, "admin")
         if store.get_owner(owner_id) is None and owner_id != "operator":
             raise HTTPException(404, f"no owner {owner_id}: `fogwheel owners list` lists them")
         return statement_out(store.owner_statement(owner_id))
 
-    @v1.put("/customers/{customer_id}/credit-limit")
+    @v1.put("/customers/{customer_id}/credit-limit", dependencies=[admin])
     def set_credit_limit(
-        request: Request,
         customer_id: IdPath,
         credits: Annotated[float, Query(ge=0, le=1e12, allow_inf_nan=False)],
     ) -> CreditLimitOut:
         """Operator: how far below zero this customer's balance may go before new jobs are
         refused (402)."""
-        auth.require(request, "admin")
         limit = to_micro(credits)
         store.set_credit_limit(customer_id, limit, time.time())
         return CreditLimitOut(
             customer_id=customer_id, credit_limit=limit, credit_limit_text=format_credits(limit)
         )
 
-    @v1.get("/ledger")
-    def totals(request: Request) -> LedgerTotalsOut:
+    @v1.get("/ledger", dependencies=[admin])
+    def totals() -> LedgerTotalsOut:
         """The operator's check of the books: every balance, their sum (0) and the entry count."""
-        auth.require(request, "admin")
         accounts = store.totals()
         _, n = store.check()
         total = sum(accounts.values())

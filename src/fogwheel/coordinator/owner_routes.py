@@ -11,18 +11,17 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, HTTPException, Path, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Path
 from pydantic import Field
 
 from fogwheel.coordinator.auth import Authenticator
+from fogwheel.coordinator.identity import caller
 from fogwheel.core import owners
 from fogwheel.core.ledger import format_credits
 from fogwheel.protocol import Model, Name, Problem
 from fogwheel.store import Principal, Store
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": Problem, "description": "Missing, unknown or revoked credentials"},
-    403: {"model": Problem, "description": "Credentials of the wrong kind"},
     404: {
         "model": Problem,
         "description": "No such owner, token, customer or device (or not yours)",
@@ -148,6 +147,8 @@ def build_owner_routes(
 ) -> None:
     """Add /v1/owners, /v1/tokens and the revoke routes to `app`."""
     v1 = APIRouter(prefix="/v1", responses=ERRORS, tags=["owners"])
+    admin, owner = caller(auth, "admin"), caller(auth, "owner")
+    admin_or_owner = caller(auth, "admin", "owner")
 
     def scope(who: Principal) -> str | None:
         """The owner an owner key is confined to; None for the operator."""
@@ -155,62 +156,54 @@ def build_owner_routes(
 
     # -- owners -----------------------------------------------------------------------------
 
-    @v1.post("/owners", status_code=201)
-    def create_owner(request: Request, body: OwnerIn) -> OwnerCreated:
+    @v1.post("/owners", status_code=201, dependencies=[admin])
+    def create_owner(body: OwnerIn) -> OwnerCreated:
         """Operator: a new owner and its owner key (shown once)."""
-        auth.require(request, "admin")
         owner_id, key = store.create_owner(body.name, time.time())
         return OwnerCreated(owner_id=owner_id, name=body.name, owner_key=key)
 
-    @v1.get("/owners")
-    def list_owners(request: Request) -> OwnerList:
+    @v1.get("/owners", dependencies=[admin])
+    def list_owners() -> OwnerList:
         """Operator: every owner, its device count and earnings."""
-        auth.require(request, "admin")
         return OwnerList(owners=[OwnerOut(**o) for o in store.list_owners()])
 
     @v1.get("/owners/me")
-    def me(request: Request) -> OwnerOut:
+    def me(who: Principal = owner) -> OwnerOut:
         """Owner: this owner's record."""
-        who = auth.require(request, "owner")
         found = next((o for o in store.list_owners() if o["id"] == who.id), None)
         if found is None:
             raise HTTPException(404, f"no owner {who.id}")
         return OwnerOut(**found)
 
     @v1.get("/owners/me/devices")
-    def my_devices(request: Request) -> DeviceList:
+    def my_devices(who: Principal = owner) -> DeviceList:
         """Owner: this owner's devices, revoked ones included."""
-        who = auth.require(request, "owner")
         return DeviceList(devices=[_device(d) for d in store.owner_devices(who.id)])
 
     @v1.get("/owners/me/earnings")
-    def my_earnings(request: Request) -> OwnerEarnings:
+    def my_earnings(who: Principal = owner) -> OwnerEarnings:
         """Owner: what this owner's devices earned."""
-        who = auth.require(request, "owner")
         return _earnings(store.owner_earnings(who.id))
 
-    @v1.get("/owners/{owner_id}/earnings")
-    def owner_earnings(request: Request, owner_id: IdPath) -> OwnerEarnings:
+    @v1.get("/owners/{owner_id}/earnings", dependencies=[admin])
+    def owner_earnings(owner_id: IdPath) -> OwnerEarnings:
         """Operator: what one owner's devices earned."""
-        auth.require(request, "admin")
         if store.get_owner(owner_id) is None:
             raise HTTPException(404, f"no owner {owner_id}: `fogwheel owners list` shows them")
         return _earnings(store.owner_earnings(owner_id))
 
-    @v1.get("/owners/{owner_id}/devices")
-    def owner_devices(request: Request, owner_id: IdPath) -> DeviceList:
+    @v1.get("/owners/{owner_id}/devices", dependencies=[admin])
+    def owner_devices(owner_id: IdPath) -> DeviceList:
         """Operator: one owner's devices."""
-        auth.require(request, "admin")
         if store.get_owner(owner_id) is None:
             raise HTTPException(404, f"no owner {owner_id}: `fogwheel owners list` shows them")
         return DeviceList(devices=[_device(d) for d in store.owner_devices(owner_id)])
 
     # -- join tokens ------------------------------------------------------------------------
 
-    @v1.post("/tokens", status_code=201)
-    def create_token(request: Request, body: TokenIn) -> TokenCreated:
+    @v1.post("/tokens", status_code=201, dependencies=[admin])
+    def create_token(body: TokenIn) -> TokenCreated:
         """Operator: a join token for an owner, with a device cap, a join rate and an expiry."""
-        auth.require(request, "admin")
         if store.get_owner(body.owner_id) is None:
             raise HTTPException(
                 404, f"no owner {body.owner_id}: create it first with `fogwheel owners create`"
@@ -229,16 +222,14 @@ def build_owner_routes(
         return TokenCreated(**made, token=secret, join_string=_join_string(secret, public_key))
 
     @v1.get("/tokens")
-    def list_tokens(request: Request) -> TokenList:
+    def list_tokens(who: Principal = admin_or_owner) -> TokenList:
         """Operator: every join token; owner: its own. Never their secrets."""
-        who = auth.require(request, "admin", "owner")
         return TokenList(tokens=[TokenOut(**t) for t in store.list_tokens(scope(who))])
 
     @v1.post("/tokens/{token_id}/revoke")
-    def revoke_token(request: Request, token_id: IdPath) -> TokenOut:
+    def revoke_token(token_id: IdPath, who: Principal = admin_or_owner) -> TokenOut:
         """Operator, or the token's owner: no device joins with it any more (those that
         joined stay; revoke them with /v1/nodes/{id}/revoke)."""
-        who = auth.require(request, "admin", "owner")
         if not store.revoke_token(token_id, scope(who)):
             raise HTTPException(404, f"no join token {token_id}: `fogwheel tokens list` shows them")
         found = store.get_token(token_id)
@@ -247,20 +238,18 @@ def build_owner_routes(
 
     # -- revoking keys and devices ----------------------------------------------------------
 
-    @v1.post("/customers/{customer_id}/revoke")
-    def revoke_customer(request: Request, customer_id: IdPath) -> Revoked:
+    @v1.post("/customers/{customer_id}/revoke", dependencies=[admin])
+    def revoke_customer(customer_id: IdPath) -> Revoked:
         """Operator: every API key of a customer stops working now (401)."""
-        auth.require(request, "admin")
         if not store.revoke_customer(customer_id):
             raise HTTPException(404, f"no customer {customer_id} with a key to revoke")
         auth.forget()
         return Revoked(id=customer_id, revoked=True)
 
     @v1.post("/nodes/{node_id}/revoke")
-    def revoke_node(request: Request, node_id: IdPath) -> Revoked:
+    def revoke_node(node_id: IdPath, who: Principal = admin_or_owner) -> Revoked:
         """Operator, or the device's owner: its credential stops working now (401), its
         leases end and their tasks go to other devices; what it earned stays its own."""
-        who = auth.require(request, "admin", "owner")
         if not store.revoke_node(node_id, scope(who)):
             raise HTTPException(404, f"no device {node_id}: `fogwheel nodes` lists them")
         auth.forget()

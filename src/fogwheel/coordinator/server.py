@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from fogwheel import __version__
 from fogwheel.blobs import BlobStore, FileBlobStore
 from fogwheel.blobs.db import DbBlobStore
+from fogwheel.coordinator import openapi
 from fogwheel.coordinator.app import build_routes
 from fogwheel.coordinator.bodylimit import BodyLimit
 from fogwheel.coordinator.bodytimeout import BodyTimeout
@@ -51,6 +52,12 @@ from fogwheel.store.sql import hash_secret, new_secret
 log = logging.getLogger("fogwheel.coordinator")
 
 KEY_FILE = "coordinator.key"  # the Ed25519 key that signs task specs, beside the database
+API_DESCRIPTION = """Schedules work onto a fog of pull-only node agents. All routes under /v1.
+
+Every operation but a few public ones (health, price, the coordinator's key, a node's join)
+takes a bearer key, `Authorization: Bearer KEY`: a customer API key, the admin key, an owner
+key or a node credential, as each operation's `security` says. Errors are JSON, `{"error":
+"one sentence saying what was wrong"}` (`Problem`). Guide: docs/api.md."""
 
 
 @dataclass
@@ -88,6 +95,13 @@ class CoordinatorConfig:
     trusted_proxies: tuple[str, ...] = ()
     placement: str = "fair"  # core/scheduler.Policy: fair, random, reliability, deadline
     placement_seed: int = 0  # the draws of --placement random
+    # the URLs clients reach this coordinator at, for the OpenAPI document's `servers`; none:
+    # "/", wherever the document was read from (coordinator/openapi.py)
+    public_urls: tuple[str, ...] = field(
+        default_factory=lambda: tuple(
+            u.strip() for u in os.environ.get("FOGWHEEL_PUBLIC_URL", "").split(",") if u.strip()
+        )
+    )
     # Origins whose pages may read CDN content with a bearer key (core/cors.py); signed URLs
     # are readable from any page whatever this says.
     cors_origins: tuple[str, ...] = ()
@@ -218,8 +232,10 @@ def build_app(config: CoordinatorConfig, store: Store) -> FastAPI:
     app = FastAPI(
         title="fogwheel coordinator",
         version=__version__,
-        description="Schedules work onto a fog of pull-only node agents. All routes under /v1.",
+        description=API_DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load their scripts from a CDN: ours are served here
+        redoc_url=None,
     )
     build_routes(
         app,
@@ -229,6 +245,7 @@ def build_app(config: CoordinatorConfig, store: Store) -> FastAPI:
         max_blob_bytes=config.max_blob_bytes,
         sync_budget=config.sync_budget,
     )
+    openapi.install(app, config.public_urls)
     app.state.config = config
     app.state.signing_key = signing_key
     return app
