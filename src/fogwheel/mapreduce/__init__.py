@@ -22,6 +22,7 @@ coordinator's blob store, so a node lost between phases costs nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -228,4 +229,6 @@ def _by_value(job: Job) -> Iterable[None]:  # type: ignore[misc]
             yield
         finally:
             for m in modules:
-                cloudpickle.unregister_pickle_by_value(m)
+                # the SDK's own by-value registration (client.py) may have undone it already
+                with contextlib.suppress(ValueError):
+                    cloudpickle.unregister_pickle_by_value(m)

@@ -51,8 +51,9 @@ def key_of(line: bytes) -> bytes:
 
 
 def order(line: bytes) -> tuple[bytes, bytes]:
-    """The sort order of map output: by key, ties by the whole line (byte order throughout)."""
-    return key_of(line), line
+    """The sort order of map output: by key, ties by the whole line without its newline, in
+    byte order (`sort` compares lines without their newlines too)."""
+    return key_of(line), line[:-1] if line.endswith(b"\n") else line
 
 
 def partition_for(key: bytes, partitions: int) -> int:
