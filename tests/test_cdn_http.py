@@ -411,6 +411,15 @@ def test_with_a_key_only_the_configured_origin_may_read(
     assert plain.status_code == 204 and plain.headers["allow"] == "GET, HEAD, OPTIONS"
 
 
+def test_cors_origin_takes_only_origins(tmp_path: Path) -> None:
+    r = subprocess.run(
+        ["fogwheel", "coordinator", "--data-dir", str(tmp_path), "--port", "0",
+         "--cors-origin", "https://console.example.com/app"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2 and "scheme://host[:port]" in r.stderr
+
+
 def test_a_method_the_content_does_not_take_is_405_listing_those_it_does(
     fog: LocalFog, obj: tuple[str, bytes]
 ) -> None:
