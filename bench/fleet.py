@@ -55,6 +55,7 @@ from fogwheel.core import nodestate
 PG_URL = os.environ.get("FOGWHEEL_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TASK_S = (0.05, 0.25)  # how long a simulated device "runs" a no-op task
 SYNC_TIMEOUT_S = 30.0  # a sync that takes longer counts as an error
+KEEP_ALIVE_S = 4.0  # an idle connection is not reused after this (the server's limit is 5 s)
 
 
 def progress(message: str) -> None:
@@ -80,7 +81,7 @@ class Pool:
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
         self._slots = asyncio.Semaphore(size)
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
 
     async def request(
         self, method: str, path: str, token: str | None = None, body: Any = None
@@ -96,21 +97,33 @@ class Pool:
         raw = ("\r\n".join(head) + "\r\n\r\n").encode() + data
         async with self._slots:
             for attempt in range(2):
-                reused = bool(self._idle)
-                conn = self._idle.pop() if reused else await self._connect()
+                conn = self._idle_conn() if attempt == 0 else None
+                reused = conn is not None
+                if conn is None:
+                    conn = await self._connect()
                 try:
                     status, payload, keep = await self._exchange(conn, raw)
                 except (OSError, asyncio.IncompleteReadError, HttpError, ValueError) as e:
                     conn[1].close()
-                    if reused and attempt == 0:  # a keep-alive connection the server closed
+                    if reused:  # a keep-alive connection the server closed: once, afresh
                         continue
                     raise HttpError(f"{type(e).__name__}: {e}") from None
                 if keep:
-                    self._idle.append(conn)
+                    self._idle.append((*conn, time.monotonic()))
                 else:
                     conn[1].close()
                 return status, (json.loads(payload) if payload else None)
         raise AssertionError("unreachable")
+
+    def _idle_conn(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """The most recently used idle connection, unless the server may have closed it
+        (uvicorn closes keep-alive connections idle for 5 s: those are dropped here)."""
+        while self._idle:
+            reader, writer, used = self._idle.pop()
+            if time.monotonic() - used < KEEP_ALIVE_S:
+                return reader, writer
+            writer.close()
+        return None
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
@@ -159,7 +172,7 @@ class Pool:
         return status, await reader.readexactly(length), keep
 
     def close(self) -> None:
-        for _, w in self._idle:
+        for _, w, _ in self._idle:
             w.close()
         self._idle.clear()
 
@@ -179,6 +192,7 @@ class Stats:
     leased: int = 0
     lost: int = 0
     next_sync: list[float] = field(default_factory=list)
+    pace: list[float] = field(default_factory=list)  # pace_s told to busy devices
 
     def inside(self, t: float) -> bool:
         return self.window[0] <= t < self.window[1]
@@ -278,6 +292,8 @@ class Device:
             stats.lost += len(out["lost"])
             if out.get("next_sync_s") is not None and not out["tasks"] and not ins.body["renew"]:
                 stats.next_sync.append(out["next_sync_s"])
+            if out["tasks"] or ins.body["renew"]:
+                stats.pace.append(float(out.get("pace_s") or 0.0))
         signed = [True] * len(out["tasks"])
         return nodestate.SyncAnswered.from_json(out, signed, t1, wall=time.time())
 
@@ -564,6 +580,7 @@ async def drive(
         "idle_next_sync_s": round(statistics.median(stats.next_sync), 2)
         if stats.next_sync
         else None,
+        "busy_pace_s": round(statistics.median(stats.pace), 2) if stats.pace else None,
         "coordinator_cpu_pct": round(100 * cpu / wall, 1),
         "coordinator_rss_mb": round(usage.rss_mb, 1),
         "generator_cpu_pct": round(100 * own / wall, 1),
@@ -617,6 +634,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         ("errors", "errors"),
         ("tasks_per_s", "tasks/s"),
         ("idle_next_sync_s", "idle next s"),
+        ("busy_pace_s", "busy pace s"),
         ("coordinator_cpu_pct", "coord CPU %"),
         ("coordinator_rss_mb", "coord RSS MB"),
     ]

@@ -240,6 +240,38 @@ def test_a_busy_node_renews_every_third_of_the_lease_and_batches_results() -> No
     assert synced(m, NOW + 1.05).body["results"] == [report(1, wall=1.0)]
 
 
+def test_a_busy_node_under_a_pace_reports_after_it_and_asks_for_enough_work_to_last() -> None:
+    m = fresh(slots=1)
+    synced(m)
+    answer(m, tasks=[lease(1)], lease_seconds=300.0, pace_s=20.0)
+    m.handle(TaskFinished(1, NOW + 0.1, report(1, wall=0.1)))
+    # Finished and dry, yet it waits for the pace: the coordinator is over its load.
+    assert m.handle(Tick(NOW + 0.2)) == [SleepUntil(NOW + 20)]
+    sync = synced(m, NOW + 20)
+    assert sync.body["results"] == [report(1, wall=0.1)]
+    assert sync.body["want"] == 64  # 20 s of 0.1 s tasks, up to its queue's cap
+
+
+def test_a_pace_never_outlasts_a_third_of_the_lease() -> None:
+    m = fresh(slots=1)
+    synced(m)
+    answer(m, tasks=[lease(1), lease(2)], lease_seconds=15.0, pace_s=1e9)
+    assert m.handle(Tick(NOW + 1)) == [SleepUntil(NOW + 5)]  # renewed in time
+    answer_to = synced(m, NOW + 5)
+    assert answer_to.body["renew"] == [1, 2]
+
+
+def test_without_a_pace_a_busy_node_reports_at_its_own_pace_again() -> None:
+    m = fresh(slots=1)
+    synced(m)
+    answer(m, tasks=[lease(i) for i in range(1, 4)], lease_seconds=300.0, pace_s=20.0)
+    synced(m, NOW + 20)
+    answer(m, NOW + 20, pace_s=0.0)
+    m.handle(TaskFinished(1, NOW + 20.1, report(1)))
+    [sync] = of(Sync, m.handle(Tick(NOW + 20.11)))  # running low: at once, not 20 s later
+    assert sync.body["results"] == [report(1)]
+
+
 def test_a_refused_credential_is_fatal() -> None:
     m = fresh()
     synced(m)

@@ -10,7 +10,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fogwheel.core import pacing
-from fogwheel.core.pacing import Fleet, SyncRate, max_wait_s, mean_wait_s, next_sync_s
+from fogwheel.core.pacing import (
+    Fleet,
+    Pacer,
+    SyncRate,
+    max_wait_s,
+    mean_wait_s,
+    next_sync_s,
+    pace_s,
+    stretched,
+)
 
 GONE_S = 45.0  # three 15 s leases, the coordinator's default
 
@@ -120,3 +129,110 @@ def test_sync_rate_counts_the_last_whole_second() -> None:
     assert rate.per_s(101.5) == 30  # second 101 has 1 so far: the last whole one counts
     assert rate.per_s(102.1) == 1
     assert rate.per_s(110.0) == 0
+
+
+# -- closed loop: the Pacer, busy nodes' pace, stretched horizons -------------
+
+shares = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
+waits = st.floats(min_value=0.0, max_value=1e4, allow_nan=False)
+
+
+def test_the_pacer_stretches_waits_while_syncs_are_slow_and_relaxes_after() -> None:
+    p = Pacer(target_s=0.1)
+    for _ in range(30):  # syncs at 2 s, 2 s waits: the factor x4 (its bound) once per wait
+        p.observe(2.0, 1.0, 2.0)
+    assert p.factor == pacing.MAX_FACTOR
+    for _ in range(30):
+        p.observe(0.01, 1.0, 2.0)  # fast again: it shrinks back
+    assert p.factor < pacing.MAX_FACTOR / 10
+
+
+def test_the_pacer_corrects_once_per_wait_period_not_once_per_window() -> None:
+    quick, slow = Pacer(0.1), Pacer(0.1)
+    quick.observe(0.2, 1.0, 1.0)  # twice the target with a 1 s wait: x2 at once ...
+    slow.observe(0.2, 1.0, 60.0)  # ... with a 60 s wait, at least RISE_STEP of it a second
+    assert quick.factor == pytest.approx(2.0)
+    assert slow.factor == pytest.approx(2.0**pacing.RISE_STEP)
+    slow.factor = 8.0
+    slow.observe(0.05, 1.0, 60.0)  # half the target: down by a sixtieth of the move
+    assert slow.factor == pytest.approx(8.0 * 0.5 ** (1 / 60))
+    quick.observe(0.001, 1.0, 1.0)  # far under it: at most a quarter a window, never below 1
+    assert quick.factor == 1.0
+
+
+@given(
+    st.lists(
+        st.tuples(st.one_of(st.none(), st.floats(0.0, 1e3)), st.floats(0.0, 10.0), waits),
+        max_size=50,
+    )
+)
+def test_the_pacers_factor_stays_within_its_bounds_whatever_it_observes(
+    windows: list[tuple[float | None, float, float]],
+) -> None:
+    p = Pacer()
+    for latency, window, wait in windows:
+        f = p.observe(latency, window, wait)
+        assert 1.0 <= f <= pacing.MAX_FACTOR
+
+
+def test_the_pacer_ignores_windows_it_cannot_read() -> None:
+    p = Pacer()
+    for latency, window in [(None, 1.0), (1.0, 0.0), (math.nan, 1.0), (1.0, math.inf), (-1, 1)]:
+        assert p.observe(latency, window, 1.0) == 1.0
+
+
+def test_the_high_percentile_is_the_nearest_rank() -> None:
+    assert pacing.high_percentile([]) is None
+    assert pacing.high_percentile([0.5]) == 0.5
+    assert pacing.high_percentile([i / 1000 for i in range(1, 1001)]) == 0.99
+    assert pacing.high_percentile([3.0, 1.0, 2.0], 0.5) == 2.0
+
+
+@given(fleets, st.floats(min_value=0.0, max_value=1e4, allow_nan=False), draws)
+def test_a_busy_node_keeps_its_own_pace_until_the_process_is_over_its_load(
+    fleet: Fleet, factor: float, draw: float
+) -> None:
+    busy = pace_s(fleet, factor, draw)
+    assert 0.0 <= busy <= max(pacing.MAX_WAIT_S, max_wait_s(fleet.gone_after_s))
+    if factor <= 1.0:
+        assert busy == 0.0
+        assert stretched(fleet, factor, draw) == next_sync_s(fleet, draw)
+    else:
+        assert busy == 0.0 or busy >= pacing.MIN_PACE_S * (1 - pacing.JITTER) - 1e-3
+        assert stretched(fleet, factor, draw) >= next_sync_s(fleet, draw) * (1 - 1e-9) - 1e-3
+
+
+@given(fleets, st.floats(min_value=1.0, max_value=1e4, allow_nan=False), draws)
+def test_a_paced_node_keeps_its_leases_and_stays_live_between_two_syncs(
+    fleet: Fleet, factor: float, draw: float
+) -> None:
+    h = pacing.horizons(
+        15.0,
+        fleet.gone_after_s,
+        pacing.paced_wait_s(fleet, factor),
+        pacing.busy_wait_s(fleet, factor),
+    )
+    busy, idle = pace_s(fleet, factor, draw), stretched(fleet, factor, draw)
+    assert busy * 3 <= h.lease_s + 1e-6  # a busy node renews at least three times a lease
+    for told in (busy, idle):
+        assert told < h.gone_after_s  # never silent long enough to look gone
+    assert h.lease_s >= 15.0 and h.gone_after_s >= fleet.gone_after_s
+
+
+def test_ten_thousand_devices_on_an_overloaded_process_come_back_far_less_often() -> None:
+    fleet = Fleet(10_000, 300.0, True, GONE_S)
+    assert pace_s(fleet, 1.0, 0.5) == 0.0
+    assert pace_s(fleet, 4.0, 0.5) == pytest.approx(133.333, abs=1e-3)  # 10,000 / 300 x 4
+    idle = pacing.paced_wait_s(fleet, 4.0)  # 10,000 in 300 / 4 syncs/s
+    assert idle == pytest.approx(10_000 / 75)
+    h = pacing.horizons(15.0, GONE_S, idle, pacing.busy_wait_s(fleet, 4.0))
+    assert h.lease_s == pytest.approx(3.5 * 10_000 / 300 * 4 * 1.25)
+    assert h.gone_after_s == pytest.approx(1.5 * 10_000 / 300 * 4 * 1.25)
+
+
+def test_a_small_fleet_stretched_hard_still_reports_within_seconds() -> None:
+    two = Fleet(2, 300.0, True, GONE_S)
+    assert pace_s(two, 2.0, 0.5) == 0.0  # 13 ms: less than the agent's own report delay
+    assert pace_s(two, 100.0, 0.5) == pytest.approx(0.667, abs=1e-3)  # the most: 2 / 300 x 100
+    idle = pacing.paced_wait_s(Fleet(4, 300.0, False, GONE_S), 100.0)
+    assert idle == pytest.approx(4 / 1.5)  # half of 3 syncs/s for four idle nodes

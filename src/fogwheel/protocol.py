@@ -379,6 +379,11 @@ class SyncOut(Model):
         description="the longest the node should wait before its next sync when it has "
         "nothing to report sooner (core/pacing.py); null: its own idle interval",
     )
+    pace_s: float = Field(
+        default=0.0,
+        description="the least wait before a node holding work syncs again, unless a lease "
+        "would expire: the coordinator is over its load (core/pacing.py); 0: at its own pace",
+    )
 
 
 class NodeOut(Model):

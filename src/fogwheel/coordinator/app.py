@@ -8,7 +8,6 @@ import contextlib
 import logging
 import math
 import os
-import random
 import time
 from typing import Annotated, Any
 
@@ -34,6 +33,7 @@ from fogwheel.coordinator.job_routes import build_job_routes
 from fogwheel.coordinator.ledger_routes import build_ledger_routes
 from fogwheel.coordinator.metrics import Metrics
 from fogwheel.coordinator.owner_routes import build_owner_routes
+from fogwheel.coordinator.syncpace import SyncPace
 from fogwheel.core import byteranges, pacing
 from fogwheel.core.owners import Refuse, network_of
 from fogwheel.errors import IntegrityError, NameTaken, StorageFull
@@ -162,13 +162,14 @@ def build_routes(
     signing_key: Ed25519PrivateKey,
     max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES,
     sync_budget: float = pacing.DEFAULT_BUDGET,
+    sync_target_s: float = pacing.TARGET_LATENCY_S,
 ) -> None:
     public_key = public_key_b64(signing_key)
     auth = Authenticator(store)
     metrics = Metrics(store)
     results = Results()
     app.state.results = results
-    busy = pacing.SyncRate()  # syncs that reported, renewed or leased (core/pacing.py)
+    pace = SyncPace(store, sync_budget, sync_target_s)  # when nodes come back (core/pacing.py)
     # A sync that only asks for work and queued longer than this for a thread is shed.
     shed_after_s = float(os.environ.get("FOGWHEEL_SHED_AFTER_S", SHED_AFTER_S))
     v1 = APIRouter(prefix="/v1", responses=ERRORS)
@@ -617,6 +618,14 @@ def build_routes(
         arrived: float = Depends(_arrival),
         who: Principal = node,
     ) -> SyncOut:
+        try:
+            return _sync_or_shed(request, who.id, req, leaving, arrived)
+        finally:
+            pace.took(time.monotonic() - arrived)  # what the Pacer keeps within its target
+
+    def _sync_or_shed(
+        request: Request, node_id: str, req: SyncIn, leaving: bool, arrived: float
+    ) -> SyncOut:
         if time.monotonic() - arrived > shed_after_s and _only_asks(req, leaving):
             # Admission control: this sync waited in the queue for a worker thread longer than
             # a sync should take, so the process is overloaded. A sync that only asks for work
@@ -626,19 +635,20 @@ def build_routes(
             # works on syncs whose nodes have timed out and retried (a metastable overload:
             # bench/fleet.py at 10,000 devices with work queued, docs/benchmarks.md "Fleet").
             metrics.shed.inc()
-            now = time.time()
-            idle = pacing.Fleet(
-                store.live_count(now), sync_budget, False, store.gone_after_s, busy.per_s(now)
-            )
+            timing = pace.answer(work_waiting=False, was_busy=False)
             return SyncOut(
                 acked=[],
                 rejected=[],
                 lost=[],
                 tasks=[],
-                lease_seconds=store.lease_seconds,
-                next_sync_s=pacing.next_sync_s(idle, random.random()),
+                lease_seconds=timing.lease_seconds,
+                next_sync_s=timing.next_sync_s,
+                pace_s=timing.pace_s,
             )
-        req = screen_serve_url(request, who.id, req)  # its chunk server, checked (cdn/audit.py)
+        return _sync(request, node_id, req, leaving)
+
+    def _sync(request: Request, node_id: str, req: SyncIn, leaving: bool) -> SyncOut:
+        req = screen_serve_url(request, node_id, req)  # its chunk server, checked (cdn/audit.py)
         # A report that parses but whose bytes fail their checks is rejected alone, with its
         # reason: the node's other results, renewals and lease requests go on.
         refused: list[dict[str, Any]] = []
@@ -656,32 +666,29 @@ def build_routes(
             req = req.model_copy(update={"results": kept})
         host = request.client.host if request.client else None
         now = time.time()
-        out = store.sync(who.id, req, now, leaving=leaving, client_host=host)
+        out = store.sync(node_id, req, now, leaving=leaving, client_host=host)
         if out.acked:
             results.notify()
         metrics.leased.inc(len(out.tasks))
         metrics.reported.inc(len(out.acked))
-        # When to come back if it has nothing to report: idle syncs spread within what the
-        # budget leaves after the busy ones.
-        if req.results or req.renew or out.tasks:
-            busy.add(now)
-        fleet = pacing.Fleet(
-            store.live_count(now),
-            sync_budget,
-            store.work_pending(now),
-            store.gone_after_s,
-            busy.per_s(now),
+        # When to come back: idle syncs spread within what the budget leaves after the busy
+        # ones, and every wait stretched while syncs keep this process over its target load.
+        timing = pace.answer(
+            work_waiting=store.work_pending(now),
+            was_busy=bool(req.results or req.renew or out.tasks),
         )
         return SyncOut(
             acked=out.acked,
             rejected=[*refused, *out.rejected],
             lost=out.lost,
             tasks=[_signed(t) for t in out.tasks],
-            lease_seconds=store.lease_seconds,
+            lease_seconds=timing.lease_seconds,
             store=out.store,  # type: ignore[arg-type]
             drop=out.drop,
-            next_sync_s=pacing.next_sync_s(fleet, random.random()),
+            next_sync_s=timing.next_sync_s,
+            pace_s=timing.pace_s,
         )
+
 
     @v1.post(
         "/nodes/me/tasks/{task_id}/result",
@@ -751,6 +758,7 @@ def build_routes(
     def prometheus() -> Response:
         """Prometheus metrics, for the operator: scrape with `authorization: Bearer <admin key>`."""
         metrics.refresh()
+        metrics.pace_factor.set(pace.factor)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     build_job_routes(app, store, auth, blobs, results.notify)  # task cancel and logs

@@ -31,6 +31,17 @@ class Metrics:
             "fogwheel_tasks", "Tasks in the store by state", ["state"], registry=self.registry
         )
         self.nodes = Gauge("fogwheel_nodes", "Nodes by state", ["state"], registry=self.registry)
+        self.pace_factor = Gauge(
+            "fogwheel_sync_pace_factor",
+            "How much this process stretches every node's wait to stay within its load "
+            "(core/pacing.py Pacer; 1: not at all)",
+            registry=self.registry,
+        )
+        self.lease_seconds = Gauge(
+            "fogwheel_lease_seconds",
+            "How long a lease lasts now: the configured period, or longer while waits stretch",
+            registry=self.registry,
+        )
 
     def refresh(self) -> None:
         """Read gauges from the store at scrape time: the database is the truth."""
@@ -45,3 +56,4 @@ class Metrics:
             counts[node["state"]] = counts.get(node["state"], 0) + 1
         for state, n in counts.items():
             self.nodes.labels(state).set(n)
+        self.lease_seconds.set(self.store.lease_seconds)

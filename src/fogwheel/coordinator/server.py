@@ -30,7 +30,7 @@ from fogwheel.coordinator.app import build_routes
 from fogwheel.coordinator.bodylimit import BodyLimit
 from fogwheel.coordinator.bodytimeout import BodyTimeout
 from fogwheel.coordinator.wakeups import PgWakeups
-from fogwheel.core.pacing import DEFAULT_BUDGET
+from fogwheel.core.pacing import DEFAULT_BUDGET, TARGET_LATENCY_S
 from fogwheel.core.scheduler import Placement, Policy
 from fogwheel.errors import ConfigError
 from fogwheel.protocol import SQL_INT_MAX
@@ -87,6 +87,12 @@ class CoordinatorConfig:
     # syncs a second this coordinator set serves, all processes together (core/pacing.py)
     sync_budget: float = field(
         default_factory=lambda: float(os.environ.get("FOGWHEEL_SYNC_BUDGET") or DEFAULT_BUDGET)
+    )
+    # the sync latency (p99) over which every wait stretches; 0: open-loop pacing only
+    sync_target_ms: float = field(
+        default_factory=lambda: float(
+            os.environ.get("FOGWHEEL_SYNC_TARGET_MS") or 1000 * TARGET_LATENCY_S
+        )
     )
     signing_key: Path | None = None  # a key file shared by config management, not the database's
     blobs: str | None = None  # "db" | "dir"; default: "db" on PostgreSQL, "dir" on SQLite
@@ -244,6 +250,7 @@ def build_app(config: CoordinatorConfig, store: Store) -> FastAPI:
         signing_key=signing_key,
         max_blob_bytes=config.max_blob_bytes,
         sync_budget=config.sync_budget,
+        sync_target_s=config.sync_target_ms / 1000,
     )
     openapi.install(app, config.public_urls)
     app.state.config = config

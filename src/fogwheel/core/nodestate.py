@@ -52,6 +52,7 @@ Report = Mapping[str, Any]  # a TaskReport: task_id, attempt, ok, value/error, c
 
 REFUSED_UNSIGNED = "refused: task spec signature does not verify"
 UNREACHABLE_STATUS = frozenset({502, 503, 504})  # a proxy in front of a coordinator that is down
+MAX_PACE_S = 600.0  # the longest pace ever kept, whatever an answer says (core/pacing.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,7 @@ class SyncAnswered:
     lease_seconds: float | None = None
     next_sync_s: float | None = None  # how long an idle node should wait, if the coordinator says
     wall: float | None = None
+    pace_s: float = 0.0  # the least wait before a busy node syncs again (core/pacing.py)
 
     @classmethod
     def from_json(
@@ -130,6 +132,7 @@ class SyncAnswered:
             lease_seconds=_number(answer.get("lease_seconds")),
             next_sync_s=_number(answer.get("next_sync_s")),
             wall=wall,
+            pace_s=_number(answer.get("pace_s")) or 0.0,
         )
 
 
@@ -340,6 +343,7 @@ class NodeState:
         self._answered_at: float | None = None  # None: sync at once
         self._idle = False
         self._next_sync_s: float | None = None
+        self._pace_s = 0.0  # the coordinator is over its load: a busy node waits this long
         self._retry_at: float | None = None  # after a failure: not before this
         self._unreachable_since: float | None = None
         self._leaving_since: float | None = None  # a leaving sync answered, results left over
@@ -369,11 +373,8 @@ class NodeState:
         """How many more leases to ask for: enough for about `target_queue_s` per slot."""
         if self.stopping:
             return 0
-        s = self.settings
-        per_slot = math.ceil(s.target_queue_s / max(self._avg_wall, 0.001))
-        depth = s.slots * min(s.max_queue_per_slot, max(2, per_slot))
         active = self._count[Phase.QUEUED] + self._count[Phase.RUNNING]
-        return max(0, depth - active)
+        return max(0, self._depth() - active)
 
     # -- the one entry point ----------------------------------------------------------------
 
@@ -467,6 +468,12 @@ class NodeState:
         if self._answered_at is None:
             return now  # the first sync
         s = self.settings
+        if self._pace_s > 0 and not self._idle:
+            # The coordinator is over its load: a busy node comes back after the pace (with
+            # what it finished meanwhile, and enough work asked to last the next one), or
+            # sooner only to renew its leases before they run out.
+            due = self._answered_at + min(self._pace_s, self.lease_seconds / 3)
+            return due if self._retry_at is None else max(due, self._retry_at)
         n_out = len(self.outbox)
         since = self._outbox_since
         if n_out >= s.report_batch or (since is not None and now - since >= s.report_delay_s):
@@ -487,8 +494,10 @@ class NodeState:
         return due
 
     def _depth(self) -> int:
+        """Leases to hold: about `target_queue_s` of work per slot, or a pace's worth."""
         s = self.settings
-        per_slot = math.ceil(s.target_queue_s / max(self._avg_wall, 0.001))
+        queue_s = max(s.target_queue_s, self._pace_s)
+        per_slot = math.ceil(queue_s / max(self._avg_wall, 0.001))
         return s.slots * min(s.max_queue_per_slot, max(2, per_slot))
 
     # -- answers ----------------------------------------------------------------------------
@@ -541,6 +550,10 @@ class NodeState:
             self.lease_seconds = float(ev.lease_seconds)
         nxt = ev.next_sync_s
         self._next_sync_s = float(nxt) if isinstance(nxt, int | float) and nxt > 0 else None
+        pace = ev.pace_s
+        # Read, not trusted: a pace past a third of the lease would let leases run out.
+        ok = isinstance(pace, int | float) and math.isfinite(pace) and pace > 0
+        self._pace_s = min(float(pace), self.lease_seconds / 3, MAX_PACE_S) if ok else 0.0
         self._answered_at = ev.now
         # Idle: it asked for work, got less, and holds nothing; it polls at its own pace.
         holds = any(self._count[p] for p in _HELD)

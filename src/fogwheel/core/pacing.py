@@ -13,11 +13,26 @@ that idle nodes come for it sooner.
 Two bounds hold whatever the inputs: a node is never asked to come more often than the
 agent's own idle interval (`POLL_S`), and never told to wait so long that it would look gone
 (`max_wait_s`: two thirds of the gone horizon, leaving room for a failed sync and its retry).
-Pure: the caller passes the fleet's figures and the random draw in.
+
+That open-loop wait counts syncs, but syncs differ in cost, and a fleet whose nodes all hold
+work syncs as often as their tasks finish: 10,000 busy devices offer more syncs than one
+process serves, and its queue, so its latency, grows without bound. So the wait is also
+closed-loop (`Pacer`): each process measures how long its syncs take, from arrival to
+answer, and stretches every wait, busy nodes' too (`pace_s`), while their 99th percentile is
+over `TARGET_LATENCY_S`. Latency, not CPU: what saturates first may be the CPU, the
+database's write lock or a machine shared with other work, and latency is what each of them
+costs the fleet. The correction is spread over one wait period, because a
+changed wait reaches the fleet only as its nodes come back: a faster one would overshoot and
+oscillate (the delayed-feedback loop of TCP congestion control, Jacobson, "Congestion
+Avoidance and Control", 1988, whose cure is the same: act once per round trip). Leases and
+the gone horizon stretch with the wait (`horizons`), so that a paced node neither loses its
+leases nor looks gone; `MAX_WAIT_S` bounds them all.
+Pure: the caller passes the fleet's figures, its measurements and the random draw in.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -32,6 +47,13 @@ DEFAULT_BUDGET = 300.0
 # the coordinator's CPU against ~1.4 ms): the idle fleet gets what such syncs leave over ...
 BUSY_COST = 5.0
 IDLE_FLOOR = 0.1  # ... but never less than this share of the budget
+TARGET_LATENCY_S = 0.1  # a process whose syncs' p99 is longer stretches waits (Pacer)
+MAX_FACTOR = 100.0  # the most a wait is ever stretched past the open-loop one
+RISE_STEP = 0.25  # over its target, the Pacer makes at least this share of its move a second
+MAX_WAIT_S = 600.0  # the longest wait ever asked, however loaded the coordinator
+LEASE_WAITS = 3.5  # a paced node's lease lasts this many of its longest waits ...
+GONE_WAITS = 1.5  # ... and it is taken for gone after this many
+MIN_PACE_S = 0.05  # a shorter pace than the agent's own report delay is no pace at all
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +94,125 @@ def next_sync_s(fleet: Fleet, draw: float) -> float:
     draw = min(max(draw, 0.0), 1.0)
     wait = round(mean * (1 + JITTER * (2 * draw - 1)), 3)  # a millisecond is precise enough
     return min(max(wait, POLL_S), max_wait_s(fleet.gone_after_s))
+
+
+def _bounded(factor: float) -> float:
+    return min(max(factor, 1.0), MAX_FACTOR) if math.isfinite(factor) else MAX_FACTOR
+
+
+def paced_wait_s(fleet: Fleet, factor: float) -> float:
+    """The mean wait between an idle node's syncs: the open-loop wait (`mean_wait_s`) for a
+    budget `factor` times smaller, and up to MAX_WAIT_S (after the jitter) rather than the
+    gone horizon (which stretches with it: `horizons`); never shorter than the open-loop
+    wait. A small fleet stays quick: 4 nodes under the largest stretch wait seconds."""
+    base = mean_wait_s(fleet)
+    if not factor > 1.0:
+        return base
+    slower = dataclasses.replace(
+        fleet,
+        budget=fleet.budget / _bounded(factor),
+        gone_after_s=max(fleet.gone_after_s, MAX_WAIT_S / GONE_SHARE),
+    )
+    return max(base, min(mean_wait_s(slower), MAX_WAIT_S / (1 + JITTER)))
+
+
+def busy_wait_s(fleet: Fleet, factor: float) -> float:
+    """The mean wait between a busy node's syncs: the whole fleet within the budget made
+    `factor` times smaller (`live * factor / budget`), up to MAX_WAIT_S after the jitter.
+
+    No POLL_S floor: a small fleet under a large stretch still reports within a second."""
+    cap = MAX_WAIT_S / (1 + JITTER)
+    if not (fleet.budget > 0 and math.isfinite(fleet.budget)):
+        return cap
+    return min(max(0, fleet.live) / fleet.budget * _bounded(factor), cap)
+
+
+def stretched(fleet: Fleet, factor: float, draw: float) -> float:
+    """Seconds until an idle node's next sync: `next_sync_s`, stretched under load."""
+    if factor <= 1.0:
+        return next_sync_s(fleet, draw)
+    return max(_jittered(paced_wait_s(fleet, factor), draw), POLL_S)
+
+
+def pace_s(fleet: Fleet, factor: float, draw: float) -> float:
+    """The least wait between a busy node's syncs; 0 (at its own pace: each result within
+    the agent's report delay) while this process is not over its load, or while the pace
+    would be shorter than that delay anyway.
+
+    A busy node waits it before it reports unless a lease would expire; it asks for enough
+    work to last it (core/nodestate.py)."""
+    wait = busy_wait_s(fleet, factor)
+    if factor <= 1.0 or wait < MIN_PACE_S:
+        return 0.0
+    return _jittered(wait, draw)
+
+
+def _jittered(mean: float, draw: float) -> float:
+    draw = min(max(draw, 0.0), 1.0) if math.isfinite(draw) else 0.5
+    return round(mean * (1 + JITTER * (2 * draw - 1)), 3)
+
+
+@dataclass(frozen=True, slots=True)
+class Horizons:
+    """How long leases last and when a silent node is gone, given the waits being asked."""
+
+    lease_s: float
+    gone_after_s: float
+
+
+def horizons(lease_s: float, gone_after_s: float, idle_s: float, busy_s: float) -> Horizons:
+    """The configured lease and gone horizon, or longer, so that a busy node that waits the
+    longest jittered `busy_s` still renews its leases three times a lease, and any node that
+    waits its longest wait (and then misses one sync) is still live. With no stretch (waits
+    under the configured bounds) they are unchanged."""
+
+    def longest(wait: float) -> float:
+        return max(wait, 0.0) * (1 + JITTER) if math.isfinite(wait) else 0.0
+
+    return Horizons(
+        lease_s=max(lease_s, LEASE_WAITS * longest(busy_s)),
+        gone_after_s=max(gone_after_s, GONE_WAITS * max(longest(idle_s), longest(busy_s))),
+    )
+
+
+class Pacer:
+    """How much to stretch every wait so that this process answers syncs within `target_s`.
+
+    `observe` is called about once a second with the window's sync latency (its 99th
+    percentile, from arrival to answer) and the mean wait the fleet is being asked; the
+    factor moves by (latency / target), bounded to [1/4, 4], to the power (window / wait):
+    the whole correction once per wait period, the time a new wait needs to reach every
+    node. Over the target it moves at least RISE_STEP of the correction a second: an
+    overloaded server's queue grows without bound, so a wait a little too long for a while
+    is the cheaper mistake. Never below 1 (the open-loop wait is the least) nor above
+    MAX_FACTOR. A window without syncs changes nothing."""
+
+    def __init__(self, target_s: float = TARGET_LATENCY_S) -> None:
+        self.target_s = min(max(target_s, 0.001), 60.0) if math.isfinite(target_s) else 0.1
+        self.factor = 1.0
+
+    def observe(self, latency_s: float | None, window_s: float, wait_s: float) -> float:
+        if latency_s is None or not math.isfinite(latency_s) or latency_s < 0:
+            return self.factor
+        if not (window_s > 0 and math.isfinite(window_s)):
+            return self.factor
+        ratio = min(max(latency_s / self.target_s, 0.25), 4.0)
+        wait = max(wait_s, window_s) if math.isfinite(wait_s) else MAX_WAIT_S
+        step = min(1.0, window_s / wait)
+        if ratio > 1:  # overloaded: act faster; waits too long cost only latency
+            step = max(step, min(1.0, RISE_STEP * window_s))
+        factor = self.factor * ratio**step
+        self.factor = min(max(factor, 1.0), MAX_FACTOR)
+        return self.factor
+
+
+def high_percentile(samples: list[float], q: float = 0.99) -> float | None:
+    """The `q` quantile of `samples` (nearest rank), or None when there are none."""
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    rank = min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))
+    return ordered[rank]
 
 
 class SyncRate:
