@@ -283,12 +283,11 @@ def test_output_goes_beside_the_scene_unless_told_a_file_or_folder(tmp_path: Pat
         None,
         str(tmp_path),
     )
-    assert output_paths(p, None, tmp_path) == [
-        tmp_path / "scenes/orbit1.png",
-        tmp_path / "scenes/orbit2.png",
-    ]
-    assert output_paths(p, "out/", tmp_path)[0] == tmp_path / "out/orbit1.png"
-    assert output_paths(p, "f.png", tmp_path)[1] == tmp_path / "f2.png"
+    assert output_paths(p, None, tmp_path) == [Path("scenes/orbit1.png"), Path("scenes/orbit2.png")]
+    assert output_paths(p, "out/", tmp_path)[0] == Path("out/orbit1.png")
+    (tmp_path / "folder").mkdir()
+    assert output_paths(p, "folder", tmp_path)[0] == Path("folder/orbit1.png")
+    assert output_paths(p, "/abs/f.png", tmp_path)[1] == Path("/abs/f2.png")
 
 
 # -- bands ----------------------------------------------------------------------------------------

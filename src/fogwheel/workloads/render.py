@@ -148,16 +148,17 @@ def include_files(folder: str | os.PathLike[str]) -> dict[str, Path]:
 
 
 def output_paths(plan: RenderPlan, out: str | os.PathLike[str] | None, cwd: Path) -> list[Path]:
-    """Where each frame goes, named as POV-Ray 3.7 names them: `--out` or `Output_File_Name`
-    (a folder when it ends in `/` or is one), else the scene's name beside the scene."""
+    """Where each frame goes (relative to `cwd` when named so), named as POV-Ray 3.7 names
+    them: `--out` or `Output_File_Name` (a folder when it ends in `/` or is one), else the
+    scene's name beside the scene."""
     scene = Path(plan.scene)
     base = os.fspath(out) if out is not None else plan.output
     if base is None:
-        folder, name = (cwd / scene).parent, scene.stem
+        folder, name = scene.parent, scene.stem
     elif base.endswith("/") or (cwd / base).is_dir():
-        folder, name = cwd / base, scene.stem
+        folder, name = Path(base), scene.stem
     else:
-        folder, name = (cwd / base).parent, Path(base).name
+        folder, name = Path(base).parent, Path(base).name
     return [folder / frame_name(name, f, plan.final_frame) for f in plan.frames]
 
 
@@ -228,7 +229,7 @@ def render_planned(
     """Render `plan` on the fog, up to `bands` row bands per frame, and write the frames.
 
     One job of (frames times bands) command tasks goes to nodes that have `povray`; each finished
-    band calls `progress(done, total)`. Returns the written paths (`output_paths`). A band
+    band calls `progress(done, total)`. Returns the paths written (`output_paths`). A band
     that fails raises the client's `CommandFailed` with POV-Ray's output.
     """
     cwd = cwd or Path.cwd()
@@ -261,8 +262,9 @@ def render_planned(
             progress(len(done), len(work))
     for frame, path in zip(plan.frames, paths, strict=True):
         parts = [(band, done[i]) for i, (f, band) in enumerate(work) if f == frame]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(stitch(parts, plan.width, plan.height, plan.depth, plan.file_gamma))
+        (cwd / path).parent.mkdir(parents=True, exist_ok=True)
+        png = stitch(parts, plan.width, plan.height, plan.depth, plan.file_gamma)
+        (cwd / path).write_bytes(png)
     return paths
 
 

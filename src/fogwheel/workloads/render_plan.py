@@ -145,8 +145,12 @@ def _library_options(paths: list[Setting], include: str | None, cwd: str) -> lis
                 f"ship it with --include {s.value}"
             )
         assert include is not None
-        rel = path.relative_to(include)
-        out.append(f"Library_Path={PurePosixPath(INCLUDE_DIR, rel)}")
+        mapped = PurePosixPath(INCLUDE_DIR, path.relative_to(include))
+        if not all(SAFE_NAME.match(part) for part in mapped.parts):
+            raise OptionError(
+                f"{s.source}: Library_Path={s.value!r} holds characters fogwheel refuses"
+            )
+        out.append(f"Library_Path={mapped}")
     if include is not None:
         out.append(f"Library_Path={INCLUDE_DIR}")
     return out
