@@ -18,6 +18,7 @@ from fogwheel.workloads.povray_options import (
 from fogwheel.workloads.render import band_command, default_ini, output_paths
 from fogwheel.workloads.render_plan import (
     RenderPlan,
+    band_unsafe_features,
     frame_name,
     plan_bands,
     plan_render,
@@ -330,3 +331,9 @@ def test_a_band_command_quotes_what_it_runs() -> None:
 def test_a_setting_is_kept_with_where_it_came_from() -> None:
     [s] = read_arguments(["+W64"], no_files)
     assert s == Setting("Width", "64", "+W64 (the command line)")
+
+
+def test_scene_features_that_bands_cannot_render_exactly_are_named() -> None:
+    scene = "global_settings { radiosity { count 50 } }\nfinish { crand 0.2 }"
+    assert band_unsafe_features([scene]) == ["crand", "radiosity"]
+    assert band_unsafe_features(["// a plain scene, no_radiosity_here\nsphere { 0, 1 }"]) == []

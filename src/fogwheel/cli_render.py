@@ -104,8 +104,11 @@ def render(
         extra += ["Initial_Frame=1", f"Final_Frame={frames}"]
     try:
         plan = rendering.plan_from_arguments([*arguments, *extra], include)
+        warning = rendering.scene_warnings(plan, include, Path.cwd()) if bands > 1 else ""
     except rendering.OptionError as e:
         raise _fail(str(e), USAGE_ERROR) from None
+    if warning:
+        err.print(f"note: {warning}", highlight=False, soft_wrap=True, markup=False)
     with _client(coordinator, api_key, local, _replicas(replicas)) as client:
         columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         columns += (waits.notice.column(),)  # why it waits, while it does (cli_waits.py)

@@ -40,6 +40,7 @@ from fogwheel.workloads.render_plan import (
     SAFE_NAME,
     Band,
     RenderPlan,
+    band_unsafe_features,
     frame_name,
     plan_bands,
     plan_render,
@@ -59,6 +60,7 @@ __all__ = [
     "plan_from_arguments",
     "render",
     "render_planned",
+    "scene_warnings",
     "stitch",
 ]
 
@@ -160,6 +162,21 @@ def output_paths(plan: RenderPlan, out: str | os.PathLike[str] | None, cwd: Path
     else:
         folder, name = Path(base).parent, Path(base).name
     return [folder / frame_name(name, f, plan.final_frame) for f in plan.frames]
+
+
+def scene_warnings(plan: RenderPlan, include: str | os.PathLike[str] | None, cwd: Path) -> str:
+    """A sentence for the user when the scene uses what bands cannot render exactly, else ''."""
+    texts = []
+    for path in [cwd / plan.scene, *(include_files(cwd / include).values() if include else [])]:
+        if path.suffix.lower() in (".pov", ".inc", ".mcr") and path.is_file():
+            texts.append(path.read_text(encoding="utf-8", errors="replace")[: 1 << 22])
+    found = band_unsafe_features(texts)
+    if not found:
+        return ""
+    return (
+        f"the scene uses {' and '.join(found)}, whose pixels depend on how the frame is split: "
+        "bands may differ from one whole-frame render; --bands 1 renders each frame whole"
+    )
 
 
 # -- the task (a node) ------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -231,6 +231,18 @@ def plan_bands(height: int, n: int, block: int = 1) -> list[Band]:
         bands.append((start, end))
         start = end + 1
     return bands
+
+
+BAND_UNSAFE = {"radiosity": "radiosity", "crand": "crand"}  # scene keyword -> what it is
+
+
+def band_unsafe_features(texts: Iterable[str]) -> list[str]:
+    """The scene features named in `texts` (the scene and its include files) that carry
+    state from block to block, so bands may differ from a whole frame (see the docstring)."""
+    found: set[str] = set()
+    for text in texts:
+        found |= {name for word, name in BAND_UNSAFE.items() if re.search(rf"\b{word}\b", text)}
+    return sorted(found)
 
 
 def frame_name(base: str, frame: int | None, final_frame: int) -> str:
