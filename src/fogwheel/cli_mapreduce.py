@@ -434,7 +434,7 @@ def mr_streaming(
     -reducer reducer.py -file mapper.py -file reducer.py --local 2
     """
     from fogwheel.errors import FogwheelError
-    from fogwheel.mapreduce import JobFailed, Streaming, run_streaming
+    from fogwheel.mapreduce import Streaming, run_streaming
 
     try:
         job = Streaming(
@@ -442,18 +442,20 @@ def mr_streaming(
         )
     except ValueError as e:
         raise _fail(str(e), 2) from None
+    failed: str | None = None
     with _client(coordinator, api_key, local, _replicas(replicas)) as client, phase_bars() as bar:
         try:
             result = run_streaming(
                 client, job, inputs, output, split_mb=split_mb, progress=bar, backups=backups
             )
-        except JobFailed as e:
-            first, _, rest = str(e).partition("\n")
-            if rest:  # the command's stderr, as it wrote it
-                sys.stderr.write(rest if rest.endswith("\n") else rest + "\n")
-            raise _fail(first) from None
         except (FogwheelError, ValueError, OSError) as e:
-            raise _fail(str(e)) from None
+            failed = str(e)  # said once the progress bars are gone
+    if failed is not None:
+        first, _, stderr = failed.partition("\n")
+        exit_ = _fail(first)
+        if stderr.strip():  # the end of a command's stderr, as it wrote it, after the error
+            sys.stderr.write(stderr if stderr.endswith("\n") else stderr + "\n")
+        raise exit_
     _summary(job.describe(), result, f"{output}/ ({_plural(len(result.paths), 'part file')})")
     if as_json:
         figures = {

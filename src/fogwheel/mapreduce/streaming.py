@@ -50,7 +50,12 @@ from fogwheel.mapreduce.phases import (
     timed,
     upload_splits,
 )
-from fogwheel.mapreduce.streamtask import WORK_DIR, StreamingMap, StreamingReduce
+from fogwheel.mapreduce.streamtask import (
+    WORK_DIR,
+    StreamingCommandFailed,
+    StreamingMap,
+    StreamingReduce,
+)
 
 REDUCE_NONE = "NONE"  # `-reducer NONE`: a map-only job, as in Hadoop
 SHIPPED_NAME = re.compile(r"^[A-Za-z0-9._-][A-Za-z0-9._-]{0,199}$")  # protocol.FileName, no /
@@ -197,6 +202,8 @@ def run_streaming(
                 memory_mb=job.memory_mb,
                 wall_s=job.wall_s,
                 backups=backups,
+                # a command's failure is rebuilt from its message: plain text, safe to trust
+                trusted_types=(StreamingCommandFailed,),
             )
             return collect(client, name, futures, report), futures[0].job_id
 
