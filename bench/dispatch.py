@@ -10,6 +10,13 @@ the idle node agents' resident memory is measured, alone and with their worker p
 
     python bench/dispatch.py                    # 10,000 tasks, 3 runs each
     python bench/dispatch.py --tasks 2000 --runs 5 --json
+    python bench/dispatch.py --executor dask    # also: a Dask bag on fogwheel.Executor
+
+With `--executor dask` the same run also computes a Dask bag of `--tasks` partitions (one
+small task each, then Dask's tree reduction of their sum) with `dask.compute(...,
+scheduler=fogwheel.Executor)` and on the Dask cluster, alternating, every sum checked, and
+reports `dask_on_fogwheel_ratio`: the median time on Dask's LocalCluster(2) divided by the
+median time on fogwheel (above 1.0: fogwheel ran Dask's graph faster).
 
 Progress goes to stderr; the last line of stdout is one JSON object with the figures.
 """
@@ -30,6 +37,7 @@ from typing import Any
 import psutil
 
 from fogwheel.client import Client
+from fogwheel.executor import Executor
 from fogwheel.localfog import LocalFog
 
 MB = 1024 * 1024
@@ -87,6 +95,31 @@ def dask_run(client: Any, n: int, timeout: float) -> float:
     elapsed = time.perf_counter() - t0
     client.cancel(futures)
     check("dask", results, n)
+    return elapsed
+
+
+def add_one(x: int) -> int:
+    """A Dask bag's task: small, so that only running Dask's graph is measured."""
+    return x + 1
+
+
+def bag_run(scheduler: Any, n: int, timeout: float) -> float:
+    """Seconds to compute a Dask bag of `n` one-item partitions, mapped and summed, on
+    `scheduler` (a fogwheel Executor or a Dask distributed client); the sum is checked."""
+    import dask
+    import dask.bag as db
+
+    total = db.from_sequence(range(n), npartitions=n).map(add_one).sum()
+    t0 = time.perf_counter()
+    try:
+        (got,) = dask.compute(total, scheduler=scheduler)
+    except Exception as e:
+        raise BenchmarkFailed(f"dask bag on {type(scheduler).__name__}: {e!r}") from e
+    elapsed = time.perf_counter() - t0
+    if got != n * (n + 1) // 2:
+        raise BenchmarkFailed(f"dask bag on {type(scheduler).__name__}: sum {got}, wrong")
+    if elapsed > timeout:
+        raise BenchmarkFailed(f"dask bag: {elapsed:.0f} s, over the {timeout:g} s allowed")
     return elapsed
 
 
@@ -151,23 +184,32 @@ def clusters(n_nodes: int) -> Iterator[tuple[LocalFog, Client, Any]]:
         yield fog, fog_client, dask_client
 
 
-def measure(tasks: int, runs: int, warmup: int, timeout: float) -> dict[str, Any]:
-    """Warm both systems up, time `runs` alternating runs of each, then read idle memory."""
+def measure(
+    tasks: int, runs: int, warmup: int, timeout: float, executor: str | None = None
+) -> dict[str, Any]:
+    """Warm both systems up, time `runs` alternating runs of each, then read idle memory.
+    With `executor="dask"`, a Dask bag on fogwheel's Executor and on Dask's cluster too."""
     logging.getLogger("distributed").setLevel(logging.WARNING)
     with clusters(2) as (fog, fog_client, dask_client):
         systems: dict[str, Callable[[int], float]] = {
             "fogwheel": lambda n: fogwheel_run(fog_client, n, timeout),
             "dask": lambda n: dask_run(dask_client, n, timeout),
         }
+        if executor == "dask":
+            fog_executor = Executor(fog_client)
+            systems["dask_bag_on_fogwheel"] = lambda n: bag_run(fog_executor, n, timeout)
+            systems["dask_bag_on_dask"] = lambda n: bag_run(dask_client, n, timeout)
         for name, run in systems.items():
             seconds = run(warmup)
             progress(f"warm-up {name}: {warmup} tasks in {seconds:.2f} s")
         rates: dict[str, list[float]] = {name: [] for name in systems}
+        times: dict[str, list[float]] = {name: [] for name in systems}
         order = list(systems)
         for r in range(runs):
             for name in order:
                 seconds = systems[name](tasks)
                 rates[name].append(tasks / seconds)
+                times[name].append(seconds)
                 progress(
                     f"run {r + 1}/{runs} {name}: {tasks} tasks in {seconds:.2f} s "
                     f"= {tasks / seconds:,.0f} tasks/s"
@@ -179,6 +221,17 @@ def measure(tasks: int, runs: int, warmup: int, timeout: float) -> dict[str, Any
         dask_rss = max(dask_client.run(_worker_rss).values()) / MB
     fog_rate = statistics.median(rates["fogwheel"])
     dask_rate = statistics.median(rates["dask"])
+    bag: dict[str, Any] = {}
+    if executor == "dask":
+        on_fog = statistics.median(times["dask_bag_on_fogwheel"])
+        on_dask = statistics.median(times["dask_bag_on_dask"])
+        bag = {
+            "dask_bag_on_fogwheel_s": round(on_fog, 3),
+            "dask_bag_on_dask_s": round(on_dask, 3),
+            "dask_on_fogwheel_ratio": round(on_dask / on_fog, 3),
+            "dask_bag_on_fogwheel_runs_s": [round(x, 3) for x in times["dask_bag_on_fogwheel"]],
+            "dask_bag_on_dask_runs_s": [round(x, 3) for x in times["dask_bag_on_dask"]],
+        }
     return {
         "fogwheel_tasks_per_s": round(fog_rate, 1),
         "dask_tasks_per_s": round(dask_rate, 1),
@@ -192,6 +245,7 @@ def measure(tasks: int, runs: int, warmup: int, timeout: float) -> dict[str, Any
         "runs": runs,
         "fogwheel_runs": [round(x, 1) for x in rates["fogwheel"]],
         "dask_runs": [round(x, 1) for x in rates["dask"]],
+        **bag,
     }
 
 
@@ -224,6 +278,13 @@ def print_table(figures: dict[str, Any]) -> None:
         f"{figures['agent_rss_mb']:.1f} / {figures['agent_tree_rss_mb']:.1f}",
         f"worker {figures['dask_worker_rss_mb']:.1f}",
     )
+    if "dask_on_fogwheel_ratio" in figures:
+        table.add_row(
+            f"Dask bag of {figures['tasks']:,} partitions, s",
+            f"{figures['dask_bag_on_fogwheel_s']:.2f} (Executor)",
+            f"{figures['dask_bag_on_dask_s']:.2f} (LocalCluster)",
+        )
+        table.add_row("dask_on_fogwheel_ratio", f"{figures['dask_on_fogwheel_ratio']:.3f}", "")
     Console().print(table)
 
 
@@ -234,9 +295,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=200, help="tasks in the warm-up batch")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds a run may take")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
+    parser.add_argument(
+        "--executor",
+        choices=["dask"],
+        default=None,
+        help="also run a Dask bag of --tasks partitions on fogwheel.Executor and on Dask's "
+        "LocalCluster(2): dask_on_fogwheel_ratio",
+    )
     args = parser.parse_args(argv)
     try:
-        figures = measure(args.tasks, args.runs, args.warmup, args.timeout)
+        figures = measure(args.tasks, args.runs, args.warmup, args.timeout, args.executor)
     except BenchmarkFailed as e:
         progress(f"BENCHMARK FAILED: {e}")
         return 1
