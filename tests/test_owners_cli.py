@@ -134,3 +134,27 @@ def test_fogwheel_nodes_shows_each_devices_owner_and_quota(fog) -> None:
     assert res.returncode == 0, res.stderr
     [line] = [ln for ln in res.stdout.splitlines() if dev.node_id in ln]
     assert owner_id in line and " 2 " in line  # a new device's quota
+
+
+def test_the_operator_commands_take_several_coordinators_and_skip_one_that_is_down(fog) -> None:
+    import socket
+
+    with socket.socket() as s:  # a loopback port nothing listens on: a coordinator down
+        s.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{s.getsockname()[1]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOGWHEEL_")}
+    env |= {"FOGWHEEL_COORDINATOR": f"{down},{fog.url}", "FOGWHEEL_ADMIN_KEY": fog.admin_key}
+    made = subprocess.run(
+        [*FOGWHEEL, "owners", "create", "bob-home"], capture_output=True, text=True, env=env
+    )
+    assert made.returncode == 0, made.stderr  # a POST that surely never left goes on
+    listed = subprocess.run(
+        [*FOGWHEEL, "owners", "list", "--json"], capture_output=True, text=True, env=env
+    )
+    assert "bob-home" in listed.stdout
+    env["FOGWHEEL_COORDINATOR"] = down
+    alone = subprocess.run(
+        [*FOGWHEEL, "owners", "list"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert alone.returncode == 1
+    assert f"cannot reach the coordinator at {down}" in alone.stderr

@@ -968,29 +968,44 @@ def keys_create(
 def _api_call(
     method: str,
     url: str,
-    secret: str,
+    secret: str | None,
     path: str,
     params: dict[str, Any],
     body: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One authenticated request (`body` as JSON); any failure becomes a one-line error and
-    exit status 1."""
+    """One request (`body` as JSON; authenticated unless `secret` is None) to the first of
+    the comma-separated coordinators in `url` that answers. A request goes to the next one
+    only when it surely never left, or when sending it twice does no harm (retry.py
+    `may_resend`); any failure becomes a one-line error and exit status 1."""
     import httpx
 
+    from fogwheel.retry import FAILOVER_STATUSES, coordinator_urls, may_resend, surely_unsent
+
     try:
-        r = httpx.request(
-            method,
-            url.rstrip("/") + path,
-            params=params,
-            json=body,
-            headers={"authorization": f"Bearer {secret}"},
-            timeout=30.0,
-        )
-    except httpx.HTTPError as e:
-        raise _fail(
-            f"cannot reach the coordinator at {url}: {e}; check --coordinator / "
-            "FOGWHEEL_COORDINATOR, and that the coordinator runs there"
-        ) from None
+        urls = coordinator_urls(url)
+    except ValueError as e:
+        raise _fail(f"{e} (--coordinator / FOGWHEEL_COORDINATOR)", 2) from None
+    headers = {"authorization": f"Bearer {secret}"} if secret is not None else {}
+    for i, base in enumerate(urls):
+        more = i + 1 < len(urls)
+        try:
+            r = httpx.request(
+                method, base + path, params=params, json=body, headers=headers, timeout=30.0
+            )
+        except httpx.HTTPError as e:
+            if more and may_resend(method, idempotent=None, sent=not surely_unsent(e)):
+                continue
+            raise _fail(
+                f"cannot reach the coordinator at {base}: {e}; check --coordinator / "
+                "FOGWHEEL_COORDINATOR, and that the coordinator runs there"
+            ) from None
+        if (
+            r.status_code in FAILOVER_STATUSES
+            and more
+            and may_resend(method, idempotent=None, sent=True)
+        ):
+            continue
+        break
     if r.status_code >= 400:
         try:
             message = str(r.json().get("error", r.text[:200]))

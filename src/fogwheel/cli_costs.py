@@ -89,20 +89,8 @@ def price(coordinator: CoordinatorOpt = None, as_json: JsonOpt = False) -> None:
 
 
 def _public_get(url: str, path: str) -> dict[str, Any]:
-    """GET a route that needs no credential; a failure is a one-line error, exit status 1."""
-    import httpx
-
-    try:
-        r = httpx.get(url.rstrip("/") + path, timeout=30.0)
-    except httpx.HTTPError as e:
-        raise _fail(
-            f"cannot reach the coordinator at {url}: {e}; check --coordinator / "
-            "FOGWHEEL_COORDINATOR, and that the coordinator runs there"
-        ) from None
-    if r.status_code >= 400:
-        raise _fail(f"the coordinator answered {path} with HTTP {r.status_code}")
-    answer: dict[str, Any] = r.json()
-    return answer
+    """GET a route that needs no credential, from the first coordinator that answers."""
+    return _api_call("GET", url, None, path, {})
 
 
 def print_statement(data: dict[str, Any], as_json: bool) -> None:
