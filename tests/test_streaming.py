@@ -98,13 +98,23 @@ def test_the_sort_is_lc_all_c_sort_for_keys_without_bytes_below_tab(lines: list[
 
 
 @settings(max_examples=30, deadline=None)
-@given(lines_st, st.integers(min_value=1, max_value=9), st.integers(min_value=2, max_value=4))
+@given(
+    lines_st,
+    st.integers(min_value=1, max_value=9),
+    st.integers(min_value=1, max_value=40),
+    st.integers(min_value=2, max_value=4),
+)
 def test_a_sort_spilled_in_runs_equals_a_sort_in_memory_and_keeps_keys_together(
-    tmp_path_factory: pytest.TempPathFactory, lines: list[bytes], run_lines: int, fan_in: int
+    tmp_path_factory: pytest.TempPathFactory,
+    lines: list[bytes],
+    run_lines: int,
+    run_bytes: int,
+    fan_in: int,
 ) -> None:
     work = tmp_path_factory.mktemp("runs")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(streamtask, "RUN_LINES", run_lines)
+        mp.setattr(streamtask, "RUN_BYTES", run_bytes)
         mp.setattr(streamtask, "FAN_IN", fan_in)
         got = list(sorted_lines(iter(lines), work))
     assert got == sorted(lines, key=order)
@@ -390,6 +400,16 @@ def test_a_missing_program_says_it_could_not_start(
     job = Streaming("no-such-mapper-program", "cat")
     with pytest.raises(JobFailed, match="the mapper `no-such-mapper-program` could not start"):
         run_streaming(client, job, book[:1], tmp_path / "out")
+
+
+def test_an_empty_input_still_writes_an_empty_part_and_success(
+    client: Client, tmp_path: Path
+) -> None:
+    (tmp_path / "empty.txt").write_bytes(b"")
+    job = Streaming("mapper.py", "reducer.py", reduce_tasks=2, files=(MAPPER, REDUCER))
+    result = run_streaming(client, job, [tmp_path / "empty.txt"], tmp_path / "out")
+    assert [p.read_bytes() for p in result.paths] == [b"", b""]
+    assert (tmp_path / "out" / "_SUCCESS").exists()
 
 
 def test_a_key_group_larger_than_a_sort_run_is_reduced_whole(

@@ -52,7 +52,7 @@ def part_name(r: int) -> str:
 
 def live_slots(client: Client) -> int:
     """Task slots of the nodes that are up now (at least 1)."""
-    return max(1, sum(n.get("cores", 1) for n in client.nodes() if n.get("state") == "up"))
+    return max(1, sum(int(n.get("cores", 1)) for n in client.nodes() if n.get("state") == "up"))
 
 
 def default_split_mb(total_bytes: int, slots: int) -> float:
@@ -95,7 +95,7 @@ def collect(
             for job_id in sorted({f.job_id for f in futures}):
                 with contextlib.suppress(Exception):
                     client.cancel(job_id)
-            raise JobFailed(f"{phase} task {i} (job {fut.job_id}) failed: {e}") from e
+            raise JobFailed(f"{phase} task {i} (job {futures[i].job_id}) failed: {e}") from e
         report(phase, done, len(futures))
     return [r for r in results if r is not None]
 

@@ -13,8 +13,9 @@ memory, and the reducer's stdout is its output.
 Commands run without a shell, split like a shell would split them (`shlex`, as Hadoop splits
 its -mapper string), in the task's working directory inside the node's sandbox, with the
 environment a command task gets. A command named by a file shipped with `-file` is run from
-the working directory. A sort holds at most RUN_LINES lines in memory: longer outputs are
-sorted in runs on disk and merged, FAN_IN runs at a time. A line is at most MAX_LINE bytes.
+the working directory. A sort holds at most RUN_LINES lines (RUN_BYTES) in memory: longer
+outputs are sorted in runs on disk and merged, FAN_IN runs at a time. A line is at most
+MAX_LINE bytes.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from pathlib import Path
 from typing import IO
 
 MAX_LINE = 64 << 20  # bytes in one line of a command's output
-RUN_LINES = 200_000  # lines sorted in memory before they spill to a run file
+RUN_LINES = 200_000  # lines sorted in memory before they spill to a run file…
+RUN_BYTES = 32 << 20  # …or bytes of lines, whichever comes first
 FAN_IN = 32  # run files merged at once
 STDERR_TAIL = 4000  # characters of a failed command's stderr in its error
 ENV_KEPT = ("PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "TZ")
@@ -74,15 +76,17 @@ def read_lines(stream: IO[bytes], what: str) -> Iterator[bytes]:
 
 
 def sorted_lines(lines: Iterable[bytes], work: Path) -> Iterator[bytes]:
-    """`lines` in `order`, holding at most RUN_LINES of them in memory: longer inputs are
-    sorted in runs written under `work` and merged."""
+    """`lines` in `order`, holding at most RUN_LINES of them (RUN_BYTES) in memory: longer
+    inputs are sorted in runs written under `work` and merged."""
     runs: list[Path] = []
     batch: list[bytes] = []
+    size = 0
     for line in lines:
         batch.append(line)
-        if len(batch) >= RUN_LINES:
+        size += len(line)
+        if len(batch) >= RUN_LINES or size >= RUN_BYTES:
             runs.append(_spill(sorted(batch, key=order), work))
-            batch = []
+            batch, size = [], 0
     batch.sort(key=order)
     if not runs:
         yield from batch
