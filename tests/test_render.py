@@ -85,8 +85,9 @@ def fog() -> Iterator[LocalFog]:
         ["+A0.3", "+AM2", "+R3"],  # method 2, recursion depth 3
         ["+A0.1", "+AM1", "+J", "+R4", "+BS8"],  # jitter; eight-row blocks, so six bands
         ["+A0.2", "+AM2", "-J", "+Q9", "Declare=Unused=2", "+FN16"],  # 16 bits per channel
+        ["+UA", "+A0.3"],  # an alpha channel where the background shows
     ],
-    ids=["defaults", "aa-method-1", "aa-method-2-depth-3", "jitter-blocks-8", "16-bit"],
+    ids=["defaults", "aa-method-1", "aa-method-2-depth-3", "jitter-blocks-8", "16-bit", "alpha"],
 )
 def test_a_frame_rendered_in_bands_on_the_fog_equals_povrays_own_render(
     fog: LocalFog, scenes: Path, options: list[str]
@@ -264,6 +265,13 @@ def test_stitch_refuses_a_short_band_or_a_gap() -> None:
         stitch([((1, 2), bytes(6))], width=2, height=2)
     with pytest.raises(PngError, match="rows \\[2\\]"):
         stitch([((1, 1), bytes(6))], width=2, height=2)
+
+
+def test_stitch_turns_targas_bgra_rows_into_pngs_rgba() -> None:
+    bgra = bytes([1, 2, 3, 4, 5, 6, 7, 8])  # two pixels
+    png = stitch([((1, 1), bgra)], width=2, height=1, alpha=True)
+    image = decode_png(png)
+    assert (image.colour_type, image.rows) == (6, [bytes([3, 2, 1, 4, 7, 6, 5, 8])])
 
 
 @pytest.mark.parametrize(("colour_type", "depth"), [(0, 8), (2, 8), (6, 8), (2, 16), (6, 16)])

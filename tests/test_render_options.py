@@ -171,7 +171,7 @@ def test_povrays_default_ini_is_found_where_povray_looks(tmp_path: Path) -> None
         ("Library_Path=../../etc", "is refused"),
         ("Include_Header=/etc/passwd", "Include_Header=/etc/passwd is refused"),
         ("+HI../secret.inc", "is refused"),
-        ("+UA", "alpha channel"),
+        ("+FN16 +UA", "alpha channel at 8 bits only"),
         ("+FT", "PNG files only"),
         ("-F", "nothing to bring back"),
         ("Bits_Per_Color=5", "8- or 16-bit"),

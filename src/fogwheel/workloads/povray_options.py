@@ -51,7 +51,7 @@ DROP = "drop"  # changes no pixel (display, console, threads): dropped
 SHELL = "runs a shell command on the node, which is someone's home computer"
 WRITES = "writes a file on the node that the node's owner never asked for"
 BANDS = "is fogwheel's to choose (the rows of each band), so a partial render is not supported"
-ALPHA = "fogwheel does not stitch images with an alpha channel yet; render without +UA"
+ALPHA = "fogwheel stitches images with an alpha channel at 8 bits only (+UA with +FN8)"
 
 
 def _names(text: str) -> list[str]:

@@ -12,9 +12,10 @@ no pixel and the scene's file I/O stays in the scratch (POV-Ray's `povray.conf` 
 
 POV-Ray 3.7 writes a full-size image for a band, the rows outside it black, and stamps every
 file with its render date (PNG `tIME`, PPM comments). Replicas are compared byte for byte, so
-a band is rendered as a PPM (8 or 16 bits, the same samples as POV-Ray's PNG), POV-Ray's
-console output goes to a log, and the task cuts the band's own rows off the PPM's end
-(`tail -c | head -c`): the same bytes on every node, and only the band's rows travel back.
+a band is rendered as a PPM (8 or 16 bits, the same samples as POV-Ray's PNG; an uncompressed
+Targa with `+UA`, whose BGRA samples are those of POV-Ray's RGBA PNG), POV-Ray's console
+output goes to a log, and the task cuts the band's own rows out (`tail -c | head -c`): the
+same bytes on every node, and only the band's rows travel back.
 `stitch` joins the bands into one PNG per frame, named as POV-Ray names its frames.
 """
 
@@ -67,6 +68,7 @@ __all__ = [
 BAND_FILE = "band.rgb"  # the band's rows, raw RGB samples, top to bottom
 MEMORY_MB = 512  # POV-Ray 3.7 cannot start under a 256 MB address-space limit
 POVLIBDIR = "/usr/share/povray-3.7"  # Debian's; POV-Ray adds its include/ when no INI is found
+TGA_HEADER = 18  # bytes before the pixels of POV-Ray's uncompressed Targa (no image id)
 INCLUDE_MAX_FILES = 2000  # an --include folder with more files is refused
 INCLUDE_MAX_BYTES = 1 << 30
 
@@ -188,11 +190,15 @@ def band_command(plan: RenderPlan, scene: str, band: Band, frame: int | None) ->
     povray = ["povray", f"+I{scene}", *plan.node_options]
     if frame is not None:
         povray += [f"+SF{frame}", f"+EF{frame}"]
-    povray += [f"+SR{first}", f"+ER{last}", "-D", "-P", "+WT1", f"+FP{plan.depth}"]
-    povray += ["+Ofogwheel-band.ppm"]
-    sample = plan.depth // 8
-    from_end = (plan.height - first + 1) * plan.width * 3 * sample  # pixels end the file
-    length = (last - first + 1) * plan.width * 3 * sample
+    povray += [f"+SR{first}", f"+ER{last}", "-D", "-P", "+WT1"]
+    row = plan.width * (4 if plan.alpha else 3) * plan.depth // 8
+    length = (last - first + 1) * row
+    if plan.alpha:  # uncompressed Targa: an 18-byte header, BGRA rows from the top, a footer
+        povray += ["+FT", "+UA", "+Ofogwheel-band.tga"]
+        take = f'tail -c +{TGA_HEADER + (first - 1) * row + 1} "$1" | head -c {length}'
+    else:  # PPM: a header, then the rows, which end the file
+        povray += [f"+FP{plan.depth}", "+Ofogwheel-band.ppm"]
+        take = f'tail -c {(plan.height - first + 1) * row} "$1" | head -c {length}'
     # POV-Ray's console output carries timings, and replicas must agree on stdout and stderr
     # too: it goes to a log that only a failure shows.
     run = (
@@ -200,7 +206,7 @@ def band_command(plan: RenderPlan, scene: str, band: Band, frame: int | None) ->
         f"{shlex.join(povray)} >fogwheel-povray.log 2>&1 "
         "|| { s=$?; tail -n 40 fogwheel-povray.log >&2; exit $s; }"
     )
-    cut = f'set -- fogwheel-band*.ppm; tail -c {from_end} "$1" | head -c {length} >{BAND_FILE}'
+    cut = f"set -- fogwheel-band*; {take} >{BAND_FILE}"
     return ["sh", "-c", f"{run}; {cut}"]
 
 
@@ -213,10 +219,11 @@ def stitch(
     height: int,
     depth: int = 8,
     file_gamma: float | None = None,
+    alpha: bool = False,
 ) -> bytes:
-    """Join bands of raw RGB rows (`BAND_FILE`s) into one PNG frame."""
+    """Join bands of raw rows (`BAND_FILE`s: RGB, or Targa's BGRA with `alpha`) into one PNG."""
     rows: list[bytes | None] = [None] * height
-    stride = width * 3 * depth // 8
+    stride = width * (4 if alpha else 3) * depth // 8
     for (first, last), data in parts:
         if len(data) != (last - first + 1) * stride:
             raise PngError(f"band {first}-{last} is {len(data)} bytes, not {last - first + 1} rows")
@@ -226,8 +233,15 @@ def stitch(
     if missing:
         raise PngError(f"no band covers rows {missing[:5]}{'…' if len(missing) > 5 else ''}")
     chunks = colour_chunks(file_gamma, depth)
-    full = [row for row in rows if row is not None]
-    return encode_png(Image(width, 3, 2, full, chunks, depth))
+    full = [_rgba(row) if alpha else row for row in rows if row is not None]
+    return encode_png(Image(width, 4 if alpha else 3, 6 if alpha else 2, full, chunks, depth))
+
+
+def _rgba(bgra: bytes) -> bytes:
+    """A Targa row (blue, green, red, alpha) in PNG's order (red, green, blue, alpha)."""
+    out = bytearray(bgra)
+    out[0::4], out[2::4] = bgra[2::4], bgra[0::4]
+    return bytes(out)
 
 
 # -- on the fog -------------------------------------------------------------------------------
@@ -280,7 +294,7 @@ def render_planned(
     for frame, path in zip(plan.frames, paths, strict=True):
         parts = [(band, done[i]) for i, (f, band) in enumerate(work) if f == frame]
         (cwd / path).parent.mkdir(parents=True, exist_ok=True)
-        png = stitch(parts, plan.width, plan.height, plan.depth, plan.file_gamma)
+        png = stitch(parts, plan.width, plan.height, plan.depth, plan.file_gamma, plan.alpha)
         (cwd / path).write_bytes(png)
     return paths
 

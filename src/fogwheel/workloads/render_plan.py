@@ -56,6 +56,7 @@ class RenderPlan:
     height: int
     block: int  # Render_Block_Size: bands start on multiples of it
     depth: int  # bits per colour channel of the PNG written: 8 or 16
+    alpha: bool  # Output_Alpha: an RGBA PNG (8 bits only)
     file_gamma: float | None  # None: sRGB (POV-Ray 3.7's default)
     frames: list[int | None]  # frame numbers, or [None] for a still
     final_frame: int  # Final_Frame: the width of the numbers in frame names
@@ -84,9 +85,9 @@ def plan_render(resolved: Resolved, include: str | None = None, cwd: str = "/") 
     block = int(number(last.get("Render_Block_Size"), DEFAULT_BLOCK, integer=True))
     block = max(block, 4)  # POV-Ray raises a smaller block size to 4
     depth = _output_depth(last)
-    for key in ("Output_Alpha",):
-        if key in last and is_on(last[key].value):
-            raise OptionError(f"{last[key].source}: {ALPHA}")
+    alpha = "Output_Alpha" in last and is_on(last["Output_Alpha"].value)
+    if alpha and depth != 8:
+        raise OptionError(f"{last['Output_Alpha'].source}: {ALPHA}")
     options = forwarded(resolved)
     options += _library_options(resolved.library_paths, include, cwd)
     if "Include_Header" in last:
@@ -96,8 +97,9 @@ def plan_render(resolved: Resolved, include: str | None = None, cwd: str = "/") 
     file_gamma = None if gamma is None or gamma.value.lower() == "srgb" else number(gamma, 2.2)
     output = last["Output_File_Name"].value if "Output_File_Name" in last else None
     return RenderPlan(
-        scene.value, width, height, block, depth, file_gamma, frames, final, output, options
-    )
+        scene.value, width, height, block, depth, alpha, file_gamma, frames, final, output,
+        options,
+    )  # fmt: skip
 
 
 def _output_depth(last: Mapping[str, Setting]) -> int:
