@@ -6,9 +6,10 @@
         dask.compute(bag, scheduler=ex)               # dask.base.get_scheduler takes Executors
 
 Submits made close together (each within `batch_window` seconds of the one before, 20 ms by
-default, for at most half a second) become one job of the coordinator, one per function, so 1,000 `submit` calls are one row of
-`fogwheel jobs`, one request and one function upload. Dask's `get_async` and joblib's
-dispatch both submit in bursts, which the window turns into a job per burst.
+default, for at most half a second) become one job of the coordinator, one per function, so
+1,000 `submit` calls are one row of `fogwheel jobs`, one request and one function upload.
+Dask's `get_async` and joblib's dispatch both submit in bursts, which the window turns into
+a job per burst.
 
 Where it differs from a local pool, on purpose (docs/executor.md):
 - `Future.cancel()` cancels a *running* task too, and returns True: the fog can stop it (the
@@ -216,6 +217,7 @@ class Executor(cf.Executor):
         self._last_at = 0.0  # ... and the newest
         self._sending = 0  # batches taken out, not yet placed
         self._live: set[TaskFuture] = set()  # submitted, not finished
+        self._unsent: set[TaskFuture] = set()  # in a batch (withdrawn ones leave this set)
         self._shutdown = False
         self._flusher = threading.Thread(
             target=self._flush_loop, name="fogwheel-batch", daemon=True
@@ -241,6 +243,7 @@ class Executor(cf.Executor):
             batch.futures.append(fut)
             self._batched += 1
             self._live.add(fut)
+            self._unsent.add(fut)
             self._lock.notify_all()
         fut.add_done_callback(self._forget)
         return fut
@@ -306,14 +309,14 @@ class Executor(cf.Executor):
         return withdrawn + len(self.client._cancel_tasks(placed))
 
     def _withdraw(self, fut: TaskFuture) -> bool:
+        """Take a future out of its batch if the batch is not sent yet (it is then left out
+        when the batch is sent)."""
         with self._lock:
-            for batch in self._batches.values():
-                if fut in batch.futures:
-                    i = batch.futures.index(fut)
-                    del batch.futures[i], batch.calls[i]
-                    self._batched -= 1
-                    return True
-        return False
+            if fut not in self._unsent:
+                return False
+            self._unsent.discard(fut)
+            self._batched -= 1
+            return True
 
     def _forget(self, fut: cf.Future[Any]) -> None:
         with self._lock:
@@ -341,7 +344,14 @@ class Executor(cf.Executor):
                         return
                     else:
                         self._lock.wait()
-                batches = [b for b in self._batches.values() if b.futures]
+                batches = []
+                for b in self._batches.values():
+                    kept = [
+                        (c, f) for c, f in zip(b.calls, b.futures, strict=True) if f in self._unsent
+                    ]
+                    self._unsent.difference_update(f for _, f in kept)
+                    if kept:
+                        batches.append(_Batch(b.fn, [c for c, _ in kept], [f for _, f in kept]))
                 self._batches.clear()
                 self._batched = 0
             for batch in batches:
