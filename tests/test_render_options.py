@@ -230,16 +230,17 @@ def test_only_allow_listed_options_reach_a_node_and_never_an_output_path() -> No
 
 def test_a_library_path_inside_the_include_folder_is_mapped_into_the_nodes_scratch() -> None:
     p = plan("+L/work/parts/textures", "Library_Path=parts", include="/work/parts")
-    assert p.node_options[-3:] == [
-        "Library_Path=include/textures",
-        "Library_Path=include",
-        "Library_Path=include",
-    ]
+    assert p.node_options[-2:] == ["Library_Path=include/textures", "Library_Path=include"]
 
 
-def test_povrays_installed_library_folders_pass_as_they_are() -> None:
-    assert plan("+L/usr/share/povray-3.7/include").node_options == [
-        "Library_Path=/usr/share/povray-3.7/include"
+@pytest.mark.parametrize(
+    "installed",
+    ["/usr/share/povray-3.7/include", "/opt/homebrew/share/povray-3.7/include/"],
+)
+def test_povrays_installed_include_folder_becomes_the_nodes_own(installed: str) -> None:
+    assert plan(f"+L{installed}", "+L/usr/local/share/povray-3.7/include").node_options == [
+        "Library_Path=/usr/share/povray-3.7/include",
+        "Library_Path=/usr/local/share/povray-3.7/include",
     ]
 
 

@@ -40,9 +40,12 @@ Band = tuple[int, int]  # (first row, last row), 1-based and inclusive as POV-Ra
 DEFAULT_WIDTH, DEFAULT_HEIGHT = 160, 120  # POV-Ray 3.7's own, when no INI file sets them
 DEFAULT_BLOCK = 32  # POV-Ray 3.7's Render_Block_Size
 INCLUDE_DIR = "include"  # where `--include DIR` lands in a node's scratch directory
-# The Library_Path entries of POV-Ray's own installation (its default INI names them): a node
-# reads its own copy of the standard include files there.
-INSTALLED_LIBRARY = re.compile(r"^/usr(/local)?/share/povray-3\.7(/include|/ini)?/?$")
+# The Library_Path entries of POV-Ray's own installation (its default INI names them, e.g.
+# /usr/share/povray-3.7/include, or /opt/homebrew/share/povray-3.7/include on a Mac): a node
+# reads its own copy of the standard files, where Debian or a source build put them (POV-Ray
+# skips a library folder that does not exist).
+INSTALLED_LIBRARY = re.compile(r"^/(?:[A-Za-z0-9._-]+/)*share/povray-3\.7(/include|/ini)?/?$")
+NODE_INSTALLS = ("/usr/share/povray-3.7", "/usr/local/share/povray-3.7")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 MAX_PIXELS = 16384 * 16384
 
@@ -133,8 +136,9 @@ def _library_options(paths: list[Setting], include: str | None, cwd: str) -> lis
     out = []
     for s in paths:
         value = s.value.rstrip("/") or "/"
-        if INSTALLED_LIBRARY.match(s.value):
-            out.append(f"Library_Path={value}")
+        installed = INSTALLED_LIBRARY.match(s.value)
+        if installed:
+            out += [f"Library_Path={root}{installed.group(1) or ''}" for root in NODE_INSTALLS]
             continue
         path = PurePosixPath(_normal(PurePosixPath(cwd) / value))
         inside = include is not None and (
@@ -155,7 +159,7 @@ def _library_options(paths: list[Setting], include: str | None, cwd: str) -> lis
         out.append(f"Library_Path={mapped}")
     if include is not None:
         out.append(f"Library_Path={INCLUDE_DIR}")
-    return out
+    return list(dict.fromkeys(out))  # each folder once, in the order first named
 
 
 def _normal(path: PurePosixPath) -> str:
