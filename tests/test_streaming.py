@@ -25,7 +25,7 @@ from fogwheel.client import Client
 from fogwheel.localfog import LocalFog
 from fogwheel.mapreduce import JobFailed, Streaming, run_streaming, streamtask
 from fogwheel.mapreduce.loader import Refused, load
-from fogwheel.mapreduce.streaming import input_files
+from fogwheel.mapreduce.streaming import hadoop_settings, input_files
 from fogwheel.mapreduce.streamtask import key_of, order, sorted_lines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,6 +150,36 @@ def test_inputs_are_files_directories_globs_and_comma_lists(tmp_path: Path) -> N
 def test_a_streaming_job_says_what_is_wrong_with_it(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Streaming(**{"mapper": "cat", **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("defines", "fields", "notes"),
+    [
+        (["mapreduce.job.reduces=3"], {"reduce_tasks": 3}, 0),
+        (["mapred.reduce.tasks=0", "mapred.job.name=wc"], {"reduce_tasks": 0, "name": "wc"}, 0),
+        (["mapreduce.job.maps=10"], {}, 1),
+    ],
+)
+def test_hadoops_d_settings_that_mean_something_here(
+    defines: list[str], fields: dict, notes: int
+) -> None:
+    got, said = hadoop_settings(defines)
+    assert got == fields and len(said) == notes
+
+
+@pytest.mark.parametrize(
+    ("define", "message"),
+    [
+        ("mapreduce.job.reduces", "write -D KEY=VALUE"),
+        ("mapreduce.job.reduces=two", "is a whole number"),
+        ("stream.num.map.output.key.fields=2", "not a setting fogwheel takes"),
+    ],
+)
+def test_a_d_setting_fogwheel_does_not_take_is_refused_not_ignored(
+    define: str, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        hadoop_settings([define])
 
 
 # -- the loader ---------------------------------------------------------------------------------
@@ -450,11 +480,22 @@ def test_the_cli_takes_hadoops_command_line(
         fog, tmp_path,
         "-input", str(book[0]), "-input", str(book[1]), "-output", "counts",
         "-mapper", "mapper.py", "-reducer", "reducer.py", "-file", "mapper.py",
-        "-file", "reducer.py", "-numReduceTasks", "1", "--split-mb", "0.05",
+        "-file", "reducer.py", "-D", "mapreduce.job.reduces=3", "-numReduceTasks", "1",
+        "--split-mb", "0.05",
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
-    assert "wrote counts/ (1 part file)" in res.stdout
+    assert "wrote counts/ (1 part file)" in res.stdout  # -numReduceTasks wins over -D
     assert (tmp_path / "counts" / "part-00000").read_bytes() == pipeline(book)
+    res = fogwheel_cli(
+        fog, tmp_path, "-D", "mapred.reduce.tasks=2", "-D", "mapreduce.job.name=wc-by-cli",
+        "-input", str(book[0]), "-output", "counts2", "-mapper", "python3 mapper.py",
+        "-reducer", "python3 reducer.py", "-file", "mapper.py", "-file", "reducer.py",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "wc-by-cli:" in res.stdout and "wrote counts2/ (2 part files)" in res.stdout
+    with Client(fog.url, fog.api_key) as client:
+        names = {j["name"] for j in client.jobs(limit=5)}
+    assert {"wc-by-cli: map", "wc-by-cli: reduce"} <= names
     # the two-dash spelling, and an -output that is there already
     res = fogwheel_cli(
         fog, tmp_path, "--input", str(book[0]), "--output", "counts", "--mapper", "cat"

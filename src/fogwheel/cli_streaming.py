@@ -23,6 +23,7 @@ from fogwheel.cli import (
     _client,
     _fail,
     _replicas,
+    err,
 )
 from fogwheel.cli_mapreduce import (
     BackupsOpt,
@@ -96,15 +97,25 @@ def mr_streaming(
         ),
     ] = None,
     reduce_tasks: Annotated[
-        int,
+        int | None,
         typer.Option(
             *_hadoop("numReduceTasks"),
             min=0,
             max=100,
             metavar="N",
-            help="Reduce tasks, one part file each; 0: map-only, a part file per map task.",
+            help="Reduce tasks, one part file each (default 1); 0: map-only, a part file per "
+            "map task.",
         ),
-    ] = 1,
+    ] = None,
+    defines: Annotated[
+        list[str] | None,
+        typer.Option(
+            "-D",
+            metavar="KEY=VALUE",
+            help="Hadoop's settings: mapreduce.job.reduces (or mapred.reduce.tasks; "
+            "-numReduceTasks wins), mapreduce.job.name (or mapred.job.name).",
+        ),
+    ] = None,
     split_mb: SplitOpt = None,
     backups: BackupsOpt = True,
     coordinator: CoordinatorOpt = None,
@@ -125,13 +136,17 @@ def mr_streaming(
     """
     from fogwheel.errors import FogwheelError
     from fogwheel.mapreduce import Streaming, run_streaming
+    from fogwheel.mapreduce.streaming import hadoop_settings
 
     try:
-        job = Streaming(
-            mapper, reducer, combiner, reduce_tasks=reduce_tasks, files=tuple(files or ())
-        )
+        settings, notes = hadoop_settings(defines or [])
+        if reduce_tasks is not None:
+            settings["reduce_tasks"] = reduce_tasks
+        job = Streaming(mapper, reducer, combiner, files=tuple(files or ()), **settings)
     except ValueError as e:
         raise _fail(str(e), 2) from None
+    for note in notes:
+        err.print(f"note: {note}", markup=False, highlight=False)
     failed: str | None = None
     with _client(coordinator, api_key, local, _replicas(replicas)) as client, phase_bars() as bar:
         try:

@@ -74,6 +74,7 @@ class Streaming:
     files: tuple[str | os.PathLike[str], ...] = ()
     memory_mb: int = 256
     wall_s: float = 3600.0
+    name: str | None = None  # what `fogwheel jobs` calls it (Hadoop's mapreduce.job.name)
 
     def __post_init__(self) -> None:
         if not 0 <= self.reduce_tasks <= MAX_PARTITIONS:
@@ -98,8 +99,40 @@ class Streaming:
         return 0 if self.map_only else self.reduce_tasks
 
     def describe(self) -> str:
+        if self.name:
+            return self.name
         program = argv_of("mapper", self.mapper)[0]
         return f"streaming {Path(program).name}"
+
+
+REDUCES = ("mapreduce.job.reduces", "mapred.reduce.tasks")
+NAMES = ("mapreduce.job.name", "mapred.job.name")
+MAPS_HINT = ("mapreduce.job.maps", "mapred.map.tasks")
+
+
+def hadoop_settings(defines: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    """Hadoop's `-D KEY=VALUE` settings that mean something here, as `Streaming` fields, and
+    notes on those that are hints only; ValueError for any other (it would be ignored
+    silently otherwise)."""
+    fields: dict[str, Any] = {}
+    notes: list[str] = []
+    for define in defines:
+        key, eq, value = define.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise ValueError(f"-D {define!r}: write -D KEY=VALUE, e.g. -D mapreduce.job.reduces=2")
+        if key in REDUCES:
+            if not value.strip().isdigit():
+                raise ValueError(f"-D {key}={value}: the number of reduce tasks is a whole number")
+            fields["reduce_tasks"] = int(value)
+        elif key in NAMES:
+            fields["name"] = value
+        elif key in MAPS_HINT:
+            notes.append(f"-D {key} is a hint that fogwheel does not need: --split-mb sets splits")
+        else:
+            known = ", ".join([*REDUCES, *NAMES, *MAPS_HINT])
+            raise ValueError(f"-D {key}: not a setting fogwheel takes (it takes {known})")
+    return fields, notes
 
 
 def argv_of(role: str, command: str) -> tuple[str, ...]:
