@@ -415,12 +415,20 @@ class NodeList(Model):
     nodes: list[NodeOut]
 
 
+class FieldProblem(Model):
+    """One wrong field of a 422: where (`loc`, e.g. ["body", "tasks", 0]), what, its kind."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
 class Problem(Model):
     """Every error answer: what went wrong, in one sentence a person can act on."""
 
     error: str
-    detail: object | None = Field(
-        default=None, description="for 422: each field that was wrong (loc, msg, type)"
+    detail: list[FieldProblem] | None = Field(
+        default=None, description="422 only: each field that was wrong"
     )
 
 

@@ -28,7 +28,7 @@ from fogwheel.coordinator.allow import allowed_methods, not_allowed_sentence
 from fogwheel.coordinator.auth import Authenticator
 from fogwheel.coordinator.cdn_routes import build_cdn_routes, screen_serve_url
 from fogwheel.coordinator.diskfull import DISK_FULL_MESSAGE, is_disk_full
-from fogwheel.coordinator.identity import caller
+from fogwheel.coordinator.identity import PUBLIC, caller
 from fogwheel.coordinator.job_routes import build_job_routes
 from fogwheel.coordinator.ledger_routes import build_ledger_routes
 from fogwheel.coordinator.metrics import Metrics
@@ -187,8 +187,6 @@ def build_routes(
             kept = {k: v for k, v in (headers or {}).items() if k.lower() != "allow"}
             headers = {**kept, "allow": ", ".join(allowed)}
             message = not_allowed_sentence(request.method, request.url.path, allowed)
-        elif exc.status_code == 404 and exc.detail == "Not Found":  # no route at this path
-            message = f"no such path {request.url.path[:200]}: the API is under /v1 (see /docs)"
         return JSONResponse({"error": message}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -219,7 +217,7 @@ def build_routes(
 
     # -- health and identity ----------------------------------------------------------------
 
-    @v1.get("/health", tags=["meta"])
+    @v1.get("/health", tags=["meta"], openapi_extra=PUBLIC)
     def health() -> Health:
         """The coordinator is up (no key needed): for load balancers and `fogwheel up`."""
         return Health(ok=True, version=__version__)
@@ -560,6 +558,7 @@ def build_routes(
         "/nodes/join",
         status_code=201,
         tags=["nodes"],
+        openapi_extra=PUBLIC,
         responses={
             401: {"model": Problem, "description": "Unknown, revoked or expired join token"},
             403: {"model": Problem, "description": "The join token has admitted all its devices"},
@@ -599,7 +598,7 @@ def build_routes(
             public_key=public_key,
         )
 
-    @v1.get("/coordinator/key", tags=["nodes"])
+    @v1.get("/coordinator/key", tags=["nodes"], openapi_extra=PUBLIC)
     def coordinator_key() -> CoordinatorKey:
         """The Ed25519 key that signs every task spec; a node checks it against the pin in its
         join string (or, given a bare token, trusts it on first use)."""

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, FastAPI, HTTPException, Path, Query
 
 from fogwheel.coordinator.auth import Authenticator
-from fogwheel.coordinator.identity import caller
+from fogwheel.coordinator.identity import PUBLIC, caller
 from fogwheel.core.costs import to_micro
 from fogwheel.core.ledger import customer_account, format_credits, node_account
 from fogwheel.protocol import Model, Problem
@@ -129,7 +129,7 @@ def build_ledger_routes(app: FastAPI | APIRouter, store: Store, auth: Authentica
     customer, node, owner = caller(auth, "customer"), caller(auth, "node"), caller(auth, "owner")
     admin = caller(auth, "admin")
 
-    @v1.get("/price")
+    @v1.get("/price", openapi_extra=PUBLIC)
     def price() -> PriceOut:
         """The current price of a CPU-second and of a GB served, the platform's fee, and who
         pays for checks: what a job will be charged at, before it runs."""

@@ -67,6 +67,9 @@ def build_document(app: FastAPI, public_urls: tuple[str, ...]) -> dict[str, Any]
         description=app.description,
         routes=app.routes,
         servers=servers_for(public_urls),
+        license_info=app.license_info,
+        tags=app.openapi_tags,
+        separate_input_output_schemas=app.separate_input_output_schemas,
     )
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     problem = "#/components/schemas/Problem"

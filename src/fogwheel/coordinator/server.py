@@ -242,6 +242,7 @@ def build_app(config: CoordinatorConfig, store: Store) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # FastAPI's pages load their scripts from a CDN: ours are served here
         redoc_url=None,
+        license_info={"name": "Apache-2.0", "identifier": "Apache-2.0"},
     )
     build_routes(
         app,
