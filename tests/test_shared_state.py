@@ -293,7 +293,11 @@ def test_an_upload_started_on_one_coordinator_is_finished_on_the_other(
     r = httpx.put(f"{a.url}/v1/blobs/{sha}", content=data[:half], headers={**a.headers, **part})
     assert r.status_code == 202 and r.json()["received"] == half, r.text
     r = httpx.get(f"{b.url}/v1/blobs/{sha}/upload", headers=b.headers)
-    assert r.json() == {"sha": sha, "complete": False, "received": half}
+    assert {k: r.json()[k] for k in ("sha", "complete", "received")} == {
+        "sha": sha,
+        "complete": False,
+        "received": half,
+    }
     rest = {"content-range": f"bytes {half}-{len(data) - 1}/{len(data)}"}
     r = httpx.put(f"{b.url}/v1/blobs/{sha}", content=data[half:], headers={**b.headers, **rest})
     assert r.status_code == 201, r.text
@@ -353,6 +357,26 @@ def test_a_job_cancelled_on_one_coordinator_is_cancelled_on_the_other_at_once(
     with HostileNode(b.url, a.join_token, name="shared-2") as node:
         assert node.join().status_code == 201
         assert node.lease(want=3, timeout=1.0, at_least=1) == []  # B leases none of it
+
+
+@pytest.mark.postgres
+def test_a_key_revoked_on_one_coordinator_stops_working_on_the_other_within_a_round_trip(
+    pair: tuple[LocalFog, LocalFog],
+) -> None:
+    a, b = pair
+    admin = {"authorization": f"Bearer {a.admin_key}"}
+    made = httpx.post(f"{a.url}/v1/customers", params={"name": "revoked-soon"}, headers=admin)
+    assert made.status_code in (200, 201), made.text
+    key, customer = made.json()["api_key"], made.json()["customer_id"]
+    mine = {"authorization": f"Bearer {key}"}
+    assert httpx.get(f"{b.url}/v1/jobs", headers=mine).status_code == 200  # B caches the key
+    revoked = httpx.post(f"{a.url}/v1/customers/{customer}/revoke", headers=admin)
+    assert revoked.status_code == 200, revoked.text
+    t0 = time.monotonic()
+    while httpx.get(f"{b.url}/v1/jobs", headers=mine).status_code == 200:
+        assert time.monotonic() - t0 < 3.0, "B still takes the key (its cache keeps it 10 s)"
+        time.sleep(0.05)
+    assert httpx.get(f"{b.url}/v1/jobs", headers=mine).status_code == 401
 
 
 @pytest.mark.postgres

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fastapi import HTTPException, Request
 
 from fogwheel.store import Principal, Store
 
-_CACHE_SECONDS = 10.0  # how long a revoked key may still work on another coordinator process
+# How long a revoked key may still work on another coordinator process, when the channel
+# that tells the peers of revocations (coordinator/wakeups.py) is down or absent.
+_CACHE_SECONDS = 10.0
 _CACHE_MAX = 100_000  # principals cached: a fleet of 10,000 devices and its customers fit
+REVOKED = "revoked"  # the peers' channel topic that says a key was revoked (wakeups.py)
 _CHALLENGE = {"www-authenticate": 'Bearer realm="fogwheel"'}
 # Every kind of principal, and what its secret is called (a 401 names the kinds it takes).
 KINDS = ("customer", "admin", "owner", "node")
@@ -32,6 +36,7 @@ class Authenticator:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._cache: dict[str, tuple[float, Principal]] = {}
+        self.peers: Any = None  # a PgWakeups, set by the server on PostgreSQL
 
     def principal(self, request: Request, kinds: tuple[str, ...] = ()) -> Principal:
         """Who sent `request`; 401 (naming the key `kinds` this endpoint takes, all when none
@@ -79,8 +84,14 @@ class Authenticator:
         return hit is not None and time.monotonic() - hit[0] < _CACHE_SECONDS
 
     def forget(self) -> None:
-        """Drop every cached principal: after a revocation, this process asks the store again
-        at once (other coordinator processes within `_CACHE_SECONDS`)."""
+        """Drop every cached principal after a revocation, here and (told through the
+        database) on every other coordinator process: they all ask the store again at once."""
+        self._cache.clear()
+        if self.peers is not None:
+            self.peers.send(REVOKED)
+
+    def forget_local(self) -> None:
+        """A peer revoked a key: drop this process's cached principals."""
         self._cache.clear()
 
     def require(self, request: Request, *kinds: str) -> Principal:
