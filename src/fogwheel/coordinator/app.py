@@ -166,6 +166,7 @@ def build_routes(
 ) -> None:
     public_key = public_key_b64(signing_key)
     auth = Authenticator(store)
+    app.state.auth = auth  # the server tells it of revocations on other processes
     metrics = Metrics(store)
     results = Results()
     app.state.results = results

@@ -227,7 +227,9 @@ def build_app(config: CoordinatorConfig, store: Store) -> FastAPI:
         threads = config.worker_threads or (4 if store.is_sqlite else 8)
         anyio.to_thread.current_default_thread_limiter().total_tokens = threads
         if not store.is_sqlite:  # peers on the same database wake each other's readers
-            results.peers = PgWakeups(store.url, results.wake_local)
+            auth = app.state.auth
+            results.peers = PgWakeups(store.url, results.wake_local, auth.forget_local)
+            auth.peers = results.peers  # one channel: results and revocations
             results.peers.start()
         reaper = asyncio.create_task(_reap(store))
         yield
