@@ -22,8 +22,9 @@ from collections.abc import Iterator
 from typing import Annotated, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Security
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import Field
 
 from fogwheel.blobs import FileBlobStore
@@ -31,12 +32,13 @@ from fogwheel.cdn import receipts as receipt
 from fogwheel.cdn import signed_urls
 from fogwheel.cdn.codec import Manifest
 from fogwheel.coordinator.auth import Authenticator
+from fogwheel.coordinator.identity import PUBLIC, SCHEMES, caller
 from fogwheel.core import byteranges, cors
 from fogwheel.core.byteranges import PartialBody, ReadRange, Unsatisfiable
 from fogwheel.core.preconditions import NotModified, PreconditionFailed, Validators, evaluate
 from fogwheel.protocol import Model, Problem
 from fogwheel.signing import sign_token
-from fogwheel.store import Store
+from fogwheel.store import Principal, Store
 
 TOKEN_SECONDS = 300.0  # how long the node token of a streaming fetch is good for
 YEAR = 365 * 24 * 3600  # the max-age of immutable content (RFC 8246)
@@ -48,7 +50,15 @@ ContentId = Annotated[str, Path(pattern=r"^c[0-9a-f]{24}$", description="a conte
 Expires = Annotated[
     str | None, Query(max_length=20, description="a signed URL's expiry (unix seconds)")
 ]
-Signature = Annotated[str | None, Query(max_length=80, description="a signed URL's HMAC")]
+Signature = Annotated[
+    str | None,
+    Query(max_length=80, description="a signed URL's HMAC (POST …/urls makes one)"),
+]
+# The content takes a customer key or a signed URL, which needs no header: its `security` is
+# the key, or the empty requirement (OpenAPI 3.1 §4.8.30: no credential), merged onto the
+# `customerKey` the parameter below declares.
+CustomerKey = Annotated[HTTPAuthorizationCredentials | None, Security(SCHEMES["customer"])]
+KEY_OR_SIGNED_URL: dict[str, Any] = {"security": [{}]}
 
 
 class SignUrlIn(Model):
@@ -80,6 +90,7 @@ def build_content_routes(
 ) -> None:
     """Add the content routes to the /v1/cdn router."""
     url_key = signed_urls.url_secret(signing_key)
+    customer = caller(auth, "customer")
     receipt_key = receipt.receipt_secret(signing_key)
 
     def origins(request: Request) -> tuple[str, ...]:
@@ -127,10 +138,9 @@ def build_content_routes(
         return obj, False
 
     @v1.post("/objects/{content_id}/urls", status_code=201)
-    def sign_url(request: Request, content_id: ContentId, body: SignUrlIn) -> SignedUrlOut:
+    def sign_url(content_id: ContentId, body: SignUrlIn, who: Principal = customer) -> SignedUrlOut:
         """A URL of your object that needs no header, good for `expires_in` seconds (at most 7
         days): for `<video src>`, players, curl and wget. It grants that one object only."""
-        who = auth.require(request, "customer")
         obj = store.cdn_object(content_id)
         if obj is None or obj["customer_id"] != who.id:
             raise HTTPException(404, f"no object {content_id}")
@@ -146,12 +156,18 @@ def build_content_routes(
         416: {"model": Problem, "description": "No range lies within the object"},
     }
 
-    @v1.get("/objects/{content_id}/content", response_class=StreamingResponse, responses=responses)
+    @v1.get(
+        "/objects/{content_id}/content",
+        response_class=StreamingResponse,
+        responses=responses,
+        openapi_extra=KEY_OR_SIGNED_URL,
+    )
     def content(
         request: Request,
         content_id: ContentId,
         expires: Expires = None,
         signature: Signature = None,
+        _key: CustomerKey = None,
     ) -> Response:
         """The object's bytes, reassembled here from the nodes (the origin for what they cannot
         give). A bearer key, or a signed URL (`POST …/urls`) with no header. RFC 9110: ETag,
@@ -159,17 +175,28 @@ def build_content_routes(
         for several ranges, 416; an unparseable Range is ignored)."""
         return answer(request, content_id, expires, signature, head=False)
 
-    @v1.head("/objects/{content_id}/content", responses=responses)
+    @v1.head(
+        "/objects/{content_id}/content",
+        response_class=Response,
+        responses=responses,
+        openapi_extra=KEY_OR_SIGNED_URL,
+    )
     def content_head(
         request: Request,
         content_id: ContentId,
         expires: Expires = None,
         signature: Signature = None,
+        _key: CustomerKey = None,
     ) -> Response:
         """The headers GET would send, no body (`wget --spider`, `aria2c --dry-run`)."""
         return answer(request, content_id, expires, signature, head=True)
 
-    @v1.options("/objects/{content_id}/content", status_code=204)
+    @v1.options(
+        "/objects/{content_id}/content",
+        status_code=204,
+        response_class=Response,
+        openapi_extra=PUBLIC,
+    )
     def content_options(request: Request, content_id: ContentId) -> Response:
         """`Allow`, and the answer to a browser's CORS preflight: any page for a signed URL,
         the `coordinator --cors-origin` origins for a bearer key."""

@@ -30,9 +30,11 @@ from fogwheel.cdn.audit import ServeScreen, ShareAuditor
 from fogwheel.cdn.codec import CodecError, Manifest
 from fogwheel.coordinator.auth import Authenticator
 from fogwheel.coordinator.cdn_content import MEDIA_TYPE, build_content_routes, media_type
+from fogwheel.coordinator.cdn_models import CdnPlan, CdnStats, Pardoned
+from fogwheel.coordinator.identity import caller
 from fogwheel.protocol import Model, Problem, SyncIn
 from fogwheel.signing import sign_token
-from fogwheel.store import Store
+from fogwheel.store import Principal, Store
 
 log = logging.getLogger("fogwheel.cdn")
 
@@ -138,6 +140,9 @@ def build_cdn_routes(
     v1 = APIRouter(prefix="/v1/cdn", responses=ERRORS, tags=["cdn"])
     auditor = ShareAuditor(store, signing_key)
     secret = receipt.receipt_secret(signing_key)
+    customer = caller(auth, "customer")
+    customer_or_admin = caller(auth, "customer", "admin")
+    admin = caller(auth, "admin")
     app_state = getattr(app, "state", None)
     if app_state is not None:
         app_state.cdn_screen = ServeScreen(store.node_secret_hash, allow_private=False)
@@ -159,12 +164,11 @@ def build_cdn_routes(
         ]
 
     @v1.post("/objects", status_code=201)
-    def publish(request: Request, body: PublishIn) -> PublishOut:
+    def publish(body: PublishIn, who: Principal = customer) -> PublishOut:
         """Register an object whose shares the customer has uploaded to /v1/blobs; its shares
         are placed on nodes, at most one of a segment a device while any device is free of it.
         `warning` says so when the fog has fewer live devices than n. 422 when the manifest is
         malformed or a share is missing."""
-        who = auth.require(request, "customer")
         try:
             manifest = Manifest.from_dict(body.manifest)
         except CodecError as e:
@@ -189,10 +193,9 @@ def build_cdn_routes(
         return PublishOut(**out)
 
     @v1.get("/objects/{content_id}")
-    def plan(request: Request, content_id: ContentId) -> dict[str, Any]:
+    def plan(content_id: ContentId, who: Principal = customer) -> CdnPlan:
         """The fetch plan: manifest, key, the live holders of every share (least loaded
         first) and a token the nodes' chunk servers accept for this content for 5 minutes."""
-        who = auth.require(request, "customer")
         now = time.time()
         out = store.cdn_plan(who.id, content_id, now)
         if out is None:
@@ -202,14 +205,13 @@ def build_cdn_routes(
         )
         out["token_expires"] = now + TOKEN_SECONDS
         with_receipts(out, who.id, content_id, now)
-        return out
+        return CdnPlan.model_validate(out)
 
     @v1.post("/objects/{content_id}/fetches", status_code=204)
-    def fetched(request: Request, content_id: ContentId, body: FetchIn) -> None:
+    def fetched(content_id: ContentId, body: FetchIn, who: Principal = customer) -> None:
         """A client's figures for one fetch. Its receipts pay the nodes (each once, at most
         the share's size); shares it calls bad are checked by the coordinator before they cost
         a node anything, and meanwhile rank the node last in this customer's plans."""
-        who = auth.require(request, "customer")
         now = time.time()
         bad = [(b.node_id, b.sha) for b in body.bad]
         ok = store.cdn_record_fetch(
@@ -232,27 +234,25 @@ def build_cdn_routes(
     build_content_routes(v1, store, auth, blobs, signing_key)  # GET/HEAD/OPTIONS …/content
 
     @v1.get("/stats")
-    def stats(request: Request) -> dict[str, Any]:
+    def stats(who: Principal = customer_or_admin) -> CdnStats:
         """Offload ratio, bytes served a node, repair bytes, fetch throughput and p95 time:
         of your objects (a customer key) or of all (the admin key)."""
-        who = auth.require(request, "customer", "admin")
         out = store.cdn_stats(who.id if who.kind == "customer" else None, time.time())
         if who.kind == "admin":
             out["audits"] = auditor.figures()
-        return out
+        return CdnStats.model_validate(out)
 
     app.include_router(v1)
 
     operator = APIRouter(prefix="/v1/nodes", responses=ERRORS, tags=["nodes"])
 
     @operator.post("/{node_id}/pardon")
-    def pardon(request: Request, node_id: NodeId) -> dict[str, Any]:
+    def pardon(node_id: NodeId, _: Principal = admin) -> Pardoned:
         """Lift a node's quarantine (admin): it is up again, on probation (every result
         checked), its reason cleared. 404 when there is no such node."""
-        auth.require(request, "admin")
         if not store.pardon_node(node_id):
             raise HTTPException(404, f"no node {node_id}")
         log.info("node %s pardoned by the operator", node_id)
-        return {"node_id": node_id, "state": "up", "pardoned": True}
+        return Pardoned(node_id=node_id, state="up", pardoned=True)
 
     app.include_router(operator)
