@@ -89,6 +89,31 @@ def test_the_document_passes_openapi_spec_validator(spec: dict[str, Any]) -> Non
     validate(spec)  # raises, naming the offending part, when the document is not OpenAPI 3.1
 
 
+REDOCLY = "@redocly/cli@2.77.0"
+
+
+def test_redocly_lint_finds_nothing_with_its_recommended_rules(
+    spec: dict[str, Any], tmp_path: Path
+) -> None:
+    npx = shutil.which("npx")
+    if npx is None:
+        pytest.fail("npx is not installed: apt-get install -y nodejs npm (it runs redocly)")
+    document = tmp_path / "openapi.json"
+    document.write_text(json.dumps(spec))
+    quiet = {"REDOCLY_TELEMETRY": "off", "REDOCLY_SUPPRESS_UPDATE_NOTICE": "true"}
+    res = subprocess.run(
+        [npx, "--yes", REDOCLY, "lint", str(document), "--format=summary"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, **quiet},
+    )
+    said = res.stdout + res.stderr
+    # "Woohoo!": no error and no warning (with warnings it says "valid, but with N warnings")
+    assert res.returncode == 0 and "Woohoo! Your API description is valid" in said, said[-4000:]
+
+
 def test_the_document_declares_a_bearer_scheme_for_every_kind_of_key(
     spec: dict[str, Any],
 ) -> None:
