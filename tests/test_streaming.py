@@ -42,11 +42,12 @@ def write_text(path: Path, lines: int, seed: int) -> Path:
     return path
 
 
-def shell(command: str, cwd: Path | None = None) -> bytes:
+def shell(command: str, pipefail: bool = True) -> bytes:
     """What bash prints for `command`, in the C locale (the sort Hadoop users compare with)."""
     env = {**os.environ, "LC_ALL": "C"}
+    options = ["-o", "pipefail"] if pipefail else []
     return subprocess.run(
-        ["bash", "-o", "pipefail", "-c", command], capture_output=True, check=True, env=env, cwd=cwd
+        ["bash", *options, "-c", command], capture_output=True, check=True, env=env
     ).stdout
 
 
@@ -366,6 +367,17 @@ def test_no_reducer_is_the_identity_the_sorted_map_output(
     assert concatenated(result.paths) == shell(f"cat {cat} | python3 {MAPPER} | sort")
 
 
+def test_a_reducer_that_stops_reading_early_is_judged_by_its_exit_status(
+    client: Client, book: list[Path], tmp_path: Path
+) -> None:
+    job = Streaming("mapper.py", "head -n 3", files=(MAPPER,))
+    result = run_streaming(client, job, book, tmp_path / "out", split_mb=0.05)
+    cat = " ".join(map(str, book))
+    # (the shell's own sort is killed by SIGPIPE here: only the last command's status counts)
+    want = shell(f"cat {cat} | python3 {MAPPER} | sort | head -n 3", pipefail=False)
+    assert concatenated(result.paths) == want and len(want.splitlines()) == 3
+
+
 def test_a_combiner_folds_each_map_tasks_output_before_the_shuffle(
     client: Client, book: list[Path], tmp_path: Path
 ) -> None:
@@ -487,7 +499,8 @@ def test_the_cli_takes_hadoops_command_line(
     assert "wrote counts/ (1 part file)" in res.stdout  # -numReduceTasks wins over -D
     assert (tmp_path / "counts" / "part-00000").read_bytes() == pipeline(book)
     res = fogwheel_cli(
-        fog, tmp_path, "-D", "mapred.reduce.tasks=2", "-D", "mapreduce.job.name=wc-by-cli",
+        fog, tmp_path, "--memory", "128", "--wall", "120", "-D", "mapred.reduce.tasks=2",
+        "-D", "mapreduce.job.name=wc-by-cli",
         "-input", str(book[0]), "-output", "counts2", "-mapper", "python3 mapper.py",
         "-reducer", "python3 reducer.py", "-file", "mapper.py", "-file", "reducer.py",
     )  # fmt: skip

@@ -116,6 +116,12 @@ def mr_streaming(
             "-numReduceTasks wins), mapreduce.job.name (or mapred.job.name).",
         ),
     ] = None,
+    memory: Annotated[
+        int, typer.Option(min=16, help="Memory limit of a task and its commands, MB.")
+    ] = 256,
+    wall: Annotated[
+        float, typer.Option(min=1.0, help="Wall-time limit of a map or reduce task, seconds.")
+    ] = 3600.0,
     split_mb: SplitOpt = None,
     backups: BackupsOpt = True,
     coordinator: CoordinatorOpt = None,
@@ -142,7 +148,15 @@ def mr_streaming(
         settings, notes = hadoop_settings(defines or [])
         if reduce_tasks is not None:
             settings["reduce_tasks"] = reduce_tasks
-        job = Streaming(mapper, reducer, combiner, files=tuple(files or ()), **settings)
+        job = Streaming(
+            mapper,
+            reducer,
+            combiner,
+            files=tuple(files or ()),
+            memory_mb=memory,
+            wall_s=wall,
+            **settings,
+        )
     except ValueError as e:
         raise _fail(str(e), 2) from None
     for note in notes:
