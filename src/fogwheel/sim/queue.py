@@ -21,6 +21,7 @@ class PendingQueue:
         self._back: list[int] = []  # sorted keys of tasks queued again, and of check copies
         self._n = 0
         self._wasted = 0  # holes read past since _main was last compacted
+        self._holes = 0  # keys of _main past the head that are gone (_main[_head] never is)
 
     def __len__(self) -> int:
         return self._n
@@ -46,8 +47,13 @@ class PendingQueue:
             self._in_main.remove(key)
             self._n -= 1
             main = self._main
+            if main[self._head] != key:
+                self._holes += 1
+                return
+            self._head += 1
             while self._head < len(main) and main[self._head] not in self._in_main:
                 self._head += 1
+                self._holes -= 1
             return
         i = bisect.bisect_left(self._back, key)
         if i < len(self._back) and self._back[i] == key:
@@ -57,20 +63,25 @@ class PendingQueue:
     def first(self, k: int) -> list[int]:
         """The `k` smallest keys, in order."""
         live, main = self._in_main, self._main
-        ahead: list[int] = []
-        at = self._head
-        while len(ahead) < k and at < len(main):
-            chunk = main[at : at + 2 * k]
-            at += len(chunk)
-            ahead += [key for key in chunk if key in live]
-        # Tasks leased out of id order (`deadline` takes later jobs first) leave holes past the
-        # head that every read would step over again; once the holes read past add up to the
-        # array's length, the array is rebuilt without them (the same keys, the same order).
-        self._wasted += at - self._head - len(ahead)
-        if self._wasted > len(main) - self._head:
-            self._main = [key for key in main[self._head :] if key in live]
-            self._head = 0
-            self._wasted = 0
+        if not self._holes:  # every key past the head is queued: no key to step over
+            ahead = main[self._head : self._head + k]
+        else:
+            ahead = []
+            at = self._head
+            while len(ahead) < k and at < len(main):
+                chunk = main[at : at + k - len(ahead)]
+                at += len(chunk)
+                ahead += [key for key in chunk if key in live]
+            # Tasks leased out of id order (`deadline` takes later jobs first) leave holes
+            # past the head that every read would step over again; once the holes read past
+            # add up to the array's length, the array is rebuilt without them (the same keys,
+            # the same order).
+            self._wasted += at - self._head - len(ahead)
+            if self._wasted > len(main) - self._head:
+                self._main = [key for key in main[self._head :] if key in live]
+                self._head = 0
+                self._wasted = 0
+                self._holes = 0
         back = self._back[:k]
         if not back:
             return ahead[:k]

@@ -12,6 +12,7 @@ from rows, which is what tests/test_sim.py checks against a real store.
 from __future__ import annotations
 
 import heapq
+import math
 import statistics
 import time
 from collections import defaultdict
@@ -37,9 +38,13 @@ EXACT_FLEET = 2_000  # up to this many devices, probation's "better free slots" 
 PRIORITY_SHIFT = 1 << 40  # queue key: priority * PRIORITY_SHIFT + id, as the store orders
 MEDIAN_SAMPLE = 201  # = store/leasing.py: a job's finished attempts its typical run is taken over
 BACKUP_SCAN = 64  # = store/leasing.py: running tasks looked at for stragglers
+DUE_MARGIN_S = 1e-3  # `_due_at` is a sum, `_may_straggle` a difference: rounding apart
 NEW = Task()  # every task starts as this one value: a million pending tasks share it
 OPEN = (TaskState.PENDING, TaskState.LEASED)
 RIGHT = "ok"  # the digest of a correct result; a faulty device answers anything else
+# Events are values: the ones that carry nothing of the moment are made once.
+AGREED, DISAGREED, COPY_DISAGREED = Settled(True), Settled(False, "no agreement"), Settled(False)
+NOT_NEEDED = Cancelled("no longer needed: the task is settled")
 
 
 @dataclass(slots=True)
@@ -107,9 +112,13 @@ class World:
         self.held = [0] * n  # tasks LEASED to it, as the coordinator counts them
         self.reported_free = list(self.cores)  # slots_free of its last sync (store: nodes row)
         self.record = [trust.Record()] * n
+        self._quarantined: set[int] = set()  # devices whose record says quarantined
+        self._reported = [Reported(name) for name in self.names]  # each device's result event
+        self._quarantined_names: set[str] = set()
         self.live = [True] * n  # up, not quarantined: what _fleet_views returns
         self.expected_up_s: list[float | None] = [None] * n
-        self.total_slots = sum(map(inflight.scheduling_slots, self.quota, self.cores))
+        self.slots = list(map(inflight.scheduling_slots, self.quota, self.cores))  # kept with quota
+        self.total_slots = sum(self.slots)
         self.total_free = sum(self._free(d) for d in range(n))
         # tasks, indexed by id (0 unused: the store's ids start at 1)
         self.state: list[Task] = [NEW]
@@ -124,6 +133,9 @@ class World:
         self.quorum: dict[int, int] = {}
         self.jobs: list[Job] = []
         self._drained: set[int] = set()  # jobs with nothing pending: only these are backed up
+        # No drained job's oldest running task is due for a backup before this (a lower bound:
+        # lowered whenever a job may have become due sooner, made exact at each full look).
+        self._due_at = -math.inf
         self.pending = PendingQueue()
         self._cands: dict[int, scheduler.Candidate] = {}  # queue key -> candidate
         self._most_lost = 0  # the most nodes any one task was lost on
@@ -179,6 +191,7 @@ class World:
         job.pending -= 1
         if not job.pending:
             self._drained.add(j)
+            self._may_be_due(j)
 
     def _copy(self, group: int, backup: bool) -> int:
         """A replica (or backup copy) of `group`, queued first (store: priority 0)."""
@@ -204,10 +217,12 @@ class World:
 
     def sync(self, d: int, want: int, slots_free: int, now: float) -> list[int]:
         """A device's sync asking for `want` tasks: the ids leased to it (store: `sync`)."""
-        before = self._free(d)
+        if self.live[d]:  # total_free += _free(d) after - _free(d) before
+            slots = self.slots[d]
+            busy_before, busy = self.cores[d] - self.reported_free[d], self.cores[d] - slots_free
+            self.total_free += max(0, slots - busy) - max(0, slots - busy_before)
         self.reported_free[d] = slots_free
-        self.total_free += self._free(d) - before
-        if not self.live[d] or self.record[d].quarantined or want <= 0:
+        if not self.live[d] or d in self._quarantined or want <= 0:
             return []
         started = time.perf_counter()
         leased = self._lease(d, want, now)
@@ -222,7 +237,7 @@ class World:
             return []
         view = scheduler.NodeView(
             self.names[d],
-            inflight.scheduling_slots(self.quota[d], cores),
+            self.slots[d],
             self.memory_mb,
             held,
             self.done[d],
@@ -238,7 +253,8 @@ class World:
             out = [a.task_id for a in plan]
         held = self.held[d]
         free = min(want - len(out), view.slots - held)
-        if free > 0 and self._drained:  # else no job is in its last wave: no straggler
+        # Else no job is in its last wave, or none has a task due: no straggler to back up.
+        if free > 0 and self._drained and now >= self._due_at - DUE_MARGIN_S:
             view = scheduler.NodeView(
                 view.id, view.slots, view.memory_mb, held, view.done, view.lost, frozenset()
             )
@@ -360,30 +376,54 @@ class World:
         self._cands.pop(self._key(t), None)
         self._set_held(d, self.held[d] + 1)
         if g == t:
-            self.jobs[self.job_of[t]].running[t] = now
+            job = self.jobs[self.job_of[t]]
+            job.running[t] = now
+            if len(job.running) == 1:  # its oldest running task changed
+                self._may_be_due(self.job_of[t])
         self.counters.leases += 1
 
     def _backups(
         self, d: int, view: scheduler.NodeView, free: int, now: float
     ) -> list[scheduler.Assignment]:
         """Backup copies of stragglers (store: `_lease_backups`): jobs with nothing pending."""
-        # The store's query: leased originals of such jobs, not the asker's, leased over
-        # BACKUP_MIN_S ago, with no copy open (those wait in `backed`), oldest first, 64.
-        jobs = [self.jobs[j] for j in sorted(self._drained)]
+        if now < self._due_at - DUE_MARGIN_S:
+            return []  # no drained job's oldest task is due: plan_backups would find none
+        jobs = [self.jobs[j] for j in self._drained]
         jobs = [j for j in jobs if j.running and j.backups]
+        self._due_at = min(map(_due_at, jobs), default=math.inf)
         if not any(_may_straggle(j, now) for j in jobs):
             return []  # plan_backups would find no straggler: spare building them
-        last_wave = [iter(job.running.items()) for job in jobs]
+        # The store's query: leased originals of such jobs, not the asker's, leased over
+        # BACKUP_MIN_S ago, with no copy open (those wait in `backed`), oldest first, 64. Each
+        # job's `running` is in that order already; merged here by (leased_at, id).
+        heads = []
+        for job in jobs:
+            items = iter(job.running.items())
+            t, at = next(items)
+            heads.append((at, t, items))
+        heapq.heapify(heads)
         name = self.names[d]
         cutoff = now - scheduler.BACKUP_MIN_S
+        scanned = 0
         stragglers: list[scheduler.Straggler] = []
-        for t, at in heapq.merge(*last_wave, key=_by_lease):
-            if at >= cutoff or len(stragglers) == BACKUP_SCAN:
+        while heads and scanned < BACKUP_SCAN:
+            at, t, items = heads[0]
+            if at >= cutoff:
                 break
+            following = next(items, None)
+            if following is None:
+                heapq.heappop(heads)
+            else:
+                heapq.heapreplace(heads, (following[1], following[0], items))
             holder = self.state[t].node
             if holder is None or holder == name:
                 continue
+            scanned += 1
             job = self.jobs[self.job_of[t]]
+            # Only those plan_backups would not pass over as too young are built: the rest
+            # count toward the 64 read, as the store's rows do, and decide nothing.
+            if job.typical is None or now - at <= scheduler.backup_after(job.typical):
+                continue
             touched = name in self.involved.get(t, ())
             stragglers.append(
                 scheduler.Straggler(
@@ -396,7 +436,7 @@ class World:
                     frozenset({name}) if touched else frozenset(),
                 )
             )
-        if not stragglers:
+        if not scanned:
             return []
         self.counters.decisions += 1
         return scheduler.plan_backups(view, free, stragglers)
@@ -409,7 +449,7 @@ class World:
         task = self.state[t]
         if task.state is not TaskState.LEASED or task.node != name:
             return  # superseded: the lease was lost or the copy cancelled
-        self.state[t] = apply(task, Reported(name))
+        self.state[t] = apply(task, self._reported[d])
         self._set_held(d, self.held[d] - 1)
         self.done[d] += 1
         self.counters.results += 1
@@ -426,6 +466,7 @@ class World:
                 # ... 128 and 201 results, then kept (candidates are rebuilt when it moves).
                 job.typical = statistics.median(job.took)
                 self._cands.clear()
+                self._may_be_due(self.job_of[t])
         self.results[g][name] = digest
         self._changed(g)
         if g == t and not self.members.get(g) and self.quorum.get(g, 0) <= 1:
@@ -476,7 +517,8 @@ class World:
         """Decide on group `g` from its results so far (store: `_verify_groups`)."""
         if self.state[g].state in (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED):
             return
-        votes = [(n, dg) for n, dg in self.results[g].items() if not self._quarantined(n)]
+        gone = self._quarantined_names
+        votes = [(n, dg) for n, dg in self.results[g].items() if n not in gone]
         copies = [g, *self.members.get(g, ())]
         outstanding = sum(self.state[m].state in OPEN for m in copies)
         involved = frozenset(self.involved[g])
@@ -512,6 +554,7 @@ class World:
         if self.state[g].state is TaskState.LEASED:
             job.running[g] = at
             job.running = dict(sorted(job.running.items(), key=_by_lease))
+            self._may_be_due(self.job_of[g])
 
     def _cancel_copies(self, g: int) -> None:
         """The original failed for good: its copies still open are no longer needed."""
@@ -541,12 +584,18 @@ class World:
             if task.state in OPEN:
                 self._close(g, m)
             if m == g:
-                self.state[m] = apply(task, Settled(ok, None if ok else "no agreement"))
+                self.state[m] = apply(task, AGREED if ok else DISAGREED)
             elif task.state is TaskState.VERIFYING:
-                self.state[m] = apply(task, Settled(ok))
+                self.state[m] = apply(task, AGREED if ok else COPY_DISAGREED)
             elif task.state in OPEN:
-                self.state[m] = apply(task, Cancelled("no longer needed: the task is settled"))
+                self.state[m] = apply(task, NOT_NEEDED)
         self._finish(g, now, ok=ok)
+
+    def _may_be_due(self, j: int) -> None:
+        """Job `j` may have become due for a backup sooner than `_due_at` says: lower it."""
+        job = self.jobs[j]
+        if j in self._drained and job.running and job.backups:
+            self._due_at = min(self._due_at, _due_at(job))
 
     def _finish(self, g: int, now: float, *, ok: bool) -> None:
         job = self.jobs[self.job_of[g]]
@@ -575,18 +624,18 @@ class World:
         self.record[d] = rec
         if agreed:
             self._set_quota(d, inflight.grown(self.quota[d]))
-        elif self.live[d]:
-            self.counters.quarantined += 1
-            self.set_live(d, False)
-
-    def _quarantined(self, name: str) -> bool:
-        return self.record[self.index[name]].quarantined
+        else:
+            self._quarantined.add(d)
+            self._quarantined_names.add(self.names[d])
+            if self.live[d]:
+                self.counters.quarantined += 1
+                self.set_live(d, False)
 
     # -- the fleet ---------------------------------------------------------------------------
 
     def set_live(self, d: int, live: bool) -> None:
         """The device came up (and is not quarantined) or went away."""
-        live = live and not self.record[d].quarantined
+        live = live and d not in self._quarantined
         if live == self.live[d]:
             return
         sign = 1 if live else -1
@@ -596,7 +645,7 @@ class World:
         self.live[d] = live
 
     def _slots(self, d: int) -> int:
-        return inflight.scheduling_slots(self.quota[d], self.cores[d])
+        return self.slots[d]
 
     def _free(self, d: int, force: bool = False) -> int:
         """Free slots as `_fleet_views` counts them: quota-backed slots less what it runs."""
@@ -617,9 +666,17 @@ class World:
             self.total_slots -= self._slots(d)
             self.total_free -= self._free(d)
         self.quota[d] = quota
+        self.slots[d] = inflight.scheduling_slots(quota, self.cores[d])
         if self.live[d]:
             self.total_slots += self._slots(d)
             self.total_free += self._free(d)
+
+
+def _due_at(job: Job) -> float:
+    """When the job's oldest running task becomes due for a backup (`_may_straggle`)."""
+    if job.typical is None:
+        return math.inf
+    return next(iter(job.running.values())) + scheduler.backup_after(job.typical)
 
 
 def _may_straggle(job: Job, now: float) -> bool:
