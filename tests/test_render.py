@@ -86,8 +86,19 @@ def fog() -> Iterator[LocalFog]:
         ["+A0.1", "+AM1", "+J", "+R4", "+BS8"],  # jitter; eight-row blocks, so six bands
         ["+A0.2", "+AM2", "-J", "+Q9", "Declare=Unused=2", "+FN16"],  # 16 bits per channel
         ["+UA", "+A0.3"],  # an alpha channel where the background shows
+        ["+SR10", "+ER40", "+SC5", "+EC60", "+A0.3", "+BS8"],  # a partial render
+        ["+SR0.3", "+ER0.9", "+UA", "+A0.3", "+BS4"],  # rows as fractions, with alpha
     ],
-    ids=["defaults", "aa-method-1", "aa-method-2-depth-3", "jitter-blocks-8", "16-bit", "alpha"],
+    ids=[
+        "defaults",
+        "aa-method-1",
+        "aa-method-2-depth-3",
+        "jitter-blocks-8",
+        "16-bit",
+        "alpha",
+        "partial",
+        "partial-alpha",
+    ],
 )
 def test_a_frame_rendered_in_bands_on_the_fog_equals_povrays_own_render(
     fog: LocalFog, scenes: Path, options: list[str]
@@ -99,8 +110,9 @@ def test_a_frame_rendered_in_bands_on_the_fog_equals_povrays_own_render(
         paths = render(client, arguments, bands=8, progress=lambda d, t: seen.append((d, t)))
     assert paths == [Path("spheres.png")]  # named and placed as POV-Ray names and places it
     assert pixels(paths) == reference
-    bands = 6 if "+BS8" in options else 2
-    assert seen[0] == (0, bands) and seen[-1] == (bands, bands)
+    plan = plan_from_arguments(arguments)
+    bands = len(plan_bands(plan.rows[1], 8, plan.block, plan.rows[0]))
+    assert bands > 1 and seen[0] == (0, bands) and seen[-1] == (bands, bands)
 
 
 @needs_povray
@@ -183,7 +195,7 @@ def test_method_1_bands_that_start_mid_block_differ_from_povrays_frame_and_align
         (["Pre_Scene_Command=touch /tmp/owned"], "runs a shell command on the node"),
         (["--", "+L/home"], "Library_Path=/home is refused"),
         (["--", "-A0.3", "+GAlog.txt"], "writes a file on the node"),
-        (["+SR10"], "partial render is not supported"),
+        (["+BS2"], "POV-Ray refuses render blocks under 4 pixels"),
         (["+FJ"], "PNG files only"),
     ],
 )

@@ -165,8 +165,6 @@ def test_povrays_default_ini_is_found_where_povray_looks(tmp_path: Path) -> None
         ("Radiosity_To_File=on", "writes a file on the node"),
         ("Radiosity_File_Name=r.rca", "writes a file on the node"),
         ("+C", "partial image"),
-        ("+SR10", "partial render"),
-        ("End_Column=20", "partial render"),
         ("+L/home/owner", "Library_Path=/home/owner is refused"),
         ("Library_Path=../../etc", "is refused"),
         ("Include_Header=/etc/passwd", "Include_Header=/etc/passwd is refused"),
@@ -181,6 +179,8 @@ def test_povrays_default_ini_is_found_where_povray_looks(tmp_path: Path) -> None
         ("Version=3.7$(reboot)", "characters fogwheel does not pass on"),
         ("+W0", "not one fogwheel renders"),
         ("+KFI5 +KFF2", "comes before"),
+        ("+SR50 +ER10", "rows 50 to 10 are not rows"),
+        ("+BS2", "render blocks under 4 pixels"),
     ],
 )
 def test_options_that_could_harm_a_node_or_that_fogwheel_cannot_honour_are_refused_saying_why(
@@ -292,6 +292,22 @@ def test_output_goes_beside_the_scene_unless_told_a_file_or_folder(tmp_path: Pat
     assert output_paths(p, "/abs/f.png", tmp_path)[1] == Path("/abs/f2.png")
 
 
+@pytest.mark.parametrize(
+    ("args", "rows"),  # each as POV-Ray 3.7.0 itself reported the rows it rendered
+    [
+        (("+H48",), (1, 48)),
+        (("+H64", "+SR10", "+ER40"), (10, 40)),
+        (("+H48", "+SR0.25", "+ER0.75"), (13, 36)),  # fractions of the height
+        (("+H50", "+SR0.3", "+ER0.9"), (16, 44)),  # in single precision, as POV-Ray keeps them
+        (("+H64", "+ER100"), (1, 64)),  # past the last row: the last row
+    ],
+)
+def test_a_partial_render_covers_the_rows_povray_renders(
+    args: tuple[str, ...], rows: tuple[int, int]
+) -> None:
+    assert plan(*args).rows == rows
+
+
 # -- bands ----------------------------------------------------------------------------------------
 
 
@@ -310,6 +326,11 @@ def test_bands_start_on_render_block_boundaries(
     height: int, n: int, block: int, bands: list[tuple[int, int]]
 ) -> None:
     assert plan_bands(height, n, block) == bands
+
+
+def test_a_partial_renders_blocks_are_counted_from_its_first_row() -> None:
+    assert plan_bands(64, 8, 32, first=20) == [(20, 51), (52, 64)]
+    assert plan_bands(40, 3, 8, first=10) == [(10, 25), (26, 33), (34, 40)]
 
 
 @pytest.mark.parametrize("height", [1, 7, 33, 64, 1080])

@@ -1,7 +1,7 @@
 """POV-Ray 3.7's options read as POV-Ray reads them, and vetted before a node sees them.
 
 The sources, in POV-Ray's order (POV-Ray 3.7 reference, "Command-line Options" and "Using INI
-Files"): the default INI file (`povray_default_ini`), then each command-line argument left to
+Files"): the default INI file (`render.default_ini`), then each command-line argument left to
 right: a switch (`+W320`, `-J`, `+A0.3`), an INI setting (`Declare=R=2`), an INI file (`opts.ini`
 or `anim.ini[Low]`: its unlabelled lines, then the named section's) or the scene itself (a name
 ending in `.pov`). A later setting overrides an earlier one, except `Library_Path` and
@@ -12,10 +12,10 @@ goes to a node only when it is on the allow-list below, and these are refused wi
 shell-outs (`*_Command`) run programs; `Create_Ini`, the `*_File` text streams and the
 radiosity cache files write files a node's owner never asked for; `Continue_Trace` reads a
 partial image on the node; `Library_Path` and `Include_Header` outside the `--include` folder
-would read the node's disk; `Start_Row`/`End_Row`/`Start_Column`/`End_Column` are fogwheel's
-to choose (bands). `Output_File_Name` only names the file written on the customer's machine:
-a node is never given an output path. The display, console and thread options change no pixel
-and are dropped. Anything else is refused as unknown rather than passed on blindly.
+would read the node's disk. `Output_File_Name` only names the file written on the customer's
+machine: a node is never given an output path; `Start_Row`/`End_Row` are planned into bands.
+The display, console and thread options change no pixel and are dropped. Anything else is
+refused as unknown rather than passed on blindly.
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ DROP = "drop"  # changes no pixel (display, console, threads): dropped
 
 SHELL = "runs a shell command on the node, which is someone's home computer"
 WRITES = "writes a file on the node that the node's owner never asked for"
-BANDS = "is fogwheel's to choose (the rows of each band), so a partial render is not supported"
 ALPHA = "fogwheel stitches images with an alpha channel at 8 bits only (+UA with +FN8)"
 
 
@@ -69,7 +68,8 @@ KEYWORDS: dict[str, str] = {
             "Bounding_Threshold Bounding_Method Light_Buffer Vista_Buffer Remove_Bounds "
             "Split_Unions File_Gamma Display_Gamma Declare Preview_Start_Size "
             "Preview_End_Size Field_Render Odd_Field Clock Initial_Frame Final_Frame "
-            "Initial_Clock Final_Clock Cyclic_Animation Clockless_Animation Frame_Step"
+            "Initial_Clock Final_Clock Cyclic_Animation Clockless_Animation Frame_Step "
+            "Start_Column End_Column"
         ),
         FORWARD,
     ),
@@ -77,7 +77,7 @@ KEYWORDS: dict[str, str] = {
         _names(
             "Input_File_Name Output_File_Name Output_File_Type Bits_Per_Color Output_to_File "
             "Output_Alpha Library_Path Include_Header Subset_Start_Frame Subset_End_Frame "
-            "Include_Ini"
+            "Include_Ini Start_Row End_Row"
         ),
         LOCAL,
     ),
@@ -113,7 +113,6 @@ REFUSED: dict[str, str] = {
     "Radiosity_From_File": "reads a radiosity cache file on the node; fogwheel does not ship one",
     "Radiosity_To_File": WRITES,
     "Continue_Trace": "continues a partial image on the node, and a node has none",
-    **dict.fromkeys(["Start_Row", "End_Row", "Start_Column", "End_Column"], BANDS),
 }
 CANONICAL = {k.lower(): k for k in [*KEYWORDS, *REFUSED]}
 

@@ -220,20 +220,30 @@ def stitch(
     depth: int = 8,
     file_gamma: float | None = None,
     alpha: bool = False,
+    area: Band | None = None,
 ) -> bytes:
-    """Join bands of raw rows (`BAND_FILE`s: RGB, or Targa's BGRA with `alpha`) into one PNG."""
-    rows: list[bytes | None] = [None] * height
+    """Join bands of raw rows (`BAND_FILE`s: RGB, or Targa's BGRA with `alpha`) into one PNG;
+    rows outside the render `area` are black (and opaque), as POV-Ray writes them."""
     stride = width * (4 if alpha else 3) * depth // 8
-    for (first, last), data in parts:
-        if len(data) != (last - first + 1) * stride:
-            raise PngError(f"band {first}-{last} is {len(data)} bytes, not {last - first + 1} rows")
-        for y in range(first, last + 1):
-            rows[y - 1] = data[(y - first) * stride : (y - first + 1) * stride]
+    first, last = area or (1, height)
+    outside = b"\x00\x00\x00\xff" * width if alpha else bytes(stride)  # black, opaque
+    rows: list[bytes | None] = [None] * height
+    rows[: first - 1] = [outside] * (first - 1)
+    rows[last:] = [outside] * (height - last)
+    for (top, bottom), data in parts:
+        if len(data) != (bottom - top + 1) * stride:
+            raise PngError(f"band {top}-{bottom} is {len(data)} bytes, not {bottom - top + 1} rows")
+        for y in range(top, bottom + 1):
+            rows[y - 1] = data[(y - top) * stride : (y - top + 1) * stride]
     missing = [y + 1 for y, row in enumerate(rows) if row is None]
     if missing:
         raise PngError(f"no band covers rows {missing[:5]}{'…' if len(missing) > 5 else ''}")
     chunks = colour_chunks(file_gamma, depth)
-    full = [_rgba(row) if alpha else row for row in rows if row is not None]
+    full = [
+        row if not alpha or first - 1 > y or y >= last else _rgba(row)
+        for y, row in enumerate(rows)
+        if row is not None
+    ]
     return encode_png(Image(width, 4 if alpha else 3, 6 if alpha else 2, full, chunks, depth))
 
 
@@ -273,7 +283,9 @@ def render_planned(
     inputs: dict[str, Path] = {scene.name: scene}
     if include is not None:
         inputs |= include_files(cwd / include)
-    work = [(f, band) for f in plan.frames for band in plan_bands(plan.height, bands, plan.block)]
+    first, last = plan.rows
+    planned = plan_bands(last, bands, plan.block, first)
+    work = [(f, band) for f in plan.frames for band in planned]
     futures = client.run_many(
         [band_command(plan, scene.name, band, frame) for frame, band in work],
         inputs=[inputs for _ in work],
@@ -294,7 +306,9 @@ def render_planned(
     for frame, path in zip(plan.frames, paths, strict=True):
         parts = [(band, done[i]) for i, (f, band) in enumerate(work) if f == frame]
         (cwd / path).parent.mkdir(parents=True, exist_ok=True)
-        png = stitch(parts, plan.width, plan.height, plan.depth, plan.file_gamma, plan.alpha)
+        png = stitch(
+            parts, plan.width, plan.height, plan.depth, plan.file_gamma, plan.alpha, plan.rows
+        )
         (cwd / path).write_bytes(png)
     return paths
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -57,7 +58,8 @@ class RenderPlan:
     scene: str  # the scene as the customer named it (a local path)
     width: int
     height: int
-    block: int  # Render_Block_Size: bands start on multiples of it
+    block: int  # Render_Block_Size: bands start on multiples of it from the first row
+    rows: Band  # the rows rendered (Start_Row, End_Row): all of them unless told otherwise
     depth: int  # bits per colour channel of the PNG written: 8 or 16
     alpha: bool  # Output_Alpha: an RGBA PNG (8 bits only)
     file_gamma: float | None  # None: sRGB (POV-Ray 3.7's default)
@@ -86,7 +88,11 @@ def plan_render(resolved: Resolved, include: str | None = None, cwd: str = "/") 
         where = f"{culprit.source}: " if culprit else ""
         raise OptionError(f"{where}an image of {width}x{height} pixels is not one fogwheel renders")
     block = int(number(last.get("Render_Block_Size"), DEFAULT_BLOCK, integer=True))
-    block = max(block, 4)  # POV-Ray raises a smaller block size to 4
+    if block < 4:
+        raise OptionError(
+            f"{last['Render_Block_Size'].source}: POV-Ray refuses render blocks under 4 pixels"
+        )
+    rows = _rows(last.get("Start_Row"), last.get("End_Row"), height)
     depth = _output_depth(last)
     alpha = "Output_Alpha" in last and is_on(last["Output_Alpha"].value)
     if alpha and depth != 8:
@@ -100,9 +106,32 @@ def plan_render(resolved: Resolved, include: str | None = None, cwd: str = "/") 
     file_gamma = None if gamma is None or gamma.value.lower() == "srgb" else number(gamma, 2.2)
     output = last["Output_File_Name"].value if "Output_File_Name" in last else None
     return RenderPlan(
-        scene.value, width, height, block, depth, alpha, file_gamma, frames, final, output,
-        options,
+        scene.value, width, height, block, rows, depth, alpha, file_gamma, frames, final,
+        output, options,
     )  # fmt: skip
+
+
+def _rows(start: Setting | None, end: Setting | None, height: int) -> Band:
+    """The 1-based rows of the render area as POV-Ray 3.7 reads `+SR`/`+ER`: a row number,
+    or a fraction of the height when between 0 and 1 (`+SR0.25` on 48 rows: row 13 on)."""
+    first, last = 1, height
+    if start is not None:
+        v = number(start, 1)
+        first = int(height * _single(v)) + 1 if 0 < v < 1 else int(v)
+    if end is not None:
+        v = number(end, height)
+        last = int(height * _single(v)) if 0 < v < 1 else min(int(v), height)
+    if not 1 <= first <= last <= height:
+        culprit = end or start
+        where = f"{culprit.source}: " if culprit else ""
+        raise OptionError(f"{where}rows {first} to {last} are not rows of a {height}-row image")
+    return first, last
+
+
+def _single(value: float) -> float:
+    """`value` rounded to single precision, as POV-Ray keeps a fraction of the image
+    (`+ER0.9` on 50 rows ends at row 44: 0.9 in single precision is just under 0.9)."""
+    return float(struct.unpack("f", struct.pack("f", value))[0])
 
 
 def _output_depth(last: Mapping[str, Setting]) -> int:
@@ -220,17 +249,15 @@ def _subset(s: Setting | None, default: int) -> int:
 # -- bands and names ----------------------------------------------------------------------------
 
 
-def plan_bands(height: int, n: int, block: int = 1) -> list[Band]:
-    """Split rows 1..height into at most `n` bands of whole `block`-row blocks (the last one
-    may be short), the bands' block counts differing by at most one."""
-    if height < 1 or n < 1 or block < 1:
-        raise ValueError(
-            f"need a height, band count and block of at least 1: {height}, {n}, {block}"
-        )
-    blocks = math.ceil(height / block)
+def plan_bands(height: int, n: int, block: int = 1, first: int = 1) -> list[Band]:
+    """Split rows first..height into at most `n` bands of whole `block`-row blocks counted
+    from `first` (the last one may be short), their block counts differing by at most one."""
+    if height < first or n < 1 or block < 1 or first < 1:
+        raise ValueError(f"need rows {first} to {height}, n and block of at least 1: {n}, {block}")
+    blocks = math.ceil((height - first + 1) / block)
     n = min(n, blocks)
     size, extra = divmod(blocks, n)
-    bands, start = [], 1
+    bands, start = [], first
     for i in range(n):
         count = size + (1 if i < extra else 0)
         end = min(start + count * block - 1, height)
