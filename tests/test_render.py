@@ -196,6 +196,7 @@ def test_method_1_bands_that_start_mid_block_differ_from_povrays_frame_and_align
         (["--", "+L/home"], "Library_Path=/home is refused"),
         (["--", "-A0.3", "+GAlog.txt"], "writes a file on the node"),
         (["+BS2"], "POV-Ray refuses render blocks under 4 pixels"),
+        (["nosuch.pov"], "no scene file"),
         (["+FJ"], "PNG files only"),
     ],
 )

@@ -119,7 +119,20 @@ def plan_from_arguments(
         settings = [Setting("Library_Path", f"{POVLIBDIR}/include", "POV-Ray's default")]
     settings += read_arguments(arguments, read_text)
     folder = None if include is None else str((cwd / include).resolve())
-    return plan_render(resolve(settings), folder, str(cwd.resolve()))
+    plan = plan_render(resolve(settings), folder, str(cwd.resolve()))
+    _check_scene(cwd / plan.scene)
+    return plan
+
+
+def _check_scene(scene: Path) -> None:
+    """The scene must be a file whose name can travel (it keeps its name on the node)."""
+    if not scene.is_file():
+        raise OptionError(f"no scene file {scene}: name a .pov file that exists")
+    if not SAFE_NAME.match(scene.name):
+        raise OptionError(
+            f"the scene's file name {scene.name!r} cannot be shipped: use letters, digits, "
+            "'.', '_' and '-' only, starting with a letter or digit"
+        )
 
 
 def include_files(folder: str | os.PathLike[str]) -> dict[str, Path]:
@@ -275,10 +288,7 @@ def render_planned(
     """
     cwd = cwd or Path.cwd()
     scene = cwd / plan.scene
-    if not SAFE_NAME.match(scene.name):
-        raise OptionError(f"the scene's file name {scene.name!r} cannot be shipped")
-    if not scene.is_file():
-        raise OptionError(f"no scene file {plan.scene}")
+    _check_scene(scene)
     paths = output_paths(plan, out, cwd)
     inputs: dict[str, Path] = {scene.name: scene}
     if include is not None:
