@@ -1,7 +1,7 @@
-"""Closed-loop pacing: a coordinator whose syncs are slower than its target stretches waits.
+"""Closed-loop pacing: a coordinator whose syncs queue longer than its target stretches waits.
 
 Real coordinator processes and the real protocol. The target is set far below what any sync
-takes (FOGWHEEL_SYNC_TARGET_MS=0.001), so every window reads as overload: the Pacer's factor
+queues (FOGWHEEL_SYNC_TARGET_MS=0.001: a microsecond), so every window reads as overload: the Pacer's factor
 climbs, busy nodes are told a pace, leases and the gone horizon stretch, and work still
 completes through real agents that obey the pace. With the closed loop off (0) nothing
 stretches.
@@ -46,7 +46,7 @@ def _sync_for(node: HostileNode, seconds: float, **body: object) -> dict:
         time.sleep(0.05)
 
 
-def test_slow_syncs_stretch_every_wait_and_the_lease_and_the_fog_still_finishes_its_work(
+def test_queueing_syncs_stretch_every_wait_and_the_lease_and_the_fog_still_finishes_its_work(
     tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FOGWHEEL_SYNC_TARGET_MS", "0.001")

@@ -618,15 +618,14 @@ def build_routes(
         arrived: float = Depends(_arrival),
         who: Principal = node,
     ) -> SyncOut:
-        try:
-            return _sync_or_shed(request, who.id, req, leaving, arrived)
-        finally:
-            pace.took(time.monotonic() - arrived)  # what the Pacer keeps within its target
+        queued = time.monotonic() - arrived  # how long it waited for a worker thread
+        pace.queued(queued)  # what the Pacer keeps within its target
+        return _sync_or_shed(request, who.id, req, leaving, queued)
 
     def _sync_or_shed(
-        request: Request, node_id: str, req: SyncIn, leaving: bool, arrived: float
+        request: Request, node_id: str, req: SyncIn, leaving: bool, queued: float
     ) -> SyncOut:
-        if time.monotonic() - arrived > shed_after_s and _only_asks(req, leaving):
+        if queued > shed_after_s and _only_asks(req, leaving):
             # Admission control: this sync waited in the queue for a worker thread longer than
             # a sync should take, so the process is overloaded. A sync that only asks for work
             # is answered at once, with no work and an idle node's wait, so that it does not

@@ -88,7 +88,7 @@ class CoordinatorConfig:
     sync_budget: float = field(
         default_factory=lambda: float(os.environ.get("FOGWHEEL_SYNC_BUDGET") or DEFAULT_BUDGET)
     )
-    # the sync latency (p99) over which every wait stretches; 0: open-loop pacing only
+    # how long (p99) syncs may queue for a worker before every wait stretches; 0: open loop
     sync_target_ms: float = field(
         default_factory=lambda: float(
             os.environ.get("FOGWHEEL_SYNC_TARGET_MS") or 1000 * TARGET_LATENCY_S

@@ -1,7 +1,8 @@
 """The coordinator's side of sync pacing: measures its own load, tells each node when to come.
 
-The decisions are core/pacing.py's; this shell holds the window's sync latencies behind one
-lock (syncs are served by a thread pool), reads the clock, feeds the Pacer once a second, and
+The decisions are core/pacing.py's; this shell holds the window's queueing delays (how long
+each sync waited for a worker thread) behind one lock (syncs are served by a thread pool),
+reads the clock, feeds the Pacer once a second, and
 stretches the store's lease period and gone horizon with the waits it asks (so a paced node
 neither loses its leases nor looks gone).
 """
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from fogwheel.core import pacing
 from fogwheel.store import Store
 
-OBSERVE_EVERY_S = 1.0  # how often the Pacer is fed a window of latencies
+OBSERVE_EVERY_S = 1.0  # how often the Pacer is fed a window of queueing delays
 SAMPLES_MAX = 4096  # latencies kept a window; past it, every other one is dropped
 
 
@@ -30,7 +31,7 @@ class Pace:
 
 
 class SyncPace:
-    """One per process: `took(s)` after every sync, `answer(...)` for its timing fields."""
+    """One per process: `queued(s)` for every sync, `answer(...)` for its timing fields."""
 
     def __init__(
         self, store: Store, budget: float, target_s: float = pacing.TARGET_LATENCY_S
@@ -47,8 +48,8 @@ class SyncPace:
         self._latencies: list[float] = []
         self._wait_s = pacing.POLL_S  # the mean wait last asked
 
-    def took(self, seconds: float) -> None:
-        """One sync's latency, from its arrival to its answer."""
+    def queued(self, seconds: float) -> None:
+        """How long one sync waited, from its arrival to a worker thread taking it."""
         with self._lock:
             if len(self._latencies) >= SAMPLES_MAX:
                 del self._latencies[::2]  # the window's shape is kept, its size bounded

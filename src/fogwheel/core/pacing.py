@@ -17,11 +17,13 @@ agent's own idle interval (`POLL_S`), and never told to wait so long that it wou
 That open-loop wait counts syncs, but syncs differ in cost, and a fleet whose nodes all hold
 work syncs as often as their tasks finish: 10,000 busy devices offer more syncs than one
 process serves, and its queue, so its latency, grows without bound. So the wait is also
-closed-loop (`Pacer`): each process measures how long its syncs take, from arrival to
-answer, and stretches every wait, busy nodes' too (`pace_s`), while their 99th percentile is
-over `TARGET_LATENCY_S`. Latency, not CPU: what saturates first may be the CPU, the
-database's write lock or a machine shared with other work, and latency is what each of them
-costs the fleet. The correction is spread over one wait period, because a
+closed-loop (`Pacer`): each process measures how long its syncs queue, from arrival until a
+worker thread takes them, and stretches every wait, busy nodes' too (`pace_s`), while their
+99th percentile is over `TARGET_LATENCY_S`. Queueing, not CPU: what saturates first may be
+the CPU or the database's write lock, and a queue forms in front of either. Queueing, not the
+whole latency: a sync slowed by other work on a shared machine, with no queue in front of it,
+is not this process's load, and stretching the fleet's waits would not make it faster.
+The correction is spread over one wait period, because a
 changed wait reaches the fleet only as its nodes come back: a faster one would overshoot and
 oscillate (the delayed-feedback loop of TCP congestion control, Jacobson, "Congestion
 Avoidance and Control", 1988, whose cure is the same: act once per round trip). Leases and
@@ -47,7 +49,7 @@ DEFAULT_BUDGET = 300.0
 # the coordinator's CPU against ~1.4 ms): the idle fleet gets what such syncs leave over ...
 BUSY_COST = 5.0
 IDLE_FLOOR = 0.1  # ... but never less than this share of the budget
-TARGET_LATENCY_S = 0.1  # a process whose syncs' p99 is longer stretches waits (Pacer)
+TARGET_LATENCY_S = 0.05  # a process whose syncs queue longer (p99) stretches waits (Pacer)
 MAX_FACTOR = 100.0  # the most a wait is ever stretched past the open-loop one
 RISE_STEP = 0.25  # over its target, the Pacer makes at least this share of its move a second
 MAX_WAIT_S = 600.0  # the longest wait ever asked, however loaded the coordinator
@@ -176,10 +178,10 @@ def horizons(lease_s: float, gone_after_s: float, idle_s: float, busy_s: float) 
 
 
 class Pacer:
-    """How much to stretch every wait so that this process answers syncs within `target_s`.
+    """How much to stretch every wait so that syncs queue at this process within `target_s`.
 
-    `observe` is called about once a second with the window's sync latency (its 99th
-    percentile, from arrival to answer) and the mean wait the fleet is being asked; the
+    `observe` is called about once a second with the window's queueing delay (its 99th
+    percentile, arrival to a worker thread) and the mean wait the fleet is being asked; the
     factor moves by (latency / target), bounded to [1/4, 4], to the power (window / wait):
     the whole correction once per wait period, the time a new wait needs to reach every
     node. Over the target it moves at least RISE_STEP of the correction a second: an
@@ -188,7 +190,8 @@ class Pacer:
     MAX_FACTOR. A window without syncs changes nothing."""
 
     def __init__(self, target_s: float = TARGET_LATENCY_S) -> None:
-        self.target_s = min(max(target_s, 0.001), 60.0) if math.isfinite(target_s) else 0.1
+        ok = math.isfinite(target_s)
+        self.target_s = min(max(target_s, 0.001), 60.0) if ok else TARGET_LATENCY_S
         self.factor = 1.0
 
     def observe(self, latency_s: float | None, window_s: float, wait_s: float) -> float:
