@@ -161,15 +161,22 @@ def test_an_ini_file_gives_the_same_frame_as_povray_given_the_same_ini(
 # -- why bands start on render-block boundaries (no fog needed) -----------------------------------
 
 
-def bands_rendered_here(where: Path, arguments: list[str], bands: list[tuple[int, int]]) -> bytes:
-    """The frame stitched from `bands`, each rendered by its node command in a scratch dir."""
+def bands_rendered_here(
+    where: Path,
+    arguments: list[str],
+    bands: list[tuple[int, int]],
+    node_env: dict[str, str] | None = None,
+) -> bytes:
+    """The frame stitched from `bands`, each rendered by its node command in a scratch dir
+    (with `node_env` as the node's environment)."""
     plan = plan_from_arguments(arguments, cwd=where)
     parts = []
     for band in bands:
         scratch = Path(tempfile.mkdtemp(dir=where.parent, prefix="scratch-"))
         shutil.copy(where / plan.scene, scratch)
         command = band_command(plan, plan.scene, band, None)
-        subprocess.run(command, cwd=scratch, check=True, capture_output=True)
+        env = {**os.environ, **(node_env or {})}
+        subprocess.run(command, cwd=scratch, check=True, capture_output=True, env=env)
         parts.append((band, (scratch / BAND_FILE).read_bytes()))
     return stitch(parts, plan.width, plan.height)
 
@@ -184,6 +191,20 @@ def test_method_1_bands_that_start_mid_block_differ_from_povrays_frame_and_align
     assert decode_png(mid_block).rows != reference  # the trap plan_bands avoids
     aligned = bands_rendered_here(scenes, arguments, plan_bands(48, 8, 32))
     assert decode_png(aligned).rows == reference
+
+
+@needs_povray
+def test_a_node_owners_own_povray_ini_changes_no_pixel(scenes: Path, tmp_path: Path) -> None:
+    arguments = ["spheres.pov", *SIZE]
+    [reference] = povray_alone(scenes, *arguments).values()
+    owner = tmp_path / "owner"
+    (owner / ".povray" / "3.7").mkdir(parents=True)
+    meddling = "Antialias=on\nAntialias_Threshold=0.0\nJitter=on\nQuality=0\n"
+    (owner / ".povray" / "3.7" / "povray.ini").write_text(meddling)
+    (owner / "meddling.ini").write_text(meddling)
+    node_env = {"HOME": str(owner), "POVINI": str(owner / "meddling.ini")}
+    frame = bands_rendered_here(scenes, arguments, plan_bands(48, 2, 32), node_env)
+    assert decode_png(frame).rows == reference
 
 
 # -- the command line -----------------------------------------------------------------------------
