@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import CancelledError
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import Executor as StdExecutor
 
 import dask
@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 import fogwheel.joblib_backend  # noqa: F401  (registers the "fogwheel" backend)
 from fogwheel import Client, Executor, gather
-from fogwheel.executor import fog_map
+from fogwheel.executor import fog_map, in_order
 from fogwheel.localfog import LocalFog
 from fogwheel.protocol import SyncIn
 from fogwheel.store import Store
@@ -303,3 +303,44 @@ def test_cancelling_several_tasks_cancels_only_those_still_open(store: Store) ->
     assert states == ["done", "cancelled", "cancelled", "leased"]
     assert store.cancel_tasks("c1", job_id, [1, 2], T0 + 3) == []  # twice: nothing new
     assert store.cancel_tasks("bob", job_id, [3], T0 + 3) is None  # not bob's job
+
+
+# -- the ordering rules, on plain futures ---------------------------------------------------
+
+
+def futures_of(n: int) -> list[Future[int]]:
+    return [Future() for _ in range(n)]
+
+
+def test_in_order_raises_a_known_failure_before_earlier_results_and_cancels_the_rest() -> None:
+    fs = futures_of(4)
+    cancelled: list[Future[int]] = []
+    results = in_order(fs, None, cancel=cancelled.extend)
+    fs[2].set_exception(ValueError("third"))
+    fs[0].set_result(0)  # ready, but a failure is known already
+    with pytest.raises(ValueError, match="third"):
+        next(results)
+    assert cancelled == [fs[1], fs[3]]
+
+
+def test_in_order_yields_in_input_order_and_flattens_chunks() -> None:
+    fs = futures_of(2)
+    fs[1].set_result([3, 4])
+    fs[0].set_result([1, 2])
+    assert list(in_order(fs, None, flat=True, cancel=list)) == [1, 2, 3, 4]
+
+
+def test_in_order_raises_timeout_when_the_deadline_passes() -> None:
+    fs = futures_of(1)
+    with pytest.raises(TimeoutError):
+        next(in_order(fs, time.monotonic() + 0.1, cancel=list))
+
+
+def test_gather_of_plain_futures_with_a_cancelled_one() -> None:
+    fs = futures_of(3)
+    fs[0].set_result(1)
+    fs[1].cancel()
+    fs[2].set_result(3)
+    assert gather(fs, errors="skip") == [1, 3]
+    got = gather(fs, errors="return")
+    assert got[0] == 1 and isinstance(got[1], CancelledError) and got[2] == 3
