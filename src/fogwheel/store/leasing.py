@@ -571,6 +571,9 @@ class LeasingStore(VerifyStore):
         # Locality: who holds the candidates' input blobs (only tasks that read blobs ask).
         holders = self._input_holders(c, [r.id for r in rows.values() if r.input_bytes])
         keepers = self._keepers(c, [r for r in rows.values() if r.sticky], cluster.live)
+        # A task's expected run is its job's typical attempt, for the policies that weigh it
+        # (reliability: long tasks to steady nodes; deadline: slack), None before the first.
+        typical = self._job_medians(c, {r.job_id for r in rows.values()}, now)
         candidates = []
         for r in rows.values():
             held_by = holders.get(r.id, {})
@@ -600,6 +603,7 @@ class LeasingStore(VerifyStore):
                         for n, b in held_by.items()
                         if n != node_id
                     ),
+                    est_s=typical[r.job_id],
                 )
             )
         plan = scheduler.plan_lease(view, want, candidates, cluster, self.placement)
@@ -690,17 +694,7 @@ class LeasingStore(VerifyStore):
         rows = c.execute(q).all()
         if not rows:
             return []
-        # A job's median moves slowly: kept a second per process, not queried per sync.
-        kept = self.__dict__.setdefault("_medians", {})
-        medians = {}
-        for job_id in {r.job_id for r in rows}:
-            at, median = kept.get(job_id, (None, None))
-            if at is None or not 0 <= now - at < 1.0:
-                median = self._job_median(c, job_id)
-                if len(kept) > 1000:
-                    kept.clear()
-                kept[job_id] = (now, median)
-            medians[job_id] = median
+        medians = self._job_medians(c, {r.job_id for r in rows}, now)
         # A backup goes to a device that has not run the task, of another owner and network
         # than those that have (core/owners.py).
         ran: dict[int, set[str]] = defaultdict(set)
@@ -751,6 +745,21 @@ class LeasingStore(VerifyStore):
             row = c.execute(select(*_TASK_COLS).where(tasks.c.id == copy)).one()
             granted.append((row, a.reason))
         return self._grant(c, node_id, granted, now)
+
+    def _job_medians(self, c: Connection, job_ids: set[int], now: float) -> dict[int, float | None]:
+        """Each job's median finished attempt (`_job_median`), kept a second per process: it
+        moves slowly, and placement (`Candidate.est_s`) and backups ask on every sync."""
+        kept = self.__dict__.setdefault("_medians", {})
+        medians = {}
+        for job_id in job_ids:
+            at, median = kept.get(job_id, (None, None))
+            if at is None or not 0 <= now - at < 1.0:
+                median = self._job_median(c, job_id)
+                if len(kept) > 1000:
+                    kept.clear()
+                kept[job_id] = (now, median)
+            medians[job_id] = median
+        return medians
 
     def _job_median(self, c: Connection, job_id: int) -> float | None:
         """Median wall time of the job's recently finished attempts; None before the first."""
