@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fogwheel.client import Client, TaskFuture
+from fogwheel.task_calls import Chunk, Initialized
 
 __all__ = ["Chunk", "Executor", "chunked", "fog_map", "gather", "in_order"]
 
@@ -42,30 +43,6 @@ MAX_BATCH = 10_000  # ... or at once when it is this big
 # How many tasks may be in flight at once, as dask (`_max_workers`) and joblib read it: a fog
 # queues tasks cheaply (a row each; a node queues up to 64 a slot), so it is wide.
 DEFAULT_MAX_WORKERS = 4096
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """Call `fn` on each argument tuple of a chunk, in order: `map(chunksize=N)`'s task."""
-
-    fn: Callable[..., Any]
-
-    def __call__(self, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
-        return [self.fn(*args) for args in calls]
-
-
-@dataclass(frozen=True)
-class Initialized:
-    """Run `initializer(*initargs)`, then `fn(*args, **kwargs)`: a pool's initializer on the
-    fog, where no worker lives for one executor, so it runs before each task."""
-
-    initializer: Callable[..., Any]
-    initargs: tuple[Any, ...]
-    fn: Callable[..., Any]
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        self.initializer(*self.initargs)
-        return self.fn(*args, **kwargs)
 
 
 def chunked(items: Sequence[Any], size: int) -> list[list[Any]]:

@@ -26,6 +26,7 @@ from joblib._parallel_backends import (  # type: ignore[import-untyped]
 
 from fogwheel.client import Client, TaskFuture
 from fogwheel.executor import Executor
+from fogwheel.task_calls import run_batch
 
 __all__ = ["FogwheelBackend", "register"]
 
@@ -114,12 +115,6 @@ class FogwheelBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
 
     def __reduce__(self) -> Any:
         return (SequentialBackend, ())  # on a node there is no fog to submit to
-
-
-def run_batch(batch: Any) -> Any:
-    """Run one of joblib's `BatchedCalls` (its argument, so that every batch shares this one
-    function and a burst of them becomes one job)."""
-    return batch()
 
 
 def register() -> None:
