@@ -258,3 +258,38 @@ def test_concurrent_leasing_never_hands_one_task_to_two_nodes(store: Store) -> N
     all_ids = [i for ids in got.values() for i in ids]
     assert len(all_ids) == len(set(all_ids))
     assert len(all_ids) == 400
+
+
+def test_a_live_reliable_node_takes_the_longer_jobs_tasks_first_under_reliability_placement(
+    store: Store,
+) -> None:
+    from fogwheel.core import scheduler
+
+    store.placement = scheduler.Placement(scheduler.Policy.RELIABILITY)
+    w = join(store, "w", cores=8)
+    warmup = store.create_job("c1", job(10), T0)  # w finishes ten: reliability 11/12
+    done = store.sync(w, SyncIn(want=10, slots_free=8), T0).tasks
+    store.sync(w, SyncIn(results=[ok(t["task_id"], t["attempt"]) for t in done]), T0 + 0.5)
+    assert {t["job_id"] for t in done} == {warmup}
+    # The short job first: in queue order (what placement fell back to without est_s) its
+    # tasks would go first.
+    short, long_ = store.create_job("c1", job(12), T0 + 1), store.create_job("c1", job(12), T0 + 1)
+    # One attempt of each finishes (the long job's in 10 s, the short's in 1 s: their typical
+    # runs, est_s); the rest w hands back, so both jobs have tasks pending again.
+    first = store.sync(w, SyncIn(want=24, slots_free=8), T0 + 1).tasks
+    one_long = next(t for t in first if t["job_id"] == long_)
+    one_short = next(t for t in first if t["job_id"] == short)
+    back = [t["task_id"] for t in first if t not in (one_long, one_short)]
+    store.sync(w, SyncIn(results=[ok(one_short["task_id"], one_short["attempt"])]), T0 + 2)
+    store.sync(
+        w,
+        SyncIn(results=[ok(one_long["task_id"], one_long["attempt"])], release=back),
+        T0 + 11,
+    )
+    # w is reliable: the longer job's tasks come first, though the shorter's are as old.
+    got = store.sync(w, SyncIn(want=2, slots_free=8), T0 + 12).tasks
+    assert len(got) == 2 and {t["job_id"] for t in got} == {long_}, got
+    # A new device (reliability 0.5) takes the shortest first.
+    n = join(store, "new", cores=1, quota=4096)
+    [new] = store.sync(n, SyncIn(want=1, slots_free=1), T0 + 12).tasks
+    assert new["job_id"] == short
