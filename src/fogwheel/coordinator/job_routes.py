@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, HTTPException, Path, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Path
 from pydantic import Field
 
 from fogwheel import results
@@ -27,7 +27,7 @@ from fogwheel.coordinator.auth import Authenticator
 from fogwheel.coordinator.identity import caller
 from fogwheel.errors import IntegrityError
 from fogwheel.protocol import SQL_INT_MAX, AttemptOut, ErrorInfo, Model, Problem
-from fogwheel.store import Store
+from fogwheel.store import Principal, Store
 
 # The node keeps 64 KiB of each stream (node/slots.py: OUTPUT_TAIL); JSON escaping at most
 # sextuples a byte. A bigger "command result" is not one a node of ours wrote.
@@ -36,9 +36,7 @@ MAX_LOG_BYTES = 1 << 20
 JobId = Annotated[int, Path(ge=0, le=SQL_INT_MAX)]
 Index = Annotated[int, Path(ge=0, le=SQL_INT_MAX, description="the task's index in its job")]
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": Problem, "description": "Missing or unknown credentials"},
-    403: {"model": Problem, "description": "Credentials of the wrong kind"},
+ERRORS: dict[int | str, dict[str, Any]] = {  # 401 and 403: coordinator/openapi.py
     404: {"model": Problem, "description": "No such job or task (or not yours)"},
 }
 
@@ -96,16 +94,13 @@ def build_job_routes(
     notify: Callable[[], None],
 ) -> None:
     """Add the task cancel and logs routes to `app`; `notify` wakes result long-polls."""
-    # Every route takes a customer key: declared here (OpenAPI `security`), checked first.
-    v1 = APIRouter(
-        prefix="/v1", responses=ERRORS, tags=["jobs"], dependencies=[caller(auth, "customer")]
-    )
+    v1 = APIRouter(prefix="/v1", responses=ERRORS, tags=["jobs"])
+    customer = caller(auth, "customer")  # every route takes a customer key
 
     @v1.post("/jobs/{job_id}/tasks/{index}/cancel")
-    def cancel_task(request: Request, job_id: JobId, index: Index) -> TaskCancelOut:
+    def cancel_task(job_id: JobId, index: Index, who: Principal = customer) -> TaskCancelOut:
         """Cancel one task: it will not be leased again; a node running it stops it at its
         next sync and is not paid for it; the customer is not charged for it."""
-        who = auth.require(request, "customer")
         out = store.cancel_task(who.id, job_id, index, time.time())
         if out is None:
             raise HTTPException(404, f"no task {index} in job {job_id}")
@@ -114,9 +109,10 @@ def build_job_routes(
         return TaskCancelOut(**out)
 
     @v1.post("/jobs/{job_id}/tasks/cancel")
-    def cancel_tasks(request: Request, job_id: JobId, body: TasksCancelIn) -> TasksCancelOut:
+    def cancel_tasks(
+        job_id: JobId, body: TasksCancelIn, who: Principal = customer
+    ) -> TasksCancelOut:
         """Cancel several tasks of one job at once, each as the one-task cancel does."""
-        who = auth.require(request, "customer")
         done = store.cancel_tasks(who.id, job_id, body.indexes, time.time())
         if done is None:
             raise HTTPException(404, f"no job {job_id}")
@@ -125,10 +121,9 @@ def build_job_routes(
         return TasksCancelOut(job_id=job_id, cancelled=done)
 
     @v1.get("/jobs/{job_id}/tasks/{index}/logs")
-    def task_logs(request: Request, job_id: JobId, index: Index) -> TaskLogsOut:
+    def task_logs(job_id: JobId, index: Index, who: Principal = customer) -> TaskLogsOut:
         """One task's stdout/stderr tails (command tasks) or traceback (Python tasks), and the
         node and outcome of each attempt."""
-        who = auth.require(request, "customer")
         t = store.task_logs(who.id, job_id, index)
         if t is None:
             raise HTTPException(404, f"no task {index} in job {job_id}")
