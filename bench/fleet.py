@@ -84,9 +84,14 @@ class Pool:
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
 
     async def request(
-        self, method: str, path: str, token: str | None = None, body: Any = None
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        body: Any = None,
+        text: bool = False,
     ) -> tuple[int, Any]:
-        """(status, decoded JSON body or None)."""
+        """(status, decoded JSON body or None; the body as text with `text`)."""
         data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
         head = [f"{method} {path} HTTP/1.1", f"host: {self.host}:{self.port}"]
         if token:
@@ -112,6 +117,8 @@ class Pool:
                     self._idle.append((*conn, time.monotonic()))
                 else:
                     conn[1].close()
+                if text:
+                    return status, payload.decode("utf-8", "replace")
                 return status, (json.loads(payload) if payload else None)
         raise AssertionError("unreachable")
 
@@ -465,6 +472,48 @@ class Usage:
         self.rss_mb = max(self.rss_mb, max(p.memory_info().rss for p in self.procs) / 2**20)
 
 
+def database_cpu() -> float:
+    """CPU seconds of this machine's PostgreSQL server processes so far (0 without one):
+    with the coordinators and the generator, where the two cores went."""
+    total = 0.0
+    for proc in psutil.process_iter(["name"]):
+        if (proc.info.get("name") or "").startswith("postgres"):
+            with contextlib.suppress(psutil.Error):
+                t = proc.cpu_times()
+                total += t.user + t.system
+    return total
+
+
+def machine_busy() -> float:
+    """CPU seconds every process on this machine has used (all cores), so far."""
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0)
+
+
+async def pace_factors(pools: list[Pool], admin: str) -> list[float | None]:
+    """Each coordinator's sync pace factor (core/pacing.py Pacer) from its /metrics."""
+    found: list[float | None] = []
+    for pool in pools:
+        try:
+            status, text = await pool.request("GET", "/metrics", admin, text=True)
+        except (HttpError, TimeoutError):
+            found.append(None)
+            continue
+        if status != 200:
+            found.append(None)
+            continue
+        value = next(
+            (
+                float(line.split()[-1])
+                for line in text.splitlines()
+                if line.startswith("fogwheel_sync_pace_factor ")
+            ),
+            None,
+        )
+        found.append(value)
+    return found
+
+
 # -- one setup ----------------------------------------------------------------------------
 
 
@@ -519,6 +568,7 @@ async def drive(
     await asyncio.sleep(max(0.0, measure_from - loop.time()))
     cpu0 = usage.cpu()
     own0 = time.process_time()
+    db0, busy0 = database_cpu(), machine_busy()
     w0 = loop.time()
     spies = (
         [
@@ -551,6 +601,8 @@ async def drive(
     cpu = usage.cpu() - cpu0
     wall = loop.time() - w0
     own = time.process_time() - own0
+    db_cpu, busy = database_cpu() - db0, machine_busy() - busy0
+    factors = await pace_factors(pools, admin)
     for spy in spies:
         spy.wait()
     stop.set()
@@ -584,6 +636,9 @@ async def drive(
         "coordinator_cpu_pct": round(100 * cpu / wall, 1),
         "coordinator_rss_mb": round(usage.rss_mb, 1),
         "generator_cpu_pct": round(100 * own / wall, 1),
+        "database_cpu_pct": round(100 * db_cpu / wall, 1),
+        "machine_busy_pct": round(100 * busy / wall, 1),  # of one core: 200 is both cores
+        "pace_factor": factors,
         "submitted": submitted,
         "submit_log": log[:5],
     }
