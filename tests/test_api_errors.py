@@ -413,7 +413,7 @@ def test_an_id_that_names_nothing_is_refused(
 def test_unknown_jobs_cannot_be_cancelled_or_polled(alice: httpx.Client) -> None:
     refused(alice.post("/v1/jobs/999999/cancel"), 404, "no job 999999")
     refused(alice.post("/v1/results/poll", json={"jobs": {"999999": 0}}), 404, "no job 999999")
-    refused(alice.delete("/v1/jobs"), 405, "DELETE is not allowed on /v1/jobs: it takes GET, POST")
+    refused(alice.delete("/v1/jobs"), 405, "DELETE is not allowed on /v1/jobs: it takes GET, HEAD")
 
 
 # -- one customer's work is invisible to another ----------------------------------------------

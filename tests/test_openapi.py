@@ -238,15 +238,17 @@ def test_each_operation_takes_exactly_the_kinds_of_key_its_security_names(
 def test_a_405_names_every_method_of_a_path_that_several_routes_share(fog: LocalFog) -> None:
     r = httpx.delete(f"{fog.url}/v1/blobs/{'0' * 64}", timeout=10)
     assert r.status_code == 405
-    assert r.headers["allow"] == "GET, PUT"
-    assert r.json()["error"] == f"DELETE is not allowed on /v1/blobs/{'0' * 64}: it takes GET, PUT"
+    assert r.headers["allow"] == "GET, HEAD, PUT"
+    assert r.json()["error"] == (
+        f"DELETE is not allowed on /v1/blobs/{'0' * 64}: it takes GET, HEAD, PUT"
+    )
 
 
 def test_every_path_answers_405_with_the_methods_the_document_lists(
     fog: LocalFog, spec: dict[str, Any]
 ) -> None:
     """PATCH is no operation of the API: on every path it is 405, and Allow is the union of
-    the methods of every documented path the URL matches."""
+    the methods of every documented path the URL matches (and HEAD wherever GET is)."""
     patterns = {
         path: re.compile("^" + re.sub(r"\\\{\w+\\\}", "[^/]+", re.escape(path)) + "$")
         for path in spec["paths"]
@@ -260,6 +262,7 @@ def test_every_path_answers_405_with_the_methods_the_document_lists(
             if rx.match(url)
             for m in spec["paths"][other]
         }
+        methods |= {"HEAD"} if "GET" in methods else set()
         r = httpx.request("PATCH", fog.url + url, timeout=10)
         allow = {m.strip() for m in r.headers.get("allow", "").split(",") if m.strip()}
         if r.status_code != 405 or allow != methods:
@@ -267,6 +270,20 @@ def test_every_path_answers_405_with_the_methods_the_document_lists(
                 f"PATCH {url}: {r.status_code}, Allow {sorted(allow)} != {sorted(methods)}"
             )
     assert wrong == []
+
+
+def test_head_answers_what_get_answers_without_the_content(fog: LocalFog) -> None:
+    """RFC 9110 §9.3.2, for `curl -I` and link checkers: the same status and fields."""
+    for path in ("/v1/health", "/docs", "/openapi.json", "/v1/jobs"):
+        get, head = httpx.get(fog.url + path, timeout=10), httpx.head(fog.url + path, timeout=10)
+        assert (head.status_code, head.content) == (get.status_code, b""), path
+        for field in ("content-type", "content-length"):
+            assert head.headers[field] == get.headers[field], (path, field)
+
+
+def test_head_where_no_get_is_405_naming_the_methods(fog: LocalFog) -> None:
+    r = httpx.head(f"{fog.url}/v1/results/poll", timeout=10)
+    assert (r.status_code, r.headers["allow"]) == (405, "POST")
 
 
 # -- /docs and /redoc offline ------------------------------------------------------------------

@@ -17,21 +17,25 @@ from starlette.types import Scope
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
 
 
-def allowed_methods(routes: Iterable[BaseRoute], scope: Scope) -> list[str]:
-    """The methods some route takes at `scope`'s path, sorted (none: no such path).
+def routes_taking(routes: Iterable[BaseRoute], scope: Scope, method: str) -> bool:
+    """Whether some route takes `method` at `scope`'s path, as the router would ask (a full
+    match: path and method), so routes in included routers or mounts count as flat ones do."""
+    asked = {**scope, "method": method}
+    return any(route.matches(asked)[0] is Match.FULL for route in routes)
 
-    Each method is asked of every route as the router would ask it (a full match: path and
-    method), so routes nested in included routers or mounts count as well as flat ones."""
+
+def allowed_methods(routes: Iterable[BaseRoute], scope: Scope) -> list[str]:
+    """The methods the app takes at `scope`'s path, sorted (none: no such path); HEAD
+    wherever GET is, which coordinator/head.py answers (RFC 9110 §9.3.2)."""
     routes = list(routes)
-    return sorted(
-        method
-        for method in METHODS
-        if any(route.matches({**scope, "method": method})[0] is Match.FULL for route in routes)
-    )
+    taken = {method for method in METHODS if routes_taking(routes, scope, method)}
+    if "GET" in taken:
+        taken.add("HEAD")
+    return sorted(taken)
 
 
 def not_allowed_sentence(method: str, path: str, allowed: list[str]) -> str:
-    """'DELETE is not allowed on /v1/jobs: it takes GET, POST'."""
+    """'DELETE is not allowed on /v1/jobs: it takes GET, HEAD, POST'."""
     if not allowed:
         return f"{method} is not allowed on {path}"
     return f"{method} is not allowed on {path}: it takes {', '.join(allowed)}"

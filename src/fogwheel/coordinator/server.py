@@ -29,6 +29,7 @@ from fogwheel.coordinator import openapi
 from fogwheel.coordinator.app import build_routes
 from fogwheel.coordinator.bodylimit import BodyLimit
 from fogwheel.coordinator.bodytimeout import BodyTimeout
+from fogwheel.coordinator.head import HeadAsGet
 from fogwheel.coordinator.wakeups import PgWakeups
 from fogwheel.core.pacing import DEFAULT_BUDGET, TARGET_LATENCY_S
 from fogwheel.core.scheduler import Placement, Policy
@@ -256,6 +257,7 @@ def build_app(config: CoordinatorConfig, store: Store) -> FastAPI:
         sync_target_s=config.sync_target_ms / 1000,
     )
     openapi.install(app, config.public_urls)
+    app.add_middleware(HeadAsGet)  # HEAD wherever GET is (RFC 9110 §9.1)
     app.state.config = config
     app.state.signing_key = signing_key
     return app
