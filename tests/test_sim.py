@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import heapq
 import json
 import math
 import subprocess
@@ -22,6 +23,7 @@ from fogwheel.protocol import JobIn, Limits, NodeJoin, SyncIn, TaskIn, TaskRepor
 from fogwheel.sim import Scenario, World, build_fleet, build_jobs, simulate
 from fogwheel.sim.churn import CLUSTERS, Gamma, LogNormal, Weibull
 from fogwheel.sim.queue import PendingQueue
+from fogwheel.sim.timeline import Timeline
 from fogwheel.sim.world import RIGHT
 from fogwheel.store import Store
 
@@ -281,6 +283,40 @@ def test_the_window_cut_per_job_leases_what_the_whole_window_leases(
     # Then every sync is leased the same tasks, in the same order
     assert sum(len(got) for _, got in whole) > 200  # type: ignore[arg-type]
     assert cut == whole
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(0.0, 5_000.0), min_size=1, max_size=30),
+    st.lists(st.tuples(st.booleans(), st.sampled_from([0.0, 0.25, 1.0, 7.5, 15.0, 3_600.0]))),
+    st.sampled_from([0.5, 1.0, 60.0]),
+)
+def test_the_timeline_takes_events_in_the_one_heaps_order(
+    first: list[float], steps: list[tuple[bool, float]], width: float
+) -> None:
+    # Given the timeline and one binary heap, fed the same pushes: some at once, the rest
+    # later, as the engine pushes (never before the event being handled; ties in time too)
+    timeline, heap, seq = Timeline(width), [], 0
+
+    def push(at: float) -> None:
+        nonlocal seq
+        seq += 1
+        timeline.push(at, 0, seq)
+        heapq.heappush(heap, (at, seq, 0, seq, 0, 0))
+
+    for at in first:
+        push(at)
+    # When events are taken and new ones pushed after each, then the same one comes each time
+    for take, after in steps:
+        if take and heap:
+            now = heapq.heappop(heap)[0]
+            assert timeline.pop()[0] == now
+            push(now + after)
+    while heap:
+        assert timeline.pop() == heapq.heappop(heap)
+    assert not timeline
+    with pytest.raises(IndexError):
+        timeline.pop()
 
 
 @settings(max_examples=200, deadline=None)

@@ -335,7 +335,7 @@ def _fits(node: NodeView, cand: Candidate, cluster: ClusterView) -> bool:
 
 
 def _round_robin(
-    cands: Iterable[Candidate], key: Callable[[Candidate], float] | None = None
+    cands: Sequence[Candidate], key: Callable[[Candidate], float] | None = None
 ) -> Iterable[Candidate]:
     """Customers take turns, in the order they first appear; each one's queue by locality
     (then stably by `key`, when the policy gives one)."""
@@ -346,7 +346,9 @@ def _round_robin(
             by_customer[c.customer_id] = [c]
         else:
             q.append(c)
-    queues = [locality_order(q) for q in by_customer.values()]
+    queues = list(by_customer.values())
+    if any(map(_LOCAL, cands)) or any(map(_ELSEWHERE, cands)):  # else queue order is locality's
+        queues = [locality_order(q) for q in queues]
     if key is not None:
         queues = [sorted(q, key=key) for q in queues]
     if len(queues) <= 1:

@@ -1,17 +1,18 @@
 """The discrete-event loop: devices come and go, run what the coordinator (`World`) leases
-them, and report; one binary heap of timed events drives it all.
+them, and report; one timeline of timed events drives it all.
 
 What a device does is modelled; what the coordinator decides is not: every decision is
 `World`'s, which is core/'s. A device that comes up syncs and asks for as many tasks as it has
 free cores; when a task finishes it reports and asks again; when it goes down its running
 tasks are abandoned and their leases expire `lease_s` later (renewals are not simulated one by
 one: a lease holds while its device is up). A device left without work waits, idle, until new
-work is queued (the live agent's idle syncs, without simulating each empty one).
+work is queued (the live agent's idle syncs, without simulating each empty one). The timed
+events wait in a `Timeline`, taken in time order, ties in the order they were pushed.
 """
 
 from __future__ import annotations
 
-import heapq
+import gc
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ import numpy as np
 
 from fogwheel.core import scheduler
 from fogwheel.sim.model import CYCLES, Fleet, JobSpec, Scenario
+from fogwheel.sim.timeline import Timeline
 from fogwheel.sim.world import RIGHT, World
 
 UP, DOWN, FINISH, EXPIRE, ARRIVE, SWEEP = range(6)
@@ -58,7 +60,27 @@ def simulate(
     jobs: list[JobSpec],
     progress: Callable[[int, float], None] | None = None,
 ) -> Outcome:
-    """Run the scenario under one placement policy; `progress(settled, now)` now and then."""
+    """Run the scenario under one placement policy; `progress(settled, now)` now and then.
+
+    The cyclic garbage collector is paused for the run: the run builds millions of small
+    containers that live long and form no cycles, and each of its full passes walks them all
+    (a pause, not a switch: it is on again afterwards if it was on before)."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _simulate(sc, placement, fleet, jobs, progress)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _simulate(
+    sc: Scenario,
+    placement: scheduler.Placement,
+    fleet: Fleet,
+    jobs: list[JobSpec],
+    progress: Callable[[int, float], None] | None,
+) -> Outcome:
     started = time.perf_counter()
     n = len(fleet.cores)
     draws = _uniforms(np.random.default_rng([sc.seed, 3]))
@@ -76,6 +98,9 @@ def simulate(
         if fleet.colluding[d]:
             digest[d] = "cartel"
     first_task: list[int] = []  # the first task id of each job
+    work: list[list[float]] = []  # of each job that arrived, each task's work
+    input_mbit = [spec.input_mb * 8.0 for spec in jobs]
+    job_of, group_of = world.job_of, world.group_of
     running: list[dict[int, float]] = [{} for _ in range(n)]  # task -> started, on the device
     gen = [0] * n  # bumped when the device goes down: its FINISH events are void
     cycle = [0] * n
@@ -85,15 +110,10 @@ def simulate(
     up_count = [0] * n
     idle: deque[int] = deque()
     is_idle = [False] * n
-    events: list[tuple[float, int, int, int, int, int]] = []
-    seq = 0
+    events = Timeline()
+    push = events.push
     busy = lost = avail = 0.0
     total = sum(len(j.work) for j in jobs)
-
-    def push(at: float, kind: int, d: int = -1, t: int = 0, g: int = 0) -> None:
-        nonlocal seq
-        seq += 1
-        heapq.heappush(events, (at, seq, kind, d, t, g))
 
     def sync(d: int, now: float) -> None:
         free = cores[d] - len(running[d])
@@ -101,10 +121,8 @@ def simulate(
             return
         leased = world.sync(d, free, free, now)
         for t in leased:
-            g = world.group_of[t]
-            spec = jobs[world.job_of[t]]
-            work = float(spec.work[g - first_task[world.job_of[t]]])
-            took = spec.input_mb * 8.0 / uplink[d] + work / speed[d]
+            j = job_of[t]
+            took = input_mbit[j] / uplink[d] + work[j][group_of[t] - first_task[j]] / speed[d]
             running[d][t] = now
             push(now + took, FINISH, d, t, gen[d])
         if not leased and not is_idle[d]:
@@ -141,7 +159,7 @@ def simulate(
     curve: list[tuple[float, int]] = [(0.0, 0)]
     c = world.counters
     while events and c.settled_ok + c.failed < total:
-        now, _, kind, d, t, g = heapq.heappop(events)
+        now, _, kind, d, t, g = events.pop()
         handled += 1
         if kind == FINISH:
             if g != gen[d] or t not in running[d]:
@@ -187,6 +205,7 @@ def simulate(
                 spec.customer, len(spec.work), now, deadline=spec.deadline, backups=True
             )
             first_task.append(ids.start)
+            work.append(spec.work.tolist())
             wake(now, len(ids))
         else:  # SWEEP
             wake(now, len(idle))
