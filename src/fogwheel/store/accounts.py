@@ -153,7 +153,7 @@ class AccountsStore(StoreBase):
         """Every owner with its device count and earnings (micro-credits)."""
         with self.read() as c:
             rows = c.execute(select(owners_table).order_by(owners_table.c.created_at)).all()
-            devices = dict(
+            devices: dict[str, int] = dict(
                 c.execute(select(nodes.c.owner_id, func.count()).group_by(nodes.c.owner_id)).all()
             )
             earned = self._earnings_by_owner(c)

@@ -16,7 +16,17 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import Connection, Engine, bindparam, create_engine, event, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    bindparam,
+    create_engine,
+    event,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import DBAPIError
 
 from fogwheel.core import scheduler
@@ -292,7 +302,7 @@ def _end_attempt(
     """Close the node's open attempts of these tasks with `outcome`, in one statement."""
     ids = [task_ids] if isinstance(task_ids, int) else list(task_ids)
     # A late result still ends an attempt that expiry had written off as lost.
-    open_ = attempts.c.outcome.is_(None)
+    open_: ColumnElement[bool] = attempts.c.outcome.is_(None)
     if outcome == "done":
         open_ = open_ | (attempts.c.outcome == "lost")
     if outcome == "superseded":  # it ran to the end after all, though nobody needed it

@@ -54,6 +54,7 @@ SERVING_TTL_S = 10.0  # how long a process trusts what it read of a node's chunk
 
 
 class CdnStore(VerifyStore):
+    # self.credits (declared on VerifyStore) charges for bytes served (store/ledger.py)
     _serving: dict[str, tuple[bool, float]]  # node -> (runs a chunk server, when asked)
     _doubts: dict[str, dict[str, float]]  # customer -> node -> accused until (see cdn_doubt)
 
@@ -591,16 +592,14 @@ class CdnStore(VerifyStore):
                 for node_id, n in paid.items()
             ],
         )
-        post = getattr(self, "post", None)
-        if post is not None:
-            entries = books.charge_for_bytes(
-                f"cdn-{content_id}-{secrets.token_hex(6)}",  # one a fetch report
-                customer_id,
-                sorted(paid.items()),
-                memo=f"cdn {content_id}",
-            )
-            if entries:
-                post(c, entries, now)
+        entries = books.charge_for_bytes(
+            f"cdn-{content_id}-{secrets.token_hex(6)}",  # one a fetch report
+            customer_id,
+            sorted(paid.items()),
+            memo=f"cdn {content_id}",
+        )
+        if entries:
+            self.credits.post(c, entries, now)
         return sum(paid.values())
 
     # -- accusations and evidence --------------------------------------------------------------

@@ -20,6 +20,7 @@ from fogwheel.core.tasks import (
     TaskState,
 )
 from fogwheel.protocol import NodeJoin
+from fogwheel.store import parts
 from fogwheel.store.base import (
     StoreBase,
     hash_secret,
@@ -96,6 +97,20 @@ class Heartbeats:
 
 
 class FleetStore(StoreBase):
+    admission: parts.Admission  # join tokens (store/accounts.py)
+    chunk_servers: parts.ChunkServers  # shares waiting for a node (store/cdn.py)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._heartbeats = Heartbeats()  # idle syncs' last_seen, written in batches
+        # What this process last read, reused for a while (each reader says how long):
+        self._fleet_summary_of: tuple[list[scheduler.NodeView], fleetview.FleetSummary] | None = (
+            None
+        )
+        self._last_wave_at: tuple[float, frozenset[int]] | None = None
+        self._live_at: tuple[float, int] | None = None
+        self._pending_at: tuple[float, bool] | None = None
+
     # -- nodes ------------------------------------------------------------------------------
 
     def join_with_token(
@@ -104,7 +119,7 @@ class FleetStore(StoreBase):
         """Join a device with the join token it presents: (node id, credential), or why the
         token refuses it (unknown, revoked, expired, used up, too fast; core/owners.py)."""
         with self.tx() as c:
-            admitted = self._admit_join(c, info.token, now)  # type: ignore[attr-defined]
+            admitted = self.admission._admit_join(c, info.token, now)
             if isinstance(admitted, owners.Refuse):
                 return admitted
             token_id, owner_id = admitted
@@ -172,7 +187,7 @@ class FleetStore(StoreBase):
 
     def list_nodes(self, now: float) -> list[dict[str, Any]]:
         with self.read() as c:
-            held = dict(
+            held: dict[str, int] = dict(
                 c.execute(
                     select(tasks.c.node_id, func.count())
                     .where(tasks.c.state == TaskState.LEASED)
@@ -216,7 +231,8 @@ class FleetStore(StoreBase):
             return "quarantined"
         if row["state"] == "up" and now - row["last_seen"] > self.gone_after_s:
             return "gone"
-        return row["state"]
+        state: str = row["state"]
+        return state
 
     def _fleet_views(self, c: Connection, now: float) -> list[scheduler.NodeView]:
         """Live nodes, cached for a second: placement needs the fleet's shape, not its pulse.
@@ -258,21 +274,14 @@ class FleetStore(StoreBase):
         """`_fleet_views` summarised for placement, computed once per snapshot of it: a lease
         then costs no pass over the fleet (core/fleetview.py)."""
         views = self._fleet_views(c, now)
-        cached = self.__dict__.get("_fleet_summary_of")
+        cached = self._fleet_summary_of
         if cached is not None and cached[0] is views:
-            return cached[1]  # type: ignore[no-any-return]
+            return cached[1]
         summary = fleetview.FleetSummary.of(views)
-        self.__dict__["_fleet_summary_of"] = (views, summary)
+        self._fleet_summary_of = (views, summary)
         return summary
 
     # -- idle syncs: answered without a write transaction --------------------------------
-
-    @property
-    def _heartbeats(self) -> Heartbeats:
-        beats = self.__dict__.get("_beats")
-        if beats is None:
-            beats = self.__dict__.setdefault("_beats", Heartbeats())
-        return beats  # type: ignore[no-any-return]
 
     def _idle_sync(
         self, node_id: str, want: int, slots_free: int, now: float, network: str | bool | None
@@ -291,8 +300,7 @@ class FleetStore(StoreBase):
                 return False
             if row.last_seen < horizon or (network is not False and row.network != network):
                 return False
-            serves = getattr(self, "_serves", None)
-            if serves is not None and serves(c, node_id):
+            if self.chunk_servers._serves(c, node_id):
                 return False  # the CDN may have shares for it to fetch
             if want and not (row.quarantined or row.revoked) and self._work_waiting(c, now):
                 return False
@@ -313,15 +321,15 @@ class FleetStore(StoreBase):
         A job enters its last wave when its last pending task is leased: `_forget_last_wave`
         drops the cache when this process leases, so only another process's leasing is
         seen up to WORK_CACHE_S late (and a straggler needs BACKUP_MIN_S anyway)."""
-        cached = self.__dict__.get("_last_wave_at")
+        cached = self._last_wave_at
         if cached is not None and 0 <= now - cached[0] < WORK_CACHE_S:
-            return cached[1]  # type: ignore[no-any-return]
+            return cached[1]
         ids = frozenset(c.execute(_LAST_WAVE).scalars())
-        self.__dict__["_last_wave_at"] = (now, ids)
+        self._last_wave_at = (now, ids)
         return ids
 
     def _forget_last_wave(self) -> None:
-        self.__dict__.pop("_last_wave_at", None)
+        self._last_wave_at = None
 
     def _flush_heartbeats(self, now: float) -> None:
         """Write the batched last_seen when due, in one statement per 500 nodes.
@@ -367,9 +375,9 @@ class FleetStore(StoreBase):
     def live_count(self, now: float) -> int:
         """Live nodes (up, seen within the gone horizon, not quarantined), cached for
         WORK_CACHE_S: the size of the fleet that sync pacing spreads (core/pacing.py)."""
-        cached = self.__dict__.get("_live_at")
+        cached = self._live_at
         if cached is not None and 0 <= now - cached[0] < WORK_CACHE_S:
-            return cached[1]  # type: ignore[no-any-return]
+            return cached[1]
         horizon = now - self.gone_after_s
         with self.read() as c:
             n = c.execute(
@@ -378,14 +386,15 @@ class FleetStore(StoreBase):
                 .where(nodes.c.state == "up", nodes.c.last_seen >= horizon, ~nodes.c.quarantined)
             ).scalar_one()
             pending = c.execute(_ANY_PENDING).first() is not None
-        self.__dict__["_live_at"] = (now, int(n))
-        self.__dict__["_pending_at"] = (now, pending)
+        self._pending_at = (now, pending)  # before _live_at: a reader that sees one sees both
+        self._live_at = (now, int(n))
         return int(n)
 
     def work_pending(self, now: float) -> bool:
         """Whether tasks are pending, as last seen by `live_count` (for pacing only)."""
         self.live_count(now)
-        return bool(self.__dict__["_pending_at"][1])
+        seen = self._pending_at
+        return seen is not None and seen[1]
 
     def _failure_fate(self, c: Connection, task_id: int, node_id: str) -> str:
         """What `node_id`'s crash or lost lease does to the task (core/owners.py)."""

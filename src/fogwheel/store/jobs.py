@@ -17,6 +17,7 @@ from fogwheel.core.tasks import (
     apply,
 )
 from fogwheel.protocol import JobIn
+from fogwheel.store import parts
 from fogwheel.store.base import (
     _TASK_COLS,
     StoreBase,
@@ -41,6 +42,10 @@ _OPEN = [TaskState.PENDING, TaskState.LEASED, TaskState.VERIFYING]  # a cancel m
 
 
 class JobsStore(StoreBase):
+    finisher: parts.Finisher  # a cancelled task's end (store/leasing.py)
+    task_waits: parts.TaskWaits  # why a task waits (store/waits.py)
+    costs: parts.Costs  # what a job has cost (store/ledger.py)
+
     # -- jobs -------------------------------------------------------------------------------
 
     def create_job(self, customer_id: str, job: JobIn, now: float) -> int:
@@ -55,7 +60,7 @@ class JobsStore(StoreBase):
                 ).scalar()
                 if twin is not None:
                     return int(twin)
-            job_id = c.execute(
+            job_id: int = c.execute(
                 jobs.insert()
                 .values(
                     {
@@ -200,7 +205,7 @@ class JobsStore(StoreBase):
 
     def _money(self, c: Connection, rows: Sequence[Any]) -> dict[int, dict[str, Any]]:
         """Cost, checks, cap and stop reason of these jobs (store/ledger.py: job_costs)."""
-        figures = self.job_costs(c, [r["id"] for r in rows])  # type: ignore[attr-defined]
+        figures = self.costs.job_costs(c, [r["id"] for r in rows])
         return {
             r["id"]: {
                 **figures[r["id"]],
@@ -325,7 +330,7 @@ class JobsStore(StoreBase):
                     .values(**_task_cols(t))
                 )
         error = json.dumps({"kind": "cancelled", "message": message})
-        moved = self._finish(  # type: ignore[attr-defined]
+        moved = self.finisher._finish(
             c, finished, now, error_json=error, expected={r.id: r.state for r in rows}
         )
         c.execute(
@@ -451,7 +456,7 @@ class JobsStore(StoreBase):
             ids = c.execute(q.order_by(tasks.c.idx).limit(limit).offset(offset)).scalars().all()
             details = [self._task_detail(c, i) for i in ids]
             if now is not None:
-                waits = self._waits(c, ids, now)  # type: ignore[attr-defined]
+                waits = self.task_waits._waits(c, ids, now)
                 for d in details:
                     w = waits.get(d["id"])
                     if w is not None:

@@ -30,6 +30,7 @@ from fogwheel.core.tasks import (
 )
 from fogwheel.errors import IllegalTransition
 from fogwheel.protocol import MAX_KEPT_BYTES, MAX_WALL_S, SyncIn, TaskReport
+from fogwheel.store import parts
 from fogwheel.store.base import (
     _NO_NEEDS,
     _TASK_COLS,
@@ -62,6 +63,15 @@ FINISHED = ("accepted", "agreed", "reported")  # attempt outcomes that mean: it 
 
 class LeasingStore(VerifyStore):
     placement: scheduler.Placement = scheduler.FAIR  # core/scheduler.py: --placement
+    fleet: parts.Fleet  # heartbeats, the live view, failure fates, blob holders (store/fleet.py)
+    job_blobs: parts.JobBlobs  # who owns and uploaded which blob (store/jobs.py)
+    costs: parts.Costs  # jobs over their max cost, stopped before leasing (store/ledger.py)
+    share_sync: parts.ShareSync  # the CDN's half of the sync (store/cdn.py)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._medians: dict[int, tuple[float, float | None]] = {}  # job -> (when, median)
+
     # -- the node's round trip --------------------------------------------------------------
 
     def sync(
@@ -91,7 +101,7 @@ class LeasingStore(VerifyStore):
             or req.served
         )
         network = seen.get("network", False)
-        if quiet and self._idle_sync(node_id, req.want, req.slots_free, now, network):
+        if quiet and self.fleet._idle_sync(node_id, req.want, req.slots_free, now, network):
             return out  # nothing to write but a heartbeat, nothing to lease (store/fleet.py)
         if req.results:  # outside the write transaction: decoding is bounded, but not free
             self._decode_ahead(req.results)
@@ -102,7 +112,7 @@ class LeasingStore(VerifyStore):
                 self._renew(c, node_id, req.renew, now, out)
             if req.release:
                 self._release(c, node_id, req.release, now)
-            self._stop_over_max_cost(c, now)  # type: ignore[attr-defined]  # before leasing
+            self.costs._stop_over_max_cost(c, now)  # before leasing
             c.execute(
                 update(nodes)
                 .where(nodes.c.id == node_id)
@@ -116,10 +126,9 @@ class LeasingStore(VerifyStore):
             if req.want and not leaving:
                 out.tasks = self._lease(c, node_id, req.want, now)
                 if out.tasks:
-                    self._forget_last_wave()  # a job's last pending task may be gone now
-            cdn = getattr(self, "_cdn_sync", None)
-            if cdn is not None and not leaving:
-                out.store, out.drop = cdn(
+                    self.fleet._forget_last_wave()  # a job's last pending task may be gone now
+            if not leaving:
+                out.store, out.drop = self.share_sync._cdn_sync(
                     c,
                     node_id,
                     serve_url=req.serve_url,
@@ -208,7 +217,7 @@ class LeasingStore(VerifyStore):
             # A task's output blobs become its customer's only with an accepted result
             # (`_finish`). The node keeps what it uploaded in its cache: tasks that read it
             # may go there.
-            self._hold_blobs(c, node_id, list(h.blobs))
+            self.fleet._hold_blobs(c, node_id, list(h.blobs))
         if kinds[intake.HoldKept]:
             self._hold_kept(c, node_id, kinds[intake.HoldKept])
         self._verify_groups(c, [v.group for v in kinds[intake.Verify]], now)
@@ -224,9 +233,9 @@ class LeasingStore(VerifyStore):
         for h in held:
             key = json.loads(specs[h.task]).get("keep_out")
             if key:
-                customer = self._job_row(c, h.job)["customer_id"]
+                customer = self.job_rows._job_row(c, h.job)["customer_id"]
                 names.append((keep_name(customer, key), min(h.size, MAX_KEPT_BYTES)))
-        self._hold_blobs(c, node_id, names)
+        self.fleet._hold_blobs(c, node_id, names)
 
     def _lock_groups(
         self,
@@ -374,7 +383,9 @@ class LeasingStore(VerifyStore):
                     for v in [rep.value, *rep.outputs.values()]
                     if v is not None and v.data is None
                 ]
-                self._own_blobs(c, self._job_row(c, job_id)["customer_id"], blobs, now)
+                self.job_blobs._own_blobs(
+                    c, self.job_rows._job_row(c, job_id)["customer_id"], blobs, now
+                )
         return moved
 
     def _intake(
@@ -421,7 +432,7 @@ class LeasingStore(VerifyStore):
         named = {sha for v in views for sha, _ in v.blobs}
         batch = dataclasses.replace(
             batch,
-            uploaded=frozenset(self._uploaded_by(c, node_id, named)),
+            uploaded=frozenset(self.job_blobs._uploaded_by(c, node_id, named)),
             cores=(node.cores if node else None) or 1,
             record=(
                 trust.Record(node.agreed, node.disputed, node.streak, bool(node.quarantined))
@@ -431,7 +442,7 @@ class LeasingStore(VerifyStore):
         )
         return dataclasses.replace(
             batch,
-            fates={t: self._failure_fate(c, t, node_id) for t in intake.fates_needed(batch)},
+            fates={t: self.fleet._failure_fate(c, t, node_id) for t in intake.fates_needed(batch)},
             draws={t: _rng.random() for t in intake.draws_needed(batch)},
         )
 
@@ -523,7 +534,7 @@ class LeasingStore(VerifyStore):
         node_id = view.id
         # The live fleet with the asking node's fresh view in place of its cached one, from
         # aggregates kept with the cached fleet: no pass over 10,000 nodes per lease.
-        cluster = self._fleet_summary(c, now).cluster_for(view, pending)
+        cluster = self.fleet._fleet_summary(c, now).cluster_for(view, pending)
         q = (
             select(
                 *_TASK_COLS,
@@ -569,7 +580,7 @@ class LeasingStore(VerifyStore):
         # ... nor to a device of an owner, or on a network, that has (core/owners.py).
         barred = barred_groups(c, node_id, ran)
         # Locality: who holds the candidates' input blobs (only tasks that read blobs ask).
-        holders = self._input_holders(c, [r.id for r in rows.values() if r.input_bytes])
+        holders = self.fleet._input_holders(c, [r.id for r in rows.values() if r.input_bytes])
         keepers = self._keepers(c, [r for r in rows.values() if r.sticky], cluster.live)
         # A task's expected run is its job's typical attempt, for the policies that weigh it
         # (reliability: long tasks to steady nodes; deadline: slack), None before the first.
@@ -590,7 +601,7 @@ class LeasingStore(VerifyStore):
                     local_bytes=held_by.get(node_id, 0),
                     sticky=bool(r.sticky),
                     keeper=keepers.get(r.id),
-                    waited_s=now - self._job_row(c, r.job_id)["created_at"]
+                    waited_s=now - self.job_rows._job_row(c, r.job_id)["created_at"]
                     if held_by or r.sticky
                     else 0.0,
                     elsewhere_bytes=max(
@@ -648,7 +659,7 @@ class LeasingStore(VerifyStore):
 
         Which jobs those are is cached for a second (`_last_wave`): with none, an idle sync
         skips this search, which cost 41 % of an idle fleet's CPU when run on every sync."""
-        last_wave = self._last_wave(c, now)
+        last_wave = self.fleet._last_wave(c, now)
         if not last_wave:
             return []
         node_id = view.id
@@ -749,7 +760,7 @@ class LeasingStore(VerifyStore):
     def _job_medians(self, c: Connection, job_ids: set[int], now: float) -> dict[int, float | None]:
         """Each job's median finished attempt (`_job_median`), kept a second per process: it
         moves slowly, and placement (`Candidate.est_s`) and backups ask on every sync."""
-        kept = self.__dict__.setdefault("_medians", {})
+        kept = self._medians
         medians = {}
         for job_id in job_ids:
             at, median = kept.get(job_id, (None, None))
@@ -816,7 +827,7 @@ class LeasingStore(VerifyStore):
                     "reason": reason,
                 }
             )
-            job = self._job_row(c, r.job_id)
+            job = self.job_rows._job_row(c, r.job_id)
             spec = json.loads(specs[r.id])
             leases.append(
                 {
@@ -911,7 +922,7 @@ class LeasingStore(VerifyStore):
             lost_by_node: dict[str, int] = defaultdict(int)
             regroup = []
             for r in rows:
-                fate = self._failure_fate(c, r.id, r.node_id)
+                fate = self.fleet._failure_fate(c, r.id, r.node_id)
                 if fate == owners.REFUND:  # core/owners.py: a new device's loss costs nothing
                     more = dataclasses.replace(_task(r), max_attempts=r.max_attempts + 1)
                     t = apply(more, Expired(now))
@@ -948,7 +959,7 @@ class LeasingStore(VerifyStore):
                     c, finished, now, expected={tid: TaskState.LEASED for tid, *_ in finished}
                 )
             self._verify_groups(c, regroup, now)
-            self._stop_over_max_cost(c, now)  # type: ignore[attr-defined]
+            self.costs._stop_over_max_cost(c, now)
             for nid, n in sorted(lost_by_node.items()):
                 c.execute(
                     update(nodes)

@@ -29,6 +29,7 @@ from fogwheel.core.ledger import (
     node_account,
 )
 from fogwheel.protocol import JobIn
+from fogwheel.store import parts
 from fogwheel.store.base import StoreBase
 from fogwheel.store.schema import credit_limits, jobs, ledger, nodes, tasks
 
@@ -45,6 +46,8 @@ class LedgerStore(StoreBase):
     price: Price = DEFAULT_PRICE  # what a CPU-second costs (core/ledger.py)
     price_per_gb: int = PRICE_PER_GB_SERVED  # micro-credits a GB a node serves (the CDN)
     default_credit_limit: int = DEFAULT_CREDIT_LIMIT  # micro-credits, for a customer without one
+    ownership: parts.Ownership  # an owner's devices (store/accounts.py)
+    job_stops: parts.JobStops  # a job over its max cost (store/jobs.py)
 
     # -- writing: inside the caller's transaction --------------------------------------------
 
@@ -346,7 +349,7 @@ class LedgerStore(StoreBase):
             reason = costs.max_cost_reached(figures[job_id]["cost"], int(max_cost))
             if reason is None:
                 continue
-            self._stop_job(c, job_id, reason, now)  # type: ignore[attr-defined]
+            self.job_stops._stop_job(c, job_id, reason, now)
             stopped.append(job_id)
         return stopped
 
@@ -393,7 +396,7 @@ class LedgerStore(StoreBase):
 
     def owner_statement(self, owner_id: str) -> dict[str, Any]:
         """Every device of the owner (revoked ones included: their earnings stay theirs)."""
-        owned = self._owned_by(owner_id)  # type: ignore[attr-defined]
+        owned = self.ownership._owned_by(owner_id)
         with self.read() as c:
             ids = list(c.execute(select(nodes.c.id).where(owned)).scalars())
         return {"owner_id": owner_id, **self.statement([node_account(i) for i in ids])}

@@ -9,13 +9,14 @@ with `ALTER TABLE … ADD COLUMN … DEFAULT …` is safe on SQLite and PostgreS
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from sqlalchemy import Column, Engine, MetaData, inspect, text
+from sqlalchemy import Column, ColumnDefault, Engine, MetaData, inspect, text
 
 log = logging.getLogger("fogwheel.store")
 
 
-def missing_columns(engine: Engine, metadata: MetaData) -> list[tuple[str, Column]]:
+def missing_columns(engine: Engine, metadata: MetaData) -> list[tuple[str, Column[Any]]]:
     """(table, column) pairs that the tables in the database lack."""
     have = inspect(engine)
     out = []
@@ -31,22 +32,23 @@ def add_missing_columns(engine: Engine, metadata: MetaData) -> list[str]:
     """Add every missing column (and index); returns what it added, `table.column` and
     `index name`."""
     added = []
-    for table, col in missing_columns(engine, metadata):
+    for table_name, col in missing_columns(engine, metadata):
         kind = col.type.compile(dialect=engine.dialect)
-        default = col.default.arg if col.default is not None and col.default.is_scalar else None
-        clause = f'ALTER TABLE {table} ADD COLUMN "{col.name}" {kind}'
+        dflt = col.default
+        default = dflt.arg if isinstance(dflt, ColumnDefault) and dflt.is_scalar else None
+        clause = f'ALTER TABLE {table_name} ADD COLUMN "{col.name}" {kind}'
         if default is not None:
             clause += f" DEFAULT {_literal(default)}"
         if not col.nullable:
             if default is None:
                 raise RuntimeError(
-                    f"cannot add {table}.{col.name} to an existing database: a new NOT NULL "
+                    f"cannot add {table_name}.{col.name} to an existing database: a new NOT NULL "
                     "column needs a scalar default in store/schema.py"
                 )
             clause += " NOT NULL"
         with engine.begin() as c:
             c.execute(text(clause))
-        added.append(f"{table}.{col.name}")
+        added.append(f"{table_name}.{col.name}")
     have = inspect(engine)
     for table in metadata.sorted_tables:
         if not have.has_table(table.name):

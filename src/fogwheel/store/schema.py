@@ -354,7 +354,7 @@ blob_chunks = Table(
 event.listen(
     blob_chunks,
     "after_create",
-    DDL("ALTER TABLE blob_chunks ALTER COLUMN data SET STORAGE EXTERNAL").execute_if(
+    DDL("ALTER TABLE blob_chunks ALTER COLUMN data SET STORAGE EXTERNAL").execute_if(  # type: ignore[no-untyped-call]
         dialect="postgresql"
     ),
 )
@@ -390,4 +390,5 @@ _LEDGER_TRIGGERS = {
 }
 for _dialect, _statements in _LEDGER_TRIGGERS.items():
     for _sql in _statements:
-        event.listen(ledger, "after_create", DDL(_sql).execute_if(dialect=_dialect))
+        trigger = DDL(_sql).execute_if(dialect=_dialect)  # type: ignore[no-untyped-call]
+        event.listen(ledger, "after_create", trigger)

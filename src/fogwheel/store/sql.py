@@ -21,6 +21,32 @@ from fogwheel.store.waits import WaitsStore
 class Store(AccountsStore, FleetStore, JobsStore, LeasingStore, LedgerStore, CdnStore, WaitsStore):
     """All coordinator state. Methods take `now`; none reads the clock itself."""
 
+    def __init__(
+        self,
+        url: str,
+        *,
+        lease_seconds: float = 15.0,
+        schema: str | None = None,
+        gone_after_s: float | None = None,
+    ) -> None:
+        """Open the store and hand each part the collaborators it declares (store/parts.py).
+
+        Every part is this one object, so each collaborator is `self`: the hand-over is where
+        mypy checks that Store provides each Protocol a part calls through."""
+        super().__init__(url, lease_seconds=lease_seconds, schema=schema, gone_after_s=gone_after_s)
+        self.admission = self
+        self.ownership = self
+        self.job_rows = self
+        self.job_blobs = self
+        self.job_stops = self
+        self.finisher = self
+        self.task_waits = self
+        self.costs = self
+        self.credits = self
+        self.fleet = self
+        self.chunk_servers = self
+        self.share_sync = self
+
     # A sync that lost a race on PostgreSQL (deadlock, serialization) is run again whole: its
     # transaction left nothing behind (store/base.py: retry_conflicts).
     sync = retry_conflicts(LeasingStore.sync)

@@ -26,6 +26,7 @@ from fogwheel.core import compare, owners, trust
 from fogwheel.core.credit import Claim, granted_cpu
 from fogwheel.core.tasks import TERMINAL, Cancelled, Settled, Task, TaskState, apply
 from fogwheel.protocol import TaskReport
+from fogwheel.store import parts
 from fogwheel.store.base import _TASK_COLS, StoreBase, _task, _task_cols
 from fogwheel.store.fleet import devices, quota_grown
 from fogwheel.store.schema import attempts, jobs, nodes, task_blobs, tasks
@@ -82,6 +83,14 @@ def _error_digest_fields(err: Any) -> dict[str, Any]:
 
 
 class VerifyStore(StoreBase):
+    job_rows: parts.JobRows  # a job's tolerance, limits and customer (store/jobs.py)
+    finisher: parts.Finisher  # a settled task's end (store/leasing.py)
+    credits: parts.Credits  # paying for verified work (store/ledger.py)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._typicals: dict[int, tuple[float | None, float]] = {}  # job -> (typical, when)
+
     def _trust_record(self, c: Connection, node_id: str) -> trust.Record:
         r = c.execute(
             select(nodes.c.agreed, nodes.c.disputed, nodes.c.streak, nodes.c.quarantined).where(
@@ -161,7 +170,7 @@ class VerifyStore(StoreBase):
             quorum = trust.quorum_for(self._trust_record(c, first.node_id), _rng.random())
             c.execute(update(tasks).where(tasks.c.id == group).values(quorum=quorum))
         votes = [(n, r.digest) for n, r in reported.items()]
-        tol = self._job_row(c, head.job_id)["tolerance"]  # type: ignore[attr-defined]
+        tol = self.job_rows._job_row(c, head.job_id)["tolerance"]
         if tol is not None:
             votes = compare.agreement_classes(
                 [(n, r.digest, _decoded_value(r.report)) for n, r in reported.items()],
@@ -222,14 +231,14 @@ class VerifyStore(StoreBase):
         """Settle a batch of first results that their node's record lets go unchecked:
         one statement per kind of write, however many tasks. Each is paid as one unchecked
         claim (core/credit.py): never above the typical checked run of its function."""
-        finish = self._finish  # type: ignore[attr-defined]
+        finish = self.finisher._finish
         moved = finish(c, [(tid, job, t, rep) for tid, job, t, rep, _, _ in items], now)
         # A task that a concurrent transaction finished first is its: not settled, paid or
         # counted on this node again.
         items = [it for it in items if it[0] in moved]
         if not items:
             return
-        job_row = self._job_row  # type: ignore[attr-defined]
+        job_row = self.job_rows._job_row
         typical = {job: self._typical_cpu(c, job) for job in {it[1] for it in items}}
         granted = {
             tid: granted_cpu(
@@ -249,16 +258,14 @@ class VerifyStore(StoreBase):
             .where(nodes.c.id == node_id)
             .values(agreed=nodes.c.agreed + n, streak=nodes.c.streak + n, quota=quota_grown(n))
         )
-        credit = getattr(self, "credit_verified_batch", None)
-        if credit is not None:
-            credit(
-                c,
-                [
-                    (tid, job_row(c, job)["customer_id"], [(node_id, granted[tid])])
-                    for tid, job, _, _, _, _ in items
-                ],
-                now,
-            )
+        self.credits.credit_verified_batch(
+            c,
+            [
+                (tid, job_row(c, job)["customer_id"], [(node_id, granted[tid])])
+                for tid, job, _, _, _, _ in items
+            ],
+            now,
+        )
 
     def _pay_agreed(
         self, c: Connection, group: int, job_id: int, agreeing: Sequence[Any], now: float
@@ -282,17 +289,17 @@ class VerifyStore(StoreBase):
             )
             for r in agreeing
         ]
-        job = self._job_row(c, job_id)  # type: ignore[attr-defined]
+        job = self.job_rows._job_row(c, job_id)
         granted = granted_cpu(
             claims,
             cpu_limit=job["limits"].get("cpu_s"),
             typical=self._typical_cpu(c, job_id) if len(claims) == 1 else None,
         )
         c.execute(update(tasks).where(tasks.c.id == group).values(cpu_s=granted))
-        credit = getattr(self, "credit_verified_work", None)
-        if credit is not None:
-            runs = [(cl.node, granted) for cl in claims]
-            credit(c, task_id=group, customer_id=job["customer_id"], runs=runs, now=now)
+        runs = [(cl.node, granted) for cl in claims]
+        self.credits.credit_verified_work(
+            c, task_id=group, customer_id=job["customer_id"], runs=runs, now=now
+        )
 
     def _typical_cpu(self, c: Connection, job_id: int) -> float | None:
         """The median CPU-seconds granted to recent *checked* runs (settled by two or more
@@ -302,12 +309,12 @@ class VerifyStore(StoreBase):
 
         Kept a while per job (`TYPICAL_TTL_S`; an unknown one only briefly), so that the
         fast path of unchecked results does not scan a job's tasks for every batch."""
-        cache: dict[int, tuple[float | None, float]] = self.__dict__.setdefault("_typicals", {})
+        cache = self._typicals
         clock = time.monotonic()
         hit = cache.get(job_id)
         if hit is not None and clock - hit[1] < (TYPICAL_TTL_S if hit[0] is not None else 2.0):
             return hit[0]
-        job = self._job_row(c, job_id)  # type: ignore[attr-defined]
+        job = self.job_rows._job_row(c, job_id)
         fn_sha = (job.get("fn") or {}).get("sha")
         scope = [job_id]
         if fn_sha:
@@ -354,7 +361,9 @@ class VerifyStore(StoreBase):
             job_of = dict(
                 c.execute(select(tasks.c.id, tasks.c.job_id).where(tasks.c.id.in_(inline))).all()
             )
-            tolerant = {j for j in set(job_of.values()) if self._job_row(c, j)["tolerance"]}  # type: ignore[attr-defined]
+            tolerant = {
+                j for j in set(job_of.values()) if self.job_rows._job_row(c, j)["tolerance"]
+            }
         for tid, v in inline.items():
             if job_of.get(tid) in tolerant and v.sha not in _DECODED:
                 _DECODED.put(v.sha, compare.decode(v.raw()))
@@ -396,7 +405,7 @@ class VerifyStore(StoreBase):
         error = (
             None if rep is not None else json.dumps({"kind": "disputed", "message": event.reason})
         )
-        moved = self._finish(  # type: ignore[attr-defined]
+        moved = self.finisher._finish(
             c,
             [(head.id, head.job_id, task, rep)],
             now,
