@@ -14,7 +14,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -32,6 +32,9 @@ from sqlalchemy.exc import DBAPIError
 from fogwheel.core import scheduler
 from fogwheel.core.tasks import Task, TaskState
 from fogwheel.store.schema import attempts, jobs, metadata, tasks
+
+if TYPE_CHECKING:
+    from fogwheel.protocol import TaskReport
 
 log = logging.getLogger("fogwheel.store")
 P = ParamSpec("P")
@@ -77,6 +80,37 @@ def hash_secret(secret: str) -> str:
 
 def new_secret(prefix: str) -> str:
     return f"{prefix}_{secrets.token_urlsafe(24)}"
+
+
+class SyncRequest(Protocol):
+    """What the store reads of a node's sync (`Store.sync`): its own type, not the wire's.
+
+    The coordinator passes the `SyncIn` it validated, which has these fields; the simulator,
+    a bench or a test may pass any object that has them. The reports stay wire `TaskReport`s:
+    each is kept on its attempt as the wire's JSON and read back as one when a verdict settles
+    it and when the customer polls (store/verify.py, store/jobs.py: results_since), so the
+    wire form is what the store stores."""
+
+    @property
+    def results(self) -> Sequence[TaskReport]: ...
+    @property
+    def renew(self) -> Sequence[int]: ...
+    @property
+    def release(self) -> Sequence[int]: ...
+    @property
+    def want(self) -> int: ...
+    @property
+    def slots_free(self) -> int: ...
+    @property
+    def serve_url(self) -> str | None: ...  # the node's chunk server (CDN)
+    @property
+    def stored(self) -> Sequence[str]: ...  # CDN shares it now holds ...
+    @property
+    def bad(self) -> Sequence[str]: ...  # ... that failed its checks ...
+    @property
+    def refused(self) -> Sequence[str]: ...  # ... over its quota
+    @property
+    def served(self) -> dict[str, int]: ...  # bytes served, per content
 
 
 @dataclass

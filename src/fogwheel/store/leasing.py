@@ -29,13 +29,14 @@ from fogwheel.core.tasks import (
     apply,
 )
 from fogwheel.errors import IllegalTransition
-from fogwheel.protocol import MAX_KEPT_BYTES, MAX_WALL_S, SyncIn, TaskReport
+from fogwheel.protocol import MAX_KEPT_BYTES, MAX_WALL_S, TaskReport
 from fogwheel.store import parts
 from fogwheel.store.base import (
     _NO_NEEDS,
     _TASK_COLS,
     RETRYABLE,
     LostRace,
+    SyncRequest,
     SyncResult,
     _end_attempt,
     _note_finished,
@@ -77,7 +78,7 @@ class LeasingStore(VerifyStore):
     def sync(
         self,
         node_id: str,
-        req: SyncIn,
+        req: SyncRequest,
         now: float,
         *,
         leaving: bool = False,
