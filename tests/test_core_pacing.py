@@ -137,27 +137,47 @@ shares = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 waits = st.floats(min_value=0.0, max_value=1e4, allow_nan=False)
 
 
-def test_the_pacer_stretches_waits_while_syncs_are_slow_and_relaxes_after() -> None:
+def test_the_pacer_stretches_waits_while_syncs_queue_and_relaxes_after() -> None:
     p = Pacer(target_s=0.1)
-    for _ in range(30):  # syncs at 2 s, 2 s waits: the factor x4 (its bound) once per wait
+    for _ in range(30):  # queues of 2 s, 2 s waits: x4 (its bound) once per wait period
         p.observe(2.0, 1.0, 2.0)
     assert p.factor == pacing.MAX_FACTOR
-    for _ in range(30):
-        p.observe(0.01, 1.0, 2.0)  # fast again: it shrinks back
+    for _ in range(60):
+        p.observe(0.01, 1.0, 2.0)  # no queue again: it shrinks back
     assert p.factor < pacing.MAX_FACTOR / 10
 
 
 def test_the_pacer_corrects_once_per_wait_period_not_once_per_window() -> None:
     quick, slow = Pacer(0.1), Pacer(0.1)
     quick.observe(0.2, 1.0, 1.0)  # twice the target with a 1 s wait: x2 at once ...
-    slow.observe(0.2, 1.0, 60.0)  # ... with a 60 s wait, at least RISE_STEP of it a second
+    slow.observe(0.2, 1.0, 60.0)  # ... with a 60 s wait, a sixtieth of the move
     assert quick.factor == pytest.approx(2.0)
-    assert slow.factor == pytest.approx(2.0**pacing.RISE_STEP)
+    assert slow.factor == pytest.approx(2.0 ** (1 / 60))
     slow.factor = 8.0
     slow.observe(0.05, 1.0, 60.0)  # half the target: down by a sixtieth of the move
     assert slow.factor == pytest.approx(8.0 * 0.5 ** (1 / 60))
-    quick.observe(0.001, 1.0, 1.0)  # far under it: at most a quarter a window, never below 1
+    quick.observe(0.001, 1.0, 1.0)  # far under it: at most halved a window, never below 1
     assert quick.factor == 1.0
+
+
+def test_a_burst_moves_the_pacer_once_and_then_little_more() -> None:
+    # A fleet starting up: every device's first sync at once, for 15 s. The first window
+    # stretches the 33 s open-loop wait x4; the next ones move by a 133rd of that each.
+    p = Pacer(0.05)
+    p.observe(5.0, 1.0, 0.5)
+    assert p.factor == pytest.approx(4.0)
+    for _ in range(14):
+        p.observe(5.0, 1.0, 33.3 * p.factor)
+    assert 4.0 < p.factor < 5.0
+
+
+def test_a_quiet_window_does_not_relax_the_pacer() -> None:
+    p = Pacer(0.05)
+    p.factor = 8.0
+    p.observe(0.0, 1.0, 10.0, samples=3)  # three syncs between a paced fleet's returns
+    assert p.factor == 8.0
+    p.observe(1.0, 1.0, 10.0, samples=3)  # but a queue, however few, still stretches it
+    assert p.factor > 8.0
 
 
 @given(

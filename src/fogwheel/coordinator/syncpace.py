@@ -46,6 +46,7 @@ class SyncPace:
         self._lock = threading.Lock()
         self._observed_at = time.monotonic()
         self._latencies: list[float] = []
+        self._counted = 0  # syncs this window (the kept latencies may be a sample of them)
         self._wait_s = pacing.POLL_S  # the mean wait last asked
 
     def queued(self, seconds: float) -> None:
@@ -54,6 +55,7 @@ class SyncPace:
             if len(self._latencies) >= SAMPLES_MAX:
                 del self._latencies[::2]  # the window's shape is kept, its size bounded
             self._latencies.append(seconds)
+            self._counted += 1
 
     @property
     def factor(self) -> float:
@@ -75,13 +77,15 @@ class SyncPace:
         with self._lock:
             if mono - self._observed_at >= OBSERVE_EVERY_S and self.closed_loop:
                 p99 = pacing.high_percentile(self._latencies)
-                self.pacer.observe(p99, mono - self._observed_at, self._wait_s)
+                window = mono - self._observed_at
+                self.pacer.observe(p99, window, self._wait_s, self._counted)
+                self._counted = 0
                 self._observed_at, self._latencies = mono, []
             factor = self.pacer.factor
             idle_s = pacing.paced_wait_s(fleet, factor)
             busy_s = pacing.busy_wait_s(fleet, factor) if factor > 1 else 0.0
             # The Pacer's step: how long a changed wait takes to reach the nodes that load us.
-            self._wait_s = busy_s if fleet.busy_per_s > 0 else idle_s
+            self._wait_s = max(busy_s, idle_s) if fleet.busy_per_s > 0 else idle_s
         stretch = pacing.horizons(self.lease_s, self.gone_after_s, idle_s, busy_s)
         # Plain float attributes: a reader on another thread sees the old value or the new.
         self.store.lease_seconds = stretch.lease_s

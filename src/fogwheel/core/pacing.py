@@ -51,7 +51,7 @@ BUSY_COST = 5.0
 IDLE_FLOOR = 0.1  # ... but never less than this share of the budget
 TARGET_LATENCY_S = 0.05  # a process whose syncs queue longer (p99) stretches waits (Pacer)
 MAX_FACTOR = 100.0  # the most a wait is ever stretched past the open-loop one
-RISE_STEP = 0.25  # over its target, the Pacer makes at least this share of its move a second
+MIN_SAMPLES = 20  # syncs a window needs before an empty queue relaxes the Pacer
 MAX_WAIT_S = 600.0  # the longest wait ever asked, however loaded the coordinator
 LEASE_WAITS = 3.5  # a paced node's lease lasts this many of its longest waits ...
 GONE_WAITS = 1.5  # ... and it is taken for gone after this many
@@ -182,28 +182,32 @@ class Pacer:
 
     `observe` is called about once a second with the window's queueing delay (its 99th
     percentile, arrival to a worker thread) and the mean wait the fleet is being asked; the
-    factor moves by (latency / target), bounded to [1/4, 4], to the power (window / wait):
+    factor moves by (delay / target), bounded to [1/2, 4], to the power (window / wait):
     the whole correction once per wait period, the time a new wait needs to reach every
-    node. Over the target it moves at least RISE_STEP of the correction a second: an
-    overloaded server's queue grows without bound, so a wait a little too long for a while
-    is the cheaper mistake. Never below 1 (the open-loop wait is the least) nor above
-    MAX_FACTOR. A window without syncs changes nothing."""
+    node, in both directions. A first overload (at the open-loop wait, a short one) moves it
+    at once; a burst that passes (every device's first sync, when a fleet starts) moves it
+    little more, since the longer wait it set slows the step. Never below 1 (the open-loop
+    wait is the least) nor above MAX_FACTOR. A window without syncs changes nothing, and
+    one with fewer than MIN_SAMPLES does not relax it: between the returns of a paced fleet
+    an empty queue is no news."""
 
     def __init__(self, target_s: float = TARGET_LATENCY_S) -> None:
         ok = math.isfinite(target_s)
         self.target_s = min(max(target_s, 0.001), 60.0) if ok else TARGET_LATENCY_S
         self.factor = 1.0
 
-    def observe(self, latency_s: float | None, window_s: float, wait_s: float) -> float:
+    def observe(
+        self, latency_s: float | None, window_s: float, wait_s: float, samples: int = MIN_SAMPLES
+    ) -> float:
         if latency_s is None or not math.isfinite(latency_s) or latency_s < 0:
             return self.factor
         if not (window_s > 0 and math.isfinite(window_s)):
             return self.factor
-        ratio = min(max(latency_s / self.target_s, 0.25), 4.0)
+        ratio = min(max(latency_s / self.target_s, 0.5), 4.0)
+        if ratio < 1 and samples < MIN_SAMPLES:
+            return self.factor  # a quiet window says nothing of what more syncs would cost
         wait = max(wait_s, window_s) if math.isfinite(wait_s) else MAX_WAIT_S
         step = min(1.0, window_s / wait)
-        if ratio > 1:  # overloaded: act faster; waits too long cost only latency
-            step = max(step, min(1.0, RISE_STEP * window_s))
         factor = self.factor * ratio**step
         self.factor = min(max(factor, 1.0), MAX_FACTOR)
         return self.factor
