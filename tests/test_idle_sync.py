@@ -128,3 +128,28 @@ def test_with_real_processes_a_killed_agent_goes_gone_and_a_live_idle_one_does_n
             by_name = {n["name"]: n["state"] for n in nodes["nodes"]}
             assert by_name["local-1"] == "up", by_name
             time.sleep(0.25)
+
+
+def test_a_live_coordinator_reloads_the_fleet_off_the_sync_path_and_a_stale_view_stays_short(
+    store: Store,
+) -> None:
+    store.fleet_in_background = True  # as coordinator/server.py sets it
+    a = join(store, "a")
+    store.sync(a, IDLE, T0)
+    with store.read() as c:
+        assert [v.id for v in store._fleet_views(c, T0)] == [a]  # the first load is inline
+    b = join(store, "b")
+    store.sync(b, IDLE, T0 + 1.5)
+    with store.read() as c:
+        stale = store._fleet_views(c, T0 + 1.5)  # answered at once from the snapshot ...
+    assert [v.id for v in stale] == [a]
+    deadline = time.monotonic() + 10
+    while True:  # ... while a thread of its own reloads it
+        with store.read() as c:
+            ids = {v.id for v in store._fleet_views(c, T0 + 1.6)}
+        if ids == {a, b} or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert ids == {a, b}
+    with store.read() as c:  # a snapshot older than FLEET_STALE_MAX_S is reloaded inline
+        assert {v.id for v in store._fleet_views(c, T0 + 60)} == set()  # both gone by then

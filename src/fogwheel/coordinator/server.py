@@ -129,6 +129,7 @@ def open_store(config: CoordinatorConfig) -> tuple[Store, dict[str, str]]:
         config.db_url, lease_seconds=config.lease_seconds, gone_after_s=config.gone_after_s
     )
     store.placement = Placement(Policy(config.placement), config.placement_seed)
+    store.fleet_in_background = True  # no sync waits for a reload of the fleet (store/fleet.py)
     store.create_schema()
     add_missing_columns(store.engine, metadata)  # an upgraded coordinator on an older database
     now = time.time()

@@ -96,6 +96,9 @@ class Heartbeats:
             return batch
 
 
+FLEET_STALE_MAX_S = 5.0  # an older snapshot of the fleet (or none) is reloaded inline
+
+
 class FleetStore(StoreBase):
     admission: parts.Admission  # join tokens (store/accounts.py)
     chunk_servers: parts.ChunkServers  # shares waiting for a node (store/cdn.py)
@@ -108,6 +111,11 @@ class FleetStore(StoreBase):
             None
         )
         self._last_wave_at: tuple[float, frozenset[int]] | None = None
+        # A live coordinator reloads the fleet's views on a thread of their own, so that no
+        # sync waits for a pass over 10,000 rows inside its write transaction (the
+        # coordinator sets this; a store driven by tests and the simulator reloads inline).
+        self.fleet_in_background = False
+        self._fleet_loading = threading.Lock()
         self._live_at: tuple[float, int] | None = None
         self._pending_at: tuple[float, bool] | None = None
 
@@ -243,6 +251,26 @@ class FleetStore(StoreBase):
         at, views = self._fleet
         if now - at < 1.0:
             return views
+        fresh_enough = 0 <= now - at < FLEET_STALE_MAX_S
+        if self.fleet_in_background and fresh_enough:
+            if self._fleet_loading.acquire(blocking=False):
+                threading.Thread(
+                    target=self._reload_fleet, args=(now,), name="fogwheel-fleet", daemon=True
+                ).start()
+            return views  # at most a second or two old, as the docstring allows
+        return self._load_fleet(c, now)
+
+    def _reload_fleet(self, now: float) -> None:
+        """The background reload (`fleet_in_background`): one at a time, on its own read."""
+        try:
+            with self.read() as c:
+                self._load_fleet(c, now)
+        except Exception:  # the next sync starts another; a stale view serves meanwhile
+            log.exception("reloading the fleet's views failed")
+        finally:
+            self._fleet_loading.release()
+
+    def _load_fleet(self, c: Connection, now: float) -> list[scheduler.NodeView]:
         horizon = now - self.gone_after_s
         rows = c.execute(
             select(
