@@ -1,9 +1,9 @@
 """Closed-loop pacing: a coordinator whose syncs queue longer than its target stretches waits.
 
 Real coordinator processes and the real protocol. The target is set far below what any sync
-queues (FOGWHEEL_SYNC_TARGET_MS=0.001: a microsecond), so every window reads as overload: the Pacer's factor
-climbs, busy nodes are told a pace, leases and the gone horizon stretch, and work still
-completes through real agents that obey the pace. With the closed loop off (0) nothing
+queues (FOGWHEEL_SYNC_TARGET_MS=0.001: a microsecond), so every window reads as overload: the
+Pacer's factor climbs, busy nodes are told a pace, leases and the gone horizon stretch, and work
+still completes through real agents that obey the pace. With the closed loop off (0) nothing
 stretches.
 """
 

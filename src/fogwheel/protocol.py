@@ -223,9 +223,7 @@ class ResultsOut(Model):
     )
 
 
-JobKey = Annotated[
-    str, StringConstraints(pattern=r"^[0-9]{1,18}$"), AfterValidator(_id_digits)
-]
+JobKey = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,18}$"), AfterValidator(_id_digits)]
 
 
 class PollIn(Model):

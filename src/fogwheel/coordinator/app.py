@@ -688,7 +688,6 @@ def build_routes(
             pace_s=timing.pace_s,
         )
 
-
     @v1.post(
         "/nodes/me/tasks/{task_id}/result",
         tags=["nodes"],
