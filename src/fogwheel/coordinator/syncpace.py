@@ -2,9 +2,8 @@
 
 The decisions are core/pacing.py's; this shell holds the window's queueing delays (how long
 each sync waited for a worker thread) behind one lock (syncs are served by a thread pool),
-reads the clock, feeds the Pacer once a second, and
-stretches the store's lease period and gone horizon with the waits it asks (so a paced node
-neither loses its leases nor looks gone).
+reads the clock, feeds the Pacer once a second, and stretches the store's lease period and
+gone horizon with the waits it asks (so a paced node neither loses its leases nor looks gone).
 """
 
 from __future__ import annotations

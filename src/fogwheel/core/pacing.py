@@ -22,13 +22,13 @@ worker thread takes them, and stretches every wait, busy nodes' too (`pace_s`), 
 99th percentile is over `TARGET_LATENCY_S`. Queueing, not CPU: what saturates first may be
 the CPU or the database's write lock, and a queue forms in front of either. Queueing, not the
 whole latency: a sync slowed by other work on a shared machine, with no queue in front of it,
-is not this process's load, and stretching the fleet's waits would not make it faster.
-The correction is spread over one wait period, because a
-changed wait reaches the fleet only as its nodes come back: a faster one would overshoot and
-oscillate (the delayed-feedback loop of TCP congestion control, Jacobson, "Congestion
-Avoidance and Control", 1988, whose cure is the same: act once per round trip). Leases and
-the gone horizon stretch with the wait (`horizons`), so that a paced node neither loses its
-leases nor looks gone; `MAX_WAIT_S` bounds them all.
+is not this process's load, and stretching the fleet's waits would not make it faster. The
+correction is spread over one wait period, because a changed wait reaches the fleet only as
+its nodes come back: a faster one would overshoot and oscillate (the delayed-feedback loop of
+TCP congestion control, Jacobson, "Congestion Avoidance and Control", 1988, whose cure is the
+same: act once per round trip). Leases and the gone horizon stretch with the wait
+(`horizons`), so that a paced node neither loses its leases nor looks gone; `MAX_WAIT_S`
+bounds them all.
 Pure: the caller passes the fleet's figures, its measurements and the random draw in.
 """
 
@@ -92,9 +92,7 @@ def mean_wait_s(fleet: Fleet) -> float:
 
 def next_sync_s(fleet: Fleet, draw: float) -> float:
     """Seconds until the node's next sync, for a uniform random `draw` in [0, 1)."""
-    mean = mean_wait_s(fleet)
-    draw = min(max(draw, 0.0), 1.0)
-    wait = round(mean * (1 + JITTER * (2 * draw - 1)), 3)  # a millisecond is precise enough
+    wait = _jittered(mean_wait_s(fleet), draw)
     return min(max(wait, POLL_S), max_wait_s(fleet.gone_after_s))
 
 
@@ -150,6 +148,7 @@ def pace_s(fleet: Fleet, factor: float, draw: float) -> float:
 
 
 def _jittered(mean: float, draw: float) -> float:
+    """`mean` within ±JITTER, by the uniform `draw`; a millisecond is precise enough."""
     draw = min(max(draw, 0.0), 1.0) if math.isfinite(draw) else 0.5
     return round(mean * (1 + JITTER * (2 * draw - 1)), 3)
 
