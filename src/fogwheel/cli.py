@@ -279,11 +279,20 @@ def coordinator(
             "url) are readable from any page regardless.",
         ),
     ] = None,
+    sample_s: Annotated[
+        float | None,
+        typer.Option(
+            envvar="FOGWHEEL_SAMPLE_S",
+            help="Seconds between samples of the fog's figures (devices, capacity, pay, "
+            "price) kept for the console's charts over time; default 60.",
+        ),
+    ] = None,
     ready_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
     quiet: Annotated[bool, typer.Option(help="Print nothing at start.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
 ) -> None:
-    """Run the coordinator: the HTTP API under /v1, OpenAPI at /docs, metrics at /metrics."""
+    """Run the coordinator: the HTTP API under /v1, the web console at /, OpenAPI at /docs,
+    metrics at /metrics."""
     from fogwheel.coordinator import CoordinatorConfig, serve
     from fogwheel.errors import ConfigError
 
@@ -335,6 +344,8 @@ def coordinator(
         trusted_proxies=tuple(a.strip() for a in (trusted_proxy or "").split(",") if a.strip()),
         cors_origins=origins,
     )
+    if sample_s is not None:
+        config.sample_s = sample_s
     try:
         serve(config, announce=not quiet)
     except ConfigError as e:

@@ -29,8 +29,12 @@ from fogwheel.coordinator import openapi
 from fogwheel.coordinator.app import build_routes
 from fogwheel.coordinator.bodylimit import BodyLimit
 from fogwheel.coordinator.bodytimeout import BodyTimeout
+from fogwheel.coordinator.console_pages import install_console
+from fogwheel.coordinator.console_routes import build_console_routes
 from fogwheel.coordinator.head import HeadAsGet
+from fogwheel.coordinator.sampler import sample_forever
 from fogwheel.coordinator.wakeups import PgWakeups
+from fogwheel.core import flywheel
 from fogwheel.core.pacing import DEFAULT_BUDGET, TARGET_LATENCY_S
 from fogwheel.core.scheduler import Placement, Policy
 from fogwheel.errors import ConfigError
@@ -112,6 +116,12 @@ class CoordinatorConfig:
     # Origins whose pages may read CDN content with a bearer key (core/cors.py); signed URLs
     # are readable from any page whatever this says.
     cors_origins: tuple[str, ...] = ()
+    # how often the flywheel's figures are sampled for the console (core/flywheel.py)
+    sample_s: float = field(
+        default_factory=lambda: float(
+            os.environ.get("FOGWHEEL_SAMPLE_S") or flywheel.DEFAULT_PERIOD_S
+        )
+    )
 
     @property
     def max_blob_bytes(self) -> int:
@@ -213,6 +223,10 @@ def blob_store_for(config: CoordinatorConfig, store: Store) -> BlobStore:
 
 
 def build_app(config: CoordinatorConfig, store: Store) -> FastAPI:
+    try:
+        flywheel.check_period(config.sample_s)  # a bad --sample-s fails the start
+    except ValueError as e:
+        raise ConfigError(f"--sample-s / FOGWHEEL_SAMPLE_S: {e}") from None
     blobs = blob_store_for(config, store)
     signing_key, kept = signing_key_for(config, store)
     log.info(
@@ -234,8 +248,10 @@ def build_app(config: CoordinatorConfig, store: Store) -> FastAPI:
             auth.peers = results.peers  # one channel: results and revocations
             results.peers.start()
         reaper = asyncio.create_task(_reap(store))
+        sampler = asyncio.create_task(sample_forever(store, config.sample_s))  # the console's
         yield
         reaper.cancel()
+        sampler.cancel()
         if results.peers is not None:
             await run_in_threadpool(results.peers.stop)
 
@@ -257,6 +273,8 @@ def build_app(config: CoordinatorConfig, store: Store) -> FastAPI:
         sync_budget=config.sync_budget,
         sync_target_s=config.sync_target_ms / 1000,
     )
+    build_console_routes(app, store, app.state.auth, config.sample_s)
+    install_console(app)  # the web console at /
     openapi.install(app, config.public_urls)
     app.add_middleware(HeadAsGet)  # HEAD wherever GET is (RFC 9110 §9.1)
     app.state.config = config

@@ -329,6 +329,29 @@ coordinator_keys = Table(
     Column("created_at", Float, nullable=False),
 )
 
+# The flywheel's history (core/flywheel.py): the fog's figures every few seconds, one row a
+# time slot (the first process to write a slot wins), kept for a bounded window
+# (store/console.py). The console charts it: devices, capacity, utilisation, pay, price.
+flywheel_samples = Table(
+    "flywheel_samples",
+    metadata,
+    Column("slot", BigInteger, primary_key=True, autoincrement=False),
+    Column("at", Float, nullable=False, index=True),
+    Column("devices_online", Integer, nullable=False),
+    Column("devices_known", Integer, nullable=False),
+    Column("cores_online", Integer, nullable=False),
+    Column("disk_mb_online", BigInteger, nullable=False),
+    Column("uplink_bps_online", Float, nullable=False),
+    Column("tasks_running", Integer, nullable=False),
+    Column("slots_online", Integer, nullable=False),
+    Column("utilisation", Float, nullable=False),
+    Column("tasks_done", BigInteger, nullable=False),
+    Column("credits_to_owners", BigInteger, nullable=False),
+    Column("bytes_served", BigInteger, nullable=False),
+    Column("per_cpu_hour", BigInteger, nullable=False),
+    Column("per_gb_served", BigInteger, nullable=False),
+)
+
 # Blobs kept in the database (blobs/db.py), so that every coordinator process reaches them.
 # A blob's bytes are `blob_chunks` rows of at most 1 MiB named by their offset; its row in
 # `db_blobs` says it is whole. An upload in progress owns its chunks as `p:<upload id>` and

@@ -11,6 +11,7 @@ from __future__ import annotations
 from fogwheel.store.accounts import AccountsStore
 from fogwheel.store.base import Principal, SyncResult, hash_secret, new_secret, retry_conflicts
 from fogwheel.store.cdn import CdnStore
+from fogwheel.store.console import ConsoleStore
 from fogwheel.store.fleet import FleetStore
 from fogwheel.store.jobs import JobsStore
 from fogwheel.store.leasing import LeasingStore
@@ -18,7 +19,16 @@ from fogwheel.store.ledger import LedgerStore
 from fogwheel.store.waits import WaitsStore
 
 
-class Store(AccountsStore, FleetStore, JobsStore, LeasingStore, LedgerStore, CdnStore, WaitsStore):
+class Store(
+    AccountsStore,
+    FleetStore,
+    JobsStore,
+    LeasingStore,
+    LedgerStore,
+    CdnStore,
+    WaitsStore,
+    ConsoleStore,
+):
     """All coordinator state. Methods take `now`; none reads the clock itself."""
 
     def __init__(
