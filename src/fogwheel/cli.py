@@ -1130,8 +1130,23 @@ def train(
         float, typer.Option(min=1.0, help="Seconds before a round closes with what it has.")
     ] = 600.0,
     compression: Annotated[
-        str, typer.Option(help="Pseudo-gradients on the wire: fp16, int8 or fp32.")
+        str,
+        typer.Option(
+            "--compress",
+            "--compression",
+            help="Pseudo-gradients on the wire: none (fp32), fp16, int8, or topk:DENSITY:BITS "
+            "(the DENSITY largest of every 4096, BITS of 2, 4 or 8 a value, the rest kept on "
+            "the device as error feedback; e.g. topk:0.02:2).",
+        ),
     ] = "fp16",
+    fragments: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Streaming DiLoCo: the parameters in this many fragments, one synchronised a "
+            "round (each round runs inner steps / fragments), so no sync sends the whole model.",
+        ),
+    ] = 1,
     model: Annotated[
         str, typer.Option(help="small (about 0.8M parameters) or tiny (25K, for tests).")
     ] = "small",
@@ -1183,6 +1198,7 @@ def train(
                 min_workers=min_workers,
                 round_timeout=round_timeout,
                 compression=compression,
+                fragments=fragments,
                 seed=seed,
             )
         except ValueError as e:
@@ -1200,7 +1216,8 @@ def train(
         cfg = run.config
         err.print(
             f"run {run.run_id} in {directory}: {cfg.workers} workers, H={cfg.inner_steps}, "
-            f"{cfg.compression} pseudo-gradients, {trainer.model.param_count():,} parameters",
+            f"{cfg.compression} pseudo-gradients, {trainer.model.param_count():,} parameters"
+            + (f", {cfg.fragments} fragments" if cfg.fragments > 1 else ""),
             highlight=False,
         )
         if trainer.initial_val is not None:
@@ -1237,6 +1254,8 @@ def train(
     )
     for worker, sent in sorted(run.bytes_per_worker.items()):
         out.print(f"  {worker} sent {sent / 1e6:.2f} MB of pseudo-gradients", highlight=False)
+    peak = max((h.bytes_up_max for h in history), default=0)
+    out.print(f"  peak {peak:,} bytes a worker in one sync", highlight=False)
     dropped = sum(h.dropped for h in history)
     rejected = sum(h.rejected for h in history)
     if dropped or rejected:
@@ -1255,6 +1274,7 @@ def train(
                     "initial_val_loss": trainer.initial_val,
                     "val_loss": [h.val_loss for h in history],
                     "bytes_per_worker": run.bytes_per_worker,
+                    "peak_sync_bytes": peak,
                     "dropped": dropped,
                     "rejected": rejected,
                 }

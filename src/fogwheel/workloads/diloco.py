@@ -57,8 +57,11 @@ class TrainConfig:
     weight_decay: float = 0.1
     warmup_steps: int = 0
     outer_lr: float = 0.7
-    outer_momentum: float = 0.9
-    compression: str = "fp16"
+    # None: 0.9, or 0 with top-k, whose error feedback is the momentum (SparseLoCo: with both,
+    # the kept residual is pushed twice and training diverges)
+    outer_momentum: float | None = None
+    compression: str = "fp16"  # none (fp32), fp16, int8 or topk:DENSITY:BITS (diloco_compress)
+    fragments: int = 1  # Streaming DiLoCo: F fragments, one synced a round (diloco_fragments)
     min_workers: int | None = None  # default: all K
     round_timeout: float = 600.0  # seconds after which the round closes with what it has
     seed: int = 0
@@ -68,8 +71,17 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.workers < 1 or self.rounds < 1 or self.inner_steps < 1 or self.batch < 1:
             raise ValueError("workers, rounds, inner steps and batch must each be at least 1")
-        if self.compression not in ("fp16", "int8", "fp32"):
-            raise ValueError(f"compression must be fp16, int8 or fp32, not {self.compression!r}")
+        from fogwheel.workloads.diloco_compress import parse_codec
+
+        codec = parse_codec(self.compression)  # ValueError says what is valid
+        self.compression = str(codec)
+        if self.outer_momentum is None:
+            self.outer_momentum = 0.0 if codec.feedback else 0.9
+        if self.fragments < 1 or self.inner_steps % self.fragments:
+            raise ValueError(
+                f"fragments ({self.fragments}) must be at least 1 and divide the inner steps "
+                f"({self.inner_steps}): each round runs inner steps / fragments"
+            )
         if self.min_workers is not None and not 1 <= self.min_workers <= self.workers:
             raise ValueError(f"min workers must be between 1 and {self.workers}")
         if not 0.0 <= self.absent_rate < 1.0:
@@ -104,6 +116,7 @@ class RoundRecord:
     seconds: float
     job_id: int
     weights_sha: str = ""  # the global weights after this round
+    bytes_up_max: int = 0  # the largest one pseudo-gradient of the round (a sync's peak)
 
 
 @dataclass
@@ -175,7 +188,7 @@ def inner_task(spec: dict[str, Any]) -> dict[str, Any]:
         opt_state=opt_state,
         warmup_steps=spec["warmup_steps"],
     )
-    delta = diloco_math.compress(result.delta, spec["compression"])
+    delta, feedback = _encode_with_feedback(result.delta, spec["compression"], Path("keep") / "ef")
     Path("delta").write_bytes(delta)
     kept.parent.mkdir(exist_ok=True)
     kept.write_bytes(result.opt_state)
@@ -184,7 +197,26 @@ def inner_task(spec: dict[str, Any]) -> dict[str, Any]:
         "samples": result.samples,
         "restored": opt_state is not None,
         "delta_bytes": len(delta),
+        "feedback": feedback,  # top-k: its kept error feedback was there and added in
     }
+
+
+def _encode_with_feedback(
+    delta: dict[str, Any], compression: str, kept: Path
+) -> tuple[bytes, bool]:
+    """The pseudo-gradient's bytes, and whether the error feedback kept in `kept` (top-k
+    only) was there and added in; the new feedback is left there for the next round."""
+    from fogwheel.workloads import diloco_compress
+
+    shapes = {n: tuple(t.shape) for n, t in delta.items()}
+    residual = (
+        diloco_compress.residual_from_bytes(kept.read_bytes(), shapes) if kept.is_file() else None
+    )
+    encoded = diloco_compress.encode(delta, diloco_compress.parse_codec(compression), residual)
+    if encoded.residual is not None:
+        kept.parent.mkdir(exist_ok=True)
+        kept.write_bytes(diloco_compress.residual_to_bytes(encoded.residual))
+    return encoded.data, bool(residual)
 
 
 def task_seed(seed: int, rnd: int, worker: int) -> int:
@@ -201,7 +233,7 @@ class Trainer:
     then `train()`."""
 
     def __init__(self, client: Client, run: Run, directory: Path) -> None:
-        from fogwheel.workloads import corpus, diloco_math, transformer
+        from fogwheel.workloads import corpus, diloco_fragments, diloco_math, transformer
 
         self.client = client
         self.run = run
@@ -218,12 +250,19 @@ class Trainer:
             state = transformer.state_from_bytes(client.fetch(_blob(run.weights)))
             model = transformer.from_state(self.model_config, state)
         self.model = model
-        self.outer = diloco_math.OuterOptimizer(
-            model, lr=self.cfg.outer_lr, momentum=self.cfg.outer_momentum
+        self.shapes = {k: v.shape for k, v in model.state_dict().items()}
+        self.groups = diloco_fragments.partition(self.shapes, self.cfg.fragments)
+        self.outer: Any = (
+            diloco_math.OuterOptimizer(
+                model, lr=self.cfg.outer_lr, momentum=self.cfg.outer_momentum
+            )
+            if self.cfg.fragments == 1
+            else diloco_fragments.FragmentedOuter(
+                model, self.groups, lr=self.cfg.outer_lr, momentum=self.cfg.outer_momentum
+            )
         )
         if run.outer is not None:
             self.outer.load_state_bytes(client.fetch(_blob(run.outer)))
-        self.shapes = {k: v.shape for k, v in model.state_dict().items()}
         self.initial_val = (
             diloco_math.evaluate(model, self.model_config, self.val, self.cfg.val_windows)
             if not run.history
@@ -254,9 +293,11 @@ class Trainer:
         return self.run
 
     def round(self) -> RoundRecord:
-        from fogwheel.workloads import diloco_math, transformer
+        from fogwheel.workloads import diloco_compress, diloco_fragments, diloco_math, transformer
 
         r = self.run.round
+        sent = self.groups[diloco_fragments.synced(r, self.cfg.fragments)]
+        shapes = {n: self.shapes[n] for n in sent}  # the fragment whose turn it is, or all
         t0 = time.monotonic()
         if self.run.in_flight is not None:
             job_id = self.run.in_flight
@@ -277,14 +318,15 @@ class Trainer:
         who = self.run.workers_in_flight
         results = {who[i]: out for i, out in self._gather(futures, t0, len(who)).items()}
         deltas, weights, losses = [], [], []
-        rejected = restarted = up = 0
+        rejected = restarted = up = peak = 0
         for k, out in sorted(results.items()):  # worker order: the sum is the same every run
             try:
                 raw = self.client.fetch(out.files["delta"])
                 up += len(raw)  # sent, whatever becomes of it
+                peak = max(peak, len(raw))
                 key = f"w{k}"
                 self.run.bytes_per_worker[key] = self.run.bytes_per_worker.get(key, 0) + len(raw)
-                delta = diloco_math.decompress(raw, self.shapes)
+                delta = diloco_compress.decode(raw, shapes)
                 diloco_math.check_norm(delta, MAX_DELTA_NORM)
             except (ValueError, KeyError) as e:  # BadPseudoGradient is a ValueError
                 rejected += 1
@@ -315,6 +357,7 @@ class Trainer:
             seconds=time.monotonic() - t0,
             job_id=job_id,
             weights_sha=self.run.weights["sha"],
+            bytes_up_max=peak,
         )
         self.run.history.append(record)
         self.run.round = r + 1
@@ -323,15 +366,17 @@ class Trainer:
         return record
 
     def _submit(self, r: int, workers: list[int], token: str) -> list[Any]:
-        from fogwheel.workloads import transformer
+        from fogwheel.workloads import diloco_fragments, transformer
 
         cfg = self.cfg
+        streaming = cfg.fragments > 1
+        fragment = diloco_fragments.synced(r, cfg.fragments)
         weights = self.client.put_blob(transformer.state_to_bytes(self.model.state_dict()))
         calls, inputs, keep = [], [], []
         for k in workers:
             spec = {
                 "model": cfg.model,
-                "steps": cfg.inner_steps,
+                "steps": cfg.inner_steps // cfg.fragments,
                 "lr": cfg.inner_lr,
                 "weight_decay": cfg.weight_decay,
                 "batch": cfg.batch,
@@ -339,13 +384,18 @@ class Trainer:
                 "warmup_steps": cfg.warmup_steps,
                 "compression": cfg.compression,
             }
+            if streaming:
+                stale = diloco_fragments.stale(self.run.last_round.get(f"w{k}"), r, cfg.fragments)
+                spec["fragment"] = fragment
+                spec["send"] = list(self.groups[fragment])
+                spec["merge"] = [n for i in stale for n in self.groups[i]]
             calls.append(((spec,), {}))
             inputs.append({"weights": weights, "shard": _blob(self.run.shards[k])})
             last = self.run.last_round.get(f"w{k}")
             prev = f"{self.run.run_id}/w{k}/r{last}" if last is not None else None
             keep.append((prev, f"{self.run.run_id}/w{k}/r{r}"))
         return self.client.submit_many(
-            inner_task,
+            diloco_fragments.streaming_task if streaming else inner_task,
             calls,
             name=f"train {self.run.run_id} round {r + 1}",
             inputs=inputs,
