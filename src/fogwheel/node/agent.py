@@ -565,6 +565,7 @@ class Agent:
             self._warned_jobs.add(lease["job_id"])
             log.warning("job %s: %s", lease["job_id"], UNSAFE_WARNING)
         inputs = {name: self._blob_path(v) for name, v in lease["inputs"].items()}
+        inputs = self._faults.swap_inputs(inputs, self.data_dir / "faults")  # tests only
         if lease["kind"] == "python":
             fn = lease["fn"]
             msg = {
@@ -597,6 +598,7 @@ class Agent:
             )
         files: dict[str, Path] = res.pop("files", {})
         try:
+            self._faults.poison_outputs(files)  # tests only: FOGWHEEL_FAULT=poison:ATTACK
             res["outputs"] = {name: self._value_file(p) for name, p in files.items()}
         finally:
             for p in files.values():

@@ -12,6 +12,11 @@ can turn it on.
   (a corrupt pseudo-gradient, say), well-formed as a Value: only the reader can tell.
 - `slow:FACTOR`: every task takes FACTOR times as long (the node holds its slot and its
   result for the extra time), a straggler for the backup-task benchmark.
+- `poison:ATTACK`: a DiLoCo worker that returns a well-formed but poisoned pseudo-gradient
+  (its output file `delta`), for the Byzantine-robust training tests and benchmark: ATTACK is
+  `sign-flip` (the honest update negated), `scale` (times 100), `random` (Gaussian noise of
+  the honest update's norm) or `other-data` (the honest computation on a `shard` input
+  replaced by random bytes of its length: trained on other data).
 """
 
 from __future__ import annotations
@@ -23,9 +28,12 @@ import pickle
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 ENV = "FOGWHEEL_FAULT"
+POISONS = ("sign-flip", "scale", "random", "other-data")
+POISON_SCALE = 100.0
 
 
 class Faults:
@@ -36,6 +44,9 @@ class Faults:
         self.slow_factor = float(rate or 5.0) if kind == "slow" else 1.0
         self.bad_outputs = kind == "bad-outputs"
         self.collude_tag = (rate or "cartel") if kind == "collude" else None
+        self.poison = rate if kind == "poison" else None
+        if self.poison is not None and self.poison not in POISONS:
+            raise ValueError(f"{ENV}=poison:ATTACK takes one of {', '.join(POISONS)}")
         self._rng = random.Random()
 
     @property
@@ -45,9 +56,12 @@ class Faults:
             or self.slow_factor != 1.0
             or self.bad_outputs
             or self.collude_tag is not None
+            or self.poison is not None
         )
 
     def describe(self) -> str:
+        if self.poison is not None:
+            return f"this node poisons its DiLoCo pseudo-gradients ({self.poison})"
         if self.bad_outputs:
             return "this node replaces its tasks' output files by garbage"
         if self.collude_tag is not None:
@@ -61,6 +75,44 @@ class Faults:
         until = time.monotonic() + (self.slow_factor - 1.0) * wall_s
         while self.slow_factor > 1.0 and time.monotonic() < until and not stop():
             time.sleep(min(0.05, max(0.0, until - time.monotonic())))
+
+    def swap_inputs(self, inputs: dict[str, Path], scratch: Path) -> dict[str, Path]:
+        """`other-data`: a `shard` input replaced by random bytes of its length (a new file
+        under `scratch`; the cached blob is left alone)."""
+        if self.poison != "other-data" or "shard" not in inputs:
+            return inputs
+        size = inputs["shard"].stat().st_size
+        fake = scratch / f"fault-shard-{size}"  # one a size, made once: nothing piles up
+        if not fake.exists():
+            scratch.mkdir(parents=True, exist_ok=True)
+            tmp = scratch / f".{fake.name}.{self._rng.getrandbits(32):08x}"
+            tmp.write_bytes(self._rng.randbytes(size))
+            tmp.replace(fake)
+        return {**inputs, "shard": fake}
+
+    def poison_outputs(self, files: dict[str, Path]) -> None:
+        """`sign-flip`, `scale`, `random`: rewrite a `delta` output file in place, in its own
+        wire format, so that it stays well-formed (only its effect gives it away)."""
+        path = files.get("delta")
+        if self.poison not in ("sign-flip", "scale", "random") or path is None:
+            return
+        from fogwheel.workloads import diloco_math, transformer
+
+        tensors, meta = transformer.read_state(path.read_bytes())
+        shapes = {name: t.shape for name, t in tensors.items()}
+        delta = diloco_math.decompress(path.read_bytes(), shapes)
+        if self.poison == "sign-flip":
+            bad = {k: -v for k, v in delta.items()}
+        elif self.poison == "scale":
+            bad = {k: v * POISON_SCALE for k, v in delta.items()}
+        else:
+            import torch
+
+            gen = torch.Generator().manual_seed(self._rng.getrandbits(63))
+            noise = {k: torch.randn(v.shape, generator=gen) for k, v in delta.items()}
+            ratio = diloco_math.global_norm(delta) / max(diloco_math.global_norm(noise), 1e-30)
+            bad = {k: v * ratio for k, v in noise.items()}
+        path.write_bytes(diloco_math.compress(bad, meta["mode"]))
 
     def tamper(self, report: dict[str, Any]) -> dict[str, Any]:
         """Replace a successful result by a wrong one, at the configured rate."""

@@ -29,6 +29,7 @@ import contextlib
 import csv
 import json
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -67,6 +68,9 @@ class TrainConfig:
     seed: int = 0
     val_windows: int = 64
     absent_rate: float = 0.0  # simulated churn: each worker sits a round out with this chance
+    aggregate: str = "centered-clip"  # mean | centered-clip | trimmed-mean | median
+    audit_rate: float = 0.1  # a worker's round recomputed on a second device (diloco_guard)
+    gauntlet_windows: int = 32  # held-out windows scoring each update (0: no such check)
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.rounds < 1 or self.inner_steps < 1 or self.batch < 1:
@@ -86,6 +90,15 @@ class TrainConfig:
             raise ValueError(f"min workers must be between 1 and {self.workers}")
         if not 0.0 <= self.absent_rate < 1.0:
             raise ValueError(f"the absent rate must be in [0, 1), not {self.absent_rate}")
+        from fogwheel.workloads.diloco_robust import AGGREGATES
+
+        if self.aggregate not in AGGREGATES or not 0.0 <= self.audit_rate <= 1.0:
+            raise ValueError(
+                f"aggregate must be one of {', '.join(AGGREGATES)} (not {self.aggregate!r}) "
+                f"and the audit rate in [0, 1] (not {self.audit_rate})"
+            )
+        if self.gauntlet_windows < 0:
+            raise ValueError(f"gauntlet windows must be >= 0, not {self.gauntlet_windows}")
 
     def present(self, rnd: int) -> list[int]:
         """The workers that take part in round `rnd` (all, unless churn is simulated); at
@@ -117,6 +130,9 @@ class RoundRecord:
     job_id: int
     weights_sha: str = ""  # the global weights after this round
     bytes_up_max: int = 0  # the largest one pseudo-gradient of the round (a sync's peak)
+    audited: int = 0  # workers whose round a quorum of devices recomputed (diloco_guard)
+    suspected: int = 0  # updates left out by the held-out check (audited next round)
+    undone: int = 0  # updates of devices caught lying taken out of the model this round
 
 
 @dataclass
@@ -136,6 +152,7 @@ class Run:
     history: list[RoundRecord] = field(default_factory=list)
     bytes_per_worker: dict[str, int] = field(default_factory=dict)
     initial_val_loss: float | None = None  # of the initial weights
+    robust: dict[str, Any] = field(default_factory=dict)  # audits and ledger (diloco_guard)
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -174,6 +191,8 @@ def inner_task(spec: dict[str, Any]) -> dict[str, Any]:
 
     config = transformer.ModelConfig.from_dict(spec["model"])
     global_state = transformer.state_from_bytes(Path("weights").read_bytes())
+    if spec.get("fresh"):  # an audit: from public inputs only, so that another device agrees
+        shutil.rmtree("keep", ignore_errors=True)
     kept = Path("keep") / "adamw"
     opt_state = kept.read_bytes() if kept.is_file() else None
     result = diloco_math.inner_steps(
@@ -268,6 +287,9 @@ class Trainer:
             if not run.history
             else None
         )
+        from fogwheel.workloads.diloco_guard import Guard
+
+        self.guard = Guard(self)  # audits, the held-out check, robust steps, undo
 
     @classmethod
     def start(cls, client: Client, config: TrainConfig, directory: Path) -> Trainer:
@@ -299,24 +321,36 @@ class Trainer:
         sent = self.groups[diloco_fragments.synced(r, self.cfg.fragments)]
         shapes = {n: self.shapes[n] for n in sent}  # the fragment whose turn it is, or all
         t0 = time.monotonic()
+        audit_job = self.run.robust.get("audit_job")
         if self.run.in_flight is not None:
             job_id = self.run.in_flight
             futures = self.client.attach(job_id, outputs=["delta"])
+            audits = [] if audit_job is None else self.client.attach(audit_job, outputs=["delta"])
         else:
             # The token is saved before the job is submitted: a driver killed between the two
             # submits again with it after --resume and gets the same job back, never a twin
             # whose tasks would find the kept state already moved on.
             if self.run.submitting is None:
-                self.run.workers_in_flight = self.cfg.present(r)
+                present = self.cfg.present(r)
+                audited = self.guard.plan(r, present)  # these run as a job of their own
+                self.run.robust["audit_workers"] = audited
+                self.run.workers_in_flight = [k for k in present if k not in audited]
                 self.run.submitting = uuid.uuid4().hex
                 self.run.save(self.dir)
             futures = self._submit(r, self.run.workers_in_flight, self.run.submitting)
+            audited, token = self.run.robust["audit_workers"], f"{self.run.submitting}-audit"
+            audits = self._submit(r, audited, token, audit=True) if audited else []
             job_id = futures[0].job_id
             self.run.in_flight = job_id
+            self.run.robust["audit_job"] = audits[0].job_id if audits else None
             self.run.submitting = None
             self.run.save(self.dir)
         who = self.run.workers_in_flight
         results = {who[i]: out for i, out in self._gather(futures, t0, len(who)).items()}
+        verified = self.guard.gather_audits(audits, t0 + self.cfg.round_timeout)
+        results |= verified
+        who = who + self.run.robust["audit_workers"]
+        kept_updates = []  # (worker, delta, samples, its blob) for the guard's ledger
         deltas, weights, losses = [], [], []
         rejected = restarted = up = peak = 0
         for k, out in sorted(results.items()):  # worker order: the sum is the same every run
@@ -334,13 +368,14 @@ class Trainer:
                 continue
             deltas.append(delta)
             weights.append(float(out.value["samples"]))
+            kept_updates.append((k, delta, weights[-1], _ref(out.files["delta"])))
             losses.append(float(out.value["loss"]))
             ran_before = f"w{k}" in self.run.last_round
-            restarted += 1 if ran_before and not out.value.get("restored") else 0
+            fresh = k in verified  # an audit starts AdamW afresh on purpose
+            restarted += 1 if ran_before and not out.value.get("restored") and not fresh else 0
         for k in results:
             self.run.last_round[f"w{k}"] = r
-        if deltas:
-            self.outer.step(deltas, weights)
+        counts = self.guard.finish(r, shapes, kept_updates, sorted(results), job_id, set(verified))
         val = diloco_math.evaluate(self.model, self.model_config, self.val, self.cfg.val_windows)
         state = self.model.state_dict()
         self.run.weights = _ref(self.client.put_blob(transformer.state_to_bytes(state)))
@@ -358,14 +393,16 @@ class Trainer:
             job_id=job_id,
             weights_sha=self.run.weights["sha"],
             bytes_up_max=peak,
+            **counts,
         )
         self.run.history.append(record)
         self.run.round = r + 1
         self.run.in_flight = None
+        self.run.robust["audit_job"] = None
         self._checkpoint()
         return record
 
-    def _submit(self, r: int, workers: list[int], token: str) -> list[Any]:
+    def _submit(self, r: int, workers: list[int], token: str, audit: bool = False) -> list[Any]:
         from fogwheel.workloads import diloco_fragments, transformer
 
         cfg = self.cfg
@@ -389,6 +426,8 @@ class Trainer:
                 spec["fragment"] = fragment
                 spec["send"] = list(self.groups[fragment])
                 spec["merge"] = [n for i in stale for n in self.groups[i]]
+            if audit:  # recomputed on two devices from public inputs (diloco_guard)
+                spec["fresh"] = True
             calls.append(((spec,), {}))
             inputs.append({"weights": weights, "shard": _blob(self.run.shards[k])})
             last = self.run.last_round.get(f"w{k}")
@@ -397,11 +436,13 @@ class Trainer:
         return self.client.submit_many(
             diloco_fragments.streaming_task if streaming else inner_task,
             calls,
-            name=f"train {self.run.run_id} round {r + 1}",
+            name=f"train {self.run.run_id} round {r + 1}" + (" audit" if audit else ""),
             inputs=inputs,
             outputs=["delta"],
             keep=keep,
-            replicas=1,  # workers' results differ by design: checked by decompress/check_norm
+            # workers' results differ by design: checked by decompress/check_norm; an audit
+            # is a pure function of its inputs, so two devices must agree (diloco_guard)
+            replicas=2 if audit else 1,
             backups=False,  # a backup would restart AdamW elsewhere: the deadline handles it
             memory_mb=TASK_MEMORY_MB,
             wall_s=max(60.0, self.cfg.round_timeout * 2),
