@@ -33,6 +33,7 @@ from typing import Any
 
 import httpx
 
+from fogwheel import logs
 from fogwheel.core import nodestate as ns
 from fogwheel.core.urls import coordinator_base
 from fogwheel.node import cgroups
@@ -192,6 +193,7 @@ class Agent:
                 "join again with the join string"
             )
         self.node_id = ident["node_id"]
+        logs.bind_process(node_id=self.node_id)  # on every log line from now on (logs.py)
         self.public_key = ident["public_key"]
         self.lease_seconds = ident.get("lease_seconds", 15.0)
         self._credential = ident["credential"]
@@ -530,6 +532,7 @@ class Agent:
             if lease is None:
                 return
             tid = lease["task_id"]
+            logs.set_ids(job_id=lease.get("job_id"), task_id=tid)  # this slot's lines name it
             with self._lock:
                 killed = tid in self._killed
                 if not killed:
@@ -556,7 +559,11 @@ class Agent:
                 if tid in self._killed:  # stopped on purpose: nobody waits for this result
                     self._killed.discard(tid)
                     report = None
+            if report is not None:
+                outcome = "ok" if report.get("ok") else (report.get("error") or {}).get("kind")
+                log.info("task %s finished: %s in %.2f s", tid, outcome, report["wall_s"])
             self._handle(ns.TaskFinished(tid, time.monotonic(), report))
+            logs.set_ids()
             self._wake.set()
 
     def _execute(self, slot: Slot, lease: dict[str, Any]) -> dict[str, Any]:
