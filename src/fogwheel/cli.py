@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
-import logging
 import sys
 import time
 from collections.abc import Iterator
@@ -20,6 +20,7 @@ from fogwheel import __version__
 from fogwheel import cli_waits as waits
 from fogwheel.cli_errors import coordinator_url, explain, user_errors
 from fogwheel.core.scheduler import Policy
+from fogwheel.logs import LogFormat
 
 app = typer.Typer(
     name="fogwheel",
@@ -97,13 +98,21 @@ def _root(
     pass
 
 
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+LogFormatOpt = Annotated[
+    LogFormat,
+    typer.Option(
+        "--log-format",
+        envvar="FOGWHEEL_LOG_FORMAT",
+        help="text, or json: one JSON object a line with time, level, logger, message and "
+        "the job, task and node ids where known; secrets are redacted in both.",
+    ),
+]
+
+
+def _logging(verbose: bool, log_format: LogFormat = LogFormat.TEXT) -> None:
+    from fogwheel import logs
+
+    logs.configure(str(log_format), verbose)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -290,13 +299,14 @@ def coordinator(
     ready_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
     quiet: Annotated[bool, typer.Option(help="Print nothing at start.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
+    log_format: LogFormatOpt = LogFormat.TEXT,
 ) -> None:
     """Run the coordinator: the HTTP API under /v1, the web console at /, OpenAPI at /docs,
     metrics at /metrics."""
     from fogwheel.coordinator import CoordinatorConfig, serve
     from fogwheel.errors import ConfigError
 
-    _logging(verbose)
+    _logging(verbose, log_format)
     if (tls_cert is None) != (tls_key is None):
         raise _fail("--tls-cert and --tls-key go together: give both, or neither for HTTP", 2)
     if secrets_file is not None:
@@ -481,11 +491,12 @@ def node(
         float, typer.Option(min=0.01, help="Kept state unused for this long is removed.")
     ] = 24.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
+    log_format: LogFormatOpt = LogFormat.TEXT,
 ) -> None:
     """Run a node agent: join the fog, pull tasks, run them, report back. SIGTERM drains."""
     from fogwheel.node.agent import Agent, FatalNodeError, NodeConfig
 
-    _logging(verbose)
+    _logging(verbose, log_format)
     if not coordinator:
         raise _fail("no coordinator: pass --coordinator URL or set FOGWHEEL_COORDINATOR")
     if token_file is not None and not token:
@@ -932,15 +943,38 @@ def earnings(
 
 
 keys_app = typer.Typer(
-    help="Operator: customer API keys (authenticate with the admin key).",
+    help="Operator: customer API keys and scrape-only metrics keys (authenticate with the "
+    "admin key).",
     no_args_is_help=True,
 )
 app.add_typer(keys_app, name="keys")
 
 
+class KeyRole(enum.StrEnum):
+    """What `fogwheel keys create` makes."""
+
+    CUSTOMER = "customer"
+    METRICS = "metrics"
+
+
 @keys_app.command("create")
 def keys_create(
-    name: Annotated[str, typer.Option("--name", help="Who the customer is, e.g. 'acme-render'.")],
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="Who the customer is, e.g. 'acme-render' (needed for a customer key); for a "
+            "metrics key, what scrapes with it (default 'prometheus').",
+        ),
+    ] = None,
+    role: Annotated[
+        KeyRole,
+        typer.Option(
+            "--role",
+            help="customer: an API key for a new customer; metrics: a scrape-only key that "
+            "reads /metrics and nothing else, for Prometheus (docs/metrics.md).",
+        ),
+    ] = KeyRole.CUSTOMER,
     coordinator: CoordinatorOpt = None,
     admin_key: Annotated[
         str | None,
@@ -954,16 +988,37 @@ def keys_create(
         bool, typer.Option("--json", help="Print customer id and key as one JSON line.")
     ] = False,
 ) -> None:
-    """Create a customer and print its API key, once: only the key's hash is kept.
+    """Create a customer and print its API key (or, --role metrics, a scrape-only key), once:
+    only the key's hash is kept.
 
     The key alone goes to stdout, so KEY=$(fogwheel keys create --name x) works.
 
     The customer uses it as --api-key or FOGWHEEL_API_KEY.
+
+    Prometheus sends a metrics key as its bearer token (authorization.credentials_file).
+
+    `fogwheel keys revoke m-…` revokes a metrics key.
     """
     if not coordinator:
         raise _fail("no coordinator: pass --coordinator URL or set FOGWHEEL_COORDINATOR")
     if not admin_key:
         raise _fail("no admin key: pass --admin-key or set FOGWHEEL_ADMIN_KEY")
+    if role is KeyRole.METRICS:
+        body = {"name": name or "prometheus"}
+        made = _api_call("POST", coordinator, admin_key, "/v1/metrics-keys", {}, body)
+        if as_json:
+            print(json.dumps(made), flush=True)
+            return
+        err.print(
+            f"metrics key {made['key_id']} ({made['name']}) created; it reads /metrics only. "
+            "The key, shown once:",
+            markup=False,
+            highlight=False,
+        )
+        print(made["metrics_key"], flush=True)
+        return
+    if not name:
+        raise _fail("a customer key needs --name: who the customer is, e.g. 'acme-render'", 2)
     made = _api_call("POST", coordinator, admin_key, "/v1/customers", {"name": name})
     if as_json:
         print(json.dumps(made), flush=True)

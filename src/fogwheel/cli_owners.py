@@ -284,12 +284,19 @@ def tokens_revoke(
 
 
 def keys_revoke(
-    customer_id: Annotated[str, typer.Argument(help="The customer's id (c-…).")],
+    customer_id: Annotated[
+        str, typer.Argument(help="The customer's id (c-…), or a metrics key's (m-…).")
+    ],
     coordinator: CoordinatorOpt = None,
     admin_key: AdminKeyOpt = None,
 ) -> None:
-    """Operator: revoke every API key of a customer; they get 401 from now on."""
+    """Operator: revoke every API key of a customer, or one metrics key; they get 401 from
+    now on."""
     url, key = _admin(coordinator, admin_key)
+    if customer_id.startswith("m-"):
+        _api_call("POST", url, key, f"/v1/metrics-keys/{customer_id}/revoke", {})
+        out.print(f"metrics key {customer_id} revoked", markup=False, highlight=False)
+        return
     _api_call("POST", url, key, f"/v1/customers/{customer_id}/revoke", {})
     out.print(f"API keys of customer {customer_id} revoked", markup=False, highlight=False)
 

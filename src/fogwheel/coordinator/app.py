@@ -15,7 +15,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -32,6 +31,8 @@ from fogwheel.coordinator.identity import PUBLIC, caller
 from fogwheel.coordinator.job_routes import build_job_routes
 from fogwheel.coordinator.ledger_routes import build_ledger_routes
 from fogwheel.coordinator.metrics import Metrics
+from fogwheel.coordinator.metrics_routes import build_metrics_routes
+from fogwheel.coordinator.observe import Observe
 from fogwheel.coordinator.owner_routes import build_owner_routes
 from fogwheel.coordinator.syncpace import SyncPace
 from fogwheel.core import byteranges, pacing
@@ -168,6 +169,7 @@ def build_routes(
     auth = Authenticator(store)
     app.state.auth = auth  # the server tells it of revocations on other processes
     metrics = Metrics(store)
+    app.add_middleware(Observe, requests=metrics.requests)  # latency by route; log context
     results = Results()
     app.state.results = results
     pace = SyncPace(store, sync_budget, sync_target_s)  # when nodes come back (core/pacing.py)
@@ -740,25 +742,10 @@ def build_routes(
 
     app.include_router(v1)
 
-    @app.get(
-        "/metrics",
-        tags=["meta"],
-        response_class=Response,
-        dependencies=[admin],
-        responses={
-            **ERRORS,
-            200: {
-                "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
-                "description": "The Prometheus text exposition format",
-            },
-        },
-    )
-    def prometheus() -> Response:
-        """Prometheus metrics, for the operator: scrape with `authorization: Bearer <admin key>`."""
-        metrics.refresh()
+    def _before_scrape() -> None:
         metrics.pace_factor.set(pace.factor)
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    build_metrics_routes(app, store, auth, metrics, _before_scrape)  # and /v1/metrics-keys
     build_job_routes(app, store, auth, blobs, results.notify)  # task cancel and logs
     build_ledger_routes(app, store, auth)
     build_owner_routes(app, store, auth, public_key)

@@ -16,12 +16,13 @@ _CACHE_MAX = 100_000  # principals cached: a fleet of 10,000 devices and its cus
 REVOKED = "revoked"  # the peers' channel topic that says a key was revoked (wakeups.py)
 _CHALLENGE = {"www-authenticate": 'Bearer realm="fogwheel"'}
 # Every kind of principal, and what its secret is called (a 401 names the kinds it takes).
-KINDS = ("customer", "admin", "owner", "node")
+KINDS = ("customer", "admin", "owner", "node", "metrics")
 _KEY_NAMES = {
     "customer": "a customer API key",
     "admin": "the admin key",
     "owner": "an owner key",
     "node": "a node credential",
+    "metrics": "a metrics key",
 }
 
 
@@ -96,6 +97,12 @@ class Authenticator:
 
     def require(self, request: Request, *kinds: str) -> Principal:
         who = self.principal(request, kinds)
+        if who.kind == "metrics" and who.kind not in kinds:
+            raise HTTPException(
+                403,
+                "a metrics key reads /metrics and nothing else: this endpoint is for "
+                f"{' or '.join(kinds)} keys",
+            )
         if who.kind not in kinds:
             raise HTTPException(
                 403,

@@ -2,7 +2,7 @@
 
 `caller(auth, "customer", "node")` is a FastAPI dependency giving the request's `Principal`
 (401 without a known key, 403 for a key of another kind). Because it depends on one
-`HTTPBearer` security scheme per kind of key, the OpenAPI document lists the four schemes in
+`HTTPBearer` security scheme per kind of key, the OpenAPI document lists the five schemes in
 `components.securitySchemes` and each operation's `security` names the keys it takes, as
 alternatives (OpenAPI 3.1 §4.8.30: one requirement object per acceptable scheme). The check and
 the document cannot drift apart: they are the same object.
@@ -21,6 +21,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
+from fogwheel import logs
 from fogwheel.coordinator.auth import Authenticator
 from fogwheel.store import Principal
 
@@ -33,6 +34,12 @@ _KEYS = {
         "nodeCredential",
         "A node's credential (`fwn_…`), answered by POST /v1/nodes/join to a join token.",
         "fwn_",
+    ),
+    "metrics": (
+        "metricsKey",
+        "A scrape-only key (`fwm_…`, `fogwheel keys create --role metrics`): it reads "
+        "/metrics and nothing else.",
+        "fwm_",
     ),
 }
 SCHEMES = {
@@ -55,8 +62,11 @@ def caller(auth: Authenticator, *kinds: str) -> Any:
 
     async def check(request: Request, **_declared: Any) -> Principal:
         if auth.answers_at_once(request):
-            return auth.require(request, *kinds)
-        return await run_in_threadpool(auth.require, request, *kinds)
+            who = auth.require(request, *kinds)
+        else:
+            who = await run_in_threadpool(auth.require, request, *kinds)
+        logs.note_principal(request.scope, who.kind, who.id)  # for its log lines (logs.py)
+        return who
 
     # One keyword parameter per scheme: FastAPI resolves each (it only reads the header) and
     # writes each into the operation's `security`; the check itself reads the header again.

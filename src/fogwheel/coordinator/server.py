@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql
 from starlette.concurrency import run_in_threadpool
 
-from fogwheel import __version__
+from fogwheel import __version__, logs
 from fogwheel.blobs import BlobStore, FileBlobStore
 from fogwheel.blobs.db import DbBlobStore
 from fogwheel.coordinator import openapi
@@ -339,6 +339,8 @@ def serve(config: CoordinatorConfig, announce: bool = True) -> None:
         ),
         log_level="warning",
         access_log=False,
+        # JSON lines: uvicorn's own loggers go through fogwheel's handler (logs.py), not theirs
+        log_config=None if logs.configured_format() == "json" else uvicorn.config.LOGGING_CONFIG,
         lifespan="on",
         timeout_keep_alive=30,
         backlog=4096,  # a fleet reconnecting at once (the kernel caps it at somaxconn)

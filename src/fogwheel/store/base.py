@@ -31,6 +31,7 @@ from sqlalchemy.exc import DBAPIError
 
 from fogwheel.core import scheduler
 from fogwheel.core.tasks import Task, TaskState
+from fogwheel.store import events
 from fogwheel.store.schema import attempts, jobs, metadata, tasks
 
 if TYPE_CHECKING:
@@ -154,6 +155,7 @@ class StoreBase:
             self._write_lock = contextlib.nullcontext()
         self._jobs_cache: dict[int, dict[str, Any]] = {}
         self._fleet: tuple[float, list[scheduler.NodeView]] = (-1e18, [])
+        self.tally = events.Tally()  # events committed by this process (/metrics)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -181,6 +183,8 @@ class StoreBase:
                 _number_finished(conn)
             finally:
                 conn.info.pop(_FINISHED, None)
+                noted = conn.info.pop(events.NOTES, None)
+        self.tally.add(noted)  # reached only once the transaction committed (store/events.py)
 
     @contextlib.contextmanager
     def duty(self, name: str) -> Iterator[Connection | None]:

@@ -30,7 +30,7 @@ from fogwheel.core.tasks import (
 )
 from fogwheel.errors import IllegalTransition
 from fogwheel.protocol import MAX_KEPT_BYTES, MAX_WALL_S, TaskReport
-from fogwheel.store import parts
+from fogwheel.store import events, parts
 from fogwheel.store.base import (
     _NO_NEEDS,
     _TASK_COLS,
@@ -967,6 +967,7 @@ class LeasingStore(VerifyStore):
                     .where(nodes.c.id == nid)
                     .values(lost=nodes.c.lost + n, quota=quota_shrunk(n))
                 )
+            events.note(c, events.LEASES_EXPIRED, len(rows))
         return [r.id for r in rows]
 
     @retry_conflicts

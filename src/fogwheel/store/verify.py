@@ -26,7 +26,7 @@ from fogwheel.core import compare, owners, trust
 from fogwheel.core.credit import Claim, granted_cpu
 from fogwheel.core.tasks import TERMINAL, Cancelled, Settled, Task, TaskState, apply
 from fogwheel.protocol import TaskReport
-from fogwheel.store import parts
+from fogwheel.store import events, parts
 from fogwheel.store.base import _TASK_COLS, StoreBase, _task, _task_cols
 from fogwheel.store.fleet import devices, quota_grown
 from fogwheel.store.schema import attempts, jobs, nodes, task_blobs, tasks
@@ -507,6 +507,8 @@ class VerifyStore(StoreBase):
         An unchecked result is `accepted`, a checked one `agreed` or `disputed`."""
         outcome = ("agreed" if checked else "accepted") if agreed else "disputed"
         c.execute(update(attempts).where(attempts.c.id.in_(attempt_ids)).values(outcome=outcome))
+        if not agreed:
+            events.note(c, events.DISAGREEMENTS, len(attempt_ids))
         if counts:
             self._record_verdict(c, node_id, agreed, reason=reason)
 
@@ -583,6 +585,7 @@ class VerifyStore(StoreBase):
         """No more work for a node caught lying; its leases end now; its recent unchecked
         results are checked again on other nodes. `reason` is kept on the node (a sentence)."""
         c.execute(update(nodes).where(nodes.c.id == node_id).values(quarantine_reason=reason[:500]))
+        events.note(c, events.QUARANTINES)
         # Reputation follows owners: the liar's sibling devices (not the operator's, which
         # vote alone) are back on probation, every result checked (core/owners.py).
         owner = c.execute(select(nodes.c.owner_id).where(nodes.c.id == node_id)).scalar()
