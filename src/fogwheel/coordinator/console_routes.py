@@ -30,6 +30,8 @@ from fogwheel.store import Principal, Store
 
 JobId = Annotated[int, Path(ge=0, le=SQL_INT_MAX)]
 TaskId = Annotated[int, Path(ge=0, le=SQL_INT_MAX)]
+Limit = Annotated[int, Query(ge=1, le=1000, description="devices on the page")]
+Offset = Annotated[int, Query(ge=0, le=SQL_INT_MAX)]
 ERRORS: dict[int | str, dict[str, Any]] = {  # 401 and 403: coordinator/openapi.py
     404: {"model": Problem, "description": "No such job or task (or not yours)"},
     422: {"model": Problem, "description": "Parameters of the wrong shape"},
@@ -131,9 +133,6 @@ def build_console_routes(
             total=len(devices),
             by_state=by_state,
         )
-
-    Limit = Annotated[int, Query(ge=1, le=1000, description="devices on the page")]
-    Offset = Annotated[int, Query(ge=0, le=SQL_INT_MAX)]
 
     @v1.get("/operator/fleet", dependencies=[admin])
     def operator_fleet(limit: Limit = 200, offset: Offset = 0) -> FleetOut:

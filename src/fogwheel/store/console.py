@@ -128,7 +128,7 @@ class ConsoleStore(StoreBase):
             if created is None:
                 return None
             primary = (tasks.c.job_id == job_id, tasks.c.replica_of.is_(None))
-            counts = dict(
+            counts: dict[str, int] = dict(
                 c.execute(
                     select(tasks.c.state, func.count()).where(*primary).group_by(tasks.c.state)
                 ).all()
@@ -168,7 +168,7 @@ class ConsoleStore(StoreBase):
             known = c.execute(
                 select(func.count()).select_from(nodes).where(~nodes.c.revoked)
             ).scalar_one()
-            by_state = dict(
+            by_state: dict[str, int] = dict(
                 c.execute(
                     select(tasks.c.state, func.count())
                     .where(tasks.c.state.in_([TaskState.LEASED, TaskState.DONE]))

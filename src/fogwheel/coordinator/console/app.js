@@ -63,7 +63,13 @@ async function signIn(key) {
   $("sign-in").hidden = true;
   $("view").hidden = false;
   $("sign-out").hidden = false;
-  $("who").replaceChildren(KIND_NAMES[who.kind], " ", h("strong", { id: "who-name" }, who.name || who.id), " ", h("code", {}, who.id));
+  const name = who.name || who.id;
+  $("who").replaceChildren(
+    name === KIND_NAMES[who.kind] ? "" : `${KIND_NAMES[who.kind]} `,
+    h("strong", { id: "who-name" }, name),
+    " ",
+    h("code", {}, who.id),
+  );
   views = VIEWS[who.kind]();
   $("tabs").replaceChildren(
     ...views.map((v) =>

@@ -3,10 +3,9 @@
 // A chart takes series of [time (epoch s), value] points and draws them on one time axis,
 // scaled to the largest value; labels are text nodes (dom.js), never markup.
 
-import { h, s, when } from "./dom.js";
+import { h, s, short, when } from "./dom.js";
 
-const W = 480;
-const H = 150;
+const H = 170;
 const PAD = { left: 56, right: 8, top: 10, bottom: 22 };
 
 function niceMax(v) {
@@ -17,10 +16,12 @@ function niceMax(v) {
 }
 
 /**
- * A chart element: `series` is [{name, points: [[t, v], …]}]; `format` turns a value into
- * its label. With no points at all it says so instead of drawing empty axes.
+ * A chart element: `series` is [{name, points: [[t, v], …]}]. Options: `format` turns a
+ * value into its label, `wide` draws for a whole card's width (else a grid cell's), `days`
+ * labels the time axis with dates. With no points at all it says so instead of drawing.
  */
-export function lineChart(title, series, format = (v) => String(v), id = undefined) {
+export function lineChart(title, series, { format = short, id, wide = false, days = false } = {}) {
+  const W = wide ? 1200 : 480;
   const all = series.flatMap((x) => x.points);
   const box = h("figure", { class: "chart", id });
   box.append(h("figcaption", {}, title));
@@ -33,12 +34,8 @@ export function lineChart(title, series, format = (v) => String(v), id = undefin
   const top = niceMax(Math.max(...all.map((p) => p[1])));
   const x = (t) => PAD.left + ((t - t0) / (t1 - t0)) * (W - PAD.left - PAD.right);
   const y = (v) => H - PAD.bottom - (v / top) * (H - PAD.top - PAD.bottom);
-  const svg = s("svg", {
-    viewBox: `0 0 ${W} ${H}`,
-    role: "img",
-    "aria-label": title,
-    preserveAspectRatio: "none",
-  });
+  const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title });
+  const label = (t) => (days ? when(t).slice(0, 10) : when(t).slice(11, 19));
   for (const frac of [0, 0.5, 1]) {
     const v = top * frac;
     svg.append(
@@ -47,8 +44,8 @@ export function lineChart(title, series, format = (v) => String(v), id = undefin
     );
   }
   svg.append(
-    s("text", { x: PAD.left, y: H - 6, class: "axis" }, when(t0).slice(11, 19)),
-    s("text", { x: W - PAD.right, y: H - 6, class: "axis", "text-anchor": "end" }, when(t1).slice(11, 19)),
+    s("text", { x: PAD.left, y: H - 6, class: "axis" }, label(t0)),
+    s("text", { x: W - PAD.right, y: H - 6, class: "axis", "text-anchor": "end" }, label(t1)),
   );
   series.forEach((ser, i) => {
     if (ser.points.length === 0) return;

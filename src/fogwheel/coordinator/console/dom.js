@@ -100,6 +100,17 @@ export function when(t) {
   return new Date(t * 1000).toISOString().replace("T", " ").slice(0, 19) + "Z";
 }
 
+/** A number in few characters: 0, 12, 3.5, 0.0012, 12k, 3.4M. */
+export function short(v) {
+  if (!Number.isFinite(v)) return "–";
+  const a = Math.abs(v);
+  if (a === 0) return "0";
+  if (a >= 1e6) return `${(v / 1e6).toPrecision(3)}M`;
+  if (a >= 1e4) return `${(v / 1e3).toPrecision(3)}k`;
+  if (a >= 1) return String(Math.round(v * 100) / 100);
+  return v.toPrecision(2);
+}
+
 export function pct(x) {
   if (x === null || x === undefined) return "–";
   return `${(100 * x).toFixed(1)} %`;

@@ -54,8 +54,10 @@ export function fleetView() {
         card(
           "Fleet",
           states(fleet.by_state, fleet.total),
-          lineChart("devices online", [{ name: "online", points: points(history.samples, "devices_online") }],
-            (v) => v.toFixed(0), "online-chart"),
+          lineChart("devices online", [{ name: "online", points: points(history.samples, "devices_online") }], {
+            id: "online-chart",
+            wide: true,
+          }),
         ),
         card(`Devices${shown}`, table(deviceColumns(true), fleet.devices, { id: "fleet-table", empty: "no device has joined" })),
       ];
@@ -97,8 +99,11 @@ export function devicesView() {
             ],
             "earnings",
           ),
-          lineChart("earned, credits (cumulative, per UTC day)", [{ name: "earned", points: cumulative }],
-            (v) => v.toFixed(3), "earnings-chart"),
+          lineChart("earned, credits (cumulative, per UTC day)", [{ name: "earned", points: cumulative }], {
+            id: "earnings-chart",
+            wide: true,
+            days: true,
+          }),
           table(
             [
               ["day", (l) => l.day],

@@ -26,32 +26,23 @@ export function flywheelView() {
             "flywheel-now",
           )
         : h("p", { class: "empty" }, `no sample yet: the first comes within ${period_s} s`);
-      const int = (v) => v.toFixed(0);
       return [
         card(`The flywheel (a sample every ${period_s} s)`, head),
         h(
           "div",
           { class: "charts", id: "flywheel-charts" },
-          lineChart("devices online", [{ name: "online", points: points(samples, "devices_online") }], int),
-          lineChart(
-            "capacity online",
-            [
-              { name: "cores", points: points(samples, "cores_online") },
-              { name: "disk, GB", points: points(samples, "disk_mb_online", 1 / 1000) },
-            ],
-            int,
-          ),
-          lineChart("utilisation (tasks held / slots online)", [{ name: "utilisation", points: points(samples, "utilisation", 100) }], (v) => `${v.toFixed(0)}%`),
-          lineChart("work done, tasks per minute", [{ name: "tasks", points: rates(samples, "tasks_done", 60) }], (v) => v.toFixed(1)),
-          lineChart("paid to owners, credits (cumulative)", [{ name: "credits", points: points(samples, "credits_to_owners", 1e-6) }], (v) => v.toFixed(3)),
-          lineChart(
-            "price, credits",
-            [
-              { name: "per core-hour", points: points(samples, "per_cpu_hour", 1e-6) },
-              { name: "per GB served", points: points(samples, "per_gb_served", 1e-6) },
-            ],
-            (v) => v.toFixed(3),
-          ),
+          lineChart("devices online", [{ name: "online", points: points(samples, "devices_online") }]),
+          lineChart("cores online", [{ name: "cores", points: points(samples, "cores_online") }]),
+          lineChart("disk online, GB", [{ name: "disk", points: points(samples, "disk_mb_online", 1 / 1000) }]),
+          lineChart("uplink online (measured), Mbit/s", [{ name: "uplink", points: points(samples, "uplink_bps_online", 8e-6) }]),
+          lineChart("utilisation (tasks held / slots online)", [{ name: "utilisation", points: points(samples, "utilisation", 100) }], {
+            format: (v) => `${v.toFixed(0)}%`,
+          }),
+          lineChart("work done, tasks per minute", [{ name: "tasks", points: rates(samples, "tasks_done", 60) }]),
+          lineChart("paid to owners, credits (cumulative)", [{ name: "credits", points: points(samples, "credits_to_owners", 1e-6) }]),
+          lineChart("bytes served by devices, MB (cumulative)", [{ name: "served", points: points(samples, "bytes_served", 1e-6) }]),
+          lineChart("price per core-hour, credits", [{ name: "per core-hour", points: points(samples, "per_cpu_hour", 1e-6) }]),
+          lineChart("price per GB served, credits", [{ name: "per GB", points: points(samples, "per_gb_served", 1e-6) }]),
         ),
       ];
     },

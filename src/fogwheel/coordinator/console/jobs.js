@@ -99,10 +99,13 @@ async function jobPanel(paths, job, picked, refresh) {
     get(paths.tasks(job.id, "failed")),
   ]);
   const st = progress.states;
-  const recent = progress.throughput.slice(-3);
-  const rate = recent.reduce((sum, b) => sum + b.per_s, 0) / Math.max(1, recent.length);
-  const panel = h("section", { class: "card", id: "job-panel", dataset: { job: job.id } });
-  panel.append(
+  // the rate over the last third of the job's span: steadier than the newest bucket alone
+  const recent = progress.throughput.slice(-10);
+  const span = recent.length > 1 ? (recent[1].at - recent[0].at) * recent.length : 0;
+  const rate = span > 0 ? recent.reduce((sum, b) => sum + b.count, 0) / span : 0;
+  return h(
+    "section",
+    { class: "card", id: "job-panel", dataset: { job: job.id } },
     h("h2", {}, `Job ${job.id}: `, job.name),
     bar(job.finished, job.total, `${job.finished} of ${job.total} tasks finished`),
     figures(
@@ -119,12 +122,10 @@ async function jobPanel(paths, job, picked, refresh) {
       "task-states",
     ),
     job.cancel_reason ? h("p", { class: "error" }, "stopped: ", job.cancel_reason) : null,
-    lineChart(
-      "tasks finished per second",
-      [{ name: "done", points: progress.throughput.map((b) => [b.at, b.per_s]) }],
-      (v) => v.toFixed(2),
-      "throughput-chart",
-    ),
+    lineChart("tasks finished per second", [{ name: "done", points: progress.throughput.map((b) => [b.at, b.per_s]) }], {
+      id: "throughput-chart",
+      wide: true,
+    }),
     h("h3", {}, "Failures"),
     table(
       [
@@ -141,7 +142,7 @@ async function jobPanel(paths, job, picked, refresh) {
       [
         ["task", (t) => String(t.index), "num"],
         ["state", (t) => h("span", { class: `state state-${t.state}` }, t.state)],
-        ["node", (t) => t.node_id || ""],
+        ["node", (t) => t.node_id || (t.history.length ? t.history[t.history.length - 1].node_id : "")],
         ["attempts", (t) => String(t.attempts), "num"],
         ["waiting for", (t) => (t.waiting_for ? t.waiting_for.sentence : "")],
       ],
@@ -159,7 +160,6 @@ async function jobPanel(paths, job, picked, refresh) {
       },
     ),
   );
-  return panel;
 }
 
 async function taskPanel(paths, taskId) {
