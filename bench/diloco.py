@@ -12,7 +12,18 @@ One model, one seed and one number of training samples, trained five ways in one
      every worker takes as many inner steps of batch b as B takes steps;
   D  C at the largest H with int8 pseudo-gradients;
   E  C at the largest H with each worker absent from a round with probability 0.25
-     (`TrainConfig.absent_rate`): simulated churn, so E sees about 3/4 of the samples.
+     (`TrainConfig.absent_rate`): simulated churn, so E sees about 3/4 of the samples;
+  T  DiLoCo with top-k pseudo-gradients (`--topk`, default topk:0.01:2: 1 % of each chunk
+     of 4096, 2 bits a value, error feedback kept on the nodes) at H = `--topk-h` (10), outer
+     SGD without momentum (SparseLoCo: the error feedback is the momentum), lr `--topk-outer-lr`;
+  S  Streaming DiLoCo (`--fragments` F, default 2) at the largest H, fp16: each round runs
+     H / F inner steps and sends one fragment, so the peak bytes of one sync fall by ~F.
+
+With `--warm-start W`, every config starts from the same checkpoint: W steps of A's
+single-process training (batch K x b) from the seed's weights, as DiLoCo (Douillard et al.
+2023, section 3) starts every run from a pretrained model. B and A continue with that AdamW
+state; DiLoCo's workers start AdamW afresh. The warm start's steps, samples and bytes are the
+same for every config and are not counted in any figure.
 
 The model is deliberately small, so that the default run takes 15-20 minutes on a 2-core
 machine: `ModelConfig(context=64, d_model=64, n_layers=2, n_heads=4, d_ff=256)`, 115,008
@@ -49,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import shutil
 import statistics
@@ -129,13 +141,43 @@ def _finite(name: str, loss: torch.Tensor, step: int) -> None:
         raise BenchmarkFailed(f"{name}: the training loss is {float(loss)} at step {step}")
 
 
+Warm = tuple[dict[str, torch.Tensor], dict[str, Any]] | None  # weights, AdamW state_dict
+
+
+def _from_warm(seed: int, lr: float, warm: Warm) -> tuple[nn.Module, torch.optim.AdamW]:
+    """The seed's model and a fresh AdamW, or the warm start's weights and AdamW state."""
+    model = transformer.build(MODEL, seed)
+    opt = _adamw(model, lr)
+    if warm is not None:
+        model.load_state_dict(warm[0])
+        opt.load_state_dict(warm[1])
+    model.train()
+    return model, opt
+
+
+def warm_start(args: argparse.Namespace, seed: int, train: bytes) -> Warm:
+    """`--warm-start` steps of A's training: the checkpoint every config starts from."""
+    if args.warm_start <= 0:
+        return None
+    model, opt = _from_warm(seed, args.lr, None)
+    gen = torch.Generator().manual_seed(seed * 7919 + 2)
+    for step in range(1, args.warm_start + 1):
+        x, y = corpus.sample_batch(train, args.workers * args.batch, MODEL.context, gen)
+        loss = model.loss(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        opt.step()
+        _finite("warm start", loss, step)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return state, copy.deepcopy(opt.state_dict())
+
+
 def train_single(
-    args: argparse.Namespace, seed: int, train: bytes, val: bytes, params: int
+    args: argparse.Namespace, seed: int, train: bytes, val: bytes, params: int, warm: Warm = None
 ) -> Curve:
     """A: one process, batch K x b from the whole training set, no communication."""
-    model = transformer.build(MODEL, seed)
-    model.train()
-    opt = _adamw(model, args.lr)
+    model, opt = _from_warm(seed, args.lr, warm)
     gen = torch.Generator().manual_seed(seed * 7919 + 1)
     curve = Curve("A", sync_every=0)
     times = []
@@ -158,13 +200,16 @@ def train_single(
 
 
 def train_sync(
-    args: argparse.Namespace, seed: int, shards: list[bytes], val: bytes, params: int
+    args: argparse.Namespace,
+    seed: int,
+    shards: list[bytes],
+    val: bytes,
+    params: int,
+    warm: Warm = None,
 ) -> Curve:
     """B: K workers' gradients on their own shards, averaged, one AdamW step, every step."""
     k_workers = args.workers
-    model = transformer.build(MODEL, seed)
-    model.train()
-    opt = _adamw(model, args.lr)
+    model, opt = _from_warm(seed, args.lr, warm)
     gens = [torch.Generator().manual_seed(seed * 7919 + 100 + k) for k in range(k_workers)]
     curve = Curve("B", sync_every=1, sync_bytes=[4 * params] * args.steps)
     times = []
@@ -220,18 +265,23 @@ def train_diloco(
     work: Path,
     compression: str = "fp16",
     absent_rate: float = 0.0,
+    fragments: int = 1,
+    outer: tuple[float, float] | None = None,
+    initial: dict[str, torch.Tensor] | None = None,
 ) -> Curve:
-    """One DiLoCo run on the fog: rounds = steps / H, a fresh run directory."""
+    """One DiLoCo run on the fog: rounds = steps / H (x F with fragments), a fresh run dir."""
+    outer_lr, outer_momentum = outer or (args.outer_lr, args.outer_momentum)
     config = diloco.TrainConfig(
         model=MODEL.to_dict(),
         workers=args.workers,
-        rounds=args.steps // h,
+        rounds=args.steps // h * fragments,
         inner_steps=h,
+        fragments=fragments,
         batch=args.batch,
         inner_lr=args.lr,
         weight_decay=WEIGHT_DECAY,
-        outer_lr=args.outer_lr,
-        outer_momentum=args.outer_momentum,
+        outer_lr=outer_lr,
+        outer_momentum=outer_momentum,
         compression=compression,
         seed=seed,
         val_windows=args.val_windows,
@@ -239,7 +289,7 @@ def train_diloco(
     )
     directory = Path(tempfile.mkdtemp(prefix=f"run-{name}-", dir=work))
     t0 = time.perf_counter()
-    trainer = diloco.Trainer.start(client, config, directory)
+    trainer = diloco.Trainer.start(client, config, directory, initial=initial)
 
     def report(record: diloco.RoundRecord, run: diloco.Run) -> None:
         if record.rejected:
@@ -258,9 +308,9 @@ def train_diloco(
     per_worker = list(run.bytes_per_worker.values())
     curve = Curve(
         name,
-        points=[(rec.round * h, rec.val_loss) for rec in history],
+        points=[(rec.round * h // fragments, rec.val_loss) for rec in history],
         step_s=step_s,
-        sync_every=h,
+        sync_every=h // fragments,
         # a round's sync: each present worker sends its own pseudo-gradient, in parallel
         sync_bytes=[rec.bytes_up // max(rec.reported, 1) for rec in history],
         bytes_per_worker=sum(per_worker) / args.workers,
@@ -270,14 +320,18 @@ def train_diloco(
     curve.extra = {
         "h": h,
         "rounds": len(history),
-        "compression": compression,
+        "compression": config.compression,
+        "fragments": fragments,
+        "outer_lr": outer_lr,
+        "outer_momentum": config.outer_momentum,
+        "peak_sync_bytes": max(rec.bytes_up_max for rec in history),
         "absent_rate": absent_rate,
         "initial_val_loss": trainer.initial_val,
         "fog_round_s": round(statistics.median(rec.seconds for rec in history), 2),
         "reported": sum(rec.reported for rec in history),
         "dropped": sum(rec.dropped for rec in history),
         "restarted": sum(rec.restarted for rec in history),
-        "samples": sum(rec.reported for rec in history) * h * args.batch,
+        "samples": sum(rec.reported for rec in history) * h // fragments * args.batch,
     }
     if not all(torch.isfinite(torch.tensor(loss)) for _, loss in curve.points):
         raise BenchmarkFailed(f"{name}: the validation loss is not finite")
@@ -295,30 +349,62 @@ def run_once(
     train = b"".join(shards)
     params = transformer.build(MODEL, seed).param_count()
     curves: dict[str, Curve] = {}
+    if args.warm_start:
+        progress(f"[seed {seed}] warm start: {args.warm_start} steps of A, for every config")
+    warm = warm_start(args, seed, train)
+    initial = warm[0] if warm else None
 
     progress(f"[seed {seed}] B: synchronous data-parallel, {args.steps} steps")
-    curves["B"] = train_sync(args, seed, shards, val, params)
+    curves["B"] = train_sync(args, seed, shards, val, params, warm)
     progress(f"  B: val {curves['B'].loss:.4f}, {curves['B'].step_s * 1e3:.1f} ms a step")
     progress(f"[seed {seed}] A: one process, batch {args.workers * args.batch}")
-    curves["A"] = train_single(args, seed, train, val, params)
+    curves["A"] = train_single(args, seed, train, val, params, warm)
     progress(f"  A: val {curves['A'].loss:.4f}, {curves['A'].step_s * 1e3:.1f} ms a step")
 
     main_h = max(args.h)
-    step_s = {h: inner_step_seconds(h, args, shards[0], seed) for h in args.h}
+    f = args.fragments
+    hs = set(args.h) | {args.topk_h, main_h // f}
+    step_s = {h: inner_step_seconds(h, args, shards[0], seed) for h in sorted(hs)}
     plan: list[tuple[str, int, str, float]] = [(f"C_h{h}", h, "fp16", 0.0) for h in args.h]
     plan += [(f"D_int8_h{main_h}", main_h, "int8", 0.0)]
     plan += [(f"E_churn_h{main_h}", main_h, "fp16", args.absent_rate)]
+    plan += [(f"T_topk_h{args.topk_h}", args.topk_h, args.topk, 0.0)]
+    plan += [(f"S_stream{f}_h{main_h}", main_h, "fp16", 0.0)]
     for name, h, compression, absent in plan:
-        progress(f"[seed {seed}] {name}: DiLoCo, {args.steps // h} rounds of H={h}")
+        fragments = f if name.startswith("S_") else 1
+        topk = name.startswith("T_")
+        rounds = args.steps // h * fragments
+        progress(f"[seed {seed}] {name}: DiLoCo, {rounds} rounds of {h // fragments} steps")
         curves[name] = train_diloco(
-            client, args, seed, name, h, step_s[h], work, compression, absent
-        )
+            client, args, seed, name, h, step_s[h // fragments], work, compression, absent,
+            fragments=fragments,
+            outer=(args.topk_outer_lr, 0.0) if topk else None,
+            initial=initial,
+        )  # fmt: skip
         c = curves[name]
         progress(
             f"  {name}: val {c.loss:.4f} ({c.loss / curves['B'].loss:.3f} of B), "
             f"{c.bytes_per_worker / 1e6:.2f} MB a worker, {c.wall_s:.0f} s on the fog"
         )
     return curves, params
+
+
+def _compressed_figures(
+    args: argparse.Namespace, curves: dict[str, Curve], c_main: Curve
+) -> dict[str, Any]:
+    """Top-k against B (loss, and B's bytes over top-k's most-sending worker's), and the
+    streaming run's peak bytes of one sync against whole-model DiLoCo's at the same H."""
+    b = curves["B"]
+    t = curves[f"T_topk_h{args.topk_h}"]
+    s = curves[f"S_stream{args.fragments}_h{max(args.h)}"]
+    return {
+        "topk_loss_ratio": round(t.loss / b.loss, 4),
+        "topk_bytes_ratio": round(b.bytes_per_worker / t.bytes_per_worker_max, 1),
+        "streaming_peak_ratio": round(
+            s.extra["peak_sync_bytes"] / c_main.extra["peak_sync_bytes"], 4
+        ),
+        "streaming_loss_ratio": round(s.loss / c_main.loss, 4),
+    }
 
 
 def summarise(args: argparse.Namespace, curves: dict[str, Curve], params: int) -> dict[str, Any]:
@@ -354,6 +440,7 @@ def summarise(args: argparse.Namespace, curves: dict[str, Curve], params: int) -
         "bytes_ratio": round(curves["B"].bytes_per_worker / c_main.bytes_per_worker_max, 2),
         "churn_loss_ratio": round(curves[f"E_churn_h{main_h}"].loss / c_main.loss, 4),
         "int8_vs_fp16": round(curves[f"D_int8_h{main_h}"].loss / c_main.loss, 4),
+        **_compressed_figures(args, curves, c_main),
         "b_loss": round(b_loss, 4),
         "speedup_to_target": None,
     }
@@ -410,6 +497,8 @@ def combine(args: argparse.Namespace, runs: list[dict[str, Any]], params: int) -
         "bytes_100x_fewer": figures["bytes_ratio"] >= 100,
         "churn_within_5pct_of_c": figures["churn_loss_ratio"] <= 1.05,
         "int8_within_1pct_of_fp16": abs(figures["int8_vs_fp16"] - 1) <= 0.01,
+        "topk_within_3pct_of_b_at_1000x": figures["topk_loss_ratio"] <= 1.03
+        and figures["topk_bytes_ratio"] >= 1000,
     }
     figures |= {f"loss_{name.lower()}": c["loss"] for name, c in configs.items()}
     figures |= {f"bytes_{name.lower()}": c["bytes_per_worker"] for name, c in configs.items()}
@@ -426,6 +515,11 @@ def combine(args: argparse.Namespace, runs: list[dict[str, Any]], params: int) -
         "lr": args.lr,
         "outer_lr": args.outer_lr,
         "outer_momentum": args.outer_momentum,
+        "warm_start": args.warm_start,
+        "topk": args.topk,
+        "topk_h": args.topk_h,
+        "topk_outer_lr": args.topk_outer_lr,
+        "fragments": args.fragments,
         "uplink_mbit": args.uplink_mbit,
         "latency_ms": args.latency_ms,
         "fog": f"{args.nodes}x{args.cores}",
@@ -496,6 +590,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outer-lr", type=float, default=0.7, help="DiLoCo outer lr (0.7)")
     parser.add_argument("--outer-momentum", type=float, default=0.8, help="(0.8)")
     parser.add_argument("--absent-rate", type=float, default=0.25, help="E's churn (0.25)")
+    parser.add_argument("--warm-start", type=int, default=0, help="shared warm-up steps (0)")
+    parser.add_argument("--topk", default="topk:0.01:2", help="T's codec (topk:0.01:2)")
+    parser.add_argument("--topk-h", type=int, default=10, help="T's H (10)")
+    parser.add_argument("--topk-outer-lr", type=float, default=1.0, help="T's outer lr (1.0)")
+    parser.add_argument("--fragments", type=int, default=2, help="S's fragments (2)")
     parser.add_argument("--eval-every", type=int, default=10, help="A/B eval interval (10)")
     parser.add_argument("--val-windows", type=int, default=256, help="validation windows")
     parser.add_argument("--uplink-mbit", type=float, default=5.0, help="link model (5)")
@@ -509,7 +608,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.steps = 100
-    bad = [h for h in args.h if h < 1 or args.steps % h]
+    bad = [h for h in [*args.h, args.topk_h] if h < 1 or args.steps % h]
+    if max(args.h) % args.fragments:
+        parser.error(f"--fragments {args.fragments} does not divide H {max(args.h)}")
     if bad:
         parser.error(f"--steps {args.steps} is not a multiple of H {bad}")
     args.h = sorted(set(args.h))

@@ -292,10 +292,18 @@ class Trainer:
         self.guard = Guard(self)  # audits, the held-out check, robust steps, undo
 
     @classmethod
-    def start(cls, client: Client, config: TrainConfig, directory: Path) -> Trainer:
+    def start(
+        cls, client: Client, config: TrainConfig, directory: Path, initial: Any = None
+    ) -> Trainer:
+        """A new run; from the weights `initial` (a state dict: a warm start) if given, else
+        from the model built from the run's seed."""
         if (directory / MANIFEST).exists():
             raise FileExistsError(f"{directory} already holds a run: resume it or pick another")
         run = Run(run_id=uuid.uuid4().hex[:12], config=config)
+        if initial is not None:
+            from fogwheel.workloads import transformer
+
+            run.weights = _ref(client.put_blob(transformer.state_to_bytes(initial)))
         trainer = cls(client, run, directory)
         run.initial_val_loss = trainer.initial_val
         trainer._checkpoint()

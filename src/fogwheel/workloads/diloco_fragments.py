@@ -21,6 +21,7 @@ here: a round's job is a barrier (the driver's outer step comes between two roun
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,8 @@ def streaming_task(spec: dict[str, Any]) -> dict[str, Any]:
     global_state = transformer.state_from_bytes(Path("weights").read_bytes())
     shapes = {n: tuple(t.shape) for n, t in global_state.items()}
     keep = Path("keep")
+    if spec.get("fresh"):  # an audit (diloco_guard): from public inputs only, as two devices
+        shutil.rmtree(keep, ignore_errors=True)  # must compute the same bytes
     kept_adam, kept_local = keep / "adamw", keep / "local"
     kept_ef = keep / f"ef-{int(spec['fragment'])}"  # each fragment's own error feedback
     local = local_from_bytes(kept_local.read_bytes(), shapes) if kept_local.is_file() else None
