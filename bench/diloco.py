@@ -74,8 +74,10 @@ from typing import Any
 import torch
 from torch import nn
 
+import diloco_byzantine  # bench/diloco_byzantine.py, beside this file
 from fogwheel.client import Client
 from fogwheel.localfog import LocalFog
+from fogwheel.node.faults import POISONS
 from fogwheel.workloads import corpus, diloco, diloco_math, transformer
 
 MODEL = transformer.ModelConfig(context=64, d_model=64, n_layers=2, n_heads=4, d_ff=256)
@@ -604,6 +606,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=1, help="seeds; medians reported (1)")
     parser.add_argument("--seed", type=int, default=0, help="the first seed (0)")
     parser.add_argument("--quick", action="store_true", help="100 steps: ~2 minutes")
+    parser.add_argument(
+        "--no-byzantine", dest="byzantine", action="store_false",
+        help="skip the byzantine section: 1 of --byzantine-devices poisoning (diloco_byzantine.py)",
+    )  # fmt: skip
+    parser.add_argument("--byzantine-devices", type=int, default=10, help="(10)")
+    parser.add_argument("--byzantine-attack", choices=POISONS, default="sign-flip")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args(argv)
     if args.quick:
@@ -617,6 +625,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         figures = measure(args)
+        if args.byzantine:  # its own two fogs of single-slot devices, once, the first seed
+            figures |= diloco_byzantine.bench_section(args, MODEL)
+            met = diloco_byzantine.goal_met(figures)
+            figures["goals"]["byzantine_within_3pct_all_detected"] = met
     except BenchmarkFailed as e:
         progress(f"BENCHMARK FAILED: {e}")
         return 1

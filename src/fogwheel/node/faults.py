@@ -101,17 +101,7 @@ class Faults:
         tensors, meta = transformer.read_state(path.read_bytes())
         shapes = {name: t.shape for name, t in tensors.items()}
         delta = diloco_math.decompress(path.read_bytes(), shapes)
-        if self.poison == "sign-flip":
-            bad = {k: -v for k, v in delta.items()}
-        elif self.poison == "scale":
-            bad = {k: v * POISON_SCALE for k, v in delta.items()}
-        else:
-            import torch
-
-            gen = torch.Generator().manual_seed(self._rng.getrandbits(63))
-            noise = {k: torch.randn(v.shape, generator=gen) for k, v in delta.items()}
-            ratio = diloco_math.global_norm(delta) / max(diloco_math.global_norm(noise), 1e-30)
-            bad = {k: v * ratio for k, v in noise.items()}
+        bad = poison_delta(delta, self.poison, self._rng.getrandbits(63))
         path.write_bytes(diloco_math.compress(bad, meta["mode"]))
 
     def tamper(self, report: dict[str, Any]) -> dict[str, Any]:
@@ -136,6 +126,26 @@ class Faults:
             "data": base64.b64encode(lie).decode(),
         }
         return {**report, "value": value}
+
+
+def poison_delta(delta: dict[str, Any], attack: str, seed: int) -> dict[str, Any]:
+    """A pseudo-gradient (name -> float tensor) poisoned by `attack`: `sign-flip`, `scale` (x
+    POISON_SCALE) or `random` (Gaussian noise of its global norm, from `seed`). Shared by the
+    node's fault and the in-process benchmark of the aggregates (bench/diloco_aggregates.py)."""
+    if attack == "sign-flip":
+        return {k: -v for k, v in delta.items()}
+    if attack == "scale":
+        return {k: v * POISON_SCALE for k, v in delta.items()}
+    if attack != "random":
+        raise ValueError(f"{attack!r} is not a pseudo-gradient poison")
+    import torch
+
+    from fogwheel.workloads import diloco_math
+
+    gen = torch.Generator().manual_seed(seed)
+    noise = {k: torch.randn(v.shape, generator=gen) for k, v in delta.items()}
+    ratio = diloco_math.global_norm(delta) / max(diloco_math.global_norm(noise), 1e-30)
+    return {k: v * ratio for k, v in noise.items()}
 
 
 def _inline(data: bytes) -> dict[str, Any]:
