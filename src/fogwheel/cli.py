@@ -643,6 +643,13 @@ def run(
     local: LocalOpt = 0,
     replicas: ReplicasOpt = "adaptive",
     max_cost: MaxCostOpt = None,
+    image: Annotated[
+        str | None,
+        typer.Option(
+            help="Run it in this program image (an id from `fogwheel images push`) as /, "
+            "in /.fogwheel/task; only nodes of the image's architecture take it."
+        ),
+    ] = None,
 ) -> None:
     """Run a program on one node of the fog.
 
@@ -659,7 +666,12 @@ def run(
             doing = f"running {escape(command[0])} on the fog…"
             with err.status(doing) as status, waits.notice.shown_on(status, doing):
                 res = client.run(
-                    command, inputs=inputs, outputs=output or [], memory_mb=memory, wall_s=wall
+                    command,
+                    inputs=inputs,
+                    outputs=output or [],
+                    memory_mb=memory,
+                    wall_s=wall,
+                    image=image,
                 ).result()
         except CommandFailed as e:
             if e.result is not None:
@@ -1357,6 +1369,11 @@ cli_jobs.register(app)
 from fogwheel import cli_blobs  # noqa: E402
 
 cli_blobs.register(app)
+
+# images push|list: program images for command tasks (src/fogwheel/cli_images.py)
+from fogwheel import cli_images  # noqa: E402
+
+cli_images.register(app)
 
 # up: a local fog, one coordinator or several behind nginx (src/fogwheel/cli_up.py)
 from fogwheel import cli_up  # noqa: E402

@@ -39,7 +39,16 @@ from typing import Any
 import cloudpickle
 import httpx
 
-from fogwheel import funcpickle, output_files, results, retry, safe_pickle, transfers
+from fogwheel import (
+    client_images,
+    funcpickle,
+    output_files,
+    results,
+    retry,
+    safe_pickle,
+    transfers,
+)
+from fogwheel.client_images import Image
 from fogwheel.errors import (
     ApiError,
     AuthError,
@@ -525,11 +534,13 @@ class Client:
         cpu_s: float | None = None,
         name: str | None = None,
         max_cost: float | None = None,
+        image: str | Image | None = None,
     ) -> TaskFuture:
         """Run a program on one node: `inputs` are files placed in its working directory
         (paths, bytes or `Blob`s; a large file is streamed up as a blob, resumably),
         `outputs` the files to bring back. The future's result is a
-        `CommandResult`; a non-zero exit raises `CommandFailed`."""
+        `CommandResult`; a non-zero exit raises `CommandFailed`. `image`: a pushed program
+        image (`push_image`, or its id) to run it in as `/` (docs/images.md)."""
         return self.run_many(
             [command],
             inputs=[inputs or {}],
@@ -540,6 +551,7 @@ class Client:
             cpu_s=cpu_s,
             name=name or str(command[0]),
             max_cost=max_cost,
+            image=image,
         )[0]
 
     def run_many(
@@ -554,8 +566,11 @@ class Client:
         cpu_s: float | None = None,
         name: str = "command",
         max_cost: float | None = None,
+        image: str | Image | None = None,
     ) -> list[TaskFuture]:
-        """One job of several command tasks (a render's bands, say)."""
+        """One job of several command tasks (a render's bands, say), each in `image` if
+        given (a pushed program image or its id; its working directory is /.fogwheel/task)."""
+        image_id = image.id if isinstance(image, Image) else image
         inputs = inputs or [{} for _ in commands]
         tasks = []
         for cmd, ins in zip(commands, inputs, strict=True):
@@ -565,6 +580,7 @@ class Client:
                     "inputs": self._files(ins),
                     "outputs": list(outputs),
                     "needs": list(needs),
+                    **({"image": image_id} if image_id else {}),
                 }
             )
         job = {
@@ -615,6 +631,18 @@ class Client:
             else:
                 files[fname] = _blob_ref(self._upload_file(src))
         return files
+
+    # -- program images (client_images.py) ---------------------------------------------------
+
+    def push_image(self, source: str | os.PathLike[str], arch: str | None = None) -> Image:
+        """Push a root filesystem as a program image: a directory, a tarball (`docker
+        export`, debootstrap) or an OCI image layout. Layers go up as resumable blobs (the
+        client's `transfer_progress` hears of them); returns the registered `Image`."""
+        return client_images.push(self, source, arch)
+
+    def images(self, limit: int = 100) -> list[Image]:
+        """Your program images, newest first."""
+        return client_images.listed(self, limit)
 
     # -- blobs ------------------------------------------------------------------------------
 

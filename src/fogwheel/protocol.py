@@ -92,6 +92,11 @@ class TaskIn(Model):
         description="after a successful run the node keeps the task's `keep/` directory under "
         "this key, for a later task's `keep_in` (an optimizer's state, say)",
     )
+    image: Sha256 | None = Field(
+        default=None,
+        description="command tasks: a program image of yours (`fogwheel images push`) to run "
+        "in as `/`; placed only on nodes of its architecture (docs/images.md)",
+    )
 
 
 class ToleranceIn(Model):
@@ -346,6 +351,9 @@ class TaskLease(Model):
     )
     keep_in: str | None = None  # node-local state names (see TaskIn), namespaced per customer
     keep_out: str | None = None
+    image: str | None = Field(
+        default=None, description="the program image its command runs in (docs/images.md)"
+    )
     signature: str = Field(
         default="", description="the coordinator's Ed25519 signature of the fields above"
     )

@@ -28,6 +28,7 @@ from fogwheel.coordinator.auth import Authenticator
 from fogwheel.coordinator.cdn_routes import build_cdn_routes, screen_serve_url
 from fogwheel.coordinator.diskfull import DISK_FULL_MESSAGE, is_disk_full
 from fogwheel.coordinator.identity import PUBLIC, caller
+from fogwheel.coordinator.image_routes import build_image_routes, check_task_images
 from fogwheel.coordinator.job_routes import build_job_routes
 from fogwheel.coordinator.ledger_routes import build_ledger_routes
 from fogwheel.coordinator.metrics import Metrics
@@ -276,6 +277,7 @@ def build_routes(
             raise HTTPException(
                 422, f"blob {sorted(missing)[0]} is not uploaded: PUT it to /v1/blobs/<sha> first"
             )
+        check_task_images(store, customer_id, job)  # coordinator/image_routes.py
 
     @v1.get("/jobs", tags=["jobs"])
     def list_jobs(
@@ -750,6 +752,7 @@ def build_routes(
     build_ledger_routes(app, store, auth)
     build_owner_routes(app, store, auth, public_key)
     build_cdn_routes(app, store, auth, blobs, signing_key)
+    build_image_routes(app, store, auth, blobs)
 
 
 async def _arrival() -> float:

@@ -104,6 +104,7 @@ class Candidate:
     keeper: str | None = None  # the live node that keeps that state, if any
     est_s: float | None = None  # its expected run time (its job's typical attempt); None: unknown
     deadline: float | None = None  # when its job wants it done; None: no deadline
+    image_here: bool = False  # its program image is unpacked on the asking node (fetched there)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +176,8 @@ def plan_lease(
             note = f"; checks task {cand.group} on a node that has not run it"
         if cand.failed_on:
             note += f"; retry after loss on {', '.join(sorted(cand.failed_on))}"
+        if cand.image_here:
+            note += "; its image is already unpacked here"
         if cand.local_bytes > 0:
             note += f"; {_size(cand.local_bytes)} of its input already here"
         chosen.append(Assignment(cand.task_id, head + note))

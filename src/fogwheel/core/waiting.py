@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from fogwheel.core import owners
+from fogwheel.core.images import ARCH_PREFIX
 
 NO_LIVE_NODES = "no-live-nodes"
 QUARANTINED = "quarantined"  # nodes are up, but every one is quarantined
@@ -98,6 +99,8 @@ def waiting_for(task: TaskView, fleet: Fleet) -> Waiting | None:
             )
         return Waiting(NO_LIVE_NODES, f"no live nodes: {START_NODE}", True)
     able = [n for n in fleet.live if task.needs <= n.capabilities]
+    if not able and (arch := _other_architecture(task.needs, fleet.live)):
+        return Waiting(NO_CAPABILITY, arch, True)
     if not able:
         missing = sorted(task.needs - frozenset().union(*(n.capabilities for n in fleet.live)))
         what = ", ".join(missing) or ", ".join(sorted(task.needs))
@@ -125,6 +128,21 @@ def waiting_for(task: TaskView, fleet: Fleet) -> Waiting | None:
     if not eligible:
         return _checking(task, fleet, able, task.devices_needed)
     return _slots(eligible)
+
+
+def _other_architecture(needs: frozenset[str], live: Sequence[LiveNode]) -> str | None:
+    """The sentence for a task whose image is built for an architecture no live node has."""
+    prefix = ARCH_PREFIX
+    wanted = sorted(n[len(prefix) :] for n in needs if n.startswith(prefix))
+    have = Counter(c[len(prefix) :] for n in live for c in n.capabilities if c.startswith(prefix))
+    if not wanted or wanted[0] in have:
+        return None
+    nodes = ", ".join(f"{k} ({v})" for k, v in sorted(have.items())) or "none that says"
+    return (
+        f"its image is built for {wanted[0]} and no live node is {wanted[0]} (live nodes by "
+        f"architecture: {nodes}): push the image built for theirs (`fogwheel images push "
+        f"--arch`), or start a node on a {wanted[0]} device"
+    )
 
 
 def summary(waits: Iterable[Waiting | None]) -> JobWaiting | None:

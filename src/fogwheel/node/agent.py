@@ -39,6 +39,7 @@ from fogwheel.core.urls import coordinator_base
 from fogwheel.node import cgroups
 from fogwheel.node.faults import ENV as FAULT_ENV
 from fogwheel.node.faults import Faults
+from fogwheel.node.images import ImageCache, ImageRefused, image_capabilities
 from fogwheel.node.sandbox import NoSandbox, Sandbox, detect
 from fogwheel.node.scratch import can_mount, private_mounts, unmount
 from fogwheel.node.slots import Protections, Slot
@@ -84,6 +85,7 @@ class NodeConfig:
     scratch_mb: int = 1024  # each slot's scratch (a tmpfs where the agent can mount one)
     keep_mb: int = 1024  # kept state (TaskIn.keep_out) for all jobs, least recent dropped
     keep_hours: float = 24.0  # kept state unused this long is removed
+    images_mb: int = 4096  # unpacked program images (node/images.py), least recent removed
     coordinators: list[str] = field(default_factory=list)  # more URLs of the same fog
 
     def urls(self) -> list[str]:
@@ -146,6 +148,7 @@ class Agent:
         self._cache_bytes = 0
         self.shares: Any = None  # the CDN's ShareStore, when this node serves (node/chunks.py)
         self.chunks: Any = None  # its ChunkServer
+        self.images: ImageCache | None = None  # unpacked program images (node/images.py)
         self._share_jobs: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._stored: list[str] = []  # shares fetched and kept, to confirm in the next sync
         self._share_pending: set[str] = set()
@@ -278,6 +281,7 @@ class Agent:
                 {p for p in PROBED_PROGRAMS if shutil.which(p)}
                 | set(self.config.capabilities)
                 | ({"sandbox"} if self.sandbox and self.sandbox.confined else set())
+                | image_capabilities(self.sandbox)  # arch:x86_64, images (node/images.py)
             ),
         }
         r = self._until_reachable("POST", "/v1/nodes/join", "the node could join", json=body)
@@ -387,6 +391,7 @@ class Agent:
         protections = self._protections(sandbox)
         self._trim_kept()
         (self.data_dir / "cache").mkdir(exist_ok=True)
+        self.images = ImageCache(self.data_dir / "images", self.config.images_mb << 20)
         if self.config.serve:
             self._start_chunks()
         self._cache_bytes = sum(e.stat().st_size for e in os.scandir(self.data_dir / "cache"))
@@ -594,6 +599,23 @@ class Agent:
             )
             if res.get("kept") is not None:
                 self._trim_kept()
+        elif lease.get("image") and self.images is not None:
+            try:  # its program image, unpacked here once (node/images.py)
+                with self.images.use(lease["image"], self._fetch_image_blob) as root:
+                    res = slot.run_command(
+                        lease["task_id"],
+                        lease["command"],
+                        inputs,
+                        limits,
+                        outputs=lease["outputs"],
+                        keep=self.data_dir / "cache",
+                        image=root,
+                    )
+            except ImageRefused as e:
+                log.warning("task %s: %s", lease["task_id"], e)
+                kind = "input" if e.retryable else "exception"  # a bad image: no retry
+                err = {"kind": kind, "type": "ImageRefused", "message": str(e)}
+                return {"ok": False, "error": err}
         else:
             res = slot.run_command(
                 lease["task_id"],
@@ -867,6 +889,19 @@ class Agent:
         tmp.replace(path)
         self._cached(len(data))
         return path
+
+    def _fetch_image_blob(self, sha: str, dest: Path) -> None:
+        """Stream blob `sha` of a program image to `dest` (node/images.py checks its hash)."""
+        assert self.http is not None
+        url = f"{self._url}/v1/blobs/{sha}"
+        with self.http.stream("GET", url, headers=self._auth(), timeout=60) as r:
+            if r.status_code != 200:
+                r.read()
+                why = f"blob {sha[:12]} of the image could not be fetched: {_problem(r)}"
+                raise ImageRefused(why, retryable=True)
+            with open(dest, "wb") as f:
+                for chunk in r.iter_bytes(1 << 20):
+                    f.write(chunk)
 
     def _cached(self, size: int) -> None:
         """Count a new cache entry; over `cache_mb`, drop the least recently used down to

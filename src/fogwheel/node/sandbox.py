@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import fogwheel
-from fogwheel.node import safefs
+from fogwheel.node import imageroot, safefs
 from fogwheel.node.seccomp_filter import compile_filter, filter_fd
 
 log = logging.getLogger("fogwheel.node")
@@ -129,6 +129,10 @@ class Sandbox(ABC):
         """Let the guest write in `path` (a fresh scratch dir and what the agent put in it)."""
         return None
 
+    def in_image(self, root: Path) -> Sandbox:
+        """This sandbox with an unpacked program image (node/images.py) as the guest's `/`."""
+        raise ValueError("a program image needs bubblewrap: this node runs no sandbox")
+
     def describe(self) -> str:
         return self.name
 
@@ -140,9 +144,10 @@ def _launcher(
     env: dict[str, str],
     rlimits: dict[str, tuple[int, int]],
     uid: int | None,
+    python: Sequence[str] = (),
 ) -> list[str]:
     spec = {"argv": list(argv), "cwd": str(scratch), "env": env, "rlimits": rlimits, "uid": uid}
-    return [sys.executable, "-I", "-S", "-c", LAUNCHER, json.dumps(spec)]
+    return [*(python or [sys.executable]), "-I", "-S", "-c", LAUNCHER, json.dumps(spec)]
 
 
 @dataclass(frozen=True)
@@ -178,12 +183,16 @@ class Bubblewrap(Sandbox):
     private: tuple[Path, ...] = ()  # host paths to hide besides HIDDEN (the agent's data dir)
     uid: int | None = None  # root agents: the unprivileged uid guests of this slot run as
     seccomp: bytes | None = None  # the compiled syscall filter (None: none could be built)
+    image: Path | None = None  # an unpacked program image as `/` (node/imageroot.py)
 
     name = "bubblewrap"
     confined = True
 
     def for_slot(self, index: int, private: Path) -> Bubblewrap:
         return replace(self, private=(private.absolute(),), uid=guest_uid(private, index))
+
+    def in_image(self, root: Path) -> Bubblewrap:
+        return replace(self, image=root)
 
     def hand_over(self, path: Path) -> None:
         if self.uid is None:
@@ -233,19 +242,40 @@ class Bubblewrap(Sandbox):
                 args += ["--disable-userns"]
         else:
             args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]  # to drop to uid
-        args += ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"]
+        python: list[str] = []
+        root = self.image
+        if root is None:
+            args += ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"]
+        else:  # a program image as `/`, the scratch dir at TASK_DIR (node/imageroot.py)
+            runtime = imageroot.host_runtime()
+            if runtime is None:
+                raise ValueError("this node cannot find its Python's loader: no images here")
+            args += imageroot.image_mounts(root, scratch, runtime)
+            args += ["--proc", "/proc", "--dev", "/dev"]
+            here = str(scratch)  # $HOME and $TMPDIR name the scratch dir as the guest sees it
+            env = {k: imageroot.TASK_DIR if _abs(v) == here else v for k, v in env.items()}
+            python, scratch = runtime.argv(), Path(imageroot.TASK_DIR)
         args += ["--perms", "1777", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm"]
-        args += _mounts(
-            hidden=[Path(p) for p in HIDDEN] + list(self.private),
-            exposed=runtime_paths() + [Path(p) for p in SYS_SHOWN if os.path.isdir(p)],
-            scratch=scratch,
-        )
+        if root is None:
+            args += _mounts(
+                hidden=[Path(p) for p in HIDDEN] + list(self.private),
+                exposed=runtime_paths() + [Path(p) for p in SYS_SHOWN if os.path.isdir(p)],
+                scratch=scratch,
+            )
+        else:
+            args += ["--remount-ro", "/"]
         args += ["--remount-ro", "/dev", "--clearenv"]
         if seccomp_fd is not None:
             args += ["--seccomp", str(seccomp_fd)]
         args += ["--"]
         rlimits = limits.rlimits(count_processes=True)
-        return args + _launcher(argv, scratch=scratch, env=env, rlimits=rlimits, uid=self.uid)
+        return args + _launcher(
+            argv, scratch=scratch, env=env, rlimits=rlimits, uid=self.uid, python=python
+        )
+
+
+def _abs(value: str) -> str:
+    return os.path.abspath(value) if value.startswith(("/", ".")) or os.sep in value else value
 
 
 def _mounts(*, hidden: Iterable[Path], exposed: Iterable[Path], scratch: Path) -> list[str]:

@@ -436,10 +436,18 @@ class Slot:
         limits: dict[str, Any],
         outputs: Sequence[str] = (),
         keep: Path | None = None,
+        image: Path | None = None,
     ) -> dict[str, Any]:
         """Run `command` in a fresh scratch dir holding its inputs; on success the files named
         in `outputs` are copied under `keep` and listed in the result's `files` (the caller's
-        to upload and delete). Every process of the command is dead before they are read."""
+        to upload and delete). Every process of the command is dead before they are read.
+        `image`: an unpacked program image (node/images.py) to run it in as `/`."""
+        if image is not None:
+            slot_sandbox, self.sandbox = self.sandbox, self.sandbox.in_image(image)
+            try:
+                return self.run_command(task_id, command, inputs, limits, outputs, keep)
+            finally:
+                self.sandbox = slot_sandbox
         self.aborted = False
         scratch = self.scratch_root / f"task-{task_id}"
         unmount(scratch)

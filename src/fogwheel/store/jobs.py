@@ -17,7 +17,7 @@ from fogwheel.core.tasks import (
     apply,
 )
 from fogwheel.protocol import JobIn
-from fogwheel.store import parts
+from fogwheel.store import images, parts
 from fogwheel.store.base import (
     _TASK_COLS,
     StoreBase,
@@ -101,6 +101,15 @@ class JobsStore(StoreBase):
                     # State kept on a node counts as an input held there (locality), by its
                     # per-customer name; its size is what the holder reported.
                     blobs[keep_name(customer_id, t.keep_in)] = 1
+                needs = set(t.needs)
+                if t.image:
+                    # Its image's blobs are read like inputs (and held where fetched); its
+                    # architecture is a need, so no node of another takes it (store/images.py).
+                    found = images.image_refs(c, customer_id, t.image)
+                    if found is None:
+                        raise LookupError(f"no image {t.image} of yours: push it first")
+                    needs |= found[0]
+                    blobs.update(found[1])
                 rows.append(
                     {
                         "job_id": job_id,
@@ -110,7 +119,7 @@ class JobsStore(StoreBase):
                         "attempts": 0,
                         "max_attempts": job.max_attempts,
                         "memory_mb": job.limits.memory_mb,
-                        "needs": json.dumps(sorted(set(t.needs))),
+                        "needs": json.dumps(sorted(needs)),
                         "spec": t.model_dump_json(exclude_defaults=True),
                         "cpu_s": 0.0,
                         "quorum": quorum,

@@ -47,6 +47,7 @@ from fogwheel.store.base import (
     retry_conflicts,
 )
 from fogwheel.store.fleet import barred_groups, quota_shrunk
+from fogwheel.store.images import images_here
 from fogwheel.store.schema import (
     attempts,
     blob_holders,
@@ -583,6 +584,9 @@ class LeasingStore(VerifyStore):
         # Locality: who holds the candidates' input blobs (only tasks that read blobs ask).
         holders = self.fleet._input_holders(c, [r.id for r in rows.values() if r.input_bytes])
         keepers = self._keepers(c, [r for r in rows.values() if r.sticky], cluster.live)
+        # ... and which of those whose input is here run in an image unpacked here.
+        here = [r.id for r in rows.values() if node_id in holders.get(r.id, {})]
+        imaged = images_here(c, node_id, here)
         # A task's expected run is its job's typical attempt, for the policies that weigh it
         # (reliability: long tasks to steady nodes; deadline: slack), None before the first.
         typical = self._job_medians(c, {r.job_id for r in rows.values()}, now)
@@ -602,6 +606,7 @@ class LeasingStore(VerifyStore):
                     local_bytes=held_by.get(node_id, 0),
                     sticky=bool(r.sticky),
                     keeper=keepers.get(r.id),
+                    image_here=r.id in imaged,
                     waited_s=now - self.job_rows._job_row(c, r.job_id)["created_at"]
                     if held_by or r.sticky
                     else 0.0,
@@ -846,6 +851,7 @@ class LeasingStore(VerifyStore):
                     "tenant": keep_name(job["customer_id"], "")[:32],
                     "keep_in": _keep(job["customer_id"], spec.get("keep_in")),
                     "keep_out": _keep(job["customer_id"], spec.get("keep_out")),
+                    "image": spec.get("image"),
                 }
             )
         # Compare-and-set: each row is still what was read (on PostgreSQL it is locked, SKIP

@@ -224,6 +224,22 @@ blob_holders = Table(
     Column("size", BigInteger, nullable=False),
 )
 
+# Program images (core/images.py, store/images.py): a customer's registered image, named by
+# its manifest's SHA-256. The manifest and its layers are blobs of that customer; a task that
+# runs in the image lists them all in task_blobs, so its node may fetch them.
+images = Table(
+    "images",
+    metadata,
+    Column("customer_id", String(64), primary_key=True),
+    Column("id", String(64), primary_key=True),  # the manifest's SHA-256
+    Column("arch", String(32), nullable=False),
+    Column("size", BigInteger, nullable=False),  # bytes of its layer blobs
+    Column("unpacked", BigInteger, nullable=False),  # bytes once unpacked
+    Column("layers", Text, nullable=False),  # JSON [[sha, size], ...], lowest first
+    Column("created_at", Float, nullable=False),
+    Index("ix_images_id", "id"),
+)
+
 # The CDN (store/cdn.py): published objects, their shares, which node holds which share, and
 # the traffic that the metrics and the ledger are made of.
 cdn_objects = Table(
