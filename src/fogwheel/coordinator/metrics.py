@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from fogwheel.core.ledger import MICRO
 from fogwheel.store import Store
 from fogwheel.store import events as store_events
-from fogwheel.store.figures import FleetFigures, fleet_figures
+from fogwheel.store.figures import FleetFigures, LedgerSums, fleet_figures
 
 FIGURES_MAX_AGE_S = 5.0  # fleet-wide figures are read from the database at most this often
 # Request latency buckets, seconds: a sync takes milliseconds, a long poll up to 60 s.
@@ -132,6 +132,7 @@ class FleetCollector(Collector):
         self._at = -1e18  # monotonic time of the cached figures
         self._figures = FleetFigures()
         self._read_s = 0.0
+        self._books = LedgerSums(0.0 if store.is_sqlite else LedgerSums.PG_SETTLE_S)
 
     def describe(self) -> Iterable[Metric]:
         """The families without reading the database (registering must not query it)."""
@@ -141,7 +142,7 @@ class FleetCollector(Collector):
         with self._lock:  # one scraper reads; the others wait and reuse its figures
             now = time.monotonic()
             if now - self._at >= self.max_age_s:
-                self._figures = fleet_figures(self.store, time.time())
+                self._figures = fleet_figures(self.store, time.time(), self._books, now)
                 self._read_s = time.monotonic() - now
                 self._at = time.monotonic()
             figures, age, read_s = self._figures, time.monotonic() - self._at, self._read_s

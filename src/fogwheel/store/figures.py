@@ -5,12 +5,14 @@ reports the same values (docs/metrics.md says which figures are per process inst
 one aggregate over one table: the node states and their disputes from `nodes` (one row per
 device: 10,000 rows are a few milliseconds), tasks by state from `tasks` (the count of all rows
 by state reads the state index alone; copies are the few rows with `replica_of` set, found by
-its index), the ledger's sums by kind of account and side, and CDN traffic by kind. The caller
+its index), the ledger's sums by kind of account and side (incrementally: `LedgerSums`), and CDN
+traffic by kind. The caller
 caches the answer for a few seconds (coordinator/metrics.py), so scrapers never multiply it.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,12 +45,13 @@ class FleetFigures:
     cdn_from_origin: int = 0  # ... and from the coordinator
 
 
-def fleet_figures(store: StoreBase, now: float) -> FleetFigures:
-    """Read every fleet-wide figure in one read transaction (one snapshot on PostgreSQL)."""
+def fleet_figures(store: StoreBase, now: float, books: LedgerSums, at: float) -> FleetFigures:
+    """Read every fleet-wide figure in one read transaction; `books` keeps the ledger's
+    sums between reads, `at` is a monotonic clock reading for it."""
     with store.read() as c:
         tasks_by_state, copies = _tasks(c)
         node_counts, cores, quarantined, disputed, agreed = _nodes(c, now - store.gone_after_s)
-        books = _ledger(c)
+        ledger_sums = books.read(c, at)
         cdn_bytes, peers, origin = _cdn(c)
     return FleetFigures(
         tasks={s: tasks_by_state.get(s, 0) - copies.get(s, 0) for s in _states(tasks_by_state)},
@@ -58,7 +61,7 @@ def fleet_figures(store: StoreBase, now: float) -> FleetFigures:
         quarantined=quarantined,
         disputed=disputed,
         agreed=agreed,
-        ledger=books,
+        ledger=ledger_sums,
         cdn_bytes=cdn_bytes,
         cdn_from_peers=peers,
         cdn_from_origin=origin,
@@ -115,16 +118,58 @@ def _nodes(c: Connection, horizon: float) -> tuple[dict[str, int], dict[str, int
     return counts, cores, quarantined, disputed, agreed
 
 
-def _ledger(c: Connection) -> dict[tuple[str, str], int]:
+class LedgerSums:
+    """The ledger's sums by (account kind, side), read incrementally: the ledger is
+    append-only (store/schema.py triggers), so a row once counted never changes.
+
+    Rows up to `settled_id` are summed once into `settled`; each read sums only the rows
+    after it (a range of the primary key) and then moves `settled_id` up to the highest id
+    seen at least `settle_s` ago. On SQLite a row's id is given inside the one writer's
+    transaction, so ids commit in order and `settle_s` is 0; on PostgreSQL ids come from a
+    sequence and a transaction may commit after one that took a higher id, so an id is
+    settled only once no transaction that took a lower one can still be open: after
+    `PG_SETTLE_S` (the store's transactions take milliseconds). Until then a coordinator's
+    first reads sum the whole ledger (at most one read per scrape period)."""
+
+    PG_SETTLE_S = 60.0
+
+    def __init__(self, settle_s: float) -> None:
+        self.settle_s = settle_s
+        self.settled_id = 0
+        self.settled = _zero_books()
+        self._seen: deque[tuple[float, int]] = deque()  # (when, highest id then)
+
+    def read(self, c: Connection, at: float) -> dict[tuple[str, str], int]:
+        """The sums now; `at` is a monotonic clock reading (the caller's)."""
+        top = int(c.execute(select(func.max(ledger.c.id))).scalar() or 0)
+        self._seen.append((at, top))
+        target = self.settled_id
+        while self._seen and at - self._seen[0][0] >= self.settle_s:
+            target = max(target, self._seen.popleft()[1])
+        if target > self.settled_id:
+            for key, n in _ledger(c, self.settled_id, target).items():
+                self.settled[key] += n
+            self.settled_id = target
+        live = _ledger(c, self.settled_id, None)
+        return {key: n + live[key] for key, n in self.settled.items()}
+
+
+def _zero_books() -> dict[tuple[str, str], int]:
+    return {(k, s): 0 for k in ("customer", "node", "platform") for s in ("debit", "credit")}
+
+
+def _ledger(c: Connection, after: int, upto: int | None) -> dict[tuple[str, str], int]:
     kind = case(
         (ledger.c.account.like("customer:%"), "customer"),
         (ledger.c.account.like("node:%"), "node"),
         else_="platform",
     )
     side = case((ledger.c.amount < 0, "debit"), else_="credit")
-    rows = c.execute(select(kind, side, func.sum(ledger.c.amount)).group_by(kind, side)).all()
-    out = {(k, s): 0 for k in ("customer", "node", "platform") for s in ("debit", "credit")}
-    for k, s, total in rows:
+    q = select(kind, side, func.sum(ledger.c.amount)).where(ledger.c.id > after)
+    if upto is not None:
+        q = q.where(ledger.c.id <= upto)
+    out = _zero_books()
+    for k, s, total in c.execute(q.group_by(kind, side)).all():
         out[(str(k), str(s))] = abs(int(total or 0))
     return out
 
