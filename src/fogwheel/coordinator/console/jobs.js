@@ -103,6 +103,10 @@ async function jobPanel(paths, job, picked, refresh) {
   const recent = progress.throughput.slice(-10);
   const span = recent.length > 1 ? (recent[1].at - recent[0].at) * recent.length : 0;
   const rate = span > 0 ? recent.reduce((sum, b) => sum + b.count, 0) / span : 0;
+  const all = progress.throughput;
+  const whole = all.length > 1 ? (all[1].at - all[0].at) * all.length : 0;
+  const mean = whole > 0 ? st.done / whole : 0;
+  const running = job.state === "running";
   return h(
     "section",
     { class: "card", id: "job-panel", dataset: { job: job.id } },
@@ -116,7 +120,9 @@ async function jobPanel(paths, job, picked, refresh) {
         ["done", String(st.done)],
         ["failed", String(st.failed)],
         ["cancelled", String(st.cancelled)],
-        ["throughput now", `${rate.toFixed(2)} tasks/s`],
+        running
+          ? ["throughput now", `${rate.toFixed(2)} tasks/s`]
+          : ["throughput (mean)", `${mean.toFixed(2)} tasks/s`],
         ["cost", credits(job.cost)],
       ],
       "task-states",
