@@ -25,7 +25,7 @@ from openapi_spec_validator import validate
 from fogwheel.coordinator.identity import SCHEME_NAMES
 from fogwheel.localfog import LocalFog
 
-KINDS = ("customer", "admin", "owner", "node")
+KINDS = ("customer", "admin", "owner", "node", "metrics")
 PLACEHOLDERS = {"sha": "0" * 64, "content_id": "c" + "0" * 24}
 
 
@@ -42,7 +42,8 @@ def spec(fog: LocalFog) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def keys(fog: LocalFog) -> dict[str, str]:
-    """A key of every kind: the fog's customer and admin keys, a new owner's, a node's."""
+    """A key of every kind: the fog's customer and admin keys, a new owner's, a node's, a
+    metrics key (which reads /metrics alone: every other operation must answer it 403)."""
     admin = {"authorization": f"Bearer {fog.admin_key}"}
     owner = httpx.post(f"{fog.url}/v1/owners", json={"name": "o"}, headers=admin, timeout=10)
     node = httpx.post(
@@ -55,6 +56,9 @@ def keys(fog: LocalFog) -> dict[str, str]:
         "admin": fog.admin_key,
         "owner": owner.json()["owner_key"],
         "node": node.json()["credential"],
+        "metrics": httpx.post(
+            f"{fog.url}/v1/metrics-keys", json={}, headers=admin, timeout=10
+        ).json()["metrics_key"],
     }
 
 
