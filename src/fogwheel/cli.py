@@ -490,6 +490,14 @@ def node(
     keep_hours: Annotated[
         float, typer.Option(min=0.01, help="Kept state unused for this long is removed.")
     ] = 24.0,
+    images_mb: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Disk for unpacked program images (docs/images.md), MB; the least recently "
+            "used not in use is removed beyond it.",
+        ),
+    ] = 4096,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
     log_format: LogFormatOpt = LogFormat.TEXT,
 ) -> None:
@@ -530,6 +538,7 @@ def node(
             scratch_mb=scratch_mb,
             keep_mb=keep_mb,
             keep_hours=keep_hours,
+            images_mb=images_mb,
         )
     )
     agent.install_signal_handlers()
