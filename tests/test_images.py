@@ -339,3 +339,25 @@ def test_oci_whiteouts_are_applied_layer_over_layer(tmp_path: Path) -> None:
         assert (path / "etc" / "keep").read_text() == "k"
         assert not (path / "etc" / "gone").exists()
         assert sorted(os.listdir(path / "var" / "cache")) == ["new"]
+
+
+# -- the store, on SQLite and PostgreSQL ------------------------------------------------------
+
+
+def test_an_image_registers_once_per_customer_and_adds_its_needs(store) -> None:  # type: ignore[no-untyped-def]
+    from fogwheel.store import images as rows
+
+    m = core.make_manifest([("a" * 64, 10), ("b" * 64, 20)], "arm64", 99)
+    with store.tx() as c:
+        first = rows.add_image(c, "cust-1", m, 1.0)
+        again = rows.add_image(c, "cust-1", m, 2.0)
+    assert first == again and first["arch"] == "aarch64" and first["size"] == 30
+    with store.read() as c:
+        assert [i["id"] for i in rows.list_images(c, "cust-1")] == [m.image_id()]
+        assert (
+            rows.list_images(c, "cust-2") == []
+            and rows.get_image(c, "cust-2", m.image_id()) is None
+        )
+        needs, blobs = rows.image_refs(c, "cust-1", m.image_id()) or (set(), {})
+    assert needs == {"arch:aarch64", "images"}
+    assert blobs == {"a" * 64: 10, "b" * 64: 20, m.image_id(): 1}
