@@ -14,7 +14,7 @@ from fogwheel.protocol import NodeJoin
 from fogwheel.store import Store
 from fogwheel.store import events as store_events
 from fogwheel.store.figures import LedgerSums, fleet_figures
-from fogwheel.store.schema import ledger, nodes
+from fogwheel.store.schema import cdn_traffic, ledger, nodes
 
 
 def _post(store: Store, rng: random.Random, n: int) -> None:
@@ -92,3 +92,21 @@ def test_an_event_counts_once_its_transaction_commits_and_never_on_a_rollback(
     with store.tx() as c:  # the pooled connection carries no note of the rolled-back one
         pass
     assert store.tally.get(store_events.QUARANTINES) == 1
+
+
+def test_cdn_traffic_is_summed_by_kind_and_source(store: Store) -> None:
+    rows = [
+        {"kind": "fetch", "bytes": 1000, "from_peers": 900, "from_origin": 300},
+        {"kind": "fetch", "bytes": 500, "from_peers": 300, "from_origin": 0},
+        {"kind": "served", "bytes": 700, "node_id": "n-1"},
+        {"kind": "repair", "bytes": 4096},
+        {"kind": "claimed", "bytes": 10**9, "node_id": "n-1"},  # a node's own word: not paid
+    ]
+    with store.tx() as c:
+        c.execute(
+            cdn_traffic.insert(),
+            [{"from_peers": 0, "from_origin": 0, "seconds": 0.1, "at": 0.0, **r} for r in rows],
+        )
+    f = fleet_figures(store, time.time(), LedgerSums(0.0), 0.0)
+    assert (f.cdn_bytes["fetch"], f.cdn_bytes["served"], f.cdn_bytes["repair"]) == (1500, 700, 4096)
+    assert (f.cdn_from_peers, f.cdn_from_origin) == (1200, 300)  # offload 0.8
