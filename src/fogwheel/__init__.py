@@ -13,9 +13,19 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from fogwheel.client import Client, CommandResult, as_completed, wait
+    from fogwheel.envs import Env
     from fogwheel.executor import Executor, gather
 
-__all__ = ["Client", "CommandResult", "Executor", "__version__", "as_completed", "gather", "wait"]
+__all__ = [
+    "Client",
+    "CommandResult",
+    "Env",
+    "Executor",
+    "__version__",
+    "as_completed",
+    "gather",
+    "wait",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -24,6 +34,10 @@ def __getattr__(name: str) -> Any:
         from fogwheel import client
 
         return getattr(client, name)
+    if name == "Env":
+        from fogwheel.envs import Env
+
+        return Env
     if name in {"Executor", "gather"}:
         from fogwheel import executor
 

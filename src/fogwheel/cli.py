@@ -498,6 +498,14 @@ def node(
             "used not in use is removed beyond it.",
         ),
     ] = 4096,
+    env_mb: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Disk for the Python environments tasks bring (docs/envs.md), MB; the least "
+            "recently used is removed beyond it.",
+        ),
+    ] = 2048,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
     log_format: LogFormatOpt = LogFormat.TEXT,
 ) -> None:
@@ -539,6 +547,7 @@ def node(
             keep_mb=keep_mb,
             keep_hours=keep_hours,
             images_mb=images_mb,
+            env_mb=env_mb,
         )
     )
     agent.install_signal_handlers()

@@ -49,6 +49,7 @@ from fogwheel import (
     transfers,
 )
 from fogwheel.client_images import Image
+from fogwheel.envs import Env
 from fogwheel.errors import (
     ApiError,
     AuthError,
@@ -278,8 +279,12 @@ class Client:
         on_wait: Callable[[int, Wait | None], None] | None = None,
         on_retry: Callable[[str], None] | None = None,
         max_cost: float | None = None,
+        env: Env | None = None,
     ) -> None:
-        """`cancel_on_exit`: a `with Client(...)` block left by an exception (Ctrl-C's
+        """`env`: the Python environment (`fogwheel.Env`, docs/envs.md) this client's python
+        jobs run in, unless a call names another: resolved here, built once per device.
+
+        `cancel_on_exit`: a `with Client(...)` block left by an exception (Ctrl-C's
         KeyboardInterrupt included) cancels on the fog the jobs whose futures are still
         pending, so that they stop running and costing; False leaves them running (reattach
         with `Client.attach` or `fogwheel attach`).
@@ -329,6 +334,9 @@ class Client:
         # not given.
         self.on_wait = on_wait
         self.on_retry = on_retry
+        self.env = env
+        self._env_shas: dict[Env, str] = {}  # resolved and uploaded by this client
+        self.env_progress: Callable[[str], None] | None = None  # hears what building one does
         self._reached = False  # the coordinator has answered once: retry through restarts
         if unsafe_trust_nodes:
             _warn_unsafe()
@@ -397,6 +405,7 @@ class Client:
         chunksize: int = 1,
         name: str | None = None,
         trusted_types: Iterable[TrustedType] = (),
+        env: Env | None = None,
     ) -> Iterator[Any]:
         """Like `Executor.map`, as one job: results yielded in input order, `chunksize` items
         a task. It fails fast: the first failure known is raised at the next step, before
@@ -416,7 +425,7 @@ class Client:
             calls = [((chunk,), {}) for chunk in chunked(items, chunksize)]
             task_fn = Chunk(fn)
         futures = self.submit_many(
-            task_fn, calls, name=name or _name_of(fn), trusted_types=trusted_types
+            task_fn, calls, name=name or _name_of(fn), trusted_types=trusted_types, env=env
         )
         return in_order(futures, deadline, flat=chunksize > 1, cancel=self._cancel_unfinished)
 
@@ -440,6 +449,7 @@ class Client:
         trusted_types: Iterable[TrustedType] = (),
         max_cost: float | None = None,
         client_token: str | None = None,
+        env: Env | None = None,
         _futures: Sequence[TaskFuture] | None = None,
     ) -> list[TaskFuture]:
         """One job of many calls of `fn`; the lower layer under `submit` and `map`.
@@ -466,7 +476,11 @@ class Client:
         instead of sending it anywhere: the task finds the state kept under `keep_in` (if the
         node that runs it has it; placement prefers such a node) in its `keep/` directory, and
         what it leaves there is kept under `keep_out`. An optimizer's state between rounds of
-        training, say. Kept state differs between nodes, so such a job needs `replicas=1`."""
+        training, say. Kept state differs between nodes, so such a job needs `replicas=1`.
+
+        `env` (default the client's `env`) is the Python environment the tasks import from
+        (`fogwheel.Env`): resolved and uploaded before the job is submitted (docs/envs.md)."""
+        env_sha = self.env_lock(env or self.env)
         fn_value = self._blob_value(pickle_function(fn), upload=True)
         if _futures is not None and len(_futures) != len(calls):
             raise ValueError(f"{len(_futures)} futures for {len(calls)} calls")
@@ -509,6 +523,8 @@ class Client:
             }
             if max_cost is not None:
                 job["max_cost"] = max_cost
+            if env_sha is not None:
+                job["env"] = env_sha
             if rel_tol is not None:
                 job["tolerance"] = {"rel": rel_tol, "abs": abs_tol}
             futures.extend(
@@ -645,6 +661,20 @@ class Client:
         return client_images.listed(self, limit)
 
     # -- blobs ------------------------------------------------------------------------------
+
+    def env_lock(self, env: Env | None) -> str | None:
+        """The name (its lock's SHA-256) of `env` on the fog: resolved with pip on this machine
+        (cached on disk) and its wheels and lock uploaded, once per client."""
+        if env is None:
+            return None
+        sha = self._env_shas.get(env)
+        if sha is None:
+            from fogwheel import envs
+
+            built = envs.build(env, self.env_progress)
+            sha = envs.publish(self, built, self.env_progress)
+            self._env_shas[env] = sha
+        return sha
 
     def put_blob(self, data: bytes | str | os.PathLike[str], upload: bool = False) -> Blob:
         """Upload `data` once (a second put of the same bytes sends nothing) as a `Blob`;

@@ -142,6 +142,11 @@ class JobIn(Model):
         "limits.cpu_s, else wall_s, x the price); cancelled, reason 'max cost reached', once "
         "its charges reach it",
     )
+    env: Sha256 | None = Field(
+        default=None,
+        description="python jobs: the SHA-256 of a Python environment's lock (docs/envs.md), an "
+        "uploaded blob of yours, as are its wheels; nodes import from it, built once per node",
+    )
 
 
 class WaitingFor(Model):
@@ -150,7 +155,8 @@ class WaitingFor(Model):
 
     reason: str = Field(
         description="no-live-nodes | quarantined | no-node-has-capability | "
-        "no-node-has-memory | checking-needs-another-owner-or-node | all-nodes-busy | queued"
+        "no-node-has-memory | no-node-fits-environment | checking-needs-another-owner-or-node | "
+        "all-nodes-busy | queued"
     )
     sentence: str
     stuck: bool
@@ -310,6 +316,8 @@ class TaskReport(Model):
     )
 
 
+_ENV_PLATFORM = r"^cp3[0-9]{1,2}-[a-z0-9_]{1,32}-(glibc|musl)_[0-9]{1,2}_[0-9]{1,3}$"
+EnvPlatform = Annotated[str, StringConstraints(pattern=_ENV_PLATFORM)]
 ServeUrl = Annotated[str, StringConstraints(pattern=r"^https?://[A-Za-z0-9.\[\]:-]{1,180}/?$")]
 ContentId = Annotated[str, StringConstraints(pattern=r"^c[0-9a-f]{24}$")]
 
@@ -332,6 +340,16 @@ class SyncIn(Model):
     served: dict[ContentId, Annotated[int, Field(ge=0, le=1 << 50)]] = Field(
         default_factory=dict, max_length=10_000
     )
+    envs: list[Sha256] | None = Field(
+        default=None,
+        max_length=64,
+        description="the Python environments (lock SHA-256s) the node holds built, sent when "
+        "that changes; null: unchanged (placement prefers holders, docs/envs.md)",
+    )
+    env_platform: EnvPlatform | None = Field(
+        default=None,
+        description="the platform its Python installs wheels for, e.g. cp311-x86_64-glibc_2_36",
+    )
 
 
 class TaskLease(Model):
@@ -353,6 +371,9 @@ class TaskLease(Model):
     keep_out: str | None = None
     image: str | None = Field(
         default=None, description="the program image its command runs in (docs/images.md)"
+    )
+    env: str | None = Field(
+        default=None, description="the environment lock its worker imports from (docs/envs.md)"
     )
     signature: str = Field(
         default="", description="the coordinator's Ed25519 signature of the fields above"

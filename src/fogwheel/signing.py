@@ -45,6 +45,7 @@ SIGNED_FIELDS = (
     "keep_in",
     "keep_out",
     "tenant",
+    "env",
     "image",
 )
 

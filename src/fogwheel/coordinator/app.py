@@ -27,6 +27,7 @@ from fogwheel.coordinator.allow import allowed_methods, not_allowed_sentence
 from fogwheel.coordinator.auth import Authenticator
 from fogwheel.coordinator.cdn_routes import build_cdn_routes, screen_serve_url
 from fogwheel.coordinator.diskfull import DISK_FULL_MESSAGE, is_disk_full
+from fogwheel.coordinator.env_check import check_env
 from fogwheel.coordinator.identity import PUBLIC, caller
 from fogwheel.coordinator.image_routes import build_image_routes, check_task_images
 from fogwheel.coordinator.job_routes import build_job_routes
@@ -278,6 +279,7 @@ def build_routes(
                 422, f"blob {sorted(missing)[0]} is not uploaded: PUT it to /v1/blobs/<sha> first"
             )
         check_task_images(store, customer_id, job)  # coordinator/image_routes.py
+        check_env(job, customer_id, store, blobs)  # its Python environment (docs/envs.md)
 
     @v1.get("/jobs", tags=["jobs"])
     def list_jobs(
@@ -773,6 +775,8 @@ def _only_asks(req: SyncIn, leaving: bool) -> bool:
         or req.bad
         or req.refused
         or req.served
+        or req.envs is not None
+        or req.env_platform is not None
     )
 
 

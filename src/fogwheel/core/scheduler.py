@@ -105,6 +105,7 @@ class Candidate:
     est_s: float | None = None  # its expected run time (its job's typical attempt); None: unknown
     deadline: float | None = None  # when its job wants it done; None: no deadline
     image_here: bool = False  # its program image is unpacked on the asking node (fetched there)
+    env_bytes_here: int = 0  # its Python environment is built here: that many of local_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,8 +179,10 @@ def plan_lease(
             note += f"; retry after loss on {', '.join(sorted(cand.failed_on))}"
         if cand.image_here:
             note += "; its image is already unpacked here"
-        if cand.local_bytes > 0:
-            note += f"; {_size(cand.local_bytes)} of its input already here"
+        if cand.env_bytes_here > 0:
+            note += "; its Python environment is already built here"
+        if cand.local_bytes > cand.env_bytes_here:
+            note += f"; {_size(cand.local_bytes - cand.env_bytes_here)} of its input already here"
         chosen.append(Assignment(cand.task_id, head + note))
         if len(chosen) == grant:
             break

@@ -16,19 +16,29 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from fogwheel.core import owners
+from fogwheel.core import envlock, owners
 from fogwheel.core.images import ARCH_PREFIX
 
 NO_LIVE_NODES = "no-live-nodes"
 QUARANTINED = "quarantined"  # nodes are up, but every one is quarantined
 NO_CAPABILITY = "no-node-has-capability"  # e.g. needs povray
 NO_MEMORY = "no-node-has-memory"
+NO_ENV_PLATFORM = "no-node-fits-environment"  # no live node's Python installs its wheels
 CHECKING = "checking-needs-another-owner-or-node"
 ALL_BUSY = "all-nodes-busy"
 QUEUED = "queued"  # a node with a free slot takes it at its next poll: not a problem
 
 # Most telling first: the reasons that need someone to act, then those that pass by themselves.
-PRIORITY = (NO_LIVE_NODES, QUARANTINED, NO_CAPABILITY, NO_MEMORY, CHECKING, ALL_BUSY, QUEUED)
+PRIORITY = (
+    NO_LIVE_NODES,
+    QUARANTINED,
+    NO_CAPABILITY,
+    NO_MEMORY,
+    NO_ENV_PLATFORM,
+    CHECKING,
+    ALL_BUSY,
+    QUEUED,
+)
 START_NODE = "start one with `fogwheel node --coordinator URL --token JOIN_TOKEN`"
 
 
@@ -40,6 +50,7 @@ class LiveNode:
     free_slots: int = 1
     memory_mb: int = 1 << 20
     capabilities: frozenset[str] = frozenset()
+    env_platform: str = ""  # what its Python installs wheels for (core/envlock.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +71,7 @@ class TaskView:
     ran_on: tuple[owners.Device, ...] = ()  # devices that hold or ran a copy of it
     devices_needed: int = 2  # distinct voters whose results must agree
     adaptive: bool = True  # checked because its node is new or doubtful (not --replicas N)
+    env: envlock.Lock | None = None  # the Python environment its job runs in
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +131,17 @@ def waiting_for(task: TaskView, fleet: Fleet) -> Waiting | None:
             "lower --memory or add a bigger node",
             True,
         )
+    if task.env is not None:
+        env = task.env
+        reasons = [envlock.fit_reason(env, n.env_platform) for n in able]
+        if all(r is not None for r in reasons):
+            return Waiting(
+                NO_ENV_PLATFORM,
+                f"no live node can install its Python environment ({_count(len(able), 'node')} "
+                f"checked); for example: {reasons[0]}",
+                True,
+            )
+        able = [n for n, r in zip(able, reasons, strict=True) if r is None]
     if placing_head:
         copies = 1 + task.copies_pending  # the task and its fixed replicas, none run yet
         if copies > 1 and _independent(able) < copies:

@@ -37,6 +37,7 @@ from fogwheel import logs
 from fogwheel.core import nodestate as ns
 from fogwheel.core.urls import coordinator_base
 from fogwheel.node import cgroups
+from fogwheel.node.envs import MAX_HELD_REPORTED, EnvCache, EnvError, this_platform
 from fogwheel.node.faults import ENV as FAULT_ENV
 from fogwheel.node.faults import Faults
 from fogwheel.node.images import ImageCache, ImageRefused, image_capabilities
@@ -86,6 +87,7 @@ class NodeConfig:
     keep_mb: int = 1024  # kept state (TaskIn.keep_out) for all jobs, least recent dropped
     keep_hours: float = 24.0  # kept state unused this long is removed
     images_mb: int = 4096  # unpacked program images (node/images.py), least recent removed
+    env_mb: int = 2048  # Python environments (node/envs.py), least recently used removed
     coordinators: list[str] = field(default_factory=list)  # more URLs of the same fog
 
     def urls(self) -> list[str]:
@@ -158,6 +160,9 @@ class Agent:
         self._sent_cdn: dict[str, Any] = {}
         self._url_sent = False
         self.serve_url = ""
+        self.envs: EnvCache | None = None  # Python environments built here (node/envs.py)
+        self._envs_told: list[str] | None = None  # what the coordinator last heard of them
+        self._envs_sent: list[str] | None = None
 
     # -- joining ----------------------------------------------------------------------------
 
@@ -394,6 +399,7 @@ class Agent:
         self.images = ImageCache(self.data_dir / "images", self.config.images_mb << 20)
         if self.config.serve:
             self._start_chunks()
+        self.envs = EnvCache(self.data_dir / "envs", self.config.env_mb << 20, this_platform())
         self._cache_bytes = sum(e.stat().st_size for e in os.scandir(self.data_dir / "cache"))
         threads = []
         for i in range(self.slots_n):
@@ -492,6 +498,7 @@ class Agent:
         """One round trip: the machine's body (and the CDN's news) out, the answer back in."""
         body = dict(ins.body)
         body.update(self._cdn_report())
+        body.update(self._env_report())
         assert self.http is not None
         try:
             r = self.http.post(
@@ -518,8 +525,52 @@ class Agent:
             why = f"not a sync answer ({type(e).__name__})"
             return self._handle(ns.SyncFailed(time.monotonic(), why))
         after = self._handle(event)
+        if self._envs_sent is not None:  # heard: said again only when it changes
+            self._envs_told, self._envs_sent = self._envs_sent, None
         self._cdn_absorb(answer)
         return after
+
+    def _env_report(self) -> dict[str, Any]:
+        """The environments held here and this Python's platform, when the coordinator has
+        not heard them yet (placement prefers holders and skips nodes that cannot install)."""
+        if self.envs is None:
+            return {}
+        held = self.envs.held()[:MAX_HELD_REPORTED]
+        if held == self._envs_told:
+            return {}
+        self._envs_sent = held
+        report: dict[str, Any] = {"envs": held}
+        if self._envs_told is None:
+            report["env_platform"] = self.envs.platform.describe()
+        return report
+
+    @contextlib.contextmanager
+    def _env_for(self, lease: dict[str, Any]) -> Any:
+        """The site dir of the lease's Python environment (None: it names none), built first
+        when it is not here, and kept from eviction while the task runs."""
+        if not lease.get("env") or self.envs is None:
+            yield None
+            return
+        with self.envs.ready(lease["env"], self._fetch_blob_to) as site:
+            self._wake.set()  # the next sync tells the coordinator it holds it
+            yield site
+
+    def _fetch_blob_to(self, sha: str, max_bytes: int, dest: Path) -> None:
+        """Stream blob `sha` into `dest`, at most `max_bytes` (node/envs.py checks the hash)."""
+        assert self.http is not None
+        with self.http.stream(
+            "GET", f"{self._url}/v1/blobs/{sha}", headers=self._auth(), timeout=60
+        ) as r:
+            if r.status_code != 200:
+                r.read()
+                raise EnvError(f"the coordinator answered {_problem(r)}")
+            got = 0
+            with open(dest, "wb") as f:
+                for chunk in r.iter_bytes(1 << 20):
+                    got += len(chunk)
+                    if got > max_bytes:
+                        raise EnvError(f"more than the {max_bytes} bytes the lock names")
+                    f.write(chunk)
 
     def _auth(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self._credential}"}
@@ -586,17 +637,19 @@ class Agent:
                 "args": self._blob_bytes(lease["args"]) if lease["args"] else None,
                 "limits": limits,
             }
-            res = slot.run_python(
-                lease["job_id"],
-                msg,
-                limits["wall_s"],
-                inputs=inputs,
-                outputs=lease["outputs"],
-                keep=self.data_dir / "cache",
-                state_in=self._state_dir(lease.get("keep_in")),
-                state_out=self._state_dir(lease.get("keep_out")),
-                tenant=str(lease.get("tenant") or ""),
-            )
+            with self._env_for(lease) as site:  # its Python environment, built here once
+                res = slot.run_python(
+                    lease["job_id"],
+                    msg,
+                    limits["wall_s"],
+                    inputs=inputs,
+                    outputs=lease["outputs"],
+                    keep=self.data_dir / "cache",
+                    state_in=self._state_dir(lease.get("keep_in")),
+                    state_out=self._state_dir(lease.get("keep_out")),
+                    tenant=str(lease.get("tenant") or ""),
+                    env_site=site,
+                )
             if res.get("kept") is not None:
                 self._trim_kept()
         elif lease.get("image") and self.images is not None:

@@ -133,6 +133,10 @@ class Sandbox(ABC):
         """This sandbox with an unpacked program image (node/images.py) as the guest's `/`."""
         raise ValueError("a program image needs bubblewrap: this node runs no sandbox")
 
+    def showing(self, paths: Sequence[Path]) -> Sandbox:
+        """This sandbox with `paths` (host directories) shown to guests read-only."""
+        return self
+
     def describe(self) -> str:
         return self.name
 
@@ -183,6 +187,7 @@ class Bubblewrap(Sandbox):
     private: tuple[Path, ...] = ()  # host paths to hide besides HIDDEN (the agent's data dir)
     uid: int | None = None  # root agents: the unprivileged uid guests of this slot run as
     seccomp: bytes | None = None  # the compiled syscall filter (None: none could be built)
+    shown: tuple[Path, ...] = ()  # host dirs guests see read-only (a Python env: node/envs.py)
     image: Path | None = None  # an unpacked program image as `/` (node/imageroot.py)
 
     name = "bubblewrap"
@@ -193,6 +198,9 @@ class Bubblewrap(Sandbox):
 
     def in_image(self, root: Path) -> Bubblewrap:
         return replace(self, image=root)
+
+    def showing(self, paths: Sequence[Path]) -> Bubblewrap:
+        return replace(self, shown=tuple(Path(p).absolute() for p in paths))
 
     def hand_over(self, path: Path) -> None:
         if self.uid is None:
@@ -259,7 +267,9 @@ class Bubblewrap(Sandbox):
         if root is None:
             args += _mounts(
                 hidden=[Path(p) for p in HIDDEN] + list(self.private),
-                exposed=runtime_paths() + [Path(p) for p in SYS_SHOWN if os.path.isdir(p)],
+                exposed=runtime_paths()
+                + [Path(p) for p in SYS_SHOWN if os.path.isdir(p)]
+                + list(self.shown),
                 scratch=scratch,
             )
         else:

@@ -113,8 +113,11 @@ class Slot:
         state_in: Path | None = None,
         state_out: Path | None = None,
         tenant: str = "",
+        env_site: Path | None = None,
     ) -> dict[str, Any]:
         """Run one task of `job_id`; `msg` names the function's cached file as `fn_path`.
+        `env_site`: a Python environment's directory (node/envs.py) the worker imports from
+        first, shown to it read-only.
 
         `inputs` are copied into the task's working directory first; the files named in
         `outputs` that it leaves there are copied under `keep` and listed in the result's
@@ -126,7 +129,7 @@ class Slot:
         with them: a worker that left a process behind is never used again); files are read
         through descriptors that no link can redirect (safefs.py)."""
         self.aborted = False
-        proc = self._worker_for(job_id, tenant)
+        proc = self._worker_for(job_id, tenant, env_site)
         assert proc.stdin is not None and proc.stdout is not None
         wall0 = time.perf_counter()
         deadline = time.monotonic() + wall_s
@@ -277,10 +280,12 @@ class Slot:
             raise WorkerBroke("an answer that is not a result")
         return answer
 
-    def _worker_for(self, job_id: int, tenant: str = "") -> subprocess.Popen[bytes]:
-        """The slot's worker for this job: kept across jobs of the same tenant (a customer),
-        so that their imports stay warm; a new one for another tenant's job."""
-        owner = tenant or f"job-{job_id}"
+    def _worker_for(
+        self, job_id: int, tenant: str = "", env_site: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        """The slot's worker for this job: kept across jobs of the same tenant (a customer)
+        and environment, so that their imports stay warm; a new one for another's job."""
+        owner = f"{tenant or f'job-{job_id}'}|{env_site or ''}"
         if self._proc is not None and (self._job != owner or self._proc.poll() is not None):
             self.stop()
         elif self._proc is not None and self._leftovers():
@@ -290,11 +295,19 @@ class Slot:
             self._reset_home()
             env = guest_env(self._home)
             root = fogwheel_import_root()
+            path = [str(env_site)] if env_site is not None else []  # its environment first
             if not any(root.is_relative_to(p) for p in {sys.prefix, sys.base_prefix}):
-                env["PYTHONPATH"] = str(root)  # fogwheel runs from a source tree
+                path.append(str(root))  # fogwheel runs from a source tree
+            if path:
+                env["PYTHONPATH"] = os.pathsep.join(path)
+            if env_site is not None:
+                env["FOGWHEEL_ENV_SITE"] = str(env_site)  # written <env> in error reports
             argv = [sys.executable, "-s", "-P", "-m", "fogwheel.node.worker"]
             # The worker sets rlimits per task itself (worker.py); the group bounds the tree.
-            self._proc = self._spawn(argv, self._home, Limits(), env, self._wgroup, None)
+            sandbox = self.sandbox.showing([env_site]) if env_site is not None else None
+            self._proc = self._spawn(
+                argv, self._home, Limits(), env, self._wgroup, None, sandbox=sandbox
+            )
             self._job = owner
             self._sent.clear()
             self._find_worker()
@@ -311,12 +324,15 @@ class Slot:
         *,
         stdout: IO[bytes] | None = None,
         stderr: IO[bytes] | None = None,
+        sandbox: Sandbox | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start `argv` in the sandbox (and in `group`, bounded), in a session of its own.
-        Without `stdout`: the slot's worker, spoken to over its stdin and stdout."""
+        Without `stdout`: the slot's worker, spoken to over its stdin and stdout. `sandbox`:
+        the slot's own, showing more (a Python environment), when given."""
         worker = stdout is None
-        with self.sandbox.filter_fd() as fd:
-            cmd = self.sandbox.wrap(argv, scratch=scratch, limits=limits, env=env, seccomp_fd=fd)
+        sandbox = sandbox or self.sandbox
+        with sandbox.filter_fd() as fd:
+            cmd = sandbox.wrap(argv, scratch=scratch, limits=limits, env=env, seccomp_fd=fd)
             if group is not None:
                 group.kill()
                 group.limit(memory_bytes=memory_bytes, processes=MAX_PROCESSES, cores=1)

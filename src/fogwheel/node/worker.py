@@ -184,6 +184,8 @@ def uniform(text: str, scratch: str | None = None) -> str:
         if path:
             places.append((path, f"<{key}>"))
     places += [(sys.prefix, "<prefix>"), (sys.base_prefix, "<prefix>")]
+    if os.environ.get("FOGWHEEL_ENV_SITE"):  # a Python environment's dir (node/envs.py)
+        places.append((os.environ["FOGWHEEL_ENV_SITE"], "<env>"))
     for path, name in sorted(set(places), key=lambda p: -len(p[0])):
         if path not in _SYSTEM_DIRS:  # "/usr" is the same everywhere, and in much text
             text = text.replace(path, name)

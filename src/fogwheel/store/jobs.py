@@ -17,7 +17,7 @@ from fogwheel.core.tasks import (
     apply,
 )
 from fogwheel.protocol import JobIn
-from fogwheel.store import images, parts
+from fogwheel.store import envs, images, parts
 from fogwheel.store.base import (
     _TASK_COLS,
     StoreBase,
@@ -80,10 +80,12 @@ class JobsStore(StoreBase):
                         "backups": job.backups,
                         "max_cost": None if job.max_cost is None else to_micro(job.max_cost),
                         "replicas": str(job.replicas),  # why a task waits (store/waits.py)
+                        "env": job.env,
                     }
                 )
                 .returning(jobs.c.id)
             ).scalar_one()
+            env_bytes = envs.env_size(c, job.env) if job.env else 0
             rows: list[dict[str, Any]] = []
             refs: list[tuple[int, str]] = []
             # Fixed replication runs every task on N distinct nodes from the start; adaptive
@@ -97,6 +99,10 @@ class JobsStore(StoreBase):
                     for v in [t.args, *t.inputs.values()]
                     if v is not None and v.data is None
                 }
+                if job.env:
+                    # A node that holds the environment built holds this much of what the
+                    # task needs (store/envs.py): locality prefers it, as for inputs.
+                    blobs[job.env] = env_bytes
                 if t.keep_in:
                     # State kept on a node counts as an input held there (locality), by its
                     # per-customer name; its size is what the holder reported.
@@ -172,6 +178,7 @@ class JobsStore(StoreBase):
                     jobs.c.customer_id,
                     jobs.c.tolerance,
                     jobs.c.created_at,
+                    jobs.c.env,
                 ).where(jobs.c.id == job_id)
             ).one()
             row = {
@@ -181,6 +188,7 @@ class JobsStore(StoreBase):
                 "customer_id": r.customer_id,
                 "tolerance": json.loads(r.tolerance) if r.tolerance else None,
                 "created_at": r.created_at,
+                "env": r.env,
             }
             self._jobs_cache[job_id] = row
         return row
@@ -604,12 +612,16 @@ class JobsStore(StoreBase):
                 .limit(1)
             ).first():
                 return True
+            held_jobs = held.with_only_columns(tasks.c.job_id)
+            locks = envs.wheel_locks(c, sha)  # a wheel of a held task's environment
             return (
                 c.execute(
                     select(jobs.c.id)
                     .where(
-                        jobs.c.fn_sha == sha,
-                        jobs.c.id.in_(held.with_only_columns(tasks.c.job_id)),
+                        (jobs.c.fn_sha == sha) | jobs.c.env.in_(locks)
+                        if locks
+                        else jobs.c.fn_sha == sha,
+                        jobs.c.id.in_(held_jobs),
                     )
                     .limit(1)
                 ).first()

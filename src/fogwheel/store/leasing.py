@@ -46,6 +46,7 @@ from fogwheel.store.base import (
     lock_tasks,
     retry_conflicts,
 )
+from fogwheel.store.envs import env_size, node_envs, note_node_envs, unfit_reason
 from fogwheel.store.fleet import barred_groups, quota_shrunk
 from fogwheel.store.images import images_here
 from fogwheel.store.schema import (
@@ -101,6 +102,8 @@ class LeasingStore(VerifyStore):
             or req.bad
             or req.refused
             or req.served
+            or getattr(req, "envs", None) is not None  # environments (store/envs.py): news
+            or getattr(req, "env_platform", None) is not None
         )
         network = seen.get("network", False)
         if quiet and self.fleet._idle_sync(node_id, req.want, req.slots_free, now, network):
@@ -125,6 +128,9 @@ class LeasingStore(VerifyStore):
                     **seen,
                 )
             )
+            held_envs, env_platform = getattr(req, "envs", None), getattr(req, "env_platform", None)
+            if held_envs is not None or env_platform is not None:
+                note_node_envs(c, node_id, held_envs, env_platform, is_sqlite=self.is_sqlite)
             if req.want and not leaving:
                 out.tasks = self._lease(c, node_id, req.want, now)
                 if out.tasks:
@@ -555,6 +561,14 @@ class LeasingStore(VerifyStore):
         if not self.is_sqlite:
             q = q.with_for_update(skip_locked=True, of=tasks)
         rows = {r.id: r for r in c.execute(q).all()}
+        env_of = {r.id: self.job_rows._job_row(c, r.job_id).get("env") for r in rows.values()}
+        held_envs: frozenset[str] = frozenset()
+        if any(env_of.values()):
+            # Never a task whose environment this node's Python cannot install (store/envs.py).
+            platform, held_envs = node_envs(c, node_id)
+            for tid, lock in env_of.items():
+                if lock and unfit_reason(c, lock, platform) is not None:
+                    del rows[tid]
         retried = [r.id for r in rows.values() if r.attempts > 0]
         lost_on: dict[int, set[str]] = defaultdict(set)
         if retried:
@@ -621,6 +635,7 @@ class LeasingStore(VerifyStore):
                         if n != node_id
                     ),
                     est_s=typical[r.job_id],
+                    env_bytes_here=env_size(c, lock) if (lock := env_of[r.id]) in held_envs else 0,
                 )
             )
         plan = scheduler.plan_lease(view, want, candidates, cluster, self.placement)
@@ -852,6 +867,7 @@ class LeasingStore(VerifyStore):
                     "keep_in": _keep(job["customer_id"], spec.get("keep_in")),
                     "keep_out": _keep(job["customer_id"], spec.get("keep_out")),
                     "image": spec.get("image"),
+                    "env": job.get("env"),
                 }
             )
         # Compare-and-set: each row is still what was read (on PostgreSQL it is locked, SKIP

@@ -102,6 +102,10 @@ nodes = Table(
     Column("quota", Integer, nullable=False, default=2),
     Column("revoked", Boolean, nullable=False, default=False),
     Column("quarantine_reason", Text, nullable=True),  # why, in a sentence (pardon clears it)
+    # Python environments (store/envs.py): the platform its Python installs wheels for, and
+    # the locks it holds built (JSON list), as its sync last said
+    Column("env_platform", String(200), nullable=True),
+    Column("envs", Text, nullable=True),
 )
 
 jobs = Table(
@@ -126,6 +130,7 @@ jobs = Table(
     Column("backups", Boolean, nullable=False, default=True),  # back up stragglers at the end
     Column("max_cost", BigInteger),  # micro-credits: stopped when its charges reach it
     Column("cancel_reason", String(200)),  # why it was cancelled, when not by the customer
+    Column("env", String(64), nullable=True),  # its Python environment's lock (store/envs.py)
     Index("ux_jobs_client_token", "customer_id", "client_token", unique=True),
 )
 
@@ -212,6 +217,24 @@ blob_uploads = Table(
     Column("sha", String(64), primary_key=True),
     Column("node_id", String(64), primary_key=True),
     Column("at", Float, nullable=False),
+)
+
+# Python environments' locks (core/envlock.py) that jobs named, and the wheel blobs each lock
+# names: a node holding a task of a job with that lock may fetch them (store/envs.py).
+env_locks = Table(
+    "env_locks",
+    metadata,
+    Column("sha", String(64), primary_key=True),
+    Column("body", Text, nullable=False),  # the lock's canonical JSON
+    Column("size", BigInteger, nullable=False),  # bytes of its wheels
+    Column("created_at", Float, nullable=False),
+)
+env_wheels = Table(
+    "env_wheels",
+    metadata,
+    Column("lock", String(64), primary_key=True),
+    Column("sha", String(64), primary_key=True),
+    Index("ix_env_wheels_sha", "sha"),
 )
 
 # Which nodes hold a copy of a blob in their cache (they fetched it or produced it): placement

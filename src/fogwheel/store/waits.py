@@ -13,6 +13,7 @@ from fogwheel.core import owners, waiting
 from fogwheel.core import quota as inflight
 from fogwheel.core.tasks import TaskState
 from fogwheel.store.base import StoreBase
+from fogwheel.store.envs import lock_of
 from fogwheel.store.fleet import devices
 from fogwheel.store.schema import attempts, jobs, nodes, tasks
 
@@ -67,6 +68,7 @@ class WaitsStore(StoreBase):
                 tasks.c.memory_mb,
                 tasks.c.quorum,
                 jobs.c.replicas,
+                jobs.c.env,
             )
             .join(jobs, jobs.c.id == tasks.c.job_id)
             .where(tasks.c.id.in_(head_ids))
@@ -105,6 +107,7 @@ class WaitsStore(StoreBase):
                 ran_on=tuple(devs.get(n, owners.Device(n)) for n in sorted(ran[h.id])),
                 devices_needed=max(h.quorum or 0, 2) if adaptive else max(h.quorum or 0, 1),
                 adaptive=adaptive,
+                env=lock_of(c, h.env) if h.env else None,
             )
             out[h.id] = waiting.waiting_for(view, fleet)
         return out
@@ -122,6 +125,7 @@ class WaitsStore(StoreBase):
                 nodes.c.capabilities,
                 nodes.c.quota,
                 nodes.c.quarantined,
+                nodes.c.env_platform,
             ).where(nodes.c.state == "up", nodes.c.last_seen >= horizon, ~nodes.c.revoked)
         ).all()
         held: dict[str, int] = dict(
@@ -140,6 +144,7 @@ class WaitsStore(StoreBase):
                 ),
                 memory_mb=r.memory_mb,
                 capabilities=frozenset(json.loads(r.capabilities or "[]")),
+                env_platform=r.env_platform or "",
             )
             for r in rows
             if not r.quarantined
