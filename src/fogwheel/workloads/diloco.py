@@ -262,7 +262,7 @@ class Trainer:
         data = corpus.load_corpus()
         shards, self.val = corpus.split_corpus(data, self.cfg.workers)
         if not run.shards:
-            run.shards = [_ref(client.put_blob(s)) for s in shards]
+            run.shards = [_ref(client.put_blob(s, upload=True)) for s in shards]  # read every round
         if run.weights is None:
             model = transformer.build(self.model_config, self.cfg.seed)
         else:

@@ -86,6 +86,24 @@ def robust_mean(
     return unflatten(row, shapes)
 
 
+def plan_audits(
+    seed: int, r: int, present: list[int], suspects: Sequence[int], rate: float
+) -> list[int]:
+    """The present workers audited in round `r`: never all of them (the round's own job needs
+    one task; a seeded draw picks which one is spared). Drawn from the run's seed, so a
+    resumed run draws the same."""
+    from fogwheel.workloads.diloco import task_seed
+
+    if len(present) < 2 or (rate == 0 and not suspects):
+        return []
+    rng = random.Random(task_seed(seed, r, AUDIT_SALT))
+    draws = [rng.random() for _ in present]
+    chosen = update_audit.audit_plan(present, suspects, rate, draws)
+    if len(chosen) == len(present):
+        chosen.pop(rng.randrange(len(chosen)))
+    return chosen
+
+
 class Guard:
     """The robust half of a `Trainer`: state in `run.robust` (a plain dict in run.json)."""
 
@@ -112,20 +130,9 @@ class Guard:
     # -- 1. audits ----------------------------------------------------------------------------
 
     def plan(self, r: int, present: list[int]) -> list[int]:
-        """The present workers audited in round `r` (never all of them: the round's own job
-        needs one task); drawn from the run's seed, so a resumed run draws the same."""
-        from fogwheel.workloads.diloco import task_seed
-
-        if len(present) < 2 or (self.cfg.audit_rate == 0 and not self.state["suspects"]):
-            return []
-        if self.cfg.fragments > 1:
-            return []  # streaming keeps local weights on the device too: not audited yet
-        rng = random.Random(task_seed(self.cfg.seed, r, AUDIT_SALT))
-        draws = [rng.random() for _ in present]
-        chosen = update_audit.audit_plan(
-            present, self.state["suspects"], self.cfg.audit_rate, draws
-        )
-        return chosen[: len(present) - 1]
+        """The present workers audited in round `r` (`plan_audits`, with this run's seed and
+        rate and the suspects of the round before)."""
+        return plan_audits(self.cfg.seed, r, present, self.state["suspects"], self.cfg.audit_rate)
 
     def gather_audits(self, futures: list[Any], deadline: float) -> dict[int, TaskOutput]:
         """The audits' agreed results by worker, waiting until `deadline`; the rest cancelled."""
@@ -201,8 +208,10 @@ class Guard:
             agreed = [h["node_id"] for h in t["history"] if h["outcome"] == "agreed"]
             if agreed:
                 out[k] = [(n, True) for n in dict.fromkeys(agreed)]
-            elif t.get("node_id"):
-                out[k] = [(t["node_id"], False)]
+                continue
+            accepted = [h["node_id"] for h in t["history"] if h["outcome"] == "accepted"]
+            if accepted or t.get("node_id"):  # an unchecked result: its one sender
+                out[k] = [(accepted[-1] if accepted else t["node_id"], False)]
         return out
 
     def step(
