@@ -149,7 +149,8 @@ def missing_module(message: str, name: str | None) -> str:
     return (
         f"{message}: the module {module} is not installed on the node that ran this task: "
         "install it there, or send the code with your function (it travels by value from "
-        "your own files)"
+        "your own files), or bring it in a Python environment: Client(env=Env(pip=[...])), "
+        "docs/envs.md"
     )
 
 
