@@ -1232,6 +1232,23 @@ def train(
             "round (each round runs inner steps / fragments), so no sync sends the whole model.",
         ),
     ] = 1,
+    aggregate: Annotated[
+        str,
+        typer.Option(
+            help="The outer aggregate of the pseudo-gradients: mean (plain DiLoCo), "
+            "centered-clip, trimmed-mean or median (robust to a minority of poisoned ones; "
+            "docs/training.md).",
+        ),
+    ] = "centered-clip",
+    audit_rate: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Chance a worker's round is recomputed on two devices and judged by the "
+            "coordinator's quorum (a liar is quarantined); suspects are audited always.",
+        ),
+    ] = 0.1,
     model: Annotated[
         str, typer.Option(help="small (about 0.8M parameters) or tiny (25K, for tests).")
     ] = "small",
@@ -1284,6 +1301,8 @@ def train(
                 round_timeout=round_timeout,
                 compression=compression,
                 fragments=fragments,
+                aggregate=aggregate,
+                audit_rate=audit_rate,
                 seed=seed,
             )
         except ValueError as e:
