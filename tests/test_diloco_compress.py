@@ -247,6 +247,28 @@ def test_duplicate_or_out_of_chunk_offsets_and_bad_scales_are_refused() -> None:
             decode(scaled, shapes)
 
 
+@pytest.mark.parametrize(
+    ("sent", "expected", "ok"),
+    [
+        ("topk:0.25:4", "topk:0.25:4", True),
+        ("topk:0.25:4", "topk:0.25:2", False),  # other bits
+        ("topk:0.25:4", "topk:0.5:4", False),  # other density
+        ("topk:0.25:4", "fp16", False),
+        ("fp32", "topk:0.25:4", False),  # more bytes than the run allows
+        ("fp32", "fp16", False),
+        ("int8", "int8", True),
+    ],
+)
+def test_a_pseudo_gradient_must_use_the_runs_codec(sent: str, expected: str, ok: bool) -> None:
+    delta = {"a": torch.randn(64, 80, generator=torch.Generator().manual_seed(4))}
+    data = encode(delta, diloco_compress.parse_codec(sent)).data
+    if ok:
+        assert _shapes_of(decode(data, _shapes_of(delta), expected)) == _shapes_of(delta)
+    else:
+        with pytest.raises(BadPseudoGradient, match="run"):
+            decode(data, _shapes_of(delta), expected)
+
+
 def test_a_topk_delta_for_the_wrong_model_is_refused() -> None:
     raw, _ = _valid()
     with pytest.raises(BadPseudoGradient, match="another model"):

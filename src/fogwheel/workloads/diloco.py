@@ -368,7 +368,7 @@ class Trainer:
                 peak = max(peak, len(raw))
                 key = f"w{k}"
                 self.run.bytes_per_worker[key] = self.run.bytes_per_worker.get(key, 0) + len(raw)
-                delta = diloco_compress.decode(raw, shapes)
+                delta = diloco_compress.decode(raw, shapes, self.cfg.compression)
                 diloco_math.check_norm(delta, MAX_DELTA_NORM)
             except (ValueError, KeyError) as e:  # BadPseudoGradient is a ValueError
                 rejected += 1

@@ -298,20 +298,36 @@ def encode(
 
 
 def decode(
-    data: bytes, reference_shapes: Mapping[str, tuple[int, ...] | torch.Size]
+    data: bytes,
+    reference_shapes: Mapping[str, tuple[int, ...] | torch.Size],
+    expected: str | None = None,
 ) -> dict[str, Tensor]:
-    """The float32 pseudo-gradient in `data` (any codec), checked against the model's shapes.
+    """The float32 pseudo-gradient in `data`, checked against the model's shapes and, if
+    `expected` (a compression spec) is given, sent with that kind of codec.
 
-    Raises BadPseudoGradient, saying why, on anything malformed.
+    A run's workers all use the run's codec: a device that sends another (say fp32 where top-k
+    was asked, 180 times the bytes) is refused, not accommodated. Raises BadPseudoGradient,
+    saying why, on anything malformed.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise BadPseudoGradient(f"a pseudo-gradient is bytes, not {type(data).__name__}")
     data = bytes(data)
     shapes = {n: tuple(int(d) for d in s) for n, s in reference_shapes.items()}
+    codec = None if expected is None else parse_codec(expected)
     if data[:4] == TOPK_MAGIC:
-        return _unflatten(_decode_topk(data, shapes), shapes)
+        if codec is not None and not isinstance(codec, TopK):
+            raise BadPseudoGradient(f"a top-k pseudo-gradient in a run that sends {codec}")
+        out = _unflatten(_decode_topk(data, shapes), shapes)
+        if codec is not None and (data[4], data[6] | data[7] << 8) != (codec.bits, codec.k):
+            raise BadPseudoGradient(f"a top-k pseudo-gradient not of this run's {codec}")
+        return out
     if data[:4] == DENSE_MAGIC:
-        return decompress(data, {n: torch.Size(s) for n, s in shapes.items()})
+        if codec is not None and not isinstance(codec, Dense):
+            raise BadPseudoGradient(f"a dense pseudo-gradient in a run that sends {codec}")
+        out = decompress(data, {n: torch.Size(s) for n, s in shapes.items()})
+        if codec is not None and read_state(data)[1].get("mode") != codec.dtype:
+            raise BadPseudoGradient(f"a pseudo-gradient not of this run's {codec}")
+        return out
     raise BadPseudoGradient("not a pseudo-gradient: unknown magic bytes")
 
 
