@@ -381,8 +381,8 @@ def _node_coordinators(value: str | None) -> str | None:
         raise typer.BadParameter(str(e)) from None
 
 
-@app.command()
 def node(
+    ctx: typer.Context,
     coordinator: Annotated[
         str | None,
         typer.Option(
@@ -509,9 +509,13 @@ def node(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
     log_format: LogFormatOpt = LogFormat.TEXT,
 ) -> None:
-    """Run a node agent: join the fog, pull tasks, run them, report back. SIGTERM drains."""
+    """Run a node agent: join the fog, pull tasks, run them, report back. SIGTERM drains.
+
+    Or, with a command below, run it as a systemd service (docs/node-install.md)."""
     from fogwheel.node.agent import Agent, FatalNodeError, NodeConfig
 
+    if ctx.invoked_subcommand is not None:
+        return  # install, status, pause, ... (src/fogwheel/cli_node.py)
     _logging(verbose, log_format)
     if not coordinator:
         raise _fail("no coordinator: pass --coordinator URL or set FOGWHEEL_COORDINATOR")
@@ -1433,6 +1437,11 @@ from fogwheel import cli_render  # noqa: E402
 
 cli_render.register(app)
 
+
+# node install|uninstall|status|pause|resume: the node as a service (src/fogwheel/cli_node.py)
+from fogwheel import cli_node  # noqa: E402
+
+cli_node.register(app, node)
 
 # cdn publish|get|url|stats (src/fogwheel/cli_cdn.py)
 from fogwheel.cli_cdn import cdn_app  # noqa: E402

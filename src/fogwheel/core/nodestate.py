@@ -183,7 +183,33 @@ class AbortRequested:
     now: float
 
 
-Event = Tick | SyncAnswered | SyncFailed | TaskFinished | StopRequested | AbortRequested
+@dataclass(frozen=True, slots=True)
+class PauseRequested:
+    """The owner takes the device back: hand back the queue and ask for nothing more; with
+    `finish`, let running tasks finish and report (BOINC's "suspend after checkpoint"), else
+    stop them now and hand them back too. The node keeps syncing (reports, renewals)."""
+
+    now: float
+    finish: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeRequested:
+    """The owner gives the device back to the fog: ask for work again."""
+
+    now: float
+
+
+Event = (
+    Tick
+    | SyncAnswered
+    | SyncFailed
+    | TaskFinished
+    | StopRequested
+    | AbortRequested
+    | PauseRequested
+    | ResumeRequested
+)
 
 
 # -- instructions -------------------------------------------------------------------------
@@ -198,10 +224,11 @@ class Run:
 
 @dataclass(frozen=True, slots=True)
 class Kill:
-    """Stop this running task; `why` is "lost" (no longer ours) or "abort" (we stop)."""
+    """Stop this running task; `why` is "lost" (no longer ours), "abort" (we stop) or "pause"
+    (the owner took the device back; the slot stays for after the resume)."""
 
     task_id: int
-    why: Literal["lost", "abort"] = "lost"
+    why: Literal["lost", "abort", "pause"] = "lost"
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,10 +357,11 @@ class NodeState:
         self.leases: dict[int, Lease] = {}  # every lease in a phase
         self.queue: dict[int, None] = {}  # QUEUED ids in arrival order
         self.outbox: dict[int, Report] = {}  # REPORTING: the result to send until answered
-        self.release: dict[int, None] = {}  # ids to hand back in the next sync
+        self.release: dict[int, Any] = {}  # ids to hand back in the next sync -> attempt
         self.seen: OrderedDict[tuple[Any, Any], None] = OrderedDict()
         self.stopping = False
         self.aborting = False
+        self.paused = False  # the owner took the device back (PauseRequested)
         self.exited = False
         self.failover = Failover(settings.coordinators, settings.backoff_s, settings.backoff_max_s)
         self._avg_wall = 0.1
@@ -371,7 +399,7 @@ class NodeState:
 
     def want(self) -> int:
         """How many more leases to ask for: enough for about `target_queue_s` per slot."""
-        if self.stopping:
+        if self.stopping or self.paused:
             return 0
         active = self._count[Phase.QUEUED] + self._count[Phase.RUNNING]
         return max(0, self._depth() - active)
@@ -395,6 +423,10 @@ class NodeState:
                 self._stop(out)
             elif isinstance(ev, AbortRequested):
                 self._abort(out)
+            elif isinstance(ev, PauseRequested):
+                self._pause(ev, out)
+            elif isinstance(ev, ResumeRequested):
+                self._resume(out)
             else:  # pragma: no cover - the union is closed
                 raise TypeError(f"not a node event: {ev!r}")
             self._fill(out)
@@ -425,7 +457,7 @@ class NodeState:
     def _fill(self, out: list[Instruction]) -> None:
         """Give queued leases to free slots."""
         free = self.settings.slots - self._slots_taken()
-        while free > 0 and self.queue and not self.stopping:
+        while free > 0 and self.queue and not self.stopping and not self.paused:
             tid = next(iter(self.queue))
             self._move(tid, Phase.RUNNING)
             out.append(Run(self.leases[tid]))
@@ -520,7 +552,11 @@ class NodeState:
                 out.append(Log("warning", f"result of task {tid} refused: {reason}"))
                 self._move(tid, None)
         for tid in flight.released:
-            self.release.pop(tid, None)
+            attempt = self.release.pop(tid, None)
+            if attempt is not None:
+                # The coordinator has it back, and a hand-back is no attempt (core/tasks.py):
+                # the same (task, attempt) may come again, as a new lease, not a replay.
+                self.seen.pop((tid, attempt), None)
         if not self.outbox:
             self._outbox_since = None
         for tid in ev.lost:
@@ -543,9 +579,9 @@ class NodeState:
                 tid = lease["task_id"]
                 self.leases[tid] = lease
                 self._move(tid, Phase.QUEUED)
-                if self.stopping:  # asked for none: hand it straight back
+                if self.stopping or self.paused:  # asked for none: hand it straight back
+                    self._hand_back(tid)
                     self._move(tid, None)
-                    self.release[tid] = None
         if ev.lease_seconds is not None and ev.lease_seconds > 0:
             self.lease_seconds = float(ev.lease_seconds)
         nxt = ev.next_sync_s
@@ -557,7 +593,7 @@ class NodeState:
         self._answered_at = ev.now
         # Idle: it asked for work, got less, and holds nothing; it polls at its own pace.
         holds = any(self._count[p] for p in _HELD)
-        self._idle = flight.want > 0 and got < flight.want and not holds
+        self._idle = not holds and (self.paused or (flight.want > 0 and got < flight.want))
         if leaving:
             self._left(ev.now, out)
 
@@ -692,7 +728,7 @@ class NodeState:
         p = self.phase.get(tid)
         if p is Phase.RUNNING and ev.report is None:
             self._move(tid, Phase.KILLED)  # the slot has nothing to say: hand the task back
-            self.release[tid] = None
+            self._hand_back(tid)
             p = Phase.KILLED
         if p is Phase.KILLED:
             self._move(tid, None)  # nobody waits for the result of a killed task
@@ -712,8 +748,35 @@ class NodeState:
         self.stopping = True
         self._prompt = True
         for tid in list(self.queue):
+            self._hand_back(tid)
             self._move(tid, None)
-            self.release[tid] = None
+
+    def _hand_back(self, tid: int) -> None:
+        """Hand `tid` back in the next sync (call while its lease is still known)."""
+        lease = self.leases.get(tid)
+        self.release[tid] = lease.get("attempt") if lease is not None else None
+
+    def _pause(self, ev: PauseRequested, out: list[Instruction]) -> None:
+        """Hand back what is queued (and, unless `finish`, what runs) in one prompt sync."""
+        if not self.paused:
+            out.append(Log("info", "paused by the owner: handing work back, asking for none"))
+        self.paused = True
+        self._prompt = True
+        for tid in list(self.queue):
+            self._hand_back(tid)
+            self._move(tid, None)
+        if not ev.finish:
+            for tid, p in list(self.phase.items()):
+                if p is Phase.RUNNING:
+                    self._move(tid, Phase.KILLED)
+                    self._hand_back(tid)
+                    out.append(Kill(tid, "pause"))
+
+    def _resume(self, out: list[Instruction]) -> None:
+        if self.paused:
+            out.append(Log("info", "resumed by the owner: asking for work again"))
+        self.paused = False
+        self._prompt = True
 
     def _abort(self, out: list[Instruction]) -> None:
         if not self.stopping:
@@ -723,5 +786,5 @@ class NodeState:
         for tid, p in list(self.phase.items()):
             if p is Phase.RUNNING:
                 self._move(tid, Phase.KILLED)
-                self.release[tid] = None
+                self._hand_back(tid)
                 out.append(Kill(tid, "abort"))

@@ -36,7 +36,7 @@ import httpx
 from fogwheel import logs
 from fogwheel.core import nodestate as ns
 from fogwheel.core.urls import coordinator_base
-from fogwheel.node import cgroups
+from fogwheel.node import cgroups, control
 from fogwheel.node.envs import MAX_HELD_REPORTED, EnvCache, EnvError, this_platform
 from fogwheel.node.faults import ENV as FAULT_ENV
 from fogwheel.node.faults import Faults
@@ -160,6 +160,13 @@ class Agent:
         self._sent_cdn: dict[str, Any] = {}
         self._url_sent = False
         self.serve_url = ""
+        # the owner's pause and the status `fogwheel node status` reads (node/control.py)
+        self._pause_watch: control.PauseWatcher | None = None
+        self._pause_applied: control.PauseOrder | None = None
+        self._status = control.StatusWriter(config.data_dir)
+        self._finished_n = 0
+        self._started_at = time.time()
+        self._answered_wall: float | None = None
         self.envs: EnvCache | None = None  # Python environments built here (node/envs.py)
         self._envs_told: list[str] | None = None  # what the coordinator last heard of them
         self._envs_sent: list[str] | None = None
@@ -399,6 +406,7 @@ class Agent:
         self.images = ImageCache(self.data_dir / "images", self.config.images_mb << 20)
         if self.config.serve:
             self._start_chunks()
+        self._pause_watch = control.PauseWatcher(self.data_dir, self._wake.set).start()
         self.envs = EnvCache(self.data_dir / "envs", self.config.env_mb << 20, this_platform())
         self._cache_bytes = sum(e.stat().st_size for e in os.scandir(self.data_dir / "cache"))
         threads = []
@@ -414,6 +422,9 @@ class Agent:
         try:
             self._loop()
         finally:
+            if self._pause_watch is not None:
+                self._pause_watch.stop()
+            self._status.maybe_write({**self._status_now(), "state": "stopped"}, force=True)
             self._share_jobs.put(None)
             if self.chunks is not None:
                 self.chunks.stop()
@@ -437,6 +448,7 @@ class Agent:
             for ev in events:
                 if isinstance(ev, ns.TaskFinished):
                     self._killed.discard(ev.task_id)  # the machine is done with it
+                    self._finished_n += ev.report is not None
             for ins in instructions:
                 if isinstance(ins, ns.Kill):
                     # Under the lock, so a slot that finishes at this moment sees it.
@@ -473,8 +485,11 @@ class Agent:
             if self._abort.is_set() and not abort_told:
                 abort_told = True
                 events.append(ns.AbortRequested(now))
+            events.extend(self._pause_events(now))
             self._wake.clear()
-            for ins in self._handle(*events, ns.Tick(now)):
+            instructions = self._handle(*events, ns.Tick(now))
+            self._status.maybe_write(self._status_now(), force=bool(events))
+            for ins in instructions:
                 if isinstance(ins, ns.Sync):
                     for after in self._sync(ins):
                         if isinstance(after, ns.Exit):
@@ -485,6 +500,47 @@ class Agent:
                 elif isinstance(ins, ns.Exit):
                     self._exit(ins)
                     return
+
+    def _pause_events(self, now: float) -> list[ns.Event]:
+        """The owner's pause file, as events: a new or changed order pauses, none resumes."""
+        order = self._pause_watch.order if self._pause_watch is not None else None
+        if order == self._pause_applied:
+            return []
+        self._pause_applied = order
+        if order is None:
+            return [ns.ResumeRequested(now)]
+        return [ns.PauseRequested(now, finish=order.finish)]
+
+    def _status_now(self) -> dict[str, Any]:
+        """What `fogwheel node status` shows of this agent (no secret in it)."""
+        order = self._pause_applied
+        with self._lock:
+            st = self.state
+            held = (
+                {}
+                if st is None
+                else {
+                    "state": "stopping" if st.stopping else "paused" if st.paused else "running",
+                    "paused": st.paused,
+                    "running": len(st.running),
+                    "queued": len(st.queue),
+                    "reporting": len(st.outbox),
+                    "handing_back": len(st.release),
+                }
+            )
+        return {
+            "pid": os.getpid(),
+            "node_id": self.node_id,
+            "coordinator": self._url,
+            "slots": self.slots_n,
+            "sandbox": self.sandbox.describe() if self.sandbox else None,
+            "finish": bool(order and order.finish),
+            "paused_at": order.at if order else None,
+            "tasks_finished": self._finished_n,
+            "started_at": self._started_at,
+            "last_answer_at": self._answered_wall,
+            **held,
+        }
 
     def _exit(self, ins: ns.Exit) -> None:
         if ins.fatal == ns.CREDENTIAL_REFUSED:
@@ -525,6 +581,7 @@ class Agent:
             why = f"not a sync answer ({type(e).__name__})"
             return self._handle(ns.SyncFailed(time.monotonic(), why))
         after = self._handle(event)
+        self._answered_wall = time.time()
         if self._envs_sent is not None:  # heard: said again only when it changes
             self._envs_told, self._envs_sent = self._envs_sent, None
         self._cdn_absorb(answer)
