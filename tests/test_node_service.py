@@ -568,9 +568,13 @@ def test_a_real_systemd_installs_runs_pauses_resumes_restarts_and_uninstalls_the
         with contextlib.suppress(ProcessLookupError):
             os.killpg(boot.pid, signal.SIGKILL)
         boot.wait(30)
-        for group in (
-            reversed((box / "cgroups").read_text().split()) if (box / "cgroups").exists() else ()
-        ):
-            for sub in sorted(Path(group).glob("**/"), key=lambda p: -len(p.parts)):
-                with contextlib.suppress(OSError):
-                    sub.rmdir()
+        groups = (box / "cgroups").read_text().split() if (box / "cgroups").exists() else []
+        deadline = time.monotonic() + 30  # killed processes leave their groups a moment later
+        while groups and time.monotonic() < deadline:
+            for group in groups:
+                for sub in sorted(Path(group).glob("**/"), key=lambda p: -len(p.parts)):
+                    with contextlib.suppress(OSError):
+                        sub.rmdir()
+            groups = [g for g in groups if Path(g).exists()]
+            time.sleep(0.2)
+        assert not groups, f"cgroups left behind: {groups}"
