@@ -279,6 +279,27 @@ def test_a_refused_credential_is_fatal() -> None:
     assert m.handle(Tick(NOW + 1)) == []
 
 
+def test_a_node_told_429_waits_its_retry_after_and_keeps_its_results() -> None:
+    m = fresh()
+    synced(m)
+    answer(m, tasks=[lease(1)])
+    m.handle(TaskFinished(1, NOW + 0.1, report(1)))
+    synced(m, NOW + 0.2)
+    out = m.handle(SyncFailed(NOW + 0.2, "too fast (HTTP 429)", 429, retry_after_s=7.0))
+    assert [i.level for i in of(Log, out)] == ["warning"]  # the coordinator's word, not an error
+    assert of(Sync, m.handle(Tick(NOW + 7.1))) == []  # not before Retry-After is over
+    [again] = of(Sync, m.handle(Tick(NOW + 7.3)))
+    assert again.body["results"] == [report(1)]
+
+
+@pytest.mark.parametrize("said", [None, -5.0, float("nan"), float("inf"), 1e9])
+def test_a_429s_retry_after_is_bounded_whatever_it_says(said: float | None) -> None:
+    m = fresh()
+    synced(m)
+    m.handle(SyncFailed(NOW, "too fast (HTTP 429)", 429, retry_after_s=said))
+    assert of(Sync, m.handle(Tick(NOW + 601))), "never more than MAX_PACE_S (600 s)"
+
+
 def test_a_stopping_node_gives_up_on_a_coordinator_gone_for_a_lease_period() -> None:
     m = fresh(lease_seconds=15.0)
     synced(m)

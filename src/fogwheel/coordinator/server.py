@@ -18,6 +18,7 @@ import anyio.to_thread
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
+from prometheus_client import Counter
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql
 from starlette.concurrency import run_in_threadpool
@@ -33,8 +34,9 @@ from fogwheel.coordinator.console_pages import install_console
 from fogwheel.coordinator.console_routes import build_console_routes
 from fogwheel.coordinator.head import HeadAsGet
 from fogwheel.coordinator.sampler import sample_forever
+from fogwheel.coordinator.syncrate import NodeRate, limit_from_env
 from fogwheel.coordinator.wakeups import PgWakeups
-from fogwheel.core import flywheel
+from fogwheel.core import flywheel, ratelimit
 from fogwheel.core.pacing import DEFAULT_BUDGET, TARGET_LATENCY_S
 from fogwheel.core.scheduler import Placement, Policy
 from fogwheel.errors import ConfigError
@@ -99,6 +101,8 @@ class CoordinatorConfig:
             os.environ.get("FOGWHEEL_SYNC_TARGET_MS") or 1000 * TARGET_LATENCY_S
         )
     )
+    # how often one node may call the node routes (FOGWHEEL_NODE_SYNC_RATE/_BURST; rate 0: off)
+    node_rate: ratelimit.Limit = field(default_factory=limit_from_env)
     signing_key: Path | None = None  # a key file shared by config management, not the database's
     blobs: str | None = None  # "db" | "dir"; default: "db" on PostgreSQL, "dir" on SQLite
     # Addresses of reverse proxies whose X-Forwarded-For is believed (nginx in `fogwheel up`);
@@ -331,11 +335,21 @@ def serve(config: CoordinatorConfig, announce: bool = True) -> None:
         tmp = config.ready_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({"url": url, "pid": os.getpid(), "key_pin": pin, **created}))
         tmp.replace(config.ready_file)
+    limited = Counter(
+        "fogwheel_node_calls_limited",
+        "Node calls refused with 429 because their node called faster than its rate "
+        "(coordinator/syncrate.py)",
+        registry=app.state.metrics.registry,
+    )
     uv = uvicorn.Config(
-        BodyTimeout(
-            BodyLimit(app, config.max_body_mb * 1024 * 1024, config.max_blob_bytes),
-            idle_s=config.body_idle_s,
-            min_rate=config.body_min_rate,
+        NodeRate(  # a node that syncs in a loop is refused alone, before its body is read
+            BodyTimeout(
+                BodyLimit(app, config.max_body_mb * 1024 * 1024, config.max_blob_bytes),
+                idle_s=config.body_idle_s,
+                min_rate=config.body_min_rate,
+            ),
+            config.node_rate,
+            on_limited=limited.inc,
         ),
         log_level="warning",
         access_log=False,

@@ -157,6 +157,7 @@ class SyncFailed:
     now: float
     error: str
     status: int | None = None
+    retry_after_s: float | None = None  # a 429's Retry-After: the least wait before the next
 
 
 @dataclass(frozen=True, slots=True)
@@ -697,6 +698,11 @@ class NodeState:
         if ev.status == 401:
             self.exited = True
             out.append(Exit(fatal=CREDENTIAL_REFUSED))
+            return
+        if ev.status == 429:  # too fast for this coordinator: wait as long as it says
+            out.append(Log("warning", f"sync refused: {ev.error}"))
+            wait = min(MAX_PACE_S, max(0.0, _number(ev.retry_after_s) or 0.0))
+            self._retry_at = ev.now + max(wait, self.failover.waited())
             return
         if ev.status is not None and ev.status not in UNREACHABLE_STATUS:
             out.append(Log("error", f"sync refused: {ev.error}"))
