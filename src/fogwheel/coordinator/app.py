@@ -171,6 +171,7 @@ def build_routes(
     auth = Authenticator(store)
     app.state.auth = auth  # the server tells it of revocations on other processes
     metrics = Metrics(store)
+    app.state.metrics = metrics  # the server's middleware outside the app counts into it too
     app.add_middleware(Observe, requests=metrics.requests)  # latency by route; log context
     results = Results()
     app.state.results = results

@@ -160,6 +160,9 @@ class Agent:
         self._sent_cdn: dict[str, Any] = {}
         self._url_sent = False
         self.serve_url = ""
+        self.envs: EnvCache | None = None  # Python environments built here (node/envs.py)
+        self._envs_told: list[str] | None = None  # what the coordinator last heard of them
+        self._envs_sent: list[str] | None = None
         # the owner's pause and the status `fogwheel node status` reads (node/control.py)
         self._pause_watch: control.PauseWatcher | None = None
         self._pause_applied: control.PauseOrder | None = None
@@ -167,9 +170,6 @@ class Agent:
         self._finished_n = 0
         self._started_at = time.time()
         self._answered_wall: float | None = None
-        self.envs: EnvCache | None = None  # Python environments built here (node/envs.py)
-        self._envs_told: list[str] | None = None  # what the coordinator last heard of them
-        self._envs_sent: list[str] | None = None
 
     # -- joining ----------------------------------------------------------------------------
 
@@ -406,8 +406,8 @@ class Agent:
         self.images = ImageCache(self.data_dir / "images", self.config.images_mb << 20)
         if self.config.serve:
             self._start_chunks()
-        self._pause_watch = control.PauseWatcher(self.data_dir, self._wake.set).start()
         self.envs = EnvCache(self.data_dir / "envs", self.config.env_mb << 20, this_platform())
+        self._pause_watch = control.PauseWatcher(self.data_dir, self._wake.set).start()
         self._cache_bytes = sum(e.stat().st_size for e in os.scandir(self.data_dir / "cache"))
         threads = []
         for i in range(self.slots_n):
@@ -566,7 +566,10 @@ class Agent:
         except httpx.TransportError as e:
             return self._handle(ns.SyncFailed(time.monotonic(), type(e).__name__))
         if r.status_code >= 400:
-            return self._handle(ns.SyncFailed(time.monotonic(), _problem(r), r.status_code))
+            failed = ns.SyncFailed(
+                time.monotonic(), _problem(r), r.status_code, _retry_after(r.headers)
+            )
+            return self._handle(failed)
         try:
             answer = r.json()
             tasks = answer["tasks"]
@@ -581,9 +584,9 @@ class Agent:
             why = f"not a sync answer ({type(e).__name__})"
             return self._handle(ns.SyncFailed(time.monotonic(), why))
         after = self._handle(event)
-        self._answered_wall = time.time()
         if self._envs_sent is not None:  # heard: said again only when it changes
             self._envs_told, self._envs_sent = self._envs_sent, None
+        self._answered_wall = time.time()
         self._cdn_absorb(answer)
         return after
 
@@ -1102,5 +1105,13 @@ _LEVELS = {
 def _problem(r: httpx.Response) -> str:
     try:
         return f"{r.json().get('error')} (HTTP {r.status_code})"
-    except ValueError:
+    except (ValueError, AttributeError):  # not JSON, or JSON but not an object
         return f"HTTP {r.status_code}"
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    """Retry-After in seconds (RFC 9110 §10.2.3; an HTTP date is not worth a clock here)."""
+    try:
+        return float(headers.get("retry-after", ""))
+    except ValueError:
+        return None
