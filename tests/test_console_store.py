@@ -92,7 +92,12 @@ def test_counts_see_online_devices_their_cores_held_tasks_and_done_work(store: S
     progress = store.job_progress("c1", job_id, T0 + 2)
     assert progress is not None
     assert progress["states"] == {
-        "pending": 1, "leased": 1, "verifying": 0, "done": 1, "failed": 0, "cancelled": 0,
+        "pending": 1,
+        "leased": 1,
+        "verifying": 0,
+        "done": 1,
+        "failed": 0,
+        "cancelled": 0,
     }
     assert sum(b["count"] for b in progress["throughput"]) == 1
     assert len(progress["throughput"]) == 30

@@ -32,7 +32,10 @@ def fog(tmp_path, monkeypatch: pytest.MonkeyPatch):
 
 
 def test_a_flooding_node_gets_429s_while_an_honest_one_finishes_its_job(fog: LocalFog) -> None:
-    with HostileNode(fog.url, fog.join_string) as flood, Client(fog.url, fog.api_key, replicas=1) as client:
+    with (
+        HostileNode(fog.url, fog.join_string) as flood,
+        Client(fog.url, fog.api_key, replicas=1) as client,
+    ):
         assert flood.join().status_code == 201
         results = client.map(square, range(40), timeout=120)  # one job, 40 tasks
         answers = [flood.sync(want=0, slots_free=0) for _ in range(60)]
