@@ -4,15 +4,18 @@
 # tests/test_node_service.py's real install. Nothing leaves the namespaces: the network is a
 # loopback of its own, the cgroups a subtree DIR names, /work is mounted read-only.
 #
-#   usage: systemd_container.sh DIR SITE_PACKAGES     (root; prints nothing, stays in front)
+#   usage: systemd_container.sh DIR SITE_PACKAGES [SRC]   (root; prints nothing, stays in front)
 #
 # SITE_PACKAGES is mounted read-only at /opt/fogwheel-site, so a venv made inside from the
 # distribution's python3 can import the fogwheel under test (ProtectHome=yes hides /root).
+# SRC, the checkout an editable install points into, is mounted read-only at its own path
+# when /work does not hold it (a clone under /tmp would vanish under the fresh /tmp).
 set -euo pipefail
 
 if [ "${1:-}" != "--inside" ]; then
     D=$1
     SITE=$2
+    SRC=${3:-/work}
     tag=$(basename "$D")
     # a cgroup of our own below ours in every hierarchy: the container's root there
     : > "$D/cgroups"
@@ -30,11 +33,12 @@ if [ "${1:-}" != "--inside" ]; then
         echo "$mnt$path/$tag" >> "$D/cgroups"
     done <<< "$mine"
     exec unshare --cgroup --mount --pid --net --uts --ipc --fork --kill-child \
-        bash "$0" --inside "$D" "$SITE"
+        bash "$0" --inside "$D" "$SITE" "$SRC"
 fi
 
 D=$2
 SITE=$3
+SRC=$4
 R=$D/root
 mkdir -p "$D/upper" "$D/work" "$R"
 mount --make-rprivate /
@@ -66,6 +70,10 @@ mount -t tmpfs tmpfs "$R/run"
 mount -t tmpfs tmpfs "$R/tmp"
 mount --bind /work "$R/work"
 mount -o remount,bind,ro "$R/work"
+case "$SRC" in
+    /work|/work/*) ;;
+    *) mkdir -p "$R$SRC" && mount --bind "$SRC" "$R$SRC" && mount -o remount,bind,ro "$R$SRC" ;;
+esac
 mkdir -p "$R/opt/fogwheel-site"
 mount --bind "$SITE" "$R/opt/fogwheel-site"
 mount -o remount,bind,ro "$R/opt/fogwheel-site"

@@ -484,7 +484,13 @@ def test_a_real_systemd_installs_runs_pauses_resumes_restarts_and_uninstalls_the
     box = tmp_path / "box"
     box.mkdir()
     boot = subprocess.Popen(
-        ["bash", str(HERE / "systemd_container.sh"), str(box), sysconfig.get_paths()["purelib"]],
+        [
+            "bash",
+            str(HERE / "systemd_container.sh"),
+            str(box),
+            sysconfig.get_paths()["purelib"],
+            str(HERE.parent.resolve()),  # the checkout under test, wherever it was cloned
+        ],
         stdout=open(box / "boot.log", "wb"),  # noqa: SIM115 - the child keeps it
         stderr=subprocess.STDOUT,
         start_new_session=True,

@@ -250,12 +250,35 @@ class Guard:
             for e in self.state["ledger"]:
                 if (e["round"], e["worker"], e["node"]) == (c.round, c.worker, c.node):
                     e["used"] = False
+        import copy
+
+        from fogwheel.errors import NotFound
+
+        weights_now = copy.deepcopy(t.model.state_dict())
+        outer_now = t.outer.state_bytes()
+        try:
+            self._replay(start, r)
+        except NotFound as e:
+            t.model.load_state_dict(weights_now)  # as it was before the replay began
+            t.outer.load_state_bytes(outer_now)
+            # A checkpoint or an update the replay needs is gone from the coordinator: keep
+            # the model as it is, and leave only this round's updates of the caught out.
+            for c in undo:
+                for e2 in self.state["ledger"]:
+                    if (e2["round"], e2["worker"], e2["node"]) == (c.round, c.worker, c.node):
+                        e2["used"] = True
+            t._log(
+                f"round {r}: could not take out earlier updates of quarantined "
+                f"{', '.join(sorted(caught))} ({e}); this round's are left out"
+            )
+            deltas = [(d, w) for k, d, w, _ in kept if k not in suspects]
+            self._outer_step(deltas)
+            return
         self.state["undone"] += len(undo)
         t._log(
             f"round {r}: took out {len(undo)} update(s) of quarantined "
             f"{', '.join(sorted(caught))} (rounds {start + 1}..{r + 1} taken again)"
         )
-        self._replay(start, r)
 
     def _ledger(self) -> list[Contribution]:
         return [
