@@ -472,6 +472,14 @@ def _container_possible() -> str | None:
     ).stdout.strip()
     if mine != str(sys.version_info[:2]):
         return f"{SYSTEM_PYTHON} is Python {mine}, not this one's {sys.version_info[:2]}"
+    import fogwheel
+
+    src = Path(fogwheel.__file__).resolve()
+    if src.is_relative_to("/tmp"):  # the unit's PrivateTmp=yes hides an editable checkout
+        return (
+            f"fogwheel is imported from {src.parent} under /tmp, which the unit's "
+            "PrivateTmp=yes hides from the service: run from a checkout elsewhere (e.g. /work)"
+        )
     return None
 
 
