@@ -22,7 +22,6 @@ of them within `--env-mb`; one in use is never removed.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from fogwheel.core import envlock
+from fogwheel.node import safefs
 
 log = logging.getLogger("fogwheel.node")
 
@@ -121,15 +121,9 @@ class EnvCache:
                 if not self._in_use[lock_sha]:
                     del self._in_use[lock_sha]
 
-    @contextlib.contextmanager
-    def _file_lock(self, lock_sha: str) -> Iterator[None]:
+    def _file_lock(self, lock_sha: str) -> contextlib.AbstractContextManager[None]:
         """Another process on this data dir (a restarted agent's leftover) builds it too."""
-        fd = os.open(self.root / f".build-{lock_sha[:16]}", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return safefs.locked(self.root / f".build-{lock_sha[:16]}")
 
     def _build(self, lock_sha: str, fetch: Fetch) -> None:
         t0 = time.monotonic()

@@ -17,7 +17,6 @@ least recently used unpinned images are removed first.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import IO
 
 from fogwheel.core import images as core
+from fogwheel.node import safefs
 from fogwheel.node.imageroot import host_runtime
 from fogwheel.node.sandbox import Sandbox
 
@@ -107,14 +107,8 @@ class ImageCache:
                 if self._pins[image_id] <= 0:
                     del self._pins[image_id]
 
-    @contextlib.contextmanager
-    def _file_lock(self, image_id: str) -> Iterator[None]:
-        fd = os.open(self.root / f".lock-{image_id}", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    def _file_lock(self, image_id: str) -> contextlib.AbstractContextManager[None]:
+        return safefs.locked(self.root / f".lock-{image_id}")
 
     def _unpack(self, image_id: str, fetch: Fetch) -> None:
         work = self.root / f".fetch-{image_id[:16]}-{secrets.token_hex(4)}"

@@ -12,6 +12,7 @@ planted in advance fails the task instead of receiving the agent's bytes.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import stat
 from collections.abc import Iterator
@@ -24,6 +25,18 @@ CHUNK = 1 << 20
 
 class Unsafe(OSError):
     """A name leads outside the directory, through a link, or to something not a plain file."""
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (made 0600 if absent): one process at a time on a
+    data dir's shared work, a restarted agent's leftover included."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def parts_of(name: str) -> list[str]:
