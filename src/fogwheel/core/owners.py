@@ -29,6 +29,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from fogwheel.core import ratelimit
+
 OPERATOR = "operator"  # the default owner: the operator's own devices
 CLAIM_MAX_CORES = 64  # what a device may claim at join; more is not believed
 CLAIM_MAX_MEMORY_MB = 1 << 20  # 1 TB
@@ -80,8 +82,8 @@ def burst(rate_per_hour: float) -> float:
 
 def bucket_now(tok: Token, now: float) -> float:
     """The bucket's joins at `now`: refilled at the token's rate, up to `burst`."""
-    elapsed = max(0.0, now - tok.bucket_at)
-    return min(burst(tok.rate_per_hour), tok.bucket + elapsed * tok.rate_per_hour / 3600.0)
+    limit = ratelimit.Limit(tok.rate_per_hour / 3600.0, burst(tok.rate_per_hour))
+    return ratelimit.refill(ratelimit.Bucket(tok.bucket, tok.bucket_at), limit, now)
 
 
 def admit(tok: Token, now: float) -> Admit | Refuse:
