@@ -1,0 +1,216 @@
+"""core/rollout: the canary judge (a one-sided score test with a margin) and who is in it."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fogwheel.core.rollout import (
+    Arm,
+    RolloutPolicy,
+    RolloutState,
+    decide,
+    excess_lower_bound,
+    in_canary,
+    next_state,
+    parse_share,
+    policy_for_canary,
+    serves_new,
+)
+from fogwheel.errors import IllegalTransition
+
+POLICY = RolloutPolicy()
+counts = st.integers(min_value=0, max_value=400)
+arms = st.builds(Arm, ok=counts, failed=counts)
+steps = st.integers(min_value=0, max_value=len(POLICY.steps) - 1)
+
+
+@given(old=arms, ok=counts, step=steps)
+def test_a_single_failure_never_rolls_back(old: Arm, ok: int, step: int) -> None:
+    for failed in (0, 1):
+        assert decide(POLICY, step, old, Arm(ok, failed)).action != "rollback"
+
+
+@given(old=arms, new=arms, step=steps)
+def test_a_rollback_means_the_observed_excess_is_over_the_margin(
+    old: Arm, new: Arm, step: int
+) -> None:
+    d = decide(POLICY, step, old, new)
+    if d.action == "rollback":
+        assert new.failure_rate - old.failure_rate > POLICY.margin
+        assert d.share == 0.0
+
+
+@given(old=arms, new=arms, step=steps)
+def test_promotion_needs_min_outcomes_and_moves_one_step(old: Arm, new: Arm, step: int) -> None:
+    d = decide(POLICY, step, old, new)
+    if d.action in ("promote", "done"):
+        assert new.total >= POLICY.min_outcomes
+        assert new.failure_rate - old.failure_rate <= POLICY.margin
+    if d.action == "promote":
+        assert d.step == step + 1 and d.share == POLICY.steps[step + 1]
+    if d.action == "done":
+        assert step == len(POLICY.steps) - 1 and d.share == 1.0
+    if d.action == "hold":
+        assert d.step == step and d.share == POLICY.steps[step]
+
+
+@given(old=arms, ok=counts, failed=counts, step=steps)
+def test_more_failures_never_turn_a_rollback_into_something_else(
+    old: Arm, ok: int, failed: int, step: int
+) -> None:
+    """Moving one success of the new version to a failure keeps a roll-back a roll-back."""
+    if ok == 0:
+        return
+    before = decide(POLICY, step, old, Arm(ok, failed))
+    after = decide(POLICY, step, old, Arm(ok - 1, failed + 1))
+    if before.action == "rollback":
+        assert after.action == "rollback"
+
+
+@given(old=arms, new=arms, step=steps)
+def test_every_decision_reads_as_a_sentence_with_the_counts(old: Arm, new: Arm, step: int) -> None:
+    d = decide(POLICY, step, old, new)
+    assert f"{new.failed}/{new.total}" in d.reason and f"{old.failed}/{old.total}" in d.reason
+
+
+def test_a_version_failing_every_task_is_rolled_back_quickly() -> None:
+    d = decide(POLICY, 0, Arm(ok=90, failed=0), Arm(ok=0, failed=5))
+    assert d.action == "rollback"
+    assert "rolled back at 10%" in d.reason and "5/5" in d.reason
+
+
+def test_nothing_is_rolled_back_against_an_old_version_never_seen() -> None:
+    assert decide(POLICY, 0, Arm(0, 0), Arm(0, 50)).action == "hold"
+
+
+def test_a_healthy_version_walks_every_step_to_done() -> None:
+    old, new = Arm(200, 4), Arm(20, 0)
+    assert [decide(POLICY, s, old, new).action for s in range(3)] == ["promote", "promote", "done"]
+    assert decide(POLICY, 0, old, new).reason.startswith("promoted 10% → 50%")
+
+
+def test_an_excess_over_the_margin_not_yet_shown_holds() -> None:
+    d = decide(POLICY, 0, Arm(100, 0), Arm(18, 2))  # 10 % against 0 %, 20 outcomes
+    assert d.action == "hold" and "not yet shown" in d.reason
+
+
+@pytest.mark.parametrize(("p_old", "n"), [(0.02, 300), (0.10, 200), (0.0, 150)])
+def test_false_rollbacks_at_the_margin_are_rare(p_old: float, n: int) -> None:
+    """The type I error at the boundary (p_new = p_old + margin) stays near alpha (seeded)."""
+    rng = random.Random(15)
+    p_new = p_old + POLICY.margin
+    trials, wrong = 2000, 0
+    for _ in range(trials):
+        old_failed = sum(rng.random() < p_old for _ in range(n))
+        new_failed = sum(rng.random() < p_new for _ in range(n))
+        old, new = Arm(n - old_failed, old_failed), Arm(n - new_failed, new_failed)
+        wrong += decide(POLICY, 0, old, new).action == "rollback"
+    assert wrong / trials <= 2 * POLICY.alpha
+
+
+def test_a_clear_regression_is_caught_with_a_modest_sample() -> None:
+    """p_new = p_old + 30 %: 40 outcomes see it at least 9 times in 10."""
+    rng = random.Random(16)
+    caught = 0
+    for _ in range(500):
+        old_failed = sum(rng.random() < 0.05 for _ in range(200))
+        new_failed = sum(rng.random() < 0.35 for _ in range(40))
+        d = decide(POLICY, 0, Arm(200 - old_failed, old_failed), Arm(40 - new_failed, new_failed))
+        caught += d.action == "rollback"
+    assert caught / 500 >= 0.9
+
+
+def test_the_bound_is_below_the_observed_difference() -> None:
+    assert excess_lower_bound(Arm(90, 10), Arm(60, 40), 0.01) < 0.4 - 0.1
+
+
+@given(
+    rollout=st.text(max_size=12),
+    device=st.text(max_size=24),
+    a=st.floats(0, 1),
+    b=st.floats(0, 1),
+)
+def test_in_canary_is_monotone_in_the_share(rollout: str, device: str, a: float, b: float) -> None:
+    lo, hi = sorted((a, b))
+    if in_canary(rollout, device, lo):
+        assert in_canary(rollout, device, hi)
+    assert in_canary(rollout, device, 1.0) and not in_canary(rollout, device, 0.0)
+
+
+@pytest.mark.parametrize("share", [0.1, 0.5])
+def test_in_canary_picks_about_the_share_of_devices(share: float) -> None:
+    inside = sum(in_canary("r1", f"node-{i}", share) for i in range(4000))
+    assert abs(inside / 4000 - share) < 0.03
+
+
+def test_in_canary_differs_between_roll_outs() -> None:
+    a = {i for i in range(1000) if in_canary("r1", f"n{i}", 0.1)}
+    b = {i for i in range(1000) if in_canary("r2", f"n{i}", 0.1)}
+    assert a != b
+
+
+@pytest.mark.parametrize(
+    ("text", "share"), [("10%", 0.1), ("10", 0.1), ("0.25", 0.25), (" 100% ", 1.0), ("1", 1.0)]
+)
+def test_parse_share(text: str, share: float) -> None:
+    assert parse_share(text) == pytest.approx(share)
+
+
+@pytest.mark.parametrize("text", ["0%", "-5%", "150%", "ten", "", "nan"])
+def test_parse_share_refuses_what_is_not_a_share(text: str) -> None:
+    with pytest.raises(ValueError, match="share"):
+        parse_share(text)
+
+
+@pytest.mark.parametrize(
+    ("share", "steps"),
+    [(0.1, (0.1, 0.5, 1.0)), (0.6, (0.6, 1.0)), (1.0, (1.0,)), (0.5, (0.5, 1.0))],
+)
+def test_policy_for_canary(share: float, steps: tuple[float, ...]) -> None:
+    assert policy_for_canary(share).steps == steps
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"steps": ()},
+        {"steps": (0.5, 0.2, 1.0)},
+        {"steps": (0.1, 0.5)},
+        {"steps": (0.0, 1.0)},
+        {"margin": 1.0},
+        {"alpha": 0.0},
+        {"min_outcomes": 0},
+    ],
+)
+def test_a_policy_that_cannot_work_is_refused(kw: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        RolloutPolicy(**kw)  # type: ignore[arg-type]
+
+
+def test_a_step_outside_the_policy_is_refused() -> None:
+    with pytest.raises(ValueError, match="step 3"):
+        decide(POLICY, 3, Arm(1, 0), Arm(1, 0))
+
+
+@settings(max_examples=200)
+@given(moves=st.lists(st.sampled_from(["hold", "promote", "rollback", "done", "cancel"])))
+def test_a_finished_roll_out_moves_no_more(moves: list[str]) -> None:
+    state = RolloutState.ACTIVE
+    for move in moves:
+        if state is not RolloutState.ACTIVE:
+            with pytest.raises(IllegalTransition):
+                next_state(state, move)  # type: ignore[arg-type]
+            return
+        state = next_state(state, move)  # type: ignore[arg-type]
+
+
+def test_who_serves_the_new_version_in_each_state() -> None:
+    assert serves_new(RolloutState.ACTIVE, 0.5, 0.3) and not serves_new(
+        RolloutState.ACTIVE, 0.1, 0.3
+    )
+    assert serves_new(RolloutState.DONE, 0.0, 0.99)
+    assert not serves_new(RolloutState.ROLLED_BACK, 1.0, 0.0)
