@@ -34,6 +34,7 @@ from typing import Any
 import httpx
 
 from fogwheel import logs
+from fogwheel.core import memfit
 from fogwheel.core import nodestate as ns
 from fogwheel.core.urls import coordinator_base
 from fogwheel.node import cgroups, control
@@ -127,6 +128,9 @@ class Agent:
         self.data_dir = config.data_dir
         self.slots_n = config.cores or os.cpu_count() or 1
         self._stop = threading.Event()
+        self.memory_mb = config.memory_mb or _memory_mb()  # offered; running tasks fit in it
+        self._memory_room = threading.Condition()  # a slot waits here for memory (memfit)
+        self._running_mb: dict[int, int] = {}  # task id -> the memory limit it runs under
         self._abort = threading.Event()
         self._faults = Faults()
         if self._faults.active:
@@ -286,7 +290,7 @@ class Agent:
             "token": secret,
             "name": self.config.name or platform.node() or "node",
             "cores": self.slots_n,
-            "memory_mb": self.config.memory_mb or _memory_mb(),
+            "memory_mb": self.memory_mb,
             "disk_mb": shutil.disk_usage(self.data_dir).free // (1024 * 1024),
             "platform": platform.platform(),
             "capabilities": sorted(
@@ -655,8 +659,9 @@ class Agent:
                     self._running_on[tid] = slot
             report: dict[str, Any] | None = None
             if not killed:
-                try:
-                    report = self._execute(slot, lease)
+                self._wait_for_memory(tid, int(lease["limits"].get("memory_mb") or 0))
+                try:  # one killed while it waited is not run: its result is dropped below
+                    report = {"ok": False} if tid in self._killed else self._execute(slot, lease)
                     self._faults.slow_down(
                         report.get("wall_s", 0.0), partial(self._killed.__contains__, tid)
                     )
@@ -667,6 +672,10 @@ class Agent:
                         "error": {"kind": "input", "message": f"{type(e).__name__}: {e}"},
                     }
                 report.update(task_id=tid, attempt=lease["attempt"])
+                finally:
+                    with self._memory_room:
+                        self._running_mb.pop(tid, None)
+                        self._memory_room.notify_all()
                 report = self._faults.tamper(report)
                 report.setdefault("cpu_s", 0.0)
                 report.setdefault("wall_s", 0.0)
@@ -683,6 +692,20 @@ class Agent:
             self._wake.set()
 
     def _execute(self, slot: Slot, lease: dict[str, Any]) -> dict[str, Any]:
+    def _wait_for_memory(self, tid: int, mb: int) -> None:
+        """Hold the slot until the running tasks' limits leave `mb` on the device (memfit),
+        or the task is killed; then count it as running."""
+
+        def ready() -> bool:
+            running = self._running_mb.values()
+            return tid in self._killed or memfit.wait_reason(mb, running, self.memory_mb) is None
+
+        with self._memory_room:
+            if why := memfit.wait_reason(mb, self._running_mb.values(), self.memory_mb):
+                log.info("task %s waits for memory: %s", tid, why)
+            self._memory_room.wait_for(ready)
+            self._running_mb[tid] = mb
+
         limits = lease["limits"]
         if not slot.sandbox.confined and lease["job_id"] not in self._warned_jobs:
             self._warned_jobs.add(lease["job_id"])
@@ -1084,14 +1107,17 @@ def _inline(data: bytes) -> dict[str, Any]:
 
 
 def _memory_mb() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) // 1024
-    except OSError:
-        pass
-    return 512
+    """The device's memory: MemTotal, or less where a cgroup above the agent limits it."""
+    total = None
+    with contextlib.suppress(OSError, ValueError), open("/proc/meminfo") as f:
+        total = next((int(ln.split()[1]) for ln in f if ln.startswith("MemTotal:")), None)
+    limits = []
+    with contextlib.suppress(OSError):
+        own, mounts = Path("/proc/self/cgroup").read_text(), Path("/proc/self/mounts").read_text()
+        for name in memfit.limit_files(own, mounts):
+            with contextlib.suppress(OSError):
+                limits.append(memfit.parse_limit(Path(name).read_text()))
+    return memfit.device_memory_mb(total, limits)
 
 
 _LEVELS = {

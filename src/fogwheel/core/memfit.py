@@ -1,0 +1,107 @@
+"""Memory fit: how much memory a device really has, and whether a task may start on it now.
+
+A 512 MB box runs its agent under a control group (systemd's `MemoryMax=`, a container, an
+owner's `memory.max`), and /proc/meminfo still shows the whole machine: a node that offered
+MemTotal would accept work its group kills. The device's memory is the least of MemTotal and
+every memory limit on the path from the agent's group up to the root (`device_memory_mb`),
+read from the files `limit_files` names (cgroup v2 `memory.max`, v1 `memory.limit_in_bytes`).
+
+Placement refuses a task whose `memory_mb` exceeds what the node offers (core/scheduler.py,
+core/waiting.py: "it needs 1536 MB and the largest live node offers 512 MB"). A node with
+several slots must also not start tasks whose limits add up past the device: a slot waits
+until the tasks running beside it leave room (`wait_reason`), as BOINC's client leaves a task
+"waiting for memory" rather than starting it into the kernel's OOM killer. A task alone is
+always started, so nothing waits forever: placement already kept tasks too big for the
+device away. Everything here is pure: the agent reads the files and the clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import PurePosixPath
+
+MB = 1 << 20
+# v1 writes "no limit" as the page counter's maximum rounded to pages (9223372036854771712);
+# anything at or past 2**62 bytes is no limit on any machine that exists.
+NO_LIMIT_V1 = 1 << 62
+FALLBACK_MB = 512  # a device that shows no MemTotal is taken for the smallest one we serve
+
+
+def limit_files(proc_cgroup: str, mounts: str) -> list[str]:
+    """The memory-limit files of the group in `proc_cgroup` (/proc/self/cgroup) and of each
+    of its ancestors, under the mount points in `mounts` (/proc/self/mounts); nearest first.
+
+    A limit anywhere above the agent's group bounds it too (systemd puts the owner's limit on
+    the slice, the agent runs in a service below it), so every level counts."""
+    own_v2: str | None = None
+    own_v1: str | None = None
+    for line in proc_cgroup.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":
+            own_v2 = path
+        elif "memory" in controllers.split(","):
+            own_v1 = path
+    out: list[str] = []
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        point, fstype, options = fields[1], fields[2], fields[3].split(",")
+        if fstype == "cgroup" and "memory" in options and own_v1 is not None:
+            out += _ancestors(point, own_v1, "memory.limit_in_bytes")
+        elif fstype == "cgroup2" and own_v2 is not None and own_v1 is None:
+            out += _ancestors(point, own_v2, "memory.max")
+    return out
+
+
+def _ancestors(point: str, own: str, name: str) -> list[str]:
+    """`name` in the group `own` under `point` and in each group above it, nearest first."""
+    rel = PurePosixPath(own.strip("/"))
+    if ".." in rel.parts:
+        return []  # a group outside this mount (another namespace's): nothing to read here
+    return [str(PurePosixPath(point) / level / name) for level in (rel, *rel.parents)]
+
+
+def parse_limit(text: str) -> int | None:
+    """A limit file's bytes, or None for no limit ("max", v1's near-2**63, or garbage)."""
+    text = text.strip()
+    if not text.isdigit():
+        return None  # "max" (v2), or not a number: no limit we can trust
+    value = int(text)
+    return None if value >= NO_LIMIT_V1 else value
+
+
+def device_memory_mb(mem_total_kb: int | None, limits: Iterable[int | None]) -> int:
+    """What the device has, MB: the least of MemTotal and every memory limit above the agent."""
+    candidates = [b // MB for b in limits if b is not None]
+    if mem_total_kb is not None and mem_total_kb > 0:
+        candidates.append(mem_total_kb // 1024)
+    return max(1, min(candidates)) if candidates else FALLBACK_MB
+
+
+def wait_reason(task_mb: int, running_mb: Iterable[int], device_mb: int) -> str | None:
+    """None when a task asking `task_mb` may start beside tasks holding `running_mb`, on a
+    device of `device_mb`; else the sentence that says why it waits.
+
+    The limits of the tasks running at once add up to at most the device's memory. A task
+    with nothing beside it always starts: one bigger than the device never got here (the
+    coordinator places a task only on a node that offers its memory), and one that did must
+    run, or fail at its own limit, rather than hold its slot forever."""
+    running = [m for m in running_mb if m > 0]
+    if not running or task_mb <= 0:
+        return None
+    held = sum(running)
+    if held + task_mb <= device_mb:
+        return None
+    them = (
+        "the task running here holds"
+        if len(running) == 1
+        else f"the {len(running)} tasks running here hold"
+    )
+    return (
+        f"it needs {task_mb} MB and {them} {held} of the device's {device_mb} MB: "
+        "it starts when one finishes"
+    )
