@@ -12,12 +12,16 @@ start with `prefix`), so nothing touches the machine's own network and nothing l
 
 NAT behaviours (RFC 4787 terms) and the iptables rules that give them:
 
-| kind | mapping | filtering | rules on the router |
-| --- | --- | --- | --- |
-| `full` | endpoint-independent (port kept) | endpoint-independent ("full cone") | `POSTROUTING -o wan -j MASQUERADE` + `PREROUTING -i wan -p tcp -j DNAT --to-destination <device 0>` for every port nobody mapped |
-| `restricted` | endpoint-independent (port kept) | address-dependent ("restricted cone") | MASQUERADE + `-m recent --rdest --set` on what the LAN sends out, DNAT to device 0 only from an address in that list (`-m recent --rsource --rcheck`) |
-| `port_restricted` | endpoint-independent (port kept) | address- and port-dependent | `MASQUERADE` alone: conntrack lets in replies of the exact 5-tuple only |
-| `symmetric` | endpoint-dependent (a random port per connection) | address- and port-dependent | `MASQUERADE --random-fully` |
+- `full`: endpoint-independent mapping (port kept) and filtering ("full cone"):
+  `POSTROUTING -o wan -j MASQUERADE` plus `PREROUTING -i wan -p tcp -j DNAT --to-destination
+  <device 0>` for every port nobody mapped.
+- `restricted`: endpoint-independent mapping, address-dependent filtering ("restricted
+  cone"): MASQUERADE, `-m recent --rdest --set` on what the LAN sends, and the DNAT to device 0
+  only from an address in that list (`-m recent --rsource --rcheck`).
+- `port_restricted`: endpoint-independent mapping, address- and port-dependent filtering:
+  `MASQUERADE` alone (conntrack lets in replies of the exact 5-tuple only).
+- `symmetric`: endpoint-dependent mapping (a random port per connection), address- and
+  port-dependent filtering: `MASQUERADE --random-fully`.
 
 Every router also drops unsolicited inbound TCP to itself and to the LAN (FORWARD policy DROP
 but for ESTABLISHED/RELATED, DNAT'd and miniupnpd's chain), as a home router does. With `upnp`
@@ -321,6 +325,113 @@ class Homes:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+
+# -- a fog in the homes: the coordinator on the public network, a node on every device -------
+
+
+class HomeFog:
+    """A coordinator in the public namespace and a node agent on each device of `homes`.
+
+    The coordinator listens on PUBLIC_IP with --allow-private-serve (every address here is a
+    10.x or 192.168.x one); each node serves its chunk server on its device's LAN address, so
+    it is behind its home's NAT. `sdk(code)` runs Python in the public namespace with the
+    customer's key in the environment (the customers' fetchers) and returns its last line.
+    """
+
+    def __init__(self, homes: Homes, *, lease_seconds: float = 3.0) -> None:
+        from fogwheel.store.sql import new_secret
+
+        self.h = homes
+        self.lease_seconds = lease_seconds
+        self.join_token = new_secret("fwj")
+        self.api_key = new_secret("fwc")
+        self.admin_key = new_secret("fwa")
+        self.url = ""
+        self.pin = ""
+        self.nodes: dict[str, subprocess.Popen[bytes]] = {}  # device namespace -> its agent
+        self._started: dict[str, int] = {}
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "FOGWHEEL_COORDINATOR": self.url,
+            "FOGWHEEL_API_KEY": self.api_key,
+            "FOGWHEEL_ADMIN_KEY": self.admin_key,
+        }
+
+    def start_coordinator(self, timeout: float = 60.0) -> None:
+        ready = self.h.dir / "coordinator.ready"
+        ready.unlink(missing_ok=True)
+        proc = self.h.popen(
+            self.h.pub,
+            [sys.executable, "-m", "fogwheel", "coordinator", "--data-dir",
+             str(self.h.dir / "coordinator"), "--host", PUBLIC_IP, "--port", "0",
+             "--lease-seconds", str(self.lease_seconds), "--gone-after",
+             str(3 * self.lease_seconds), "--ready-file", str(ready), "--quiet",
+             "--allow-private-serve"],
+            self.h.dir / "coordinator.log",
+            env={"FOGWHEEL_JOIN_TOKEN": self.join_token, "FOGWHEEL_API_KEY": self.api_key,
+                 "FOGWHEEL_ADMIN_KEY": self.admin_key},
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log = (self.h.dir / "coordinator.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"the coordinator did not start:\n{log}")
+            time.sleep(0.05)
+        import json
+
+        info = json.loads(ready.read_text())
+        self.url, self.pin = info["url"], info.get("key_pin", "")
+
+    def start_node(self, device_ns: str, address: str, *extra: str) -> subprocess.Popen[bytes]:
+        """(Re)start the agent of one device, serving on its LAN address."""
+        n = self._started[device_ns] = self._started.get(device_ns, -1) + 1
+        join = f"{self.join_token}#{self.pin}" if self.pin else self.join_token
+        proc = self.h.popen(
+            device_ns,
+            [sys.executable, "-m", "fogwheel", "node", "--coordinator", self.url,
+             "--cores", "1", "--data-dir", str(self.h.dir / f"{device_ns}-{n}"),
+             "--name", device_ns, "--serve-host", address, "--unsafe-no-sandbox", *extra],
+            self.h.dir / f"{device_ns}.log",
+            env={"FOGWHEEL_JOIN_TOKEN": join},
+        )  # fmt: skip
+        self.nodes[device_ns] = proc
+        return proc
+
+    def start(self) -> HomeFog:
+        self.start_coordinator()
+        for home in self.h.homes:
+            for ns, addr in home.devices:
+                self.start_node(ns, addr)
+        return self
+
+    def sdk(self, code: str, timeout: float = 180.0) -> str:
+        """Run Python `code` in the public namespace as a customer; its last line of output."""
+        r = subprocess.run(
+            ["ip", "netns", "exec", self.h.pub, sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **self.env},
+        )
+        if r.returncode != 0:
+            raise RuntimeError(f"customer code failed (rc {r.returncode}):\n{r.stderr[-4000:]}")
+        lines = r.stdout.strip().splitlines()
+        return lines[-1] if lines else ""
+
+    def serving(self) -> dict[str, dict[str, object]]:
+        """Every node by name: its state, serve URL and recorded reach (admin's view)."""
+        import json
+
+        code = (
+            "import json,os,httpx\n"
+            "h={'authorization':'Bearer '+os.environ['FOGWHEEL_ADMIN_KEY']}\n"
+            "r=httpx.get(os.environ['FOGWHEEL_COORDINATOR']+'/v1/nodes',headers=h,timeout=10)\n"
+            "print(json.dumps(r.json()['nodes']))"
+        )
+        return {n["name"]: n for n in json.loads(self.sdk(code))}
 
 # -- a STUN server for the public network ---------------------------------------------------
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from fogwheel.cdn.codec import SEGMENT_SIZE, build_manifest, encode_file, new_content_id, new_key
 from fogwheel.cdn.fetch import Fetcher, FetchStats
+from fogwheel.cdn.punch import NatPaths
 from fogwheel.client import Blob, Client
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
@@ -107,7 +108,10 @@ def fetch(
 
     out = Path(out)
     tmp = out.with_name(f".{out.name}.part")
-    with Fetcher(the_plan, origin, parallel=parallel) as f, open(tmp, "wb") as dst:
+    nat = NatPaths(
+        client.url, client._http.headers.get("authorization", ""), content_id, client._http
+    )
+    with Fetcher(the_plan, origin, parallel=parallel, nat=nat) as f, open(tmp, "wb") as dst:
         total = f.manifest.size
         done = 0
         if progress:

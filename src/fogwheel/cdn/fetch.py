@@ -104,6 +104,7 @@ class FetchStats:
     plan: str = ""  # the plan the receipts belong to
     failed_peers: int = 0  # transfers abandoned (slow, refused, gone)
     peers: dict[str, list[float]] = field(default_factory=dict)  # node -> [bytes, seconds]
+    paths: dict[str, list[int]] = field(default_factory=dict)  # path -> [shares, bytes]
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, peers: int = 0, origin: int = 0) -> None:
@@ -124,6 +125,7 @@ class FetchStats:
             ],
             "plan": self.plan,
             "receipts": list(self.receipts),
+            "paths": {p: {"shares": n, "bytes": b} for p, (n, b) in self.paths.items()},
         }
 
 
@@ -137,12 +139,16 @@ class Fetcher:
         *,
         parallel: int = 8,
         token: str | None = None,
+        nat: Any = None,
     ) -> None:
+        """`nat`: how devices behind NAT (a `nat://` holder) are reached, a cdn/punch.py
+        `NatPaths`; without it their shares are taken from other holders or the origin."""
         self.manifest = Manifest.from_dict(plan["manifest"])
         self.key = bytes.fromhex(plan["key"])
         self.holders: dict[str, list[dict[str, str]]] = plan.get("holders", {})
         self.token = token or plan.get("token", "")
         self.origin = origin
+        self.nat = nat
         self.stats = FetchStats(size=self.manifest.size)
         signing = plan.get("receipts") or {}
         self._receipt_key: str = signing.get("key", "")
@@ -157,6 +163,8 @@ class Fetcher:
         self._slots_lock = threading.Lock()
 
     def close(self) -> None:
+        if self.nat is not None:
+            self.nat.close()
         self._segments.shutdown(wait=False, cancel_futures=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._http.close()
@@ -179,13 +187,19 @@ class Fetcher:
 
     def _transfer(self, sha: str, holder: dict[str, str], size: int) -> bytes:
         url = f"{holder['url'].rstrip('/')}/shares/{sha}"
-        if not url.startswith(("http://", "https://")):
+        behind_nat = url.startswith("nat://")  # reached through the rendezvous (core/reach.py)
+        if not (behind_nat or url.startswith(("http://", "https://"))):
             raise ShareRefused(f"{holder['node_id']} has no HTTP address")
+        if behind_nat and self.nat is None:
+            raise ShareRefused(f"{holder['node_id']} is behind NAT and this fetch cannot punch")
         size = self._sizes.get(sha, size)  # the manifest's word, not the peer's
         t0 = time.monotonic()
         deadline = t0 + max(MIN_PATIENCE, size / MIN_RATE)
         try:
-            data = read_share(self._http, url, self.token, sha, size, deadline)
+            if behind_nat:
+                data, path = self.nat.fetch(holder, sha, size, self.token, deadline)
+            else:
+                data, path = read_share(self._http, url, self.token, sha, size, deadline), "direct"
         except BadShare as e:
             with self.stats.lock:
                 self.stats.bad.append((holder["node_id"], sha))
@@ -195,6 +209,9 @@ class Fetcher:
             seen = self.stats.peers.setdefault(holder["node_id"], [0, 0.0])
             seen[0] += len(data)
             seen[1] += time.monotonic() - t0
+            went = self.stats.paths.setdefault(path, [0, 0])
+            went[0] += 1
+            went[1] += len(data)
             if self._receipt_key and self.stats.plan:
                 mac = receipt.sign(self._receipt_key, self.stats.plan, holder["node_id"], sha)
                 self.stats.receipts.append({"node_id": holder["node_id"], "sha": sha, "mac": mac})

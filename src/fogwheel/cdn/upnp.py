@@ -20,6 +20,7 @@ import contextlib
 import http.client
 import ipaddress
 import socket
+import threading
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -270,3 +271,48 @@ def _candidates(port: int) -> list[int]:
         if 1024 <= p <= 65535 and p not in out:
             out.append(p)
     return out
+
+
+# -- the node's use of it ----------------------------------------------------------------------
+
+NAT_ENV = "FOGWHEEL_NODE_NAT"  # auto (default): UPnP and the rendezvous on a LAN address; off
+
+
+def behind_nat(url: str, setting: str | None = None) -> bool:
+    """Whether a chunk server at `url` sits on a LAN address (private, not loopback), where the
+    node asks its router for a port and waits on the rendezvous; `FOGWHEEL_NODE_NAT=off` never."""
+    import os
+
+    if (setting or os.environ.get(NAT_ENV, "auto")).strip().lower() == "off":
+        return False
+    try:
+        ip = ipaddress.ip_address(urlsplit(url).hostname or "")
+    except ValueError:
+        return False
+    return ip.is_private and not ip.is_loopback and not ip.is_link_local
+
+
+def try_map(url: str, now: float) -> PortMapping | None:
+    """A router port forwarded to the chunk server at `url`, or None (no gateway, refused)."""
+    port = urlsplit(url).port
+    if port is None:
+        return None
+    try:
+        return map_port(port, now)
+    except (OSError, ET.ParseError, ValueError):
+        return None
+
+
+def keep(mapping: PortMapping, stop: threading.Event) -> threading.Thread:
+    """Renew `mapping` at half its lease until `stop`, then delete it from the router."""
+
+    def loop() -> None:
+        while not stop.wait(30.0):
+            if mapping.due(time.time()):
+                with contextlib.suppress(OSError, ET.ParseError, UpnpError):
+                    mapping.renew(time.time())
+        mapping.remove()
+
+    t = threading.Thread(target=loop, name="upnp-lease", daemon=True)
+    t.start()
+    return t

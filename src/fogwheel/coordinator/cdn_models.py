@@ -89,6 +89,10 @@ class CdnStats(Model):
     audits: dict[str, int] | None = Field(
         default=None, description="the coordinator's share checks (admin only)"
     )
+    rendezvous: dict[str, int] | None = Field(
+        default=None,
+        description="punches met and missed, shares and bytes relayed (admin only, cdn/relay.py)",
+    )
 
 
 class Pardoned(Model):

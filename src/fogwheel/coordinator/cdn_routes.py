@@ -28,6 +28,8 @@ from fogwheel.blobs import FileBlobStore
 from fogwheel.cdn import receipts as receipt
 from fogwheel.cdn.audit import ServeScreen, ShareAuditor
 from fogwheel.cdn.codec import CodecError, Manifest
+from fogwheel.cdn.nat import screen_reach
+from fogwheel.cdn.relay import build_rendezvous_routes
 from fogwheel.coordinator.auth import Authenticator
 from fogwheel.coordinator.cdn_content import MEDIA_TYPE, build_content_routes, media_type
 from fogwheel.coordinator.cdn_models import CdnPlan, CdnStats, Pardoned
@@ -92,6 +94,11 @@ class ReceiptIn(Model):
     mac: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 
 
+class PathIn(Model):
+    shares: int = Field(ge=0, le=1 << 40)
+    bytes: int = Field(ge=0, le=1 << 50)
+
+
 class FetchIn(Model):
     size: int = Field(ge=0, le=1 << 50)
     from_peers: int = Field(ge=0, le=1 << 50)
@@ -111,6 +118,9 @@ class FetchIn(Model):
         max_length=100_000,
         description="one a share received from a node and verified: what pays the nodes",
     )
+    paths: dict[
+        Annotated[str, StringConstraints(pattern=r"^(direct|punch|relay)$")], PathIn
+    ] = Field(default_factory=dict, description="shares and bytes by path (core/reach.py)")
 
 
 def screen_serve_url(request: Request, node_id: str, req: SyncIn) -> SyncIn:
@@ -122,9 +132,10 @@ def screen_serve_url(request: Request, node_id: str, req: SyncIn) -> SyncIn:
     config = getattr(request.app.state, "config", None)
     screen.allow_private = bool(getattr(config, "allow_private_serve", False))
     peer = request.client.host if request.client else None
-    refusal = screen.screen(node_id, req.serve_url, peer)
-    if refusal is None:
-        return req
+    probed, refusal = screen_reach(screen, node_id, req.serve_url, peer)  # cdn/nat.py
+    if probed is not None:
+        request.app.state.cdn_store.cdn_note_reach(node_id, probed.reach, probed.at)
+        return req.model_copy(update={"serve_url": probed.url})
     log.warning("node %s: serve address %s refused: %s", node_id, req.serve_url, refusal)
     request.app.state.cdn_store.cdn_forget_serve_url(node_id)
     return req.model_copy(update={"serve_url": None})
@@ -139,6 +150,7 @@ def build_cdn_routes(
 ) -> None:
     v1 = APIRouter(prefix="/v1/cdn", responses=ERRORS, tags=["cdn"])
     auditor = ShareAuditor(store, signing_key)
+    rendezvous = build_rendezvous_routes(app, store, auth)  # devices behind NAT (cdn/relay.py)
     secret = receipt.receipt_secret(signing_key)
     customer = caller(auth, "customer")
     customer_or_admin = caller(auth, "customer", "admin")
@@ -240,6 +252,7 @@ def build_cdn_routes(
         out = store.cdn_stats(who.id if who.kind == "customer" else None, time.time())
         if who.kind == "admin":
             out["audits"] = auditor.figures()
+            out["rendezvous"] = dict(rendezvous.counts)
         return CdnStats.model_validate(out)
 
     app.include_router(v1)

@@ -850,10 +850,29 @@ class Agent:
             self._stored = [s for s in self._stored if s not in done]
             gone = set(sent.get("bad", []))
             self._bad_acc = [s for s in self._bad_acc if s not in gone]
+        if not self.config.advertise:
+            self._behind_nat(url)
             told = set(sent.get("refused", []))
             self._refused_acc = [s for s in self._refused_acc if s not in told]
             for content_id, n in sent.get("served", {}).items():
                 left = self._served_acc.get(content_id, 0) - n
+    def _behind_nat(self, url: str) -> None:
+        """A chunk server on a LAN address: ask the router to forward a port (UPnP-IGD) and
+        advertise that, and wait on the coordinator's rendezvous for fetchers that cannot
+        connect (punch or relay): cdn/upnp.py, cdn/punch.py."""
+        from fogwheel.cdn import punch, upnp
+
+        if not upnp.behind_nat(url):
+            return
+        mapping = upnp.try_map(url, time.time())
+        if mapping is not None:
+            self.serve_url = mapping.url
+            upnp.keep(mapping, self._stop)
+            log.info("the router forwards %s to this chunk server (UPnP-IGD)", mapping.url)
+        tls = self._tls if isinstance(self._tls, ssl.SSLContext) else None
+        auth = lambda: self._auth()["authorization"]  # noqa: E731
+        punch.NodeCalls(self._call, lambda: self._url, auth, self.chunks, tls).start()
+
                 if left > 0:
                     self._served_acc[content_id] = left
                 else:

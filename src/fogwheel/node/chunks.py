@@ -369,6 +369,19 @@ class ChunkServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
+    def serve_connection(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        """Serve HTTP on a connection made elsewhere (one punched through NAT, cdn/punch.py),
+        on a thread of its own, as if it had been accepted here."""
+        httpd = self._httpd
+        if httpd is None:
+            sock.close()
+            return
+        httpd.process_request(sock, address)
+
+    def pieces(self, data: bytes) -> Iterator[memoryview]:
+        """`data` in pieces as fast as this server's uplink lets them out (relayed shares)."""
+        return _pieces(data, self.shaper)
+
     def take_served(self) -> dict[str, int]:
         """Bytes sent per content id since the last call."""
         with self._served_lock:

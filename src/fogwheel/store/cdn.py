@@ -31,6 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from fogwheel.core import ledger as books
 from fogwheel.core import spread as spreads
+from fogwheel.core.reach import holder_rank, reach_of
 from fogwheel.store.schema import (
     cdn_holders,
     cdn_objects,
@@ -664,6 +665,11 @@ class CdnStore(VerifyStore):
                 )
             ).scalar()
 
+    def cdn_note_reach(self, node_id: str, reach: str, at: float) -> None:
+        """Keep what the probes of a node's chunk server found (cdn/nat.py) and when."""
+        with self.tx() as c:
+            c.execute(update(nodes).where(nodes.c.id == node_id).values(reach=reach, reach_at=at))
+
     def cdn_forget_serve_url(self, node_id: str) -> None:
         """The node's announced chunk server failed the address check: it serves nothing, is
         placed nothing and appears in no plan until it announces one that passes."""
@@ -719,6 +725,7 @@ class CdnStore(VerifyStore):
             hs.sort(
                 key=lambda h: (
                     h["node_id"] in doubted,
+                    holder_rank(reach_of(h["url"])),  # direct before the rendezvous
                     recent.get(h["node_id"], 0) // (8 << 20),
                     -live[h["node_id"]]["uplink"],
                 )

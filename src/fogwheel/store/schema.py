@@ -83,6 +83,8 @@ nodes = Table(
     Column("capabilities", Text, nullable=False, default="[]"),
     Column("serve_url", String(200), nullable=True),  # its chunk server (the CDN), if any
     Column("uplink_bps", Float, nullable=True),  # measured by fetching clients (moving average)
+    Column("reach", String(16), nullable=True),  # direct | rendezvous, as probed (core/reach.py)
+    Column("reach_at", Float, nullable=True),  # when it was probed
     Column("joined_at", Float, nullable=False),
     Column("last_seen", Float, nullable=False),
     Column("state", String(16), nullable=False, default="up"),
