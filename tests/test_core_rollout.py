@@ -12,6 +12,7 @@ from fogwheel.core.rollout import (
     Arm,
     RolloutPolicy,
     RolloutState,
+    canary_floor,
     decide,
     excess_lower_bound,
     in_canary,
@@ -214,3 +215,21 @@ def test_who_serves_the_new_version_in_each_state() -> None:
     )
     assert serves_new(RolloutState.DONE, 0.0, 0.99)
     assert not serves_new(RolloutState.ROLLED_BACK, 1.0, 0.0)
+
+
+@given(
+    devices=st.sets(st.text(min_size=1, max_size=8), max_size=30),
+    a=st.floats(0, 1),
+    b=st.floats(0, 1),
+)
+def test_the_canary_floor_covers_the_share_rounded_up_and_grows(
+    devices: set[str], a: float, b: float
+) -> None:
+    lo, hi = sorted((a, b))
+    small, large = canary_floor("r", devices, lo), canary_floor("r", devices, hi)
+    assert small <= large <= devices
+    assert len(large) >= hi * len(devices) - 1e-9
+
+
+def test_a_ten_percent_canary_of_four_devices_is_one_device() -> None:
+    assert len(canary_floor("r9", ["a", "b", "c", "d"], 0.1)) == 1

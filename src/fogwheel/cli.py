@@ -559,6 +559,10 @@ def node(
         agent.run()
     except FatalNodeError as e:
         raise _fail(str(e)) from None
+    if agent.updater.target is not None:  # an agent roll-out: it stopped to change version
+        from fogwheel.node.selfupdate import exec_into
+
+        exec_into(agent.updater.target)
 
 
 @app.command()
@@ -1415,6 +1419,11 @@ cli_blobs.register(app)
 from fogwheel import cli_images  # noqa: E402
 
 cli_images.register(app)
+
+# agent publish|versions, rollouts list|show|cancel (src/fogwheel/cli_rollouts.py)
+from fogwheel import cli_rollouts  # noqa: E402
+
+cli_rollouts.register(app)
 
 # up: a local fog, one coordinator or several behind nginx (src/fogwheel/cli_up.py)
 from fogwheel import cli_up  # noqa: E402

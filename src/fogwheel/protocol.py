@@ -39,6 +39,7 @@ def _inside_task_dir(name: str) -> str:
 
 
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+AgentVersion = Annotated[str, StringConstraints(pattern=r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,62}$")]
 Id = Annotated[int, Field(ge=0, le=SQL_INT_MAX)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_no_nul)]
 FileName = Annotated[
@@ -340,6 +341,9 @@ class SyncIn(Model):
     served: dict[ContentId, Annotated[int, Field(ge=0, le=1 << 50)]] = Field(
         default_factory=dict, max_length=10_000
     )
+    agent_version: AgentVersion | None = Field(
+        default=None, description="the fogwheel version the agent runs (agent roll-outs)"
+    )
     envs: list[Sha256] | None = Field(
         default=None,
         max_length=64,
@@ -405,6 +409,18 @@ class SyncOut(Model):
         default=None,
         description="the longest the node should wait before its next sync when it has "
         "nothing to report sooner (core/pacing.py); null: its own idle interval",
+class AgentOffer(Model):
+    """An agent version the node should run (docs/rollouts.md): with `sha`, a published wheel
+    to fetch from /v1/nodes/me/agent/{version}, signed by the coordinator's key over version,
+    sha and size (agent_release.py); without, the node's own installed version, to go back to."""
+
+    version: AgentVersion
+    sha: Sha256 | None = None
+    size: int | None = Field(default=None, ge=1, le=1 << 31)
+    signature: str | None = Field(default=None, max_length=200)
+    rollout: str = Field(max_length=32, description="the roll-out that asks for it")
+
+
     )
     pace_s: float = Field(
         default=0.0,
@@ -425,6 +441,9 @@ class NodeOut(Model):
     held: int
     done: int
     lost: int
+    agent: AgentOffer | None = Field(
+        default=None, description="an agent version to change to (docs/rollouts.md)"
+    )
     reliability: float = Field(description="share of attempts finished, not lost (availability)")
     agreed: int = Field(default=0, description="results that agreed with the verdict")
     disputed: int = Field(default=0, description="results that contradicted the verdict")

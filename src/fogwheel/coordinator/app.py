@@ -36,6 +36,7 @@ from fogwheel.coordinator.metrics import Metrics
 from fogwheel.coordinator.metrics_routes import build_metrics_routes
 from fogwheel.coordinator.observe import Observe
 from fogwheel.coordinator.owner_routes import build_owner_routes
+from fogwheel.coordinator.rollout_routes import build_rollout_routes
 from fogwheel.coordinator.syncpace import SyncPace
 from fogwheel.core import byteranges, pacing
 from fogwheel.core.owners import Refuse, network_of
@@ -683,6 +684,7 @@ def build_routes(
             work_waiting=store.work_pending(now),
             was_busy=bool(req.results or req.renew or out.tasks),
         )
+        agent = agent_offers.offer(node_id, req.agent_version, now)  # agent roll-outs
         return SyncOut(
             acked=out.acked,
             rejected=[*refused, *out.rejected],
@@ -693,6 +695,7 @@ def build_routes(
             drop=out.drop,
             next_sync_s=timing.next_sync_s,
             pace_s=timing.pace_s,
+            agent=agent,
         )
 
     @v1.post(
@@ -756,6 +759,7 @@ def build_routes(
     build_owner_routes(app, store, auth, public_key)
     build_cdn_routes(app, store, auth, blobs, signing_key)
     build_image_routes(app, store, auth, blobs)
+    agent_offers = build_rollout_routes(app, store, auth, blobs, signing_key)  # docs/rollouts.md
 
 
 async def _arrival() -> float:

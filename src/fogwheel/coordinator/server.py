@@ -34,6 +34,7 @@ from fogwheel.coordinator.console_pages import install_console
 from fogwheel.coordinator.console_routes import build_console_routes
 from fogwheel.coordinator.head import HeadAsGet
 from fogwheel.coordinator.sampler import sample_forever
+from fogwheel.coordinator.rollout_routes import judge_forever, rollout_period_s
 from fogwheel.coordinator.syncrate import NodeRate, limit_from_env
 from fogwheel.coordinator.wakeups import PgWakeups
 from fogwheel.core import flywheel, ratelimit
@@ -254,9 +255,13 @@ def build_app(config: CoordinatorConfig, store: Store) -> FastAPI:
         reaper = asyncio.create_task(_reap(store))
         sampler = asyncio.create_task(sample_forever(store, config.sample_s))  # the console's
         yield
+        judge = asyncio.create_task(  # roll-outs promoted or rolled back (docs/rollouts.md)
+            judge_forever(store, rollout_period_s(), app.state.agent_offers)
+        )
         reaper.cancel()
         sampler.cancel()
         if results.peers is not None:
+        judge.cancel()
             await run_in_threadpool(results.peers.stop)
 
     app = FastAPI(

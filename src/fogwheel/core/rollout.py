@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from statistics import NormalDist
@@ -209,6 +210,17 @@ def canary_point(rollout_id: str, subject: str) -> float:
 def in_canary(rollout_id: str, subject: str, share: float) -> bool:
     """Whether `subject` runs the new version at `share`; monotone: in at 10 % stays in at 50 %."""
     return canary_point(rollout_id, subject) < share
+
+
+def canary_floor(rollout_id: str, devices: Iterable[str], share: float) -> frozenset[str]:
+    """The ceil(share * n) devices with the lowest points: the least a step covers.
+
+    On a small fleet the hash alone may put no device below 10 % (Kubernetes and Argo round
+    a canary's replicas up for the same reason); with the floor a step always reaches at
+    least its share, rounded up. For a fixed fleet the floor grows with the share, so it
+    keeps `in_canary`'s promise: in at 10 %, still in at 50 %."""
+    ranked = sorted(set(devices), key=lambda d: (canary_point(rollout_id, d), d))
+    return frozenset(ranked[: math.ceil(share * len(ranked) - 1e-9)])
 
 
 def parse_share(text: str) -> float:

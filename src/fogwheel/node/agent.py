@@ -45,6 +45,7 @@ from fogwheel.node.images import ImageCache, ImageRefused, image_capabilities
 from fogwheel.node.sandbox import NoSandbox, Sandbox, detect
 from fogwheel.node.scratch import can_mount, private_mounts, unmount
 from fogwheel.node.slots import Protections, Slot
+from fogwheel.node.selfupdate import SelfUpdater, running_version
 from fogwheel.signing import fingerprint, parse_join_string, pin_matches, verify_lease
 
 log = logging.getLogger("fogwheel.node")
@@ -133,6 +134,16 @@ class Agent:
         self._running_mb: dict[int, int] = {}  # task id -> the memory limit it runs under
         self._abort = threading.Event()
         self._faults = Faults()
+        # agent roll-outs (node/selfupdate.py): the version to re-execute as, once stopped
+        self.updater = SelfUpdater(
+            self.data_dir,
+            lambda: self.public_key,
+            lambda method, path: self.http.stream(  # type: ignore[union-attr]
+                method, f"{self._url}{path}", headers=self._auth(), timeout=60
+            ),
+            lambda target: self.request_stop(),
+            time.monotonic,
+        )
         if self._faults.active:
             log.warning("FAULT INJECTION: %s (%s)", self._faults.describe(), FAULT_ENV)
         self._wake = threading.Event()
@@ -560,6 +571,7 @@ class Agent:
         body.update(self._cdn_report())
         body.update(self._env_report())
         assert self.http is not None
+        body["agent_version"] = running_version()  # agent roll-outs (docs/rollouts.md)
         try:
             r = self.http.post(
                 f"{self._url}/v1/nodes/me/sync",
@@ -593,6 +605,7 @@ class Agent:
         self._answered_wall = time.time()
         self._cdn_absorb(answer)
         return after
+        self.updater.offered(answer.get("agent"))  # a version to change to, checked first
 
     def _env_report(self) -> dict[str, Any]:
         """The environments held here and this Python's platform, when the coordinator has

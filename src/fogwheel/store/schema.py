@@ -108,6 +108,9 @@ nodes = Table(
     # the locks it holds built (JSON list), as its sync last said
     Column("env_platform", String(200), nullable=True),
     Column("envs", Text, nullable=True),
+    # roll-outs (store/rollouts.py): the agent version its sync last said, and since when
+    Column("agent_version", String(64), nullable=True),
+    Column("agent_since", Float, nullable=True),
 )
 
 jobs = Table(
@@ -408,6 +411,54 @@ db_blobs = Table(
     Column("created_at", Float, nullable=False),
 )
 blob_chunks = Table(
+)
+
+# Roll-outs in small steps (core/rollout.py, store/rollouts.py): of an app's version or of the
+# node agent's, with their policy (JSON), where they stand, and every decision with its counts.
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("kind", String(8), nullable=False),  # app | agent
+    Column("subject", String(64), nullable=False),  # the app's id, or "agent"
+    Column("customer_id", String(64), nullable=True),  # an app's owner; null for the agent
+    Column("old_version", String(64), nullable=True),
+    Column("new_version", String(64), nullable=False),
+    Column("policy", Text, nullable=False),
+    Column("step", Integer, nullable=False, default=0),
+    Column("share", Float, nullable=False),
+    Column("state", String(16), nullable=False),  # core/rollout.py RolloutState
+    Column("reason", Text, nullable=False, default=""),  # the last decision's sentence
+    Column("created_at", Float, nullable=False),
+    Column("step_started_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_rollouts_subject_state", "kind", "subject", "state"),
+)
+rollout_steps = Table(
+    "rollout_steps",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("rollout_id", String(32), nullable=False, index=True),
+    Column("at", Float, nullable=False),
+    Column("action", String(16), nullable=False),  # start | promote | rollback | done | cancel
+    Column("step", Integer, nullable=False),
+    Column("share", Float, nullable=False),
+    Column("old_ok", Integer, nullable=False, default=0),
+    Column("old_failed", Integer, nullable=False, default=0),
+    Column("new_ok", Integer, nullable=False, default=0),
+    Column("new_failed", Integer, nullable=False, default=0),
+    Column("reason", Text, nullable=False),
+)
+# Node agent versions an operator published: the wheel is a blob, signed by the coordinator's
+# key (agent_release.py) so that a node runs only what its pinned key signed.
+agent_versions = Table(
+    "agent_versions",
+    metadata,
+    Column("version", String(64), primary_key=True),
+    Column("sha", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("signature", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
     "blob_chunks",
     blob_metadata,
     Column("owner", String(100), primary_key=True),

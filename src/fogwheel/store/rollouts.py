@@ -1,0 +1,458 @@
+"""Roll-outs in the store: where each stands, the outcomes of each version, every decision.
+
+A roll-out (core/rollout.py) moves an app (`kind` app, `subject` its id) or the node agent
+(`kind` agent, `subject` "agent") from `old_version` to `new_version` in steps. The duty
+`evaluate` (one coordinator at a time, store.duty) counts each active roll-out's outcomes since
+its step began, asks core/rollout.decide, and writes the decision: a promotion, a roll-back or
+the end is a `rollout_steps` row with its counts and its sentence; a hold only refreshes the
+roll-out's `reason`.
+
+Outcomes. An attempt ran one version: an app's attempts carry the version their lease bound
+(attempts.app_version, store/apps.py); an agent's are those of the nodes whose sync said that
+agent version, ended after the node started running it (nodes.agent_since). An attempt counts
+as a success when its task was settled done, as a failure when the task was settled failed;
+for the agent, a lost lease (a crash, a vanished node) counts as a failure too: a crashing
+agent loses its leases, while an app's crash is charged to the device that lost it.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, and_, case, func, insert, or_, select, update
+
+from fogwheel.core import rollout
+from fogwheel.core.rollout import Arm, Decision, RolloutPolicy, RolloutState
+from fogwheel.errors import IllegalTransition
+from fogwheel.store.base import StoreBase
+from fogwheel.store.schema import agent_versions, attempts, nodes, rollout_steps, rollouts, tasks
+
+AGENT = "agent"  # the subject of every agent roll-out
+FINISHED = ("accepted", "agreed", "reported")  # attempt outcomes: it ran to the end
+STEPS_SHOWN = 50  # a roll-out's last decisions that the console lists
+
+
+class RolloutRefused(ValueError):
+    """A roll-out cannot start or change: the sentence says why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    """A roll-out row as the store's callers see it."""
+
+    id: str
+    kind: str
+    subject: str
+    customer_id: str | None
+    old_version: str | None
+    new_version: str
+    policy: RolloutPolicy
+    step: int
+    share: float
+    state: RolloutState
+    reason: str
+    created_at: float
+    step_started_at: float
+    updated_at: float
+
+    def serves_new(self, device: str, live: Sequence[str] = ()) -> bool:
+        """Whether `device` runs the new version now; `live` (the fleet's devices) lets a
+        step reach at least its share rounded up (core/rollout.py canary_floor)."""
+        if self.state is RolloutState.ACTIVE and device in self.floor(live):
+            return True
+        return rollout.serves_new(self.state, self.share, rollout.canary_point(self.id, device))
+
+    def floor(self, live: Sequence[str]) -> frozenset[str]:
+        return rollout.canary_floor(self.id, live, self.share) if live else frozenset()
+
+    def wanted(self, device: str, live: Sequence[str] = ()) -> str | None:
+        """The version `device` should run now (None: the old one is unnamed, the base)."""
+        return self.new_version if self.serves_new(device, live) else self.old_version
+
+
+def policy_json(policy: RolloutPolicy) -> str:
+    return json.dumps(
+        {
+            "steps": list(policy.steps),
+            "margin": policy.margin,
+            "alpha": policy.alpha,
+            "min_outcomes": policy.min_outcomes,
+        }
+    )
+
+
+def _policy(text: str) -> RolloutPolicy:
+    raw = json.loads(text)
+    return RolloutPolicy(tuple(raw["steps"]), raw["margin"], raw["alpha"], int(raw["min_outcomes"]))
+
+
+def _row(r: Any) -> Rollout:
+    return Rollout(
+        r.id,
+        r.kind,
+        r.subject,
+        r.customer_id,
+        r.old_version,
+        r.new_version,
+        _policy(r.policy),
+        r.step,
+        r.share,
+        RolloutState(r.state),
+        r.reason,
+        r.created_at,
+        r.step_started_at,
+        r.updated_at,
+    )
+
+
+def start(
+    store: StoreBase,
+    *,
+    kind: str,
+    subject: str,
+    old_version: str | None,
+    new_version: str,
+    policy: RolloutPolicy,
+    now: float,
+    customer_id: str | None = None,
+) -> Rollout:
+    """Begin a roll-out at its first step; RolloutRefused while another of the subject runs."""
+    if kind not in ("app", AGENT):
+        raise RolloutRefused(f"kind {kind!r}: a roll-out is of an app or of the agent")
+    if old_version == new_version:
+        raise RolloutRefused(f"version {new_version} is the one running already: nothing to roll")
+    rid = "ro_" + secrets.token_hex(6)
+    share = policy.steps[0]
+    reason = (
+        f"started: {share:.0%} of devices run {new_version} "
+        f"(the rest {old_version or 'their installed version'})"
+    )
+    with store.tx() as c:
+        busy = c.execute(
+            select(rollouts.c.id).where(
+                rollouts.c.kind == kind,
+                rollouts.c.subject == subject,
+                rollouts.c.state == RolloutState.ACTIVE.value,
+            )
+        ).first()
+        if busy is not None:
+            raise RolloutRefused(
+                f"roll-out {busy.id} of {subject} is still active: wait for it to finish or "
+                f"cancel it (POST /v1/rollouts/{busy.id}/cancel)"
+            )
+        c.execute(
+            insert(rollouts).values(
+                id=rid,
+                kind=kind,
+                subject=subject,
+                customer_id=customer_id,
+                old_version=old_version,
+                new_version=new_version,
+                policy=policy_json(policy),
+                step=0,
+                share=share,
+                state=RolloutState.ACTIVE.value,
+                reason=reason,
+                created_at=now,
+                step_started_at=now,
+                updated_at=now,
+            )
+        )
+        _record(c, rid, "start", 0, share, Arm(0, 0), Arm(0, 0), reason, now)
+    got = get(store, rid)
+    assert got is not None
+    return got
+
+
+def _record(
+    c: Connection,
+    rid: str,
+    action: str,
+    step: int,
+    share: float,
+    old: Arm,
+    new: Arm,
+    reason: str,
+    now: float,
+) -> None:
+    c.execute(
+        insert(rollout_steps).values(
+            rollout_id=rid,
+            at=now,
+            action=action,
+            step=step,
+            share=share,
+            old_ok=old.ok,
+            old_failed=old.failed,
+            new_ok=new.ok,
+            new_failed=new.failed,
+            reason=reason,
+        )
+    )
+
+
+def get(store: StoreBase, rid: str) -> Rollout | None:
+    with store.read() as c:
+        r = c.execute(select(rollouts).where(rollouts.c.id == rid)).first()
+    return _row(r) if r is not None else None
+
+
+def listing(
+    store: StoreBase, *, customer_id: str | None = None, kind: str | None = None, limit: int = 100
+) -> list[Rollout]:
+    """Roll-outs newest first; a customer's own only when `customer_id` is given."""
+    q = select(rollouts).order_by(rollouts.c.created_at.desc()).limit(limit)
+    if customer_id is not None:
+        q = q.where(rollouts.c.customer_id == customer_id)
+    if kind is not None:
+        q = q.where(rollouts.c.kind == kind)
+    with store.read() as c:
+        return [_row(r) for r in c.execute(q).all()]
+
+
+def latest(store: StoreBase, kind: str, subject: str) -> Rollout | None:
+    """The subject's newest roll-out, in whatever state."""
+    q = (
+        select(rollouts)
+        .where(rollouts.c.kind == kind, rollouts.c.subject == subject)
+        .order_by(rollouts.c.created_at.desc(), rollouts.c.id.desc())
+        .limit(1)
+    )
+    with store.read() as c:
+        r = c.execute(q).first()
+    return _row(r) if r is not None else None
+
+
+def steps_of(store: StoreBase, rids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """Each roll-out's recorded decisions, oldest first (the last STEPS_SHOWN)."""
+    out: dict[str, list[dict[str, Any]]] = {rid: [] for rid in rids}
+    if not rids:
+        return out
+    q = (
+        select(rollout_steps)
+        .where(rollout_steps.c.rollout_id.in_(list(rids)))
+        .order_by(rollout_steps.c.id)
+    )
+    with store.read() as c:
+        for r in c.execute(q).all():
+            out[r.rollout_id].append(
+                {
+                    "at": r.at,
+                    "action": r.action,
+                    "step": r.step,
+                    "share": r.share,
+                    "old": {"ok": r.old_ok, "failed": r.old_failed},
+                    "new": {"ok": r.new_ok, "failed": r.new_failed},
+                    "reason": r.reason,
+                }
+            )
+    return {rid: rows[-STEPS_SHOWN:] for rid, rows in out.items()}
+
+
+# -- outcomes -----------------------------------------------------------------------------
+
+
+def _tally(c: Connection, q: Any) -> dict[str | None, Arm]:
+    out: dict[str | None, Arm] = {}
+    for version, ok, failed in c.execute(q).all():
+        out[version] = Arm(int(ok or 0), int(failed or 0))
+    return out
+
+
+def outcomes(c: Connection, ro: Rollout, since: float) -> tuple[Arm, Arm]:
+    """(old, new): the outcomes of attempts of each version that ended at `since` or later."""
+    done = tasks.c.state == "done"
+    bad = tasks.c.state == "failed"
+    finished = attempts.c.outcome.in_(FINISHED)
+    if ro.kind == AGENT:
+        version = nodes.c.agent_version
+        q = (
+            select(
+                version,
+                func.sum(case((and_(finished, done), 1), else_=0)),
+                func.sum(
+                    case((or_(attempts.c.outcome == "lost", and_(finished, bad)), 1), else_=0)
+                ),
+            )
+            .select_from(attempts.join(nodes, nodes.c.id == attempts.c.node_id))
+            .join(tasks, tasks.c.id == attempts.c.task_id)
+            .where(
+                attempts.c.ended_at >= since,
+                attempts.c.ended_at >= func.coalesce(nodes.c.agent_since, 0.0),
+                version.in_([v for v in (ro.old_version, ro.new_version) if v is not None]),
+            )
+            .group_by(version)
+        )
+    else:
+        version = attempts.c.app_version
+        q = (
+            select(
+                version,
+                func.sum(case((and_(finished, done), 1), else_=0)),
+                func.sum(case((and_(finished, bad), 1), else_=0)),
+            )
+            .select_from(attempts.join(tasks, tasks.c.id == attempts.c.task_id))
+            .where(
+                attempts.c.ended_at >= since,
+                version.in_([v for v in (ro.old_version, ro.new_version) if v is not None]),
+            )
+            .group_by(version)
+        )
+    got = _tally(c, q)
+    empty = Arm(0, 0)
+    return got.get(ro.old_version, empty), got.get(ro.new_version, empty)
+
+
+# -- the duty -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """A decision the duty wrote (holds included), for the log and the caller."""
+
+    rollout: Rollout
+    decision: Decision
+    old: Arm
+    new: Arm
+
+
+def evaluate(store: StoreBase, now: float) -> list[Applied]:
+    """Decide every active roll-out once and write the decisions; [] when another coordinator
+    holds the duty this round."""
+    out: list[Applied] = []
+    with store.duty("rollouts") as c:
+        if c is None:
+            return out
+        rows = c.execute(
+            select(rollouts).where(rollouts.c.state == RolloutState.ACTIVE.value)
+        ).all()
+        for r in rows:
+            ro = _row(r)
+            old, new = outcomes(c, ro, ro.step_started_at)
+            decision = rollout.decide(ro.policy, ro.step, old, new)
+            _apply(c, ro, decision, old, new, now)
+            out.append(Applied(ro, decision, old, new))
+    return out
+
+
+def _apply(c: Connection, ro: Rollout, d: Decision, old: Arm, new: Arm, now: float) -> None:
+    state = rollout.next_state(ro.state, d.action)
+    values: dict[str, Any] = {"reason": d.reason, "updated_at": now, "state": state.value}
+    if d.action != "hold":
+        values.update(step=d.step, share=d.share)
+        if d.action == "promote":
+            values["step_started_at"] = now
+        _record(c, ro.id, d.action, d.step, d.share, old, new, d.reason, now)
+    elif d.reason == ro.reason:
+        return
+    c.execute(update(rollouts).where(rollouts.c.id == ro.id).values(**values))
+
+
+def cancel(store: StoreBase, rid: str, who: str, now: float) -> Rollout:
+    """Stop an active roll-out: every device goes back to the old version."""
+    ro = get(store, rid)
+    if ro is None:
+        raise KeyError(rid)
+    try:
+        state = rollout.next_state(ro.state, "cancel")
+    except IllegalTransition as e:
+        raise RolloutRefused(f"{e}: it is over already") from None
+    reason = f"cancelled by {who} at {ro.share:.0%}: every device goes back to {ro.old_version}"
+    with store.tx() as c:
+        changed = c.execute(
+            update(rollouts)
+            .where(rollouts.c.id == rid, rollouts.c.state == RolloutState.ACTIVE.value)
+            .values(state=state.value, reason=reason, updated_at=now)
+        ).rowcount
+        if changed:
+            _record(c, rid, "cancel", ro.step, 0.0, Arm(0, 0), Arm(0, 0), reason, now)
+    got = get(store, rid)
+    assert got is not None
+    return got
+
+
+# -- agent versions -----------------------------------------------------------------------
+
+
+def add_agent_version(
+    store: StoreBase, version: str, sha: str, size: int, signature: str, now: float
+) -> None:
+    """Record a published agent wheel; RolloutRefused when the version names another wheel."""
+    with store.tx() as c:
+        had = c.execute(
+            select(agent_versions.c.sha).where(agent_versions.c.version == version)
+        ).first()
+        if had is not None:
+            if had.sha != sha:
+                raise RolloutRefused(
+                    f"agent version {version} was published with another wheel "
+                    f"({had.sha[:12]}…): give the new wheel a new version"
+                )
+            return
+        c.execute(
+            insert(agent_versions).values(
+                version=version, sha=sha, size=size, signature=signature, created_at=now
+            )
+        )
+
+
+def agent_version(store: StoreBase, version: str) -> dict[str, Any] | None:
+    with store.read() as c:
+        r = c.execute(select(agent_versions).where(agent_versions.c.version == version)).first()
+    if r is None:
+        return None
+    return {"version": r.version, "sha": r.sha, "size": r.size, "signature": r.signature}
+
+
+def agent_versions_list(store: StoreBase) -> list[dict[str, Any]]:
+    with store.read() as c:
+        rows = c.execute(select(agent_versions).order_by(agent_versions.c.created_at)).all()
+    return [
+        {"version": r.version, "sha": r.sha, "size": r.size, "created_at": r.created_at}
+        for r in rows
+    ]
+
+
+def note_agent_version(store: StoreBase, node_id: str, version: str, now: float) -> None:
+    """A node said it runs `version`: remember it, and since when (only when it changed)."""
+    with store.tx() as c:
+        c.execute(
+            update(nodes)
+            .where(
+                nodes.c.id == node_id,
+                or_(nodes.c.agent_version.is_(None), nodes.c.agent_version != version),
+            )
+            .values(agent_version=version, agent_since=now)
+        )
+
+
+def version_spread(store: StoreBase, now: float) -> dict[str, int]:
+    """How many devices seen within the store's gone horizon run each agent version."""
+    horizon = now - store.gone_after_s
+    q = (
+        select(func.coalesce(nodes.c.agent_version, "unknown"), func.count())
+        .where(nodes.c.last_seen >= horizon, nodes.c.revoked.is_(False))
+        .group_by(nodes.c.agent_version)
+    )
+    with store.read() as c:
+        return {v: int(n) for v, n in c.execute(q).all()}
+
+
+def live_nodes(store: StoreBase, now: float) -> list[str]:
+    """The devices heard from within the gone horizon (a canary step's fleet); one that left
+    a moment ago to re-execute still counts, so the floor does not move to another."""
+    q = select(nodes.c.id).where(
+        nodes.c.revoked.is_(False), nodes.c.last_seen >= now - store.gone_after_s
+    )
+    with store.read() as c:
+        return list(c.execute(q).scalars())
+
+
+def most_common_agent(store: StoreBase, now: float) -> str | None:
+    """The agent version most live devices run (the old side of a new agent roll-out)."""
+    spread = {v: n for v, n in version_spread(store, now).items() if v != "unknown"}
+    return max(spread, key=lambda v: (spread[v], v)) if spread else None

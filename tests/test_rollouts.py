@@ -1,0 +1,233 @@
+"""Roll-outs on a real fog (docs/rollouts.md): a node agent version published as a wheel built
+here from this source tree reaches a canary share of real node processes, which fetch it, check
+its signature and hash, unpack it and re-execute; a healthy one is promoted step by step to
+every device, one whose executor fails every task is rolled back (the nodes go back to the
+version they were installed with) while the job still finishes. And the store's side: one
+active roll-out per subject, cancelling, bad input answered with a 4xx."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import fogwheel
+from fogwheel import Client
+from fogwheel.core.rollout import RolloutPolicy, canary_floor, in_canary
+from fogwheel.localfog import LocalFog
+from fogwheel.store import Store
+from fogwheel.store import rollouts as rows
+
+BASE = fogwheel.__version__
+
+
+def build_wheel(where: Path, version: str, *, broken: bool = False) -> Path:
+    """A wheel of this source tree as `version`; `broken`: its task executor (the worker)
+    exits at start, so every task it is given fails (a crash, charged to the device)."""
+    tree = where / f"tree-{version}"
+    shutil.copytree(
+        Path(fogwheel.__file__).parent,
+        tree / "fogwheel",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
+    init = tree / "fogwheel" / "__init__.py"
+    text = init.read_text()
+    assert f'__version__ = "{BASE}"' in text
+    init.write_text(text.replace(f'__version__ = "{BASE}"', f'__version__ = "{version}"'))
+    if broken:
+        worker = tree / "fogwheel" / "node" / "worker.py"
+        code = worker.read_text()
+        guard = 'if __name__ == "__main__":'
+        worker.write_text(code.replace(guard, f"import os as _os\n\n_os._exit(70)\n\n{guard}"))
+    info = f"fogwheel-{version}.dist-info"
+    files = {
+        p.relative_to(tree).as_posix(): p.read_bytes()
+        for p in sorted((tree / "fogwheel").rglob("*"))
+        if p.is_file()
+    }
+    files[f"{info}/METADATA"] = (
+        f"Metadata-Version: 2.1\nName: fogwheel\nVersion: {version}\n".encode()
+    )
+    files[f"{info}/WHEEL"] = (
+        b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    )
+    record = [
+        f"{name},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},{len(data)}"
+        for name, data in files.items()
+    ]
+    files[f"{info}/RECORD"] = ("\n".join([*record, f"{info}/RECORD,,"]) + "\n").encode()
+    wheel = where / f"fogwheel-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return wheel
+
+
+def log_of(fog: LocalFog, i: int) -> str:
+    return (fog.dir / f"node-{i}.log").read_text()
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def publish(fog: LocalFog, wheel: Path, *args: str) -> str:
+    """`fogwheel agent publish` as an operator runs it; the roll-out's id."""
+    r = subprocess.run(
+        [sys.executable, "-m", "fogwheel", "agent", "publish", str(wheel), *args],
+        env={"FOGWHEEL_COORDINATOR": fog.url, "FOGWHEEL_ADMIN_KEY": fog.admin_key, "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def admin_get(fog: LocalFog, path: str) -> Any:
+    r = httpx.get(f"{fog.url}{path}", headers={"authorization": f"Bearer {fog.admin_key}"})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def work_until(
+    fog: LocalFog, client: Client, rid: str, states: set[str], limit_s: float
+) -> dict[str, Any]:
+    """Keep jobs of short tasks running (each must finish right) until the roll-out is in one
+    of `states`; the roll-out."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        assert list(client.map(square, range(24), timeout=120)) == [x * x for x in range(24)]
+        ro = admin_get(fog, f"/v1/rollouts/{rid}")
+        if ro["state"] in states:
+            return dict(ro)
+        assert time.monotonic() < deadline, f"still {ro['state']}: {ro['reason']}"
+
+
+def wait_for_spread(fog: LocalFog, spread: dict[str, int], limit_s: float = 60) -> None:
+    deadline = time.monotonic() + limit_s
+    while (got := admin_get(fog, "/v1/agent/releases")["spread"]) != spread:
+        assert time.monotonic() < deadline, f"agent versions on devices: {got}, not {spread}"
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def fog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalFog]:
+    monkeypatch.setenv("FOGWHEEL_ROLLOUT_S", "1")  # the coordinator judges every second
+    with LocalFog(4, lease_seconds=3.0, workdir=tmp_path / "fog") as f:
+        yield f
+
+
+def test_a_healthy_agent_version_is_promoted_step_by_step_to_every_device(
+    fog: LocalFog, tmp_path: Path
+) -> None:
+    wheel = build_wheel(tmp_path, f"{BASE}+good")
+    with Client(fog.url, fog.api_key, replicas=1) as client:
+        list(client.map(square, range(8), timeout=60))  # every node has synced its version
+        wait_for_spread(fog, {BASE: 4})
+        rid = publish(fog, wheel, "--canary", "25%", "--min-outcomes", "4")
+        ro = work_until(fog, client, rid, {"done", "rolled_back"}, 240)
+    assert ro["state"] == "done", ro["reason"]
+    assert [h["action"] for h in ro["history"]] == ["start", "promote", "promote", "done"]
+    assert [h["share"] for h in ro["history"]] == [0.25, 0.5, 1.0, 1.0]
+    assert all(h["new"]["ok"] >= 4 for h in ro["history"][1:]), ro["history"]
+    assert ro["history"][1]["reason"].startswith("promoted 25% → 50%")
+    wait_for_spread(fog, {f"{BASE}+good": 4})
+    logs = "".join((fog.dir / f"node-{i}.log").read_text() for i in range(4))
+    assert logs.count(f"re-executing as {BASE}+good") == 4
+
+
+def test_an_agent_version_that_fails_every_task_is_rolled_back_and_the_job_finishes(
+    fog: LocalFog, tmp_path: Path
+) -> None:
+    wheel = build_wheel(tmp_path, f"{BASE}+bad", broken=True)
+    with Client(fog.url, fog.api_key, replicas=1) as client:
+        list(client.map(square, range(8), timeout=60))
+        wait_for_spread(fog, {BASE: 4})
+        rid = publish(fog, wheel, "--canary", "25%", "--min-outcomes", "4")
+        ro = work_until(fog, client, rid, {"done", "rolled_back"}, 240)
+        assert ro["state"] == "rolled_back", ro["reason"]
+        last = ro["history"][-1]
+        assert last["action"] == "rollback" and last["share"] == 0.0
+        assert last["new"]["failed"] >= 2 and last["new"]["ok"] == 0
+        assert "rolled back at 25%" in last["reason"]
+        wait_for_spread(fog, {BASE: 4})  # the canary went back to its installed version
+        assert list(client.map(square, range(24), timeout=120)) == [x * x for x in range(24)]
+    # the canary (by the hash, at least one device: the share rounded up) went and came back
+    ids = {n["name"]: n["id"] for n in admin_get(fog, "/v1/nodes")["nodes"]}
+    canary = canary_floor(rid, ids.values(), 0.25) | {
+        i for i in ids.values() if in_canary(rid, i, 0.25)
+    }
+    went = {ids[f"local-{i}"] for i in range(4) if f"as {BASE}+bad" in log_of(fog, i)}
+    back = {ids[f"local-{i}"] for i in range(4) if f"as {BASE}\n" in log_of(fog, i)}
+    assert went == back == canary and 1 <= len(canary) < 4
+
+
+def test_a_tampered_or_mislabelled_wheel_is_refused_with_a_sentence(
+    fog: LocalFog, tmp_path: Path
+) -> None:
+    wheel = build_wheel(tmp_path, f"{BASE}+x")
+    url, auth = f"{fog.url}/v1/agent/releases", {"authorization": f"Bearer {fog.admin_key}"}
+    cases = [
+        ({"version": f"{BASE}+y"}, wheel.read_bytes(), 422, "says version"),
+        ({"version": f"{BASE}+x"}, b"not a zip", 422, "not a wheel"),
+        ({"version": "../../etc"}, wheel.read_bytes(), 422, "not an agent version"),
+        ({"version": f"{BASE}+x", "canary": "0%"}, wheel.read_bytes(), 422, "share"),
+    ]
+    for params, body, status, words in cases:
+        r = httpx.post(url, params=params, content=body, headers=auth)
+        assert r.status_code == status and words in r.json()["error"], r.text
+    r = httpx.post(
+        url,
+        params={"version": f"{BASE}+x"},
+        content=wheel.read_bytes(),
+        headers={"authorization": f"Bearer {fog.api_key}"},
+    )
+    assert r.status_code == 403
+    r = httpx.get(f"{fog.url}/v1/rollouts/ro_nope", headers=auth)
+    assert r.status_code == 404
+
+
+# -- the store: one active roll-out per subject, cancel ----------------------------------------
+
+
+def test_one_active_roll_out_per_subject_and_cancel_ends_it(store: Store) -> None:
+    policy = RolloutPolicy(min_outcomes=5)
+    ro = rows.start(
+        store,
+        kind="agent",
+        subject="agent",
+        old_version="1",
+        new_version="2",
+        policy=policy,
+        now=1.0,
+    )
+    assert ro.state.value == "active" and ro.share == 0.1
+    with pytest.raises(rows.RolloutRefused, match="still active"):
+        rows.start(
+            store,
+            kind="agent",
+            subject="agent",
+            old_version="1",
+            new_version="3",
+            policy=policy,
+            now=2.0,
+        )
+    done = rows.cancel(store, ro.id, "the operator", 3.0)
+    assert done.state.value == "cancelled" and not done.serves_new("any-node")
+    with pytest.raises(rows.RolloutRefused, match="over already"):
+        rows.cancel(store, ro.id, "the operator", 4.0)
+    steps = rows.steps_of(store, [ro.id])[ro.id]
+    assert [s["action"] for s in steps] == ["start", "cancel"]
+    assert rows.evaluate(store, 5.0) == []  # nothing active to judge
