@@ -40,6 +40,7 @@ import cloudpickle
 import httpx
 
 from fogwheel import (
+    apps,
     client_images,
     funcpickle,
     output_files,
@@ -48,6 +49,7 @@ from fogwheel import (
     safe_pickle,
     transfers,
 )
+from fogwheel.apps import App
 from fogwheel.client_images import Image
 from fogwheel.envs import Env
 from fogwheel.errors import (
@@ -647,6 +649,18 @@ class Client:
             else:
                 files[fname] = _blob_ref(self._upload_file(src))
         return files
+
+    # -- apps (apps.py, docs/apps.md) ----------------------------------------------------------
+
+    def app(self, name: str) -> App:
+        """Your app `name` (`fogwheel apps publish`): its `submit` and `map` run the version
+        each task's lease binds (the current one)."""
+        return apps.App(self, name)
+
+    def publish_app(self, name: str, **kw: Any) -> apps.Version:
+        """Publish a version of app `name` (apps.publish: `path=`, `function="mod:attr"` or
+        `command=[...]`, `env=`, `image=`, `label=`, `make_current=`)."""
+        return apps.publish(self, name, **kw)
 
     # -- program images (client_images.py) ---------------------------------------------------
 

@@ -356,6 +356,17 @@ class SyncIn(Model):
     )
 
 
+class AppLease(Model):
+    """The app version a task's lease bound (docs/apps.md): its canonical manifest and the
+    coordinator's signature of it; the node checks both, and the lease against them."""
+
+    app: str = Field(max_length=64)
+    name: str = Field(max_length=64)
+    version: Sha256
+    manifest: str = Field(max_length=64 * 1024)
+    signature: str = Field(max_length=200)
+
+
 class TaskLease(Model):
     task_id: int
     job_id: int
@@ -378,6 +389,9 @@ class TaskLease(Model):
     )
     env: str | None = Field(
         default=None, description="the environment lock its worker imports from (docs/envs.md)"
+    )
+    app: AppLease | None = Field(
+        default=None, description="an app's task: the version this lease runs (docs/apps.md)"
     )
     signature: str = Field(
         default="", description="the coordinator's Ed25519 signature of the fields above"

@@ -48,6 +48,8 @@ SIGNED_FIELDS = (
     "env",
     "image",
 )
+# Signed when present, left out when absent or null: a lease without one signs as before.
+OPTIONAL_SIGNED_FIELDS = ("app",)  # an app's version: its manifest and signature (docs/apps.md)
 
 
 def load_or_create_key(path: Path) -> Ed25519PrivateKey:
@@ -181,6 +183,7 @@ def canonical(lease: Mapping[str, Any]) -> bytes:
     the agent's own bookkeeping) are left out, so the form does not depend on key order.
     """
     signed = {k: lease.get(k) for k in SIGNED_FIELDS}
+    signed.update({k: lease[k] for k in OPTIONAL_SIGNED_FIELDS if lease.get(k) is not None})
     return json.dumps(signed, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -196,6 +199,26 @@ def verify_lease(pubkey_b64: str, lease: Mapping[str, Any], signature: str | Non
     try:
         raw = base64.b64decode(signature, validate=True)
         _public_key(pubkey_b64).verify(raw, canonical(lease))
+    except (InvalidSignature, ValueError, binascii.Error, TypeError):
+        return False
+    return True
+
+
+_APP_DOMAIN = b"fogwheel-app-version-v1\n"  # an app version's signature is no lease or token
+
+
+def sign_app_version(key: Ed25519PrivateKey, manifest: bytes) -> str:
+    """The base64 signature of an app version's canonical manifest (core/apps.py)."""
+    return base64.b64encode(key.sign(_APP_DOMAIN + manifest)).decode()
+
+
+def verify_app_version(pubkey_b64: str, manifest: bytes, signature: str | None) -> bool:
+    """True when `signature` is the coordinator's of this very manifest; never raises."""
+    if not signature or not isinstance(signature, str):
+        return False
+    try:
+        raw = base64.b64decode(signature, validate=True)
+        _public_key(pubkey_b64).verify(raw, _APP_DOMAIN + manifest)
     except (InvalidSignature, ValueError, binascii.Error, TypeError):
         return False
     return True

@@ -28,6 +28,7 @@ from fogwheel.blobs import BlobStore, FileBlobStore
 from fogwheel.blobs.db import DbBlobStore
 from fogwheel.coordinator import openapi
 from fogwheel.coordinator.app import build_routes
+from fogwheel.coordinator.app_routes import build_app_routes
 from fogwheel.coordinator.bodylimit import BodyLimit
 from fogwheel.coordinator.bodytimeout import BodyTimeout
 from fogwheel.coordinator.console_pages import install_console
@@ -281,6 +282,9 @@ def build_app(config: CoordinatorConfig, store: Store) -> FastAPI:
         max_blob_bytes=config.max_blob_bytes,
         sync_budget=config.sync_budget,
         sync_target_s=config.sync_target_ms / 1000,
+    )
+    build_app_routes(  # apps and their versions (docs/apps.md)
+        app, store, app.state.auth, blobs, signing_key, app.state.metrics.submitted.inc
     )
     build_console_routes(app, store, app.state.auth, config.sample_s)
     install_console(app)  # the web console at /

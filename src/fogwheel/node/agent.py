@@ -37,6 +37,7 @@ from fogwheel import logs
 from fogwheel.core import memfit
 from fogwheel.core import nodestate as ns
 from fogwheel.core.urls import coordinator_base
+from fogwheel.node import apps as node_apps
 from fogwheel.node import cgroups, control
 from fogwheel.node.envs import MAX_HELD_REPORTED, EnvCache, EnvError, this_platform
 from fogwheel.node.faults import ENV as FAULT_ENV
@@ -723,13 +724,25 @@ class Agent:
         if not slot.sandbox.confined and lease["job_id"] not in self._warned_jobs:
             self._warned_jobs.add(lease["job_id"])
             log.warning("job %s: %s", lease["job_id"], UNSAFE_WARNING)
+        app = None
+        if lease.get("app") is not None:  # an app's version: checked first (node/apps.py)
+            try:
+                app = node_apps.check_lease(lease, self.public_key)
+            except node_apps.AppRefused as e:
+                return self._app_refused(lease, e)
         inputs = {name: self._blob_path(v) for name, v in lease["inputs"].items()}
+        if app is not None and app.code is not None:
+            try:
+                node_apps.check_code(app, inputs[node_apps.core.CODE_FILE])
+            except node_apps.AppRefused as e:
+                inputs[node_apps.core.CODE_FILE].unlink(missing_ok=True)
+                return self._app_refused(lease, e)
         inputs = self._faults.swap_inputs(inputs, self.data_dir / "faults")  # tests only
         if lease["kind"] == "python":
-            fn = lease["fn"]
+            fn = lease["fn"] if app is None else self._app_call(lease, app)
             msg = {
                 "fn_sha": fn["sha"],
-                "fn_path": str(self._blob_path(fn)),
+                "fn_path": fn.get("path") or str(self._blob_path(fn)),
                 "args": self._blob_bytes(lease["args"]) if lease["args"] else None,
                 "limits": limits,
             }
@@ -743,7 +756,8 @@ class Agent:
                     keep=self.data_dir / "cache",
                     state_in=self._state_dir(lease.get("keep_in")),
                     state_out=self._state_dir(lease.get("keep_out")),
-                    tenant=str(lease.get("tenant") or ""),
+                    # one worker a version: two versions' modules never meet in one process
+                    tenant=str(lease.get("tenant") or "") + (f"|{fn['sha']}" if app else ""),
                     env_site=site,
                 )
             if res.get("kept") is not None:
@@ -782,6 +796,24 @@ class Agent:
             for p in files.values():
                 p.unlink(missing_ok=True)
         return self._wire_result(res)
+
+    def _app_refused(self, lease: dict[str, Any], e: Exception) -> dict[str, Any]:
+        log.warning("task %s: %s", lease["task_id"], e)
+        return {"ok": False, "error": {"kind": "input", "type": "AppRefused", "message": str(e)}}
+
+    def _app_call(self, lease: dict[str, Any], app: Any) -> dict[str, Any]:
+        """The worker's function for a function app's version (node/apps.py: AppCall)."""
+        import pickle
+
+        version = lease["app"]["version"]
+        path = self.data_dir / "apps" / f"{version}.call"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            call = node_apps.AppCall(version, app.entry, app.code is not None)
+            tmp = path.with_name(f".{version}.{threading.get_ident()}")
+            tmp.write_bytes(pickle.dumps(call))
+            tmp.replace(path)
+        return {"sha": version, "path": str(path)}
 
     def _wire_result(self, res: dict[str, Any]) -> dict[str, Any]:
         """Turn the slot's bytes into protocol Values (inline when small, uploaded when not)."""

@@ -17,7 +17,7 @@ from fogwheel.core.tasks import (
     apply,
 )
 from fogwheel.protocol import JobIn
-from fogwheel.store import envs, images, parts
+from fogwheel.store import apps, envs, images, parts
 from fogwheel.store.base import (
     _TASK_COLS,
     StoreBase,
@@ -48,8 +48,11 @@ class JobsStore(StoreBase):
 
     # -- jobs -------------------------------------------------------------------------------
 
-    def create_job(self, customer_id: str, job: JobIn, now: float) -> int:
-        """Insert a job and all its tasks in one transaction: acknowledged means durable."""
+    def create_job(
+        self, customer_id: str, job: JobIn, now: float, app_id: str | None = None
+    ) -> int:
+        """Insert a job and all its tasks in one transaction: acknowledged means durable.
+        `app_id`: the app whose version each task's lease binds (store/apps.py)."""
         fn_json = job.fn.model_dump_json() if job.fn else None
         with self.tx() as c:
             if job.client_token:
@@ -81,6 +84,7 @@ class JobsStore(StoreBase):
                         "max_cost": None if job.max_cost is None else to_micro(job.max_cost),
                         "replicas": str(job.replicas),  # why a task waits (store/waits.py)
                         "env": job.env,
+                        "app_id": app_id,
                     }
                 )
                 .returning(jobs.c.id)
@@ -179,6 +183,7 @@ class JobsStore(StoreBase):
                     jobs.c.tolerance,
                     jobs.c.created_at,
                     jobs.c.env,
+                    jobs.c.app_id,
                 ).where(jobs.c.id == job_id)
             ).one()
             row = {
@@ -189,6 +194,7 @@ class JobsStore(StoreBase):
                 "tolerance": json.loads(r.tolerance) if r.tolerance else None,
                 "created_at": r.created_at,
                 "env": r.env,
+                "app_id": r.app_id,
             }
             self._jobs_cache[job_id] = row
         return row
@@ -611,6 +617,8 @@ class JobsStore(StoreBase):
                 .where(task_blobs.c.sha == sha, task_blobs.c.task_id.in_(held))
                 .limit(1)
             ).first():
+                return True
+            if apps.node_may_read(c, node_id, sha):  # of the app version its lease bound
                 return True
             held_jobs = held.with_only_columns(tasks.c.job_id)
             locks = envs.wheel_locks(c, sha)  # a wheel of a held task's environment

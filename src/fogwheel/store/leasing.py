@@ -30,7 +30,7 @@ from fogwheel.core.tasks import (
 )
 from fogwheel.errors import IllegalTransition
 from fogwheel.protocol import MAX_KEPT_BYTES, MAX_WALL_S, TaskReport
-from fogwheel.store import events, parts
+from fogwheel.store import apps, events, parts
 from fogwheel.store.base import (
     _NO_NEEDS,
     _TASK_COLS,
@@ -561,7 +561,15 @@ class LeasingStore(VerifyStore):
         if not self.is_sqlite:
             q = q.with_for_update(skip_locked=True, of=tasks)
         rows = {r.id: r for r in c.execute(q).all()}
-        env_of = {r.id: self.job_rows._job_row(c, r.job_id).get("env") for r in rows.values()}
+        # An app's task runs the version bound here and now (store/apps.py: version_for).
+        bound = self._bind_apps(c, node_id, rows.values(), view.capabilities)
+        rows = {tid: r for tid, r in rows.items() if tid in bound or not self._app_of(c, r)}
+        env_of = {
+            r.id: bound[r.id].manifest.env
+            if r.id in bound
+            else self.job_rows._job_row(c, r.job_id).get("env")
+            for r in rows.values()
+        }
         held_envs: frozenset[str] = frozenset()
         if any(env_of.values()):
             # Never a task whose environment this node's Python cannot install (store/envs.py).
@@ -639,7 +647,22 @@ class LeasingStore(VerifyStore):
                 )
             )
         plan = scheduler.plan_lease(view, want, candidates, cluster, self.placement)
-        return self._grant(c, node_id, [(rows[a.task_id], a.reason) for a in plan], now)
+        return self._grant(c, node_id, [(rows[a.task_id], a.reason) for a in plan], now, bound)
+
+    def _app_of(self, c: Connection, r: Any) -> str | None:
+        app_id: str | None = self.job_rows._job_row(c, r.job_id).get("app_id")
+        return app_id
+
+    def _bind_apps(
+        self, c: Connection, node_id: str, rows: Any, capabilities: frozenset[str] | None = None
+    ) -> dict[int, apps.Version]:
+        """The app version each app task among `rows` runs on this node (store/apps.py);
+        one whose version needs what the node lacks (an image's architecture) is left out."""
+        app_of = {r.id: a for r in rows if (a := self._app_of(c, r))}
+        bound = apps.bind_versions(c, node_id, app_of)
+        if capabilities is None:
+            return bound
+        return {tid: v for tid, v in bound.items() if v.needs <= capabilities}
 
     def _keepers(self, c: Connection, rows: Sequence[Any], live: frozenset[str]) -> dict[int, str]:
         """For tasks that continue kept state (TaskIn.keep_in), the live node that keeps it."""
@@ -813,11 +836,18 @@ class LeasingStore(VerifyStore):
         return statistics.median(took) if took else None
 
     def _grant(
-        self, c: Connection, node_id: str, granted: Sequence[tuple[Any, str]], now: float
+        self,
+        c: Connection,
+        node_id: str,
+        granted: Sequence[tuple[Any, str]],
+        now: float,
+        bound: dict[int, apps.Version] | None = None,
     ) -> list[dict[str, Any]]:
         """Lease these pending task rows to the node: the tasks, their attempts, the leases."""
         if not granted:
             return []
+        if bound is None:
+            bound = self._bind_apps(c, node_id, [r for r, _ in granted])
         specs = dict(
             c.execute(
                 select(tasks.c.id, tasks.c.spec).where(tasks.c.id.in_([r.id for r, _ in granted]))
@@ -837,6 +867,7 @@ class LeasingStore(VerifyStore):
                     "attempts": t.attempts,
                     "node_id": t.node,
                     "lease_expires": t.lease_expires,
+                    "app_version": bound[r.id].id if r.id in bound else None,
                 }
             )
             attempt_rows.append(
@@ -846,6 +877,7 @@ class LeasingStore(VerifyStore):
                     "node_id": node_id,
                     "leased_at": now,
                     "reason": reason,
+                    "app_version": bound[r.id].id if r.id in bound else None,
                 }
             )
             job = self.job_rows._job_row(c, r.job_id)
@@ -870,6 +902,8 @@ class LeasingStore(VerifyStore):
                     "env": job.get("env"),
                 }
             )
+            if r.id in bound:  # the version bound here names what runs (store/apps.py)
+                leases[-1].update(apps.lease_fields(bound[r.id], spec))
         # Compare-and-set: each row is still what was read (on PostgreSQL it is locked, SKIP
         # LOCKED, or a copy this transaction made; SQLite has one writer). Should one have
         # moved all the same, the whole transaction is tried again rather than leasing a
@@ -886,6 +920,7 @@ class LeasingStore(VerifyStore):
                 attempts=bindparam("attempts"),
                 node_id=bindparam("node_id"),
                 lease_expires=bindparam("lease_expires"),
+                app_version=bindparam("app_version"),
             ),
             updates,
         )

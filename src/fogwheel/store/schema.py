@@ -136,6 +136,7 @@ jobs = Table(
     Column("max_cost", BigInteger),  # micro-credits: stopped when its charges reach it
     Column("cancel_reason", String(200)),  # why it was cancelled, when not by the customer
     Column("env", String(64), nullable=True),  # its Python environment's lock (store/envs.py)
+    Column("app_id", String(64), nullable=True),  # the app it runs (store/apps.py)
     Index("ux_jobs_client_token", "customer_id", "client_token", unique=True),
 )
 
@@ -169,6 +170,7 @@ tasks = Table(
     Column("sticky", Boolean, nullable=False, default=False),  # reads kept state (keep_in)
     Column("backup", Boolean, nullable=False, default=False),
     Column("input_bytes", BigInteger, nullable=False, default=0),  # of the blobs it reads
+    Column("app_version", String(64), nullable=True),  # the app version its lease bound
     Index("ix_tasks_state_priority_id", "state", "priority", "id"),
     Index("ix_tasks_state_job", "state", "job_id"),  # is anything of a job still pending?
     Index("ix_tasks_job_seq", "job_id", "finish_seq"),
@@ -190,6 +192,7 @@ attempts = Table(
     Column("digest", String(64)),  # of the reported result, for the quorum
     Column("report", Text),  # the reported value/outputs/error, kept until a verdict
     Column("cpu_s", Float),
+    Column("app_version", String(64), nullable=True),  # the app version this attempt ran
     Index("ix_attempts_task", "task_id"),
     Index("ix_attempts_node_open", "node_id", "outcome"),
 )
@@ -268,6 +271,42 @@ images = Table(
     Index("ix_images_id", "id"),
 )
 
+# Apps (core/apps.py, store/apps.py): a customer's name with versions, each an immutable,
+# signed bundle named by its manifest's SHA-256; `current` is what new leases bind (unless a
+# roll-out says otherwise: store/apps.py version_for). app_version_blobs: every blob a node
+# running a version may fetch (its code, its environment's lock and wheels, its image).
+apps = Table(
+    "apps",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("customer_id", String(64), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),  # python | command: every version's
+    Column("current", String(64), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Index("ux_apps_customer_name", "customer_id", "name", unique=True),
+)
+app_versions = Table(
+    "app_versions",
+    metadata,
+    Column("app_id", String(64), primary_key=True),
+    Column("id", String(64), primary_key=True),  # the manifest's SHA-256
+    Column("label", String(64), nullable=False),
+    Column("seq", Integer, nullable=False),  # 1, 2, ...: the order of publishing
+    Column("manifest", Text, nullable=False),  # canonical JSON
+    Column("signature", Text, nullable=False),  # the coordinator's (signing.sign_app_version)
+    Column("needs", Text, nullable=False, default="[]"),  # what a node needs (an image's arch)
+    Column("created_at", Float, nullable=False),
+    Index("ux_app_versions_label", "app_id", "label", unique=True),
+)
+app_version_blobs = Table(
+    "app_version_blobs",
+    metadata,
+    Column("version", String(64), primary_key=True),
+    Column("sha", String(64), primary_key=True),
+    Column("size", BigInteger, nullable=False, default=0),
+    Index("ix_app_version_blobs_sha", "sha"),
+)
 # The CDN (store/cdn.py): published objects, their shares, which node holds which share, and
 # the traffic that the metrics and the ledger are made of.
 cdn_objects = Table(

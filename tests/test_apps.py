@@ -1,0 +1,207 @@
+"""Apps (docs/apps.md) on a real fog: versions published as signed bundles, work that runs the
+current version (bound when each task is leased, recorded per attempt), the current version
+switched, another customer's apps invisible (404), a tampered bundle refused by the node, and
+bad input answered with a 4xx that says what is wrong."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fogwheel import apps
+from fogwheel.client import Client
+from fogwheel.core import apps as core
+from fogwheel.localfog import LocalFog
+
+
+def code_dir(where: Path, tag: str, factor: int) -> Path:
+    """A customer's project: a package the nodes do not have, and a module that uses it."""
+    (where / "fogapp_lib").mkdir(parents=True)
+    (where / "fogapp_lib" / "__init__.py").write_text(f"TAG = {tag!r}\n")
+    (where / "fogapp_render.py").write_text(
+        "import fogapp_lib\n\n"
+        "def draw(x, scale=1):\n"
+        f"    return (fogapp_lib.TAG, x * {factor} * scale)\n"
+    )
+    return where
+
+
+@pytest.fixture(scope="module")
+def fog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFog]:
+    with LocalFog(2, lease_seconds=5.0, workdir=tmp_path_factory.mktemp("fog")) as f:
+        yield f
+
+
+@pytest.fixture
+def client(fog: LocalFog) -> Iterator[Client]:
+    with Client(fog.url, fog.api_key, replicas=1) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def bob_key(fog: LocalFog) -> str:
+    r = httpx.post(
+        f"{fog.url}/v1/customers",
+        params={"name": "bob"},
+        headers={"authorization": f"Bearer {fog.admin_key}"},
+    )
+    assert r.status_code == 201, r.text
+    return str(r.json()["api_key"])
+
+
+def attempts_of(client: Client, job_id: int) -> list[dict[str, object]]:
+    return [h for t in client.tasks(job_id) for h in t["history"]]
+
+
+def test_results_come_from_the_current_version_and_follow_a_switch(
+    client: Client, tmp_path: Path
+) -> None:
+    one = client.publish_app(
+        "render", path=code_dir(tmp_path / "a", "one", 2), function="fogapp_render:draw",
+        label="1.0",
+    )  # fmt: skip
+    assert one.current and one.new and one.label == "1.0"
+    again = client.publish_app(
+        "render", path=code_dir(tmp_path / "a2", "one", 2), function="fogapp_render:draw"
+    )
+    assert again.id == one.id and not again.new  # the same bundle is the same version
+    render = client.app("render")
+    assert list(render.map(range(3), timeout=60)) == [("one", 0), ("one", 2), ("one", 4)]
+    assert render.submit(5, scale=10).result(60) == ("one", 100)
+
+    two = client.publish_app(
+        "render", path=code_dir(tmp_path / "b", "two", 3), function="fogapp_render:draw"
+    )
+    assert two.id != one.id and two.label == "v2" and two.current
+    assert list(render.map([1, 2], timeout=60)) == [("two", 3), ("two", 6)]
+
+    render.set_current("1.0")
+    fut = render.submit(7)
+    assert fut.result(60) == ("one", 14)
+    info = render.info()
+    assert info["current"] == one.id
+    by_id = {v["id"]: v for v in info["versions"]}
+    assert [v["label"] for v in info["versions"]] == ["1.0", "v2"]
+    # every attempt recorded the version it ran: 5 calls of one, 2 of two, all finished
+    ran = {vid: sum(v["outcomes"].values()) for vid, v in by_id.items()}
+    assert ran == {one.id: 5, two.id: 2}, by_id
+    assert "running" not in json.dumps([v["outcomes"] for v in by_id.values()])
+
+
+def test_a_command_app_runs_its_command_line_then_the_tasks_arguments(client: Client) -> None:
+    v = client.publish_app("greet", command=["/bin/sh", "-c", 'echo "hello $0 $1"'])
+    assert v.command == ("/bin/sh", "-c", 'echo "hello $0 $1"')
+    out = client.app("greet").submit("fog", "world").result(60)
+    assert out.stdout.strip() == b"hello fog world" or out.stdout.strip() == "hello fog world"
+
+
+def test_another_customer_never_sees_an_app(fog: LocalFog, client: Client, bob_key: str) -> None:
+    client.publish_app("secret", function="json:dumps")  # from the node's own Python
+    assert client.app("secret").submit([1, 2]).result(60) == "[1, 2]"
+    bob = httpx.Client(base_url=fog.url, headers={"authorization": f"Bearer {bob_key}"})
+    with bob:
+        for method, path, body in [
+            ("GET", "/v1/apps/secret", None),
+            ("POST", "/v1/apps/secret/current", {"version": "v1"}),
+            ("POST", "/v1/apps/secret/jobs", {"tasks": [{"argv": ["x"]}]}),
+        ]:
+            r = bob.request(method, path, json=body)
+            assert r.status_code == 404, (path, r.text)
+            assert "no app secret of yours" in r.json()["error"]
+        assert [a["name"] for a in bob.get("/v1/apps").json()["apps"]] == []
+    with Client(fog.url, bob_key, replicas=1) as bobs:  # his own app of the same name
+        mine = bobs.publish_app("secret", function="json:loads")
+        assert bobs.app("secret").submit("[3]").result(60) == [3]
+    assert client.app("secret").info()["current"] != mine.id
+    assert client.app("secret").submit([4]).result(60) == "[4]"
+
+
+def test_a_tampered_bundle_is_refused_by_the_node(
+    fog: LocalFog, client: Client, tmp_path: Path
+) -> None:
+    v = client.publish_app(
+        "tampered", path=code_dir(tmp_path / "c", "real", 1), function="fogapp_render:draw"
+    )
+    code = client.app("tampered").info()["versions"][0]["code"]
+    evil = apps.zip_code(code_dir(tmp_path / "evil", "evil", 1))
+    assert hashlib.sha256(evil).hexdigest() != code["sha"]
+    for i in range(fog.n_nodes):  # each node's cached copy of the code, changed on its disk
+        cache = fog.dir / f"node-{i}" / "cache"
+        cache.mkdir(parents=True, exist_ok=True)
+        (cache / code["sha"]).write_bytes(evil)
+    [fut] = client.app("tampered").submit_many([((1,), {})], max_attempts=5)
+    assert fut.result(90) == ("real", 1)  # never the changed code's answer
+    history = attempts_of(client, fut.job_id)
+    # each node refused its changed copy (and dropped it), then ran the code fetched afresh
+    assert [h["outcome"] for h in history[:2]] == ["lost", "lost"], history
+    assert history[-1]["outcome"] == "accepted"
+    logs = "".join((fog.dir / f"node-{i}.log").read_text() for i in range(fog.n_nodes))
+    assert logs.count(f"does not match its SHA-256 {code['sha'][:12]}") == 2, logs[-3000:]
+    assert client.app("tampered").info()["current"] == v.id
+
+
+def test_bad_input_is_a_4xx_that_says_what_is_wrong(
+    fog: LocalFog, client: Client, tmp_path: Path
+) -> None:
+    good = core.Manifest("badin", "python", entry="json:dumps")
+    http = httpx.Client(base_url=fog.url, headers=fog.headers, timeout=30)
+
+    def publish(name: str, raw: bytes, **extra: object) -> httpx.Response:
+        sha = client.put_blob(raw, upload=True).sha
+        return http.post(f"/v1/apps/{name}/versions", json={"manifest": sha, **extra})
+
+    with http:
+        cases = [
+            (publish("badin", good.canonical().replace(b'{"app"', b'{ "app"')), 422, "canonical"),
+            (publish("other", good.canonical()), 422, "is of app badin, not other"),
+            (publish("badin", b"[1]"), 422, "exactly the keys"),
+            (publish("badin", good.canonical(), label="no spaces"), 422, "label"),
+            (
+                http.post("/v1/apps/badin/versions", json={"manifest": "0" * 64}),
+                422,
+                "not uploaded",
+            ),
+            (http.post("/v1/apps/Bad Name/versions", json={"manifest": "0" * 64}), 422, "name"),
+            (http.get("/v1/apps/nothing-here"), 404, "no app nothing-here"),
+        ]
+        missing_code = core.Manifest(
+            "badin", "python", entry="m:f", code=core.Code("1" * 64, 10)
+        ).canonical()
+        cases.append((publish("badin", missing_code), 422, "code 111111111111… is not uploaded"))
+        assert publish("badin", good.canonical(), label="1").status_code == 201
+        cmd = core.Manifest("badin", "command", command=("/bin/true",)).canonical()
+        cases += [
+            (publish("badin", cmd), 409, "runs python versions"),
+            (
+                publish(
+                    "badin",
+                    core.Manifest("badin", "python", entry="json:loads").canonical(),
+                    label="1",
+                ),
+                409,
+                "label 1 is taken",
+            ),
+            (http.post("/v1/apps/badin/current", json={"version": "v9"}), 404, "no version 'v9'"),
+            (http.post("/v1/apps/badin/jobs", json={"tasks": [{"argv": ["x"]}]}), 422, "send args"),
+            (http.post("/v1/apps/badin/jobs", json={"tasks": []}), 422, "tasks"),
+            (
+                http.post(
+                    "/v1/apps/badin/jobs",
+                    json={"tasks": [{"inputs": {core.CODE_FILE: {"sha": "2" * 64, "size": 1}}}]},
+                ),
+                422,
+                "the app's own code",
+            ),
+        ]
+        for r, status, words in cases:
+            assert r.status_code == status, (words, r.text)
+            assert words in r.text, (words, r.text)
+    with pytest.raises(apps.AppCodeError, match="no such file"):
+        client.publish_app("badin", path=tmp_path / "none", function="m:f")
+    time.sleep(0)  # nothing ran: no task of a refused job was made
