@@ -409,6 +409,18 @@ class ShareToStore(Model):
     content_id: str
 
 
+class AgentOffer(Model):
+    """An agent version the node should run (docs/rollouts.md): with `sha`, a published wheel
+    to fetch from /v1/nodes/me/agent/{version}, signed by the coordinator's key over version,
+    sha and size (agent_release.py); without, the node's own installed version, to go back to."""
+
+    version: AgentVersion
+    sha: Sha256 | None = None
+    size: int | None = Field(default=None, ge=1, le=1 << 31)
+    signature: str | None = Field(default=None, max_length=200)
+    rollout: str = Field(max_length=32, description="the roll-out that asks for it")
+
+
 class SyncOut(Model):
     acked: list[int]
     rejected: list[Rejected]
@@ -423,23 +435,14 @@ class SyncOut(Model):
         default=None,
         description="the longest the node should wait before its next sync when it has "
         "nothing to report sooner (core/pacing.py); null: its own idle interval",
-class AgentOffer(Model):
-    """An agent version the node should run (docs/rollouts.md): with `sha`, a published wheel
-    to fetch from /v1/nodes/me/agent/{version}, signed by the coordinator's key over version,
-    sha and size (agent_release.py); without, the node's own installed version, to go back to."""
-
-    version: AgentVersion
-    sha: Sha256 | None = None
-    size: int | None = Field(default=None, ge=1, le=1 << 31)
-    signature: str | None = Field(default=None, max_length=200)
-    rollout: str = Field(max_length=32, description="the roll-out that asks for it")
-
-
     )
     pace_s: float = Field(
         default=0.0,
         description="the least wait before a node holding work syncs again, unless a lease "
         "would expire: the coordinator is over its load (core/pacing.py); 0: at its own pace",
+    )
+    agent: AgentOffer | None = Field(
+        default=None, description="an agent version to change to (docs/rollouts.md)"
     )
 
 
@@ -455,9 +458,6 @@ class NodeOut(Model):
     held: int
     done: int
     lost: int
-    agent: AgentOffer | None = Field(
-        default=None, description="an agent version to change to (docs/rollouts.md)"
-    )
     reliability: float = Field(description="share of attempts finished, not lost (availability)")
     agreed: int = Field(default=0, description="results that agreed with the verdict")
     disputed: int = Field(default=0, description="results that contradicted the verdict")

@@ -255,14 +255,14 @@ def build_app(config: CoordinatorConfig, store: Store) -> FastAPI:
             results.peers.start()
         reaper = asyncio.create_task(_reap(store))
         sampler = asyncio.create_task(sample_forever(store, config.sample_s))  # the console's
-        yield
         judge = asyncio.create_task(  # roll-outs promoted or rolled back (docs/rollouts.md)
             judge_forever(store, rollout_period_s(), app.state.agent_offers)
         )
+        yield
         reaper.cancel()
         sampler.cancel()
-        if results.peers is not None:
         judge.cancel()
+        if results.peers is not None:
             await run_in_threadpool(results.peers.stop)
 
     app = FastAPI(

@@ -605,8 +605,8 @@ class Agent:
             self._envs_told, self._envs_sent = self._envs_sent, None
         self._answered_wall = time.time()
         self._cdn_absorb(answer)
-        return after
         self.updater.offered(answer.get("agent"))  # a version to change to, checked first
+        return after
 
     def _env_report(self) -> dict[str, Any]:
         """The environments held here and this Python's platform, when the coordinator has

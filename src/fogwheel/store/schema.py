@@ -412,46 +412,6 @@ coordinator_keys = Table(
     Column("created_at", Float, nullable=False),
 )
 
-# The flywheel's history (core/flywheel.py): the fog's figures every few seconds, one row a
-# time slot (the first process to write a slot wins), kept for a bounded window
-# (store/console.py). The console charts it: devices, capacity, utilisation, pay, price.
-flywheel_samples = Table(
-    "flywheel_samples",
-    metadata,
-    Column("slot", BigInteger, primary_key=True, autoincrement=False),
-    Column("at", Float, nullable=False, index=True),
-    Column("devices_online", Integer, nullable=False),
-    Column("devices_known", Integer, nullable=False),
-    Column("cores_online", Integer, nullable=False),
-    Column("disk_mb_online", BigInteger, nullable=False),
-    Column("uplink_bps_online", Float, nullable=False),
-    Column("tasks_running", Integer, nullable=False),
-    Column("slots_online", Integer, nullable=False),
-    Column("utilisation", Float, nullable=False),
-    Column("tasks_done", BigInteger, nullable=False),
-    Column("credits_to_owners", BigInteger, nullable=False),
-    Column("bytes_served", BigInteger, nullable=False),
-    Column("per_cpu_hour", BigInteger, nullable=False),
-    Column("per_gb_served", BigInteger, nullable=False),
-)
-
-# Blobs kept in the database (blobs/db.py), so that every coordinator process reaches them.
-# A blob's bytes are `blob_chunks` rows of at most 1 MiB named by their offset; its row in
-# `db_blobs` says it is whole. An upload in progress owns its chunks as `p:<upload id>` and
-# hands them to the blob's name when it hashes right; a corrupt blob's become `q:<sha>:<ns>`.
-# Their own MetaData: made when a database blob store opens, so a coordinator that keeps its
-# blobs on disk (SQLite's default) carries no empty tables for them.
-blob_metadata = MetaData()
-db_blobs = Table(
-    "db_blobs",
-    blob_metadata,
-    Column("sha", String(64), primary_key=True),
-    Column("size", BigInteger, nullable=False),
-    Column("created_at", Float, nullable=False),
-)
-blob_chunks = Table(
-)
-
 # Roll-outs in small steps (core/rollout.py, store/rollouts.py): of an app's version or of the
 # node agent's, with their policy (JSON), where they stand, and every decision with its counts.
 rollouts = Table(
@@ -498,6 +458,46 @@ agent_versions = Table(
     Column("size", BigInteger, nullable=False),
     Column("signature", Text, nullable=False),
     Column("created_at", Float, nullable=False),
+)
+
+# The flywheel's history (core/flywheel.py): the fog's figures every few seconds, one row a
+# time slot (the first process to write a slot wins), kept for a bounded window
+# (store/console.py). The console charts it: devices, capacity, utilisation, pay, price.
+flywheel_samples = Table(
+    "flywheel_samples",
+    metadata,
+    Column("slot", BigInteger, primary_key=True, autoincrement=False),
+    Column("at", Float, nullable=False, index=True),
+    Column("devices_online", Integer, nullable=False),
+    Column("devices_known", Integer, nullable=False),
+    Column("cores_online", Integer, nullable=False),
+    Column("disk_mb_online", BigInteger, nullable=False),
+    Column("uplink_bps_online", Float, nullable=False),
+    Column("tasks_running", Integer, nullable=False),
+    Column("slots_online", Integer, nullable=False),
+    Column("utilisation", Float, nullable=False),
+    Column("tasks_done", BigInteger, nullable=False),
+    Column("credits_to_owners", BigInteger, nullable=False),
+    Column("bytes_served", BigInteger, nullable=False),
+    Column("per_cpu_hour", BigInteger, nullable=False),
+    Column("per_gb_served", BigInteger, nullable=False),
+)
+
+# Blobs kept in the database (blobs/db.py), so that every coordinator process reaches them.
+# A blob's bytes are `blob_chunks` rows of at most 1 MiB named by their offset; its row in
+# `db_blobs` says it is whole. An upload in progress owns its chunks as `p:<upload id>` and
+# hands them to the blob's name when it hashes right; a corrupt blob's become `q:<sha>:<ns>`.
+# Their own MetaData: made when a database blob store opens, so a coordinator that keeps its
+# blobs on disk (SQLite's default) carries no empty tables for them.
+blob_metadata = MetaData()
+db_blobs = Table(
+    "db_blobs",
+    blob_metadata,
+    Column("sha", String(64), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+blob_chunks = Table(
     "blob_chunks",
     blob_metadata,
     Column("owner", String(100), primary_key=True),
