@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -205,3 +208,44 @@ def test_bad_input_is_a_4xx_that_says_what_is_wrong(
     with pytest.raises(apps.AppCodeError, match="no such file"):
         client.publish_app("badin", path=tmp_path / "none", function="m:f")
     time.sleep(0)  # nothing ran: no task of a refused job was made
+
+
+def fogwheel(fog: LocalFog, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FOGWHEEL_COORDINATOR": fog.url, "FOGWHEEL_API_KEY": fog.api_key}
+    return subprocess.run(
+        [sys.executable, "-m", "fogwheel", *args], env=env, capture_output=True, text=True
+    )
+
+
+def test_the_cli_publishes_shows_and_switches_versions(fog: LocalFog, tmp_path: Path) -> None:
+    first = fogwheel(
+        fog, "apps", "publish", "cli-render", str(code_dir(tmp_path / "a", "a", 1)),
+        "--function", "fogapp_render:draw", "--version", "1.0",
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    assert "cli-render 1.0: published, current" in first.stderr
+    one = first.stdout.strip()
+    second = fogwheel(
+        fog, "apps", "publish", "cli-render", str(code_dir(tmp_path / "b", "b", 1)),
+        "-f", "fogapp_render:draw", "--no-current",
+    )  # fmt: skip
+    assert second.returncode == 0, second.stderr
+    assert "cli-render v2: published, not current" in second.stderr
+    two = second.stdout.strip()
+    shown = fogwheel(fog, "apps", "show", "cli-render")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[1].startswith(f"* 1.0          {one[:12]}  fogapp_render:draw"), shown.stdout
+    assert lines[2].startswith(f"  v2           {two[:12]}"), shown.stdout
+    switched = fogwheel(fog, "apps", "set-current", "cli-render", two[:10])
+    assert switched.returncode == 0 and switched.stdout.strip() == two, switched.stderr
+    with Client(fog.url, fog.api_key, replicas=1) as c:
+        assert c.app("cli-render").submit(2).result(60) == ("b", 2)
+    listed = fogwheel(fog, "apps", "list")
+    assert any(
+        line.split()[:3] == ["cli-render", "python", "2"] for line in listed.stdout.splitlines()
+    )
+    missing = fogwheel(fog, "apps", "set-current", "cli-render", "nine")
+    assert missing.returncode != 0 and "no version 'nine'" in missing.stderr
+    bad = fogwheel(fog, "apps", "publish", "cli-render")
+    assert bad.returncode != 0 and "PATH --function module:attr, or -- prog args" in bad.stderr

@@ -1425,6 +1425,11 @@ from fogwheel import cli_rollouts  # noqa: E402
 
 cli_rollouts.register(app)
 
+# apps publish|list|show|set-current: versioned, signed bundles (src/fogwheel/cli_apps.py)
+from fogwheel import cli_apps  # noqa: E402
+
+cli_apps.register(app)
+
 # up: a local fog, one coordinator or several behind nginx (src/fogwheel/cli_up.py)
 from fogwheel import cli_up  # noqa: E402
 
