@@ -108,6 +108,10 @@ class Homes:
                 raise ValueError(f"NAT kind {h.nat!r}: one of {', '.join(NAT_KINDS)}")
             if not 1 <= h.devices <= 50:
                 raise ValueError("a home has 1 to 50 devices")
+            if h.upnp and h.nat == "symmetric":
+                # miniupnpd's libiptc fails to commit a nat table holding MASQUERADE
+                # --random-fully (error 501 on every AddPortMapping, tried here)
+                raise ValueError("miniupnpd cannot run beside a symmetric NAT's rules here")
         self.specs = list(homes)
         self.prefix = prefix
         self.pub = f"{prefix}-pub"

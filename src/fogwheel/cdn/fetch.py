@@ -105,6 +105,7 @@ class FetchStats:
     failed_peers: int = 0  # transfers abandoned (slow, refused, gone)
     peers: dict[str, list[float]] = field(default_factory=dict)  # node -> [bytes, seconds]
     paths: dict[str, list[int]] = field(default_factory=dict)  # path -> [shares, bytes]
+    routes: dict[str, dict[str, int]] = field(default_factory=dict)  # node -> path -> shares
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, peers: int = 0, origin: int = 0) -> None:
@@ -212,6 +213,8 @@ class Fetcher:
             went = self.stats.paths.setdefault(path, [0, 0])
             went[0] += 1
             went[1] += len(data)
+            route = self.stats.routes.setdefault(holder["node_id"], {})
+            route[path] = route.get(path, 0) + 1
             if self._receipt_key and self.stats.plan:
                 mac = receipt.sign(self._receipt_key, self.stats.plan, holder["node_id"], sha)
                 self.stats.receipts.append({"node_id": holder["node_id"], "sha": sha, "mac": mac})

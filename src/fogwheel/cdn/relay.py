@@ -49,6 +49,7 @@ log = logging.getLogger("fogwheel.cdn")
 POLL_MAX_S = 25.0  # a device's long poll is answered within this, calls or not
 CALLS_PER_ANSWER = 16
 QUEUED_PER_NODE = 32
+TAKE_S = 3.0  # a call no live long poll of the device takes within this fails at once
 PUNCH_WAIT_S = 8.0  # the fetcher waits this long for the device to come to the rendezvous
 RELAY_WAIT_S = 30.0  # ... and this long for a relayed share
 SessionId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
@@ -133,13 +134,15 @@ class Rendezvous:
             self.relayed.setdefault(who, collections.deque()).append((now, nbytes))
         self.counts["relay_bytes"] += nbytes
 
-    async def poll(self, node_id: str, wait: float) -> list[dict[str, Any]]:
+    async def poll(self, node_id: str, wait: float, request: Request) -> list[dict[str, Any]]:
         event = self.wake.setdefault(node_id, asyncio.Event())
         queue = self.queued.setdefault(node_id, collections.deque())
         if not queue:
             event.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), timeout=wait)
+        if await request.is_disconnected():
+            return []  # a device that died while it waited takes no call: they fail at once
         calls = []
         while queue and len(calls) < CALLS_PER_ANSWER:
             s = queue.popleft()
@@ -181,6 +184,17 @@ def build_rendezvous_routes(
             raise HTTPException(409, f"node {body.node_id} is reached directly: ask it")
         return found
 
+    async def taken(s: Session, total_s: float) -> Any:
+        """What the device answers `s` with: it must take the call within TAKE_S (a device
+        that is not on its long poll is gone) and answer within `total_s`."""
+        t0 = time.monotonic()
+        while not s.taken:
+            if time.monotonic() - t0 > TAKE_S:
+                raise TimeoutError
+            await asyncio.sleep(0.02)
+        left = max(0.1, total_s - (time.monotonic() - t0))
+        return await asyncio.wait_for(asyncio.shield(s.done), left)
+
     def admit(kind: reach.Path, who: Principal, node_id: str, size: int = 0) -> None:
         why = reach.refusal(kind, rz.load(node_id, who.id, time.monotonic()), rz.bounds, size)
         if why is not None:
@@ -189,11 +203,13 @@ def build_rendezvous_routes(
 
     @router.get("/nodes/me/calls", tags=["nodes"])
     async def calls(
-        wait: Annotated[float, Query(ge=0, le=POLL_MAX_S)] = 20.0, who: Principal = node
+        request: Request,
+        wait: Annotated[float, Query(ge=0, le=POLL_MAX_S)] = 20.0,
+        who: Principal = node,
     ) -> dict[str, Any]:
         """A device behind NAT waits here (at most `wait` seconds) for fetchers that want to
         punch through to it, or shares it should relay through the coordinator."""
-        return {"calls": await rz.poll(who.id, wait)}
+        return {"calls": await rz.poll(who.id, wait, request)}
 
     @router.post("/cdn/punch")
     async def punch(request: Request, body: PunchIn, who: Principal = customer) -> dict[str, Any]:
@@ -211,7 +227,7 @@ def build_rendezvous_routes(
         )  # fmt: skip
         rz.open(s)
         try:
-            peer = await asyncio.wait_for(asyncio.shield(s.done), PUNCH_WAIT_S)
+            peer = await taken(s, PUNCH_WAIT_S)
         except (TimeoutError, asyncio.CancelledError):
             rz.counts["punch_missed"] += 1
             raise HTTPException(504, "the device did not come to the rendezvous: relay") from None
@@ -246,7 +262,7 @@ def build_rendezvous_routes(
                     time.monotonic(), sha=body.sha, size=found["size"])  # fmt: skip
         rz.open(s)
         try:
-            data = await asyncio.wait_for(asyncio.shield(s.done), RELAY_WAIT_S)
+            data = await taken(s, RELAY_WAIT_S)
         except (TimeoutError, asyncio.CancelledError):
             rz.counts["relay_missed"] += 1
             raise HTTPException(504, "the device did not relay the share: take another") from None
