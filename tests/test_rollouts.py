@@ -231,3 +231,98 @@ def test_one_active_roll_out_per_subject_and_cancel_ends_it(store: Store) -> Non
     steps = rows.steps_of(store, [ro.id])[ro.id]
     assert [s["action"] for s in steps] == ["start", "cancel"]
     assert rows.evaluate(store, 5.0) == []  # nothing active to judge
+
+
+# -- app canaries ------------------------------------------------------------------------------
+
+
+def app_code(where: Path, tag: str, factor: int, *, broken: bool = False) -> Path:
+    """A customer's app: draw(x) answers (tag, x * factor), or raises when `broken`."""
+    where.mkdir(parents=True)
+    body = "    raise RuntimeError('this version is broken')\n" if broken else ""
+    (where / "fogapp_canary.py").write_text(
+        f"def draw(x):\n{body}    return ({tag!r}, x * {factor})\n"
+    )
+    return where
+
+
+def app_work_until(
+    fog: LocalFog, app: Any, rid: str, states: set[str], allowed: dict[str, int], limit_s: float
+) -> dict[str, Any]:
+    """Jobs of the app until the roll-out is in one of `states`; every result must be of a
+    version in `allowed` (tag -> factor): a failed task fails the job, and the test."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        for x, (tag, y) in zip(range(20), app.map(range(20), timeout=120), strict=True):
+            assert y == x * allowed[tag], (tag, x, y)
+        ro = admin_get(fog, f"/v1/rollouts/{rid}")
+        if ro["state"] in states:
+            return dict(ro)
+        assert time.monotonic() < deadline, f"still {ro['state']}: {ro['reason']}"
+
+
+def test_an_app_version_that_fails_every_task_is_rolled_back_and_its_jobs_finish_on_the_old(
+    fog: LocalFog, tmp_path: Path
+) -> None:
+    with Client(fog.url, fog.api_key, replicas=1) as client:
+        one = client.publish_app(
+            "canary", path=app_code(tmp_path / "one", "one", 2), function="fogapp_canary:draw"
+        )
+        r = subprocess.run(
+            [sys.executable, "-m", "fogwheel", "apps", "publish", "canary",
+             str(app_code(tmp_path / "two", "two", 3, broken=True)),
+             "--function", "fogapp_canary:draw", "--canary", "25%"],
+            env={"FOGWHEEL_COORDINATOR": fog.url, "FOGWHEEL_API_KEY": fog.api_key, "PATH": ""},
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        [rid] = [w.removesuffix(":") for w in r.stderr.split() if w.startswith("ro_")]
+        app = client.app("canary")
+        ro = app_work_until(fog, app, rid, {"done", "rolled_back"}, {"one": 2}, 180)
+        assert ro["state"] == "rolled_back", ro["reason"]
+        last = ro["history"][-1]
+        assert last["action"] == "rollback" and last["new"]["ok"] == 0
+        assert last["new"]["failed"] >= 2 and last["old"]["ok"] > 0
+        assert app.info()["current"] == one.id  # never changed
+        assert list(app.map(range(6), timeout=60)) == [("one", 2 * x) for x in range(6)]
+
+
+def test_a_healthy_app_version_reaches_every_device_and_becomes_current(
+    fog: LocalFog, tmp_path: Path
+) -> None:
+    with Client(fog.url, fog.api_key, replicas=1) as client:
+        client.publish_app(
+            "steady", path=app_code(tmp_path / "one", "one", 2), function="fogapp_canary:draw"
+        )
+        two = client.publish_app(
+            "steady",
+            path=app_code(tmp_path / "two", "two", 3),
+            function="fogapp_canary:draw",
+            make_current=False,
+        )
+        r = httpx.post(
+            f"{fog.url}/v1/apps/steady/rollouts",
+            json={"version": two.id, "canary": "25%", "min_outcomes": 5},
+            headers={"authorization": f"Bearer {fog.api_key}"},
+        )
+        assert r.status_code == 201, r.text
+        app = client.app("steady")
+        ro = app_work_until(
+            fog, app, r.json()["id"], {"done", "rolled_back"}, {"one": 2, "two": 3}, 180
+        )
+        assert ro["state"] == "done", ro["reason"]
+        assert [h["action"] for h in ro["history"]] == ["start", "promote", "promote", "done"]
+        assert app.info()["current"] == two.id
+        assert list(app.map(range(6), timeout=60)) == [("two", 3 * x) for x in range(6)]
+        # bad input: a 4xx with a sentence
+        for body, status in [
+            ({"version": "nope"}, 404),
+            ({"version": two.id, "canary": "0%"}, 422),
+            ({"version": two.id}, 409),  # it is current already: nothing to roll
+        ]:
+            r = httpx.post(
+                f"{fog.url}/v1/apps/steady/rollouts",
+                json=body,
+                headers={"authorization": f"Bearer {fog.api_key}"},
+            )
+            assert r.status_code == status and r.json()["error"], r.text

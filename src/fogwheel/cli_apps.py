@@ -71,6 +71,13 @@ def apps_publish(
             help="Run it from now on (default), or only publish it (then `apps set-current`).",
         ),
     ] = True,
+    canary: Annotated[
+        str | None,
+        typer.Option(
+            help="Roll it out in steps from this share of the devices (e.g. 10%: then 50 %, "
+            "100 %), rolled back by itself if it fails more often (docs/rollouts.md)."
+        ),
+    ] = None,
     coordinator: CoordinatorOpt = None,
     api_key: ApiKeyOpt = None,
     as_json: JsonOpt = False,
@@ -92,6 +99,7 @@ def apps_publish(
         raise _fail(f"one PATH of code with --function, not {len(args)}: {' '.join(args[:3])}")
     if function is None and not args:
         raise _fail("say what the version runs: PATH --function module:attr, or -- prog args")
+    current = current and canary is None  # a canary becomes current when its roll-out is done
     kw: dict[str, Any] = {"env": env, "image": image, "label": version, "make_current": current}
     if function is not None:
         kw.update(function=function, path=Path(args[0]) if args else None)
@@ -105,6 +113,10 @@ def apps_publish(
             raise _fail(f"{name}: {e}") from None
         except FogwheelError as e:
             raise _fail(f"{name}: {explain(e)}") from None
+        if canary is not None:  # roll it out (docs/rollouts.md)
+            from fogwheel.cli_rollouts import roll_app
+
+            roll_app(client, name, v.id, canary)
     said = "published" if v.new else "already published"
     runs = "current" if v.current else "not current"
     err.print(f"{name} {v.label}: {said}, {runs}", markup=False, highlight=False)

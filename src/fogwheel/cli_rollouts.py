@@ -249,6 +249,23 @@ def rollouts_cancel(
     err.print(data["reason"], markup=False, highlight=False)
 
 
+def roll_app(client: Any, name: str, version: str, canary: str) -> dict[str, Any]:
+    """Start the roll-out of app `name`'s `version` from `canary` (`fogwheel apps publish
+    --canary`); prints where it stands; the roll-out."""
+    from fogwheel.cli_errors import explain
+    from fogwheel.errors import FogwheelError
+
+    _share(canary)
+    try:
+        ro: dict[str, Any] = client._request(
+            "POST", f"/v1/apps/{name}/rollouts", json={"version": version, "canary": canary}
+        ).json()
+    except FogwheelError as e:
+        raise _fail(f"{name}: the roll-out did not start: {explain(e)}") from None
+    err.print(f"roll-out {ro['id']}: {ro['reason']}", markup=False, highlight=False)
+    return ro
+
+
 def register(app: typer.Typer) -> None:
     """Add `fogwheel agent` and `fogwheel rollouts` to the app."""
     app.add_typer(agent_app, name="agent")

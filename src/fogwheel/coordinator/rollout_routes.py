@@ -4,6 +4,7 @@
                                          customer: those of its apps)
     GET  /v1/rollouts/{id}               one of them
     POST /v1/rollouts/{id}/cancel        stop it: every device back on the old version
+    POST /v1/apps/{name}/rollouts        roll a published version of your app out (customer)
     POST /v1/agent/releases              publish a node agent wheel (body) and roll it out
     GET  /v1/agent/releases              published agent versions and the fleet's spread
     GET  /v1/nodes/me/agent/{version}    a node fetches a published wheel
@@ -26,6 +27,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import Field
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from fogwheel import agent_release
@@ -35,7 +37,9 @@ from fogwheel.coordinator.identity import caller
 from fogwheel.core import rollout
 from fogwheel.protocol import AgentOffer, Model, Problem
 from fogwheel.store import Principal, Store
+from fogwheel.store import apps as app_rows
 from fogwheel.store import rollouts as rows
+from fogwheel.store.schema import apps as app_table
 
 log = logging.getLogger("fogwheel.coordinator")
 
@@ -87,6 +91,16 @@ class RolloutOut(Model):
 
 class RolloutList(Model):
     rollouts: list[RolloutOut]
+
+
+class AppRolloutIn(Model):
+    """Roll version `version` (a label, an id or a unique prefix) of an app out from `canary`."""
+
+    version: str = Field(min_length=1, max_length=64)
+    canary: str = Field(default="10%", max_length=16, description="the first step's share")
+    margin: float = Field(default=0.05, ge=0, lt=1)
+    alpha: float = Field(default=0.01, gt=0, lt=0.5)
+    min_outcomes: int = Field(default=20, ge=1, le=1_000_000)
 
 
 class AgentRelease(Model):
@@ -241,6 +255,50 @@ def build_rollout_routes(
         except rows.RolloutRefused as e:
             raise HTTPException(409, str(e)) from None
         offers.forget()
+        return out([ro])[0]
+
+    customer = caller(auth, "customer")
+
+    @v1.post("/apps/{name}/rollouts", status_code=201)
+    def roll_app(name: str, body: AppRolloutIn, who: Principal = customer) -> RolloutOut:
+        """Roll a published version of your app out in steps from `canary` of the devices,
+        against the current version; promoted or rolled back by the outcomes of its tasks."""
+        try:
+            share = rollout.parse_share(body.canary)
+            base = rollout.RolloutPolicy(
+                margin=body.margin, alpha=body.alpha, min_outcomes=body.min_outcomes
+            )
+            policy = rollout.policy_for_canary(share, base)
+        except ValueError as e:
+            raise HTTPException(422, str(e)) from None
+        with store.read() as c:
+            app_id = app_rows.app_id_of(c, who.id, name)
+            if app_id is None:
+                raise HTTPException(404, f"you have no app {name[:64]!r}")
+            vid = app_rows.resolve_version(c, app_id, body.version)
+            current = c.execute(
+                select(app_table.c.current).where(app_table.c.id == app_id)
+            ).scalar()
+        if vid is None:
+            raise HTTPException(404, f"app {name} has no version {body.version[:64]!r}")
+        if current is None:
+            raise HTTPException(
+                409, f"app {name} has no current version to compare with: make one current"
+            )
+        try:
+            ro = rows.start(
+                store,
+                kind="app",
+                subject=app_id,
+                old_version=current,
+                new_version=vid,
+                policy=policy,
+                now=time.time(),
+                customer_id=who.id,
+            )
+        except rows.RolloutRefused as e:
+            raise HTTPException(409, str(e)) from None
+        log.info("app %s (%s): %s", name, app_id, ro.reason)
         return out([ro])[0]
 
     @v1.post(

@@ -111,6 +111,9 @@ class Batch:
     record: trust.Record = field(default_factory=trust.Record)
     cores: int = 1
     draws: Mapping[int, float] = field(default_factory=dict)
+    # tasks whose attempt ran an app version under a canary roll-out: a failure of theirs is
+    # the version's, not the task's: queued again with one more attempt (docs/rollouts.md)
+    canary: frozenset[int] = frozenset()
 
 
 # -- what goes out ------------------------------------------------------------------------
@@ -306,7 +309,7 @@ def intake(batch: Batch) -> list[Instruction]:
         cpu, wall, claim = _bounded(batch, rep, latest)
         out.append(Ack(rep.task, cpu, wall))
         acked.append(rep)
-        if device_failure(rep):
+        if device_failure(rep) or (not rep.ok and rep.task in batch.canary):
             out.extend(_lost(batch, rep, row))
         else:
             out.extend(_result(batch, rep, row, claim))
@@ -370,7 +373,7 @@ def _lost(batch: Batch, rep: Report, row: Row) -> list[Instruction]:
     node, task = batch.node, row.task
     kind = rep.error.kind if rep.error is not None else "crash"
     reason = f"{kind} on {node}: {rep.error.message if rep.error else ''}"
-    fate = batch.fates.get(rep.task, owners.COUNT)
+    fate = owners.REFUND if rep.task in batch.canary else batch.fates.get(rep.task, owners.COUNT)
     try:
         if fate == owners.REFUND and task.state is TaskState.LEASED:
             task = replace(task, max_attempts=task.max_attempts + 1)

@@ -27,6 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from fogwheel.core import apps as core
 from fogwheel.core.tasks import TaskState
+from fogwheel.store import rollouts
 from fogwheel.store.schema import app_version_blobs, app_versions, apps, attempts, tasks
 
 VERSIONS_CACHED = 1000
@@ -68,6 +69,9 @@ def version_for(c: Connection, app_id: str, node_id: str) -> str | None:
 
     The one place a lease's version is chosen (issue #15's canary roll-outs give a share of
     the nodes another here); None when the app has no current version."""
+    canary = rollouts.app_version_for(c, app_id, node_id)  # a roll-out runs (docs/rollouts.md)
+    if canary is not None:
+        return canary
     current: str | None = c.execute(select(apps.c.current).where(apps.c.id == app_id)).scalar()
     return current
 

@@ -49,6 +49,7 @@ from fogwheel.store.base import (
 from fogwheel.store.envs import env_size, node_envs, note_node_envs, unfit_reason
 from fogwheel.store.fleet import barred_groups, quota_shrunk
 from fogwheel.store.images import images_here
+from fogwheel.store.rollouts import canary_tasks
 from fogwheel.store.schema import (
     attempts,
     blob_holders,
@@ -452,6 +453,7 @@ class LeasingStore(VerifyStore):
             batch,
             fates={t: self.fleet._failure_fate(c, t, node_id) for t in intake.fates_needed(batch)},
             draws={t: _rng.random() for t in intake.draws_needed(batch)},
+            canary=canary_tasks(c, node_id, [v.task for v in views if not v.ok]),  # roll-outs
         )
 
     def _renew(

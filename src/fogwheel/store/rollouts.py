@@ -10,15 +10,23 @@ roll-out's `reason`.
 Outcomes. An attempt ran one version: an app's attempts carry the version their lease bound
 (attempts.app_version, store/apps.py); an agent's are those of the nodes whose sync said that
 agent version, ended after the node started running it (nodes.agent_since). An attempt counts
-as a success when its task was settled done, as a failure when the task was settled failed;
-for the agent, a lost lease (a crash, a vanished node) counts as a failure too: a crashing
-agent loses its leases, while an app's crash is charged to the device that lost it.
+as a success when its task was settled done, and as a failure when the task was settled
+failed or the attempt was lost (a crash, a vanished node: both versions see those alike, and a
+crashing agent loses its leases). A task that fails on an app version under canary is queued
+again with one more attempt (core/intake.py `Batch.canary`, counted here as lost): the job
+finishes on the old version while the new one is judged.
+
+Which version a device gets: `wanted` (core/rollout.py in_canary, plus the floor of
+ceil(share * live devices) so that a small fleet's step reaches someone); for an app,
+`app_version_for` answers store/apps.py's `version_for` hook at lease time, and a roll-out
+that is done makes its version the app's current one.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +37,15 @@ from fogwheel.core import rollout
 from fogwheel.core.rollout import Arm, Decision, RolloutPolicy, RolloutState
 from fogwheel.errors import IllegalTransition
 from fogwheel.store.base import StoreBase
-from fogwheel.store.schema import agent_versions, attempts, nodes, rollout_steps, rollouts, tasks
+from fogwheel.store.schema import (
+    agent_versions,
+    apps,
+    attempts,
+    nodes,
+    rollout_steps,
+    rollouts,
+    tasks,
+)
 
 AGENT = "agent"  # the subject of every agent roll-out
 FINISHED = ("accepted", "agreed", "reported")  # attempt outcomes: it ran to the end
@@ -293,7 +309,9 @@ def outcomes(c: Connection, ro: Rollout, since: float) -> tuple[Arm, Arm]:
             select(
                 version,
                 func.sum(case((and_(finished, done), 1), else_=0)),
-                func.sum(case((and_(finished, bad), 1), else_=0)),
+                func.sum(
+                    case((or_(attempts.c.outcome == "lost", and_(finished, bad)), 1), else_=0)
+                ),
             )
             .select_from(attempts.join(tasks, tasks.c.id == attempts.c.task_id))
             .where(
@@ -346,6 +364,8 @@ def _apply(c: Connection, ro: Rollout, d: Decision, old: Arm, new: Arm, now: flo
         values.update(step=d.step, share=d.share)
         if d.action == "promote":
             values["step_started_at"] = now
+        if d.action == "done" and ro.kind == "app":  # everyone runs it: it is the current one
+            c.execute(update(apps).where(apps.c.id == ro.subject).values(current=ro.new_version))
         _record(c, ro.id, d.action, d.step, d.share, old, new, d.reason, now)
     elif d.reason == ro.reason:
         return
@@ -456,3 +476,69 @@ def most_common_agent(store: StoreBase, now: float) -> str | None:
     """The agent version most live devices run (the old side of a new agent roll-out)."""
     spread = {v: n for v, n in version_spread(store, now).items() if v != "unknown"}
     return max(spread, key=lambda v: (spread[v], v)) if spread else None
+
+
+# -- app canaries: the lease-time hook and the intake's question ------------------------------
+
+LIVE_CACHE_S = 5.0
+_live_cache: dict[int, tuple[float, list[str]]] = {}  # per engine: (monotonic time, node ids)
+
+
+def _live_cached(c: Connection, gone_after_s: float) -> list[str]:
+    """The live devices, read at most every LIVE_CACHE_S per process (the one clock read in
+    the store: a lease-time hook has no `now`, and a stale fleet only shifts the floor)."""
+    key = id(c.engine)
+    at, ids = _live_cache.get(key, (-1e18, []))
+    t = time.monotonic()
+    if t - at > LIVE_CACHE_S:
+        horizon = time.time() - gone_after_s
+        ids = list(
+            c.execute(
+                select(nodes.c.id).where(nodes.c.revoked.is_(False), nodes.c.last_seen >= horizon)
+            ).scalars()
+        )
+        _live_cache[key] = (t, ids)
+    return ids
+
+
+def app_version_for(c: Connection, app_id: str, node_id: str) -> str | None:
+    """The version an active roll-out of the app gives `node_id` (None: no roll-out runs, the
+    app's current version applies)."""
+    r = c.execute(
+        select(rollouts).where(
+            rollouts.c.kind == "app",
+            rollouts.c.subject == app_id,
+            rollouts.c.state == RolloutState.ACTIVE.value,
+        )
+    ).first()
+    if r is None:
+        return None
+    ro = _row(r)
+    return ro.wanted(node_id, _live_cached(c, APP_GONE_AFTER_S))
+
+
+APP_GONE_AFTER_S = 120.0  # the live horizon of an app step's fleet (store.gone_after_s's default)
+
+
+def canary_tasks(c: Connection, node_id: str, task_ids: Sequence[int]) -> frozenset[int]:
+    """Of `task_ids` (failures this node reports), those whose open attempt here ran the new
+    version of an active app roll-out."""
+    if not task_ids:
+        return frozenset()
+    q = (
+        select(attempts.c.task_id)
+        .join(
+            rollouts,
+            and_(
+                rollouts.c.new_version == attempts.c.app_version,
+                rollouts.c.kind == "app",
+                rollouts.c.state == RolloutState.ACTIVE.value,
+            ),
+        )
+        .where(
+            attempts.c.node_id == node_id,
+            attempts.c.task_id.in_(list(task_ids)),
+            attempts.c.outcome.is_(None),
+        )
+    )
+    return frozenset(c.execute(q).scalars())
