@@ -249,3 +249,18 @@ def test_the_cli_publishes_shows_and_switches_versions(fog: LocalFog, tmp_path: 
     assert missing.returncode != 0 and "no version 'nine'" in missing.stderr
     bad = fogwheel(fog, "apps", "publish", "cli-render")
     assert bad.returncode != 0 and "PATH --function module:attr, or -- prog args" in bad.stderr
+
+
+def test_a_function_app_runs_from_its_python_environment(client: Client, tmp_path: Path) -> None:
+    from fogwheel import Env
+    from tests.test_envs import make_wheel
+
+    wheel = make_wheel(
+        tmp_path,
+        "fogapppkg",
+        "1.0",
+        {"fogapppkg/__init__.py": b"def value(x):\n    return x + 41\n"},
+    )
+    v = client.publish_app("from-env", function="fogapppkg:value", env=Env(pip=[str(wheel)]))
+    assert v.env is not None and v.code_size is None
+    assert list(client.app("from-env").map([1, 2], timeout=120)) == [42, 43]
