@@ -490,9 +490,17 @@ def machine_busy() -> float:
     return t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0)
 
 
-async def pace_factors(pools: list[Pool], admin: str) -> list[float | None]:
-    """Each coordinator's sync pace factor (core/pacing.py Pacer) from its /metrics."""
+async def pace_factors(pools: list[Pool], admin: str) -> tuple[list[float | None], dict]:
+    """Each coordinator's sync pace factor (core/pacing.py Pacer) from its /metrics, and its
+    garbage collector's pauses over the run (coordinator/gcpause.py), summed over processes."""
     found: list[float | None] = []
+    gc: dict[str, Any] = {
+        "gc_passes": 0,
+        "gc_full_passes": 0,
+        "gc_pause_ms": 0.0,
+        "gc_passes_over_25ms": 0,
+        "gc_pause_ms_by_generation": [0.0, 0.0, 0.0],
+    }
     for pool in pools:
         try:
             status, text = await pool.request("GET", "/metrics", admin, text=True)
@@ -502,16 +510,26 @@ async def pace_factors(pools: list[Pool], admin: str) -> list[float | None]:
         if status != 200:
             found.append(None)
             continue
-        value = next(
-            (
-                float(line.split()[-1])
-                for line in text.splitlines()
-                if line.startswith("fogwheel_sync_pace_factor ")
-            ),
-            None,
-        )
+        value = None
+        for line in text.splitlines():
+            name, _, rest = line.partition(" ")
+            if line.startswith("fogwheel_sync_pace_factor "):
+                value = float(rest)
+            elif name.startswith("fogwheel_gc_pause_seconds_count"):
+                gc["gc_passes"] += int(float(rest))
+                if 'generation="2"' in name:
+                    gc["gc_full_passes"] += int(float(rest))
+            elif name.startswith("fogwheel_gc_pause_seconds_sum"):
+                gc["gc_pause_ms"] += 1000 * float(rest)
+                generation = int(name.partition('generation="')[2][:1] or 2)
+                gc["gc_pause_ms_by_generation"][generation] += round(1000 * float(rest), 1)
+            elif name.startswith("fogwheel_gc_pause_seconds_bucket") and 'le="0.025"' in name:
+                gc["gc_passes_over_25ms"] -= int(float(rest))
+            elif name.startswith("fogwheel_gc_pause_seconds_bucket") and 'le="+Inf"' in name:
+                gc["gc_passes_over_25ms"] += int(float(rest))
         found.append(value)
-    return found
+    gc["gc_pause_ms"] = round(gc["gc_pause_ms"], 1)
+    return found, gc
 
 
 # -- one setup ----------------------------------------------------------------------------
@@ -602,7 +620,7 @@ async def drive(
     wall = loop.time() - w0
     own = time.process_time() - own0
     db_cpu, busy = database_cpu() - db0, machine_busy() - busy0
-    factors = await pace_factors(pools, admin)
+    factors, gc_figures = await pace_factors(pools, admin)
     for spy in spies:
         spy.wait()
     stop.set()
@@ -639,6 +657,7 @@ async def drive(
         "database_cpu_pct": round(100 * db_cpu / wall, 1),
         "machine_busy_pct": round(100 * busy / wall, 1),  # of one core: 200 is both cores
         "pace_factor": factors,
+        **gc_figures,
         "submitted": submitted,
         "submit_log": log[:5],
     }

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from fogwheel.coordinator.gcpause import GcPauses
 from fogwheel.core.ledger import MICRO
 from fogwheel.store import Store
 from fogwheel.store import events as store_events
@@ -81,6 +82,7 @@ class Metrics:
             registry=r,
         )
         ProcessCollector(registry=r)  # process_cpu_seconds_total, resident memory, open fds
+        self.gc = GcPauses(r)  # timed once `fogwheel coordinator` installs it (server.py)
         max_age = os.environ.get("FOGWHEEL_METRICS_MAX_AGE_S")
         if figures_max_age_s is None:
             figures_max_age_s = float(max_age) if max_age else FIGURES_MAX_AGE_S

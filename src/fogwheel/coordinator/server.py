@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from fogwheel import __version__, logs
 from fogwheel.blobs import BlobStore, FileBlobStore
 from fogwheel.blobs.db import DbBlobStore
-from fogwheel.coordinator import openapi
+from fogwheel.coordinator import gcpause, openapi
 from fogwheel.coordinator.app import build_routes
 from fogwheel.coordinator.app_routes import build_app_routes
 from fogwheel.coordinator.bodylimit import BodyLimit
@@ -375,6 +375,10 @@ def serve(config: CoordinatorConfig, announce: bool = True) -> None:
         ssl_keyfile=str(config.tls_key) if config.tls_key else None,
     )
     server = uvicorn.Server(uv)
+    # Start-up's objects are frozen out of the collector's passes, and every pass is timed
+    # (coordinator/gcpause.py: a full pass at 10,000 nodes stalls every sync).
+    app.state.metrics.gc.install()
+    gcpause.settle()
     try:
         server.run(sockets=[sock])
     finally:
