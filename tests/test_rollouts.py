@@ -27,6 +27,7 @@ from fogwheel.core.rollout import RolloutPolicy, canary_floor, in_canary
 from fogwheel.localfog import LocalFog
 from fogwheel.store import Store
 from fogwheel.store import rollouts as rows
+from tests.test_console import browser, no_script_ran, shoot, signed_in  # noqa: F401
 
 BASE = fogwheel.__version__
 
@@ -288,7 +289,9 @@ def test_an_app_version_that_fails_every_task_is_rolled_back_and_its_jobs_finish
 
 
 def test_a_healthy_app_version_reaches_every_device_and_becomes_current(
-    fog: LocalFog, tmp_path: Path
+    fog: LocalFog,
+    tmp_path: Path,
+    browser: Any,  # noqa: F811 (tests/test_console.py's)
 ) -> None:
     with Client(fog.url, fog.api_key, replicas=1) as client:
         client.publish_app(
@@ -314,6 +317,21 @@ def test_a_healthy_app_version_reaches_every_device_and_becomes_current(
         assert [h["action"] for h in ro["history"]] == ["start", "promote", "promote", "done"]
         assert app.info()["current"] == two.id
         assert list(app.map(range(6), timeout=60)) == [("two", 3 * x) for x in range(6)]
+        # the console shows it, steps and reasons, and the operator the agents' spread
+        page = signed_in(browser, fog, fog.admin_key)  # type: ignore[arg-type]
+        page.click(".tab[data-view=rollouts]")
+        page.wait_for_selector(f".rollout-now[data-rollout='{ro['id']}'][data-state=done]")
+        text = page.inner_text("#rollouts")
+        assert "promoted 25% → 50%" in text and "done at 100%" in text
+        assert page.locator(".rollout-steps tbody tr").count() == 4
+        assert BASE in page.inner_text("#agent-spread")
+        shoot(page, tmp_path, "rollouts")
+        no_script_ran(page)
+        mine = signed_in(browser, fog, fog.api_key)  # type: ignore[arg-type]
+        mine.click(".tab[data-view=rollouts]")
+        mine.wait_for_selector(f".rollout-now[data-rollout='{ro['id']}']")
+        assert mine.locator("#agent-spread").count() == 0  # the operator's alone
+        no_script_ran(mine)
         # bad input: a 4xx with a sentence
         for body, status in [
             ({"version": "nope"}, 404),

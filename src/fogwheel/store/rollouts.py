@@ -144,8 +144,8 @@ def start(
     rid = "ro_" + secrets.token_hex(6)
     share = policy.steps[0]
     reason = (
-        f"started: {share:.0%} of devices run {new_version} "
-        f"(the rest {old_version or 'their installed version'})"
+        f"started: {share:.0%} of devices run {_short(new_version)} "
+        f"(the rest {_short(old_version) if old_version else 'their installed version'})"
     )
     with store.tx() as c:
         busy = c.execute(
@@ -182,6 +182,11 @@ def start(
     got = get(store, rid)
     assert got is not None
     return got
+
+
+def _short(version: str) -> str:
+    """A version for a sentence: an app version's 64-hex id cut to 12 digits."""
+    return version[:12] if len(version) == 64 else version
 
 
 def _record(
@@ -381,7 +386,8 @@ def cancel(store: StoreBase, rid: str, who: str, now: float) -> Rollout:
         state = rollout.next_state(ro.state, "cancel")
     except IllegalTransition as e:
         raise RolloutRefused(f"{e}: it is over already") from None
-    reason = f"cancelled by {who} at {ro.share:.0%}: every device goes back to {ro.old_version}"
+    back = _short(ro.old_version) if ro.old_version else "its installed version"
+    reason = f"cancelled by {who} at {ro.share:.0%}: every device goes back to {back}"
     with store.tx() as c:
         changed = c.execute(
             update(rollouts)

@@ -12,7 +12,7 @@ const POLL_MS = 2000;
 
 const VIEWS = {
   admin: () => [fleetView(), jobsView("admin"), cdnView(), ledgerView(), rolloutsView(), flywheelView()],
-  customer: () => [jobsView("customer"), flywheelView()],
+  customer: () => [jobsView("customer"), rolloutsView("customer"), flywheelView()],
   owner: () => [devicesView(), flywheelView()],
 };
 const KIND_NAMES = { admin: "operator", customer: "customer", owner: "device owner" };

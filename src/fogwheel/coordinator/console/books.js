@@ -1,5 +1,5 @@
 // The operator's CDN (GET /v1/cdn/stats with the admin key), the ledger's totals
-// (GET /v1/ledger) and the roll-outs, which have no API yet.
+// (GET /v1/ledger); the roll-outs are in rollouts.js.
 
 import { get } from "./api.js";
 import { bytes, card, credits, figures, h, pct, table } from "./dom.js";
@@ -93,18 +93,4 @@ export function ledgerView() {
   };
 }
 
-export function rolloutsView() {
-  return {
-    id: "rollouts",
-    title: "Roll-outs",
-    async render() {
-      return [
-        card(
-          "Roll-outs",
-          h("p", { class: "empty", id: "rollouts" },
-            "no roll-outs yet: app and agent versions rolled out in canary steps will show here once the coordinator has a roll-out API (issue #15, item 3)."),
-        ),
-      ];
-    },
-  };
-}
+export { rolloutsView } from "./rollouts.js"; // docs/rollouts.md
