@@ -45,8 +45,8 @@ from fogwheel.node.faults import Faults
 from fogwheel.node.images import ImageCache, ImageRefused, image_capabilities
 from fogwheel.node.sandbox import NoSandbox, Sandbox, detect
 from fogwheel.node.scratch import can_mount, private_mounts, unmount
-from fogwheel.node.slots import Protections, Slot
 from fogwheel.node.selfupdate import SelfUpdater, running_version
+from fogwheel.node.slots import Protections, Slot
 from fogwheel.signing import fingerprint, parse_join_string, pin_matches, verify_lease
 
 log = logging.getLogger("fogwheel.node")
@@ -129,12 +129,11 @@ class Agent:
         self._given_http = http
         self.data_dir = config.data_dir
         self.slots_n = config.cores or os.cpu_count() or 1
-        self._stop = threading.Event()
         self.memory_mb = config.memory_mb or _memory_mb()  # offered; running tasks fit in it
         self._memory_room = threading.Condition()  # a slot waits here for memory (memfit)
         self._running_mb: dict[int, int] = {}  # task id -> the memory limit it runs under
+        self._stop = threading.Event()
         self._abort = threading.Event()
-        self._faults = Faults()
         # agent roll-outs (node/selfupdate.py): the version to re-execute as, once stopped
         self.updater = SelfUpdater(
             self.data_dir,
@@ -145,6 +144,7 @@ class Agent:
             lambda target: self.request_stop(),
             time.monotonic,
         )
+        self._faults = Faults()
         if self._faults.active:
             log.warning("FAULT INJECTION: %s (%s)", self._faults.describe(), FAULT_ENV)
         self._wake = threading.Event()
@@ -571,8 +571,8 @@ class Agent:
         body = dict(ins.body)
         body.update(self._cdn_report())
         body.update(self._env_report())
-        assert self.http is not None
         body["agent_version"] = running_version()  # agent roll-outs (docs/rollouts.md)
+        assert self.http is not None
         try:
             r = self.http.post(
                 f"{self._url}/v1/nodes/me/sync",
@@ -685,11 +685,11 @@ class Agent:
                         "ok": False,
                         "error": {"kind": "input", "message": f"{type(e).__name__}: {e}"},
                     }
-                report.update(task_id=tid, attempt=lease["attempt"])
                 finally:
                     with self._memory_room:
                         self._running_mb.pop(tid, None)
                         self._memory_room.notify_all()
+                report.update(task_id=tid, attempt=lease["attempt"])
                 report = self._faults.tamper(report)
                 report.setdefault("cpu_s", 0.0)
                 report.setdefault("wall_s", 0.0)
@@ -705,7 +705,6 @@ class Agent:
             logs.set_ids()
             self._wake.set()
 
-    def _execute(self, slot: Slot, lease: dict[str, Any]) -> dict[str, Any]:
     def _wait_for_memory(self, tid: int, mb: int) -> None:
         """Hold the slot until the running tasks' limits leave `mb` on the device (memfit),
         or the task is killed; then count it as running."""
@@ -720,6 +719,7 @@ class Agent:
             self._memory_room.wait_for(ready)
             self._running_mb[tid] = mb
 
+    def _execute(self, slot: Slot, lease: dict[str, Any]) -> dict[str, Any]:
         limits = lease["limits"]
         if not slot.sandbox.confined and lease["job_id"] not in self._warned_jobs:
             self._warned_jobs.add(lease["job_id"])
@@ -851,9 +851,28 @@ class Agent:
         )
         url = self.chunks.start()
         self.serve_url = self.config.advertise or url
+        if not self.config.advertise:
+            self._behind_nat(url)
         self._stored.extend(self.shares.shas())  # confirm what survived a restart
         threading.Thread(target=self._share_loop, name="shares", daemon=True).start()
         log.info("serving CDN shares at %s", self.serve_url)
+
+    def _behind_nat(self, url: str) -> None:
+        """A chunk server on a LAN address: ask the router to forward a port (UPnP-IGD) and
+        advertise that, and wait on the coordinator's rendezvous for fetchers that cannot
+        connect (punch or relay): cdn/upnp.py, cdn/punch.py."""
+        from fogwheel.cdn import punch, upnp
+
+        if not upnp.behind_nat(url):
+            return
+        mapping = upnp.try_map(url, time.time())
+        if mapping is not None:
+            self.serve_url = mapping.url
+            upnp.keep(mapping, self._stop)
+            log.info("the router forwards %s to this chunk server (UPnP-IGD)", mapping.url)
+        tls = self._tls if isinstance(self._tls, ssl.SSLContext) else None
+        auth = lambda: self._auth()["authorization"]  # noqa: E731
+        punch.NodeCalls(self._call, lambda: self._url, auth, self.chunks, tls).start()
 
     def _cdn_report(self) -> dict[str, Any]:
         """What this sync tells of the CDN. Cleared only when the coordinator answers, so a
@@ -895,29 +914,10 @@ class Agent:
             self._stored = [s for s in self._stored if s not in done]
             gone = set(sent.get("bad", []))
             self._bad_acc = [s for s in self._bad_acc if s not in gone]
-        if not self.config.advertise:
-            self._behind_nat(url)
             told = set(sent.get("refused", []))
             self._refused_acc = [s for s in self._refused_acc if s not in told]
             for content_id, n in sent.get("served", {}).items():
                 left = self._served_acc.get(content_id, 0) - n
-    def _behind_nat(self, url: str) -> None:
-        """A chunk server on a LAN address: ask the router to forward a port (UPnP-IGD) and
-        advertise that, and wait on the coordinator's rendezvous for fetchers that cannot
-        connect (punch or relay): cdn/upnp.py, cdn/punch.py."""
-        from fogwheel.cdn import punch, upnp
-
-        if not upnp.behind_nat(url):
-            return
-        mapping = upnp.try_map(url, time.time())
-        if mapping is not None:
-            self.serve_url = mapping.url
-            upnp.keep(mapping, self._stop)
-            log.info("the router forwards %s to this chunk server (UPnP-IGD)", mapping.url)
-        tls = self._tls if isinstance(self._tls, ssl.SSLContext) else None
-        auth = lambda: self._auth()["authorization"]  # noqa: E731
-        punch.NodeCalls(self._call, lambda: self._url, auth, self.chunks, tls).start()
-
                 if left > 0:
                     self._served_acc[content_id] = left
                 else:
