@@ -24,6 +24,7 @@ origin's by a token bucket in front of the clients' origin reads, and the JSON s
     python bench/cdn.py                 # 100 MB, 20 clients, 10 nodes, 2 rounds (root: netns)
     python bench/cdn.py --quick         # 20 MB, 5 clients, 1 round: for development
     python bench/cdn.py --network loopback
+    python bench/cdn.py --homes         # 10 homes behind NAT of mixed kinds (bench/cdn_homes.py)
 
 Progress goes to stderr; the last line of stdout is one JSON object with the figures.
 """
@@ -662,6 +663,13 @@ def print_table(figures: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--homes" in argv:  # devices behind home NAT (issue #16): bench/cdn_homes.py
+        sys.path.insert(0, str(Path(__file__).parent))
+        import cdn_homes
+
+        rest = [a for a in argv if a != "--homes"]
+        return int(cdn_homes.main(rest))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=100, help="object size in MiB (100)")
     parser.add_argument("--clients", type=int, default=20, help="concurrent clients (20)")

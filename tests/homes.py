@@ -330,7 +330,6 @@ class Homes:
         self.close()
 
 
-
 # -- a fog in the homes: the coordinator on the public network, a node on every device -------
 
 
@@ -425,6 +424,32 @@ class HomeFog:
         lines = r.stdout.strip().splitlines()
         return lines[-1] if lines else ""
 
+    def nodes_up(self) -> dict[str, dict[str, object]]:
+        """The coordinator's record of every live node by name (id, serve_url, reach,
+        reach_at), read from its SQLite database."""
+        import sqlite3
+
+        with sqlite3.connect(self.h.dir / "coordinator" / "fogwheel.db", timeout=10) as db:
+            db.row_factory = sqlite3.Row
+            rows = db.execute(
+                "SELECT id, name, serve_url, reach, reach_at FROM nodes WHERE state = 'up'"
+            ).fetchall()
+        return {r["name"]: dict(r) for r in rows}
+
+    def wait_for_reach(self, n: int, timeout: float = 60.0) -> None:
+        """Until `n` nodes are up with their reachability probed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                up = self.nodes_up()
+            except Exception:  # the database is not there yet
+                up = {}
+            if sum(bool(x["reach"]) for x in up.values()) >= n:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{n} nodes were not up and probed within {timeout:g} s")
+            time.sleep(0.3)
+
     def serving(self) -> dict[str, dict[str, object]]:
         """Every node by name: its state, serve URL and recorded reach (admin's view)."""
         import json
@@ -436,6 +461,7 @@ class HomeFog:
             "print(json.dumps(r.json()['nodes']))"
         )
         return {n["name"]: n for n in json.loads(self.sdk(code))}
+
 
 # -- a STUN server for the public network ---------------------------------------------------
 

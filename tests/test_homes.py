@@ -47,7 +47,7 @@ def fog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HomeFog]:
     with Homes(SPECS, prefix=f"fwt{worker[2:]}", workdir=work) as homes:
         time.sleep(3.5)  # miniupnpd asks the STUN server before it maps anything
         fog = HomeFog(homes).start()
-        _wait(lambda: len(_nodes(fog)) == 6 and all(n["reach"] for n in _nodes(fog).values()))
+        fog.wait_for_reach(6)
         yield fog
 
 
@@ -60,23 +60,19 @@ def _wait(cond, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
 
 
 def _nodes(fog: HomeFog) -> dict[str, dict[str, object]]:
-    """The coordinator's record of every live node, by name, read from its database."""
-    with sqlite3.connect(fog.h.dir / "coordinator" / "fogwheel.db", timeout=10) as db:
-        db.row_factory = sqlite3.Row
-        rows = db.execute(
-            "SELECT id, name, serve_url, reach, reach_at FROM nodes WHERE state = 'up'"
-        ).fetchall()
-    return {r["name"]: dict(r) for r in rows}
+    return fog.nodes_up()
 
 
-def _publish(fog: HomeFog, mb: float, name: str) -> tuple[str, Path]:
+def _publish(fog: HomeFog, mb: float, name: str, k: int = 2) -> tuple[str, Path]:
+    """Publish `mb` MiB of random bytes as k of n=6 shares: with k=6 every device serves a
+    share of every segment (the fetcher prefers direct holders where it has the choice)."""
     src = fog.h.dir / name
     out = fog.sdk(
         "import json, os\n"
         "from fogwheel import Client\n"
         "from fogwheel.cdn import client as cdn\n"
         f"open({str(src)!r}, 'wb').write(os.urandom({int(mb * (1 << 20))}))\n"
-        f"print(json.dumps(cdn.publish(Client(), {str(src)!r}, k=2, n=6)))\n"
+        f"print(json.dumps(cdn.publish(Client(), {str(src)!r}, k={k}, n=6)))\n"
     )
     return json.loads(out), src
 
@@ -135,7 +131,7 @@ def test_the_coordinator_records_how_each_device_is_reached(fog: HomeFog) -> Non
 def test_every_fetch_is_exact_and_shares_come_by_mapping_punching_and_relay(
     fog: HomeFog,
 ) -> None:
-    cid, src = _publish(fog, 3, "paths.bin")
+    cid, src = _publish(fog, 3, "paths.bin", k=6)
     _wait(lambda: _stored_everywhere(fog, cid, 6))
     names = {n["id"]: name for name, n in _nodes(fog).items()}
     home_of = {home.devices[0][0]: home.index for home in fog.h.homes}
@@ -154,7 +150,7 @@ def test_every_fetch_is_exact_and_shares_come_by_mapping_punching_and_relay(
 
 
 def test_owners_are_paid_for_what_they_delivered_by_any_path(fog: HomeFog) -> None:
-    cid, src = _publish(fog, 2, "paid.bin")
+    cid, src = _publish(fog, 2, "paid.bin", k=6)
     _wait(lambda: _stored_everywhere(fog, cid, 6))
     before = _served(fog)
     got = _fetch(fog, cid, fog.h.dir / "paid.out")

@@ -242,6 +242,19 @@ class Fetcher:
             return data, True
         raise LookupError(sha)
 
+    def _cost(self, sha: str) -> int:
+        """0 when a holder of `sha` is reached directly, 1 behind NAT, 2 when every holder's
+        punch failed in this fetch (only the relay is left)."""
+        best = 2
+        for h in self.holders.get(sha, []):
+            if h["node_id"] in self._given_up:
+                continue
+            if not h["url"].startswith("nat://"):
+                return 0
+            record = self.nat.records.get(h["node_id"]) if self.nat is not None else None
+            best = min(best, 2 if record is not None and record.failures else 1)
+        return best
+
     # -- one segment --------------------------------------------------------------------------
 
     def segment(self, index: int) -> bytes:
@@ -250,7 +263,9 @@ class Fetcher:
         k = self.manifest.k
         order = list(range(self.manifest.n))
         random.shuffle(order)
-        order.sort(key=lambda i: not self.holders.get(seg.shares[i]))  # held shares first
+        # held shares first, and of those the ones a direct connection reaches (no punch,
+        # no relay: core/reach.py), then those of devices behind NAT not known to refuse it
+        order.sort(key=lambda i: (not self.holders.get(seg.shares[i]), self._cost(seg.shares[i])))
         got: dict[int, bytes] = {}
         running: dict[Future[tuple[bytes, bool]], int] = {}
         queue = list(order)

@@ -36,7 +36,7 @@ from fogwheel.core import reach
 
 log = logging.getLogger("fogwheel.cdn")
 
-DIAL_S = 4.0  # seconds both sides keep dialling after the rendezvous answers
+DIAL_S = 3.0  # seconds both sides keep dialling after the rendezvous answers
 ANSWER_MAX = 4096  # bytes of a rendezvous answer read
 READ_STEP = 64 * 1024
 
