@@ -11,6 +11,7 @@ the idle node agents' resident memory is measured, alone and with their worker p
     python bench/dispatch.py                    # 10,000 tasks, 3 runs each
     python bench/dispatch.py --tasks 2000 --runs 5 --json
     python bench/dispatch.py --executor dask    # also: a Dask bag on fogwheel.Executor
+    python bench/dispatch.py --console --tasks 3000 --runs 3   # what watching costs
 
 With `--executor dask` the same run also computes a Dask bag of `--tasks` partitions (one
 small task each, then Dask's tree reduction of their sum) with `dask.compute(...,
@@ -20,6 +21,11 @@ median time on fogwheel (above 1.0: fogwheel ran Dask's graph faster). The Execu
 checks nothing by default here (`--executor-replicas 1`), as Dask's cluster checks nothing;
 with `adaptive`, results picked for a check on this one machine wait for a device of another
 network that never comes, and the figure measures that wait.
+
+With `--console`, fogwheel alone runs `--runs` times without anyone watching and as often
+with the operator's console open in Chromium (Playwright, /usr/bin/chromium, the Jobs tab
+polling /v1) and /metrics scraped every second, alternating, and reports `console_ratio`:
+median tasks/s with the console over median without (goal: at least 0.95).
 
 Progress goes to stderr; the last line of stdout is one JSON object with the figures.
 """
@@ -261,6 +267,52 @@ def measure(
     }
 
 
+def measure_console(tasks: int, runs: int, warmup: int, timeout: float) -> dict[str, Any]:
+    """The same fogwheel runs, alternately with nobody watching and with the console open in
+    Chromium and /metrics scraped every second (bench/console_load.py); `console_ratio` is
+    the median tasks/s with the console over the median without (goal: at least 0.95).
+    Dask is left out here: the question is what watching costs fogwheel itself."""
+    from console_load import ConsoleLoad
+
+    with LocalFog(nodes=2, cores_per_node=1) as fog, Client(fog.url, fog.api_key) as client:
+        seconds = fogwheel_run(client, warmup, timeout)
+        progress(f"warm-up: {warmup} tasks in {seconds:.2f} s")
+        rates: dict[str, list[float]] = {"without": [], "with": []}
+        scrapes = polls = 0
+        order = ["without", "with"]
+        for r in range(runs):
+            for mode in order:
+                if mode == "without":
+                    seconds = fogwheel_run(client, tasks, timeout)
+                else:
+                    with ConsoleLoad(fog.url, fog.admin_key) as load:
+                        load.pump(2.5)  # signed in, polling, a few scrapes in
+                        seconds = fogwheel_run(client, tasks, timeout)
+                        load.pump(0.2)
+                        if load.problem:
+                            raise BenchmarkFailed(f"console: {load.problem}")
+                        scrapes += load.scrapes
+                        polls += load.polls
+                rates[mode].append(tasks / seconds)
+                progress(
+                    f"run {r + 1}/{runs} {mode} the console: {tasks} tasks in {seconds:.2f} s "
+                    f"= {tasks / seconds:,.0f} tasks/s"
+                )
+            order.reverse()
+    without, with_ = statistics.median(rates["without"]), statistics.median(rates["with"])
+    return {
+        "console_ratio": round(with_ / without, 3),
+        "tasks_per_s_without_console": round(without, 1),
+        "tasks_per_s_with_console": round(with_, 1),
+        "runs_without": [round(x, 1) for x in rates["without"]],
+        "runs_with": [round(x, 1) for x in rates["with"]],
+        "metrics_scrapes": scrapes,
+        "console_requests": polls,
+        "tasks": tasks,
+        "runs": runs,
+    }
+
+
 def print_table(figures: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -319,7 +371,21 @@ def main(argv: list[str] | None = None) -> int:
         default="1",
         help="replicas of the Executor's tasks: 1 (no checks, as Dask; the default) or adaptive",
     )
+    parser.add_argument(
+        "--console",
+        action="store_true",
+        help="fogwheel alone, alternately with the console open in Chromium and /metrics "
+        "scraped every second, and without: console_ratio (goal >= 0.95)",
+    )
     args = parser.parse_args(argv)
+    if args.console:
+        try:
+            figures = measure_console(args.tasks, args.runs, args.warmup, args.timeout)
+        except BenchmarkFailed as e:
+            progress(f"BENCHMARK FAILED: {e}")
+            return 1
+        print(json.dumps(figures), flush=True)
+        return 0
     try:
         figures = measure(
             args.tasks,
