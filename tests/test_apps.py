@@ -264,3 +264,32 @@ def test_a_function_app_runs_from_its_python_environment(client: Client, tmp_pat
     v = client.publish_app("from-env", function="fogapppkg:value", env=Env(pip=[str(wheel)]))
     assert v.env is not None and v.code_size is None
     assert list(client.app("from-env").map([1, 2], timeout=120)) == [42, 43]
+
+
+def test_a_call_by_reference_and_with_env_run_in_the_environment_asked(
+    fog: LocalFog, client: Client, tmp_path: Path
+) -> None:
+    from fogwheel import Env
+    from tests.test_envs import make_wheel
+
+    body = b"def value(x):\n    return x + 100\n"
+    wheel = make_wheel(tmp_path, "fogcallpkg", "1.0", {"fogcallpkg/__init__.py": body})
+    called = fogwheel(fog, "call", "fogcallpkg:value", "5", "--pip", str(wheel))
+    assert called.returncode == 0 and called.stdout.strip() == "105", called.stderr
+    code = code_dir(tmp_path / "code", "called", 2)
+    shipped = fogwheel(fog, "call", "fogapp_render:draw", "4", "--path", str(code))
+    assert shipped.returncode == 0 and shipped.stdout.strip() == '["called", 8]', shipped.stderr
+    changed = code_dir(tmp_path / "code2", "changed", 3)  # the same module name, other code
+    again = fogwheel(fog, "call", "fogapp_render:draw", "4", "--path", str(changed))
+    assert again.returncode == 0 and again.stdout.strip() == '["changed", 12]', again.stderr
+    bad = fogwheel(fog, "call", "not a reference")
+    assert bad.returncode != 0 and "is not a function by reference" in bad.stderr
+
+    def plus(x: int) -> int:
+        import fogcallpkg
+
+        return int(fogcallpkg.value(x))
+
+    env = Env(pip=[str(wheel)])
+    assert client.with_env(env).submit(plus, 1).result(60) == 101
+    assert list(client.with_env(env).map(plus, [2, 3], timeout=60)) == [102, 103]

@@ -10,6 +10,7 @@ SHA-256. `Client.app(name)` is an `App`: `submit` and `map` follow concurrent.fu
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import zipfile
@@ -125,6 +126,23 @@ def publish(
         body["label"] = label
     out = client._request("POST", f"/v1/apps/{name}/versions", json=body).json()
     return _version(out)
+
+
+def by_reference(
+    entry: str, path: str | os.PathLike[str] | None = None
+) -> tuple[Any, dict[str, bytes]]:
+    """A function by reference (`module:attr`, imported on the node, never here) and the
+    input files its task needs: the zip of the code at `path`, if given. What `fogwheel call`
+    runs without publishing an app: `client.with_env(env).submit_many(fn, calls,
+    inputs=[files] * len(calls))`."""
+    from fogwheel.node.apps import AppCall
+
+    if not core.ENTRY.match(entry):
+        raise AppCodeError(f"{entry[:80]!r} is not a function by reference: write module:attr")
+    files = {core.CODE_FILE: zip_code(path)} if path is not None else {}
+    # named by its code: a worker that ran other code under the same names imports afresh
+    code = hashlib.sha256(files.get(core.CODE_FILE, b"")).hexdigest()
+    return AppCall(f"call-{code}", entry, bool(files)), files
 
 
 class App:

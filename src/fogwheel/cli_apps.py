@@ -201,6 +201,75 @@ def apps_set_current(
     typer.echo(chosen["id"])
 
 
+def call(
+    entry: Annotated[str, typer.Argument(help="The function, module:attr (e.g. scene:draw).")],
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Its arguments: each read as JSON when it is (3, [1,2], null), else text."
+        ),
+    ] = None,
+    path: Annotated[
+        Path | None,
+        typer.Option(exists=True, help="Code to ship with it (a directory or a .py file)."),
+    ] = None,
+    pip: Annotated[
+        list[str] | None,
+        typer.Option("--pip", help="A requirement of its Python environment (repeat)."),
+    ] = None,
+    requirements: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="A requirements file for its environment."),
+    ] = None,
+    python: Annotated[
+        str | None, typer.Option(help="The devices' Python, e.g. 3.11 (default: this one's).")
+    ] = None,
+    wall: Annotated[float, typer.Option(help="Wall-time limit, seconds.")] = 600.0,
+    coordinator: CoordinatorOpt = None,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Run a Python function by reference on one node, in an environment of --pip packages;
+    prints its result (JSON when it is JSON, else its repr).
+
+    Example: fogwheel call tabulate:tabulate '[[1, 2]]' --pip tabulate==0.9.0
+    """
+    from fogwheel import apps
+    from fogwheel.envs import Env, EnvBuildError
+
+    values = [_value(a) for a in args or []]
+    env = None
+    if pip or requirements:
+        env = Env(pip=list(pip or []), requirements=requirements, python=python)
+    try:
+        fn, files = apps.by_reference(entry, path)
+    except apps.AppCodeError as e:
+        raise _fail(str(e)) from None
+    with _client(coordinator, api_key, 0) as client, err.status(f"calling {entry}…") as status:
+        client.env_progress = lambda line: status.update(f"{entry}: {line}")
+        try:
+            [fut] = client.with_env(env).submit_many(
+                fn, [(tuple(values), {})], name=entry, wall_s=wall, inputs=[files]
+            )
+            status.update(f"{entry}: running on the fog…")
+            result = fut.result()
+        except EnvBuildError as e:
+            raise _fail(f"{entry}: {e}") from None
+        except FogwheelError as e:
+            raise _fail(f"{entry}: {explain(e)}") from None
+    try:
+        typer.echo(json.dumps(result))
+    except (TypeError, ValueError):
+        typer.echo(repr(result))
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def register(app: typer.Typer) -> None:
-    """Add `fogwheel apps` to the app."""
+    """Add `fogwheel apps` and `fogwheel call` to the app."""
     app.add_typer(apps_app, name="apps")
+    app.command("call")(call)

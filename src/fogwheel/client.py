@@ -399,6 +399,12 @@ class Client:
         """Run `fn(*args, **kwargs)` on the fog; returns a future of its result."""
         return self.submit_many(fn, [(args, kwargs)], name=_name_of(fn))[0]
 
+    def with_env(self, env: Env | None) -> EnvCalls:
+        """This client's `submit`, `map` and `submit_many` in the Python environment `env`
+        (a call's own keyword arguments all go to its function, so the environment of one
+        call is chosen here): `client.with_env(Env(pip=["numpy"])).submit(fn, x)`."""
+        return EnvCalls(self, env)
+
     def map(
         self,
         fn: Callable[..., Any],
@@ -1344,6 +1350,28 @@ class Client:
 
 
 RETRY = retry.Backoff(attempts=8, first_s=0.25, max_s=2.0)
+
+
+class EnvCalls:
+    """`Client.with_env(env)`: the client's calls, each job in `env` (docs/envs.md)."""
+
+    def __init__(self, client: Client, env: Env | None) -> None:
+        self.client = client
+        self.env = env
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:
+        return self.submit_many(fn, [(args, kwargs)], name=_name_of(fn))[0]
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], **kw: Any) -> Iterator[Any]:
+        return self.client.map(fn, *iterables, env=self.env, **kw)
+
+    def submit_many(
+        self,
+        fn: Callable[..., Any],
+        calls: Sequence[tuple[tuple[Any, ...], Mapping[str, Any]]],
+        **kw: Any,
+    ) -> list[TaskFuture]:
+        return self.client.submit_many(fn, calls, env=self.env, **kw)
 
 
 def _warn_unsafe() -> None:

@@ -99,12 +99,17 @@ class AppCall:
         self.__init__(state["version"], state["entry"], state["code"])  # type: ignore[misc]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        here = os.path.join(os.getcwd(), core.CODE_FILE)
         if self.code:
             # This task's copy of the zip first (a later import of a submodule reads it).
-            here = os.path.join(os.getcwd(), core.CODE_FILE)
             sys.path[:] = [p for p in sys.path if not p.endswith(os.sep + core.CODE_FILE)]
             sys.path.insert(0, here)
         if self._target is None:
+            if self.code:  # modules another zip gave this worker are not this code's
+                for name, mod in list(sys.modules.items()):
+                    where = getattr(mod, "__file__", None) or ""
+                    if f"{os.sep}{core.CODE_FILE}{os.sep}" in where and not where.startswith(here):
+                        del sys.modules[name]
             module, _, attr = self.entry.partition(":")
             target: Any = importlib.import_module(module)
             for part in attr.split("."):
