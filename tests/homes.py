@@ -354,6 +354,7 @@ class HomeFog:
         self.pin = ""
         self.nodes: dict[str, subprocess.Popen[bytes]] = {}  # device namespace -> its agent
         self._started: dict[str, int] = {}
+        self.data_dirs: dict[str, Path] = {}  # device namespace -> its agent's data dir now
 
     @property
     def env(self) -> dict[str, str]:
@@ -391,11 +392,12 @@ class HomeFog:
     def start_node(self, device_ns: str, address: str, *extra: str) -> subprocess.Popen[bytes]:
         """(Re)start the agent of one device, serving on its LAN address."""
         n = self._started[device_ns] = self._started.get(device_ns, -1) + 1
+        self.data_dirs[device_ns] = self.h.dir / f"{device_ns}-{n}"
         join = f"{self.join_token}#{self.pin}" if self.pin else self.join_token
         proc = self.h.popen(
             device_ns,
             [sys.executable, "-m", "fogwheel", "node", "--coordinator", self.url,
-             "--cores", "1", "--data-dir", str(self.h.dir / f"{device_ns}-{n}"),
+             "--cores", "1", "--data-dir", str(self.data_dirs[device_ns]),
              "--name", device_ns, "--serve-host", address, "--unsafe-no-sandbox", *extra],
             self.h.dir / f"{device_ns}.log",
             env={"FOGWHEEL_JOIN_TOKEN": join},

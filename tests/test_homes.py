@@ -213,3 +213,82 @@ def test_a_device_killed_mid_fetch_is_replaced(fog: HomeFog) -> None:
     again = _fetch(fog, cid, fog.h.dir / "killed-2.out")
     assert (fog.h.dir / "killed-2.out").read_bytes() == src.read_bytes()
     assert old_id not in again["by_node"]
+
+
+HOSTILE = """
+import json, os, sys, threading, time, httpx
+base, node_id, cred, cid, sha, other_sha, direct_id = sys.argv[1:8]
+me = {"authorization": "Bearer " + os.environ["FOGWHEEL_API_KEY"]}
+as_node = {"authorization": "Bearer " + cred}
+out = {}
+
+def impostor():  # the device's credential, sending garbage of the share's size
+    for _ in range(10):
+        r = httpx.get(base + "/v1/nodes/me/calls", params={"wait": 5}, headers=as_node, timeout=15)
+        for c in r.json()["calls"]:
+            if c["kind"] == "relay":
+                junk = b"x" * c["size"]
+                r2 = httpx.post(base + "/v1/nodes/me/relay/" + c["id"], content=junk,
+                                headers=as_node, timeout=15)
+                out["upload"] = r2.status_code
+                return
+
+t = threading.Thread(target=impostor)
+t.start()
+time.sleep(0.5)
+r = httpx.post(base + "/v1/cdn/relay", json={"content_id": cid, "node_id": node_id, "sha": sha},
+               headers=me, timeout=40)
+out["relay"] = r.status_code
+t.join(30)
+def ask(body):
+    return httpx.post(base + "/v1/cdn/relay", json=body, headers=me, timeout=40).status_code
+out["not_held"] = ask({"content_id": cid, "node_id": node_id, "sha": "0" * 64})
+out["direct"] = ask({"content_id": cid, "node_id": direct_id, "sha": other_sha})
+out["not_ours"] = ask({"content_id": "c" + "0" * 24, "node_id": node_id, "sha": sha})
+out["bad_body"] = ask({"content_id": cid, "node_id": node_id, "sha": "zz"})
+r = httpx.post(base + "/v1/nodes/me/relay/" + "0" * 32, content=b"x", headers=as_node)
+out["no_session"] = r.status_code
+print(json.dumps(out))
+"""
+
+
+def test_a_device_that_relays_wrong_bytes_is_quarantined_and_the_relay_checks_its_callers(
+    fog: HomeFog,
+) -> None:
+    cid, _ = _publish(fog, 1, "hostile.bin", k=6)
+    _wait(lambda: _stored_everywhere(fog, cid, 6))
+    ns = fog.h.homes[5].devices[0][0]  # symmetric: reached through the relay only
+    direct_ns = fog.h.homes[0].devices[0][0]
+    nodes = _nodes(fog)
+    node_id, direct_id = nodes[ns]["id"], nodes[direct_ns]["id"]
+    cred = json.loads((fog.data_dirs[ns] / "node.json").read_text())["credential"]
+    with sqlite3.connect(fog.h.dir / "coordinator" / "fogwheel.db", timeout=10) as db:
+        held = dict(
+            db.execute(
+                "SELECT h.node_id, h.sha FROM cdn_holders h JOIN cdn_shares s ON s.sha = h.sha "
+                "WHERE s.content_id = ? AND h.state = 'stored'",
+                (cid,),
+            ).fetchall()
+        )
+    Homes.kill(fog.nodes[ns])  # the impostor takes its calls from now on
+    got = json.loads(
+        fog.sdk(
+            f"import sys; sys.argv = ['x', {fog.url!r}, {node_id!r}, {cred!r}, {cid!r}, "
+            f"{held[node_id]!r}, {held[direct_id]!r}, {direct_id!r}]\n" + HOSTILE
+        )
+    )
+    assert got == {
+        "upload": 422,  # the coordinator checked the bytes itself
+        "relay": 502,  # and the fetcher was told, not handed them
+        "not_held": 404,
+        "direct": 409,  # a device reached directly is not relayed
+        "not_ours": 404,
+        "bad_body": 422,
+        "no_session": 404,
+    }
+    with sqlite3.connect(fog.h.dir / "coordinator" / "fogwheel.db", timeout=10) as db:
+        quarantined, reason = db.execute(
+            "SELECT quarantined, quarantine_reason FROM nodes WHERE id = ?", (node_id,)
+        ).fetchone()
+    assert quarantined and "it relayed" in reason
+    fog.start_node(*fog.h.homes[5].devices[0])  # a fresh agent for whatever runs after
