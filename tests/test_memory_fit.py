@@ -19,6 +19,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fogwheel.client import Client
 from fogwheel.core import memfit
@@ -123,6 +125,30 @@ def test_a_task_starts_only_while_the_running_limits_fit_the_device(
     assert (why is None) is starts
     if why is not None:
         assert f"it needs {task} MB" in why and "of the device's 512 MB" in why
+
+
+@given(
+    device=st.integers(1, 4096),
+    tasks=st.lists(st.integers(0, 2048), min_size=1, max_size=12),
+)
+def test_tasks_started_in_any_order_never_exceed_the_device_unless_alone(
+    device: int, tasks: list[int]
+) -> None:
+    """Slots that start what wait_reason lets them, finishing the oldest when none may start,
+    never hold more than the device between them, except for one task running alone; and
+    every task starts in the end."""
+    running: list[int] = []
+    waiting = list(tasks)
+    started = 0
+    while waiting:
+        if memfit.wait_reason(waiting[0], running, device) is None:
+            running.append(waiting.pop(0))
+            started += 1
+            assert sum(running) <= device or len([m for m in running if m > 0]) == 1
+        else:
+            assert running, "a task waits while nothing runs"
+            running.pop(0)
+    assert started == len(tasks)
 
 
 # -- placement on real nodes --------------------------------------------------------------------
