@@ -171,6 +171,11 @@ class NatPaths:
             try:
                 if path == "punch":
                     with self._node_lock(node_id):
+                        with self._lock:  # another share's punch may have failed meanwhile
+                            record = self.records.get(node_id)
+                        now = self.clock()
+                        if reach.paths_for("rendezvous", record, now, can_punch=True)[0] != path:
+                            continue
                         data = self._over_punched(node_id, sha, size, token, deadline)
                 else:
                     data = self._relayed(node_id, sha, size)
