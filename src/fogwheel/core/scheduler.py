@@ -167,7 +167,8 @@ def plan_lease(
     chosen: list[Assignment] = []
     groups: set[int] = set()
     fitting = _fitting(node, candidates, cluster)
-    for cand in _ordered(node, fitting, placement):
+    # Every policy orders one candidate as itself: the common case skips the ordering.
+    for cand in fitting if len(fitting) <= 1 else _ordered(node, fitting, placement):
         group = cand.group if cand.group is not None else cand.task_id
         if group in groups:
             continue  # two copies of one task never go to the same node

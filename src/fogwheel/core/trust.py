@@ -103,8 +103,12 @@ def verdict(
     counts: dict[str, int] = {}  # digest -> votes, in the order first seen
     for _, d in results:
         counts[d] = counts.get(d, 0) + 1
-    digest, votes = max(counts.items(), key=_VOTES)  # the first most voted, as most_common(1)
-    tied = sum(1 for n in counts.values() if n == votes) > 1
+    if len(counts) == 1:  # one answer (the common case): it is the most voted, untied
+        digest, votes = next(iter(counts.items()))
+        tied = False
+    else:
+        digest, votes = max(counts.items(), key=_VOTES)  # the first most voted (most_common)
+        tied = sum(1 for n in counts.values() if n == votes) > 1
     if votes >= quorum and not tied:
         agreeing = tuple(sorted(n for n, d in results if d == digest))
         disputing = tuple(sorted(n for n, d in results if d != digest))

@@ -91,6 +91,7 @@ def _simulate(
         lease_s=sc.lease_s,
         draw=lambda: next(draws),
     )
+    queue = world.pending
     cores, speed, uplink = fleet.cores, fleet.speed, fleet.uplink_mbps
     up_s, down_s = fleet.up_s, fleet.down_s
     digest = [f"bad-{d}" if fleet.faulty[d] else RIGHT for d in range(n)]
@@ -116,22 +117,25 @@ def _simulate(
     total = sum(len(j.work) for j in jobs)
 
     def sync(d: int, now: float) -> None:
-        free = cores[d] - len(running[d])
+        run = running[d]
+        free = cores[d] - len(run)
         if free <= 0:
             return
         leased = world.sync(d, free, free, now)
-        for t in leased:
-            j = job_of[t]
-            took = input_mbit[j] / uplink[d] + work[j][group_of[t] - first_task[j]] / speed[d]
-            running[d][t] = now
-            push(now + took, FINISH, d, t, gen[d])
-        if not leased and not is_idle[d]:
+        if leased:
+            g, mbit, speed_d = gen[d], uplink[d], speed[d]
+            for t in leased:
+                j = job_of[t]
+                took = input_mbit[j] / mbit + work[j][group_of[t] - first_task[j]] / speed_d
+                run[t] = now
+                push(now + took, FINISH, d, t, g)
+        elif not is_idle[d]:
             is_idle[d] = True
             idle.append(d)
 
     def wake(now: float, k: int) -> None:
         """Let up to `k` idle devices ask again (new work was queued)."""
-        while k > 0 and idle and world.pending:
+        while k > 0 and idle and queue.size:
             d = idle.popleft()
             is_idle[d] = False
             if world.live[d]:
@@ -158,18 +162,17 @@ def _simulate(
     handled = 0
     curve: list[tuple[float, int]] = [(0.0, 0)]
     c = world.counters
-    while events and c.settled_ok + c.failed < total:
-        now, _, kind, d, t, g = events.pop()
+    for now, _, kind, d, t, g in events if total > 0 else ():
         handled += 1
         if kind == FINISH:
-            if g != gen[d] or t not in running[d]:
+            began = running[d].pop(t, None) if g == gen[d] else None
+            if began is None:
                 continue  # the device went down, or the copy was cancelled
-            began = running[d].pop(t)
             busy += now - began
-            queued = len(world.pending)
+            queued = queue.size
             world.report(d, t, digest[d], now, now - began)
             sync(d, now)
-            added = len(world.pending) - queued
+            added = queue.size - queued
             if added > 0:
                 wake(now, added + 2)
         elif kind == UP:
@@ -194,9 +197,9 @@ def _simulate(
             push(now + float(down_s[d, cycle[d] % CYCLES]), UP, d)
             cycle[d] += 1
         elif kind == EXPIRE:
-            queued = len(world.pending)
+            queued = queue.size
             world.expire(t, now)
-            added = len(world.pending) - queued
+            added = queue.size - queued
             if added > 0:
                 wake(now, added + 2)
         elif kind == ARRIVE:
@@ -216,6 +219,8 @@ def _simulate(
             curve.append((now, c.settled_ok + c.failed))
             if progress is not None:
                 progress(c.settled_ok + c.failed, now)
+        if c.settled_ok + c.failed >= total:
+            break
     makespan = now
     curve.append((now, c.settled_ok + c.failed))
     for d in range(n):

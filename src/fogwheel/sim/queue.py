@@ -19,15 +19,15 @@ class PendingQueue:
         self._head = 0  # _main[:_head] are all gone
         self._in_main: set[int] = set()
         self._back: list[int] = []  # sorted keys of tasks queued again, and of check copies
-        self._n = 0
+        self.size = 0  # keys queued (= len(self), read without a call)
         self._wasted = 0  # holes read past since _main was last compacted
         self._holes = 0  # keys of _main past the head that are gone (_main[_head] never is)
 
     def __len__(self) -> int:
-        return self._n
+        return self.size
 
     def __bool__(self) -> bool:
-        return self._n > 0
+        return self.size > 0
 
     def extend(self, keys: Iterable[int]) -> None:
         """Queue new tasks, each key above every key queued before in this way."""
@@ -36,16 +36,16 @@ class PendingQueue:
             raise ValueError("new keys must rise; use add() for others")
         self._main.extend(keys)
         self._in_main.update(keys)
-        self._n += len(keys)
+        self.size += len(keys)
 
     def add(self, key: int) -> None:
         bisect.insort(self._back, key)
-        self._n += 1
+        self.size += 1
 
     def discard(self, key: int) -> None:
         if key in self._in_main:
             self._in_main.remove(key)
-            self._n -= 1
+            self.size -= 1
             main = self._main
             if main[self._head] != key:
                 self._holes += 1
@@ -58,7 +58,7 @@ class PendingQueue:
         i = bisect.bisect_left(self._back, key)
         if i < len(self._back) and self._back[i] == key:
             del self._back[i]
-            self._n -= 1
+            self.size -= 1
 
     def first(self, k: int) -> list[int]:
         """The `k` smallest keys, in order."""

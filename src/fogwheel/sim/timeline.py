@@ -12,6 +12,7 @@ after the one being handled), so the order taken is exactly the one heap's.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterator
 
 Event = tuple[float, int, int, int, int, int]  # (at, seq, kind, device, task, generation)
 
@@ -44,6 +45,22 @@ class Timeline:
             self._later[bucket] = [entry]
         else:
             later.append(entry)
+
+    def __iter__(self) -> Iterator[Event]:
+        """Take the events in order, as `pop` would, while new ones are pushed, until none is
+        left (a loop over this costs less per event than a call to `pop` each time)."""
+        later, heappop = self._later, heapq.heappop
+        current = self._current
+        while self._n:
+            if not current:
+                bucket = self._bucket + 1
+                while bucket not in later:
+                    bucket += 1
+                self._bucket = bucket
+                current = self._current = later.pop(bucket)
+                heapq.heapify(current)
+            self._n -= 1
+            yield heappop(current)
 
     def pop(self) -> Event:
         """The earliest event (the first pushed, of those at the same time); there must be one."""

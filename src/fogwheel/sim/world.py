@@ -14,13 +14,13 @@ from __future__ import annotations
 import heapq
 import math
 import statistics
-import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from time import perf_counter
 
 from fogwheel.core import quota as inflight
 from fogwheel.core import scheduler, trust
+from fogwheel.core.scheduler import Candidate
 from fogwheel.core.tasks import (
     Cancelled,
     Expired,
@@ -38,9 +38,13 @@ EXACT_FLEET = 2_000  # up to this many devices, probation's "better free slots" 
 PRIORITY_SHIFT = 1 << 40  # queue key: priority * PRIORITY_SHIFT + id, as the store orders
 MEDIAN_SAMPLE = 201  # = store/leasing.py: a job's finished attempts its typical run is taken over
 BACKUP_SCAN = 64  # = store/leasing.py: running tasks looked at for stragglers
-DUE_MARGIN_S = 1e-3  # `_due_at` is a sum, `_may_straggle` a difference: rounding apart
+DUE_MARGIN_S = 1e-3  # `_due_at` is a sum, the straggler test a difference: rounding apart
+NOTHING: frozenset[str] = frozenset()
 NEW = Task()  # every task starts as this one value: a million pending tasks share it
 OPEN = (TaskState.PENDING, TaskState.LEASED)
+PENDING, LEASED, VERIFYING = TaskState.PENDING, TaskState.LEASED, TaskState.VERIFYING
+SETTLED = (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED)
+RANDOM = scheduler.Policy.RANDOM
 RIGHT = "ok"  # the digest of a correct result; a faulty device answers anything else
 # Events are values: the ones that carry nothing of the moment are made once.
 AGREED, DISAGREED, COPY_DISAGREED = Settled(True), Settled(False, "no agreement"), Settled(False)
@@ -62,6 +66,22 @@ class Job:
     typical: float | None = None  # median of `took`, once known
     running: dict[int, float] = field(default_factory=dict)  # original -> leased_at, in order
     backed: dict[int, float] = field(default_factory=dict)  # ... those with a copy open
+    unchecked: bool = False  # replicas=1: every result is accepted as it comes
+
+
+class Group:
+    """What the coordinator keeps of a task and its copies while the task is open (store: the
+    columns of its rows), in one object: one look-up per event rather than one per dict."""
+
+    __slots__ = ("involved", "lost_on", "members", "quorum", "ran", "results")
+
+    def __init__(self, quorum: int) -> None:
+        self.members: list[int] = []  # its copies (check replicas and backups), in order
+        self.ran: set[str] = set()  # nodes holding or having answered a copy
+        self.involved: set[str] = set()  # every node that held a copy
+        self.results: dict[str, str] = {}  # node -> digest
+        self.quorum = quorum  # matching results it needs; 0: not drawn yet
+        self.lost_on: dict[int, set[str]] | None = None  # copy (or itself) -> nodes that lost it
 
 
 @dataclass(slots=True)
@@ -125,12 +145,7 @@ class World:
         self.job_of: list[int] = [-1]
         self.group_of: list[int] = [0]  # the task a copy belongs to; itself for originals
         self.backup: list[bool] = [False]
-        self.members: dict[int, list[int]] = defaultdict(list)  # group -> its copies
-        self.ran: dict[int, set[str]] = defaultdict(set)  # group -> nodes holding/answered
-        self.involved: dict[int, set[str]] = defaultdict(set)  # group -> every node that held one
-        self.lost_on: dict[int, set[str]] = {}
-        self.results: dict[int, dict[str, str]] = defaultdict(dict)  # group -> node -> digest
-        self.quorum: dict[int, int] = {}
+        self.groups: list[Group | None] = [None]  # of an open original once leased; None else
         self.jobs: list[Job] = []
         self._drained: set[int] = set()  # jobs with nothing pending: only these are backed up
         # No drained job's oldest running task is due for a backup before this (a lower bound:
@@ -159,7 +174,9 @@ class World:
         """Queue a job of `n` tasks; their ids, consecutive as the store's. `unchecked`: the
         job asked for replicas=1 (no verification); else replication is adaptive."""
         j = len(self.jobs)
-        self.jobs.append(Job(customer, now, deadline, backups, max_attempts, tasks=n, pending=n))
+        job = Job(customer, now, deadline, backups, max_attempts, tasks=n, pending=n)
+        job.unchecked = unchecked
+        self.jobs.append(job)
         if n == 0:
             self._drained.add(j)
         first = len(self.state)
@@ -169,23 +186,29 @@ class World:
         self.job_of.extend([j] * n)
         self.group_of.extend(ids)
         self.backup.extend([False] * n)
+        self.groups.extend([None] * n)
         self.pending.extend(PRIORITY_SHIFT + t for t in ids)
-        if unchecked:
-            self.quorum.update(dict.fromkeys(ids, 1))
         return ids
+
+    def _group(self, g: int) -> Group:
+        """The open group of original `g`, made when first needed."""
+        group = self.groups[g]
+        if group is None:
+            group = self.groups[g] = Group(1 if self.jobs[self.job_of[g]].unchecked else 0)
+        return group
 
     def _key(self, t: int) -> int:
         """Its place in the queue: checks first (store: priority 0), then by id."""
         return (PRIORITY_SHIFT if self.group_of[t] == t else 0) + t
 
     def _enqueue(self, t: int) -> None:
-        self.pending.add(self._key(t))
+        self.pending.add((PRIORITY_SHIFT if self.group_of[t] == t else 0) + t)
         j = self.job_of[t]
         self.jobs[j].pending += 1
         self._drained.discard(j)
 
     def _dequeue(self, t: int) -> None:
-        self.pending.discard(self._key(t))
+        self.pending.discard((PRIORITY_SHIFT if self.group_of[t] == t else 0) + t)
         j = self.job_of[t]
         job = self.jobs[j]
         job.pending -= 1
@@ -197,66 +220,77 @@ class World:
         """A replica (or backup copy) of `group`, queued first (store: priority 0)."""
         t = len(self.state)
         j = self.job_of[group]
-        self.state.append(Task(max_attempts=self.jobs[j].max_attempts))
+        job = self.jobs[j]
+        attempts = job.max_attempts
+        self.state.append(NEW if attempts == NEW.max_attempts else Task(max_attempts=attempts))
         self.job_of.append(j)
         self.group_of.append(group)
         self.backup.append(backup)
-        self.members[group].append(t)
-        self._changed(group)
-        job = self.jobs[j]
-        if group in job.running:  # a copy is open: no longer a straggler to back up
-            job.backed[group] = job.running.pop(group)
+        self.groups.append(None)
+        members = self._group(group).members
+        members.append(t)
+        cands = self._cands  # _changed(group), inline
+        cands.pop(PRIORITY_SHIFT + group, None)
+        for m in members:
+            cands.pop(m, None)
+        running = job.running
+        if group in running:  # a copy is open: no longer a straggler to back up
+            job.backed[group] = running.pop(group)
         if backup:
             self.counters.backups += 1
         else:
             self.counters.replicas += 1
-            self._enqueue(t)
+            self.pending.add(t)  # _enqueue(t), inline: a copy's key is its id
+            job.pending += 1
+            self._drained.discard(j)
         return t
 
     # -- the round trip ------------------------------------------------------------------------
 
     def sync(self, d: int, want: int, slots_free: int, now: float) -> list[int]:
         """A device's sync asking for `want` tasks: the ids leased to it (store: `sync`)."""
-        if self.live[d]:  # total_free += _free(d) after - _free(d) before
-            slots = self.slots[d]
-            busy_before, busy = self.cores[d] - self.reported_free[d], self.cores[d] - slots_free
+        live = self.live[d]
+        if live:  # total_free += _free(d) after - _free(d) before
+            slots, cores = self.slots[d], self.cores[d]
+            busy_before, busy = cores - self.reported_free[d], cores - slots_free
             self.total_free += max(0, slots - busy) - max(0, slots - busy_before)
         self.reported_free[d] = slots_free
-        if not self.live[d] or d in self._quarantined or want <= 0:
+        if not live or want <= 0 or d in self._quarantined:
             return []
-        started = time.perf_counter()
+        started = perf_counter()
         leased = self._lease(d, want, now)
-        self.counters.placement_s += time.perf_counter() - started
+        self.counters.placement_s += perf_counter() - started
         return leased
 
     def _lease(self, d: int, want: int, now: float) -> list[int]:
         held = self.held[d]
-        cores = self.cores[d]
-        want = min(want, inflight.room(self.quota[d], cores, held))
+        want = min(want, inflight.room(self.quota[d], self.cores[d], held))
         if want <= 0:
             return []
+        slots = self.slots[d]
         view = scheduler.NodeView(
             self.names[d],
-            self.slots[d],
+            slots,
             self.memory_mb,
             held,
             self.done[d],
             self.lost[d],
-            frozenset(),
+            NOTHING,
             self.expected_up_s[d],
         )
         out: list[int] = []
-        if self.pending:
-            plan = self.place(d, view, want)
-            for a in plan:
-                self._grant(d, a.task_id, now)
-            out = [a.task_id for a in plan]
-        held = self.held[d]
-        free = min(want - len(out), view.slots - held)
+        if self.pending.size:
+            grant = self._grant
+            for a in self.place(d, view, want):
+                t = a.task_id
+                grant(d, t, now)
+                out.append(t)
+            held = self.held[d]
+        free = min(want - len(out), slots - held)
         # Else no job is in its last wave, or none has a task due: no straggler to back up.
         if free > 0 and self._drained and now >= self._due_at - DUE_MARGIN_S:
             view = scheduler.NodeView(
-                view.id, view.slots, view.memory_mb, held, view.done, view.lost, frozenset()
+                view.id, slots, view.memory_mb, held, view.done, view.lost, NOTHING
             )
             for a in self._backups(d, view, free, now):
                 copy = self._copy(a.task_id, backup=True)
@@ -267,35 +301,35 @@ class World:
     def place(self, d: int, view: scheduler.NodeView, want: int) -> list[scheduler.Assignment]:
         """The placement step: the scheduler's views of this state, and its decision."""
         rel = scheduler.reliability(view)
-        pending = len(self.pending)
+        pending = self.pending.size
         # The fleet as _fleet_views sees it: live devices, held = cores - reported slots_free;
         # the asking one as the store reads it now. Better nodes' free slots only matter to
         # probation (rel < 0.5) when they could take the whole queue, so they are summed only
         # then; below that, any figure under `pending` decides the same.
-        total = self.total_slots - (self._slots(d) if self.live[d] else 0) + view.slots
+        live = self.live
+        total = self.total_slots - (self.slots[d] if live[d] else 0) + view.slots
         better = 0
         if rel < scheduler.PROBATION_RELIABILITY and self.total_free >= pending:
             # Summed only as far as `pending`, which is all the decision needs (the reason
             # then says "at least" that many): a full sum would cost a scan of the fleet.
             for e in range(len(self.names)):
-                if e != d and self.live[e] and self._reliability(e) > rel:
+                if e != d and live[e] and self._reliability(e) > rel:
                     better += self._free(e)
                     if better >= pending and len(self.names) > EXACT_FLEET:
                         break
         window = self.pending.first(max(want * 4, self.window))
-        if self.placement.policy is not scheduler.Policy.RANDOM:
+        if self.placement.policy is not RANDOM:
             cands = self._prefix(view.id, window, want)
         else:
-            cache = self._cands
-            cands = [cache.get(key) or self._candidate(key) for key in window]
-        live: frozenset[str] = frozenset()
-        most = 0
+            cache, make = self._cands, self._candidate
+            cands = [cache.get(key) or make(key) for key in window]
+        everyone = NOTHING
         if self.n_live <= self._most_lost:  # else no task was lost on every live node
             most = max(len(c.failed_on) for c in cands)
-        if most and self.n_live <= most:
-            # `live <= failed_on` can only hold when no more nodes are live than lost the task.
-            live = frozenset(self.names[e] for e in range(len(self.names)) if self.live[e])
-        cluster = scheduler.ClusterView(pending, total, better, live)
+            if most and self.n_live <= most:
+                # `live <= failed_on` can only hold when no more nodes are live than lost it.
+                everyone = frozenset(self.names[e] for e in range(len(self.names)) if live[e])
+        cluster = scheduler.ClusterView(pending, total, better, everyone)
         self.counters.decisions += 1
         return scheduler.plan_lease(view, want, cands, cluster, self.placement)
 
@@ -311,17 +345,31 @@ class World:
         after its `want`-th sure fit are always preceded by `want` that fit of the same key,
         so they are never reached. Customers first appear in the same order (each job's
         first candidate is kept), so the round robin turns the same way."""
-        cache = self._cands
+        cache, make = self._cands, self._candidate
         job_of = self.job_of
         out = []
-        sure: dict[int, set[int]] = {}  # job -> groups of its candidates that surely fit
         full: set[int] = set()  # jobs with `want` of them: the rest of theirs is never reached
+        last = job_of[window[-1] % PRIORITY_SHIFT]
+        if want == 1:  # the common case: a job's first sure fit is its last candidate
+            for key in window:
+                j = job_of[key % PRIORITY_SHIFT]
+                if j in full:
+                    continue
+                c = cache.get(key) or make(key)
+                out.append(c)
+                if c.failed_on or node in c.exclude or c.holder_free or c.sticky:
+                    continue  # it may not fit: look further
+                full.add(j)
+                if key >= PRIORITY_SHIFT and last == j:
+                    break  # originals come in id order: the rest of the window is this job's
+            return out
+        sure: dict[int, set[int]] = {}  # job -> groups of its candidates that surely fit
         for key in window:
             t = key % PRIORITY_SHIFT
             j = job_of[t]
             if j in full:
                 continue
-            c = cache.get(key) or self._candidate(key)
+            c = cache.get(key) or make(key)
             out.append(c)
             if c.failed_on or node in c.exclude or c.holder_free or c.sticky:
                 continue  # it may not fit: look further
@@ -331,7 +379,7 @@ class World:
             groups.add(t if c.group is None else c.group)
             if len(groups) >= want:
                 full.add(j)
-                if key >= PRIORITY_SHIFT and job_of[window[-1] % PRIORITY_SHIFT] == j:
+                if key >= PRIORITY_SHIFT and last == j:
                     break  # originals come in id order: the rest of the window is this job's
         return out
 
@@ -339,20 +387,27 @@ class World:
         """The task's Candidate as _lease_pending builds it from its rows; kept until a copy of
         its group changes (placed, answered, lost) or its job's typical run does."""
         t = key % PRIORITY_SHIFT
-        j = self.job_of[t]
         g = self.group_of[t]
-        job = self.jobs[j]
-        cand = scheduler.Candidate(
+        job = self.jobs[self.job_of[t]]
+        group = self.groups[g]
+        lost = group.lost_on.get(t) if group is not None and group.lost_on else None
+        ran = group.ran if group is not None else None
+        cand = Candidate(
             t,
             job.customer,
             0,
-            frozenset(),
-            frozenset(self.lost_on.get(t, ())),
-            group=None if g == t else g,
-            exclude=frozenset(self.ran.get(g, ())),
-            waited_s=0.0,
-            est_s=job.typical,
-            deadline=job.deadline,
+            NOTHING,
+            frozenset(lost) if lost else NOTHING,
+            None if g == t else g,
+            frozenset(ran) if ran else NOTHING,
+            0,
+            0,
+            0.0,  # waited_s
+            False,
+            False,
+            None,
+            job.typical,  # est_s
+            job.deadline,
         )
         self._cands[key] = cand
         return cand
@@ -360,26 +415,31 @@ class World:
     def _changed(self, group: int) -> None:
         """A copy of `group` was placed, answered or lost: its copies' candidates are stale."""
         self._cands.pop(PRIORITY_SHIFT + group, None)
-        for m in self.members.get(group, ()):
+        open_ = self.groups[group]
+        for m in open_.members if open_ is not None else ():
             self._cands.pop(m, None)
 
     def _grant(self, d: int, t: int, now: float) -> None:
         name = self.names[d]
         task = self.state[t]
-        if task.state is TaskState.PENDING and not self.backup[t]:
+        if task.state is PENDING and not self.backup[t]:
             self._dequeue(t)
         self.state[t] = apply(task, Leased(name, now, self.lease_s))
         g = self.group_of[t]
-        self.ran[g].add(name)
-        self.involved[g].add(name)
-        self._changed(g)
-        self._cands.pop(self._key(t), None)
-        self._set_held(d, self.held[d] + 1)
+        group = self._group(g)
+        group.ran.add(name)
+        group.involved.add(name)
+        cands = self._cands  # _changed(g), inline: t is g or one of its members
+        cands.pop(PRIORITY_SHIFT + g, None)
+        for m in group.members:
+            cands.pop(m, None)
+        self.held[d] += 1
         if g == t:
-            job = self.jobs[self.job_of[t]]
-            job.running[t] = now
-            if len(job.running) == 1:  # its oldest running task changed
-                self._may_be_due(self.job_of[t])
+            j = self.job_of[t]
+            running = self.jobs[j].running
+            running[t] = now
+            if len(running) == 1:  # its oldest running task changed
+                self._may_be_due(j)
         self.counters.leases += 1
 
     def _backups(
@@ -388,52 +448,64 @@ class World:
         """Backup copies of stragglers (store: `_lease_backups`): jobs with nothing pending."""
         if now < self._due_at - DUE_MARGIN_S:
             return []  # no drained job's oldest task is due: plan_backups would find none
-        jobs = [self.jobs[j] for j in self._drained]
-        jobs = [j for j in jobs if j.running and j.backups]
-        self._due_at = min(map(_due_at, jobs), default=math.inf)
-        if not any(_may_straggle(j, now) for j in jobs):
+        # Of each drained job with tasks running: its oldest, and how long its tasks must run
+        # to be backed up (backup_after, once per job: the same for all of its tasks).
+        jobs = self.jobs
+        heads = []
+        after: dict[int, float] = {}
+        due = math.inf
+        straggling = False
+        for j in self._drained:
+            job = jobs[j]
+            if not job.running or not job.backups:
+                continue
+            items = iter(job.running.items())
+            t, at = next(items)
+            heads.append((at, t, j, items))
+            if job.typical is not None:
+                after[j] = wait = scheduler.backup_after(job.typical)
+                due = min(due, at + wait)  # _due_at(job)
+                straggling = straggling or now - at > wait  # _may_straggle(job, now)
+        self._due_at = due
+        if not straggling:
             return []  # plan_backups would find no straggler: spare building them
         # The store's query: leased originals of such jobs, not the asker's, leased over
         # BACKUP_MIN_S ago, with no copy open (those wait in `backed`), oldest first, 64. Each
         # job's `running` is in that order already; merged here by (leased_at, id).
-        heads = []
-        for job in jobs:
-            items = iter(job.running.items())
-            t, at = next(items)
-            heads.append((at, t, items))
         heapq.heapify(heads)
         name = self.names[d]
+        me = frozenset({name})
+        state, groups = self.state, self.groups
         cutoff = now - scheduler.BACKUP_MIN_S
         scanned = 0
         stragglers: list[scheduler.Straggler] = []
         while heads and scanned < BACKUP_SCAN:
-            at, t, items = heads[0]
+            at, t, j, items = heads[0]
             if at >= cutoff:
                 break
             following = next(items, None)
             if following is None:
                 heapq.heappop(heads)
             else:
-                heapq.heapreplace(heads, (following[1], following[0], items))
-            holder = self.state[t].node
+                heapq.heapreplace(heads, (following[1], following[0], j, items))
+            holder = state[t].node
             if holder is None or holder == name:
                 continue
             scanned += 1
-            job = self.jobs[self.job_of[t]]
             # Only those plan_backups would not pass over as too young are built: the rest
             # count toward the 64 read, as the store's rows do, and decide nothing.
-            if job.typical is None or now - at <= scheduler.backup_after(job.typical):
+            wait = after.get(j)
+            if wait is None or now - at <= wait:
                 continue
-            touched = name in self.involved.get(t, ())
             stragglers.append(
                 scheduler.Straggler(
                     t,
                     holder,
                     now - at,
-                    job.typical,
+                    jobs[j].typical,
                     0,
-                    frozenset(),
-                    frozenset({name}) if touched else frozenset(),
+                    NOTHING,
+                    me if name in _involved(groups[t]) else NOTHING,
                 )
             )
         if not scanned:
@@ -447,38 +519,48 @@ class World:
         """Device `d` reports `digest` for `t` after `took` seconds (the right one is RIGHT)."""
         name = self.names[d]
         task = self.state[t]
-        if task.state is not TaskState.LEASED or task.node != name:
+        if task.state is not LEASED or task.node != name:
             return  # superseded: the lease was lost or the copy cancelled
         self.state[t] = apply(task, self._reported[d])
-        self._set_held(d, self.held[d] - 1)
+        self.held[d] -= 1
         self.done[d] += 1
         self.counters.results += 1
         g = self.group_of[t]
-        job = self.jobs[self.job_of[t]]
-        self._not_running(t)
-        if g != t:
+        j = self.job_of[t]
+        job = self.jobs[j]
+        if g == t:  # only originals run as stragglers (copies are never in these)
+            if job.running.pop(t, None) is None:
+                job.backed.pop(t, None)
+        else:
             self._copy_closed(g)
-        if len(job.took) < MEDIAN_SAMPLE:
-            job.took.append(took)
-            n = len(job.took)
+        took_ = job.took
+        if len(took_) < MEDIAN_SAMPLE:
+            took_.append(took)
+            n = len(took_)
             if n & (n - 1) == 0 or n == MEDIAN_SAMPLE:
                 # The store's median moves with every result; here it is taken at 1, 2, 4,
                 # ... 128 and 201 results, then kept (candidates are rebuilt when it moves).
-                job.typical = statistics.median(job.took)
+                job.typical = statistics.median(took_)
                 self._cands.clear()
-                self._may_be_due(self.job_of[t])
-        self.results[g][name] = digest
-        self._changed(g)
-        if g == t and not self.members.get(g) and self.quorum.get(g, 0) <= 1:
+                self._may_be_due(j)
+        group = self._group(g)
+        group.results[name] = digest
+        members = group.members
+        cands = self._cands
+        cands.pop(PRIORITY_SHIFT + g, None)  # _changed(g), inline
+        if members:
+            for m in members:
+                cands.pop(m, None)
+        elif g == t and group.quorum <= 1:
             # The fast path: a first result that its node's record lets go unchecked.
-            quorum = self.quorum.get(g) or trust.quorum_for(self.record[d], self.draw())
+            quorum = group.quorum or trust.quorum_for(self.record[d], self.draw())
             if quorum <= 1:
-                self.quorum[g] = 1
+                group.quorum = 1
                 self._settle(g, True, now)
                 self.counters.wrong_accepted += digest != RIGHT
                 self._vote(d, agreed=True)
                 return
-            self.quorum[g] = quorum
+            group.quorum = quorum
         self._verify(g, now)
 
     def expire(self, t: int, now: float) -> None:
@@ -493,10 +575,13 @@ class World:
         self._set_held(d, self.held[d] - 1)
         self.lost[d] += 1
         self._set_quota(d, inflight.shrunk(self.quota[d]))
-        lost_on = self.lost_on.setdefault(t, set())
+        group = self._group(g)
+        if group.lost_on is None:
+            group.lost_on = {}
+        lost_on = group.lost_on.setdefault(t, set())
         lost_on.add(task.node or "")
         self._most_lost = max(self._most_lost, len(lost_on))
-        self.ran[g].discard(task.node or "")
+        group.ran.discard(task.node or "")
         self._changed(g)
         self._cands.pop(self._key(t), None)
         self._not_running(t)
@@ -515,26 +600,34 @@ class World:
 
     def _verify(self, g: int, now: float) -> None:
         """Decide on group `g` from its results so far (store: `_verify_groups`)."""
-        if self.state[g].state in (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED):
+        state = self.state
+        if state[g].state in SETTLED:
             return
         gone = self._quarantined_names
-        votes = [(n, dg) for n, dg in self.results[g].items() if n not in gone]
-        copies = [g, *self.members.get(g, ())]
-        outstanding = sum(self.state[m].state in OPEN for m in copies)
-        involved = frozenset(self.involved[g])
-        quorum = self.quorum.get(g, 0)
+        group = self._group(g)
+        results = group.results
+        votes = [*results.items()]
+        if gone:
+            votes = [(n, dg) for n, dg in votes if n not in gone]
+        outstanding = 1 if state[g].state in OPEN else 0
+        for m in group.members:
+            if state[m].state in OPEN:
+                outstanding += 1
+        involved = frozenset(group.involved)
+        quorum = group.quorum
         if quorum == 0 and votes:
             quorum = trust.quorum_for(self.record[self.index[votes[0][0]]], self.draw())
-            self.quorum[g] = quorum
+            group.quorum = quorum
         verdict = trust.verdict(votes, max(quorum, 1), outstanding, involved)
-        if isinstance(verdict, trust.Accept):
+        if type(verdict) is trust.Accept:
             self._settle(g, True, now)
             self.counters.wrong_accepted += verdict.digest != RIGHT
+            index = self.index
             for n in verdict.agreeing:
-                self._vote(self.index[n], agreed=True)
+                self._vote(index[n], agreed=True)
             for n in verdict.disputing:
-                self._vote(self.index[n], agreed=False)
-        elif isinstance(verdict, trust.NeedMore):
+                self._vote(index[n], agreed=False)
+        elif type(verdict) is trust.NeedMore:
             for _ in range(verdict.replicas):
                 self._copy(g, backup=False)
         else:
@@ -548,7 +641,7 @@ class World:
     def _copy_closed(self, g: int) -> None:
         """A copy of `g` is no longer open: if none is and `g` still runs, it may be backed up."""
         job = self.jobs[self.job_of[g]]
-        if g not in job.backed or any(self.state[m].state in OPEN for m in self.members[g]):
+        if g not in job.backed or any(self.state[m].state in OPEN for m in self._group(g).members):
             return
         at = job.backed.pop(g)
         if self.state[g].state is TaskState.LEASED:
@@ -558,7 +651,7 @@ class World:
 
     def _cancel_copies(self, g: int) -> None:
         """The original failed for good: its copies still open are no longer needed."""
-        for m in self.members.get(g, ()):
+        for m in _members(self.groups[g]):
             if self.state[m].state in OPEN:
                 self._close(g, m)
                 self.state[m] = apply(self.state[m], Cancelled("the task failed"))
@@ -579,16 +672,18 @@ class World:
 
     def _settle(self, g: int, ok: bool, now: float) -> None:
         """The group's verdict: the original settles, copies still open are cancelled."""
-        for m in (g, *self.members.get(g, ())):
-            task = self.state[m]
-            if task.state in OPEN:
-                self._close(g, m)
-            if m == g:
-                self.state[m] = apply(task, AGREED if ok else DISAGREED)
-            elif task.state is TaskState.VERIFYING:
-                self.state[m] = apply(task, AGREED if ok else COPY_DISAGREED)
+        state = self.state
+        task = state[g]
+        if task.state in OPEN:
+            self._close(g, g)
+        state[g] = apply(task, AGREED if ok else DISAGREED)
+        for m in _members(self.groups[g]):
+            task = state[m]
+            if task.state is VERIFYING:
+                state[m] = apply(task, AGREED if ok else COPY_DISAGREED)
             elif task.state in OPEN:
-                self.state[m] = apply(task, NOT_NEEDED)
+                self._close(g, m)
+                state[m] = apply(task, NOT_NEEDED)
         self._finish(g, now, ok=ok)
 
     def _may_be_due(self, j: int) -> None:
@@ -611,19 +706,15 @@ class World:
     def _forget(self, g: int) -> None:
         """Drop what only an open group needs: nothing reads it once the group is settled (no
         copy of it is leased any more), and a million groups' sets weigh a gigabyte."""
-        for m in self.members.pop(g, ()):
-            self.lost_on.pop(m, None)
-        self.lost_on.pop(g, None)
-        self.ran.pop(g, None)
-        self.involved.pop(g, None)
-        self.results.pop(g, None)
-        self.quorum.pop(g, None)
+        self.groups[g] = None
 
     def _vote(self, d: int, *, agreed: bool) -> None:
-        rec = trust.record_after(self.record[d], agreed)
-        self.record[d] = rec
+        self.record[d] = trust.record_after(self.record[d], agreed)
         if agreed:
-            self._set_quota(d, inflight.grown(self.quota[d]))
+            quota = self.quota[d]
+            grown = inflight.grown(quota)
+            if grown != quota:
+                self._set_quota(d, grown)
         else:
             self._quarantined.add(d)
             self._quarantined_names.add(self.names[d])
@@ -651,7 +742,7 @@ class World:
         """Free slots as `_fleet_views` counts them: quota-backed slots less what it runs."""
         if not force and not self.live[d]:
             return 0
-        return max(0, self._slots(d) - (self.cores[d] - self.reported_free[d]))
+        return max(0, self.slots[d] - (self.cores[d] - self.reported_free[d]))
 
     def _reliability(self, d: int) -> float:
         return (self.done[d] + 1) / (self.done[d] + self.lost[d] + 2)
@@ -662,29 +753,31 @@ class World:
     def _set_quota(self, d: int, quota: int) -> None:
         if quota == self.quota[d]:
             return
+        slots, cores = self.slots, self.cores[d]
         if self.live[d]:
-            self.total_slots -= self._slots(d)
-            self.total_free -= self._free(d)
+            busy = cores - self.reported_free[d]
+            before, after = slots[d], inflight.scheduling_slots(quota, cores)
+            self.total_slots += after - before
+            self.total_free += max(0, after - busy) - max(0, before - busy)
+            slots[d] = after
+        else:
+            slots[d] = inflight.scheduling_slots(quota, cores)
         self.quota[d] = quota
-        self.slots[d] = inflight.scheduling_slots(quota, self.cores[d])
-        if self.live[d]:
-            self.total_slots += self._slots(d)
-            self.total_free += self._free(d)
 
 
 def _due_at(job: Job) -> float:
-    """When the job's oldest running task becomes due for a backup (`_may_straggle`)."""
+    """When the job's oldest running task becomes due for a backup (see `_backups`)."""
     if job.typical is None:
         return math.inf
     return next(iter(job.running.values())) + scheduler.backup_after(job.typical)
 
 
-def _may_straggle(job: Job, now: float) -> bool:
-    """Whether the job's oldest running task has run long enough to be backed up."""
-    if job.typical is None:
-        return False
-    oldest = next(iter(job.running.values()))
-    return now - oldest > scheduler.backup_after(job.typical)
+def _members(group: Group | None) -> list[int] | tuple[()]:
+    return group.members if group is not None else ()
+
+
+def _involved(group: Group | None) -> set[str] | tuple[()]:
+    return group.involved if group is not None else ()
 
 
 def _by_lease(item: tuple[int, float]) -> tuple[float, int]:
