@@ -21,6 +21,10 @@ from fogwheel import apps
 from fogwheel.client import Client
 from fogwheel.core import apps as core
 from fogwheel.localfog import LocalFog
+from fogwheel.protocol import JobIn, SyncIn, TaskIn
+from fogwheel.store import Store
+from fogwheel.store import apps as app_rows
+from tests.test_store import T0, join, ok, value
 
 
 def code_dir(where: Path, tag: str, factor: int) -> Path:
@@ -293,3 +297,73 @@ def test_a_call_by_reference_and_with_env_run_in_the_environment_asked(
     env = Env(pip=[str(wheel)])
     assert client.with_env(env).submit(plus, 1).result(60) == 101
     assert list(client.with_env(env).map(plus, [2, 3], timeout=60)) == [102, 103]
+
+
+# -- the store: binding at lease time, and a job's environment on its devices -----------------
+
+
+def _app_job(n: int) -> JobIn:
+    return JobIn(
+        kind="python",
+        tasks=[TaskIn(args=value(str(i).encode())) for i in range(n)],
+        replicas="adaptive",
+    )
+
+
+def test_a_replica_runs_its_siblings_version_and_new_leases_the_current_one(store: Store) -> None:
+    a, b = join(store, "a", cores=1), join(store, "b", cores=1)
+    with store.tx() as c:
+        app_id = app_rows.ensure_app(c, "c1", "pinned", "python", T0)
+        v1, _ = app_rows.add_version(
+            c, app_id, core.Manifest("pinned", "python", entry="json:dumps"), "s1", None, {},
+            set(), T0,
+        )  # fmt: skip
+        v2, _ = app_rows.add_version(
+            c, app_id, core.Manifest("pinned", "python", entry="json:loads"), "s2", None, {},
+            set(), T0,
+        )  # fmt: skip
+    assert v1["current"] and not v2["current"]  # the first version is current until changed
+    store.create_job("c1", _app_job(1), T0, app_id=app_id)
+    [first] = store.sync(a, SyncIn(want=1, slots_free=1), T0).tasks
+    assert first["app"]["version"] == v1["id"] and first["fn"] is None
+    assert json.loads(first["app"]["manifest"])["entry"] == "json:dumps"
+    store.sync(a, SyncIn(results=[ok(first["task_id"], 1, b"x")]), T0 + 1)
+    with store.tx() as c:
+        app_rows.set_current(c, app_id, "v2")
+    [check] = store.sync(b, SyncIn(want=1, slots_free=1), T0 + 2).tasks
+    assert check["task_id"] != first["task_id"]  # the replica that checks a's result ...
+    assert check["app"]["version"] == v1["id"]  # ... runs the version a ran
+    store.create_job("c1", _app_job(1), T0 + 3, app_id=app_id)
+    [fresh] = store.sync(a, SyncIn(want=1, slots_free=1), T0 + 3).tasks
+    assert fresh["app"]["version"] == v2["id"]  # a new lease: the current version
+    with store.read() as c:
+        counts = app_rows.outcomes(c, app_id)
+        assert app_rows.node_may_read(c, a, "0" * 64) is False
+    assert counts == {v1["id"]: {"reported": 1, "running": 1}, v2["id"]: {"running": 1}}, counts
+
+
+def test_env_progress_counts_the_devices_still_preparing_the_environment(store: Store) -> None:
+    from fogwheel.core import envlock
+    from fogwheel.node.envs import this_platform
+    from fogwheel.store.envs import env_progress, register_env
+
+    wheel = b"a wheel's bytes"
+    sha = hashlib.sha256(wheel).hexdigest()
+    store.own_blob("c1", sha, len(wheel))
+    lock = envlock.make_lock(
+        this_platform().python, [envlock.wheel_of("p-1.0-py3-none-any.whl", sha, len(wheel))]
+    )
+    register_env(store, "c1", lock, T0)
+    node = join(store, "a", cores=2)
+    platform = this_platform().describe()
+    store.sync(node, SyncIn(want=0, envs=[], env_platform=platform), T0)
+    job_id = store.create_job("c1", JobIn(**{**_app_job(2).model_dump(), "env": lock.sha}), T0)
+    with store.read() as c:
+        assert env_progress(c, "c1", job_id) == {"env": lock.sha, "nodes": 0, "preparing": 0}
+    assert len(store.sync(node, SyncIn(want=2, slots_free=2), T0 + 1).tasks) == 2
+    with store.read() as c:
+        assert env_progress(c, "c1", job_id) == {"env": lock.sha, "nodes": 1, "preparing": 1}
+    store.sync(node, SyncIn(envs=[lock.sha]), T0 + 2)  # built: the node says it holds it
+    with store.read() as c:
+        assert env_progress(c, "c1", job_id) == {"env": lock.sha, "nodes": 1, "preparing": 0}
+        assert env_progress(c, "someone else", job_id) is None

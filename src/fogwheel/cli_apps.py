@@ -250,7 +250,7 @@ def call(
             [fut] = client.with_env(env).submit_many(
                 fn, [(tuple(values), {})], name=entry, wall_s=wall, inputs=[files]
             )
-            status.update(f"{entry}: running on the fog…")
+            _show_env_progress(client, fut, status, entry, env is not None)
             result = fut.result()
         except EnvBuildError as e:
             raise _fail(f"{entry}: {e}") from None
@@ -260,6 +260,29 @@ def call(
         typer.echo(json.dumps(result))
     except (TypeError, ValueError):
         typer.echo(repr(result))
+
+
+def _show_env_progress(client: Any, fut: Any, status: Any, what: str, has_env: bool) -> None:
+    """Until `fut` is done: "preparing environment on N devices" while devices running it
+    build its environment for the first time (GET /v1/jobs/ID/env), else "running"."""
+    from concurrent.futures import wait
+
+    said = ""
+    while not fut.done():
+        line = f"{what}: running on the fog…"
+        if has_env:
+            try:
+                n = client.env_status(fut.job_id)["preparing"]
+            except FogwheelError:
+                n = 0
+            if n:
+                line = f"{what}: preparing environment on {n} device{'s' if n > 1 else ''}…"
+        if line != said:
+            status.update(line)
+            if "preparing" in line:
+                err.print(line, markup=False, highlight=False)
+            said = line
+        wait([fut], timeout=0.5)
 
 
 def _value(text: str) -> Any:

@@ -696,6 +696,13 @@ class Client:
             self._env_shas[env] = sha
         return sha
 
+    def env_status(self, job_id: int) -> dict[str, Any]:
+        """Where job `job_id`'s Python environment stands: `nodes` (devices holding its
+        tasks now) and `preparing` (of those, devices still downloading and installing it:
+        what "preparing environment on N devices" counts), and `env` (its lock)."""
+        out: dict[str, Any] = self._request("GET", f"/v1/jobs/{job_id}/env").json()
+        return out
+
     def put_blob(self, data: bytes | str | os.PathLike[str], upload: bool = False) -> Blob:
         """Upload `data` once (a second put of the same bytes sends nothing) as a `Blob`;
         small data travels inline with the tasks that read it unless `upload` is set.

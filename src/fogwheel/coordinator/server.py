@@ -33,6 +33,7 @@ from fogwheel.coordinator.bodylimit import BodyLimit
 from fogwheel.coordinator.bodytimeout import BodyTimeout
 from fogwheel.coordinator.console_pages import install_console
 from fogwheel.coordinator.console_routes import build_console_routes
+from fogwheel.coordinator.env_routes import build_env_routes
 from fogwheel.coordinator.head import HeadAsGet
 from fogwheel.coordinator.sampler import sample_forever
 from fogwheel.coordinator.rollout_routes import judge_forever, rollout_period_s
@@ -286,6 +287,7 @@ def build_app(config: CoordinatorConfig, store: Store) -> FastAPI:
     build_app_routes(  # apps and their versions (docs/apps.md)
         app, store, app.state.auth, blobs, signing_key, app.state.metrics.submitted.inc
     )
+    build_env_routes(app, store, app.state.auth)  # a job's environment on its devices
     build_console_routes(app, store, app.state.auth, config.sample_s)
     install_console(app)  # the web console at /
     openapi.install(app, config.public_urls)

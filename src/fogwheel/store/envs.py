@@ -145,3 +145,30 @@ def node_envs(c: Connection, node_id: str) -> tuple[str | None, frozenset[str]]:
 def wheel_locks(c: Connection, sha: str) -> list[str]:
     """The registered locks that name blob `sha` as a wheel (a node may fetch it for them)."""
     return list(c.execute(select(env_wheels.c.lock).where(env_wheels.c.sha == sha)).scalars())
+
+
+def env_progress(c: Connection, customer_id: str, job_id: int) -> dict[str, Any] | None:
+    """Where a job's Python environment stands on the devices running it: how many nodes
+    hold its leased tasks (`nodes`) and how many of those have not said they hold the
+    environment built (`preparing`: downloading and installing it now). None when the job
+    is not the customer's."""
+    from fogwheel.core.tasks import TaskState
+    from fogwheel.store.schema import jobs, tasks
+
+    env = c.execute(
+        select(jobs.c.env).where(jobs.c.id == job_id, jobs.c.customer_id == customer_id)
+    ).first()
+    if env is None:
+        return None
+    held_by = c.execute(
+        select(nodes.c.id, nodes.c.envs).where(
+            nodes.c.id.in_(
+                select(tasks.c.node_id).where(
+                    tasks.c.job_id == job_id, tasks.c.state == TaskState.LEASED
+                )
+            )
+        )
+    ).all()
+    sha = env.env
+    preparing = 0 if sha is None else sum(sha not in json.loads(r.envs or "[]") for r in held_by)
+    return {"env": sha, "nodes": len(held_by), "preparing": preparing}
