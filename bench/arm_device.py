@@ -505,24 +505,36 @@ def diloco_round(fog: LocalFog, work: Path, wait_s: float) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument(
         "--cache-dir",
         type=Path,
         default=Path.home() / ".cache/fogwheel-arm64",
         help="where the arm64 root and its wheels are kept (default %(default)s)",
     )
-    ap.add_argument("--memory-mb", type=int, default=512, help="the device's memory cgroup")
-    ap.add_argument("--cores", type=int, default=1, help="slots the device's node offers")
-    ap.add_argument("--demo-tasks", type=int, default=100, help="tasks of the demo's job")
-    ap.add_argument("--span", type=int, default=4000, help="numbers per demo task (the demo's)")
-    ap.add_argument("--kmer-mbp", type=float, default=1.0, help="genome size, million bases")
-    ap.add_argument("--k", type=int, default=21)
+    ap.add_argument(
+        "--memory-mb", type=int, default=512, help="the device's memory cgroup, MB (%(default)s)"
+    )
+    ap.add_argument(
+        "--cores", type=int, default=1, help="slots the device's node offers (%(default)s)"
+    )
+    ap.add_argument(
+        "--demo-tasks", type=int, default=100, help="tasks of the demo's job (%(default)s)"
+    )
+    ap.add_argument(
+        "--span", type=int, default=4000, help="numbers per demo task (%(default)s, the demo's)"
+    )
+    ap.add_argument(
+        "--kmer-mbp", type=float, default=1.0, help="genome size, million bases (%(default)s)"
+    )
+    ap.add_argument("--k", type=int, default=21, help="k-mer length (default %(default)s)")
     ap.add_argument(
         "--diloco-wait",
         type=float,
         default=60.0,
-        help="seconds to wait for the DiLoCo round to be placed or refused",
+        help="seconds to wait for the DiLoCo round to be placed or refused (%(default)s)",
     )
     ap.add_argument("--no-x86", action="store_true", help="skip the x86 reference node")
     ap.add_argument("--rebuild", action="store_true", help="make the arm64 root afresh")
