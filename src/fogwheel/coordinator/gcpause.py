@@ -11,6 +11,12 @@ Two things, both standard practice for long-lived CPython servers:
 - `settle()` after start-up: one collection, then `gc.freeze()`, which moves everything alive
   into a generation the collector never walks again (what is loaded at start lives as long as
   the process), so later full passes walk only what the fleet made.
+- `settle()` also spaces the passes out (`THRESHOLDS`): a young pass every 10,000 net
+  allocations rather than 700 (each still about a millisecond), a middle one every 20 of
+  those, and a full one only every 100 middle ones. A request's objects die young, by
+  reference count, so what the collector finds to walk is what outlived a few requests; with
+  CPython's defaults a busy 10,000-node coordinator ran a full pass every few seconds
+  (bench/fleet.py, `gc_full_passes`), each long enough to show in the sync p99.
 - `GcPauses`: every pass timed through `gc.callbacks`, by generation, as
   `fogwheel_gc_pause_seconds` in /metrics, so that the pauses are a figure, not a guess.
 """
@@ -66,7 +72,13 @@ class GcPauses:
             self._started.at = None
 
 
+# (young, middle, full) as gc.set_threshold takes them; CPython's defaults are (700, 10, 10).
+THRESHOLDS = (10_000, 20, 100)
+
+
 def settle() -> None:
-    """Collect once and freeze what survives: start-up's objects are never walked again."""
+    """Collect once and freeze what survives: start-up's objects are never walked again;
+    then space the passes out (THRESHOLDS)."""
     gc.collect()
     gc.freeze()
+    gc.set_threshold(*THRESHOLDS)

@@ -325,6 +325,9 @@ def serve(config: CoordinatorConfig, announce: bool = True) -> None:
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((config.host, config.port))
+    # Listening before the ready file and the URL are out: a client that reads them and
+    # connects at once waits in the backlog instead of being refused (uvicorn listens again).
+    sock.listen(4096)
     port = sock.getsockname()[1]
     scheme = "https" if config.tls_cert else "http"
     url = f"{scheme}://{config.host}:{port}"
