@@ -97,9 +97,9 @@ def post_from(
 
 def _peer(answer: dict[str, Any]) -> tuple[str, int]:
     peer = answer.get("peer")
-    if not (isinstance(peer, list) and len(peer) == 2 and isinstance(peer[1], int)):
+    if not (isinstance(peer, dict) and isinstance(peer.get("port"), int)):
         raise PunchFailed("the rendezvous named no peer")
-    host, port = str(peer[0]), int(peer[1])
+    host, port = str(peer.get("host")), int(peer["port"])
     socket.inet_aton(host)  # an IPv4 address, not a name to resolve
     if not 0 < port < 65536:
         raise PunchFailed("the rendezvous named no port")
@@ -367,7 +367,7 @@ class NodeCalls:
             if status != 200:
                 raise PunchFailed(f"the rendezvous answered {status}")
             peer = _peer(answer)
-            if list(peer) != list(c.get("peer", [])):
+            if c.get("peer") != {"host": peer[0], "port": peer[1]}:
                 raise PunchFailed("the rendezvous named another peer than it called for")
             sock = dial(port, peer)
         finally:

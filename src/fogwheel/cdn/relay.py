@@ -32,10 +32,10 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Request, Response
-from pydantic import StringConstraints
+from pydantic import Field, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
 from fogwheel.coordinator.auth import Authenticator
@@ -62,6 +62,37 @@ class PunchIn(Model):
 
 class RelayIn(PunchIn):
     sha: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class Endpoint(Model):
+    host: str = Field(description="an IP address, as the coordinator saw the connection")
+    port: int = Field(ge=1, le=65535)
+
+
+class Call(Model):
+    kind: Literal["punch", "relay"]
+    id: str = Field(description="the session: answer it at /v1/nodes/me/{kind}/{id}")
+    peer: Endpoint | None = Field(default=None, description="punch: the fetcher's address")
+    sha: str | None = Field(default=None, description="relay: the share to upload")
+    size: int | None = None
+    content_id: str | None = None
+
+
+class CallsOut(Model):
+    calls: list[Call]
+
+
+class Met(Model):
+    id: str | None = Field(default=None, description="the rendezvous (to the fetcher)")
+    peer: Endpoint = Field(description="the other side's observed address: connect to it now")
+
+
+SHARE_BYTES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the share's bytes, checked against its hash",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
 
 
 @dataclass
@@ -134,7 +165,7 @@ class Rendezvous:
             self.relayed.setdefault(who, collections.deque()).append((now, nbytes))
         self.counts["relay_bytes"] += nbytes
 
-    async def poll(self, node_id: str, wait: float, request: Request) -> list[dict[str, Any]]:
+    async def poll(self, node_id: str, wait: float, request: Request) -> list[Call]:
         event = self.wake.setdefault(node_id, asyncio.Event())
         queue = self.queued.setdefault(node_id, collections.deque())
         if not queue:
@@ -147,12 +178,13 @@ class Rendezvous:
         while queue and len(calls) < CALLS_PER_ANSWER:
             s = queue.popleft()
             s.taken = True
-            call: dict[str, Any] = {"kind": s.kind, "id": s.id}
             if s.kind == "relay":
-                call.update(sha=s.sha, size=s.size, content_id=s.content_id)
+                call = Call(kind="relay", id=s.id, sha=s.sha, size=s.size, content_id=s.content_id)
             else:
                 assert s.fetcher is not None
-                call["peer"] = list(s.fetcher)
+                call = Call(
+                    kind="punch", id=s.id, peer=Endpoint(host=s.fetcher[0], port=s.fetcher[1])
+                )
             calls.append(call)
         if not queue:
             self.queued.pop(node_id, None)
@@ -206,13 +238,13 @@ def build_rendezvous_routes(
         request: Request,
         wait: Annotated[float, Query(ge=0, le=POLL_MAX_S)] = 20.0,
         who: Principal = node,
-    ) -> dict[str, Any]:
+    ) -> CallsOut:
         """A device behind NAT waits here (at most `wait` seconds) for fetchers that want to
         punch through to it, or shares it should relay through the coordinator."""
-        return {"calls": await rz.poll(who.id, wait, request)}
+        return CallsOut(calls=await rz.poll(who.id, wait, request))
 
     @router.post("/cdn/punch")
-    async def punch(request: Request, body: PunchIn, who: Principal = customer) -> dict[str, Any]:
+    async def punch(request: Request, body: PunchIn, who: Principal = customer) -> Met:
         """Meet a device behind NAT: sent from the local port the fetcher will dial from.
         Answers the device's observed address once it has come (then both connect at once);
         504 when it does not come within 8 s."""
@@ -234,12 +266,10 @@ def build_rendezvous_routes(
         finally:
             rz.close(s)
         rz.counts["punch_met"] += 1
-        return {"id": s.id, "peer": list(peer)}
+        return Met(id=s.id, peer=Endpoint(host=peer[0], port=peer[1]))
 
     @router.post("/nodes/me/punch/{session_id}", tags=["nodes"])
-    async def punched(
-        session_id: SessionId, request: Request, who: Principal = node
-    ) -> dict[str, Any]:
+    async def punched(session_id: SessionId, request: Request, who: Principal = node) -> Met:
         """The device comes to the rendezvous, from the local port it will dial from; answers
         the fetcher's observed address (the fetcher is told the device's at the same moment)."""
         s = rz.sessions.get(session_id)
@@ -249,9 +279,9 @@ def build_rendezvous_routes(
             raise HTTPException(400, "the coordinator cannot tell where this request comes from")
         s.done.set_result((request.client.host, request.client.port))
         assert s.fetcher is not None
-        return {"peer": list(s.fetcher)}
+        return Met(peer=Endpoint(host=s.fetcher[0], port=s.fetcher[1]))
 
-    @router.post("/cdn/relay", response_class=Response)
+    @router.post("/cdn/relay", response_class=Response, responses=SHARE_BYTES)
     async def relay(body: RelayIn, who: Principal = customer) -> Response:
         """One share of a device no connection reaches, carried by the coordinator: the
         device uploads it, the coordinator checks its hash and answers it. 504 when the device
