@@ -377,7 +377,13 @@ def build_rollout_routes(
             rollout=out([ro])[0] if ro is not None else None,
         )
 
-    @v1.get("/nodes/me/agent/{version}", tags=["nodes"], dependencies=[node])
+    @v1.get(
+        "/nodes/me/agent/{version}",
+        tags=["nodes"],
+        dependencies=[node],
+        response_class=StreamingResponse,
+        responses={200: {"content": {"application/octet-stream": {}}}},
+    )
     def fetch_agent(version: str) -> StreamingResponse:
         """A published agent wheel's bytes (the node checks its hash and signature)."""
         rel = rows.agent_version(store, version)
