@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -490,7 +491,9 @@ def machine_busy() -> float:
     return t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0)
 
 
-async def pace_factors(pools: list[Pool], admin: str) -> tuple[list[float | None], dict]:
+async def pace_factors(
+    pools: list[Pool], admin: str
+) -> tuple[list[float | None], dict[str, Any], dict[float, float]]:
     """Each coordinator's sync pace factor (core/pacing.py Pacer) from its /metrics, and its
     garbage collector's pauses over the run (coordinator/gcpause.py), summed over processes."""
     found: list[float | None] = []
@@ -501,6 +504,9 @@ async def pace_factors(pools: list[Pool], admin: str) -> tuple[list[float | None
         "gc_passes_over_25ms": 0,
         "gc_pause_ms_by_generation": [0.0, 0.0, 0.0],
     }
+    # The coordinators' own view of a sync (arrival to last byte out, every status), as
+    # cumulative counts per bucket bound: where the latency is spent, server or client side.
+    sync_buckets: dict[float, float] = defaultdict(float)
     for pool in pools:
         try:
             status, text = await pool.request("GET", "/metrics", admin, text=True)
@@ -523,13 +529,49 @@ async def pace_factors(pools: list[Pool], admin: str) -> tuple[list[float | None
                 gc["gc_pause_ms"] += 1000 * float(rest)
                 generation = int(name.partition('generation="')[2][:1] or 2)
                 gc["gc_pause_ms_by_generation"][generation] += round(1000 * float(rest), 1)
+            elif name.startswith("fogwheel_http_request_duration_seconds_bucket") and (
+                'route="/v1/nodes/me/sync"' in name and 'method="POST"' in name
+            ):
+                bound = name.partition('le="')[2].partition('"')[0]
+                sync_buckets[math.inf if bound == "+Inf" else float(bound)] += float(rest)
             elif name.startswith("fogwheel_gc_pause_seconds_bucket") and 'le="0.025"' in name:
                 gc["gc_passes_over_25ms"] -= int(float(rest))
             elif name.startswith("fogwheel_gc_pause_seconds_bucket") and 'le="+Inf"' in name:
                 gc["gc_passes_over_25ms"] += int(float(rest))
         found.append(value)
     gc["gc_pause_ms"] = round(gc["gc_pause_ms"], 1)
-    return found, gc
+    return found, gc, dict(sync_buckets)
+
+
+def window_figures(
+    before: tuple[Any, dict[str, Any], dict[float, float]],
+    after: tuple[Any, dict[str, Any], dict[float, float]],
+) -> dict[str, Any]:
+    """The collector's pauses and the coordinators' own sync p99 within the measured window:
+    the counters at its end less those at its start."""
+    gc0, gc1 = before[1], after[1]
+    out: dict[str, Any] = {
+        k: round(gc1[k] - gc0[k], 1) if isinstance(gc1[k], float) else gc1[k] - gc0[k]
+        for k in ("gc_passes", "gc_full_passes", "gc_pause_ms", "gc_passes_over_25ms")
+    }
+    out["gc_pause_ms_by_generation"] = [
+        round(b - a, 1)
+        for a, b in zip(
+            gc0["gc_pause_ms_by_generation"], gc1["gc_pause_ms_by_generation"], strict=True
+        )
+    ]
+    counts = {b: n - before[2].get(b, 0.0) for b, n in after[2].items()}
+    total = counts.get(math.inf, 0.0)
+    # the bucket bound below which 99 % of the window's syncs finished, by the coordinators
+    out["server_sync_p99_ms_at_most"] = next(
+        (
+            round(1000 * b, 1) if b != math.inf else None
+            for b in sorted(counts)
+            if total and counts[b] >= 0.99 * total
+        ),
+        None,
+    )
+    return out
 
 
 # -- one setup ----------------------------------------------------------------------------
@@ -584,6 +626,7 @@ async def drive(
     measure_from = start + args.ramp + args.warmup
     stats.window = (measure_from, measure_from + args.seconds)
     await asyncio.sleep(max(0.0, measure_from - loop.time()))
+    before = await pace_factors(pools, admin)  # the window's counters start here
     cpu0 = usage.cpu()
     own0 = time.process_time()
     db0, busy0 = database_cpu(), machine_busy()
@@ -620,7 +663,8 @@ async def drive(
     wall = loop.time() - w0
     own = time.process_time() - own0
     db_cpu, busy = database_cpu() - db0, machine_busy() - busy0
-    factors, gc_figures = await pace_factors(pools, admin)
+    after = await pace_factors(pools, admin)
+    factors, gc_figures = after[0], window_figures(before, after)
     for spy in spies:
         spy.wait()
     stop.set()

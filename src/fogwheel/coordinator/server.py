@@ -382,8 +382,8 @@ def serve(config: CoordinatorConfig, announce: bool = True) -> None:
     server = uvicorn.Server(uv)
     # Start-up's objects are frozen out of the collector's passes, and every pass is timed
     # (coordinator/gcpause.py: a full pass at 10,000 nodes stalls every sync).
-    app.state.metrics.gc.install()
     gcpause.settle()
+    app.state.metrics.gc.install()
     try:
         server.run(sockets=[sock])
     finally:
