@@ -23,7 +23,7 @@ import pytest
 
 import fogwheel
 from fogwheel import Client
-from fogwheel.core.rollout import RolloutPolicy, canary_floor, in_canary
+from fogwheel.core.rollout import Arm, RolloutPolicy, canary_floor, in_canary
 from fogwheel.localfog import LocalFog
 from fogwheel.store import Store
 from fogwheel.store import rollouts as rows
@@ -344,3 +344,61 @@ def test_a_healthy_app_version_reaches_every_device_and_becomes_current(
                 headers={"authorization": f"Bearer {fog.api_key}"},
             )
             assert r.status_code == status and r.json()["error"], r.text
+
+
+def test_the_judge_counts_each_agent_version_and_promotes_then_rolls_back(store: Store) -> None:
+    """Outcomes come from attempts by the version their node said (since it said it); a
+    crash on the new version is a failure of it; every decision is a recorded step."""
+    from fogwheel.protocol import ErrorInfo, SyncIn, TaskReport
+    from tests.test_store import T0, job, join, ok
+
+    old, new = join(store, "old"), join(store, "new")
+    rows.note_agent_version(store, old, "1", T0)
+    rows.note_agent_version(store, new, "2", T0)
+    ro = rows.start(
+        store,
+        kind="agent",
+        subject="agent",
+        old_version="1",
+        new_version="2",
+        policy=RolloutPolicy(steps=(0.5, 1.0), min_outcomes=3),
+        now=T0,
+    )
+    store.create_job("c1", job(40, max_attempts=5), T0)
+
+    def run(node: str, n: int, t: float, crash: bool = False) -> None:
+        leased = store.sync(node, SyncIn(want=n, slots_free=n), t).tasks
+        assert len(leased) == n
+        reports = [
+            TaskReport(
+                task_id=x["task_id"],
+                attempt=x["attempt"],
+                ok=False,
+                error=ErrorInfo(kind="crash", type="", message="worker exited"),
+            )
+            if crash
+            else ok(x["task_id"], x["attempt"])
+            for x in leased
+        ]
+        store.sync(node, SyncIn(results=reports), t + 0.5)
+
+    run(old, 3, T0 + 1)
+    run(new, 2, T0 + 1)
+    [held] = rows.evaluate(store, T0 + 2)
+    assert held.decision.action == "hold" and (held.old, held.new) == (Arm(3, 0), Arm(2, 0))
+    run(new, 1, T0 + 3)
+    [promoted] = rows.evaluate(store, T0 + 4)
+    assert promoted.decision.action == "promote" and promoted.new == Arm(3, 0)
+    run(old, 3, T0 + 5)
+    run(new, 3, T0 + 5, crash=True)
+    [back] = rows.evaluate(store, T0 + 6)
+    assert back.decision.action == "rollback", back.decision.reason
+    assert (back.old, back.new) == (Arm(3, 0), Arm(0, 3))  # counted since the step began
+    got = rows.get(store, ro.id)
+    assert got is not None and got.state.value == "rolled_back"
+    assert not got.serves_new(new) and got.wanted(new) == "1"
+    steps = rows.steps_of(store, [ro.id])[ro.id]
+    assert [s["action"] for s in steps] == ["start", "promote", "rollback"]
+    assert (
+        steps[-1]["new"] == {"ok": 0, "failed": 3} and "rolled back at 100%" in steps[-1]["reason"]
+    )
