@@ -402,3 +402,85 @@ def test_the_judge_counts_each_agent_version_and_promotes_then_rolls_back(store:
     assert (
         steps[-1]["new"] == {"ok": 0, "failed": 3} and "rolled back at 100%" in steps[-1]["reason"]
     )
+
+
+# -- the node's checks before it runs a byte of an offered agent ------------------------------
+
+
+def _offer(key: Any, version: str, data: bytes) -> dict[str, Any]:
+    from fogwheel.agent_release import sign_release
+
+    sha = hashlib.sha256(data).hexdigest()
+    return {
+        "version": version,
+        "sha": sha,
+        "size": len(data),
+        "signature": sign_release(key, version, sha, len(data)),
+        "rollout": "ro_test",
+    }
+
+
+def _zip(entries: dict[str, bytes], symlink: str | None = None) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+        if symlink:
+            info = zipfile.ZipInfo(symlink)
+            info.external_attr = 0o120777 << 16
+            zf.writestr(info, "/etc/passwd")
+    return buf.getvalue()
+
+
+def test_an_offer_runs_nothing_unless_signed_whole_and_of_the_package(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from fogwheel.node import selfupdate as su
+    from fogwheel.signing import public_key_b64
+
+    key, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    pub = public_key_b64(key)
+    good = build_wheel(tmp_path, f"{BASE}+ok").read_bytes()
+
+    def fetch_of(data: bytes) -> Any:
+        return lambda version, dest, max_bytes: dest.write_bytes(data)
+
+    cases = [
+        (_offer(other, "9.9", good), good, "not the coordinator's"),  # another key signed it
+        ({**_offer(key, "9.9", good), "size": len(good) + 1}, good, "not the coordinator's"),
+        (_offer(key, "9.9", good), good[:-1] + b"x", "not the one signed"),  # tampered on the way
+        (_offer(key, "9.9", z := _zip({"../evil.py": b"x"})), z, "not a file of the package"),
+        (_offer(key, "9.9", z := _zip({"fogwheel/../../x": b"x"})), z, "not a file of the package"),
+        (_offer(key, "9.9", z := _zip({"other/x.py": b"x"})), z, "not a file of the package"),
+        (_offer(key, "9.9", z := _zip({}, symlink="fogwheel/link")), z, "not a regular file"),
+        (_offer(key, "9.9", z := _zip({"fogwheel/x.py": b"1"})), z, "no fogwheel package"),
+        (_offer(key, "9.9", good), good, "does not start here"),  # it says another version
+        ({"version": BASE + "+old", "rollout": "r"}, b"", "installed with"),
+    ]
+    for offer, served, words in cases:
+        with pytest.raises(su.UpdateRefused, match=words):
+            su.prepare(offer, public_key=pub, data_dir=tmp_path / "node", fetch=fetch_of(served))
+    assert sorted(p.name for p in (tmp_path / "node" / "agent").iterdir()) == []  # nothing left
+    target = su.prepare(
+        _offer(key, f"{BASE}+ok", good), public_key=pub, data_dir=tmp_path / "node",
+        fetch=fetch_of(good),
+    )  # fmt: skip
+    assert target.path == tmp_path / "node" / "agent" / f"{BASE}+ok"
+    assert (target.path / "fogwheel" / "__init__.py").is_file()
+
+
+def test_a_version_that_never_synced_is_not_tried_again_at_once(tmp_path: Path) -> None:
+    from fogwheel.node import selfupdate as su
+
+    (tmp_path / "agent").mkdir()
+    (tmp_path / "agent" / su.TRYING).write_text(f"{BASE}+crashy\n")  # re-executed, never synced
+    updater = su.SelfUpdater(tmp_path, lambda: "", lambda *a: None, lambda t: None, lambda: 100.0)
+    assert not (tmp_path / "agent" / su.TRYING).exists()
+    updater.offered({"version": f"{BASE}+crashy", "sha": "a" * 64, "size": 1, "signature": "x"})
+    assert not updater._busy  # refused without a try
+    (tmp_path / "agent" / su.TRYING).write_text(f"{BASE}\n")  # this very version: it came up
+    updater = su.SelfUpdater(tmp_path, lambda: "", lambda *a: None, lambda t: None, lambda: 100.0)
+    updater.offered(None)  # its first answered sync
+    assert not (tmp_path / "agent" / su.TRYING).exists()

@@ -111,11 +111,14 @@ def prepare(
             )
         tmp = root / f".{version}.unpacking"
         shutil.rmtree(tmp, ignore_errors=True)
-        unpack(wheel, tmp)
-        (tmp / MARK).write_text(sha + "\n")
-        try_tree(tmp, version)
-        shutil.rmtree(dest, ignore_errors=True)
-        tmp.rename(dest)
+        try:
+            unpack(wheel, tmp)
+            (tmp / MARK).write_text(sha + "\n")
+            try_tree(tmp, version)
+            shutil.rmtree(dest, ignore_errors=True)
+            tmp.rename(dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone when renamed; a refused one too
     finally:
         wheel.unlink(missing_ok=True)
     try_tree(dest, version)  # where it will run from (paths inside it are absolute)
@@ -234,6 +237,7 @@ def _sha256_file(path: Path) -> str:
 
 
 RETRY_REFUSED_S = 600.0  # an offer that failed a check is not tried again sooner
+TRYING = "trying"  # in data_dir/agent: the version re-executed into, until it syncs once
 
 
 class SelfUpdater:
@@ -256,9 +260,28 @@ class SelfUpdater:
         self.target: Target | None = None
         self._busy = False
         self._refused: dict[tuple[str, str | None], float] = {}
+        self._no_version: dict[str, float] = {}  # versions that did not come up here
+        self._trying = data_dir / "agent" / TRYING
+        self._unconfirmed = self._trying.is_file()
+        if self._unconfirmed:
+            tried = self._trying.read_text().strip()
+            if tried != running_version():  # it re-executed into `tried`, which never synced
+                log.warning(
+                    "agent %s did not come up on this device last time: not trying it again "
+                    "for %.0f min",
+                    tried[:64],
+                    RETRY_REFUSED_S / 60,
+                )
+                self._no_version[tried] = clock()
+                self._trying.unlink(missing_ok=True)
+                self._unconfirmed = False
 
     def offered(self, offer: object) -> None:
-        """A sync answer's `agent` field: start preparing it unless it is under way or refused."""
+        """A sync answer's `agent` field (None too: an answer came): confirm that this version
+        came up, and start preparing an offer unless one is under way or was refused."""
+        if self._unconfirmed:  # this version answered the coordinator: it came up
+            self._trying.unlink(missing_ok=True)
+            self._unconfirmed = False
         if not isinstance(offer, dict) or self._busy or self.target is not None:
             return
         key = (
@@ -266,6 +289,8 @@ class SelfUpdater:
             offer.get("sha") if isinstance(offer.get("sha"), str) else None,
         )
         if self.clock() - self._refused.get(key, -1e18) < RETRY_REFUSED_S:
+            return
+        if self.clock() - self._no_version.get(key[0], -1e18) < RETRY_REFUSED_S:
             return
         self._busy = True
         threading.Thread(
@@ -292,6 +317,8 @@ class SelfUpdater:
             target.version,
             offer.get("rollout"),
         )
+        if target.path is not None:  # confirmed by its first answered sync (`offered`)
+            self._trying.write_text(target.version + "\n")
         self.target = target
         self._busy = False
         self.ready(target)
