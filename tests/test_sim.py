@@ -320,6 +320,38 @@ def test_the_timeline_takes_events_in_the_one_heaps_order(
 
 
 @settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(0.0, 5_000.0), min_size=1, max_size=30),
+    st.lists(st.sampled_from([0.0, 0.25, 1.0, 7.5, 15.0, 3_600.0]), max_size=60),
+    st.sampled_from([0.5, 1.0, 60.0]),
+)
+def test_a_loop_over_the_timeline_takes_the_one_heaps_order_while_events_are_pushed(
+    first: list[float], after: list[float], width: float
+) -> None:
+    # Given the timeline and one binary heap, fed the same first pushes
+    timeline, heap, seq = Timeline(width), [], 0
+
+    def push(at: float) -> None:
+        nonlocal seq
+        seq += 1
+        timeline.push(at, 0, seq)
+        heapq.heappush(heap, (at, seq, 0, seq, 0, 0))
+
+    for at in first:
+        push(at)
+    # When the engine's loop takes events and pushes one later event after each, at first
+    taken, later = [], iter(after)
+    for event in timeline:
+        taken.append(event)
+        step = next(later, None)
+        if step is not None:
+            push(event[0] + step)
+    # Then it took every event, each in the order one heap gives them
+    assert taken == [heapq.heappop(heap) for _ in range(len(heap))]
+    assert len(taken) == len(first) + len(after) and not timeline
+
+
+@settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from("xadf"), st.integers(0, 400), st.integers(1, 40))))
 def test_the_pending_queue_reads_the_smallest_keys_in_order_whatever_is_taken_out(
     ops: list[tuple[str, int, int]],

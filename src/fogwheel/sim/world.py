@@ -1,10 +1,11 @@
 """The coordinator's state as the simulator keeps it, and the round trip over it.
 
 `World` holds what the store holds in SQL (devices with their counters, quota and trust
-record; tasks with their lifecycle state, replicas and attempts) in plain lists, and makes every
-decision with the same core/ functions the store calls: placement (`scheduler.plan_lease`,
-`plan_backups`), the lifecycle (`tasks.apply`), the in-flight quota (`quota.room`, `grown`,
-`shrunk`) and verification (`trust.quorum_for`, `verdict`, `record_after`). `sync` builds the
+record; tasks with their lifecycle state, replicas and attempts) in plain lists indexed by id
+(an open task's copies, voters and results in one `Group`), and makes every decision with
+the same core/ functions the store calls: placement (`scheduler.plan_lease`, `plan_backups`),
+the lifecycle (`tasks.apply`), the in-flight quota (`quota.room`, `grown`, `shrunk`) and
+verification (`trust.quorum_for`, `verdict`, `record_after`). `sync` builds the
 scheduler's frozen views from this state exactly as `store/leasing.py` `_lease` builds them
 from rows, which is what tests/test_sim.py checks against a real store.
 """
@@ -312,11 +313,16 @@ class World:
         if rel < scheduler.PROBATION_RELIABILITY and self.total_free >= pending:
             # Summed only as far as `pending`, which is all the decision needs (the reason
             # then says "at least" that many): a full sum would cost a scan of the fleet.
-            for e in range(len(self.names)):
-                if e != d and live[e] and self._reliability(e) > rel:
-                    better += self._free(e)
-                    if better >= pending and len(self.names) > EXACT_FLEET:
-                        break
+            done, lost = self.done, self.lost
+            slots, cores, reported = self.slots, self.cores, self.reported_free
+            cut = len(self.names) > EXACT_FLEET
+            for e in range(len(self.names)):  # _reliability(e) and _free(e), inline
+                if live[e] and e != d and (done[e] + 1) / (done[e] + lost[e] + 2) > rel:
+                    free = slots[e] - (cores[e] - reported[e])
+                    if free > 0:
+                        better += free
+                        if cut and better >= pending:
+                            break
         window = self.pending.first(max(want * 4, self.window))
         if self.placement.policy is not RANDOM:
             cands = self._prefix(view.id, window, want)
