@@ -181,3 +181,28 @@ def test_when_the_task_is_checked_both_copies_are_votes(store: Store) -> None:
     assert store.count_backups(job_id) == {"started": 1, "won": 1, "running": 0, "wasted": 0}
     paid = {e.account for e in store.entries(task_txn(slow["task_id"]))}
     assert {f"node:{a}", f"node:{b}"} <= paid
+
+
+def test_a_search_that_finds_no_straggler_due_is_not_run_again_until_one_can_be(
+    store: Store,
+) -> None:
+    from sqlalchemy import event
+
+    a, *_ = straggling(store)  # the straggler can be backed up from T0 + 2 (median 1 s)
+    searches: list[str] = []
+
+    def count(conn, cursor, statement, *args) -> None:  # the search orders by lease time
+        if "ORDER BY attempts.leased_at" in statement:
+            searches.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", count)
+    try:
+        assert store.sync(a, SyncIn(want=4, slots_free=4), T0 + 1.2).tasks == []
+        assert len(searches) == 1  # it says: none before T0 + 2
+        for t in (1.4, 1.6, 1.9):
+            assert store.sync(a, SyncIn(want=4, slots_free=4), T0 + t).tasks == []
+        assert len(searches) == 1  # skipped meanwhile
+        assert len(store.sync(a, SyncIn(want=4, slots_free=4), T0 + 2.1).tasks) == 1
+        assert len(searches) == 2  # due: searched, and backed up at once
+    finally:
+        event.remove(store.engine, "before_cursor_execute", count)
