@@ -76,6 +76,21 @@ _HELD = (
     .where(tasks.c.node_id == bindparam("node_id"), tasks.c.state == TaskState.LEASED)
 )
 _PENDING = select(func.count()).select_from(tasks).where(tasks.c.state == TaskState.PENDING)
+_LEASE_ROWS = (  # `_grant`'s compare-and-set, one parameter set per task
+    update(tasks)
+    .where(
+        tasks.c.id == bindparam("b_id"),
+        tasks.c.state == bindparam("b_state"),
+        tasks.c.attempts == bindparam("b_attempts"),
+    )
+    .values(
+        state=bindparam("state"),
+        attempts=bindparam("attempts"),
+        node_id=bindparam("node_id"),
+        lease_expires=bindparam("lease_expires"),
+        app_version=bindparam("app_version"),
+    )
+)
 
 
 class LeasingStore(VerifyStore):
@@ -941,22 +956,7 @@ class LeasingStore(VerifyStore):
         # LOCKED, or a copy this transaction made; SQLite has one writer). Should one have
         # moved all the same, the whole transaction is tried again rather than leasing a
         # task twice.
-        res = c.execute(
-            update(tasks)
-            .where(
-                tasks.c.id == bindparam("b_id"),
-                tasks.c.state == bindparam("b_state"),
-                tasks.c.attempts == bindparam("b_attempts"),
-            )
-            .values(
-                state=bindparam("state"),
-                attempts=bindparam("attempts"),
-                node_id=bindparam("node_id"),
-                lease_expires=bindparam("lease_expires"),
-                app_version=bindparam("app_version"),
-            ),
-            updates,
-        )
+        res = c.execute(_LEASE_ROWS, updates)
         if c.dialect.supports_sane_multi_rowcount and res.rowcount != len(updates):
             raise LostRace(f"{len(updates) - res.rowcount} of {len(updates)} leased rows moved")
         c.execute(attempts.insert(), attempt_rows)
