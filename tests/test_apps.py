@@ -367,3 +367,43 @@ def test_env_progress_counts_the_devices_still_preparing_the_environment(store: 
     with store.read() as c:
         assert env_progress(c, "c1", job_id) == {"env": lock.sha, "nodes": 1, "preparing": 0}
         assert env_progress(c, "someone else", job_id) is None
+
+
+def test_the_sdk_says_when_devices_are_preparing_the_environment(tmp_path: Path) -> None:
+    """A device that holds a task of the job but has not built its environment yet: the
+    client's wait notices say "preparing environment on 1 device" (a node driven by hand
+    over HTTP, so that it stays in the middle of its build)."""
+    from fogwheel import Env
+    from fogwheel.client import Wait
+    from fogwheel.node.envs import this_platform
+    from tests.test_envs import make_wheel
+
+    wheel = make_wheel(tmp_path, "fogprepkg", "1.0", {"fogprepkg/__init__.py": b"X = 1\n"})
+    heard: list[Wait | None] = []
+    with LocalFog(0, workdir=tmp_path / "fog") as fog:
+        join = {"token": fog.join_token, "name": "slow", "cores": 1, "memory_mb": 512, "disk_mb": 9}
+        cred = httpx.post(f"{fog.url}/v1/nodes/join", json=join, timeout=10).json()["credential"]
+        node = httpx.Client(base_url=fog.url, headers={"authorization": f"Bearer {cred}"})
+        with (
+            node,
+            Client(fog.url, fog.api_key, replicas=1, on_wait=lambda _j, w: heard.append(w)) as c,
+        ):
+            fut = c.with_env(Env(pip=[str(wheel)])).submit(json.dumps, [1])
+            body = {
+                "want": 1,
+                "slots_free": 1,
+                "envs": [],
+                "env_platform": this_platform().describe(),
+            }
+            deadline = time.monotonic() + 30
+            while not node.post("/v1/nodes/me/sync", json=body).json()["tasks"]:
+                assert time.monotonic() < deadline, "the node was never leased the task"
+                time.sleep(0.2)
+            assert c.env_status(fut.job_id) == {"env": c.env_lock(Env(pip=[str(wheel)])),
+                                                "nodes": 1, "preparing": 1}  # fmt: skip
+            while not any(w and w.reason == "preparing-environment" for w in heard):
+                assert time.monotonic() < deadline, heard
+                time.sleep(0.2)
+            fut.cancel()
+    said = [w for w in heard if w and w.reason == "preparing-environment"]
+    assert said[0].sentence.startswith("preparing environment on 1 device ") and not said[0].stuck
