@@ -676,6 +676,13 @@ def run(
             "in /.fogwheel/task; only nodes of the image's architecture take it."
         ),
     ] = None,
+    deadline: Annotated[
+        str | None,
+        typer.Option(
+            help="When it should be done, from now: 90s, 30m, 2h, 1d. A coordinator run with "
+            "--placement deadline leases least slack first; a late job still runs.",
+        ),
+    ] = None,
 ) -> None:
     """Run a program on one node of the fog.
 
@@ -686,6 +693,7 @@ def run(
     from fogwheel.cli_blobs import inputs_for
     from fogwheel.errors import CommandFailed, FogwheelError
 
+    due = _duration(deadline, "--deadline")
     with _client(coordinator, api_key, local, _replicas(replicas)) as client:
         inputs = inputs_for(client, input or [])  # large files uploaded here, with a bar
         try:
@@ -698,6 +706,7 @@ def run(
                     memory_mb=memory,
                     wall_s=wall,
                     image=image,
+                    deadline=due,
                 ).result()
         except CommandFailed as e:
             if e.result is not None:
@@ -741,12 +750,36 @@ def jobs(
             raise _fail(str(e)) from None
 
 
+def _duration(text: str | None, option: str) -> float | None:
+    """Seconds of a duration option (`2h`), or a usage error that shows the forms."""
+    from fogwheel.cli_owners import parse_duration
+
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint=option) from None
+
+
+def _due(deadline: float | None, now: float) -> str:
+    """A job's deadline as the table shows it: `in 1h 59m`, `5m ago`, or `-`."""
+    if deadline is None:
+        return "-"
+    left = abs(deadline - now)
+    h, m = divmod(int(left) // 60, 60)
+    span = f"{h}h {m:02d}m" if h else f"{m}m" if m else f"{int(left)}s"
+    return f"in {span}" if deadline >= now else f"{span} ago"
+
+
 def _print_jobs(rows: list[dict[str, Any]]) -> None:
     from fogwheel.cli_costs import job_cost_cells
 
     table = Table(title="jobs", caption="cost: credits charged so far; checks: runs that checked")
-    for col in ("id", "name", "kind", "state", "done", "failed", "cost", "checks"):
+    cols = ("id", "name", "kind", "state", "done", "failed", "deadline", "cost", "checks")
+    for col in cols:
         table.add_column(col, justify="right" if col in ("cost", "checks") else "left")
+    now = time.time()
     for j in rows:
         table.add_row(
             str(j["id"]),
@@ -755,6 +788,7 @@ def _print_jobs(rows: list[dict[str, Any]]) -> None:
             j["state"],
             f"{j['finished']}/{j['total']}",
             str(j["failed"]),
+            _due(j.get("deadline"), now),
             *job_cost_cells(j),
         )
     out.print(table)

@@ -283,8 +283,13 @@ class Client:
         on_retry: Callable[[str], None] | None = None,
         max_cost: float | None = None,
         env: Env | None = None,
+        deadline: float | None = None,
     ) -> None:
-        """`env`: the Python environment (`fogwheel.Env`, docs/envs.md) this client's python
+        """`deadline`: seconds from each submission by which its job should be done (a
+        coordinator run with `--placement deadline` places least slack first); a call's
+        `deadline=` overrides it. The wire carries the Unix time (JobOut.deadline).
+
+        `env`: the Python environment (`fogwheel.Env`, docs/envs.md) this client's python
         jobs run in, unless a call names another: resolved here, built once per device.
 
         `cancel_on_exit`: a `with Client(...)` block left by an exception (Ctrl-C's
@@ -331,6 +336,7 @@ class Client:
         # Credits each job it submits may cost: refused (ApiError 422) when its limits let it
         # cost more, stopped ("max cost reached") once its charges reach it. None: no cap.
         self.max_cost = max_cost
+        self.deadline = deadline  # seconds from submission (see the docstring)
         # No silent waits: `on_wait(job_id, Wait)` when a job's results have not moved for
         # STALL_S and the coordinator says why (`on_wait(job_id, None)` once they move
         # again); `on_retry(line)` before each retry of a request. Both log a warning when
@@ -459,6 +465,7 @@ class Client:
         max_cost: float | None = None,
         client_token: str | None = None,
         env: Env | None = None,
+        deadline: float | None = None,
         _futures: Sequence[TaskFuture] | None = None,
     ) -> list[TaskFuture]:
         """One job of many calls of `fn`; the lower layer under `submit` and `map`.
@@ -490,6 +497,7 @@ class Client:
         `env` (default the client's `env`) is the Python environment the tasks import from
         (`fogwheel.Env`): resolved and uploaded before the job is submitted (docs/envs.md)."""
         env_sha = self.env_lock(env or self.env)
+        due = _deadline_at(deadline)  # `deadline`: seconds from now, as the client's
         fn_value = self._blob_value(pickle_function(fn), upload=True)
         if _futures is not None and len(_futures) != len(calls):
             raise ValueError(f"{len(_futures)} futures for {len(calls)} calls")
@@ -532,6 +540,8 @@ class Client:
             }
             if max_cost is not None:
                 job["max_cost"] = max_cost
+            if due is not None:
+                job["deadline"] = due
             if env_sha is not None:
                 job["env"] = env_sha
             if rel_tol is not None:
@@ -563,6 +573,7 @@ class Client:
         name: str | None = None,
         max_cost: float | None = None,
         image: str | Image | None = None,
+        deadline: float | None = None,
     ) -> TaskFuture:
         """Run a program on one node: `inputs` are files placed in its working directory
         (paths, bytes or `Blob`s; a large file is streamed up as a blob, resumably),
@@ -580,6 +591,7 @@ class Client:
             name=name or str(command[0]),
             max_cost=max_cost,
             image=image,
+            deadline=deadline,
         )[0]
 
     def run_many(
@@ -595,6 +607,7 @@ class Client:
         name: str = "command",
         max_cost: float | None = None,
         image: str | Image | None = None,
+        deadline: float | None = None,
     ) -> list[TaskFuture]:
         """One job of several command tasks (a render's bands, say), each in `image` if
         given (a pushed program image or its id; its working directory is /.fogwheel/task)."""
@@ -621,6 +634,8 @@ class Client:
         }
         if max_cost is not None:
             job["max_cost"] = max_cost
+        if (due := _deadline_at(deadline)) is not None:
+            job["deadline"] = due
         return self._submit_job(job, "command", outputs=tuple(outputs))
 
     def attach(
@@ -852,6 +867,8 @@ class Client:
     ) -> list[TaskFuture]:
         if self.max_cost is not None:
             job.setdefault("max_cost", self.max_cost)
+        if self.deadline is not None and "deadline" not in job:
+            job["deadline"] = _deadline_at(self.deadline)
         # the job's client token makes a repeat answer with the job made the first time
         out = self._request("POST", "/v1/jobs", json=job, idempotent="client_token" in job).json()
         if decoder is None and not self.unsafe_trust_nodes:
@@ -1482,6 +1499,15 @@ def _blob_of(value: dict[str, Any]) -> Blob:
     if data is not None and hashlib.sha256(data).hexdigest() != value["sha"]:
         raise IntegrityError(f"output {value['sha'][:12]}… arrived corrupt")
     return Blob(value["sha"], value["size"], data)
+
+
+def _deadline_at(seconds: float | None) -> float | None:
+    """The Unix time `seconds` from now (a job's `deadline` on the wire); None for None."""
+    if seconds is None:
+        return None
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"deadline={seconds!r}: give the seconds from now it should be done by")
+    return time.time() + seconds
 
 
 def _limits(memory_mb: int, wall_s: float, cpu_s: float | None) -> dict[str, Any]:

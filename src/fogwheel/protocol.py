@@ -148,6 +148,17 @@ class JobIn(Model):
         description="python jobs: the SHA-256 of a Python environment's lock (docs/envs.md), an "
         "uploaded blob of yours, as are its wheels; nodes import from it, built once per node",
     )
+    deadline: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Unix time (seconds) by which it should be done: under the coordinator's "
+        "`deadline` placement, least slack first (docs/sim.md); refused (422) when it has "
+        "passed or is more than MAX_DEADLINE_S ahead. Not enforced: a late job still runs",
+    )
+
+
+MAX_DEADLINE_S = 366 * 86400.0  # a job's deadline at most this far ahead (JobIn.deadline)
 
 
 class WaitingFor(Model):
@@ -185,6 +196,7 @@ class JobOut(Model):
     checks: int = Field(default=0, description="paid runs that checked another run's result")
     checks_cost: int = Field(default=0, description="micro-credits of `cost` paid for checks")
     max_cost: int | None = Field(default=None, description="its cap, micro-credits")
+    deadline: float | None = Field(default=None, description="Unix time it should be done by")
     cancel_reason: str | None = Field(
         default=None, description="why it was stopped, when not by the customer"
     )

@@ -42,6 +42,7 @@ from fogwheel.core import byteranges, pacing
 from fogwheel.core.owners import Refuse, network_of
 from fogwheel.errors import IntegrityError, NameTaken, StorageFull
 from fogwheel.protocol import (
+    MAX_DEADLINE_S,
     SQL_INT_MAX,
     BlobList,
     CoordinatorKey,
@@ -267,6 +268,15 @@ def build_routes(
             raise HTTPException(422, "fn: a python job needs the pickled function")
         if job.kind == "command" and any(t.command is None for t in job.tasks):
             raise HTTPException(422, "tasks: every task of a command job needs a command")
+        if job.deadline is not None:  # absolute Unix time; the SDK and CLI send now + duration
+            ahead = job.deadline - time.time()
+            if not 0 < ahead <= MAX_DEADLINE_S:
+                raise HTTPException(
+                    422,
+                    f"deadline: {job.deadline:.0f} is {'past' if ahead <= 0 else 'too far'} "
+                    f"({ahead:+.0f} s from now): give a Unix time in the next "
+                    f"{MAX_DEADLINE_S / 86400:.0f} days",
+                )
         refs: set[str] = set()
         values = [job.fn] if job.fn else []
         for t in job.tasks:

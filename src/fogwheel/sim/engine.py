@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fogwheel.core import scheduler
+from fogwheel.core import scheduler, uptime
 from fogwheel.sim.model import CYCLES, Fleet, JobSpec, Scenario
 from fogwheel.sim.timeline import Timeline
 from fogwheel.sim.world import RIGHT, World
@@ -193,7 +193,7 @@ def _simulate(
             avail += (now - up_since[d]) * cores[d]
             up_seen[d] += now - up_since[d]
             up_count[d] += 1
-            world.expected_up_s[d] = up_seen[d] / up_count[d]
+            world.expected_up_s[d] = uptime.expected_up_s(up_seen[d], up_count[d])
             push(now + float(down_s[d, cycle[d] % CYCLES]), UP, d)
             cycle[d] += 1
         elif kind == EXPIRE:

@@ -10,7 +10,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, case, func, select, update
+from sqlalchemy import Connection, bindparam, case, func, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
@@ -182,6 +182,7 @@ class FleetStore(StoreBase):
                 joined_at=now,
                 last_seen=now,
                 state="up",
+                up_since=now,  # its first up interval (core/uptime.py)
                 slots_free=cores,
                 done=0,
                 lost=0,
@@ -531,6 +532,22 @@ def barred_groups(c: Connection, node_id: str, ran: dict[int, set[str]]) -> set[
     devs = devices(c, {node_id}.union(*ran.values()))
     me = devs.get(node_id, owners.Device(node_id))
     return {g for g, held in ran.items() if owners.barred(me, [devs[n] for n in held if n in devs])}
+
+
+def up_interval(now: float, horizon: float, leaving: bool) -> dict[str, Any]:
+    """The up-interval columns of a (non-idle) sync's node update: core/uptime.after_sync in
+    SQL, on the row's previous values (an UPDATE's SET reads the row as it was)."""
+    n = nodes.c
+    gone = n.last_seen < horizon
+    closes = (n.state == "up") & n.up_since.is_not(None) & (true() if leaving else gone)
+    ended = case((gone, n.last_seen), else_=now) if leaving else n.last_seen
+    took = case((ended > n.up_since, ended - n.up_since), else_=0.0)
+    restart = closes | n.up_since.is_(None) | (n.state != "up")
+    return {
+        "up_total_s": case((closes, n.up_total_s + took), else_=n.up_total_s),
+        "up_count": case((closes, n.up_count + 1), else_=n.up_count),
+        "up_since": None if leaving else case((restart, now), else_=n.up_since),
+    }
 
 
 def quota_grown(n: int = 1) -> Any:

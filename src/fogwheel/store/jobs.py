@@ -85,6 +85,7 @@ class JobsStore(StoreBase):
                         "replicas": str(job.replicas),  # why a task waits (store/waits.py)
                         "env": job.env,
                         "app_id": app_id,
+                        "deadline": job.deadline,
                     }
                 )
                 .returning(jobs.c.id)
@@ -184,6 +185,7 @@ class JobsStore(StoreBase):
                     jobs.c.created_at,
                     jobs.c.env,
                     jobs.c.app_id,
+                    jobs.c.deadline,
                 ).where(jobs.c.id == job_id)
             ).one()
             row = {
@@ -195,6 +197,7 @@ class JobsStore(StoreBase):
                 "created_at": r.created_at,
                 "env": r.env,
                 "app_id": r.app_id,
+                "deadline": r.deadline,  # placement's slack (core/scheduler.py: deadline)
             }
             self._jobs_cache[job_id] = row
         return row
@@ -234,6 +237,7 @@ class JobsStore(StoreBase):
                 **figures[r["id"]],
                 "max_cost": r.get("max_cost"),
                 "cancel_reason": r.get("cancel_reason"),
+                "deadline": r.get("deadline"),
             }
             for r in rows
         }

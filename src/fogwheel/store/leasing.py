@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Text, bindparam, func, select, update
 
-from fogwheel.core import intake, owners, scheduler, trust
+from fogwheel.core import intake, owners, scheduler, trust, uptime
 from fogwheel.core import quota as inflight
 from fogwheel.core.tasks import (
     TERMINAL,
@@ -48,7 +48,7 @@ from fogwheel.store.base import (
     retry_conflicts,
 )
 from fogwheel.store.envs import env_size, node_envs, note_node_envs, unfit_reason
-from fogwheel.store.fleet import barred_groups, quota_shrunk
+from fogwheel.store.fleet import barred_groups, quota_shrunk, up_interval
 from fogwheel.store.images import images_here
 from fogwheel.store.rollouts import canary_tasks
 from fogwheel.store.schema import (
@@ -156,7 +156,8 @@ class LeasingStore(VerifyStore):
                 .values(
                     last_seen=now,
                     slots_free=req.slots_free,
-                    state="gone" if leaving else "up",
+                    state="gone" if leaving else "up",  # and its up intervals (core/uptime.py)
+                    **up_interval(now, now - self.gone_after_s, leaving),
                     **seen,
                 )
             )
@@ -552,7 +553,8 @@ class LeasingStore(VerifyStore):
             held,
             node["done"],
             node["lost"],
-            frozenset(json.loads(node["capabilities"])),
+            capabilities=frozenset(json.loads(node["capabilities"])),
+            expected_up_s=uptime.expected_up_s(node["up_total_s"], node["up_count"]),
         )
         pending = c.execute(_PENDING).scalar_one()
         leases = self._lease_pending(c, view, want, pending, now) if pending else []
@@ -669,7 +671,8 @@ class LeasingStore(VerifyStore):
                         for n, b in held_by.items()
                         if n != node_id
                     ),
-                    est_s=typical[r.job_id],
+                    est_s=typical[r.job_id],  # ... and its deadline, for slack (placement)
+                    deadline=self.job_rows._job_row(c, r.job_id).get("deadline"),
                     env_bytes_here=env_size(c, lock) if (lock := env_of[r.id]) in held_envs else 0,
                 )
             )

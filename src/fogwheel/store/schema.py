@@ -111,6 +111,10 @@ nodes = Table(
     # roll-outs (store/rollouts.py): the agent version its sync last said, and since when
     Column("agent_version", String(64), nullable=True),
     Column("agent_since", Float, nullable=True),
+    # up intervals (core/uptime.py): when the current one began, and the completed ones
+    Column("up_since", Float, nullable=True),
+    Column("up_total_s", Float, nullable=False, default=0.0),
+    Column("up_count", Integer, nullable=False, default=0),
 )
 
 jobs = Table(
@@ -137,6 +141,7 @@ jobs = Table(
     Column("cancel_reason", String(200)),  # why it was cancelled, when not by the customer
     Column("env", String(64), nullable=True),  # its Python environment's lock (store/envs.py)
     Column("app_id", String(64), nullable=True),  # the app it runs (store/apps.py)
+    Column("deadline", Float, nullable=True),  # Unix time it wants to be done by (placement)
     Index("ux_jobs_client_token", "customer_id", "client_token", unique=True),
 )
 
