@@ -62,7 +62,7 @@ def unavailable() -> str | None:
     for tool in ("ip", "tc", IPT, "conntrack"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (apt-get install iproute2 iptables conntrack)"
-    probe = "fwprobe-ns"
+    probe = f"fwprobe-{os.getpid()}"
     r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
     if r.returncode != 0:
         return f"no network namespaces here: {r.stderr.strip()}"

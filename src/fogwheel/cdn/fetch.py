@@ -243,14 +243,16 @@ class Fetcher:
         raise LookupError(sha)
 
     def _cost(self, sha: str) -> int:
-        """0 when a holder of `sha` is reached directly, 1 behind NAT, 2 when every holder's
-        punch failed in this fetch (only the relay is left)."""
+        """0 when a holder of `sha` is reached directly (or over a connection punched in this
+        fetch), 1 behind NAT, 2 when every holder's punch failed (only the relay is left)."""
         best = 2
         for h in self.holders.get(sha, []):
             if h["node_id"] in self._given_up:
                 continue
             if not h["url"].startswith("nat://"):
                 return 0
+            if self.nat is not None and self.nat.punched(h["node_id"]):
+                return 0  # a punched connection is a direct one
             record = self.nat.records.get(h["node_id"]) if self.nat is not None else None
             best = min(best, 2 if record is not None and record.failures else 1)
         return best

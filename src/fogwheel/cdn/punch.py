@@ -45,6 +45,11 @@ class PunchFailed(OSError):
     """No connection came of the punch (a symmetric NAT, a device gone): relay instead."""
 
 
+class RendezvousBusy(TimeoutError):
+    """The rendezvous is at a bound (429): no verdict on the device's NAT. A TimeoutError,
+    so the fetcher takes the share elsewhere and keeps the device for its other shares."""
+
+
 def _bound(port: int = 0) -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -184,7 +189,13 @@ class NatPaths:
                 last = e
                 with self._lock:
                     self.records[node_id] = reach.after_punch(record, False, self.clock())
+            except RendezvousBusy:  # no verdict: another holder or share, not the relay
+                raise
         raise OSError(f"{node_id} could not be reached: {last}")
+
+    def punched(self, node_id: str) -> bool:
+        """Whether a punched connection to the device is open in this fetch."""
+        return node_id in self._conns
 
     def _over_punched(
         self, node_id: str, sha: str, size: int, token: str, deadline: float
@@ -215,6 +226,8 @@ class NatPaths:
                 {"content_id": self.content_id, "node_id": node_id},
                 timeout=15.0,
             )
+            if status == 429:
+                raise RendezvousBusy(answer.get("error", "the rendezvous is busy"))
             if status != 200:
                 raise PunchFailed(f"the rendezvous answered {status}: {answer.get('error', '')}")
             peer = _peer(answer)
@@ -236,7 +249,7 @@ class NatPaths:
         return _checked(r.content, sha, size)
 
     def close(self) -> None:
-        for conn in self._conns.values():
+        for conn in list(self._conns.values()):
             conn.close()
         self._conns.clear()
 
@@ -339,11 +352,12 @@ class NodeCalls:
                 delay = min(delay * 2, 10.0)
                 continue
             for c in calls[:16]:
-                wanted = isinstance(c, dict) and c.get("kind") in ("punch", "relay")
-                if wanted and self._busy.acquire(blocking=False):
+                if isinstance(c, dict) and c.get("kind") in ("punch", "relay"):
                     threading.Thread(target=self._carry, args=(c,), daemon=True).start()
 
     def _carry(self, c: dict[str, Any]) -> None:
+        if not self._busy.acquire(timeout=5.0):
+            return  # too many at once: the fetcher's wait runs out, it takes another path
         try:
             if c["kind"] == "punch":
                 self._punch(c)
