@@ -111,7 +111,7 @@ class Batch:
     record: trust.Record = field(default_factory=trust.Record)
     cores: int = 1
     draws: Mapping[int, float] = field(default_factory=dict)
-    # tasks whose attempt ran an app version under a canary roll-out: a failure of theirs is
+    # tasks that ran a version under canary (an app's, or the agent's): a failure of theirs is
     # the version's, not the task's: queued again with one more attempt (docs/rollouts.md)
     canary: frozenset[int] = frozenset()
 

@@ -485,7 +485,7 @@ class LeasingStore(VerifyStore):
             batch,
             fates={t: self.fleet._failure_fate(c, t, node_id) for t in intake.fates_needed(batch)},
             draws={t: _rng.random() for t in intake.draws_needed(batch)},
-            canary=canary_tasks(c, node_id, [v.task for v in views if not v.ok]),  # roll-outs
+            canary=canary_tasks(c, node_id, [v.task for v in views if not v.ok], now),
         )
 
     def _renew(

@@ -75,19 +75,33 @@ class Rollout:
     step_started_at: float
     updated_at: float
 
-    def serves_new(self, device: str, live: Sequence[str] = ()) -> bool:
-        """Whether `device` runs the new version now; `live` (the fleet's devices) lets a
-        step reach at least its share rounded up (core/rollout.py canary_floor)."""
-        if self.state is RolloutState.ACTIVE and device in self.floor(live):
+    def serves_new(self, device: str, floor: frozenset[str] = frozenset()) -> bool:
+        """Whether `device` runs the new version now; `floor` (floor_of: the devices a step
+        covers whatever their hash) lets a step reach at least its share rounded up."""
+        if self.state is RolloutState.ACTIVE and device in floor:
             return True
         return rollout.serves_new(self.state, self.share, rollout.canary_point(self.id, device))
 
-    def floor(self, live: Sequence[str]) -> frozenset[str]:
-        return rollout.canary_floor(self.id, live, self.share) if live else frozenset()
-
-    def wanted(self, device: str, live: Sequence[str] = ()) -> str | None:
+    def wanted(self, device: str, floor: frozenset[str] = frozenset()) -> str | None:
         """The version `device` should run now (None: the old one is unnamed, the base)."""
-        return self.new_version if self.serves_new(device, live) else self.old_version
+        return self.new_version if self.serves_new(device, floor) else self.old_version
+
+
+_floors: dict[tuple[str, float, float], frozenset[str]] = {}
+
+
+def floor_of(ro: Rollout, live: Sequence[str], live_at: float) -> frozenset[str]:
+    """core/rollout.canary_floor of the live fleet read at `live_at`, worked out once per
+    roll-out, share and fleet snapshot (it hashes every live device: not once per sync)."""
+    if ro.state is not RolloutState.ACTIVE or not live:
+        return frozenset()
+    key = (ro.id, ro.share, live_at)
+    got = _floors.get(key)
+    if got is None:
+        if len(_floors) > 64:
+            _floors.clear()
+        got = _floors[key] = rollout.canary_floor(ro.id, live, ro.share)
+    return got
 
 
 def policy_json(policy: RolloutPolicy) -> str:
@@ -490,9 +504,10 @@ LIVE_CACHE_S = 5.0
 _live_cache: dict[int, tuple[float, list[str]]] = {}  # per engine: (monotonic time, node ids)
 
 
-def _live_cached(c: Connection, gone_after_s: float) -> list[str]:
-    """The live devices, read at most every LIVE_CACHE_S per process (the one clock read in
-    the store: a lease-time hook has no `now`, and a stale fleet only shifts the floor)."""
+def _live_cached(c: Connection, gone_after_s: float) -> tuple[float, list[str]]:
+    """(when read, the live devices), read at most every LIVE_CACHE_S per process (the one
+    clock read in the store: a lease-time hook has no `now`; a stale fleet only shifts the
+    floor)."""
     key = id(c.engine)
     at, ids = _live_cache.get(key, (-1e18, []))
     t = time.monotonic()
@@ -503,8 +518,9 @@ def _live_cached(c: Connection, gone_after_s: float) -> list[str]:
                 select(nodes.c.id).where(nodes.c.revoked.is_(False), nodes.c.last_seen >= horizon)
             ).scalars()
         )
+        at = t
         _live_cache[key] = (t, ids)
-    return ids
+    return at, ids
 
 
 def app_version_for(c: Connection, app_id: str, node_id: str) -> str | None:
@@ -520,17 +536,45 @@ def app_version_for(c: Connection, app_id: str, node_id: str) -> str | None:
     if r is None:
         return None
     ro = _row(r)
-    return ro.wanted(node_id, _live_cached(c, APP_GONE_AFTER_S))
+    at, live = _live_cached(c, APP_GONE_AFTER_S)
+    return ro.wanted(node_id, floor_of(ro, live, at))
 
 
 APP_GONE_AFTER_S = 120.0  # the live horizon of an app step's fleet (store.gone_after_s's default)
 
 
-def canary_tasks(c: Connection, node_id: str, task_ids: Sequence[int]) -> frozenset[int]:
-    """Of `task_ids` (failures this node reports), those whose open attempt here ran the new
-    version of an active app roll-out."""
+RETRY_AFTER_ROLLBACK_S = 600.0  # failures on a rolled-back version stay its own this long
+
+
+def _judged(now: float) -> Any:
+    """Roll-outs whose new version's failures are its own: active ones, and those rolled
+    back or cancelled lately (tasks that ran it then report after the decision)."""
+    return or_(
+        rollouts.c.state == RolloutState.ACTIVE.value,
+        and_(
+            rollouts.c.state.in_([RolloutState.ROLLED_BACK.value, RolloutState.CANCELLED.value]),
+            rollouts.c.updated_at >= now - RETRY_AFTER_ROLLBACK_S,
+        ),
+    )
+
+
+def canary_tasks(
+    c: Connection, node_id: str, task_ids: Sequence[int], now: float
+) -> frozenset[int]:
+    """Of `task_ids` (failures this node reports), those that failed on a version under
+    canary (or rolled back from it a moment ago): all of them when the node runs the new
+    agent of such an agent roll-out, else those whose open attempt here ran the new version
+    of such an app roll-out."""
     if not task_ids:
         return frozenset()
+    on_new_agent = c.execute(
+        select(rollouts.c.id)
+        .join(nodes, nodes.c.agent_version == rollouts.c.new_version)
+        .where(nodes.c.id == node_id, rollouts.c.kind == AGENT, _judged(now))
+        .limit(1)
+    ).first()
+    if on_new_agent is not None:
+        return frozenset(task_ids)
     q = (
         select(attempts.c.task_id)
         .join(
@@ -538,7 +582,7 @@ def canary_tasks(c: Connection, node_id: str, task_ids: Sequence[int]) -> frozen
             and_(
                 rollouts.c.new_version == attempts.c.app_version,
                 rollouts.c.kind == "app",
-                rollouts.c.state == RolloutState.ACTIVE.value,
+                _judged(now),
             ),
         )
         .where(
