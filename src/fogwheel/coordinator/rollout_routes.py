@@ -190,7 +190,7 @@ class AgentOffers:
             return None
         if now - self._live[0] > LIVE_CACHE_S:
             self._live = (now, rows.live_nodes(self.store, now))
-        wanted = ro.wanted(node_id, self._live[1])
+        wanted = ro.wanted(node_id, rows.floor_of(ro, self._live[1], self._live[0]))
         if wanted is None or wanted == running:
             return None
         if wanted not in self._releases:
