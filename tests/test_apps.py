@@ -407,3 +407,8 @@ def test_the_sdk_says_when_devices_are_preparing_the_environment(tmp_path: Path)
             fut.cancel()
     said = [w for w in heard if w and w.reason == "preparing-environment"]
     assert said[0].sentence.startswith("preparing environment on 1 device ") and not said[0].stuck
+
+
+def test_mapping_an_app_over_nothing_submits_nothing(client: Client) -> None:
+    client.publish_app("empty-map", function="json:dumps")
+    assert list(client.app("empty-map").map([])) == []

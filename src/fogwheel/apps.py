@@ -214,37 +214,42 @@ class App:
         replicas: str | int | None = None,
         trusted_types: Iterable[TrustedType] = (),
     ) -> list[TaskFuture]:
-        """One job of many runs of the app (the lower layer under `submit` and `map`)."""
+        """One job of many runs of the app (the lower layer under `submit` and `map`); more
+        than `client.SUBMIT_CHUNK` calls are several jobs."""
         import uuid
 
-        from fogwheel.client import _limits, _pickle_args
+        from fogwheel.client import SUBMIT_CHUNK, _limits, _pickle_args
 
         if inputs is not None and len(inputs) != len(calls):
             raise ValueError(f"{len(inputs)} input mappings for {len(calls)} calls")
+        c = self.client
         tasks = []
-        for i, (a, k) in enumerate(calls):
+        for i, (args, kwargs) in enumerate(calls):
             task: dict[str, Any] = {}
             if self.kind == "command":
-                task["argv"] = [str(x) for x in a] or None
+                if args:
+                    task["argv"] = [str(x) for x in args]
             else:
-                task["args"] = self.client._blob_value(_pickle_args(a, k))
+                task["args"] = c._blob_value(_pickle_args(args, kwargs))
             if inputs is not None:
-                task["inputs"] = self.client._files(inputs[i])
-            tasks.append({k: v for k, v in task.items() if v is not None})
-        c = self.client
-        job = {
-            "tasks": tasks,
-            "limits": _limits(memory_mb, wall_s, cpu_s),
-            "max_attempts": max_attempts,
-            "replicas": c.replicas if replicas is None else replicas,
-            "client_token": uuid.uuid4().hex,
-        }
-        if c.max_cost is not None:
-            job["max_cost"] = c.max_cost
-        path = f"/v1/apps/{self.name}/jobs"
-        out = c._request("POST", path, json=job, idempotent=True).json()
+                task["inputs"] = c._files(inputs[i])
+            tasks.append(task)
         decoder = None if c.unsafe_trust_nodes else c._decoder_for(trusted_types)
-        return c._watch_job(out["id"], out["total"], self.kind, outputs=(), decoder=decoder)
+        futures: list[TaskFuture] = []
+        for start in range(0, len(tasks), SUBMIT_CHUNK):
+            job: dict[str, Any] = {
+                "tasks": tasks[start : start + SUBMIT_CHUNK],
+                "limits": _limits(memory_mb, wall_s, cpu_s),
+                "max_attempts": max_attempts,
+                "replicas": c.replicas if replicas is None else replicas,
+                "client_token": uuid.uuid4().hex,  # a resent submission is not a twin
+            }
+            if c.max_cost is not None:
+                job["max_cost"] = c.max_cost
+            path = f"/v1/apps/{self.name}/jobs"
+            out = c._request("POST", path, json=job, idempotent=True).json()
+            futures += c._watch_job(out["id"], out["total"], self.kind, outputs=(), decoder=decoder)
+        return futures
 
 
 def _version(v: Mapping[str, Any]) -> Version:
