@@ -381,6 +381,22 @@ def test_lease_expiry_runs_in_one_coordinator_at_a_time() -> None:
             b.close()
 
 
+def test_two_fogs_in_two_schemas_of_one_database_never_take_each_others_duty() -> None:
+    with pg_schema() as one, pg_schema() as two:
+        a, b = Store(PG_URL, schema=one), Store(PG_URL, schema=two)
+        a2 = Store(PG_URL, schema=one)
+        try:
+            with a.duty("lease expiry") as leader:
+                assert leader is not None
+                with b.duty("lease expiry") as other:
+                    assert other is not None  # another fog: its own turn
+                with a2.duty("lease expiry") as same:
+                    assert same is None  # the same fog's other coordinator waits its turn
+        finally:
+            for s in (a, b, a2):
+                s.close()
+
+
 def test_a_numbered_row_that_is_not_terminal_is_never_answered_as_a_result(
     tmp_path: Path,
 ) -> None:

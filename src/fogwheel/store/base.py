@@ -192,13 +192,17 @@ class StoreBase:
 
         On PostgreSQL the transaction takes `pg_try_advisory_xact_lock` on the duty's name:
         the process that gets it does the work, the others get None and skip this round. The
-        lock ends with the transaction, so a leader that is killed frees it at once. SQLite
-        has one coordinator process: the duty is always its own."""
+        lock ends with the transaction, so a leader that is killed frees it at once. The lock
+        is keyed by the schema too: advisory locks are the whole database's, and two fogs in
+        two schemas of one database must not take each other's turns. SQLite has one
+        coordinator process: the duty is always its own."""
         with self.tx() as conn:
             if not self.is_sqlite:
                 key = zlib.crc32(f"fogwheel duty {name}".encode())
+                key -= (key >= 2**31) << 32  # the lock's second key is a signed int4
                 if not conn.execute(
-                    text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}
+                    text("SELECT pg_try_advisory_xact_lock(hashtext(current_schema()), :k)"),
+                    {"k": key},
                 ).scalar():
                     yield None
                     return

@@ -58,6 +58,15 @@ def add_missing_columns(engine: Engine, metadata: MetaData) -> list[str]:
             if index.name not in present:
                 index.create(engine)
                 added.append(f"index {index.name}")
+    if "attempts.job_id" in added:  # rows from before it: their task's job
+        with engine.begin() as c:
+            c.execute(
+                text(
+                    "UPDATE attempts SET job_id = "
+                    "(SELECT tasks.job_id FROM tasks WHERE tasks.id = attempts.task_id) "
+                    "WHERE job_id IS NULL"
+                )
+            )
     if added:
         log.info("database upgraded: added %s", ", ".join(added))
     return added

@@ -198,8 +198,13 @@ attempts = Table(
     Column("report", Text),  # the reported value/outputs/error, kept until a verdict
     Column("cpu_s", Float),
     Column("app_version", String(64), nullable=True),  # the app version this attempt ran
+    # The task's job, copied: a job's recent attempts (its median, store/leasing.py) by one
+    # index, whatever the planner's statistics (null only on rows from before it existed,
+    # filled in at upgrade: store/migrate.py)
+    Column("job_id", Integer, nullable=True),
     Index("ix_attempts_task", "task_id"),
     Index("ix_attempts_node_open", "node_id", "outcome"),
+    Index("ix_attempts_job_id", "job_id", "id"),
 )
 
 # Who may read a blob: the customer who uploaded it or whose task produced it.
