@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
@@ -151,6 +152,130 @@ def test_tasks_started_in_any_order_never_exceed_the_device_unless_alone(
     assert started == len(tasks)
 
 
+def test_a_status_file_reads_as_its_resident_set() -> None:
+    status = "Name:\tpython3\nVmPeak:\t  20060 kB\nVmRSS:\t   16508 kB\nThreads:\t1\n"
+    assert memfit.parse_rss_kb(status) == 16508
+    assert memfit.parse_rss_kb("Name:\tzombie\nState:\tZ (zombie)\n") is None
+    assert memfit.parse_rss_kb("VmRSS:\t lots kB\n") is None
+
+
+def _plan(task: int, running: list[tuple[int, float]], idle: dict[int, float]) -> memfit.StartPlan:
+    """The seed's device under qemu: 512 MB, an agent of 138 MB, workers of 100 MB fresh; the
+    task is for slot 0."""
+    return memfit.plan_start(
+        task,
+        slot=0,
+        offered_mb=512,
+        device_mb=512,
+        agent_mb=138,
+        worker_mb=100,
+        running=[memfit.Running(m, 100, r) for m, r in running],
+        idle=idle,
+    )
+
+
+@pytest.mark.parametrize(
+    ("task", "running", "idle", "stop", "starts"),
+    [
+        (256, [], {}, (), True),  # 138 + 256 + 100 = 494 of 512
+        (256, [], {1: 110}, (1,), True),  # 604 with the idle worker: it exits
+        (128, [], {1: 60, 2: 140, 3: 100}, (2, 3), True),  # largest first, as many as needed
+        (64, [], {1: 60, 2: 140, 3: 100}, (2,), True),
+        (512, [], {1: 120, 2: 130}, (2, 1), True),  # alone: starts, every idle worker gone
+        (256, [(256, 120)], {}, (), False),  # 494 held: a second 256 MB task waits
+        (256, [(256, 120)], {2: 100}, (), False),  # and evicts nothing for it
+        (32, [(128, 140)], {2: 100}, (2,), True),  # 138 + 228 + 132 + 100 = 598: it exits
+        (64, [(128, 300)], {}, (), False),  # a task over its limit (qemu ignores RLIMIT_AS)
+        (0, [(256, 120)], {1: 400}, (), True),  # no limit asked: nothing to count
+        (256, [], {0: 250}, (0,), True),  # its own worker kept 150 MB more: it starts afresh
+        (128, [], {0: 150, 1: 140}, (1,), True),  # 556: the other frees more than its own
+    ],
+)
+def test_resident_workers_and_the_agent_count_against_the_device(
+    task: int,
+    running: list[tuple[int, float]],
+    idle: dict[int, float],
+    stop: tuple[int, ...],
+    starts: bool,
+) -> None:
+    plan = _plan(task, running, idle)
+    assert plan.starts is starts
+    assert plan.stop == stop
+    if not starts:
+        assert plan.reason is not None and "of the device's 512 MB resident" in plan.reason
+        assert f"it needs {task} MB and its worker 100 MB" in plan.reason
+    elif task > 0:  # the worker it starts in: a fresh one, or its slot's own as it is now
+        assert plan.base_mb == (100 if 0 in stop else max(idle.get(0, 0), 100))
+
+
+def test_the_offered_limits_are_checked_first() -> None:
+    plan = memfit.plan_start(
+        300,
+        slot=0,
+        offered_mb=512,
+        device_mb=24_000,
+        agent_mb=70,
+        worker_mb=17,
+        running=[memfit.Running(300, 17, 40)],
+        idle={},
+    )
+    assert plan.reason is not None and "the task running here holds 300 of the device's 512 MB" in (
+        plan.reason
+    )
+
+
+@given(
+    device=st.integers(256, 4096),
+    agent=st.integers(20, 200),
+    worker=st.integers(5, 150),
+    slots=st.integers(1, 6),
+    tasks=st.lists(st.tuples(st.integers(1, 2048), st.integers(0, 300)), min_size=1, max_size=16),
+)
+def test_slots_started_by_the_plan_never_hold_more_than_the_device(
+    device: int, agent: int, worker: int, slots: int, tasks: list[tuple[int, int]]
+) -> None:
+    """A simulated device: a task started on a free slot holds its limit over the worker it
+    starts in, and leaves that worker holding what it kept (the second number) more. Slots
+    start what the plan lets them, stopping the workers it names, and finish the oldest task
+    when nothing may start. What is resident never exceeds the device unless one task runs
+    alone with no other worker kept; every task starts in the end."""
+    resident = dict.fromkeys(range(slots), 0.0)  # slot -> its worker's resident set now
+    running: dict[int, tuple[int, int, float]] = {}  # slot -> (limit, kept, base)
+    waiting = list(tasks)
+    while waiting:
+        free = [s for s in range(slots) if s not in running]
+        mb, kept = waiting[0]
+        plan = None
+        if free:
+            slot = free[0]
+            idle = {s: resident[s] for s in free if resident[s] > 0}
+            plan = memfit.plan_start(
+                mb,
+                slot=slot,
+                offered_mb=device,
+                device_mb=device,
+                agent_mb=agent,
+                worker_mb=worker,
+                running=[memfit.Running(m, b, resident[s]) for s, (m, _, b) in running.items()],
+                idle=idle,
+            )
+        if plan is not None and plan.starts:
+            assert set(plan.stop) <= set(idle) | {slot}
+            for s in plan.stop:
+                resident[s] = 0.0
+            waiting.pop(0)
+            running[slot] = (mb, kept, plan.base_mb)
+            resident[slot] = plan.base_mb + mb  # at its limit: the worst it may do
+            total = agent + sum(resident.values())
+            alone = len(running) == 1 and all(resident[s] == 0 for s in free if s != slot)
+            assert total <= device + 1e-9 or alone
+        else:
+            assert running, "a task waits while nothing runs"
+            oldest = next(iter(running))
+            _, left, base = running.pop(oldest)
+            resident[oldest] = base + left
+
+
 # -- placement on real nodes --------------------------------------------------------------------
 
 
@@ -215,7 +340,7 @@ def test_two_tasks_that_fit_together_run_side_by_side(small_node: LocalFog) -> N
 # -- an agent under a real memory cgroup --------------------------------------------------------
 
 
-def _memory_cgroup() -> Path | None:
+def _memory_cgroup(mb: int = 300) -> Path | None:
     """A fresh memory cgroup this process may fill, under its own (v2 or v1); None if none."""
     own = Path("/proc/self/cgroup").read_text()
     mounts = Path("/proc/self/mounts").read_text()
@@ -227,7 +352,7 @@ def _memory_cgroup() -> Path | None:
     group = parent / f"fogwheel-memfit-{os.getpid()}"
     try:
         group.mkdir()
-        (group / name).write_text(str(300 * MB))
+        (group / name).write_text(str(mb * MB))
     except OSError:
         if group.is_dir():
             group.rmdir()
@@ -235,37 +360,102 @@ def _memory_cgroup() -> Path | None:
     return group
 
 
+@contextmanager
+def _agent_in_group(
+    fog: LocalFog, group: Path, data: Path, cores: int
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A node agent started inside `group`: a shell joins it, then execs the node."""
+    join = f'echo $$ > "{group}/cgroup.procs" && exec "$@"'
+    cmd = [sys.executable, "-m", "fogwheel", "node", "--coordinator", fog.url]
+    cmd += ["--data-dir", str(data), "--cores", str(cores), "--no-serve"]
+    env = {**os.environ, "FOGWHEEL_JOIN_TOKEN": fog.join_string}
+    with open(data.parent / "node.log", "wb") as log:
+        proc = subprocess.Popen(
+            ["sh", "-c", join, "sh", *cmd],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        fog.nodes.append(proc)
+        fog.wait_for_nodes(1, timeout=60)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _remove(group: Path) -> None:
+    for _ in range(50):
+        try:
+            group.rmdir()
+            return
+        except OSError:
+            time.sleep(0.1)
+
+
+def _oom_kills(group: Path) -> int:
+    for name in ("memory.events", "memory.oom_control"):
+        with suppress(OSError):
+            for line in (group / name).read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+    return 0
+
+
 def test_an_agent_under_a_cgroup_offers_the_cgroups_limit(tmp_path: Path) -> None:
     group = _memory_cgroup()
     if group is None:
         pytest.skip("no memory cgroup can be made here (not root, or none delegated)")
     try:
-        with LocalFog(0, workdir=tmp_path) as fog:
-            # The agent starts inside the group: a shell joins it, then execs the node.
-            join = f'echo $$ > "{group}/cgroup.procs" && exec "$@"'
-            cmd = [sys.executable, "-m", "fogwheel", "node", "--coordinator", fog.url]
-            cmd += ["--data-dir", str(tmp_path / "n"), "--cores", "1", "--no-serve"]
-            env = {**os.environ, "FOGWHEEL_JOIN_TOKEN": fog.join_string}
-            with open(tmp_path / "node.log", "wb") as log:
-                proc = subprocess.Popen(
-                    ["sh", "-c", join, "sh", *cmd],
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            try:
-                fog.nodes.append(proc)
-                fog.wait_for_nodes(1, timeout=60)
-                r = httpx.get(f"{fog.url}/v1/nodes", headers=fog.headers, timeout=10)
-                assert [n["memory_mb"] for n in r.json()["nodes"]] == [300]
-            finally:
-                proc.terminate()
-                proc.wait(timeout=30)
+        with LocalFog(0, workdir=tmp_path) as fog, _agent_in_group(fog, group, tmp_path / "n", 1):
+            r = httpx.get(f"{fog.url}/v1/nodes", headers=fog.headers, timeout=10)
+            assert [n["memory_mb"] for n in r.json()["nodes"]] == [300]
     finally:
-        for _ in range(50):
-            try:
-                group.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
+        _remove(group)
+
+
+def _keep(mb: int, seconds: float) -> tuple[float, float]:
+    """Fill `mb` and leave it in the worker after the task: a worker kept warm, and fat."""
+    import builtins
+
+    b = bytearray(mb * MB)
+    b[:: 1 << 12] = b"x" * len(b[:: 1 << 12])  # touched: resident
+    builtins._fogwheel_test_kept = b  # type: ignore[attr-defined]
+    return _span(seconds)
+
+
+def _fill(mb: int) -> int:
+    b = bytearray(mb * MB)
+    b[:: 1 << 12] = b"x" * len(b[:: 1 << 12])
+    return len(b) // MB
+
+
+def test_an_idle_worker_exits_to_make_room_on_a_small_device(tmp_path: Path) -> None:
+    """A 560 MB device of two slots (an x86 agent of about 70 MB): two tasks run side by
+    side and each leaves its worker holding 150 MB. A task of another job that fills 380 MB
+    then starts only once the other slot's idle worker has exited: with it kept, the device
+    holds 70 + 167 + 397 MB and the kernel kills one. Nothing is OOM-killed."""
+    group = _memory_cgroup(560)
+    if group is None:
+        pytest.skip("no memory cgroup can be made here (not root, or none delegated)")
+    try:
+        with (
+            LocalFog(0, workdir=tmp_path) as fog,
+            _agent_in_group(fog, group, tmp_path / "n", 2),
+            Client(fog.url, fog.api_key, replicas=1, on_wait=lambda *_: None) as c,
+        ):
+            kept = c.submit_many(_keep, [((150, 2.0), {}), ((150, 2.0), {})], memory_mb=180)
+            (_, end0), (start1, _) = sorted(f.result(timeout=120) for f in kept)
+            assert start1 < end0 - 0.5  # side by side, one on each slot
+            (big,) = c.submit_many(_fill, [((380,), {})], memory_mb=440)
+            assert big.result(timeout=120) == 380
+            log = (tmp_path / "node.log").read_text()
+            assert "exits to make room" in log, log[-3000:]
+            assert _oom_kills(group) == 0
+            outcomes = [ln.split("finished: ")[1] for ln in log.splitlines() if "finished: " in ln]
+            assert len(outcomes) == 3 and all(o.startswith("ok") for o in outcomes)  # no retry
+    finally:
+        _remove(group)

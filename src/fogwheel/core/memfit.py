@@ -12,12 +12,15 @@ several slots must also not start tasks whose limits add up past the device: a s
 until the tasks running beside it leave room (`wait_reason`), as BOINC's client leaves a task
 "waiting for memory" rather than starting it into the kernel's OOM killer. A task alone is
 always started, so nothing waits forever: placement already kept tasks too big for the
-device away. Everything here is pure: the agent reads the files and the clock.
+device away. What is resident counts as well (`plan_start`): the agent itself and the
+workers its slots keep warm between tasks, which exit to make room on a small device.
+Everything here is pure: the agent reads the files, /proc/PID/status and the clock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 MB = 1 << 20
@@ -104,4 +107,109 @@ def wait_reason(task_mb: int, running_mb: Iterable[int], device_mb: int) -> str 
     return (
         f"it needs {task_mb} MB and {them} {held} of the device's {device_mb} MB: "
         "it starts when one finishes"
+    )
+
+
+# -- resident memory: the agent and its workers count too ---------------------------------------
+
+
+def parse_rss_kb(status: str) -> int | None:
+    """VmRSS, kB, from a /proc/PID/status text; None when it shows none (a zombie, garbage)."""
+    for line in status.splitlines():
+        key, _, value = line.partition(":")
+        if key == "VmRSS":
+            number = value.strip().removesuffix("kB").strip()
+            return int(number) if number.isdigit() else None
+    return None
+
+
+@dataclass(frozen=True)
+class Running:
+    """A task running on the device: the limit it was started under, what its worker held
+    resident when it started (the limit bounds only what the task adds to it), and what its
+    slot holds resident now (its worker, or its command's process), MB."""
+
+    limit_mb: int
+    base_mb: float
+    resident_mb: float
+
+    @property
+    def holds_mb(self) -> float:
+        """What it may hold: its worker and its limit, or what it holds now if that is more
+        (qemu-user ignores a guest's RLIMIT_AS)."""
+        return max(self.limit_mb + self.base_mb, self.resident_mb)
+
+
+@dataclass(frozen=True)
+class StartPlan:
+    """What a slot does with a task: start it, once the workers of the slots in `stop` have
+    exited (its own among them when it must start afresh), or, with `reason`, hold it until a
+    running task finishes. `base_mb`: what its worker holds resident as it starts."""
+
+    stop: tuple[int, ...] = ()
+    reason: str | None = None
+    base_mb: float = 0.0
+
+    @property
+    def starts(self) -> bool:
+        return self.reason is None
+
+
+def plan_start(
+    task_mb: int,
+    *,
+    slot: int,
+    offered_mb: int,
+    device_mb: int,
+    agent_mb: float,
+    worker_mb: float,
+    running: Sequence[Running],
+    idle: Mapping[int, float],
+) -> StartPlan:
+    """Whether a task asking `task_mb` may start on `slot` now, and which workers kept warm
+    must exit first.
+
+    Two budgets. The limits of the tasks running at once fit in what the node offers
+    (`wait_reason`: the coordinator placed them by it). And what is resident fits in the
+    device (`device_mb`, the least of its RAM and its cgroup limits): the agent's own resident
+    set (`agent_mb`); each running task at `Running.holds_mb`; the workers the other slots
+    keep warm between tasks (`idle`: slot index -> MB resident); and the new task, at its
+    limit plus the worker it runs in: its slot's own (`idle[slot]`, which may have kept
+    memory from earlier tasks) or a fresh one (`worker_mb`). Counting only the limits let a
+    512 MB four-slot device under qemu keep an agent of 138 MB and four workers of 100-140 MB:
+    the kernel killed one.
+
+    A worker kept warm is only a cache: it exits to make room, the one whose exit frees the
+    most first, and its slot starts a fresh one for its next task. A task that still does not
+    fit waits for a running one to finish; with nothing running it starts anyway, with every
+    kept worker gone (placement kept tasks bigger than the node away; one bigger than the
+    device's room must run, or meet its own limit, rather than wait forever)."""
+    why = wait_reason(task_mb, [r.limit_mb for r in running], offered_mb)
+    if why is not None:
+        return StartPlan(reason=why)
+    own = max(idle.get(slot, 0.0), worker_mb)
+    if task_mb <= 0:
+        return StartPlan(base_mb=own)  # no limit asked: nothing to count it by
+    held = agent_mb + sum(r.holds_mb for r in running)
+    kept = {s: mb for s, mb in idle.items() if s != slot}
+    # what each exit frees: another slot's whole worker, or the own worker's excess over a fresh one
+    frees = {**kept, slot: own - worker_mb}
+    total = held + sum(kept.values()) + own + task_mb
+    stop: list[int] = []
+    for s, mb in sorted(frees.items(), key=lambda kv: (-kv[1], kv[0])):
+        if total <= device_mb or mb <= 0:
+            break
+        stop.append(s)
+        total -= mb
+    base = worker_mb if slot in stop else own
+    if total <= device_mb or not running:
+        return StartPlan(tuple(stop), base_mb=base)
+    n = len(running)
+    them = "the task running here" if n == 1 else f"the {n} tasks running here"
+    return StartPlan(
+        reason=(
+            f"it needs {task_mb} MB and its worker {own:.0f} MB; the agent "
+            f"({agent_mb:.0f} MB) and {them} hold {held:.0f} of the device's {device_mb} MB "
+            "resident: it starts when one finishes"
+        )
     )

@@ -46,7 +46,7 @@ from fogwheel.node.images import ImageCache, ImageRefused, image_capabilities
 from fogwheel.node.sandbox import NoSandbox, Sandbox, detect
 from fogwheel.node.scratch import can_mount, private_mounts, unmount
 from fogwheel.node.selfupdate import SelfUpdater, running_version
-from fogwheel.node.slots import Protections, Slot
+from fogwheel.node.slots import Protections, Slot, resident_mb
 from fogwheel.signing import fingerprint, parse_join_string, pin_matches, verify_lease
 
 log = logging.getLogger("fogwheel.node")
@@ -129,9 +129,12 @@ class Agent:
         self._given_http = http
         self.data_dir = config.data_dir
         self.slots_n = config.cores or os.cpu_count() or 1
-        self.memory_mb = config.memory_mb or _memory_mb()  # offered; running tasks fit in it
-        self._memory_room = threading.Condition()  # a slot waits here for memory (memfit)
-        self._running_mb: dict[int, int] = {}  # task id -> the memory limit it runs under
+        self.device_mb = _memory_mb()  # what is resident fits in it (RAM, cgroup limits)
+        self.memory_mb = config.memory_mb or self.device_mb  # offered; task limits fit in it
+        self._memory_room = threading.RLock()  # around the memory bookkeeping below (memfit)
+        self._running_mb: dict[int, tuple[int, Slot, float]] = {}  # task id -> limit, slot, base
+        self._parked: list[dict[str, Any]] = []  # leases waiting for memory, oldest first
+        self._worker_mb = 0.0  # the leanest resident set a worker was seen at between tasks
         self._stop = threading.Event()
         self._abort = threading.Event()
         # agent roll-outs (node/selfupdate.py): the version to re-execute as, once stopped
@@ -662,7 +665,7 @@ class Agent:
 
     def _slot_loop(self, slot: Slot) -> None:
         while True:
-            lease = self._queue.get()
+            lease, admitted = self._next_lease(slot)
             if lease is None:
                 return
             tid = lease["task_id"]
@@ -671,9 +674,15 @@ class Agent:
                 killed = tid in self._killed
                 if not killed:
                     self._running_on[tid] = slot
+            if killed and admitted:
+                self._release(tid)
+            elif not killed and not admitted and not self._admit(slot, lease, park=True):
+                with self._lock:  # parked: the slot that next frees memory runs it
+                    self._running_on.pop(tid, None)
+                logs.set_ids()
+                continue
             report: dict[str, Any] | None = None
             if not killed:
-                self._wait_for_memory(tid, int(lease["limits"].get("memory_mb") or 0))
                 try:  # one killed while it waited is not run: its result is dropped below
                     report = {"ok": False} if tid in self._killed else self._execute(slot, lease)
                     self._faults.slow_down(
@@ -686,9 +695,7 @@ class Agent:
                         "error": {"kind": "input", "message": f"{type(e).__name__}: {e}"},
                     }
                 finally:
-                    with self._memory_room:
-                        self._running_mb.pop(tid, None)
-                        self._memory_room.notify_all()
+                    self._release(tid, slot)
                 report.update(task_id=tid, attempt=lease["attempt"])
                 report = self._faults.tamper(report)
                 report.setdefault("cpu_s", 0.0)
@@ -705,19 +712,59 @@ class Agent:
             logs.set_ids()
             self._wake.set()
 
-    def _wait_for_memory(self, tid: int, mb: int) -> None:
-        """Hold the slot until the running tasks' limits leave `mb` on the device (memfit),
-        or the task is killed; then count it as running."""
-
-        def ready() -> bool:
-            running = self._running_mb.values()
-            return tid in self._killed or memfit.wait_reason(mb, running, self.memory_mb) is None
-
+    def _next_lease(self, slot: Slot) -> tuple[dict[str, Any] | None, bool]:
+        """The oldest parked lease that fits now, admitted (or one killed while it waited, to
+        drop); else the queue's next, not yet admitted. A slot that has just finished a task
+        asks first, so its warm worker runs what waited for the memory it gave back."""
         with self._memory_room:
-            if why := memfit.wait_reason(mb, self._running_mb.values(), self.memory_mb):
-                log.info("task %s waits for memory: %s", tid, why)
-            self._memory_room.wait_for(ready)
-            self._running_mb[tid] = mb
+            for i, lease in enumerate(self._parked):
+                if lease["task_id"] in self._killed:
+                    return self._parked.pop(i), False
+                if self._admit(slot, lease, park=False):
+                    return self._parked.pop(i), True
+        return self._queue.get(), False
+
+    def _admit(self, slot: Slot, lease: dict[str, Any], *, park: bool) -> bool:
+        """Count the lease's task as running on `slot` if it fits the device now (memfit), once
+        the idle workers the plan names have exited; else, with `park`, hold it back."""
+        tid, mb = lease["task_id"], int(lease["limits"].get("memory_mb") or 0)
+        with self._memory_room:
+            busy = {s for _, s, _ in self._running_mb.values()}
+            idle = {s.index: s.resident_mb() for s in self._slots if s not in busy}
+            plan = memfit.plan_start(
+                mb,
+                slot=slot.index,
+                offered_mb=self.memory_mb,
+                device_mb=self.device_mb,
+                agent_mb=resident_mb(os.getpid()),
+                worker_mb=self._worker_mb,
+                running=[
+                    memfit.Running(m, base, s.resident_mb())
+                    for m, s, base in self._running_mb.values()
+                ],
+                idle={i: m for i, m in idle.items() if m > 0},
+            )
+            if not plan.starts:
+                if park:
+                    log.info("task %s waits for memory: %s", tid, plan.reason)
+                    self._parked.append(lease)
+                return False
+            for i in plan.stop:
+                log.info(
+                    "task %s: the worker kept by slot %s (%.0f MB resident) exits to make room",
+                    tid, i, idle[i],
+                )  # fmt: skip
+                self._slots[i].stop()  # its slot starts a fresh one for its next task
+            self._running_mb[tid] = (mb, slot, plan.base_mb)
+            return True
+
+    def _release(self, tid: int, slot: Slot | None = None) -> None:
+        """The task no longer holds memory; note how lean `slot`'s worker is between tasks."""
+        lean = slot.resident_mb() if slot is not None and slot.worker_pid else 0.0
+        with self._memory_room:
+            self._running_mb.pop(tid, None)
+            if lean > 0:
+                self._worker_mb = min(self._worker_mb or lean, lean)
 
     def _execute(self, slot: Slot, lease: dict[str, Any]) -> dict[str, Any]:
         limits = lease["limits"]

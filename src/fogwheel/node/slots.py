@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from fogwheel.core import memfit
 from fogwheel.node import safefs, wire
 from fogwheel.node.cgroups import CANNOT_JOIN, Hierarchy, SlotGroup, group_name
 from fogwheel.node.sandbox import (
@@ -434,6 +435,15 @@ class Slot:
     def worker_pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    def resident_mb(self) -> float:
+        """What the slot holds resident now, MB (VmRSS): its worker with the sandbox processes
+        above it, and a command task's process; 0 with neither (core/memfit.py counts it)."""
+        pids = set(self._allowed) if self._proc is not None else set()
+        command = self._command
+        if command is not None:
+            pids.add(command.pid)
+        return sum(resident_mb(pid) for pid in pids)
+
     def _signal_of(self, code: int) -> int | None:
         """The signal that ended a process, from its status (bubblewrap reports 128 + n)."""
         if code < 0:
@@ -633,6 +643,16 @@ def _take_outputs(
             return f"output file {name!r} cannot be read: {e}"
         files[name] = Path(tmp)
     return files
+
+
+def resident_mb(pid: int) -> float:
+    """A process's resident set, MB, from /proc/PID/status; 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            kb = memfit.parse_rss_kb(f.read())
+    except OSError:
+        return 0.0
+    return (kb or 0) / 1024
 
 
 def inside(scratch: Path, name: str) -> Path:
