@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -147,6 +148,18 @@ def test_a_healthy_agent_version_is_promoted_step_by_step_to_every_device(
     wait_for_spread(fog, {f"{BASE}+good": 4})
     logs = "".join((fog.dir / f"node-{i}.log").read_text() for i in range(4))
     assert logs.count(f"re-executing as {BASE}+good") == 4
+    env = {"FOGWHEEL_COORDINATOR": fog.url, "FOGWHEEL_ADMIN_KEY": fog.admin_key, "PATH": ""}
+    cli = [sys.executable, "-m", "fogwheel"]
+    shown = subprocess.run(
+        [*cli, "rollouts", "show", rid], env={**env, "COLUMNS": "250"}, capture_output=True,
+        text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    assert "promoted 25% → 50%" in shown and "done at 100%" in shown and "agent" in shown
+    versions = subprocess.run(
+        [*cli, "agent", "versions", "--json"], env=env, capture_output=True, text=True,
+        timeout=60, check=True,
+    ).stdout  # fmt: skip
+    assert json.loads(versions)["spread"] == {f"{BASE}+good": 4}
 
 
 def test_an_agent_version_that_fails_every_task_is_rolled_back_and_the_job_finishes(
