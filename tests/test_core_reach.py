@@ -78,6 +78,7 @@ def _load(**kw: int) -> reach.Load:
         ("relay", _load(node_relayed=64 << 20), 1, "relayed its share of bytes"),
         ("punch", _load(node_relayed=64 << 20), 0, None),  # a punch carries no relayed bytes
         ("relay", _load(customer_relayed=256 << 20), 1, "your relayed bytes"),
+        ("relay", _load(relay_in_flight=64 << 20), 1, "holds as many bytes"),
     ],
 )
 def test_the_rendezvous_is_bounded(

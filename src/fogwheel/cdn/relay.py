@@ -141,6 +141,7 @@ class Rendezvous:
             total_calls=len(live),
             node_relayed=self._relayed("n:" + node_id, now),
             customer_relayed=self._relayed("c:" + customer_id, now),
+            relay_in_flight=sum(s.size for s in live if s.kind == "relay"),
         )
 
     def open(self, s: Session) -> None:
@@ -313,10 +314,23 @@ def build_rendezvous_routes(
         h = hashlib.sha256()
         parts: list[bytes] = []
         got = 0
-        async for chunk in request.stream():
+        stream = request.stream().__aiter__()
+        while True:  # a device that trickles or stalls is cut off when the fetcher's wait ends
+            left = s.created + RELAY_WAIT_S - time.monotonic()
+            try:
+                if left <= 0 or s.done.done():
+                    raise TimeoutError
+                chunk = await asyncio.wait_for(stream.__anext__(), left)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise HTTPException(
+                    408, "too late: the fetcher's wait for this share ran out"
+                ) from None
             got += len(chunk)
             if got > s.size:
-                s.done.set_exception(ValueError(f"node {who.id} relayed too many bytes"))
+                if not s.done.done():
+                    s.done.set_exception(ValueError(f"node {who.id} relayed too many bytes"))
                 raise HTTPException(413, f"share {s.sha[:12]}… is {s.size} bytes")
             h.update(chunk)
             parts.append(chunk)
@@ -325,8 +339,11 @@ def build_rendezvous_routes(
                       "the node sent the wrong bytes")  # fmt: skip
             log.warning("node %s quarantined: %s", who.id, reason)
             await run_in_threadpool(store.cdn_share_failed, who.id, s.sha, reason, time.time())
-            s.done.set_exception(ValueError(f"node {who.id} relayed wrong bytes"))
+            if not s.done.done():
+                s.done.set_exception(ValueError(f"node {who.id} relayed wrong bytes"))
             raise HTTPException(422, "those bytes are not the share asked for")
+        if s.done.done():
+            raise HTTPException(408, "too late: the fetcher's wait for this share ran out")
         rz.note_relayed(s, got, time.monotonic())
         s.done.set_result(b"".join(parts))
 

@@ -126,6 +126,7 @@ class Bounds:
     total: int = 128  # in flight, everyone's
     node_relay_bytes_per_min: int = 64 << 20  # relayed bytes one device may send a minute
     customer_relay_bytes_per_min: int = 256 << 20  # relayed bytes one customer may take
+    relay_bytes_in_flight: int = 64 << 20  # shares the coordinator holds in memory at once
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ class Load:
     total_calls: int
     node_relayed: int  # bytes, last minute
     customer_relayed: int
+    relay_in_flight: int = 0  # bytes of the relays in flight now (each buffered whole)
 
 
 def refusal(kind: Path, load: Load, bounds: Bounds, size: int = 0) -> str | None:
@@ -152,6 +154,8 @@ def refusal(kind: Path, load: Load, bounds: Bounds, size: int = 0) -> str | None
             return "that device has relayed its share of bytes this minute: try another"
         if load.customer_relayed + size > bounds.customer_relay_bytes_per_min:
             return "you have taken your relayed bytes for this minute: take the origin"
+        if load.relay_in_flight + size > bounds.relay_bytes_in_flight:
+            return "the relay holds as many bytes as it may now: take the origin"
     return None
 
 
