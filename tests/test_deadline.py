@@ -7,6 +7,7 @@ import base64
 import hashlib
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -192,6 +193,7 @@ def test_a_real_fog_with_deadline_placement_runs_a_job_submitted_with_a_deadline
             base_url=fog.url, headers={"authorization": f"Bearer {fog.api_key}"}
         ) as h:
             [j] = h.get("/v1/jobs").json()["jobs"]
+            j_id = j["id"]
             assert j["state"] == "done"
             assert before + 7200 <= j["deadline"] <= time.time() + 7200
             # A deadline passed, or years ahead, is refused with a sentence.
@@ -200,10 +202,21 @@ def test_a_real_fog_with_deadline_placement_runs_a_job_submitted_with_a_deadline
                 r = h.post("/v1/jobs", json=body)
                 assert r.status_code == 422, r.text
                 assert word in r.text and "Unix time" in r.text
+        # The SDK: a client's deadline (seconds from each submission) goes on every job.
+        from fogwheel.client import Client
+
+        with Client(fog.url, fog.api_key, replicas=1, deadline=600.0) as client:
+            sent = time.time()
+            assert client.run(["true"]).result().returncode == 0
+            [mine] = [j for j in client.jobs(10) if j["id"] != j_id]
+            assert sent + 600 <= mine["deadline"] <= time.time() + 600
+        # Shown from now: under 2 h left, more than 1 h 50 m on any machine this runs on.
+        one = fogwheel("jobs", str(j_id), fog=fog)
+        assert one.returncode == 0, one.stderr[-2000:]
+        assert re.search(r"deadline 20\d\d-\d\d-\d\d [\d:]+ \(in 1h 5\dm\)", one.stdout), one.stdout
         listed = fogwheel("jobs", fog=fog)
         assert listed.returncode == 0, listed.stderr[-2000:]
-        assert "deadline" in listed.stdout and (
-            "in 1h 59m" in listed.stdout or "in 2h" in listed.stdout
-        )
+        assert "deadline" in listed.stdout and re.search(r"in 1h 5\dm", listed.stdout)
+        assert re.search(r"in [5-9]m|in 10m", listed.stdout)  # the SDK's job: 600 s
         bad = fogwheel("run", "--deadline", "soon", "--", "true", fog=fog)
         assert bad.returncode != 0 and "not a duration" in bad.stderr

@@ -805,6 +805,9 @@ def _print_job(job: dict[str, Any], tasks: list[dict[str, Any]]) -> None:
     from fogwheel.cli_costs import job_cost_line
 
     out.print(job_cost_line(job), markup=False, highlight=False, soft_wrap=True)
+    if job.get("deadline") is not None:  # JobIn.deadline: placement's slack
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job["deadline"]))
+        out.print(f"deadline {when} ({_due(job['deadline'], time.time())})", highlight=False)
     # The reasons name tasks by the fog's task id ("checks task 812"), so the table shows it.
     table = Table(caption="#: the task's place in the job; task id: the fog's, as reasons name it")
     for col in ("#", "task id", "state", "attempt", "node", "outcome", "why it went there"):
