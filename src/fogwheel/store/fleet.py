@@ -10,7 +10,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, case, func, select, true, update
+from sqlalchemy import Connection, Float, bindparam, case, func, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
@@ -534,9 +534,11 @@ def barred_groups(c: Connection, node_id: str, ran: dict[int, set[str]]) -> set[
     return {g for g, held in ran.items() if owners.barred(me, [devs[n] for n in held if n in devs])}
 
 
-def up_interval(now: float, horizon: float, leaving: bool) -> dict[str, Any]:
+def _up_interval(leaving: bool) -> dict[str, Any]:
     """The up-interval columns of a (non-idle) sync's node update: core/uptime.after_sync in
-    SQL, on the row's previous values (an UPDATE's SET reads the row as it was)."""
+    SQL, on the row's previous values (an UPDATE's SET reads the row as it was). Built once
+    per kind (`UP_INTERVAL`): building the CASEs per sync cost ~0.25 ms of Python; its
+    parameters are `up_params`."""
     n = nodes.c
     gone = n.last_seen < horizon
     closes = (n.state == "up") & n.up_since.is_not(None) & (true() if leaving else gone)
@@ -548,6 +550,14 @@ def up_interval(now: float, horizon: float, leaving: bool) -> dict[str, Any]:
         "up_count": case((closes, n.up_count + 1), else_=n.up_count),
         "up_since": None if leaving else case((restart, now), else_=n.up_since),
     }
+
+
+UP_INTERVAL = {leaving: _up_interval(leaving) for leaving in (False, True)}  # by `leaving`
+
+
+def up_params(now: float, horizon: float) -> dict[str, float]:
+    """`UP_INTERVAL`'s parameters: the sync's time and the gone horizon (now less gone_after_s)."""
+    return {"up_now": now, "up_horizon": horizon}
 
 
 def quota_grown(n: int = 1) -> Any:

@@ -48,7 +48,7 @@ from fogwheel.store.base import (
     retry_conflicts,
 )
 from fogwheel.store.envs import env_size, node_envs, note_node_envs, unfit_reason
-from fogwheel.store.fleet import barred_groups, quota_shrunk, up_interval
+from fogwheel.store.fleet import UP_INTERVAL, barred_groups, quota_shrunk, up_params
 from fogwheel.store.images import images_here
 from fogwheel.store.rollouts import canary_tasks
 from fogwheel.store.schema import (
@@ -167,9 +167,10 @@ class LeasingStore(VerifyStore):
                     last_seen=now,
                     slots_free=req.slots_free,
                     state="gone" if leaving else "up",  # and its up intervals (core/uptime.py)
-                    **up_interval(now, now - self.gone_after_s, leaving),
+                    **UP_INTERVAL[leaving],
                     **seen,
-                )
+                ),
+                up_params(now, now - self.gone_after_s),
             )
             held_envs, env_platform = getattr(req, "envs", None), getattr(req, "env_platform", None)
             if held_envs is not None or env_platform is not None:
