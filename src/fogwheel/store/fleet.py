@@ -540,6 +540,7 @@ def _up_interval(leaving: bool) -> dict[str, Any]:
     per kind (`UP_INTERVAL`): building the CASEs per sync cost ~0.25 ms of Python; its
     parameters are `up_params`."""
     n = nodes.c
+    now, horizon = bindparam("up_now", type_=Float), bindparam("up_horizon", type_=Float)
     gone = n.last_seen < horizon
     closes = (n.state == "up") & n.up_since.is_not(None) & (true() if leaving else gone)
     ended = case((gone, n.last_seen), else_=now) if leaving else n.last_seen
