@@ -220,3 +220,31 @@ def test_a_real_fog_with_deadline_placement_runs_a_job_submitted_with_a_deadline
         assert re.search(r"in [5-9]m|in 10m", listed.stdout)  # the SDK's job: 600 s
         bad = fogwheel("run", "--deadline", "soon", "--", "true", fog=fog)
         assert bad.returncode != 0 and "not a duration" in bad.stderr
+
+
+def test_an_older_database_gains_the_columns_and_its_rows_start_counting(store: Store) -> None:
+    """store/migrate.py adds nodes.up_* and jobs.deadline; a node from before starts its
+    first interval at its next sync, and an old job is placed as one without a deadline."""
+    from sqlalchemy import text
+
+    from fogwheel.store.migrate import add_missing_columns
+    from fogwheel.store.schema import metadata
+
+    store.placement = DEADLINE
+    n = join(store, "old", T0)
+    old_job = store.create_job("c1", job(1), T0)
+    with store.engine.begin() as c:
+        for col in ("up_since", "up_total_s", "up_count"):
+            c.execute(text(f"ALTER TABLE nodes DROP COLUMN {col}"))
+        c.execute(text("ALTER TABLE jobs DROP COLUMN deadline"))
+    assert sorted(add_missing_columns(store.engine, metadata)) == [
+        "jobs.deadline",
+        "nodes.up_count",
+        "nodes.up_since",
+        "nodes.up_total_s",
+    ]
+    assert history(store, n) == UpHistory(None, 0.0, 0)
+    new_job = store.create_job("c2", job(1, deadline=T0 + 60), T0 + 1)
+    got = store.sync(n, SyncIn(want=2, slots_free=1), T0 + 2).tasks
+    assert [t["job_id"] for t in got] == [new_job, old_job]
+    assert history(store, n) == UpHistory(T0 + 2, 0.0, 0)
