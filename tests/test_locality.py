@@ -48,6 +48,27 @@ def test_a_node_leaves_tasks_whose_input_another_node_holds_to_that_node(store: 
         assert reason(store, t["task_id"]).endswith("; 5.0 MB of its input already here")
 
 
+def test_a_node_that_dropped_a_blob_from_its_cache_is_no_longer_preferred_for_it(
+    store: Store,
+) -> None:
+    a, b = join(store, "a", cores=1), join(store, "b", cores=1)
+    kept, evicted = blob("k"), blob("e")
+    store.hold_blobs(b, [(kept.sha, kept.size), (evicted.sha, evicted.size)])
+    # b's cache evicted one of them: its next sync (which asks for nothing) says so
+    assert store.sync(b, SyncIn(dropped=[evicted.sha], slots_free=1), T0).tasks == []
+    with store.read() as c:
+        held = c.execute(select(blob_holders.c.sha).where(blob_holders.c.node_id == b)).all()
+    assert [sha for (sha,) in held] == [kept.sha]
+    store.create_job("c1", blob_job(evicted, kept), T0)
+    # a now takes the task whose input nobody holds, and leaves b the one it still holds
+    [got_a] = store.sync(a, SyncIn(want=1, slots_free=1), T0).tasks
+    assert got_a["args"]["sha"] == evicted.sha
+    assert "already here" not in reason(store, got_a["task_id"])
+    [got_b] = store.sync(b, SyncIn(want=1, slots_free=1), T0).tasks
+    assert got_b["args"]["sha"] == kept.sha
+    assert reason(store, got_b["task_id"]).endswith("; 5.0 MB of its input already here")
+
+
 def test_a_node_takes_its_own_inputs_first_most_bytes_first(store: Store) -> None:
     a = join(store, "a", cores=1)
     small, big, other = blob("s", 1 * MB), blob("b", 9 * MB), blob("o")

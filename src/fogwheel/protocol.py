@@ -346,6 +346,12 @@ class SyncIn(Model):
     slots_free: int = Field(default=0, ge=0, le=1024)
     serve_url: ServeUrl | None = Field(default=None, description="the node's chunk server")
     stored: list[Sha256] = Field(default_factory=list, max_length=10_000)
+    dropped: list[Sha256] = Field(
+        default_factory=list,
+        max_length=10_000,
+        description="cached blobs, unpacked images and kept state this node no longer holds "
+        "(its caches evicted them): placement stops counting it as their holder",
+    )
     bad: list[Sha256] = Field(default_factory=list, max_length=10_000)
     refused: list[Sha256] = Field(
         default_factory=list, max_length=10_000, description="shares over the node's quota"

@@ -787,6 +787,7 @@ def _only_asks(req: SyncIn, leaving: bool) -> bool:
         or req.renew
         or req.release
         or req.stored
+        or req.dropped
         or req.bad
         or req.refused
         or req.served

@@ -51,6 +51,13 @@ from fogwheel.signing import fingerprint, parse_join_string, pin_matches, verify
 
 log = logging.getLogger("fogwheel.node")
 
+MAX_DROPPED_REPORTED = 10_000  # evicted blobs named in one sync (protocol.SyncIn.dropped)
+
+
+def _is_sha(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
 INLINE_MAX = 64 * 1024  # as in fogwheel.protocol; not imported to keep pydantic out of the agent
 PROBED_PROGRAMS = ("python3", "povray", "jellyfish", "bwrap")
 SCRUB_EVERY_S = 600.0  # how often kept CDN shares are hashed again
@@ -182,6 +189,10 @@ class Agent:
         self.envs: EnvCache | None = None  # Python environments built here (node/envs.py)
         self._envs_told: list[str] | None = None  # what the coordinator last heard of them
         self._envs_sent: list[str] | None = None
+        # Cached blobs, images and kept state evicted here, told on the next sync so that
+        # placement stops preferring this node for them (protocol.SyncIn.dropped).
+        self._dropped: set[str] = set()
+        self._dropped_lock = threading.Lock()
         # the owner's pause and the status `fogwheel node status` reads (node/control.py)
         self._pause_watch: control.PauseWatcher | None = None
         self._pause_applied: control.PauseOrder | None = None
@@ -422,7 +433,9 @@ class Agent:
         protections = self._protections(sandbox)
         self._trim_kept()
         (self.data_dir / "cache").mkdir(exist_ok=True)
-        self.images = ImageCache(self.data_dir / "images", self.config.images_mb << 20)
+        self.images = ImageCache(
+            self.data_dir / "images", self.config.images_mb << 20, self._note_dropped
+        )
         if self.config.serve:
             self._start_chunks()
         self.envs = EnvCache(self.data_dir / "envs", self.config.env_mb << 20, this_platform())
@@ -574,6 +587,10 @@ class Agent:
         body = dict(ins.body)
         body.update(self._cdn_report())
         body.update(self._env_report())
+        with self._dropped_lock:
+            dropped = sorted(self._dropped)[:MAX_DROPPED_REPORTED]
+        if dropped:
+            body["dropped"] = dropped
         body["agent_version"] = running_version()  # agent roll-outs (docs/rollouts.md)
         assert self.http is not None
         try:
@@ -604,12 +621,21 @@ class Agent:
             why = f"not a sync answer ({type(e).__name__})"
             return self._handle(ns.SyncFailed(time.monotonic(), why))
         after = self._handle(event)
+        if dropped:  # heard
+            with self._dropped_lock:
+                self._dropped.difference_update(dropped)
         if self._envs_sent is not None:  # heard: said again only when it changes
             self._envs_told, self._envs_sent = self._envs_sent, None
         self._answered_wall = time.time()
         self._cdn_absorb(answer)
         self.updater.offered(answer.get("agent"))  # a version to change to, checked first
         return after
+
+    def _note_dropped(self, sha: str) -> None:
+        """A cached blob, an image or kept state named `sha` was evicted here."""
+        if _is_sha(sha):
+            with self._dropped_lock:
+                self._dropped.add(sha)
 
     def _env_report(self) -> dict[str, Any]:
         """The environments held here and this Python's platform, when the coordinator has
@@ -1070,6 +1096,7 @@ class Agent:
                 if total > limit or mtime < old:
                     shutil.rmtree(path, ignore_errors=True)
                     total -= size
+                    self._note_dropped(os.path.basename(path))
 
     def _state_dir(self, name: Any) -> Path | None:
         """Where kept state of this name lives (names are hex hashes the coordinator made)."""
@@ -1172,6 +1199,7 @@ class Agent:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
                     total -= size
+                    self._note_dropped(os.path.basename(path))
             self._cache_bytes = total
 
     def _retrying(self, call: Any) -> httpx.Response:

@@ -69,9 +69,12 @@ def image_capabilities(sandbox: Sandbox | None) -> set[str]:
 class ImageCache:
     """Unpacked images under `root`, at most `quota_bytes` of them together."""
 
-    def __init__(self, root: Path, quota_bytes: int) -> None:
+    def __init__(
+        self, root: Path, quota_bytes: int, on_evict: Callable[[str], None] | None = None
+    ) -> None:
         self.root = root
         self.quota_bytes = quota_bytes
+        self.on_evict = on_evict  # told each image id evicted (the agent tells the coordinator)
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._pins: Counter[str] = Counter()
@@ -176,6 +179,8 @@ class ImageCache:
             shutil.rmtree(gone, ignore_errors=True)
             used -= size
             log.info("image %s evicted (least recently used, quota)", p.name[:12])
+            if self.on_evict is not None:
+                self.on_evict(p.name)
         if used + need > self.quota_bytes:
             raise ImageRefused(
                 f"no room for an image of {need >> 20} MB: this node's image quota is "

@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Text, bindparam, func, select, update
+from sqlalchemy import Connection, Text, bindparam, delete, func, select, update
 
 from fogwheel.core import intake, owners, scheduler, trust, uptime
 from fogwheel.core import quota as inflight
@@ -146,6 +146,7 @@ class LeasingStore(VerifyStore):
             or req.served
             or getattr(req, "envs", None) is not None  # environments (store/envs.py): news
             or getattr(req, "env_platform", None) is not None
+            or getattr(req, "dropped", None)  # evicted blobs: no longer their holder
         )
         network = seen.get("network", False)
         if quiet and self.fleet._idle_sync(node_id, req.want, req.slots_free, now, network):
@@ -172,6 +173,13 @@ class LeasingStore(VerifyStore):
                 ),
                 up_params(now, now - self.gone_after_s),
             )
+            dropped = getattr(req, "dropped", None)
+            if dropped:  # placement stops preferring it for these (locality, images, kept)
+                c.execute(
+                    delete(blob_holders).where(
+                        blob_holders.c.node_id == node_id, blob_holders.c.sha.in_(list(dropped))
+                    )
+                )
             held_envs, env_platform = getattr(req, "envs", None), getattr(req, "env_platform", None)
             if held_envs is not None or env_platform is not None:
                 note_node_envs(c, node_id, held_envs, env_platform, is_sqlite=self.is_sqlite)
