@@ -540,6 +540,9 @@ def main() -> None:
         help="seconds to wait for the DiLoCo round to be placed or refused (%(default)s)",
     )
     ap.add_argument("--no-x86", action="store_true", help="skip the x86 reference node")
+    ap.add_argument(
+        "--node-log", type=Path, help="keep the device's node log in this file (its memory waits)"
+    )
     ap.add_argument("--rebuild", action="store_true", help="make the arm64 root afresh")
     args = ap.parse_args()  # fmt: skip
 
@@ -598,7 +601,11 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             oom = group.oom_kills()
             # slots that held a task back until the running ones left room (core/memfit.py)
             node_log = (work / "fog" / "arm-node.log").read_text(errors="replace")
+            if args.node_log is not None:
+                args.node_log.write_text(node_log)
             memory_waits = node_log.count("waits for memory")
+            # workers kept warm between tasks that exited to make room (memfit.plan_start)
+            worker_exits = node_log.count("exits to make room")
         finally:
             group.remove()
         x86_tps = x86_rss = None
@@ -637,6 +644,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         peak_rss_mb=peaks,
         oom_kills=oom,
         memory_waits=memory_waits,
+        worker_exits=worker_exits,
+        cores=args.cores,
         demo={"tasks": args.demo_tasks, "span": args.span, "arm64_tasks_per_s": round(arm_tps, 2),
               "x86_tasks_per_s": None if x86_tps is None else round(x86_tps, 2)},
         kmer={"mbp": args.kmer_mbp, "k": args.k, **kmer},
@@ -656,6 +665,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     table.add_row("k-mer split", "exact" if kmer["exact"] else f"FAILED: {kmer['failed'][-60:]}")
     table.add_row("OOM kills", str(oom))
     table.add_row("tasks held back for memory", str(memory_waits))
+    table.add_row("kept workers that exited for room", str(worker_exits))
     table.add_row("demo tasks/s arm64", f"{arm_tps:.2f}")
     if x86_tps is not None:
         table.add_row("demo tasks/s x86 (1 core)", f"{x86_tps:.2f}")

@@ -208,6 +208,24 @@ def test_resident_workers_and_the_agent_count_against_the_device(
         assert plan.base_mb == (100 if 0 in stop else max(idle.get(0, 0), 100))
 
 
+def test_alone_a_task_keeps_its_jobs_warm_worker_but_not_another_jobs_leftovers() -> None:
+    def plan(own_warm: bool) -> memfit.StartPlan:
+        return memfit.plan_start(
+            512,
+            slot=0,
+            offered_mb=512,
+            device_mb=512,
+            agent_mb=138,
+            worker_mb=100,
+            running=[],
+            idle={0: 142, 1: 120},
+            own_warm=own_warm,
+        )
+
+    assert plan(own_warm=True) == memfit.StartPlan((1,), base_mb=142)  # numpy stays imported
+    assert plan(own_warm=False) == memfit.StartPlan((1, 0), base_mb=100)
+
+
 def test_the_offered_limits_are_checked_first() -> None:
     plan = memfit.plan_start(
         300,

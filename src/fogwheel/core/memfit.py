@@ -165,6 +165,7 @@ def plan_start(
     worker_mb: float,
     running: Sequence[Running],
     idle: Mapping[int, float],
+    own_warm: bool = False,
 ) -> StartPlan:
     """Whether a task asking `task_mb` may start on `slot` now, and which workers kept warm
     must exit first.
@@ -183,7 +184,10 @@ def plan_start(
     most first, and its slot starts a fresh one for its next task. A task that still does not
     fit waits for a running one to finish; with nothing running it starts anyway, with every
     kept worker gone (placement kept tasks bigger than the node away; one bigger than the
-    device's room must run, or meet its own limit, rather than wait forever)."""
+    device's room must run, or meet its own limit, rather than wait forever). Then its own
+    worker stays only if it last ran the same job (`own_warm`: what it holds is that job's
+    warm state, numpy say, and starting afresh would not make the task fit); one that ran
+    another job's task starts afresh, whatever a fresh one is estimated at."""
     why = wait_reason(task_mb, [r.limit_mb for r in running], offered_mb)
     if why is not None:
         return StartPlan(reason=why)
@@ -201,6 +205,11 @@ def plan_start(
             break
         stop.append(s)
         total -= mb
+    if total > device_mb and not running:  # alone either way: every kept worker goes but
+        stop = [s for s in stop if s != slot]  # the job's own warm one, if its slot has it
+        stop += [s for s in sorted(kept) if s not in stop and kept[s] > 0]
+        if slot in idle and not own_warm:
+            stop.append(slot)
     base = worker_mb if slot in stop else own
     if total <= device_mb or not running:
         return StartPlan(tuple(stop), base_mb=base)

@@ -446,9 +446,7 @@ class Agent:
             guest = sandbox.for_slot(i, self.data_dir)
             slot = Slot(i, scratch, self.data_dir / "worker.log", guest, protections)
             self._slots.append(slot)
-            t = threading.Thread(
-                target=self._slot_loop, args=(slot,), name=f"slot-{i}", daemon=True
-            )
+            t = threading.Thread(target=self._slot_loop, name=f"slot-{i}", daemon=True)
             t.start()
             threads.append(t)
         try:
@@ -689,26 +687,31 @@ class Agent:
 
     # -- slots ------------------------------------------------------------------------------
 
-    def _slot_loop(self, slot: Slot) -> None:
+    def _slot_loop(self) -> None:
+        """One of the agent's task threads, as many as slots. A lease runs on the free slot
+        whose worker is warmest for it (`_admit`), not on a slot of the thread's own: a warm
+        worker is never stopped, nor a fresh one started, while a warm one sits free."""
         while True:
-            lease, admitted = self._next_lease(slot)
+            lease, slot = self._next_lease()
             if lease is None:
                 return
             tid = lease["task_id"]
             logs.set_ids(job_id=lease.get("job_id"), task_id=tid)  # this slot's lines name it
             with self._lock:
                 killed = tid in self._killed
-                if not killed:
-                    self._running_on[tid] = slot
-            if killed and admitted:
+            if killed and slot is not None:
                 self._release(tid)
-            elif not killed and not admitted and not self._admit(slot, lease, park=True):
-                with self._lock:  # parked: the slot that next frees memory runs it
-                    self._running_on.pop(tid, None)
-                logs.set_ids()
-                continue
-            report: dict[str, Any] | None = None
+            elif not killed and slot is None:
+                slot = self._admit(lease, park=True)
+                if slot is None:  # parked: the thread that next frees memory runs it
+                    logs.set_ids()
+                    continue
             if not killed:
+                assert slot is not None
+                with self._lock:
+                    self._running_on[tid] = slot
+            report: dict[str, Any] | None = None
+            if not killed and slot is not None:
                 try:  # one killed while it waited is not run: its result is dropped below
                     report = {"ok": False} if tid in self._killed else self._execute(slot, lease)
                     self._faults.slow_down(
@@ -738,25 +741,34 @@ class Agent:
             logs.set_ids()
             self._wake.set()
 
-    def _next_lease(self, slot: Slot) -> tuple[dict[str, Any] | None, bool]:
-        """The oldest parked lease that fits now, admitted (or one killed while it waited, to
-        drop); else the queue's next, not yet admitted. A slot that has just finished a task
-        asks first, so its warm worker runs what waited for the memory it gave back."""
+    def _next_lease(self) -> tuple[dict[str, Any] | None, Slot | None]:
+        """The oldest parked lease that fits now, with the slot it is admitted on (or one
+        killed while it waited, to drop); else the queue's next, not yet admitted. A thread
+        that has just finished a task asks first, so what waited for the memory it gave back
+        runs in the worker it left warm."""
         with self._memory_room:
             for i, lease in enumerate(self._parked):
                 if lease["task_id"] in self._killed:
-                    return self._parked.pop(i), False
-                if self._admit(slot, lease, park=False):
-                    return self._parked.pop(i), True
-        return self._queue.get(), False
+                    return self._parked.pop(i), None
+                slot = self._admit(lease, park=False)
+                if slot is not None:
+                    return self._parked.pop(i), slot
+        return self._queue.get(), None
 
-    def _admit(self, slot: Slot, lease: dict[str, Any], *, park: bool) -> bool:
-        """Count the lease's task as running on `slot` if it fits the device now (memfit), once
-        the idle workers the plan names have exited; else, with `park`, hold it back."""
+    def _admit(self, lease: dict[str, Any], *, park: bool) -> Slot | None:
+        """The free slot the lease's task now runs on, counted as running there, if it fits
+        the device now (memfit), once the workers the plan names have exited; else None and,
+        with `park`, the lease held back. The slot is the one whose worker last ran the job,
+        else one with a worker, else the first."""
         tid, mb = lease["task_id"], int(lease["limits"].get("memory_mb") or 0)
         with self._memory_room:
             busy = {s for _, s, _ in self._running_mb.values()}
-            idle = {s.index: s.resident_mb() for s in self._slots if s not in busy}
+            free = [s for s in self._slots if s not in busy]
+            slot = min(
+                free,
+                key=lambda s: (s.last_job != lease["job_id"], s.worker_pid is None, s.index),
+            )
+            idle = {s.index: s.resident_mb() for s in free}
             plan = memfit.plan_start(
                 mb,
                 slot=slot.index,
@@ -769,12 +781,13 @@ class Agent:
                     for m, s, base in self._running_mb.values()
                 ],
                 idle={i: m for i, m in idle.items() if m > 0},
+                own_warm=slot.last_job == lease["job_id"],
             )
             if not plan.starts:
                 if park:
                     log.info("task %s waits for memory: %s", tid, plan.reason)
                     self._parked.append(lease)
-                return False
+                return None
             for i in plan.stop:
                 log.info(
                     "task %s: the worker kept by slot %s (%.0f MB resident) exits to make room",
@@ -782,7 +795,7 @@ class Agent:
                 )  # fmt: skip
                 self._slots[i].stop()  # its slot starts a fresh one for its next task
             self._running_mb[tid] = (mb, slot, plan.base_mb)
-            return True
+            return slot
 
     def _release(self, tid: int, slot: Slot | None = None) -> None:
         """The task no longer holds memory; note how lean `slot`'s worker is between tasks."""

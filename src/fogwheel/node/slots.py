@@ -435,6 +435,11 @@ class Slot:
     def worker_pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    @property
+    def last_job(self) -> int | None:
+        """The job whose task the slot's worker ran last (its imports may be warm for it)."""
+        return self._last_job if self._proc is not None else None
+
     def resident_mb(self) -> float:
         """What the slot holds resident now, MB (VmRSS): its worker with the sandbox processes
         above it, and a command task's process; 0 with neither (core/memfit.py counts it)."""
