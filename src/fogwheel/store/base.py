@@ -372,6 +372,7 @@ def _job_out(r: Any) -> dict[str, Any]:
         "finished": r["finished"],
         "failed": r["failed"],
         "created_at": r["created_at"],
+        "deadline": r.get("deadline"),  # every answer about a job says it (cancel's too)
     }
 
 
