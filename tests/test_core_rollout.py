@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from fogwheel.core.rollout import (
     Arm,
+    Devices,
     RolloutPolicy,
     RolloutState,
     canary_floor,
@@ -17,9 +18,12 @@ from fogwheel.core.rollout import (
     excess_lower_bound,
     in_canary,
     next_state,
+    next_switch,
     parse_share,
     policy_for_canary,
     serves_new,
+    switch_overdue,
+    with_devices,
 )
 from fogwheel.errors import IllegalTransition
 
@@ -233,3 +237,75 @@ def test_the_canary_floor_covers_the_share_rounded_up_and_grows(
 
 def test_a_ten_percent_canary_of_four_devices_is_one_device() -> None:
     assert len(canary_floor("r9", ["a", "b", "c", "d"], 0.1)) == 1
+
+
+# -- canary devices that did not come up on a new agent ---------------------------------------
+
+devices = st.builds(
+    Devices,
+    version=st.just("0.2.0"),
+    up=st.integers(0, 20),
+    back=st.integers(0, 20),
+    late=st.integers(0, 20),
+    starting=st.integers(0, 5),
+    bound_s=st.sampled_from([9.0, 90.0]),
+)
+
+
+@given(old=arms, new=arms, dev=devices, step=steps)
+def test_a_device_that_did_not_come_up_is_a_failed_outcome_of_the_new_version(
+    old: Arm, new: Arm, dev: Devices, step: int
+) -> None:
+    d = decide(POLICY, step, old, new, dev)
+    plain = decide(POLICY, step, old, with_devices(new, dev))
+    assert (d.action, d.step, d.share) == (plain.action, plain.step, plain.share)
+    assert with_devices(new, dev) == Arm(new.ok, new.failed + dev.back + dev.late)
+    if dev.failed:
+        assert dev.sentence() in d.reason
+        assert f"{dev.failed} of {dev.up + dev.failed} canary device" in d.reason
+    else:
+        assert "canary device" not in d.reason
+
+
+@given(old=arms, new=arms, dev=devices, step=steps)
+def test_more_devices_that_did_not_come_up_never_undo_a_rollback(
+    old: Arm, new: Arm, dev: Devices, step: int
+) -> None:
+    if decide(POLICY, step, old, new, dev).action == "rollback":
+        worse = Devices(dev.version, dev.up, dev.back, dev.late + 1, dev.starting, dev.bound_s)
+        assert decide(POLICY, step, old, new, worse).action == "rollback"
+
+
+def test_an_agent_that_never_starts_is_rolled_back_without_a_single_task_outcome() -> None:
+    dev = Devices("0.2.0", up=1, back=1, late=2, bound_s=90.0)
+    d = decide(POLICY, 0, Arm(40, 0), Arm(0, 0), dev)
+    assert d.action == "rollback" and d.share == 0.0
+    assert d.reason.startswith(
+        "rolled back at 10%: 3 of 4 canary devices did not come back on 0.2.0 within 90 s "
+        "(1 back on the old version); new 3/3 failed (100%), old 0/40 (0%)"
+    ), d.reason
+    # one device is never enough, whatever the baseline (it may be the device's fault)
+    assert decide(POLICY, 0, Arm(400, 0), Arm(0, 0), Devices("0.2.0", late=1)).action == "hold"
+
+
+@given(
+    accepted=st.integers(0, 10**6),
+    seen=st.integers(0, 10**6),
+    wait=st.integers(0, 10**4),
+    bound=st.integers(1, 10**3),
+)
+def test_a_switch_is_overdue_only_after_the_bound_of_silence(
+    accepted: int, seen: int, wait: int, bound: int
+) -> None:
+    last = max(accepted, seen)
+    assert switch_overdue(accepted, seen, last + wait, bound) == (wait > bound)
+    if switch_overdue(accepted, seen, last + wait, bound):  # later stays overdue
+        assert switch_overdue(accepted, seen, last + wait + 1.0, bound)
+
+
+@pytest.mark.parametrize("first", ["up", "back", "late"])
+def test_a_switch_is_settled_once(first: str) -> None:
+    assert next_switch(None, first) == first  # type: ignore[arg-type]
+    for then in ("up", "back", "late"):
+        with pytest.raises(IllegalTransition):
+            next_switch(first, then)  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -33,9 +34,13 @@ from tests.test_console import browser, no_script_ran, shoot, signed_in  # noqa:
 BASE = fogwheel.__version__
 
 
-def build_wheel(where: Path, version: str, *, broken: bool = False) -> Path:
+def build_wheel(
+    where: Path, version: str, *, broken: bool = False, crash_at_start: bool = False
+) -> Path:
     """A wheel of this source tree as `version`; `broken`: its task executor (the worker)
-    exits at start, so every task it is given fails (a crash, charged to the device)."""
+    exits at start, so every task it is given fails (a crash, charged to the device);
+    `crash_at_start`: the agent itself exits as it starts, before its first sync (it imports
+    fine, so the node's preflight passes it)."""
     tree = where / f"tree-{version}"
     shutil.copytree(
         Path(fogwheel.__file__).parent,
@@ -51,6 +56,12 @@ def build_wheel(where: Path, version: str, *, broken: bool = False) -> Path:
         code = worker.read_text()
         guard = 'if __name__ == "__main__":'
         worker.write_text(code.replace(guard, f"import os as _os\n\n_os._exit(70)\n\n{guard}"))
+    if crash_at_start:
+        agent = tree / "fogwheel" / "node" / "agent.py"
+        code = agent.read_text()
+        start = "    def run(self) -> None:\n"
+        assert code.count(start) == 1
+        agent.write_text(code.replace(start, f"{start}        os._exit(70)\n"))
     info = f"fogwheel-{version}.dist-info"
     files = {
         p.relative_to(tree).as_posix(): p.read_bytes()
@@ -186,6 +197,63 @@ def test_an_agent_version_that_fails_every_task_is_rolled_back_and_the_job_finis
     went = {ids[f"local-{i}"] for i in range(4) if f"as {BASE}+bad" in log_of(fog, i)}
     back = {ids[f"local-{i}"] for i in range(4) if f"as {BASE}\n" in log_of(fog, i)}
     assert went == back == canary and 1 <= len(canary) < 4
+
+
+def keep_running(fog: LocalFog, i: int, stop: threading.Event) -> threading.Thread:
+    """A service manager for node `i`: started again from its installed version when it exits."""
+
+    def watch() -> None:
+        while not stop.wait(0.2):
+            proc = fog.nodes[i]
+            if proc is not None and proc.poll() is not None:
+                env = {"FOGWHEEL_JOIN_TOKEN": fog.join_string}
+                fog.nodes[i] = fog._spawn(list(proc.args), fog.dir / f"node-{i}.log", env)  # type: ignore[arg-type]
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t
+
+
+def test_an_agent_version_that_exits_before_its_first_sync_is_rolled_back(
+    fog: LocalFog, tmp_path: Path
+) -> None:
+    """It reports no task outcome: its canary devices that did not come up on it are its
+    failures. One canary device has a service manager (it comes back on the installed
+    version, which tells the coordinator), the other stays down (silent past the bound: the
+    gone horizon, three 3 s leases)."""
+    version = f"{BASE}+crash"
+    wheel = build_wheel(tmp_path, version, crash_at_start=True)
+    stop = threading.Event()
+    with Client(fog.url, fog.api_key, replicas=1) as client:
+        list(client.map(square, range(8), timeout=60))
+        wait_for_spread(fog, {BASE: 4})
+        rid = publish(fog, wheel, "--canary", "50%", "--min-outcomes", "4")
+        ids = {n["name"]: n["id"] for n in admin_get(fog, "/v1/nodes")["nodes"]}
+        canary = canary_floor(rid, ids.values(), 0.5) | {
+            i for i in ids.values() if in_canary(rid, i, 0.5)
+        }
+        assert len(canary) == 2
+        managed, down = sorted(int(n.removeprefix("local-")) for n, i in ids.items() if i in canary)
+        keep_running(fog, managed, stop)
+        try:
+            ro = work_until(fog, client, rid, {"done", "rolled_back"}, 180)
+            assert ro["state"] == "rolled_back", ro["reason"]
+            last = ro["history"][-1]
+            assert last["action"] == "rollback" and last["new"] == {"ok": 0, "failed": 2}, last
+            assert (
+                f"rolled back at 50%: 2 of 2 canary devices did not come back on {version} "
+                f"within 9 s (1 back on the old version); new 2/2 failed (100%)"
+            ) in last["reason"], last["reason"]
+            assert list(client.map(square, range(24), timeout=120)) == [x * x for x in range(24)]
+            wait_for_spread(fog, {BASE: 3})  # the managed one is back; the other is gone
+        finally:
+            stop.set()
+    assert f"re-executing as {version}" in log_of(fog, managed)
+    assert "did not come up on this device last time" in log_of(fog, managed)
+    assert f"re-executing as {version}" in log_of(fog, down)
+    assert fog.nodes[down] is not None and fog.nodes[down].poll() == 70
+    coordinator = (fog.dir / "coordinator.log").read_text()
+    assert f"{ids[f'local-{managed}']} back {version}" in coordinator
 
 
 def test_a_tampered_or_mislabelled_wheel_is_refused_with_a_sentence(
@@ -415,6 +483,61 @@ def test_the_judge_counts_each_agent_version_and_promotes_then_rolls_back(store:
     assert (
         steps[-1]["new"] == {"ok": 0, "failed": 3} and "rolled back at 100%" in steps[-1]["reason"]
     )
+
+
+def test_canary_devices_that_do_not_come_up_on_the_new_agent_are_its_failures(
+    store: Store,
+) -> None:
+    """A device says it will re-execute (accepted); its first sync on the new version settles
+    it up, its installed version coming back settles it back, a preflight that fails settles
+    it back at once, silence past the bound settles it late; each but up is a failure."""
+    from fogwheel.protocol import SyncIn
+    from tests.test_store import T0, job, join, ok
+
+    ids = [join(store, f"n{i}") for i in range(16)]
+    for n in ids:
+        rows.note_agent_version(store, n, "1", T0)
+    ro = rows.start(
+        store,
+        kind="agent",
+        subject="agent",
+        old_version="1",
+        new_version="2",
+        policy=RolloutPolicy(steps=(0.25, 1.0), min_outcomes=3),
+        now=T0,
+    )
+    floor = canary_floor(ro.id, ids, 0.25)  # 4 devices, and those the hash puts in
+    canary = [n for n in ids if ro.wanted(n, floor) == "2"]
+    with pytest.raises(rows.RolloutRefused, match="not in the canary"):
+        rows.switch_accepted(store, next(n for n in ids if n not in canary), "2", T0 + 1)
+    others = [n for n in ids if n not in canary[:4]]  # on 1: its outcomes
+    with pytest.raises(rows.RolloutRefused, match="no active agent roll-out offers"):
+        rows.switch_accepted(store, canary[0], "3", T0 + 1)
+    for n in canary[:3]:
+        assert rows.switch_accepted(store, n, "2", T0 + 1) == ro.id
+    rows.switch_accepted(store, canary[0], "2", T0 + 1.5)  # said twice: one switch
+    store.create_job("c1", job(8), T0)
+    for _ in range(8):  # the old version's outcomes
+        for n in others:
+            leased = store.sync(n, SyncIn(want=2, slots_free=2), T0 + 2).tasks
+            done = [ok(x["task_id"], x["attempt"]) for x in leased]
+            store.sync(n, SyncIn(results=done), T0 + 2.5)
+    [held] = rows.evaluate(store, T0 + 3, come_up_s=10.0)
+    assert held.decision.action == "hold" and held.devices is not None
+    assert (held.devices.starting, held.devices.failed) == (3, 0), held.devices
+    rows.note_agent_version(store, canary[0], "2", T0 + 4)  # its first sync on 2: up
+    assert rows.switch_back(store, canary[1], "2", T0 + 4) == ro.id  # came back on 1
+    rows.switch_accepted(store, canary[3], "2", T0 + 4, failed=True)  # its preflight failed
+    with pytest.raises(rows.RolloutRefused, match="no open switch"):
+        rows.switch_back(store, canary[1], "2", T0 + 5)
+    [back] = rows.evaluate(store, T0 + 12, come_up_s=10.0)  # canary[2]: silent 11 s of 10
+    assert back.decision.action == "rollback", back.decision.reason
+    assert back.decision.reason.startswith(
+        "rolled back at 25%: 3 of 4 canary devices did not come back on 2 within 10 s "
+        "(2 back on the old version); new 3/3 failed (100%), old 0/8 (0%)"
+    ), back.decision.reason
+    steps = rows.steps_of(store, [ro.id])[ro.id]
+    assert steps[-1]["action"] == "rollback" and steps[-1]["new"] == {"ok": 0, "failed": 3}
 
 
 # -- the node's checks before it runs a byte of an offered agent ------------------------------

@@ -8,6 +8,8 @@
     POST /v1/agent/releases              publish a node agent wheel (body) and roll it out
     GET  /v1/agent/releases              published agent versions and the fleet's spread
     GET  /v1/nodes/me/agent/{version}    a node fetches a published wheel
+    POST /v1/nodes/me/agent/switch       a canary node says it will re-execute into a version
+                                         (`accepted`), or came back without it (`back`)
 
 A published wheel is read (bounded) before it is kept: it must be a zip holding the `fogwheel`
 package and a dist-info whose METADATA says the version it is published as. The coordinator
@@ -22,9 +24,9 @@ import logging
 import os
 import time
 import zipfile
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import Field
 from sqlalchemy import select
@@ -35,7 +37,7 @@ from fogwheel.blobs import BlobStore
 from fogwheel.coordinator.auth import Authenticator
 from fogwheel.coordinator.identity import caller
 from fogwheel.core import rollout
-from fogwheel.protocol import AgentOffer, Model, Problem
+from fogwheel.protocol import AgentOffer, AgentVersion, Model, Problem
 from fogwheel.store import Principal, Store
 from fogwheel.store import apps as app_rows
 from fogwheel.store import rollouts as rows
@@ -101,6 +103,15 @@ class AppRolloutIn(Model):
     margin: float = Field(default=0.05, ge=0, lt=1)
     alpha: float = Field(default=0.01, gt=0, lt=0.5)
     min_outcomes: int = Field(default=20, ge=1, le=1_000_000)
+
+
+class AgentSwitchIn(Model):
+    """A canary node on its way to `version`: `accepted` (checked and unpacked; it re-executes
+    once its tasks are done), `back` (it re-executed into it, which never synced, and its
+    installed version started again) or `failed` (unpacked, it could not start it here)."""
+
+    version: AgentVersion
+    event: Literal["accepted", "back", "failed"]
 
 
 class AgentRelease(Model):
@@ -396,6 +407,23 @@ def build_rollout_routes(
             headers={"Content-Length": str(rel["size"])},
         )
 
+    @v1.post("/nodes/me/agent/switch", tags=["nodes"], status_code=204)
+    def agent_switch(body: AgentSwitchIn, who: Principal = node) -> Response:
+        """A canary node says it will re-execute into the roll-out's new agent version, that it
+        came back on its installed one without it, or could not start it: a device that does
+        not come up on the new version is one of its failures (docs/rollouts.md)."""
+        now = time.time()
+        try:
+            if body.event == "back":
+                rid = rows.switch_back(store, who.id, body.version, now)
+            else:
+                failed = body.event == "failed"
+                rid = rows.switch_accepted(store, who.id, body.version, now, failed=failed)
+        except rows.RolloutRefused as e:
+            raise HTTPException(409, str(e)) from None
+        log.info("roll-out %s: node %s %s %s", rid, who.id, body.event, body.version)
+        return Response(status_code=204)
+
     app.include_router(v1)
     app.state.agent_offers = offers
     return offers
@@ -405,12 +433,22 @@ def rollout_period_s() -> float:
     return float(os.environ.get("FOGWHEEL_ROLLOUT_S", DEFAULT_PERIOD_S))
 
 
+def come_up_s() -> float | None:
+    """FOGWHEEL_ROLLOUT_COME_UP_S: how long a canary device may stay silent after it said it
+    would re-execute into a new agent before it counts as that version's failure; None (unset):
+    the gone horizon (--gone-after), the silence after which the coordinator counts any device
+    gone."""
+    raw = os.environ.get("FOGWHEEL_ROLLOUT_COME_UP_S")
+    return float(raw) if raw else None
+
+
 async def judge_forever(store: Store, period_s: float, offers: AgentOffers | None = None) -> None:
     """Judge every active roll-out each `period_s`, for as long as the coordinator runs."""
+    bound_s = come_up_s()
     while True:
         await asyncio.sleep(period_s)
         try:
-            applied = await run_in_threadpool(rows.evaluate, store, time.time())
+            applied = await run_in_threadpool(rows.evaluate, store, time.time(), bound_s)
         except Exception:
             log.exception("roll-out judgement failed; the next one is in %.0f s", period_s)
             continue

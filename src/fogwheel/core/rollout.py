@@ -43,6 +43,11 @@ Who is in the canary: `in_canary` hashes (roll-out, device) to a point in [0, 1)
 in when its point is below the share, so the same devices stay in as the share grows and a
 device never flaps between versions while a step lasts.
 
+A new node agent that cannot start runs no task and reports nothing, so outcomes alone would
+hold its roll-out forever. A canary device that said it would re-execute into the new agent
+and then came back on the old one, or stayed silent past a bound, is therefore one more failed
+outcome of the new version (`Devices`, `with_devices`, `switch_overdue`).
+
 Everything here is pure; the store counts the outcomes and applies the decisions.
 """
 
@@ -147,13 +152,90 @@ def _rates(old: Arm, new: Arm) -> str:
     )
 
 
-def decide(policy: RolloutPolicy, step: int, old: Arm, new: Arm) -> Decision:
+# -- canary devices that change agent version ------------------------------------------------
+
+SwitchOutcome = Literal["up", "back", "late"]
+
+SWITCH_MOVES: dict[tuple[SwitchOutcome | None, SwitchOutcome], SwitchOutcome] = {
+    (None, "up"): "up",  # its first sync on the new version
+    (None, "back"): "back",  # it came back on the old one (node/selfupdate.py's `trying`)
+    (None, "late"): "late",  # silent past the bound since it said it would re-execute
+}
+
+
+def next_switch(outcome: SwitchOutcome | None, move: SwitchOutcome) -> SwitchOutcome:
+    """A switch's outcome after `move`; one that has an outcome keeps it (counted once)."""
+    try:
+        return SWITCH_MOVES[(outcome, move)]
+    except KeyError:
+        raise IllegalTransition(f"a switch that is {outcome} cannot become {move}") from None
+
+
+def switch_overdue(accepted_at: float, last_seen: float, now: float, bound_s: float) -> bool:
+    """Whether a device that said at `accepted_at` it would re-execute into the new version,
+    last heard from at `last_seen` (still on the old one, finishing its tasks) and not since on
+    the new one, is that version's failure at `now`: silent for more than `bound_s`."""
+    return now - max(accepted_at, last_seen) > bound_s
+
+
+@dataclass(frozen=True, slots=True)
+class Devices:
+    """A step's canary devices that re-executed into the new agent `version`: how many came up
+    on it, came back on the old one, stayed silent past `bound_s`, or are still starting. One
+    that did not come up (back or late) is a failed outcome of the new version: an agent that
+    cannot start runs no task, so it would otherwise hold its roll-out forever."""
+
+    version: str = ""
+    up: int = 0
+    back: int = 0
+    late: int = 0
+    starting: int = 0
+    bound_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if min(self.up, self.back, self.late, self.starting) < 0:
+            raise ValueError(f"device counts cannot be negative: {self}")
+
+    @property
+    def failed(self) -> int:
+        return self.back + self.late
+
+    def sentence(self) -> str:
+        """'3 of 4 canary devices did not come back on 0.2.0 within 90 s (2 back on the old
+        version)'; '' when every device came up."""
+        if not self.failed:
+            return ""
+        judged = self.up + self.failed
+        parts = [f"{self.back} back on the old version"] if self.back else []
+        if self.starting:
+            parts.append(f"{self.starting} still starting")
+        extra = f" ({', '.join(parts)})" if parts else ""
+        return (
+            f"{self.failed} of {judged} canary device{'s' if judged != 1 else ''} did not come "
+            f"back on {self.version} within {self.bound_s:.0f} s{extra}"
+        )
+
+
+def with_devices(new: Arm, devices: Devices) -> Arm:
+    """The new version's outcomes with each canary device that did not come up on it failed."""
+    return Arm(new.ok, new.failed + devices.failed)
+
+
+def decide(
+    policy: RolloutPolicy, step: int, old: Arm, new: Arm, devices: Devices | None = None
+) -> Decision:
     """Hold, promote, roll back or finish the roll-out standing at `step` (an index of steps).
 
     `old` and `new` are the outcomes the caller counts for this step (the store counts those
-    since the step began, so each step earns its own promotion)."""
+    since the step began, so each step earns its own promotion); `devices`, for an agent,
+    the canary devices that re-executed this step: each that did not come up on the new
+    version is one more failed outcome of it (`with_devices`), and the sentence says so."""
     if not 0 <= step < len(policy.steps):
         raise ValueError(f"step {step} is not one of the policy's {len(policy.steps)} steps")
+    devices = devices or Devices()
+    new = with_devices(new, devices)
+    said = devices.sentence()
+    why = f"{said}; " if said else ""
     share = policy.steps[step]
     bound = excess_lower_bound(old, new, policy.alpha)
     confidence = f"{1 - policy.alpha:.0%}"
@@ -162,8 +244,8 @@ def decide(policy: RolloutPolicy, step: int, old: Arm, new: Arm) -> Decision:
             "rollback",
             step,
             0.0,
-            f"rolled back at {share:.0%}: {_rates(old, new)}; the new version fails more often "
-            f"by at least {bound:.1%} with {confidence} confidence, over the "
+            f"rolled back at {share:.0%}: {why}{_rates(old, new)}; the new version fails more "
+            f"often by at least {bound:.1%} with {confidence} confidence, over the "
             f"{policy.margin:.0%} margin",
         )
     if new.total < policy.min_outcomes:
@@ -171,8 +253,8 @@ def decide(policy: RolloutPolicy, step: int, old: Arm, new: Arm) -> Decision:
             "hold",
             step,
             share,
-            f"holding at {share:.0%}: {new.total} of {policy.min_outcomes} outcomes on the new "
-            f"version so far ({_rates(old, new)})",
+            f"holding at {share:.0%}: {why}{new.total} of {policy.min_outcomes} outcomes on "
+            f"the new version so far ({_rates(old, new)})",
         )
     excess = new.failure_rate - old.failure_rate
     if excess > policy.margin:
@@ -180,8 +262,8 @@ def decide(policy: RolloutPolicy, step: int, old: Arm, new: Arm) -> Decision:
             "hold",
             step,
             share,
-            f"holding at {share:.0%}: {_rates(old, new)}; the excess {excess:.1%} is over the "
-            f"{policy.margin:.0%} margin but not yet shown with {confidence} confidence "
+            f"holding at {share:.0%}: {why}{_rates(old, new)}; the excess {excess:.1%} is over "
+            f"the {policy.margin:.0%} margin but not yet shown with {confidence} confidence "
             f"(lower bound {bound:.1%}), gathering more outcomes",
         )
     if step == len(policy.steps) - 1:
@@ -189,14 +271,14 @@ def decide(policy: RolloutPolicy, step: int, old: Arm, new: Arm) -> Decision:
             "done",
             step,
             share,
-            f"done at {share:.0%}: {_rates(old, new)}, within the {policy.margin:.0%} margin",
+            f"done at {share:.0%}: {why}{_rates(old, new)}, within the {policy.margin:.0%} margin",
         )
     nxt = policy.steps[step + 1]
     return Decision(
         "promote",
         step + 1,
         nxt,
-        f"promoted {share:.0%} → {nxt:.0%}: {_rates(old, new)}, within the "
+        f"promoted {share:.0%} → {nxt:.0%}: {why}{_rates(old, new)}, within the "
         f"{policy.margin:.0%} margin after {new.total} outcomes",
     )
 

@@ -148,8 +148,8 @@ class Agent:
         self.updater = SelfUpdater(
             self.data_dir,
             lambda: self.public_key,
-            lambda method, path: self.http.stream(  # type: ignore[union-attr]
-                method, f"{self._url}{path}", headers=self._auth(), timeout=60
+            lambda method, path, **kw: self.http.stream(  # type: ignore[union-attr]
+                method, f"{self._url}{path}", headers=self._auth(), timeout=60, **kw
             ),
             lambda target: self.request_stop(),
             time.monotonic,

@@ -50,6 +50,10 @@ class UpdateRefused(Exception):
     """An offer that is not taken: the sentence says which check it failed."""
 
 
+class DoesNotStart(UpdateRefused):
+    """The offered version, checked and unpacked, cannot start here: its own failure."""
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """What to re-exec into: `path` first on PYTHONPATH, or None for the installed version."""
@@ -185,13 +189,13 @@ def try_tree(path: Path, version: str) -> None:
             check=False,
         )
     except subprocess.TimeoutExpired:
-        raise UpdateRefused(
+        raise DoesNotStart(
             f"version {version} did not start within {TRY_TIMEOUT_S:.0f} s"
         ) from None
     said = r.stdout.strip().splitlines()[-1:] if r.returncode == 0 else []
     if said != [version]:
         why = (r.stderr.strip().splitlines() or ["no output"])[-1][:200]
-        raise UpdateRefused(f"version {version} does not start here ({why}; said {said})")
+        raise DoesNotStart(f"version {version} does not start here ({why}; said {said})")
 
 
 def _env_without_agent() -> dict[str, str]:
@@ -262,6 +266,7 @@ class SelfUpdater:
         self._refused: dict[tuple[str, str | None], float] = {}
         self._no_version: dict[str, float] = {}  # versions that did not come up here
         self._trying = data_dir / "agent" / TRYING
+        self._back: str | None = None  # a version re-executed into that never came up
         self._unconfirmed = self._trying.is_file()
         if self._unconfirmed:
             tried = self._trying.read_text().strip()
@@ -275,6 +280,7 @@ class SelfUpdater:
                 self._no_version[tried] = clock()
                 self._trying.unlink(missing_ok=True)
                 self._unconfirmed = False
+                self._back = tried  # told to the coordinator after the first answered sync
 
     def offered(self, offer: object) -> None:
         """A sync answer's `agent` field (None too: an answer came): confirm that this version
@@ -282,6 +288,11 @@ class SelfUpdater:
         if self._unconfirmed:  # this version answered the coordinator: it came up
             self._trying.unlink(missing_ok=True)
             self._unconfirmed = False
+        if self._back is not None:  # the coordinator counts it as that version's failure
+            back, self._back = self._back, None
+            threading.Thread(
+                target=self.say, args=(back, "back"), name="selfupdate-back", daemon=True
+            ).start()
         if not isinstance(offer, dict) or self._busy or self.target is not None:
             return
         key = (
@@ -306,6 +317,8 @@ class SelfUpdater:
             log.warning("agent update to %s refused: %s", key[0], e)
             self._refused[key] = self.clock()
             self._busy = False
+            if isinstance(e, DoesNotStart):  # the version's failure, not the offer's
+                self.say(key[0], "failed")
             return
         except Exception as e:  # a bug here must not take the agent down
             log.exception("agent update to %s failed: %s", key[0], e)
@@ -319,9 +332,30 @@ class SelfUpdater:
         )
         if target.path is not None:  # confirmed by its first answered sync (`offered`)
             self._trying.write_text(target.version + "\n")
+            self.say(target.version, "accepted")  # silent past a bound from now: a failure
         self.target = target
         self._busy = False
         self.ready(target)
+
+    def say(self, version: str, event: str) -> None:
+        """Tell the coordinator that this device `accepted` `version` (it re-executes into it
+        once its tasks are done), came `back` without it, or found that it `failed` to start
+        here (the preflight); best effort: the signed offer
+        stands either way, and the coordinator counts what it hears (docs/rollouts.md)."""
+        body = {"version": version, "event": event}
+        try:
+            with self.request("POST", "/v1/nodes/me/agent/switch", json=body) as r:
+                r.read()
+                if r.status_code != 204:
+                    log.info(
+                        "agent %s %s: the coordinator answered %d (%s)",
+                        version,
+                        event,
+                        r.status_code,
+                        r.text[:200],
+                    )
+        except Exception as e:  # the network, or a coordinator without the route
+            log.warning("agent %s %s: could not tell the coordinator (%s)", version, event, e)
 
     def _fetch(self, version: str, dest: Path, max_bytes: int) -> None:
         with self.request("GET", f"/v1/nodes/me/agent/{version}") as r:

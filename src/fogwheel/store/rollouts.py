@@ -16,6 +16,13 @@ crashing agent loses its leases). A task that fails on an app version under cana
 again with one more attempt (core/intake.py `Batch.canary`, counted here as lost): the job
 finishes on the old version while the new one is judged.
 
+Canary devices that change agent version. A node that took an offer says so before it stops
+to re-execute (`switch_accepted`, a `rollout_switches` row); its first sync on the new version
+marks the row `up` (`note_agent_version`), the installed version coming back after the new one
+never synced says `back` (`switch_back`), and the duty marks `late` a device silent for longer
+than the bound since then (core/rollout.switch_overdue). Those that did not come up are failed
+outcomes of the new version (core/rollout.Devices): an agent that cannot start reports nothing.
+
 Which version a device gets: `wanted` (core/rollout.py in_canary, plus the floor of
 ceil(share * live devices) so that a small fleet's step reaches someone); for an app,
 `app_version_for` answers store/apps.py's `version_for` hook at lease time, and a roll-out
@@ -34,7 +41,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, case, func, insert, or_, select, update
 
 from fogwheel.core import rollout
-from fogwheel.core.rollout import Arm, Decision, RolloutPolicy, RolloutState
+from fogwheel.core.rollout import Arm, Decision, Devices, RolloutPolicy, RolloutState
 from fogwheel.errors import IllegalTransition
 from fogwheel.store.base import StoreBase
 from fogwheel.store.schema import (
@@ -43,6 +50,7 @@ from fogwheel.store.schema import (
     attempts,
     nodes,
     rollout_steps,
+    rollout_switches,
     rollouts,
     tasks,
 )
@@ -354,13 +362,16 @@ class Applied:
     rollout: Rollout
     decision: Decision
     old: Arm
-    new: Arm
+    new: Arm  # its task outcomes; `devices` adds those that did not come up on it
+    devices: Devices | None = None
 
 
-def evaluate(store: StoreBase, now: float) -> list[Applied]:
+def evaluate(store: StoreBase, now: float, come_up_s: float | None = None) -> list[Applied]:
     """Decide every active roll-out once and write the decisions; [] when another coordinator
-    holds the duty this round."""
+    holds the duty this round. `come_up_s` bounds how long a canary device may stay silent
+    after it said it would re-execute into a new agent (default: the store's gone horizon)."""
     out: list[Applied] = []
+    bound_s = store.gone_after_s if come_up_s is None else come_up_s
     with store.duty("rollouts") as c:
         if c is None:
             return out
@@ -370,10 +381,119 @@ def evaluate(store: StoreBase, now: float) -> list[Applied]:
         for r in rows:
             ro = _row(r)
             old, new = outcomes(c, ro, ro.step_started_at)
-            decision = rollout.decide(ro.policy, ro.step, old, new)
-            _apply(c, ro, decision, old, new, now)
-            out.append(Applied(ro, decision, old, new))
+            devices = (
+                switched(c, ro, ro.step_started_at, now, bound_s) if ro.kind == AGENT else None
+            )
+            decision = rollout.decide(ro.policy, ro.step, old, new, devices)
+            _apply(c, ro, decision, old, rollout.with_devices(new, devices or Devices()), now)
+            out.append(Applied(ro, decision, old, new, devices))
     return out
+
+
+def switched(c: Connection, ro: Rollout, since: float, now: float, bound_s: float) -> Devices:
+    """The canary devices of agent roll-out `ro` whose switch to its new version was settled
+    at `since` or later, or is still open: those silent past `bound_s` are marked late first."""
+    open_ = c.execute(
+        select(rollout_switches.c.id, rollout_switches.c.accepted_at, nodes.c.last_seen)
+        .join(nodes, nodes.c.id == rollout_switches.c.node_id)
+        .where(rollout_switches.c.rollout_id == ro.id, rollout_switches.c.outcome.is_(None))
+    ).all()
+    overdue = [
+        r.id for r in open_ if rollout.switch_overdue(r.accepted_at, r.last_seen, now, bound_s)
+    ]
+    if overdue:
+        c.execute(
+            update(rollout_switches)
+            .where(rollout_switches.c.id.in_(overdue), rollout_switches.c.outcome.is_(None))
+            .values(outcome=rollout.next_switch(None, "late"), resolved_at=now)
+        )
+    q = (
+        select(func.coalesce(rollout_switches.c.outcome, "starting"), func.count())
+        .where(
+            rollout_switches.c.rollout_id == ro.id,
+            or_(rollout_switches.c.outcome.is_(None), rollout_switches.c.resolved_at >= since),
+        )
+        .group_by(rollout_switches.c.outcome)
+    )
+    counts: dict[str, int] = {str(k): int(n) for k, n in c.execute(q).all()}
+    return Devices(
+        ro.new_version,
+        up=int(counts.get("up", 0)),
+        back=int(counts.get("back", 0)),
+        late=int(counts.get("late", 0)),
+        starting=int(counts.get("starting", 0)),
+        bound_s=bound_s,
+    )
+
+
+MAX_SWITCHES = 20  # a device's switches counted per roll-out (one a retry: 10 min apart)
+
+
+def switch_accepted(
+    store: StoreBase, node_id: str, version: str, now: float, *, failed: bool = False
+) -> str:
+    """A canary device took the offer of `version` and will re-execute into it once its tasks
+    are done (or, `failed`, it found that it cannot start it: a switch settled `back` at
+    once); the roll-out's id. RolloutRefused when no active roll-out offers it that."""
+    ro = latest(store, AGENT, AGENT)
+    if ro is None or ro.state is not RolloutState.ACTIVE or ro.new_version != version:
+        raise RolloutRefused(f"no active agent roll-out offers version {version[:64]!r}")
+    if ro.wanted(node_id, rollout.canary_floor(ro.id, live_nodes(store, now), ro.share)) != version:
+        raise RolloutRefused(f"this device is not in the canary of {ro.id} at {ro.share:.0%}")
+    mine = and_(rollout_switches.c.rollout_id == ro.id, rollout_switches.c.node_id == node_id)
+    with store.tx() as c:
+        on_way = c.execute(
+            select(rollout_switches.c.id).where(mine, rollout_switches.c.outcome.is_(None))
+        ).first()
+        if on_way is not None and not failed:
+            return ro.id  # said already: it is on its way
+        if c.execute(select(func.count()).where(mine)).scalar_one() >= MAX_SWITCHES:
+            raise RolloutRefused(f"this device switched {MAX_SWITCHES} times in {ro.id} already")
+        if on_way is not None:  # it said it was on its way: that is how it went
+            c.execute(
+                update(rollout_switches)
+                .where(rollout_switches.c.id == on_way.id, rollout_switches.c.outcome.is_(None))
+                .values(outcome=rollout.next_switch(None, "back"), resolved_at=now)
+            )
+            return ro.id
+        c.execute(
+            insert(rollout_switches).values(
+                rollout_id=ro.id,
+                node_id=node_id,
+                version=version,
+                accepted_at=now,
+                outcome="back" if failed else None,
+                resolved_at=now if failed else None,
+            )
+        )
+    return ro.id
+
+
+def switch_back(store: StoreBase, node_id: str, version: str, now: float) -> str:
+    """The device came back on its installed version: `version`, which it re-executed into,
+    never synced. The roll-out's id; RolloutRefused when it had said no such switch."""
+    with store.tx() as c:
+        r = c.execute(
+            select(rollout_switches.c.id, rollout_switches.c.rollout_id)
+            .where(
+                rollout_switches.c.node_id == node_id,
+                rollout_switches.c.version == version,
+                rollout_switches.c.outcome.is_(None),
+            )
+            .order_by(rollout_switches.c.id.desc())
+            .limit(1)
+        ).first()
+        if r is None:
+            raise RolloutRefused(
+                f"this device has no open switch to {version[:64]!r} (it was judged already, "
+                "or it never said it would re-execute into it)"
+            )
+        c.execute(
+            update(rollout_switches)
+            .where(rollout_switches.c.id == r.id, rollout_switches.c.outcome.is_(None))
+            .values(outcome=rollout.next_switch(None, "back"), resolved_at=now)
+        )
+    return str(r.rollout_id)
 
 
 def _apply(c: Connection, ro: Rollout, d: Decision, old: Arm, new: Arm, now: float) -> None:
@@ -467,6 +587,15 @@ def note_agent_version(store: StoreBase, node_id: str, version: str, now: float)
                 or_(nodes.c.agent_version.is_(None), nodes.c.agent_version != version),
             )
             .values(agent_version=version, agent_since=now)
+        )
+        c.execute(  # a canary device that re-executed into it came up on it
+            update(rollout_switches)
+            .where(
+                rollout_switches.c.node_id == node_id,
+                rollout_switches.c.version == version,
+                rollout_switches.c.outcome.is_(None),
+            )
+            .values(outcome=rollout.next_switch(None, "up"), resolved_at=now)
         )
 
 

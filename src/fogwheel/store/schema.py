@@ -469,6 +469,21 @@ agent_versions = Table(
     Column("signature", Text, nullable=False),
     Column("created_at", Float, nullable=False),
 )
+# Canary devices that said they would re-execute into a roll-out's new agent version, and how
+# that went (store/rollouts.py): one that did not come up on it is a failure of that version.
+rollout_switches = Table(
+    "rollout_switches",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("rollout_id", String(32), nullable=False),
+    Column("node_id", String(64), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("accepted_at", Float, nullable=False),
+    Column("outcome", String(8), nullable=True),  # core/rollout.py SwitchOutcome; null: starting
+    Column("resolved_at", Float, nullable=True),
+    Index("ix_rollout_switches_rollout", "rollout_id", "outcome"),
+    Index("ix_rollout_switches_node", "node_id", "outcome"),
+)
 
 # The flywheel's history (core/flywheel.py): the fog's figures every few seconds, one row a
 # time slot (the first process to write a slot wins), kept for a bounded window
