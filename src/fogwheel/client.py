@@ -32,7 +32,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, as_completed, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -710,10 +710,36 @@ class Client:
         if sha is None:
             from fogwheel import envs
 
-            built = envs.build(env, self.env_progress)
+            built = envs.build(self._for_the_fog(env), self.env_progress)
             sha = envs.publish(self, built, self.env_progress)
             self._env_shas[env] = sha
         return sha
+
+    def platforms(self) -> list[dict[str, Any]]:
+        """The platforms the fog's live devices' Pythons install wheels for, most devices
+        first: `platform` (cp311-x86_64-glibc_2_36), `python`, `arch`, `tags`, `nodes`."""
+        out: list[dict[str, Any]] = self._request("GET", "/v1/platforms").json()["platforms"]
+        return out
+
+    def _for_the_fog(self, env: Env) -> Env:
+        """`env` as it is resolved: for the platforms of the fog's devices that run its Python
+        when it names none (docs/envs.md); for this machine's when they are all this
+        machine's, or when no device has said its platform yet."""
+        if env.platforms:
+            return env
+        from fogwheel import envs
+
+        python = env.target_python()
+        fog = [p for p in self.platforms() if p["python"] == python]
+        tags = list(dict.fromkeys(t for p in fog for t in p["tags"]))
+        if not tags or set(tags) == set(envs.this_machine_tags(python)):
+            return env
+        if self.env_progress is not None:
+            self.env_progress(
+                "resolving for the fog's devices: "
+                + ", ".join(f"{p['platform']} ({p['nodes']})" for p in fog[:4])
+            )
+        return replace(env, platforms=tuple(tags))
 
     def env_status(self, job_id: int) -> dict[str, Any]:
         """Where job `job_id`'s Python environment stands: `nodes` (devices holding its

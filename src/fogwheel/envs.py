@@ -218,14 +218,35 @@ def _resolve(env: Env, dest: Path, say: Say) -> None:
         say(f"building {', '.join(local)}")
         _pip(["wheel", "--no-deps", "--wheel-dir", str(dest), *common, *local], say)
         reqs = [r for r in reqs if r not in local] + [str(p) for p in dest.glob("*.whl")]
-    plat_args = [a for p in platforms for a in ("--platform", p)]
-    say(f"resolving with pip download for Python {py} on {', '.join(platforms[:3])}…")
-    _pip(
-        ["download", "--dest", str(dest), "--only-binary=:all:", "--python-version", py,
-         "--implementation", "cp", "--abi", abi, "--abi", "abi3", "--abi", "none",
-         *plat_args, *common, *reqs],
-        say,
-    )  # fmt: skip
+    # One pip run per machine: given tags of several, pip takes for each package one wheel
+    # that any of them installs, and a fleet of x86_64 and aarch64 devices needs both.
+    for group in by_machine(platforms):
+        plat_args = [a for p in group for a in ("--platform", p)]
+        say(f"resolving with pip download for Python {py} on {', '.join(group[:3])}…")
+        _pip(
+            ["download", "--dest", str(dest), "--only-binary=:all:", "--python-version", py,
+             "--implementation", "cp", "--abi", abi, "--abi", "abi3", "--abi", "none",
+             *plat_args, *common, *reqs],
+            say,
+        )  # fmt: skip
+
+
+MACHINES = ("x86_64", "aarch64", "armv7l", "i686", "ppc64le", "s390x", "riscv64")
+
+
+def by_machine(tags: Sequence[str]) -> list[list[str]]:
+    """Wheel platform tags grouped by the machine they end in, in the order first seen
+    (`manylinux_2_17_x86_64` and `linux_x86_64` together, `manylinux2014_aarch64` apart)."""
+    groups: dict[str, list[str]] = {}
+    for tag in tags:
+        machine = next((m for m in MACHINES if tag.endswith("_" + m)), tag)
+        groups.setdefault(machine, []).append(tag)
+    return list(groups.values())
+
+
+def this_machine_tags(python: str) -> list[str]:
+    """The wheel platform tags this machine's own Python installs (for `python`)."""
+    return envlock.platform_tags(_this_platform(python))
 
 
 def _this_platform(python: str) -> envlock.Platform:

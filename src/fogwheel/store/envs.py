@@ -17,7 +17,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from fogwheel.core import envlock
@@ -172,3 +172,21 @@ def env_progress(c: Connection, customer_id: str, job_id: int) -> dict[str, Any]
     sha = env.env
     preparing = 0 if sha is None else sum(sha not in json.loads(r.envs or "[]") for r in held_by)
     return {"env": sha, "nodes": len(held_by), "preparing": preparing}
+
+
+def fleet_platforms(c: Connection, horizon: float) -> list[tuple[envlock.Platform, int]]:
+    """The platforms the live fleet's Pythons install wheels for, each with how many devices
+    run it (the nodes said so: `SyncIn.env_platform`), most devices first. What the SDK
+    resolves an environment for when the customer names no platform (docs/envs.md)."""
+    rows = c.execute(
+        select(nodes.c.env_platform, func.count())
+        .where(
+            nodes.c.state == "up",
+            nodes.c.last_seen >= horizon,
+            ~nodes.c.quarantined,
+            nodes.c.env_platform.is_not(None),
+        )
+        .group_by(nodes.c.env_platform)
+    ).all()
+    found = [(p, int(n)) for text, n in rows if (p := envlock.platform_of(text)) is not None]
+    return sorted(found, key=lambda pn: (-pn[1], pn[0].describe()))
