@@ -35,8 +35,8 @@ from fogwheel.coordinator.console_pages import install_console
 from fogwheel.coordinator.console_routes import build_console_routes
 from fogwheel.coordinator.env_routes import build_env_routes
 from fogwheel.coordinator.head import HeadAsGet
-from fogwheel.coordinator.sampler import sample_forever
 from fogwheel.coordinator.rollout_routes import judge_forever, rollout_period_s
+from fogwheel.coordinator.sampler import sample_forever
 from fogwheel.coordinator.syncrate import NodeRate, limit_from_env
 from fogwheel.coordinator.wakeups import PgWakeups
 from fogwheel.core import flywheel, ratelimit

@@ -317,6 +317,7 @@ app_version_blobs = Table(
     Column("size", BigInteger, nullable=False, default=0),
     Index("ix_app_version_blobs_sha", "sha"),
 )
+
 # The CDN (store/cdn.py): published objects, their shares, which node holds which share, and
 # the traffic that the metrics and the ledger are made of.
 cdn_objects = Table(
