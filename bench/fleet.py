@@ -491,6 +491,9 @@ def machine_busy() -> float:
     return t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0)
 
 
+SCRAPE_LEAD_S = 5.0  # the window's first counters are read this long before it opens
+
+
 async def pace_factors(
     pools: list[Pool], admin: str
 ) -> tuple[list[float | None], dict[str, Any], dict[float, float]]:
@@ -547,8 +550,8 @@ def window_figures(
     before: tuple[Any, dict[str, Any], dict[float, float]],
     after: tuple[Any, dict[str, Any], dict[float, float]],
 ) -> dict[str, Any]:
-    """The collector's pauses and the coordinators' own sync p99 within the measured window:
-    the counters at its end less those at its start."""
+    """The collector's pauses and the coordinators' own sync p99 over the measured window:
+    the counters at its end less those read SCRAPE_LEAD_S before it opened."""
     gc0, gc1 = before[1], after[1]
     out: dict[str, Any] = {
         k: round(gc1[k] - gc0[k], 1) if isinstance(gc1[k], float) else gc1[k] - gc0[k]
@@ -625,8 +628,12 @@ async def drive(
     )
     measure_from = start + args.ramp + args.warmup
     stats.window = (measure_from, measure_from + args.seconds)
+    # The window's counters are read a few seconds before it opens: a scrape of /metrics
+    # computes the fleet-wide figures (a quarter of a second at 10,000 devices), which would
+    # otherwise stall the coordinator inside the window it measures.
+    await asyncio.sleep(max(0.0, measure_from - SCRAPE_LEAD_S - loop.time()))
+    before = await pace_factors(pools, admin)
     await asyncio.sleep(max(0.0, measure_from - loop.time()))
-    before = await pace_factors(pools, admin)  # the window's counters start here
     cpu0 = usage.cpu()
     own0 = time.process_time()
     db0, busy0 = database_cpu(), machine_busy()
