@@ -241,6 +241,32 @@ def copy_source(root: Path) -> None:
     shutil.rmtree(root / NODE_DIR.lstrip("/"), ignore_errors=True)  # a fresh node each run
 
 
+TORCH_SITE = "/opt/torch-site"  # in the root: torch for aarch64, when --torch-site put it there
+
+
+def install_torch(root: Path, site: Path | None) -> str | None:
+    """Put a prepared aarch64 torch (`pip install --target SITE --platform
+    manylinux_2_28_aarch64 --only-binary=:all: torch filelock typing-extensions sympy mpmath
+    networkx jinja2 markupsafe fsspec`) in the root, importable by every python3 there;
+    without `site`, take any torch out. Returns its version, or None."""
+    pth = root / "usr/local/lib/python3.11/dist-packages/torch-site.pth"
+    dest = root / TORCH_SITE.lstrip("/")
+    if site is None:
+        pth.unlink(missing_ok=True)
+        return None
+    if not (site / "torch" / "version.py").exists():
+        raise BenchmarkFailed(f"no torch in {site}: pip install --target it first (see --help)")
+    if (
+        not dest.exists()
+        or (site / "torch/version.py").read_bytes() != (dest / "torch/version.py").read_bytes()
+    ):
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(site, dest, symlinks=True)
+    pth.write_text(TORCH_SITE + "\n")
+    version = re.search(r"__version__ = '([^']+)'", (dest / "torch/version.py").read_text())
+    return version.group(1) if version else "?"
+
+
 # -- the device's cgroup -------------------------------------------------------------------------
 
 
@@ -346,9 +372,12 @@ class DeviceGroup:
 
 
 @contextlib.contextmanager
-def arm_node(root: Path, fog: LocalFog, group: DeviceGroup, cores: int) -> Iterator[psutil.Process]:
+def arm_node(
+    root: Path, fog: LocalFog, group: DeviceGroup, cores: int, offer_mb: int | None = None
+) -> Iterator[psutil.Process]:
     """The node agent in the root, inside the device's cgroup, joined to `fog`."""
     cmd = ["python3", "-m", "fogwheel", "node", "--coordinator", fog.url, "--cores", str(cores)]
+    cmd += ["--memory", str(offer_mb)] if offer_mb else []
     cmd += ["--data-dir", NODE_DIR, "--name", "arm64-512mb", "--no-serve", "--unsafe-no-sandbox"]
     script = " && ".join(
         [
@@ -492,8 +521,12 @@ def diloco_round(fog: LocalFog, work: Path, wait_s: float) -> dict[str, Any]:
                 outcome["error"] = f"{type(e).__name__}: {e}"
 
         t = threading.Thread(target=one_round, daemon=True)
+        t0 = time.perf_counter()
         t.start()
-        refused = told.wait(wait_s)
+        deadline = time.monotonic() + wait_s
+        refused = False
+        while t.is_alive() and not refused and time.monotonic() < deadline:
+            refused = told.wait(0.5)
         if refused:
             client.cancel(said[-1].job_id)  # the round's job: its workers fail, the round ends
         t.join(timeout=120)
@@ -501,7 +534,8 @@ def diloco_round(fog: LocalFog, work: Path, wait_s: float) -> dict[str, Any]:
         w = said[-1]
         return {"placed": False, "for_memory": w.reason == NO_MEMORY, "reason": w.reason,
                 "sentence": w.sentence, "tasks": w.tasks}  # fmt: skip
-    return {"placed": "record" in outcome, "error": outcome.get("error")}
+    return {"placed": "record" in outcome, "error": outcome.get("error"),
+            "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -541,6 +575,21 @@ def main() -> None:
     )
     ap.add_argument("--no-x86", action="store_true", help="skip the x86 reference node")
     ap.add_argument(
+        "--torch-site",
+        type=Path,
+        help="a directory with torch for aarch64 and its pure deps (pip install --target DIR "
+        "--platform manylinux_2_28_aarch64 --only-binary=:all: --python-version 3.11 "
+        "torch==2.9.1 filelock typing-extensions sympy mpmath networkx jinja2 markupsafe "
+        "fsspec): put in the root, so the device can run a DiLoCo round's worker",
+    )
+    ap.add_argument(
+        "--offer-mb",
+        type=int,
+        help="the node's --memory: what it offers placement (default: its cgroup's limit). "
+        "Above the device, placement takes tasks that declare more, and the node's own "
+        "resident-memory gate still holds them to the device",
+    )
+    ap.add_argument(
         "--node-log", type=Path, help="keep the device's node log in this file (its memory waits)"
     )
     ap.add_argument("--rebuild", action="store_true", help="make the arm64 root afresh")
@@ -567,6 +616,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         root = debootstrap(cache, progress)
         reqs = install_wheels(cache, root, progress)
         copy_source(root)
+        torch_version = install_torch(root, args.torch_site)
         qemu = _run(["/usr/bin/qemu-aarch64-static", "--version"], "qemu --version").stdout
         group = DeviceGroup(args.memory_mb)
         work = Path(tempfile.mkdtemp(prefix="fogwheel-arm-"))
@@ -576,7 +626,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 steps = progress.add_task("the 512 MB arm64 device", total=4)
                 progress.update(steps, description="starting the node agent (aarch64, qemu)")
                 t0 = time.perf_counter()
-                with arm_node(root, fog, group, args.cores) as agent:
+                with arm_node(root, fog, group, args.cores, args.offer_mb) as agent:
                     join_s = time.perf_counter() - t0
                     node = httpx.get(f"{fog.url}/v1/nodes", headers=fog.headers).json()["nodes"][0]
                     time.sleep(3.0)  # settled: its first syncs are done
@@ -646,6 +696,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         memory_waits=memory_waits,
         worker_exits=worker_exits,
         cores=args.cores,
+        torch=torch_version,
         demo={"tasks": args.demo_tasks, "span": args.span, "arm64_tasks_per_s": round(arm_tps, 2),
               "x86_tasks_per_s": None if x86_tps is None else round(x86_tps, 2)},
         kmer={"mbp": args.kmer_mbp, "k": args.k, **kmer},
@@ -672,8 +723,10 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         table.add_row("x86 agent RSS idle", f"{x86_rss:.1f} MB")
     table.add_row("count_primes CPU arm64 / x86", f"{cpu_arm:.3f} / {cpu_x86:.3f} s")
     console.print(table)
-    if not diloco["placed"]:
-        console.print(f"DiLoCo round refused: {diloco.get('sentence')}")
+    if diloco.get("sentence"):
+        console.print(f"DiLoCo round refused: {diloco['sentence']}")
+    elif not diloco["placed"]:
+        console.print(f"DiLoCo round failed: {diloco.get('error')}")
     return figures
 
 

@@ -209,6 +209,8 @@ def test_resident_workers_and_the_agent_count_against_the_device(
 
 
 def test_alone_a_task_keeps_its_jobs_warm_worker_but_not_another_jobs_leftovers() -> None:
+    own = 0.0
+
     def plan(own_warm: bool) -> memfit.StartPlan:
         return memfit.plan_start(
             512,
@@ -218,12 +220,15 @@ def test_alone_a_task_keeps_its_jobs_warm_worker_but_not_another_jobs_leftovers(
             agent_mb=138,
             worker_mb=100,
             running=[],
-            idle={0: 142, 1: 120},
+            idle={0: own, 1: 120},
             own_warm=own_warm,
         )
 
-    assert plan(own_warm=True) == memfit.StartPlan((1,), base_mb=142)  # numpy stays imported
-    assert plan(own_warm=False) == memfit.StartPlan((1, 0), base_mb=100)
+    own = 250  # it kept 150 MB more than a fresh worker of 100
+    assert plan(own_warm=True) == memfit.StartPlan((1,), base_mb=250)  # this job's state
+    assert plan(own_warm=False) == memfit.StartPlan((1, 0), base_mb=100)  # another job's
+    own = 142  # numpy imported, say: not worth a worker's start
+    assert plan(own_warm=False) == memfit.StartPlan((1,), base_mb=142)
 
 
 def test_the_offered_limits_are_checked_first() -> None:
@@ -465,6 +470,9 @@ def test_an_idle_worker_exits_to_make_room_on_a_small_device(tmp_path: Path) -> 
             _agent_in_group(fog, group, tmp_path / "n", 2),
             Client(fog.url, fog.api_key, replicas=1, on_wait=lambda *_: None) as c,
         ):
+            # a lean task first: the agent sees a fresh worker's size (about 20 MB here)
+            (lean,) = c.submit_many(_fill, [((1,), {})], memory_mb=64)
+            assert lean.result(timeout=120) == 1
             kept = c.submit_many(_keep, [((150, 2.0), {}), ((150, 2.0), {})], memory_mb=180)
             (_, end0), (start1, _) = sorted(f.result(timeout=120) for f in kept)
             assert start1 < end0 - 0.5  # side by side, one on each slot
@@ -474,6 +482,6 @@ def test_an_idle_worker_exits_to_make_room_on_a_small_device(tmp_path: Path) -> 
             assert "exits to make room" in log, log[-3000:]
             assert _oom_kills(group) == 0
             outcomes = [ln.split("finished: ")[1] for ln in log.splitlines() if "finished: " in ln]
-            assert len(outcomes) == 3 and all(o.startswith("ok") for o in outcomes)  # no retry
+            assert len(outcomes) == 4 and all(o.startswith("ok") for o in outcomes)  # no retry
     finally:
         _remove(group)

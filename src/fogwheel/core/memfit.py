@@ -185,9 +185,9 @@ def plan_start(
     fit waits for a running one to finish; with nothing running it starts anyway, with every
     kept worker gone (placement kept tasks bigger than the node away; one bigger than the
     device's room must run, or meet its own limit, rather than wait forever). Then its own
-    worker stays only if it last ran the same job (`own_warm`: what it holds is that job's
-    warm state, numpy say, and starting afresh would not make the task fit); one that ran
-    another job's task starts afresh, whatever a fresh one is estimated at."""
+    worker stays if it last ran the same job (`own_warm`: what it holds is that job's warm
+    state, numpy say) or holds less than two fresh ones: starting afresh would not make the
+    task fit, and costs a worker's start (about 13 s under qemu)."""
     why = wait_reason(task_mb, [r.limit_mb for r in running], offered_mb)
     if why is not None:
         return StartPlan(reason=why)
@@ -208,8 +208,8 @@ def plan_start(
     if total > device_mb and not running:  # alone either way: every kept worker goes but
         stop = [s for s in stop if s != slot]  # the job's own warm one, if its slot has it
         stop += [s for s in sorted(kept) if s not in stop and kept[s] > 0]
-        if slot in idle and not own_warm:
-            stop.append(slot)
+        if slot in idle and not own_warm and idle[slot] > 2 * worker_mb:
+            stop.append(slot)  # it kept more than a fresh worker holds: another job's leftovers
     base = worker_mb if slot in stop else own
     if total <= device_mb or not running:
         return StartPlan(tuple(stop), base_mb=base)
