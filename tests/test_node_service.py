@@ -144,6 +144,9 @@ def test_the_unit_runs_the_agent_as_its_own_user_with_the_secret_only_as_a_crede
     exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
     assert "--token-file %d/join" in exec_start and "--token " not in exec_start
     assert '--name "Anna\'s old laptop"' in exec_start
+    # a device in a home serves CDN shares through its router: not on loopback (docs/cdn.md)
+    assert "--serve-host 0.0.0.0" in exec_start
+    assert "--serve-host 127.0.0.1" in svc.unit_text(options(serve_host="127.0.0.1"))
     for line in (
         "Restart=on-failure",
         "WantedBy=multi-user.target",
@@ -195,6 +198,8 @@ def test_the_plan_writes_the_secret_root_only_and_starts_the_service() -> None:
         ({"unit": "x.service"}, "--unit"),
         ({"extra_args": ("--token=abc",)}, "sets that itself"),
         ({"extra_args": ("a b",)}, "node option"),
+        ({"serve_host": "0.0.0.0 --token x"}, "--serve-host"),
+        ({"serve_host": "my-laptop"}, "--serve-host"),
     ],
 )
 def test_an_option_that_could_inject_into_the_unit_is_refused_with_the_option_named(

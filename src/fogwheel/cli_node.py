@@ -219,6 +219,14 @@ def install(
     uplink_mbit: Annotated[
         float | None, typer.Option(min=0.01, help="Cap the chunk server's upload, Mbit/s.")
     ] = None,
+    serve_host: Annotated[
+        str,
+        typer.Option(
+            help="Address the chunk server listens on: every interface by default, so that "
+            "the router's mapping, hole punching and the relay reach it (docs/cdn.md); "
+            "127.0.0.1 serves no CDN share to others."
+        ),
+    ] = "0.0.0.0",
     ca_cert: Annotated[
         Path | None,
         typer.Option(help="CA file (PEM) for an https coordinator; copied path, not contents."),
@@ -256,6 +264,7 @@ def install(
         cache_mb=cache_mb,
         share_quota_mb=share_quota_mb,
         uplink_mbit=uplink_mbit,
+        serve_host=serve_host,
         ca_cert=str(ca_cert.absolute()) if ca_cert else None,
     )
     try:

@@ -18,6 +18,7 @@ it in a real systemd).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
@@ -59,6 +60,10 @@ class ServiceOptions:
     cache_mb: int = 2048
     share_quota_mb: int = 1024
     uplink_mbit: float | None = None
+    # The chunk server listens on every interface: a device in a home serves CDN shares
+    # through its router's mapping, a punched connection or the relay (docs/cdn.md, "Devices
+    # behind NAT"), none of which reach a server on loopback.
+    serve_host: str = "0.0.0.0"
     ca_cert: str | None = None
     extra_args: tuple[str, ...] = field(default_factory=tuple)  # more `fogwheel node` options
 
@@ -108,6 +113,13 @@ def validate(o: ServiceOptions) -> None:
             f"--name {o.name!r}: up to 100 characters, no control characters, quotes, "
             "backslashes, '%' or '$'"
         )
+    try:
+        ipaddress.ip_address(o.serve_host)
+    except ValueError:
+        raise ServiceError(
+            f"--serve-host {o.serve_host!r}: an IP address to listen on (0.0.0.0: every "
+            "interface; 127.0.0.1: this machine only, which serves no CDN share to others)"
+        ) from None
     if o.ca_cert is not None and not _PATH_RE.fullmatch(o.ca_cert):
         raise ServiceError(f"--ca-cert {o.ca_cert!r}: an absolute path of plain characters")
     for arg in o.extra_args:
@@ -152,6 +164,7 @@ def exec_start(o: ServiceOptions) -> list[str]:
     if o.name is not None:
         argv += ["--name", o.name]
     argv += ["--cache-mb", str(o.cache_mb), "--share-quota-mb", str(o.share_quota_mb)]
+    argv += ["--serve-host", o.serve_host]
     if o.uplink_mbit is not None:
         argv += ["--uplink-mbit", f"{o.uplink_mbit:g}"]
     if o.ca_cert is not None:
