@@ -66,6 +66,22 @@ def test_the_device_group_counts_an_oom_kill_and_its_peak() -> None:
         group.remove()  # type: ignore[attr-defined]
 
 
+def test_torch_goes_into_the_root_only_from_a_directory_that_holds_it(tmp_path: Path) -> None:
+    bench = _bench()
+    root = tmp_path / "root"
+    (root / "usr/local/lib/python3.11/dist-packages").mkdir(parents=True)
+    with pytest.raises(bench.BenchmarkFailed, match="no torch in"):
+        bench.install_torch(root, tmp_path / "empty")
+    site = tmp_path / "site"
+    (site / "torch").mkdir(parents=True)
+    (site / "torch/version.py").write_text("__version__ = '2.9.1+cpu'\n")
+    assert bench.install_torch(root, site) == "2.9.1+cpu"
+    pth = root / "usr/local/lib/python3.11/dist-packages/torch-site.pth"
+    assert pth.read_text().strip() == bench.TORCH_SITE
+    assert (root / bench.TORCH_SITE.lstrip("/") / "torch/version.py").exists()
+    assert bench.install_torch(root, None) is None and not pth.exists()  # a run without it
+
+
 def test_the_mirror_is_the_one_apt_uses() -> None:
     mirror = _bench().debian_mirror()
     assert mirror.startswith(("http://", "https://")) and mirror.rstrip("/").endswith("debian")
