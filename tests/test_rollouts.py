@@ -219,7 +219,7 @@ def test_an_agent_version_that_exits_before_its_first_sync_is_rolled_back(
 ) -> None:
     """It reports no task outcome: its canary devices that did not come up on it are its
     failures. One canary device has a service manager (it comes back on the installed
-    version, which tells the coordinator), the other stays down (silent past the bound: the
+    version, which tells the coordinator), the others stay down (silent past the bound: the
     gone horizon, three 3 s leases)."""
     version = f"{BASE}+crash"
     wheel = build_wheel(tmp_path, version, crash_at_start=True)
@@ -227,31 +227,36 @@ def test_an_agent_version_that_exits_before_its_first_sync_is_rolled_back(
     with Client(fog.url, fog.api_key, replicas=1) as client:
         list(client.map(square, range(8), timeout=60))
         wait_for_spread(fog, {BASE: 4})
-        rid = publish(fog, wheel, "--canary", "50%", "--min-outcomes", "4")
+        rid = publish(fog, wheel, "--canary", "30%", "--min-outcomes", "4")
         ids = {n["name"]: n["id"] for n in admin_get(fog, "/v1/nodes")["nodes"]}
-        canary = canary_floor(rid, ids.values(), 0.5) | {
-            i for i in ids.values() if in_canary(rid, i, 0.5)
+        canary = canary_floor(rid, ids.values(), 0.3) | {
+            i for i in ids.values() if in_canary(rid, i, 0.3)
         }
-        assert len(canary) == 2
-        managed, down = sorted(int(n.removeprefix("local-")) for n, i in ids.items() if i in canary)
+        n = len(canary)  # 2 (the floor) most often, up to 4 by the hash
+        assert n >= 2
+        managed, *down = sorted(
+            int(k.removeprefix("local-")) for k, i in ids.items() if i in canary
+        )
         keep_running(fog, managed, stop)
         try:
             ro = work_until(fog, client, rid, {"done", "rolled_back"}, 180)
             assert ro["state"] == "rolled_back", ro["reason"]
             last = ro["history"][-1]
-            assert last["action"] == "rollback" and last["new"] == {"ok": 0, "failed": 2}, last
+            assert last["action"] == "rollback" and last["new"] == {"ok": 0, "failed": n}, last
             assert (
-                f"rolled back at 50%: 2 of 2 canary devices did not come back on {version} "
-                f"within 9 s (1 back on the old version); new 2/2 failed (100%)"
+                f"rolled back at 30%: {n} of {n} canary devices did not come back on {version} "
+                f"within 9 s (1 back on the old version); new {n}/{n} failed (100%)"
             ) in last["reason"], last["reason"]
             assert list(client.map(square, range(24), timeout=120)) == [x * x for x in range(24)]
-            wait_for_spread(fog, {BASE: 3})  # the managed one is back; the other is gone
+            wait_for_spread(fog, {BASE: 5 - n})  # the managed one is back; the others gone
         finally:
             stop.set()
     assert f"re-executing as {version}" in log_of(fog, managed)
     assert "did not come up on this device last time" in log_of(fog, managed)
-    assert f"re-executing as {version}" in log_of(fog, down)
-    assert fog.nodes[down] is not None and fog.nodes[down].poll() == 70
+    for i in down:
+        assert f"re-executing as {version}" in log_of(fog, i)
+        proc = fog.nodes[i]
+        assert proc is not None and proc.poll() == 70
     coordinator = (fog.dir / "coordinator.log").read_text()
     assert f"{ids[f'local-{managed}']} back {version}" in coordinator
 
