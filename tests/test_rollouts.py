@@ -242,11 +242,12 @@ def test_an_agent_version_that_exits_before_its_first_sync_is_rolled_back(
             ro = work_until(fog, client, rid, {"done", "rolled_back"}, 180)
             assert ro["state"] == "rolled_back", ro["reason"]
             last = ro["history"][-1]
-            assert last["action"] == "rollback" and last["new"] == {"ok": 0, "failed": n}, last
+            f = last["new"]["failed"]  # two are enough: a third may be still starting then
+            assert last["action"] == "rollback" and last["new"]["ok"] == 0 and 2 <= f <= n, last
             assert (
-                f"rolled back at 30%: {n} of {n} canary devices did not come back on {version} "
-                f"within 9 s (1 back on the old version); new {n}/{n} failed (100%)"
-            ) in last["reason"], last["reason"]
+                f"rolled back at 30%: {f} of {f} canary devices did not come back on {version} "
+                f"within 9 s (1 back on the old version"
+            ) in last["reason"] and f"new {f}/{f} failed (100%)" in last["reason"], last["reason"]
             assert list(client.map(square, range(24), timeout=120)) == [x * x for x in range(24)]
             wait_for_spread(fog, {BASE: 5 - n})  # the managed one is back; the others gone
         finally:
