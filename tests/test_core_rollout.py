@@ -13,6 +13,7 @@ from fogwheel.core.rollout import (
     Devices,
     RolloutPolicy,
     RolloutState,
+    canary_baseline,
     canary_floor,
     decide,
     excess_lower_bound,
@@ -309,3 +310,29 @@ def test_a_switch_is_settled_once(first: str) -> None:
     for then in ("up", "back", "late"):
         with pytest.raises(IllegalTransition):
             next_switch(first, then)  # type: ignore[arg-type]
+
+
+@given(
+    rollout=st.text(min_size=1, max_size=12),
+    n=st.integers(min_value=2, max_value=12),
+    share=st.floats(min_value=0.01, max_value=0.99),
+)
+def test_a_step_under_every_device_keeps_one_on_the_old_version(
+    rollout: str, n: int, share: float
+) -> None:
+    devices = [f"n-{i}" for i in range(n)]
+    kept = canary_baseline(rollout, devices, share)
+    new = (canary_floor(rollout, devices, share) | {
+        d for d in devices if in_canary(rollout, d, share)
+    }) - kept  # fmt: skip
+    assert len(kept) == 1 and len(new) < n  # a baseline for the judge, and old for retries
+    assert kept == canary_baseline(rollout, devices, 0.01)  # the same device at every step
+    assert canary_baseline(rollout, devices, 1.0) == frozenset()
+
+
+def test_four_of_four_under_a_quarter_by_the_hash_still_leave_a_baseline() -> None:
+    """Seen in tests/test_rollouts.py: every point of roll-out ro_3aa1431f323b's four devices
+    fell below 25 %; the judge held with no old outcome while each failure was queued again."""
+    rid, devices = "ro_3aa1431f323b", ["n-674e7742", "n-d38eef9d", "n-0273a3e1", "n-81faa26f"]
+    assert all(in_canary(rid, d, 0.25) for d in devices)
+    assert canary_baseline(rid, devices, 0.25) == {"n-81faa26f"}

@@ -25,7 +25,7 @@ import pytest
 
 import fogwheel
 from fogwheel import Client
-from fogwheel.core.rollout import Arm, RolloutPolicy, canary_floor, in_canary
+from fogwheel.core.rollout import Arm, RolloutPolicy, canary_baseline, canary_floor, in_canary
 from fogwheel.localfog import LocalFog
 from fogwheel.store import Store
 from fogwheel.store import rollouts as rows
@@ -191,9 +191,9 @@ def test_an_agent_version_that_fails_every_task_is_rolled_back_and_the_job_finis
         assert list(client.map(square, range(24), timeout=120)) == [x * x for x in range(24)]
     # the canary (by the hash, at least one device: the share rounded up) went and came back
     ids = {n["name"]: n["id"] for n in admin_get(fog, "/v1/nodes")["nodes"]}
-    canary = canary_floor(rid, ids.values(), 0.25) | {
-        i for i in ids.values() if in_canary(rid, i, 0.25)
-    }
+    canary = (
+        canary_floor(rid, ids.values(), 0.25) | {i for i in ids.values() if in_canary(rid, i, 0.25)}
+    ) - canary_baseline(rid, ids.values(), 0.25)
     went = {ids[f"local-{i}"] for i in range(4) if f"as {BASE}+bad" in log_of(fog, i)}
     back = {ids[f"local-{i}"] for i in range(4) if f"as {BASE}\n" in log_of(fog, i)}
     assert went == back == canary and 1 <= len(canary) < 4
@@ -229,10 +229,11 @@ def test_an_agent_version_that_exits_before_its_first_sync_is_rolled_back(
         wait_for_spread(fog, {BASE: 4})
         rid = publish(fog, wheel, "--canary", "30%", "--min-outcomes", "4")
         ids = {n["name"]: n["id"] for n in admin_get(fog, "/v1/nodes")["nodes"]}
-        canary = canary_floor(rid, ids.values(), 0.3) | {
-            i for i in ids.values() if in_canary(rid, i, 0.3)
-        }
-        n = len(canary)  # 2 (the floor) most often, up to 4 by the hash
+        canary = (
+            canary_floor(rid, ids.values(), 0.3)
+            | {i for i in ids.values() if in_canary(rid, i, 0.3)}
+        ) - canary_baseline(rid, ids.values(), 0.3)
+        n = len(canary)  # 2 (the floor) most often, 3 by the hash (one stays the baseline)
         assert n >= 2
         managed, *down = sorted(
             int(k.removeprefix("local-")) for k, i in ids.items() if i in canary
@@ -513,7 +514,7 @@ def test_canary_devices_that_do_not_come_up_on_the_new_agent_are_its_failures(
         now=T0,
     )
     floor = canary_floor(ro.id, ids, 0.25)  # 4 devices, and those the hash puts in
-    canary = [n for n in ids if ro.wanted(n, floor) == "2"]
+    canary = [n for n in ids if ro.wanted(n, floor, canary_baseline(ro.id, ids, 0.25)) == "2"]
     with pytest.raises(rows.RolloutRefused, match="not in the canary"):
         rows.switch_accepted(store, next(n for n in ids if n not in canary), "2", T0 + 1)
     others = [n for n in ids if n not in canary[:4]]  # on 1: its outcomes

@@ -201,7 +201,8 @@ class AgentOffers:
             return None
         if now - self._live[0] > LIVE_CACHE_S:
             self._live = (now, rows.live_nodes(self.store, now))
-        wanted = ro.wanted(node_id, rows.floor_of(ro, self._live[1], self._live[0]))
+        live, at = self._live[1], self._live[0]
+        wanted = ro.wanted(node_id, rows.floor_of(ro, live, at), rows.kept_of(ro, live, at))
         if wanted is None or wanted == running:
             return None
         if wanted not in self._releases:

@@ -305,6 +305,19 @@ def canary_floor(rollout_id: str, devices: Iterable[str], share: float) -> froze
     return frozenset(ranked[: math.ceil(share * len(ranked) - 1e-9)])
 
 
+def canary_baseline(rollout_id: str, devices: Iterable[str], share: float) -> frozenset[str]:
+    """The live device a step under 100 % keeps on the old version whatever its hash: the one
+    with the highest point (none when fewer than two devices, or at 100 %).
+
+    On a small fleet the hash alone may put every device below the share (all four of four
+    at 25 %, once in 256 roll-outs): no baseline outcome would ever come, the judge would hold
+    forever ("nothing is rolled back against a baseline never seen") and the canary's failed
+    tasks, each queued again, would never find the old version. Ranked like the floor, it stays
+    out at every step below 100 %: `in_canary`'s promise holds."""
+    ranked = sorted(set(devices), key=lambda d: (canary_point(rollout_id, d), d))
+    return frozenset(ranked[-1:]) if share < 1.0 and len(ranked) >= 2 else frozenset()
+
+
 def parse_share(text: str) -> float:
     """'10%', '10' or '0.1' as a share in (0, 1]; a sentence saying what is wrong otherwise."""
     raw = text.strip()

@@ -83,16 +83,23 @@ class Rollout:
     step_started_at: float
     updated_at: float
 
-    def serves_new(self, device: str, floor: frozenset[str] = frozenset()) -> bool:
+    def serves_new(
+        self, device: str, floor: frozenset[str] = frozenset(), kept: frozenset[str] = frozenset()
+    ) -> bool:
         """Whether `device` runs the new version now; `floor` (floor_of: the devices a step
-        covers whatever their hash) lets a step reach at least its share rounded up."""
+        covers whatever their hash) lets a step reach at least its share rounded up, `kept`
+        (kept_of: core/rollout.canary_baseline) leaves a step under 100 % a baseline device."""
+        if self.state is RolloutState.ACTIVE and device in kept:
+            return False
         if self.state is RolloutState.ACTIVE and device in floor:
             return True
         return rollout.serves_new(self.state, self.share, rollout.canary_point(self.id, device))
 
-    def wanted(self, device: str, floor: frozenset[str] = frozenset()) -> str | None:
+    def wanted(
+        self, device: str, floor: frozenset[str] = frozenset(), kept: frozenset[str] = frozenset()
+    ) -> str | None:
         """The version `device` should run now (None: the old one is unnamed, the base)."""
-        return self.new_version if self.serves_new(device, floor) else self.old_version
+        return self.new_version if self.serves_new(device, floor, kept) else self.old_version
 
 
 _floors: dict[tuple[str, float, float], frozenset[str]] = {}
@@ -109,6 +116,22 @@ def floor_of(ro: Rollout, live: Sequence[str], live_at: float) -> frozenset[str]
         if len(_floors) > 64:
             _floors.clear()
         got = _floors[key] = rollout.canary_floor(ro.id, live, ro.share)
+    return got
+
+
+_kept: dict[tuple[str, float, float], frozenset[str]] = {}
+
+
+def kept_of(ro: Rollout, live: Sequence[str], live_at: float) -> frozenset[str]:
+    """core/rollout.canary_baseline of the live fleet read at `live_at`, cached as floor_of."""
+    if ro.state is not RolloutState.ACTIVE or not live:
+        return frozenset()
+    key = (ro.id, ro.share, live_at)
+    got = _kept.get(key)
+    if got is None:
+        if len(_kept) > 64:
+            _kept.clear()
+        got = _kept[key] = rollout.canary_baseline(ro.id, live, ro.share)
     return got
 
 
@@ -438,7 +461,10 @@ def switch_accepted(
     ro = latest(store, AGENT, AGENT)
     if ro is None or ro.state is not RolloutState.ACTIVE or ro.new_version != version:
         raise RolloutRefused(f"no active agent roll-out offers version {version[:64]!r}")
-    if ro.wanted(node_id, rollout.canary_floor(ro.id, live_nodes(store, now), ro.share)) != version:
+    live = live_nodes(store, now)
+    floor = rollout.canary_floor(ro.id, live, ro.share)
+    kept = rollout.canary_baseline(ro.id, live, ro.share)
+    if ro.wanted(node_id, floor, kept) != version:
         raise RolloutRefused(f"this device is not in the canary of {ro.id} at {ro.share:.0%}")
     mine = and_(rollout_switches.c.rollout_id == ro.id, rollout_switches.c.node_id == node_id)
     with store.tx() as c:
@@ -666,7 +692,7 @@ def app_version_for(c: Connection, app_id: str, node_id: str) -> str | None:
         return None
     ro = _row(r)
     at, live = _live_cached(c, APP_GONE_AFTER_S)
-    return ro.wanted(node_id, floor_of(ro, live, at))
+    return ro.wanted(node_id, floor_of(ro, live, at), kept_of(ro, live, at))
 
 
 APP_GONE_AFTER_S = 120.0  # the live horizon of an app step's fleet (store.gone_after_s's default)
