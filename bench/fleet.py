@@ -734,7 +734,15 @@ def run_setup(name: str, args: argparse.Namespace) -> dict[str, Any]:
         coords.start()
         progress(f"{name}: {n} coordinator(s) at {', '.join(coords.urls)}")
         usage = Usage([p.pid for p in coords.procs])
-        out = asyncio.run(drive(coords.urls, env, args, usage))
+        try:
+            out = asyncio.run(drive(coords.urls, env, args, usage))
+        except Exception:
+            for i in range(n):  # what the coordinators said, before their directory goes
+                text = coords.log(i)
+                at = text.rfind("Traceback")
+                if at >= 0:
+                    progress(f"coordinator {i}'s last traceback:\n{text[at : at + 4000]}")
+            raise
         tracebacks = sum(coords.log(i).count("Traceback") for i in range(n))
         out["coordinator_tracebacks"] = tracebacks
         out["setup"] = name
