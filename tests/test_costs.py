@@ -269,11 +269,21 @@ def test_a_running_job_is_stopped_at_its_max_cost_and_jobs_show_what_each_cost(f
     assert "stopped: max cost reached" in one.stdout and "check run(s)" in one.stdout
 
 
-def test_statements_sum_to_the_earnings(fog) -> None:
+@pytest.fixture
+def own_fog(tmp_path):
+    """A fog of this test's own: its work must not earn the module fog's nodes the trust
+    that lets the max-cost test's results go unchecked (under xdist either may run first)."""
+    from fogwheel.localfog import LocalFog
+
+    with LocalFog(2, lease_seconds=3.0, workdir=tmp_path / "fog") as f:
+        yield f
+
+
+def test_statements_sum_to_the_earnings(own_fog) -> None:
     from fogwheel.client import Client
 
-    # the operator's own devices do some work (this test's own: under xdist it may run
-    # before the others, or alone); their statement then sums to their earnings
+    fog = own_fog
+    # the operator's own devices do some work; their statement then sums to their earnings
     with Client(fog.url, fog.api_key) as client:
         for f in client.submit_many(burn, [((0.1,), {}) for _ in range(4)], cpu_s=0.5):
             f.result(timeout=120)
