@@ -61,6 +61,7 @@ class TrainConfig:
     # None: 0.9, or 0 with top-k, whose error feedback is the momentum (SparseLoCo: with both,
     # the kept residual is pushed twice and training diverges)
     outer_momentum: float | None = None
+    outer_nesterov: bool = True
     compression: str = "fp16"  # none (fp32), fp16, int8 or topk:DENSITY:BITS (diloco_compress)
     fragments: int = 1  # Streaming DiLoCo: F fragments, one synced a round (diloco_fragments)
     min_workers: int | None = None  # default: all K
@@ -110,6 +111,12 @@ class TrainConfig:
         rng = random.Random(task_seed(self.seed, rnd, 7919))
         here = [k for k in range(self.workers) if rng.random() >= self.absent_rate]
         return here or [rng.randrange(self.workers)]
+
+    @property
+    def momentum(self) -> float:
+        """The outer momentum, resolved (`outer_momentum` None means the codec's default)."""
+        assert self.outer_momentum is not None  # set by __post_init__
+        return self.outer_momentum
 
     @property
     def needed(self) -> int:
@@ -242,6 +249,40 @@ def task_seed(seed: int, rnd: int, worker: int) -> int:
     return (seed * 1_000_003 + rnd * 1009 + worker) % (2**31)
 
 
+def task_spec(
+    cfg: TrainConfig,
+    groups: list[tuple[str, ...]],
+    r: int,
+    k: int,
+    last_ran: int | None,
+    audit: bool = False,
+) -> dict[str, Any]:
+    """Worker k's task spec for round `r` (`inner_task`'s, or with fragments
+    `streaming_task`'s); `last_ran` is the round it last ran, None if never. The driver
+    submits it; bench/diloco_sweep.py runs it in process."""
+    from fogwheel.workloads import diloco_fragments
+
+    spec: dict[str, Any] = {
+        "model": cfg.model,
+        "steps": cfg.inner_steps // cfg.fragments,
+        "lr": cfg.inner_lr,
+        "weight_decay": cfg.weight_decay,
+        "batch": cfg.batch,
+        "seed": task_seed(cfg.seed, r, k),
+        "warmup_steps": cfg.warmup_steps,
+        "compression": cfg.compression,
+    }
+    if cfg.fragments > 1:
+        fragment = diloco_fragments.synced(r, cfg.fragments)
+        stale = diloco_fragments.stale(last_ran, r, cfg.fragments)
+        spec["fragment"] = fragment
+        spec["send"] = list(groups[fragment])
+        spec["merge"] = [n for i in stale for n in groups[i]]
+    if audit:  # recomputed on two devices from public inputs (diloco_guard)
+        spec["fresh"] = True
+    return spec
+
+
 # -- the driver -------------------------------------------------------------------------------
 
 Progress = Callable[[RoundRecord, Run], None]
@@ -273,11 +314,18 @@ class Trainer:
         self.groups = diloco_fragments.partition(self.shapes, self.cfg.fragments)
         self.outer: Any = (
             diloco_math.OuterOptimizer(
-                model, lr=self.cfg.outer_lr, momentum=self.cfg.outer_momentum
+                model,
+                lr=self.cfg.outer_lr,
+                momentum=self.cfg.momentum,
+                nesterov=self.cfg.outer_nesterov,
             )
             if self.cfg.fragments == 1
             else diloco_fragments.FragmentedOuter(
-                model, self.groups, lr=self.cfg.outer_lr, momentum=self.cfg.outer_momentum
+                model,
+                self.groups,
+                lr=self.cfg.outer_lr,
+                momentum=self.cfg.momentum,
+                nesterov=self.cfg.outer_nesterov,
             )
         )
         if run.outer is not None:
@@ -348,8 +396,9 @@ class Trainer:
             futures = self._submit(r, self.run.workers_in_flight, self.run.submitting)
             audited, token = self.run.robust["audit_workers"], f"{self.run.submitting}-audit"
             audits = self._submit(r, audited, token, audit=True) if audited else []
-            job_id = futures[0].job_id
-            self.run.in_flight = job_id
+            placed = futures[0].job_id
+            assert placed is not None  # submit_many places every task before it returns
+            job_id = self.run.in_flight = placed
             self.run.robust["audit_job"] = audits[0].job_id if audits else None
             self.run.submitting = None
             self.run.save(self.dir)
@@ -415,28 +464,12 @@ class Trainer:
 
         cfg = self.cfg
         streaming = cfg.fragments > 1
-        fragment = diloco_fragments.synced(r, cfg.fragments)
         weights = self.client.put_blob(transformer.state_to_bytes(self.model.state_dict()))
-        calls, inputs, keep = [], [], []
+        calls: list[tuple[tuple[dict[str, Any]], dict[str, Any]]] = []
+        inputs, keep = [], []
         for k in workers:
-            spec = {
-                "model": cfg.model,
-                "steps": cfg.inner_steps // cfg.fragments,
-                "lr": cfg.inner_lr,
-                "weight_decay": cfg.weight_decay,
-                "batch": cfg.batch,
-                "seed": task_seed(cfg.seed, r, k),
-                "warmup_steps": cfg.warmup_steps,
-                "compression": cfg.compression,
-            }
-            if streaming:
-                stale = diloco_fragments.stale(self.run.last_round.get(f"w{k}"), r, cfg.fragments)
-                spec["fragment"] = fragment
-                spec["send"] = list(self.groups[fragment])
-                spec["merge"] = [n for i in stale for n in self.groups[i]]
-            if audit:  # recomputed on two devices from public inputs (diloco_guard)
-                spec["fresh"] = True
-            calls.append(((spec,), {}))
+            last_ran = self.run.last_round.get(f"w{k}")
+            calls.append(((task_spec(cfg, self.groups, r, k, last_ran, audit),), {}))
             inputs.append({"weights": weights, "shard": _blob(self.run.shards[k])})
             last = self.run.last_round.get(f"w{k}")
             prev = f"{self.run.run_id}/w{k}/r{last}" if last is not None else None
@@ -519,7 +552,7 @@ class Trainer:
             first = [(0, self.run.initial_val_loss)] if self.run.initial_val_loss else []
             val = first + [(h.round, h.val_loss) for h in rows]
             ax.plot([r for r, _ in val], [v for _, v in val], label="validation")
-            ax.xaxis.get_major_locator().set_params(integer=True)
+            ax.xaxis.get_major_locator().set_params(integer=True)  # type: ignore[call-arg]
             ax.set_xlabel("round")
             ax.set_ylabel("loss (nats per byte)")
             ax.set_title(f"DiLoCo, {self.cfg.workers} workers, H={self.cfg.inner_steps}")

@@ -178,11 +178,14 @@ class FragmentedOuter:
         groups: Sequence[Sequence[str]],
         lr: float = 0.7,
         momentum: float = 0.9,
+        nesterov: bool = True,
     ) -> None:
         named = dict(model.named_parameters())
         self.groups = [tuple(g) for g in groups]
         self.outers = [
-            OuterOptimizer(_Subset([named[n] for n in g]), lr=lr, momentum=momentum)
+            OuterOptimizer(
+                _Subset([named[n] for n in g]), lr=lr, momentum=momentum, nesterov=nesterov
+            )
             for g in self.groups
         ]
         self.steps = 0

@@ -44,7 +44,7 @@ from torch import Tensor
 
 from fogwheel.core import update_audit
 from fogwheel.core.update_audit import Contribution, Suspect
-from fogwheel.workloads import diloco_math, diloco_robust
+from fogwheel.workloads import diloco_math, diloco_robust, transformer
 
 if TYPE_CHECKING:
     from fogwheel.client import TaskOutput
@@ -86,6 +86,27 @@ def robust_mean(
     return unflatten(row, shapes)
 
 
+def outer_step(
+    outer: Any,
+    method: str,
+    deltas: Sequence[tuple[Mapping[str, Tensor], float]],
+    shapes: Mapping[str, torch.Size],
+) -> None:
+    """One outer step of `outer` (an `OuterOptimizer` or a `FragmentedOuter`) on the `method`
+    aggregate of the `(delta, weight)` pairs, which are all for one fragment (or the whole
+    model); none: no step."""
+    if not deltas:
+        return
+    names = {n: shapes[n] for n in deltas[0][0]}  # the round's fragment, or all
+    agg = robust_mean(
+        method,  # type: ignore[arg-type]
+        [d for d, _ in deltas],
+        [w for _, w in deltas],
+        names,
+    )
+    outer.step([agg], [1.0])
+
+
 def plan_audits(
     seed: int, r: int, present: list[int], suspects: Sequence[int], rate: float
 ) -> list[int]:
@@ -104,6 +125,48 @@ def plan_audits(
     return chosen
 
 
+def held_out_split(val: bytes, context: int) -> bytes:
+    """The held-out check's text: the validation split offset by half a context, so that its
+    windows lie between the evaluation's own (the whole split if it is too short)."""
+    held_out = val[context // 2 :]
+    return val if len(held_out) <= context + 1 else held_out
+
+
+def held_out_suspects(
+    global_state: Mapping[str, Tensor],
+    config: transformer.ModelConfig,
+    held_out: bytes,
+    windows: int,
+    updates: Sequence[tuple[int, Mapping[str, Tensor]]],
+) -> list[Suspect]:
+    """The suspects among `(worker, delta)` (Templar's Gauntlet): each update applied alone to
+    `global_state` (that is the worker's local model), scored on `windows` windows of
+    `held_out` against the global weights' own loss (`update_audit.judge_updates`)."""
+    if not updates:
+        return []
+    base, losses = held_out_losses(global_state, config, held_out, windows, updates)
+    verdicts = update_audit.judge_updates(base, losses)
+    return [v for v in verdicts if isinstance(v, Suspect)]
+
+
+def held_out_losses(
+    global_state: Mapping[str, Tensor],
+    config: transformer.ModelConfig,
+    held_out: bytes,
+    windows: int,
+    updates: Sequence[tuple[int, Mapping[str, Tensor]]],
+) -> tuple[float, list[tuple[int, float]]]:
+    """The global weights' loss on the held-out windows, and each `(worker, delta)` update's
+    applied alone: what `held_out_suspects` judges."""
+    state = {k: v.detach().clone() for k, v in global_state.items()}
+    base = diloco_math.evaluate(state, config, held_out, windows)
+    losses = []
+    for k, delta in updates:
+        local = {n: v - delta[n].to(v.dtype) if n in delta else v for n, v in state.items()}
+        losses.append((k, diloco_math.evaluate(local, config, held_out, windows)))
+    return base, losses
+
+
 class Guard:
     """The robust half of a `Trainer`: state in `run.robust` (a plain dict in run.json)."""
 
@@ -119,10 +182,8 @@ class Guard:
         state.setdefault("audit_workers", [])
         state.setdefault("undone", 0)
         self.state = state
-        context = trainer.model_config.context
-        held_out = trainer.val[context // 2 :]  # windows between the evaluation's own
         self.gauntlet = (
-            (trainer.val if len(held_out) <= context + 1 else held_out)
+            held_out_split(trainer.val, trainer.model_config.context)
             if self.cfg.gauntlet_windows
             else b""
         )
@@ -158,15 +219,13 @@ class Guard:
         """Suspects among `(worker, delta)` by each update's effect on the held-out loss."""
         if not self.gauntlet or not updates:
             return []
-        cfg, mc = self.cfg, self.t.model_config
-        state = {k: v.detach().clone() for k, v in self.t.model.state_dict().items()}
-        base = diloco_math.evaluate(state, mc, self.gauntlet, cfg.gauntlet_windows)
-        losses = []
-        for k, delta in updates:
-            local = {n: v - delta[n].to(v.dtype) if n in delta else v for n, v in state.items()}
-            losses.append((k, diloco_math.evaluate(local, mc, self.gauntlet, cfg.gauntlet_windows)))
-        verdicts = update_audit.judge_updates(base, losses)
-        return [v for v in verdicts if isinstance(v, Suspect)]
+        return held_out_suspects(
+            self.t.model.state_dict(),
+            self.t.model_config,
+            self.gauntlet,
+            self.cfg.gauntlet_windows,
+            updates,
+        )
 
     # -- 3. the step, and 4. undo -------------------------------------------------------------
 
@@ -228,9 +287,8 @@ class Guard:
         for k, _, weight, blob in kept:
             for node, verified in senders.get(k, [("?", False)]):
                 c = Contribution(r, k, node, verified)
-                used = k not in suspects
                 self.state["ledger"].append(
-                    {**asdict(c), "delta": blob, "weight": weight, "used": used}
+                    {**asdict(c), "delta": blob, "weight": weight, "used": k not in suspects}
                 )
         self.state["suspects"] = sorted(suspects)
         caught = self._newly_caught()
@@ -298,17 +356,7 @@ class Guard:
         }
 
     def _outer_step(self, deltas: Sequence[tuple[dict[str, Tensor], float]]) -> None:
-        if not deltas:
-            return
-        t = self.t
-        shapes = {n: t.shapes[n] for n in deltas[0][0]}  # the round's fragment, or all
-        agg = robust_mean(
-            self.cfg.aggregate,  # type: ignore[arg-type]
-            [d for d, _ in deltas],
-            [w for _, w in deltas],
-            shapes,
-        )
-        t.outer.step([agg], [1.0])
+        outer_step(self.t.outer, self.cfg.aggregate, deltas, self.t.shapes)
 
     def _replay(self, start: int, last: int) -> None:
         """Load the state before round `start` and take rounds start..last's steps again
