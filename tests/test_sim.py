@@ -115,7 +115,7 @@ def test_the_simulator_places_exactly_what_the_live_coordinator_leases(
         decided.append(live)
     # ... over a script that exercised quota, fair shares, retries after loss and probation
     assert len(decided[1]) == 2  # the new device holds its quota, not its want
-    assert any(world.lost), "no lease was lost: the retry rules went untested"
+    assert any(dev.lost for dev in world.devices), "no lease was lost: the retry rules went untested"
     assert sum(map(len, decided)) > 20
     rows = {t: world.state[t].state for t in range(1, len(world.state))}
     assert TaskState.DONE in rows.values()
@@ -263,7 +263,7 @@ def leases_under(world_type: type[World], placement: scheduler.Placement) -> lis
         if held[d] and rng.random() < 0.7:
             t = held[d].pop(0)
             world.report(d, t, RIGHT if rng.random() < 0.9 else "bad", now, float(rng.random()))
-        free = world.cores[d] - len(held[d])
+        free = world.devices[d].cores - len(held[d])
         got = world.sync(d, free, free, now)
         held[d] += got
         seen.append((d, got))

@@ -23,7 +23,7 @@ import numpy as np
 from fogwheel.core import scheduler, uptime
 from fogwheel.sim.model import CYCLES, Fleet, JobSpec, Scenario
 from fogwheel.sim.timeline import Timeline
-from fogwheel.sim.world import RIGHT, World
+from fogwheel.sim.world import RIGHT, Device, World
 
 UP, DOWN, FINISH, EXPIRE, ARRIVE, SWEEP = range(6)
 SWEEP_S = 60.0  # how often idle devices are asked again, in case no event woke them
@@ -51,6 +51,44 @@ class Outcome:
     events: int
     wall_s: float
     curve: tuple[tuple[float, int], ...] = ()  # (time, tasks settled) along the run
+
+
+class Host:
+    """What the simulated device itself is and does (the coordinator's view of it is its
+    `Device`, `dev`), in one object."""
+
+    __slots__ = (
+        "cores",
+        "cycle",
+        "d",
+        "dev",
+        "digest",
+        "gen",
+        "idle",
+        "mbit",
+        "running",
+        "speed",
+        "up",
+        "up_count",
+        "up_seen",
+        "up_since",
+    )
+
+    def __init__(self, dev: Device, cores: int, speed: float, mbit: float, digest: str) -> None:
+        self.dev = dev
+        self.d = 0  # its index
+        self.cores = cores
+        self.speed = speed  # work seconds per second on one core
+        self.mbit = mbit  # uplink, Mbit/s
+        self.digest = digest  # what it answers
+        self.running: dict[int, float] = {}  # task -> started
+        self.gen = 0  # bumped when the device goes down: its FINISH events are void
+        self.cycle = 0  # up/down intervals used
+        self.up = False
+        self.up_since = 0.0
+        self.up_seen = 0.0  # seconds up, in completed intervals
+        self.up_count = 0  # completed up intervals
+        self.idle = False  # waiting in `idle` for work to be queued
 
 
 def simulate(
@@ -92,69 +130,73 @@ def _simulate(
         draw=lambda: next(draws),
     )
     queue = world.pending
-    cores, speed, uplink = fleet.cores, fleet.speed, fleet.uplink_mbps
     up_s, down_s = fleet.up_s, fleet.down_s
-    digest = [f"bad-{d}" if fleet.faulty[d] else RIGHT for d in range(n)]
-    for d in range(n):
-        if fleet.colluding[d]:
-            digest[d] = "cartel"
+    hosts = [
+        Host(dev, cores, speed, mbit, "cartel" if colluding else f"bad-{d}" if bad else RIGHT)
+        for d, (dev, cores, speed, mbit, bad, colluding) in enumerate(
+            zip(
+                world.devices,
+                fleet.cores,
+                fleet.speed,
+                fleet.uplink_mbps,
+                fleet.faulty,
+                fleet.colluding,
+                strict=True,
+            )
+        )
+    ]
     first_task: list[int] = []  # the first task id of each job
     work: list[list[float]] = []  # of each job that arrived, each task's work
     input_mbit = [spec.input_mb * 8.0 for spec in jobs]
     job_of, group_of = world.job_of, world.group_of
-    running: list[dict[int, float]] = [{} for _ in range(n)]  # task -> started, on the device
-    gen = [0] * n  # bumped when the device goes down: its FINISH events are void
-    cycle = [0] * n
-    up_since = [0.0] * n
-    is_up = list(fleet.up_at_start)
-    up_seen = [0.0] * n
-    up_count = [0] * n
-    idle: deque[int] = deque()
-    is_idle = [False] * n
+    idle: deque[Host] = deque()
     events = Timeline()
     push = events.push
     busy = lost = avail = 0.0
     total = sum(len(j.work) for j in jobs)
+    world_sync, report = world.sync, world.report
 
-    def sync(d: int, now: float) -> None:
-        run = running[d]
-        free = cores[d] - len(run)
+    def sync(d: int, h: Host, now: float) -> None:
+        run = h.running
+        free = h.cores - len(run)
         if free <= 0:
             return
-        leased = world.sync(d, free, free, now)
+        leased = world_sync(d, free, free, now)
         if leased:
-            g, mbit, speed_d = gen[d], uplink[d], speed[d]
+            g, mbit, speed_d = h.gen, h.mbit, h.speed
             for t in leased:
                 j = job_of[t]
                 took = input_mbit[j] / mbit + work[j][group_of[t] - first_task[j]] / speed_d
                 run[t] = now
                 push(now + took, FINISH, d, t, g)
-        elif not is_idle[d]:
-            is_idle[d] = True
-            idle.append(d)
+        elif not h.idle:
+            h.idle = True
+            idle.append(h)
 
     def wake(now: float, k: int) -> None:
         """Let up to `k` idle devices ask again (new work was queued)."""
         while k > 0 and idle and queue.size:
-            d = idle.popleft()
-            is_idle[d] = False
-            if world.live[d]:
+            h = idle.popleft()
+            h.idle = False
+            if h.dev.live:
                 k -= 1
-                sync(d, now)
+                sync(h.d, h, now)
 
     cancelled: list[int] = []
 
     def on_cancel(d: int, t: int) -> None:
         nonlocal busy
-        began = running[d].pop(t, None)
+        began = hosts[d].running.pop(t, None)
         if began is not None:
             busy += now - began
             cancelled.append(d)
 
     world.on_cancel = on_cancel
-    for d in range(n):
-        world.set_live(d, fleet.up_at_start[d])
-        push(fleet.first_s[d], DOWN if fleet.up_at_start[d] else UP, d)
+    for d, h in enumerate(hosts):
+        h.d = d
+        h.up = fleet.up_at_start[d]
+        world.set_live(d, h.up)
+        push(fleet.first_s[d], DOWN if h.up else UP, d)
     for j, spec in enumerate(jobs):
         push(spec.arrives, ARRIVE, t=j)
     push(SWEEP_S, SWEEP)
@@ -162,40 +204,44 @@ def _simulate(
     handled = 0
     curve: list[tuple[float, int]] = [(0.0, 0)]
     c = world.counters
+    lease_s = sc.lease_s
     for now, _, kind, d, t, g in events if total > 0 else ():
         handled += 1
         if kind == FINISH:
-            began = running[d].pop(t, None) if g == gen[d] else None
+            h = hosts[d]
+            began = h.running.pop(t, None) if g == h.gen else None
             if began is None:
                 continue  # the device went down, or the copy was cancelled
             busy += now - began
             queued = queue.size
-            world.report(d, t, digest[d], now, now - began)
-            sync(d, now)
+            report(d, t, h.digest, now, now - began)
+            sync(d, h, now)
             added = queue.size - queued
             if added > 0:
                 wake(now, added + 2)
         elif kind == UP:
-            up_since[d] = now
-            is_up[d] = True
+            h = hosts[d]
+            h.up_since = now
+            h.up = True
             world.set_live(d, True)
-            push(now + float(up_s[d, cycle[d] % CYCLES]), DOWN, d)
-            sync(d, now)
+            push(now + float(up_s[d, h.cycle % CYCLES]), DOWN, d)
+            sync(d, h, now)
         elif kind == DOWN:
-            gen[d] += 1
-            for t2, began in running[d].items():
+            h = hosts[d]
+            h.gen += 1
+            for t2, began in h.running.items():
                 busy += now - began
                 lost += now - began
-                push(now + sc.lease_s, EXPIRE, d, t2)
-            running[d].clear()
-            is_up[d] = False
+                push(now + lease_s, EXPIRE, d, t2)
+            h.running.clear()
+            h.up = False
             world.set_live(d, False)
-            avail += (now - up_since[d]) * cores[d]
-            up_seen[d] += now - up_since[d]
-            up_count[d] += 1
-            world.expected_up_s[d] = uptime.expected_up_s(up_seen[d], up_count[d])
-            push(now + float(down_s[d, cycle[d] % CYCLES]), UP, d)
-            cycle[d] += 1
+            avail += (now - h.up_since) * h.cores
+            h.up_seen += now - h.up_since
+            h.up_count += 1
+            h.dev.up_s = uptime.expected_up_s(h.up_seen, h.up_count)
+            push(now + float(down_s[d, h.cycle % CYCLES]), UP, d)
+            h.cycle += 1
         elif kind == EXPIRE:
             queued = queue.size
             world.expire(t, now)
@@ -214,7 +260,8 @@ def _simulate(
             wake(now, len(idle))
             push(now + SWEEP_S, SWEEP)
         while cancelled:
-            sync(cancelled.pop(), now)
+            d = cancelled.pop()
+            sync(d, hosts[d], now)
         if handled % 16_384 == 0:
             curve.append((now, c.settled_ok + c.failed))
             if progress is not None:
@@ -223,10 +270,10 @@ def _simulate(
             break
     makespan = now
     curve.append((now, c.settled_ok + c.failed))
-    for d in range(n):
-        if is_up[d]:
-            avail += (makespan - up_since[d]) * cores[d]
-        for began in running[d].values():
+    for h in hosts:
+        if h.up:
+            avail += (makespan - h.up_since) * h.cores
+        for began in h.running.values():
             busy += makespan - began
     wall = time.perf_counter() - started
     met = sum(

@@ -41,6 +41,7 @@ MEDIAN_SAMPLE = 201  # = store/leasing.py: a job's finished attempts its typical
 BACKUP_SCAN = 64  # = store/leasing.py: running tasks looked at for stragglers
 DUE_MARGIN_S = 1e-3  # `_due_at` is a sum, the straggler test a difference: rounding apart
 NOTHING: frozenset[str] = frozenset()
+FRESH = trust.Record()
 NEW = Task()  # every task starts as this one value: a million pending tasks share it
 OPEN = (TaskState.PENDING, TaskState.LEASED)
 PENDING, LEASED, VERIFYING = TaskState.PENDING, TaskState.LEASED, TaskState.VERIFYING
@@ -65,9 +66,47 @@ class Job:
     finished_at: float | None = None
     took: list[float] = field(default_factory=list)  # wall times of finished attempts
     typical: float | None = None  # median of `took`, once known
+    wait: float = math.inf  # backup_after(typical): how long its tasks run before a backup
     running: dict[int, float] = field(default_factory=dict)  # original -> leased_at, in order
     backed: dict[int, float] = field(default_factory=dict)  # ... those with a copy open
     unchecked: bool = False  # replicas=1: every result is accepted as it comes
+
+
+class Device:
+    """What the coordinator keeps of one device (store: its `nodes` row, counters, quota and
+    trust record), in one object: an event reads one object where it read a dozen lists of
+    100,000 (a cache miss each)."""
+
+    __slots__ = (
+        "cores",
+        "done",
+        "free",
+        "held",
+        "live",
+        "lost",
+        "name",
+        "quarantined",
+        "quota",
+        "record",
+        "reported",
+        "slots",
+        "up_s",
+    )
+
+    def __init__(self, name: str, cores: int, quota: int) -> None:
+        self.name = name
+        self.cores = cores
+        self.quota = quota
+        self.slots = inflight.scheduling_slots(quota, cores)  # kept with quota
+        self.done = 0
+        self.lost = 0
+        self.held = 0  # tasks LEASED to it, as the coordinator counts them
+        self.free = cores  # slots_free of its last sync (store: nodes row)
+        self.record = FRESH
+        self.live = True  # up, not quarantined: what _fleet_views returns
+        self.quarantined = False  # its record says quarantined
+        self.up_s: float | None = None  # expected_up_s: its mean completed up interval
+        self.reported = Reported(name)  # its result event
 
 
 class Group:
@@ -121,26 +160,16 @@ class World:
         n = len(names)
         self.names = list(names)
         self.index = {name: d for d, name in enumerate(self.names)}
-        self.cores = list(cores)
         self.memory_mb = memory_mb
         self.placement = placement
         self.lease_s = lease_s
         self.draw = draw or (lambda: 0.0)  # the verifier's uniform draw (store: _rng.random())
-        self.quota = [quota] * n if isinstance(quota, int) else list(quota)
+        quotas = [quota] * n if isinstance(quota, int) else list(quota)
         self.window = window
-        self.done = [0] * n
-        self.lost = [0] * n
-        self.held = [0] * n  # tasks LEASED to it, as the coordinator counts them
-        self.reported_free = list(self.cores)  # slots_free of its last sync (store: nodes row)
-        self.record = [trust.Record()] * n
-        self._quarantined: set[int] = set()  # devices whose record says quarantined
-        self._reported = [Reported(name) for name in self.names]  # each device's result event
+        self.devices = [Device(*row) for row in zip(self.names, cores, quotas, strict=True)]
         self._quarantined_names: set[str] = set()
-        self.live = [True] * n  # up, not quarantined: what _fleet_views returns
-        self.expected_up_s: list[float | None] = [None] * n
-        self.slots = list(map(inflight.scheduling_slots, self.quota, self.cores))  # kept with quota
-        self.total_slots = sum(self.slots)
-        self.total_free = sum(self._free(d) for d in range(n))
+        self.total_slots = sum(dev.slots for dev in self.devices)
+        self.total_free = sum(_free(dev) for dev in self.devices)
         # tasks, indexed by id (0 unused: the store's ids start at 1)
         self.state: list[Task] = [NEW]
         self.job_of: list[int] = [-1]
@@ -250,56 +279,52 @@ class World:
 
     def sync(self, d: int, want: int, slots_free: int, now: float) -> list[int]:
         """A device's sync asking for `want` tasks: the ids leased to it (store: `sync`)."""
-        live = self.live[d]
-        if live:  # total_free += _free(d) after - _free(d) before
-            slots, cores = self.slots[d], self.cores[d]
-            busy_before, busy = cores - self.reported_free[d], cores - slots_free
-            self.total_free += max(0, slots - busy) - max(0, slots - busy_before)
-        self.reported_free[d] = slots_free
-        if not live or want <= 0 or d in self._quarantined:
+        dev = self.devices[d]
+        if dev.live:  # total_free += _free(d) after - _free(d) before
+            slots, cores = dev.slots, dev.cores
+            after, before = slots - cores + slots_free, slots - cores + dev.free
+            self.total_free += (after if after > 0 else 0) - (before if before > 0 else 0)
+            dev.free = slots_free
+        else:
+            dev.free = slots_free
+            return []
+        if want <= 0 or dev.quarantined:
             return []
         started = perf_counter()
-        leased = self._lease(d, want, now)
+        leased = self._lease(d, dev, want, now)
         self.counters.placement_s += perf_counter() - started
         return leased
 
-    def _lease(self, d: int, want: int, now: float) -> list[int]:
-        held = self.held[d]
-        want = min(want, inflight.room(self.quota[d], self.cores[d], held))
+    def _lease(self, d: int, dev: Device, want: int, now: float) -> list[int]:
+        held = dev.held
+        want = min(want, inflight.room(dev.quota, dev.cores, held))
         if want <= 0:
             return []
-        slots = self.slots[d]
+        slots = dev.slots
         view = scheduler.NodeView(
-            self.names[d],
-            slots,
-            self.memory_mb,
-            held,
-            self.done[d],
-            self.lost[d],
-            NOTHING,
-            self.expected_up_s[d],
+            dev.name, slots, self.memory_mb, held, dev.done, dev.lost, NOTHING, dev.up_s
         )
         out: list[int] = []
         if self.pending.size:
             grant = self._grant
-            for a in self.place(d, view, want):
+            for a in self.place(dev, view, want):
                 t = a.task_id
-                grant(d, t, now)
+                grant(dev, t, now)
                 out.append(t)
-            held = self.held[d]
+            held = dev.held
         free = min(want - len(out), slots - held)
         # Else no job is in its last wave, or none has a task due: no straggler to back up.
         if free > 0 and self._drained and now >= self._due_at - DUE_MARGIN_S:
             view = scheduler.NodeView(
                 view.id, slots, view.memory_mb, held, view.done, view.lost, NOTHING
             )
-            for a in self._backups(d, view, free, now):
+            for a in self._backups(view, free, now):
                 copy = self._copy(a.task_id, backup=True)
-                self._grant(d, copy, now)
+                self._grant(dev, copy, now)
                 out.append(copy)
         return out
 
-    def place(self, d: int, view: scheduler.NodeView, want: int) -> list[scheduler.Assignment]:
+    def place(self, dev: Device, view: scheduler.NodeView, want: int) -> list[scheduler.Assignment]:
         """The placement step: the scheduler's views of this state, and its decision."""
         rel = scheduler.reliability(view)
         pending = self.pending.size
@@ -307,18 +332,15 @@ class World:
         # the asking one as the store reads it now. Better nodes' free slots only matter to
         # probation (rel < 0.5) when they could take the whole queue, so they are summed only
         # then; below that, any figure under `pending` decides the same.
-        live = self.live
-        total = self.total_slots - (self.slots[d] if live[d] else 0) + view.slots
+        total = self.total_slots - (dev.slots if dev.live else 0) + view.slots
         better = 0
         if rel < scheduler.PROBATION_RELIABILITY and self.total_free >= pending:
             # Summed only as far as `pending`, which is all the decision needs (the reason
             # then says "at least" that many): a full sum would cost a scan of the fleet.
-            done, lost = self.done, self.lost
-            slots, cores, reported = self.slots, self.cores, self.reported_free
-            cut = len(self.names) > EXACT_FLEET
-            for e in range(len(self.names)):  # _reliability(e) and _free(e), inline
-                if live[e] and e != d and (done[e] + 1) / (done[e] + lost[e] + 2) > rel:
-                    free = slots[e] - (cores[e] - reported[e])
+            cut = len(self.devices) > EXACT_FLEET
+            for e in self.devices:  # _reliability(e) and _free(e), inline
+                if e.live and e is not dev and (e.done + 1) / (e.done + e.lost + 2) > rel:
+                    free = e.slots - (e.cores - e.free)
                     if free > 0:
                         better += free
                         if cut and better >= pending:
@@ -334,7 +356,7 @@ class World:
             most = max(len(c.failed_on) for c in cands)
             if most and self.n_live <= most:
                 # `live <= failed_on` can only hold when no more nodes are live than lost it.
-                everyone = frozenset(self.names[e] for e in range(len(self.names)) if live[e])
+                everyone = frozenset(e.name for e in self.devices if e.live)
         cluster = scheduler.ClusterView(pending, total, better, everyone)
         self.counters.decisions += 1
         return scheduler.plan_lease(view, want, cands, cluster, self.placement)
@@ -425,8 +447,8 @@ class World:
         for m in open_.members if open_ is not None else ():
             self._cands.pop(m, None)
 
-    def _grant(self, d: int, t: int, now: float) -> None:
-        name = self.names[d]
+    def _grant(self, dev: Device, t: int, now: float) -> None:
+        name = dev.name
         task = self.state[t]
         if task.state is PENDING and not self.backup[t]:
             self._dequeue(t)
@@ -439,7 +461,7 @@ class World:
         cands.pop(PRIORITY_SHIFT + g, None)
         for m in group.members:
             cands.pop(m, None)
-        self.held[d] += 1
+        dev.held += 1
         if g == t:
             j = self.job_of[t]
             running = self.jobs[j].running
@@ -449,7 +471,7 @@ class World:
         self.counters.leases += 1
 
     def _backups(
-        self, d: int, view: scheduler.NodeView, free: int, now: float
+        self, view: scheduler.NodeView, free: int, now: float
     ) -> list[scheduler.Assignment]:
         """Backup copies of stragglers (store: `_lease_backups`): jobs with nothing pending."""
         if now < self._due_at - DUE_MARGIN_S:
@@ -463,15 +485,18 @@ class World:
         straggling = False
         for j in self._drained:
             job = jobs[j]
-            if not job.running or not job.backups:
+            running = job.running
+            if not running or not job.backups:
                 continue
-            items = iter(job.running.items())
+            items = iter(running.items())
             t, at = next(items)
             heads.append((at, t, j, items))
             if job.typical is not None:
-                after[j] = wait = scheduler.backup_after(job.typical)
-                due = min(due, at + wait)  # _due_at(job)
-                straggling = straggling or now - at > wait  # _may_straggle(job, now)
+                after[j] = wait = job.wait
+                if at + wait < due:  # _due_at(job)
+                    due = at + wait
+                if not straggling and now - at > wait:  # _may_straggle(job, now)
+                    straggling = True
         self._due_at = due
         if not straggling:
             return []  # plan_backups would find no straggler: spare building them
@@ -479,7 +504,7 @@ class World:
         # BACKUP_MIN_S ago, with no copy open (those wait in `backed`), oldest first, 64. Each
         # job's `running` is in that order already; merged here by (leased_at, id).
         heapq.heapify(heads)
-        name = self.names[d]
+        name = view.id
         me = frozenset({name})
         state, groups = self.state, self.groups
         cutoff = now - scheduler.BACKUP_MIN_S
@@ -500,8 +525,8 @@ class World:
             scanned += 1
             # Only those plan_backups would not pass over as too young are built: the rest
             # count toward the 64 read, as the store's rows do, and decide nothing.
-            wait = after.get(j)
-            if wait is None or now - at <= wait:
+            limit = after.get(j)
+            if limit is None or now - at <= limit:
                 continue
             stragglers.append(
                 scheduler.Straggler(
@@ -523,13 +548,14 @@ class World:
 
     def report(self, d: int, t: int, digest: str, now: float, took: float) -> None:
         """Device `d` reports `digest` for `t` after `took` seconds (the right one is RIGHT)."""
-        name = self.names[d]
+        dev = self.devices[d]
+        name = dev.name
         task = self.state[t]
         if task.state is not LEASED or task.node != name:
             return  # superseded: the lease was lost or the copy cancelled
-        self.state[t] = apply(task, self._reported[d])
-        self.held[d] -= 1
-        self.done[d] += 1
+        self.state[t] = apply(task, dev.reported)
+        dev.held -= 1
+        dev.done += 1
         self.counters.results += 1
         g = self.group_of[t]
         j = self.job_of[t]
@@ -546,7 +572,8 @@ class World:
             if n & (n - 1) == 0 or n == MEDIAN_SAMPLE:
                 # The store's median moves with every result; here it is taken at 1, 2, 4,
                 # ... 128 and 201 results, then kept (candidates are rebuilt when it moves).
-                job.typical = statistics.median(took_)
+                job.typical = typical = statistics.median(took_)
+                job.wait = scheduler.backup_after(typical)
                 self._cands.clear()
                 self._may_be_due(j)
         group = self._group(g)
@@ -559,12 +586,12 @@ class World:
                 cands.pop(m, None)
         elif g == t and group.quorum <= 1:
             # The fast path: a first result that its node's record lets go unchecked.
-            quorum = group.quorum or trust.quorum_for(self.record[d], self.draw())
+            quorum = group.quorum or trust.quorum_for(dev.record, self.draw())
             if quorum <= 1:
                 group.quorum = 1
                 self._settle(g, True, now)
                 self.counters.wrong_accepted += digest != RIGHT
-                self._vote(d, agreed=True)
+                self._vote(dev, agreed=True)
                 return
             group.quorum = quorum
         self._verify(g, now)
@@ -574,13 +601,13 @@ class World:
         task = self.state[t]
         if task.state is not TaskState.LEASED or task.lease_expires is None:
             return
-        d = self.index[task.node or ""]
+        dev = self.devices[self.index[task.node or ""]]
         new = apply(task, Expired(max(now, task.lease_expires)))
         g = self.group_of[t]
         self.counters.expired += 1
-        self._set_held(d, self.held[d] - 1)
-        self.lost[d] += 1
-        self._set_quota(d, inflight.shrunk(self.quota[d]))
+        dev.held -= 1
+        dev.lost += 1
+        self._set_quota(dev, inflight.shrunk(dev.quota))
         group = self._group(g)
         if group.lost_on is None:
             group.lost_on = {}
@@ -622,17 +649,17 @@ class World:
         involved = frozenset(group.involved)
         quorum = group.quorum
         if quorum == 0 and votes:
-            quorum = trust.quorum_for(self.record[self.index[votes[0][0]]], self.draw())
+            quorum = trust.quorum_for(self.devices[self.index[votes[0][0]]].record, self.draw())
             group.quorum = quorum
         verdict = trust.verdict(votes, max(quorum, 1), outstanding, involved)
         if type(verdict) is trust.Accept:
             self._settle(g, True, now)
             self.counters.wrong_accepted += verdict.digest != RIGHT
-            index = self.index
+            index, devices = self.index, self.devices
             for n in verdict.agreeing:
-                self._vote(index[n], agreed=True)
+                self._vote(devices[index[n]], agreed=True)
             for n in verdict.disputing:
-                self._vote(index[n], agreed=False)
+                self._vote(devices[index[n]], agreed=False)
         elif type(verdict) is trust.NeedMore:
             for _ in range(verdict.replicas):
                 self._copy(g, backup=False)
@@ -667,7 +694,7 @@ class World:
         task = self.state[m]
         if task.state is TaskState.LEASED:
             d = self.index[task.node or ""]
-            self._set_held(d, self.held[d] - 1)
+            self.devices[d].held -= 1
             self.counters.cancelled_running += 1
             if self.on_cancel is not None:
                 self.on_cancel(d, m)
@@ -714,68 +741,62 @@ class World:
         copy of it is leased any more), and a million groups' sets weigh a gigabyte."""
         self.groups[g] = None
 
-    def _vote(self, d: int, *, agreed: bool) -> None:
-        self.record[d] = trust.record_after(self.record[d], agreed)
+    def _vote(self, dev: Device, *, agreed: bool) -> None:
+        dev.record = trust.record_after(dev.record, agreed)
         if agreed:
-            quota = self.quota[d]
+            quota = dev.quota
             grown = inflight.grown(quota)
             if grown != quota:
-                self._set_quota(d, grown)
+                self._set_quota(dev, grown)
         else:
-            self._quarantined.add(d)
-            self._quarantined_names.add(self.names[d])
-            if self.live[d]:
+            dev.quarantined = True
+            self._quarantined_names.add(dev.name)
+            if dev.live:
                 self.counters.quarantined += 1
-                self.set_live(d, False)
+                self._set_live(dev, False)
 
     # -- the fleet ---------------------------------------------------------------------------
 
     def set_live(self, d: int, live: bool) -> None:
         """The device came up (and is not quarantined) or went away."""
-        live = live and d not in self._quarantined
-        if live == self.live[d]:
+        self._set_live(self.devices[d], live)
+
+    def _set_live(self, dev: Device, live: bool) -> None:
+        live = live and not dev.quarantined
+        if live == dev.live:
             return
         sign = 1 if live else -1
         self.n_live += sign
-        self.total_slots += sign * self._slots(d)
-        self.total_free += sign * self._free(d, force=True)
-        self.live[d] = live
+        self.total_slots += sign * dev.slots
+        dev.live = live
+        self.total_free += sign * _free(dev)
 
-    def _slots(self, d: int) -> int:
-        return self.slots[d]
-
-    def _free(self, d: int, force: bool = False) -> int:
-        """Free slots as `_fleet_views` counts them: quota-backed slots less what it runs."""
-        if not force and not self.live[d]:
-            return 0
-        return max(0, self.slots[d] - (self.cores[d] - self.reported_free[d]))
-
-    def _reliability(self, d: int) -> float:
-        return (self.done[d] + 1) / (self.done[d] + self.lost[d] + 2)
-
-    def _set_held(self, d: int, held: int) -> None:
-        self.held[d] = held
-
-    def _set_quota(self, d: int, quota: int) -> None:
-        if quota == self.quota[d]:
+    def _set_quota(self, dev: Device, quota: int) -> None:
+        if quota == dev.quota:
             return
-        slots, cores = self.slots, self.cores[d]
-        if self.live[d]:
-            busy = cores - self.reported_free[d]
-            before, after = slots[d], inflight.scheduling_slots(quota, cores)
+        if dev.live:
+            cores = dev.cores
+            busy = cores - dev.free
+            before = dev.slots
+            dev.slots = after = inflight.scheduling_slots(quota, cores)
             self.total_slots += after - before
             self.total_free += max(0, after - busy) - max(0, before - busy)
-            slots[d] = after
         else:
-            slots[d] = inflight.scheduling_slots(quota, cores)
-        self.quota[d] = quota
+            dev.slots = inflight.scheduling_slots(quota, dev.cores)
+        dev.quota = quota
+
+
+def _free(dev: Device) -> int:
+    """Free slots as `_fleet_views` counts them: quota-backed slots less what it runs (of a
+    live device; the caller says whether it counts)."""
+    return max(0, dev.slots - (dev.cores - dev.free))
 
 
 def _due_at(job: Job) -> float:
     """When the job's oldest running task becomes due for a backup (see `_backups`)."""
     if job.typical is None:
         return math.inf
-    return next(iter(job.running.values())) + scheduler.backup_after(job.typical)
+    return next(iter(job.running.values())) + job.wait
 
 
 def _members(group: Group | None) -> list[int] | tuple[()]:
