@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from fogwheel.core.frozen import fast_init
+
 MAX_HELD_PER_SLOT = 64  # a node may queue this many tiny tasks per slot to hide round trips
 PROBATION_RELIABILITY = 0.5  # below this, a node gets one task at a time while others are free
 BACKUP_MIN_S = 2.0  # a task is never backed up before it has run this long
@@ -64,6 +66,7 @@ class Placement:
 FAIR = Placement()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class NodeView:
     id: str
@@ -76,6 +79,7 @@ class NodeView:
     expected_up_s: float | None = None  # how much longer it is likely to stay up; None: unknown
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ClusterView:
     """The fleet as the scheduler sees it at one moment."""
@@ -87,6 +91,7 @@ class ClusterView:
     free: frozenset[str] = frozenset()  # ids of the live nodes with a free slot
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Candidate:
     task_id: int
@@ -108,6 +113,7 @@ class Candidate:
     env_bytes_here: int = 0  # its Python environment is built here: that many of local_bytes
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Straggler:
     """A running task of a job in its last wave (nothing of the job is pending any more)."""
@@ -121,6 +127,7 @@ class Straggler:
     exclude: frozenset[str] = frozenset()  # nodes that already hold or ran a copy of it
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Assignment:
     task_id: int

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from fogwheel.core.frozen import fast_init
 from fogwheel.errors import IllegalTransition
 
 
@@ -31,6 +32,7 @@ class TaskState(StrEnum):
 TERMINAL = frozenset({TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED})
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Task:
     """What the lifecycle needs to know of a task; the store keeps the rest.
@@ -50,6 +52,7 @@ class Task:
 # -- events -------------------------------------------------------------------------------
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Leased:
     node: str
@@ -95,6 +98,7 @@ class Errored:
     retryable: bool
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Expired:
     now: float

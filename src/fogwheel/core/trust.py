@@ -17,12 +17,15 @@ import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from fogwheel.core.frozen import fast_init
+
 PROBATION = 10  # agreed results in a row before a node's results may go unchecked
 MIN_CHECK_RATE = 0.05  # a proven node is still spot-checked this often, forever
 QUORUM = 2  # matching results from distinct nodes that make a checked result agreed
 MAX_REPLICAS = 5  # results gathered for one task before it fails for lack of agreement
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Record:
     """A node's track record as a verifier sees it."""
@@ -59,6 +62,7 @@ def record_after(rec: Record, agreed: bool) -> Record:
     return Record(rec.agreed, rec.disputed + 1, 0, True)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Accept:
     """`digest` is agreed; `agreeing` nodes earn credit, `disputing` ones are quarantined."""
@@ -69,6 +73,7 @@ class Accept:
     reason: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class NeedMore:
     """Not decided yet: `replicas` more results from nodes not in `exclude` are needed."""

@@ -726,7 +726,8 @@ class World:
             self._due_at = min(self._due_at, _due_at(job))
 
     def _finish(self, g: int, now: float, *, ok: bool) -> None:
-        job = self.jobs[self.job_of[g]]
+        j = self.job_of[g]
+        job = self.jobs[j]
         job.settled += 1
         if ok:
             self.counters.settled_ok += 1
@@ -734,7 +735,9 @@ class World:
             self.counters.failed += 1
         if job.settled == job.tasks:
             job.finished_at = now
-        self._forget(g)
+            # Nothing of it runs or is queued again: the backup scan need not step over it.
+            self._drained.discard(j)
+        self.groups[g] = None  # _forget(g), inline
 
     def _forget(self, g: int) -> None:
         """Drop what only an open group needs: nothing reads it once the group is settled (no
