@@ -491,6 +491,13 @@ def machine_busy() -> float:
     return t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0)
 
 
+# A sync's stages inside the coordinator (coordinator/metrics.py), each reported as the
+# bucket bound under which 99 % of the window's observations fell.
+STAGES = {
+    "fogwheel_sync_queue_seconds": "server_queue_p99_ms_at_most",
+    "fogwheel_store_lock_wait_seconds": "server_lock_wait_p99_ms_at_most",
+    "fogwheel_store_transaction_seconds": "server_tx_p99_ms_at_most",
+}
 SCRAPE_LEAD_S = 5.0  # the window's first counters are read this long before it opens
 
 
@@ -508,8 +515,11 @@ async def pace_factors(
         "gc_pause_ms_by_generation": [0.0, 0.0, 0.0],
     }
     # The coordinators' own view of a sync (arrival to last byte out, every status), as
-    # cumulative counts per bucket bound: where the latency is spent, server or client side.
+    # cumulative counts per bucket bound: where the latency is spent, server or client side;
+    # and its stages (coordinator/metrics.py): the wait for a worker thread, the wait for the
+    # write lock, the write transaction itself.
     sync_buckets: dict[float, float] = defaultdict(float)
+    stage_buckets: dict[str, dict[float, float]] = {s: defaultdict(float) for s in STAGES}
     for pool in pools:
         try:
             status, text = await pool.request("GET", "/metrics", admin, text=True)
@@ -537,12 +547,17 @@ async def pace_factors(
             ):
                 bound = name.partition('le="')[2].partition('"')[0]
                 sync_buckets[math.inf if bound == "+Inf" else float(bound)] += float(rest)
+            elif name.endswith("}") and name.partition("_bucket{")[0] in STAGES:
+                bound = name.partition('le="')[2].partition('"')[0]
+                stage = stage_buckets[name.partition("_bucket{")[0]]
+                stage[math.inf if bound == "+Inf" else float(bound)] += float(rest)
             elif name.startswith("fogwheel_gc_pause_seconds_bucket") and 'le="0.025"' in name:
                 gc["gc_passes_over_25ms"] -= int(float(rest))
             elif name.startswith("fogwheel_gc_pause_seconds_bucket") and 'le="+Inf"' in name:
                 gc["gc_passes_over_25ms"] += int(float(rest))
         found.append(value)
     gc["gc_pause_ms"] = round(gc["gc_pause_ms"], 1)
+    gc["stages"] = {s: dict(b) for s, b in stage_buckets.items()}
     return found, gc, dict(sync_buckets)
 
 
@@ -563,10 +578,18 @@ def window_figures(
             gc0["gc_pause_ms_by_generation"], gc1["gc_pause_ms_by_generation"], strict=True
         )
     ]
-    counts = {b: n - before[2].get(b, 0.0) for b, n in after[2].items()}
-    total = counts.get(math.inf, 0.0)
     # the bucket bound below which 99 % of the window's syncs finished, by the coordinators
-    out["server_sync_p99_ms_at_most"] = next(
+    out["server_sync_p99_ms_at_most"] = _p99_bound(before[2], after[2])
+    for stage, key in STAGES.items():
+        out[key] = _p99_bound(before[1]["stages"][stage], after[1]["stages"][stage])
+    return out
+
+
+def _p99_bound(before: dict[float, float], after: dict[float, float]) -> float | None:
+    """The bucket bound, ms, under which 99 % of a histogram's window observations fell."""
+    counts = {b: n - before.get(b, 0.0) for b, n in after.items()}
+    total = counts.get(math.inf, 0.0)
+    return next(
         (
             round(1000 * b, 1) if b != math.inf else None
             for b in sorted(counts)
@@ -574,7 +597,6 @@ def window_figures(
         ),
         None,
     )
-    return out
 
 
 # -- one setup ----------------------------------------------------------------------------

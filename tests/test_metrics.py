@@ -140,6 +140,12 @@ def test_the_counters_and_gauges_move_with_real_work(worked: tuple[Samples, Samp
     for family in ("fogwheel_cdn_served_bytes_total", "fogwheel_cdn_repair_bytes_total"):
         assert (family, frozenset()) in after  # present (at 0: this fog served no content)
     assert value(after, "process_cpu_seconds_total") > 0
+    # where a sync's time goes inside the process: its queue, the write lock, the transaction
+    assert moved("fogwheel_sync_queue_seconds_count") > 40
+    assert moved("fogwheel_store_lock_wait_seconds_count") > 40
+    assert moved("fogwheel_store_transaction_seconds_count") > 40
+    waited = moved("fogwheel_store_transaction_seconds_sum")
+    assert 0 < waited < 1_000  # seconds: real durations, not nanoseconds or clock readings
 
 
 def test_latency_is_a_histogram_per_route_template_and_status_class(

@@ -638,6 +638,7 @@ def build_routes(
     ) -> SyncOut:
         queued = time.monotonic() - arrived  # how long it waited for a worker thread
         pace.queued(queued)  # what the Pacer keeps within its target
+        metrics.sync_queued.observe(queued)
         return _sync_or_shed(request, who.id, req, leaving, queued)
 
     def _sync_or_shed(

@@ -118,9 +118,9 @@ class FetchIn(Model):
         max_length=100_000,
         description="one a share received from a node and verified: what pays the nodes",
     )
-    paths: dict[
-        Annotated[str, StringConstraints(pattern=r"^(direct|punch|relay)$")], PathIn
-    ] = Field(default_factory=dict, description="shares and bytes by path (core/reach.py)")
+    paths: dict[Annotated[str, StringConstraints(pattern=r"^(direct|punch|relay)$")], PathIn] = (
+        Field(default_factory=dict, description="shares and bytes by path (core/reach.py)")
+    )
 
 
 def screen_serve_url(request: Request, node_id: str, req: SyncIn) -> SyncIn:

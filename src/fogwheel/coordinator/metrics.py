@@ -28,6 +28,8 @@ from fogwheel.store.figures import FleetFigures, LedgerSums, fleet_figures
 FIGURES_MAX_AGE_S = 5.0  # fleet-wide figures are read from the database at most this often
 # Request latency buckets, seconds: a sync takes milliseconds, a long poll up to 60 s.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# A stage of a sync (a queue, a lock, a transaction): from well under a millisecond up.
+STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 PER_PROCESS = "(this process)"
 FLEET_WIDE = "(fleet-wide, from the database)"
 
@@ -81,6 +83,30 @@ class Metrics:
             "How long a lease lasts now: the configured period, or longer while waits stretch",
             registry=r,
         )
+        # Where a sync's time goes inside the process (docs/metrics.md, "Where a sync waits"):
+        # its wait for a worker thread, then each write transaction's wait for this process's
+        # write lock (SQLite: one writer at a time) and its time from the lock to the commit.
+        self.sync_queued = Histogram(
+            "fogwheel_sync_queue_seconds",
+            f"How long a node's sync waited for a worker thread before it was served {PER_PROCESS}",
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.lock_wait = Histogram(
+            "fogwheel_store_lock_wait_seconds",
+            "How long a write transaction waited for this process's write lock (SQLite; 0 on "
+            f"PostgreSQL, where row locks wait inside the transaction) {PER_PROCESS}",
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.tx_held = Histogram(
+            "fogwheel_store_transaction_seconds",
+            "A write transaction from its turn to its commit: statements, row-lock waits and "
+            f"the commit {PER_PROCESS}",
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        store.tx_timed = self._tx_timed
         ProcessCollector(registry=r)  # process_cpu_seconds_total, resident memory, open fds
         self.gc = GcPauses(r)  # timed once `fogwheel coordinator` installs it (server.py)
         max_age = os.environ.get("FOGWHEEL_METRICS_MAX_AGE_S")
@@ -89,6 +115,10 @@ class Metrics:
         self.fleet = FleetCollector(store, figures_max_age_s)
         r.register(self.fleet)
         r.register(TallyCollector(store.tally))
+
+    def _tx_timed(self, waited_s: float, held_s: float) -> None:
+        self.lock_wait.observe(waited_s)
+        self.tx_held.observe(held_s)
 
     def refresh(self) -> None:
         """Set the process gauges that are read, not counted (the lease period)."""

@@ -20,6 +20,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    Integer,
     bindparam,
     create_engine,
     event,
@@ -156,6 +157,9 @@ class StoreBase:
         self._jobs_cache: dict[int, dict[str, Any]] = {}
         self._fleet: tuple[float, list[scheduler.NodeView]] = (-1e18, [])
         self.tally = events.Tally()  # events committed by this process (/metrics)
+        # Told (seconds waiting for this process's write lock, seconds from the lock to the
+        # commit) after every write transaction; /metrics keeps them as histograms.
+        self.tx_timed: Callable[[float, float], None] | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -176,14 +180,21 @@ class StoreBase:
         commit, in ascending job id (`_number_finished`): every transaction takes its task
         rows first and its job rows after, so the two kinds never wait on each other in a
         circle (docs/architecture.md, Concurrency)."""
-        with self._write_lock, self.engine.begin() as conn:
-            conn.info[_FINISHED] = {}
-            try:
-                yield conn
-                _number_finished(conn)
-            finally:
-                conn.info.pop(_FINISHED, None)
-                noted = conn.info.pop(events.NOTES, None)
+        asked = time.perf_counter()
+        with self._write_lock:
+            got = time.perf_counter()
+            with self.engine.begin() as conn:
+                conn.info[_FINISHED] = {}
+                try:
+                    yield conn
+                    _number_finished(conn)
+                finally:
+                    conn.info.pop(_FINISHED, None)
+                    noted = conn.info.pop(events.NOTES, None)
+            done = time.perf_counter()
+        timed = self.tx_timed
+        if timed is not None:  # where a write's latency goes: waiting its turn, or in it
+            timed(got - asked, done - got)
         self.tally.add(noted)  # reached only once the transaction committed (store/events.py)
 
     @contextlib.contextmanager
@@ -272,6 +283,31 @@ def _number_finished(c: Connection) -> None:
     pending.clear()
 
 
+# The statements a busy sync runs, built once: building and caching a statement costs SQLAlchemy
+# about four times what executing a built one does (~200 against ~50 microseconds on SQLite),
+# and a sync that reports and leases runs about twenty (docs/scale.md, "What a sync costs").
+# An IN list is an expanding parameter, so one built statement serves every length.
+_COUNT_FINISHED = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("b_job"))
+    .values(
+        finished=jobs.c.finished + bindparam("b_n", type_=Integer),
+        failed=jobs.c.failed + bindparam("b_failed", type_=Integer),
+    )
+    .returning(jobs.c.finished)
+)
+_FINISH_SEQ = (
+    update(tasks).where(tasks.c.id == bindparam("b_id")).values(finish_seq=bindparam("seq"))
+)
+_LOCK_TASKS = {
+    skip: select(tasks.c.id)
+    .where(tasks.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(tasks.c.id)
+    .with_for_update(skip_locked=skip)
+    for skip in (False, True)
+}
+
+
 def _count_finished(c: Connection, job_id: int, finished: Sequence[tuple[int, bool]]) -> None:
     """Add tasks to their job's counters and give each its `finish_seq`, under the job row's
     lock: the numbers of one job are handed out in commit order, so a customer polling
@@ -281,16 +317,10 @@ def _count_finished(c: Connection, job_id: int, finished: Sequence[tuple[int, bo
     items = sorted(finished)
     failed = sum(f for _, f in items)
     last = c.execute(
-        update(jobs)
-        .where(jobs.c.id == job_id)
-        .values(finished=jobs.c.finished + len(items), failed=jobs.c.failed + failed)
-        .returning(jobs.c.finished)
+        _COUNT_FINISHED, {"b_job": job_id, "b_n": len(items), "b_failed": failed}
     ).scalar_one()
     first = last - len(items) + 1
-    c.execute(
-        update(tasks).where(tasks.c.id == bindparam("b_id")).values(finish_seq=bindparam("seq")),
-        [{"b_id": tid, "seq": first + k} for k, (tid, _) in enumerate(items)],
-    )
+    c.execute(_FINISH_SEQ, [{"b_id": tid, "seq": first + k} for k, (tid, _) in enumerate(items)])
 
 
 def lock_tasks(c: Connection, ids: Sequence[int], *, skip_locked: bool = False) -> list[int]:
@@ -301,13 +331,7 @@ def lock_tasks(c: Connection, ids: Sequence[int], *, skip_locked: bool = False) 
         return []
     if c.dialect.name == "sqlite":
         return sorted(set(ids))
-    q = (
-        select(tasks.c.id)
-        .where(tasks.c.id.in_(sorted(set(ids))))
-        .order_by(tasks.c.id)
-        .with_for_update(skip_locked=skip_locked)
-    )
-    return list(c.execute(q).scalars())
+    return list(c.execute(_LOCK_TASKS[skip_locked], {"ids": sorted(set(ids))}).scalars())
 
 
 # -- row helpers ------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ a node with slots left over near the end of a job gets backup copies of its stra
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import statistics
@@ -14,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Text, bindparam, delete, func, select, update
+from sqlalchemy import Connection, Integer, Text, bindparam, delete, func, select, update
 
 from fogwheel.core import intake, owners, scheduler, trust, uptime
 from fogwheel.core import quota as inflight
@@ -102,6 +103,109 @@ _LEASE_ROWS = (  # `_grant`'s compare-and-set, one parameter set per task
     )
 )
 
+# The rest of a busy sync's statements, built once (store/base.py, `_COUNT_FINISHED`).
+
+
+def _ids() -> Any:
+    """An IN list's parameter, `ids`: one built statement serves every length."""
+    return bindparam("ids", expanding=True)
+
+
+_SEEN = {  # a sync's node row: seen now, its free slots, its up intervals, and its network
+    (leaving, networked): update(nodes)
+    .where(nodes.c.id == bindparam("b_node"))
+    .values(
+        last_seen=bindparam("last_seen"),
+        slots_free=bindparam("slots_free"),
+        state="gone" if leaving else "up",
+        **UP_INTERVAL[leaving],
+        **({"network": bindparam("network")} if networked else {}),
+    )
+    for leaving in (False, True)
+    for networked in (False, True)
+}
+_INTAKE_ROWS = select(
+    *_TASK_COLS, tasks.c.replica_of, tasks.c.quorum, tasks.c.replicas, tasks.c.backup
+).where(tasks.c.id.in_(_ids()))
+_INTAKE_LEASED = select(attempts.c.task_id, attempts.c.n, attempts.c.leased_at).where(
+    attempts.c.node_id == bindparam("b_node"), attempts.c.task_id.in_(_ids())
+)
+_INTAKE_NODE = select(
+    nodes.c.cores, nodes.c.agreed, nodes.c.disputed, nodes.c.streak, nodes.c.quarantined
+).where(nodes.c.id == bindparam("b_node"))
+_NOW_ROWS = select(tasks.c.id, tasks.c.state, tasks.c.attempts).where(tasks.c.id.in_(_ids()))
+_FINISH_ROWS = (
+    update(tasks)
+    .where(tasks.c.id == bindparam("b_id"))
+    .values(
+        state=bindparam("state"),
+        attempts=bindparam("attempts"),
+        node_id=bindparam("node_id"),
+        lease_expires=bindparam("lease_expires"),
+        result=bindparam("result"),
+        error=bindparam("error"),
+        finished_at=bindparam("finished_at"),
+        cpu_s=bindparam("cpu_s"),
+    )
+)
+_KEEP_RESULT = (
+    update(attempts)
+    .where(
+        attempts.c.task_id == bindparam("b_task"),
+        attempts.c.node_id == bindparam("b_node"),
+        attempts.c.n == bindparam("b_n"),  # the attempt this result answers
+        attempts.c.outcome.is_(None)
+        | (attempts.c.outcome == "lost")
+        | (attempts.c.outcome == bindparam("b_reopen")),
+    )
+    .values(
+        outcome=bindparam("b_outcome"),
+        digest=bindparam("digest"),
+        report=bindparam("report"),
+        cpu_s=bindparam("cpu_s"),
+        ended_at=bindparam("ended_at"),
+    )
+)
+_SPECS = select(tasks.c.id, tasks.c.spec).where(tasks.c.id.in_(_ids()))
+_ATTEMPT_ROWS = attempts.insert()
+
+
+@functools.lru_cache(maxsize=64)
+def _counted(lost: int) -> Any:
+    """A node's done and lost counts after a batch of reports (`lost` of them lost), and its
+    quota halved once a loss; built once per number lost."""
+    return (
+        update(nodes)
+        .where(nodes.c.id == bindparam("b_node"))
+        .values(
+            done=nodes.c.done + bindparam("b_done", type_=Integer),
+            lost=nodes.c.lost + lost,
+            **({"quota": quota_shrunk(lost)} if lost else {}),
+        )
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _pending_window(limit: int, locked: bool) -> Any:
+    """The first `limit` pending tasks in the queue's order, with what placement weighs;
+    on PostgreSQL locked, skipping rows another transaction holds."""
+    q = (
+        select(
+            *_TASK_COLS,
+            tasks.c.customer_id,
+            tasks.c.memory_mb,
+            tasks.c.needs,
+            tasks.c.replica_of,
+            tasks.c.replicas,
+            tasks.c.input_bytes,
+            tasks.c.sticky,
+        )
+        .where(tasks.c.state == TaskState.PENDING)
+        .order_by(tasks.c.priority, tasks.c.id)
+        .limit(limit)
+    )
+    return q.with_for_update(skip_locked=True, of=tasks) if locked else q
+
 
 class LeasingStore(VerifyStore):
     placement: scheduler.Placement = scheduler.FAIR  # core/scheduler.py: --placement
@@ -162,16 +266,14 @@ class LeasingStore(VerifyStore):
                 self._release(c, node_id, req.release, now)
             self.costs._stop_over_max_cost(c, now)  # before leasing
             c.execute(
-                update(nodes)
-                .where(nodes.c.id == node_id)
-                .values(
-                    last_seen=now,
-                    slots_free=req.slots_free,
-                    state="gone" if leaving else "up",  # and its up intervals (core/uptime.py)
-                    **UP_INTERVAL[leaving],
+                _SEEN[leaving, bool(seen)],  # and its up intervals (core/uptime.py)
+                {
+                    "b_node": node_id,
+                    "last_seen": now,
+                    "slots_free": req.slots_free,
                     **seen,
-                ),
-                up_params(now, now - self.gone_after_s),
+                    **up_params(now, now - self.gone_after_s),
+                },
             )
             dropped = getattr(req, "dropped", None)
             if dropped:  # placement stops preferring it for these (locality, images, kept)
@@ -264,15 +366,7 @@ class LeasingStore(VerifyStore):
             )
         _mark_for_check(c, kinds[intake.MarkForCheck])
         for n in kinds[intake.CountNode]:
-            c.execute(
-                update(nodes)
-                .where(nodes.c.id == node_id)
-                .values(
-                    done=nodes.c.done + n.done,
-                    lost=nodes.c.lost + n.lost,
-                    **({"quota": quota_shrunk(n.lost)} if n.lost else {}),
-                )
-            )
+            c.execute(_counted(n.lost), {"b_node": node_id, "b_done": n.done})
         for h in kinds[intake.HoldBlobs]:
             # A task's output blobs become its customer's only with an accepted result
             # (`_finish`). The node keeps what it uploaded in its cache: tasks that read it
@@ -368,9 +462,7 @@ class LeasingStore(VerifyStore):
             return set()
         wanted = {tid: t for tid, _, t, _ in finished}
         lock_tasks(c, list(wanted))
-        now_rows = c.execute(
-            select(tasks.c.id, tasks.c.state, tasks.c.attempts).where(tasks.c.id.in_(list(wanted)))
-        ).all()
+        now_rows = c.execute(_NOW_ROWS, {"ids": list(wanted)}).all()
         moved = {
             r.id
             for r in now_rows
@@ -419,21 +511,7 @@ class LeasingStore(VerifyStore):
                         "cpu_s": cpu,
                     }
                 )
-            c.execute(
-                update(tasks)
-                .where(tasks.c.id == bindparam("b_id"))
-                .values(
-                    state=bindparam("state"),
-                    attempts=bindparam("attempts"),
-                    node_id=bindparam("node_id"),
-                    lease_expires=bindparam("lease_expires"),
-                    result=bindparam("result"),
-                    error=bindparam("error"),
-                    finished_at=bindparam("finished_at"),
-                    cpu_s=bindparam("cpu_s"),
-                ),
-                params,
-            )
+            c.execute(_FINISH_ROWS, params)
             _note_finished(c, job_id, [(tid, t.state is not TaskState.DONE) for tid, t, _ in items])
             if own_outputs:
                 blobs = [
@@ -463,32 +541,22 @@ class LeasingStore(VerifyStore):
         unchecked: the store's randomness, passed to the core as data. The task rows are
         locked already (`_lock_groups`), so the state the intake decides from is the state
         its guarded writes expect."""
-        q = select(
-            *_TASK_COLS, tasks.c.replica_of, tasks.c.quorum, tasks.c.replicas, tasks.c.backup
-        ).where(tasks.c.id.in_(by_id))
+        ids = list(by_id)
         rows = {
             r.id: intake.Row(
                 r.id, _task(r), r.job_id, r.replica_of, r.quorum, r.replicas, bool(r.backup)
             )
-            for r in c.execute(q).all()
+            for r in c.execute(_INTAKE_ROWS, {"ids": ids}).all()
         }
         leased: dict[tuple[int, int], float] = {
             (t, n): at
-            for t, n, at in c.execute(
-                select(attempts.c.task_id, attempts.c.n, attempts.c.leased_at).where(
-                    attempts.c.node_id == node_id, attempts.c.task_id.in_(by_id)
-                )
-            ).all()
+            for t, n, at in c.execute(_INTAKE_LEASED, {"b_node": node_id, "ids": ids}).all()
         }
         views = [_report_view(r) for r in by_id.values()]
         batch = intake.Batch(node_id, views, rows, leased, now, MAX_WALL_S)
         if not leased:
             return batch  # it never held any of them: every report is refused
-        node = c.execute(
-            select(
-                nodes.c.cores, nodes.c.agreed, nodes.c.disputed, nodes.c.streak, nodes.c.quarantined
-            ).where(nodes.c.id == node_id)
-        ).one_or_none()
+        node = c.execute(_INTAKE_NODE, {"b_node": node_id}).one_or_none()
         named = {sha for v in views for sha, _ in v.blobs}
         batch = dataclasses.replace(
             batch,
@@ -591,23 +659,7 @@ class LeasingStore(VerifyStore):
         # The live fleet with the asking node's fresh view in place of its cached one, from
         # aggregates kept with the cached fleet: no pass over 10,000 nodes per lease.
         cluster = self.fleet._fleet_summary(c, now).cluster_for(view, pending)
-        q = (
-            select(
-                *_TASK_COLS,
-                tasks.c.customer_id,
-                tasks.c.memory_mb,
-                tasks.c.needs,
-                tasks.c.replica_of,
-                tasks.c.replicas,
-                tasks.c.input_bytes,
-                tasks.c.sticky,
-            )
-            .where(tasks.c.state == TaskState.PENDING)
-            .order_by(tasks.c.priority, tasks.c.id)
-            .limit(max(want * 4, 64))
-        )
-        if not self.is_sqlite:
-            q = q.with_for_update(skip_locked=True, of=tasks)
+        q = _pending_window(max(want * 4, 64), locked=not self.is_sqlite)
         rows = {r.id: r for r in c.execute(q).all()}
         # An app's task runs the version bound here and now (store/apps.py: version_for).
         bound = self._bind_apps(c, node_id, rows.values(), view.capabilities)
@@ -914,11 +966,7 @@ class LeasingStore(VerifyStore):
             return []
         if bound is None:
             bound = self._bind_apps(c, node_id, [r for r, _ in granted])
-        specs = dict(
-            c.execute(
-                select(tasks.c.id, tasks.c.spec).where(tasks.c.id.in_([r.id for r, _ in granted]))
-            ).all()
-        )
+        specs = dict(c.execute(_SPECS, {"ids": [r.id for r, _ in granted]}).all())
         leases = []
         updates = []
         attempt_rows = []
@@ -978,7 +1026,7 @@ class LeasingStore(VerifyStore):
         res = c.execute(_LEASE_ROWS, updates)
         if c.dialect.supports_sane_multi_rowcount and res.rowcount != len(updates):
             raise LostRace(f"{len(updates) - res.rowcount} of {len(updates)} leased rows moved")
-        c.execute(attempts.insert(), attempt_rows)
+        c.execute(_ATTEMPT_ROWS, attempt_rows)
         return leases
 
     # -- housekeeping -----------------------------------------------------------------------
@@ -1139,22 +1187,7 @@ def _keep_results(
     if not keeps:
         return
     c.execute(
-        update(attempts)
-        .where(
-            attempts.c.task_id == bindparam("b_task"),
-            attempts.c.node_id == bindparam("b_node"),
-            attempts.c.n == bindparam("b_n"),  # the attempt this result answers
-            attempts.c.outcome.is_(None)
-            | (attempts.c.outcome == "lost")
-            | (attempts.c.outcome == bindparam("b_reopen")),
-        )
-        .values(
-            outcome=bindparam("b_outcome"),
-            digest=bindparam("digest"),
-            report=bindparam("report"),
-            cpu_s=bindparam("cpu_s"),
-            ended_at=bindparam("ended_at"),
-        ),
+        _KEEP_RESULT,
         [
             {
                 "b_task": k.task,

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, and_, case, cast, func, select
+from sqlalchemy import BigInteger, Connection, and_, bindparam, case, cast, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from fogwheel.core import costs
@@ -39,6 +39,18 @@ _CHARGED = "fogwheel.charged_tasks"  # Connection.info key: tasks charged in thi
 def task_txn(task_id: int) -> str:
     """The id of the transaction that pays for a task's verified work."""
     return f"task-{task_id}"
+
+
+# Statements a busy sync runs, built once (store/base.py, `_COUNT_FINISHED`).
+_PAID = select(ledger.c.txn).where(ledger.c.txn.in_(bindparam("txns", expanding=True)))
+_POST = ledger.insert()
+_CAPPED = select(jobs.c.id, jobs.c.max_cost).where(
+    jobs.c.id.in_(
+        select(tasks.c.job_id).where(tasks.c.id.in_(bindparam("ids", expanding=True))).distinct()
+    ),
+    jobs.c.max_cost.is_not(None),
+    ~jobs.c.cancelled,
+)
 
 
 class LedgerStore(StoreBase):
@@ -113,7 +125,7 @@ class LedgerStore(StoreBase):
         look-up for the tasks already paid and one insert for all the entries. Returns the
         number of entries posted."""
         txns = {task_txn(tid): (tid, customer, runs) for tid, customer, runs in items}
-        paid = set(c.execute(select(ledger.c.txn).where(ledger.c.txn.in_(txns))).scalars())
+        paid = set(c.execute(_PAID, {"txns": list(txns)}).scalars())
         rows = []
         for txn, (tid, customer, runs) in txns.items():
             if txn in paid:
@@ -134,7 +146,7 @@ class LedgerStore(StoreBase):
                 for e in entries
             ]
         if rows:
-            c.execute(ledger.insert(), rows)
+            c.execute(_POST, rows)
             self._note_charged(c, {tid for tid, _, _ in items})
         return len(rows)
 
@@ -354,15 +366,7 @@ class LedgerStore(StoreBase):
         charged = c.info.pop(_CHARGED, None)
         if not charged:
             return []
-        capped = c.execute(
-            select(jobs.c.id, jobs.c.max_cost).where(
-                jobs.c.id.in_(
-                    select(tasks.c.job_id).where(tasks.c.id.in_(list(charged))).distinct()
-                ),
-                jobs.c.max_cost.is_not(None),
-                ~jobs.c.cancelled,
-            )
-        ).all()
+        capped = c.execute(_CAPPED, {"ids": list(charged)}).all()
         if not capped:
             return []
         figures = self.job_costs(c, [j for j, _ in capped])

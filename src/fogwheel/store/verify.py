@@ -8,6 +8,7 @@ the group's verdict is taken again, and only an agreed result settles the task.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import math
@@ -80,6 +81,25 @@ def _error_digest_fields(err: Any) -> dict[str, Any]:
         "args": err.args,
         "exc": err.exc.sha if err.exc else None,
     }
+
+
+# Statements a busy sync runs, built once (store/base.py, `_COUNT_FINISHED`).
+_JOB_OF = select(tasks.c.id, tasks.c.job_id).where(tasks.c.id.in_(bindparam("ids", expanding=True)))
+_SETTLE_UNCHECKED = (
+    update(tasks)
+    .where(tasks.c.id == bindparam("b_id"))
+    .values(digest=bindparam("digest"), quorum=1, cpu_s=bindparam("granted"))
+)
+
+
+@functools.lru_cache(maxsize=64)
+def _agreed(n: int) -> Any:
+    """A node's record after n results that agreed (or went unchecked), built once per n."""
+    return (
+        update(nodes)
+        .where(nodes.c.id == bindparam("b_node"))
+        .values(agreed=nodes.c.agreed + n, streak=nodes.c.streak + n, quota=quota_grown(n))
+    )
 
 
 class VerifyStore(StoreBase):
@@ -247,17 +267,10 @@ class VerifyStore(StoreBase):
             for tid, job, _, _, _, claim in items
         }
         c.execute(
-            update(tasks)
-            .where(tasks.c.id == bindparam("b_id"))
-            .values(digest=bindparam("digest"), quorum=1, cpu_s=bindparam("granted")),
+            _SETTLE_UNCHECKED,
             [{"b_id": tid, "digest": d, "granted": granted[tid]} for tid, _, _, _, d, _ in items],
         )
-        n = len(items)
-        c.execute(
-            update(nodes)
-            .where(nodes.c.id == node_id)
-            .values(agreed=nodes.c.agreed + n, streak=nodes.c.streak + n, quota=quota_grown(n))
-        )
+        c.execute(_agreed(len(items)), {"b_node": node_id})
         self.credits.credit_verified_batch(
             c,
             [
@@ -358,9 +371,7 @@ class VerifyStore(StoreBase):
         if not inline:
             return
         with self.read() as c:
-            job_of = dict(
-                c.execute(select(tasks.c.id, tasks.c.job_id).where(tasks.c.id.in_(inline))).all()
-            )
+            job_of = dict(c.execute(_JOB_OF, {"ids": list(inline)}).all())
             tolerant = {
                 j for j in set(job_of.values()) if self.job_rows._job_row(c, j)["tolerance"]
             }
