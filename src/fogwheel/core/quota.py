@@ -18,6 +18,9 @@ HELD_PER_SLOT = 64  # = core/scheduler.MAX_HELD_PER_SLOT: tiny tasks queued per 
 
 def grown(quota: int, validated: int = 1) -> int:
     """The quota after `validated` results were validated (doubled each time, up to MAX)."""
+    if validated == 1 and quota >= 1:  # the common case, without four builtin calls
+        quota <<= 1
+        return quota if quota < MAX else MAX
     return min(MAX, max(1, quota) << min(max(0, validated), 13))
 
 
@@ -28,7 +31,9 @@ def shrunk(quota: int, errors: int = 1) -> int:
 
 def in_flight_limit(quota: int, cores: int) -> int:
     """Tasks the device may hold at once: its quota, bounded by what its cores can queue."""
-    return max(1, min(quota, max(1, cores) * HELD_PER_SLOT))
+    bound = (cores if cores > 1 else 1) * HELD_PER_SLOT  # max(1, min(quota, max(1, cores) * 64))
+    limit = quota if quota < bound else bound
+    return limit if limit > 1 else 1
 
 
 def scheduling_slots(quota: int, cores: int) -> int:
@@ -39,4 +44,5 @@ def scheduling_slots(quota: int, cores: int) -> int:
 
 def room(quota: int, cores: int, held: int) -> int:
     """How many more tasks the device may lease now."""
-    return max(0, in_flight_limit(quota, cores) - held)
+    left = in_flight_limit(quota, cores) - held
+    return left if left > 0 else 0

@@ -156,19 +156,19 @@ def _simulate(
     total = sum(len(j.work) for j in jobs)
     world_sync, report = world.sync, world.report
 
-    def sync(d: int, h: Host, now: float) -> None:
+    def sync(h: Host, now: float) -> None:
         run = h.running
         free = h.cores - len(run)
         if free <= 0:
             return
-        leased = world_sync(d, free, free, now)
+        leased = world_sync(h.d, free, free, now)
         if leased:
             g, mbit, speed_d = h.gen, h.mbit, h.speed
             for t in leased:
                 j = job_of[t]
                 took = input_mbit[j] / mbit + work[j][group_of[t] - first_task[j]] / speed_d
                 run[t] = now
-                push(now + took, FINISH, d, t, g)
+                push(now + took, FINISH, h, t, g)
         elif not h.idle:
             h.idle = True
             idle.append(h)
@@ -180,7 +180,7 @@ def _simulate(
             h.idle = False
             if h.dev.live:
                 k -= 1
-                sync(h.d, h, now)
+                sync(h, now)
 
     cancelled: list[int] = []
 
@@ -196,7 +196,7 @@ def _simulate(
         h.d = d
         h.up = fleet.up_at_start[d]
         world.set_live(d, h.up)
-        push(fleet.first_s[d], DOWN if h.up else UP, d)
+        push(fleet.first_s[d], DOWN if h.up else UP, h)
     for j, spec in enumerate(jobs):
         push(spec.arrives, ARRIVE, t=j)
     push(SWEEP_S, SWEEP)
@@ -205,34 +205,35 @@ def _simulate(
     curve: list[tuple[float, int]] = [(0.0, 0)]
     c = world.counters
     lease_s = sc.lease_s
-    for now, _, kind, d, t, g in events if total > 0 else ():
+    # An event names its device's Host (ties in time are broken by the order pushed, so the
+    # Host is never compared).
+    for now, _, kind, h, t, g in events if total > 0 else ():
         handled += 1
         if kind == FINISH:
-            h = hosts[d]
             began = h.running.pop(t, None) if g == h.gen else None
             if began is None:
                 continue  # the device went down, or the copy was cancelled
             busy += now - began
             queued = queue.size
-            report(d, t, h.digest, now, now - began)
-            sync(d, h, now)
+            report(h.d, t, h.digest, now, now - began)
+            sync(h, now)
             added = queue.size - queued
             if added > 0:
                 wake(now, added + 2)
         elif kind == UP:
-            h = hosts[d]
+            d = h.d
             h.up_since = now
             h.up = True
             world.set_live(d, True)
-            push(now + float(up_s[d, h.cycle % CYCLES]), DOWN, d)
-            sync(d, h, now)
+            push(now + float(up_s[d, h.cycle % CYCLES]), DOWN, h)
+            sync(h, now)
         elif kind == DOWN:
-            h = hosts[d]
+            d = h.d
             h.gen += 1
             for t2, began in h.running.items():
                 busy += now - began
                 lost += now - began
-                push(now + lease_s, EXPIRE, d, t2)
+                push(now + lease_s, EXPIRE, h, t2)
             h.running.clear()
             h.up = False
             world.set_live(d, False)
@@ -240,7 +241,7 @@ def _simulate(
             h.up_seen += now - h.up_since
             h.up_count += 1
             h.dev.up_s = uptime.expected_up_s(h.up_seen, h.up_count)
-            push(now + float(down_s[d, h.cycle % CYCLES]), UP, d)
+            push(now + float(down_s[d, h.cycle % CYCLES]), UP, h)
             h.cycle += 1
         elif kind == EXPIRE:
             queued = queue.size
@@ -260,8 +261,7 @@ def _simulate(
             wake(now, len(idle))
             push(now + SWEEP_S, SWEEP)
         while cancelled:
-            d = cancelled.pop()
-            sync(d, hosts[d], now)
+            sync(hosts[cancelled.pop()], now)
         if handled % 16_384 == 0:
             curve.append((now, c.settled_ok + c.failed))
             if progress is not None:

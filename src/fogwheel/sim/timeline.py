@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator
+from typing import Any
 
-Event = tuple[float, int, int, int, int, int]  # (at, seq, kind, device, task, generation)
+# (at, seq, kind, device, task, generation); the device is whatever the caller names it by
+# (the engine's Host): ties are broken by seq, so it is never compared.
+Event = tuple[float, int, int, Any, int, int]
 
 
 class Timeline:
@@ -32,7 +35,7 @@ class Timeline:
     def __bool__(self) -> bool:
         return self._n > 0
 
-    def push(self, at: float, kind: int, d: int = -1, t: int = 0, g: int = 0) -> None:
+    def push(self, at: float, kind: int, d: Any = -1, t: int = 0, g: int = 0) -> None:
         self._seq += 1
         self._n += 1
         entry = (at, self._seq, kind, d, t, g)

@@ -640,7 +640,7 @@ class World:
         group = self._group(g)
         results = group.results
         votes = [*results.items()]
-        if gone:
+        if gone and not gone.isdisjoint(results):  # else none of its voters is quarantined
             votes = [(n, dg) for n, dg in votes if n not in gone]
         outstanding = 1 if state[g].state in OPEN else 0
         for m in group.members:
