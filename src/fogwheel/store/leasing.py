@@ -105,6 +105,9 @@ _LEASE_ROWS = (  # `_grant`'s compare-and-set, one parameter set per task
 
 # The rest of a busy sync's statements, built once (store/base.py, `_COUNT_FINISHED`).
 
+_NO_NODES: frozenset[str] = frozenset()
+_NO_HOLDERS: dict[str, int] = {}  # read only: a candidate whose input no node holds
+
 
 def _ids() -> Any:
     """An IN list's parameter, `ids`: one built statement serves every length."""
@@ -661,13 +664,15 @@ class LeasingStore(VerifyStore):
         cluster = self.fleet._fleet_summary(c, now).cluster_for(view, pending)
         q = _pending_window(max(want * 4, 64), locked=not self.is_sqlite)
         rows = {r.id: r for r in c.execute(q).all()}
+        # The window's few jobs, looked up once each rather than once per candidate.
+        job_of = {j: self.job_rows._job_row(c, j) for j in {r.job_id for r in rows.values()}}
         # An app's task runs the version bound here and now (store/apps.py: version_for).
         bound = self._bind_apps(c, node_id, rows.values(), view.capabilities)
-        rows = {tid: r for tid, r in rows.items() if tid in bound or not self._app_of(c, r)}
+        rows = {
+            tid: r for tid, r in rows.items() if tid in bound or not job_of[r.job_id].get("app_id")
+        }
         env_of = {
-            r.id: bound[r.id].manifest.env
-            if r.id in bound
-            else self.job_rows._job_row(c, r.job_id).get("env")
+            r.id: bound[r.id].manifest.env if r.id in bound else job_of[r.job_id].get("env")
             for r in rows.values()
         }
         held_envs: frozenset[str] = frozenset()
@@ -714,36 +719,42 @@ class LeasingStore(VerifyStore):
         typical = self._job_medians(c, {r.job_id for r in rows.values()}, now)
         candidates = []
         for r in rows.values():
-            held_by = holders.get(r.id, {})
+            held_by = holders.get(r.id, _NO_HOLDERS)
+            group = r.replica_of or r.id
+            ran_group = ran.get(group)
+            exclude = frozenset(ran_group) if ran_group else _NO_NODES
+            if group in barred:
+                exclude = exclude | {node_id}
+            local = held_by.get(node_id, 0)
+            job_row = job_of[r.job_id]
             candidates.append(
                 scheduler.Candidate(
                     r.id,
                     r.customer_id,
                     r.memory_mb,
                     _NO_NEEDS if r.needs == "[]" else frozenset(json.loads(r.needs)),
-                    frozenset(lost_on[r.id]),
+                    frozenset(lost_on[r.id]) if r.id in lost_on else _NO_NODES,
                     group=r.replica_of,
-                    exclude=frozenset(ran.get(r.replica_of or r.id, ()))
-                    | ({node_id} if (r.replica_of or r.id) in barred else frozenset()),
-                    local_bytes=held_by.get(node_id, 0),
+                    exclude=exclude,
+                    local_bytes=local,
                     sticky=bool(r.sticky),
                     keeper=keepers.get(r.id),
                     image_here=r.id in imaged,
-                    waited_s=now - self.job_rows._job_row(c, r.job_id)["created_at"]
-                    if held_by or r.sticky
-                    else 0.0,
+                    waited_s=now - job_row["created_at"] if held_by or r.sticky else 0.0,
                     elsewhere_bytes=max(
                         (b for n, b in held_by.items() if n != node_id and n in cluster.live),
                         default=0,
-                    ),
+                    )
+                    if held_by
+                    else 0,
                     # ... and whether such a node could take it now (delay scheduling)
                     holder_free=any(
-                        n in cluster.free and b > held_by.get(node_id, 0)
-                        for n, b in held_by.items()
-                        if n != node_id
-                    ),
+                        n in cluster.free and b > local for n, b in held_by.items() if n != node_id
+                    )
+                    if held_by
+                    else False,
                     est_s=typical[r.job_id],  # ... and its deadline, for slack (placement)
-                    deadline=self.job_rows._job_row(c, r.job_id).get("deadline"),
+                    deadline=job_row.get("deadline"),
                     env_bytes_here=env_size(c, lock) if (lock := env_of[r.id]) in held_envs else 0,
                 )
             )
