@@ -118,16 +118,29 @@ def test_the_default_trim_is_a_fifth_and_always_keeps_the_middle(n: int, trim: i
 # -- the decisions ----------------------------------------------------------------------------
 
 
-def test_an_update_that_raises_the_held_out_loss_is_a_suspect() -> None:
+def test_an_update_far_above_its_peers_is_a_suspect() -> None:
     verdicts = judge_updates(3.0, [(0, 2.8), (1, 2.82), (2, 3.2), (3, 2.79)])
     assert [type(v) for v in verdicts] == [Passed, Passed, Suspect, Passed]
-    assert "raises the held-out loss" in verdicts[2].reason
+    assert "above the median update's" in verdicts[2].reason
 
 
-def test_an_update_that_gains_under_half_the_median_is_a_suspect() -> None:
-    verdicts = judge_updates(3.0, [(0, 2.8), (1, 2.8), (2, 2.95), (3, 2.81)])
-    assert isinstance(verdicts[2], Suspect) and "under 0.5 of the median" in verdicts[2].reason
-    assert all(isinstance(v, Passed) for i, v in enumerate(verdicts) if i != 2)
+def test_honest_updates_that_all_raise_the_held_out_loss_are_not_accused() -> None:
+    """After a warm start every honest local model is worse on held-out text than the global
+    weights (bench/diloco_sweep.py's probe: 0.01-0.14 nats): the old rules ("raises the loss",
+    "gains under half the median") left most honest updates out and cost 20 % of the loss."""
+    honest = [(0, 1.3645 + 0.1286), (1, 1.3645 + 0.1031), (2, 1.3645 + 0.1270), (3, 1.3692)]
+    assert all(isinstance(v, Passed) for v in judge_updates(1.3645, honest))
+    gains = [(0, 2.8), (1, 2.8), (2, 2.95), (3, 2.81)]  # one gains under half the median's
+    assert all(isinstance(v, Passed) for v in judge_updates(3.0, gains))
+    flipped = [*honest[:3], (3, 1.3645 + 0.2954)]  # the probe's sign-flip of that round
+    assert [type(v) for v in judge_updates(1.3645, flipped)] == [Passed] * 3 + [Suspect]
+
+
+def test_a_lone_update_is_doubted_only_far_above_the_global_weights() -> None:
+    [v] = judge_updates(2.0, [(0, 2.3)])
+    assert isinstance(v, Passed)
+    [v] = judge_updates(2.0, [(0, 2.6)])
+    assert isinstance(v, Suspect) and "raises the held-out loss" in v.reason
 
 
 def test_when_nobody_gains_only_a_clear_loss_is_doubted() -> None:

@@ -5,8 +5,8 @@ Three decisions of Byzantine-robust DiLoCo (workloads/diloco_guard.py carries th
 - `judge_updates`: Templar's Gauntlet idea (score a peer's update by its effect on the loss).
   Worker k's update applied alone to the global weights is worker k's own local model; its
   loss on a held-out batch against the global weights' loss says whether it learned anything.
-  An update that makes the model worse than it was, or gains less than half of what the
-  median worker gains, is a *suspect*: left out of this round's outer step and audited next.
+  An update whose loss lies well above its peers' median (or far above the global
+  weights') is a *suspect*: left out of this round's outer step and audited next.
 - `audit_plan`: BTARD's random recomputation (Gorbunov et al., ICML 2022): every suspect,
   plus each other worker with probability `rate` (the shell passes the draws in), has its
   next round recomputed from the same seed and state on a second device; the coordinator's
@@ -24,8 +24,9 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-GAIN_FRACTION = 0.5  # an update must gain at least this share of the median worker's gain
-LOSS_SLACK = 0.002  # relative: a loss this close to the global weights' counts as no worse
+PEER_MARGIN = 0.08  # relative to the base loss: this far above the median update's is doubted
+SPREAD_FACTOR = 3.0  # or this many median absolute deviations of the round's losses, if wider
+ABSOLUTE_MARGIN = 0.25  # relative: an update this much worse than the global weights, alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,33 +53,40 @@ UpdateVerdict = Passed | Suspect
 def judge_updates(base_loss: float, losses: Sequence[tuple[int, float]]) -> list[UpdateVerdict]:
     """Verdicts on the round's updates from their held-out losses, `(worker, loss)` pairs.
 
-    `base_loss` is the global weights' loss on the same batch. A non-finite loss, a loss
-    above the base (beyond LOSS_SLACK), or a gain below GAIN_FRACTION of the median gain
-    (when the median gain is positive) makes a suspect; the median is over every update, so
-    a minority of liars cannot move it far."""
+    `base_loss` is the global weights' loss on the same windows. An update is a suspect if
+    its loss is not finite, lies above the median update's by more than PEER_MARGIN of the
+    base loss (or SPREAD_FACTOR median absolute deviations of the round's losses, if that is
+    wider), or above the base loss itself by more than ABSOLUTE_MARGIN of it. Judged against
+    its peers, not against the global weights: an honest worker's local model is often worse
+    on held-out text than the averaged global one (after a warm start, every honest update of
+    bench/diloco_sweep.py's probe raised it, by 0.01-0.14 nats of ~1.3-1.8, while sign-flipped
+    ones did by 0.2-0.9 and updates trained on other data by 2-7). The median is over every
+    update, so a minority of liars cannot move it far."""
     if not math.isfinite(base_loss):
         raise ValueError(f"the global weights' loss is {base_loss}: nothing can be judged")
-    gains = [(k, base_loss - loss) for k, loss in losses]
-    finite = [g for _, g in gains if math.isfinite(g)]
-    median_gain = statistics.median(finite) if finite else 0.0
-    slack = LOSS_SLACK * abs(base_loss)
+    finite = [loss for _, loss in losses if math.isfinite(loss)]
+    median = statistics.median(finite) if finite else base_loss
+    spread = statistics.median(abs(x - median) for x in finite) if finite else 0.0
+    margin = max(PEER_MARGIN * abs(base_loss), SPREAD_FACTOR * spread)
+    ceiling = ABSOLUTE_MARGIN * abs(base_loss)
     out: list[UpdateVerdict] = []
-    for k, gain in gains:
-        if not math.isfinite(gain):
+    for k, loss in losses:
+        gain = base_loss - loss
+        if not math.isfinite(loss):
             out.append(Suspect(k, gain, "its update makes the held-out loss non-finite"))
-        elif gain < -slack:
-            out.append(Suspect(k, gain, f"its update raises the held-out loss by {-gain:.4g} nats"))
-        elif median_gain > slack and gain < GAIN_FRACTION * median_gain:
+        elif loss - median > margin:
             out.append(
                 Suspect(
                     k,
                     gain,
-                    f"its update gains {gain:.4g} nats on the held-out batch, under "
-                    f"{GAIN_FRACTION:g} of the median worker's {median_gain:.4g}",
+                    f"its update's held-out loss is {loss - median:.4g} nats above the median "
+                    f"update's {median:.4g} (margin {margin:.4g})",
                 )
             )
+        elif loss - base_loss > ceiling:
+            out.append(Suspect(k, gain, f"its update raises the held-out loss by {-gain:.4g} nats"))
         else:
-            out.append(Passed(k, gain, f"gains {gain:.4g} nats (median {median_gain:.4g})"))
+            out.append(Passed(k, gain, f"held-out loss {loss:.4g} (median update {median:.4g})"))
     return out
 
 
