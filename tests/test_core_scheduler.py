@@ -3,6 +3,7 @@ ones it receives, and the reason it is given."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections import Counter
@@ -28,6 +29,7 @@ from fogwheel.core.scheduler import (
     Straggler,
     backup_after,
     grant_size,
+    pending_bound,
     locality_order,
     plan_backups,
     plan_lease,
@@ -225,6 +227,25 @@ def test_grant_never_exceeds_any_limit(ask: tuple[NodeView, int, ClusterView]) -
     if reliability(view) < PROBATION_RELIABILITY and cluster.better_free_slots >= cluster.pending:
         assert grant <= 1
     assert why.startswith(f"{max(0, view.slots - view.held)} of {view.slots} slots free")
+
+
+@settings(max_examples=400, deadline=None)
+@given(ask=asks(), beyond=st.integers(0, 10**7), smaller=st.integers(0, 64))
+def test_a_queue_longer_than_the_bound_is_granted_as_the_bound_is(
+    ask: tuple[NodeView, int, ClusterView], beyond: int, smaller: int
+) -> None:
+    """The store counts the queue only up to `pending_bound` (store/leasing.py): any longer
+    queue must get the same grant and the same reason, in a fleet of up to the bound's
+    slots (the store passes the fleet's slots plus the asking node's, at least the
+    cluster's own)."""
+    view, want, cluster = ask
+    bound = pending_bound(want, cluster.total_slots + smaller)
+    capped = dataclasses.replace(cluster, pending=bound)
+    longer = dataclasses.replace(cluster, pending=bound + beyond)
+    grant, why = grant_size(view, want, longer)
+    assert grant_size(view, want, capped) == (grant, why)
+    shorter = dataclasses.replace(cluster, pending=min(cluster.pending, bound))
+    assert grant_size(view, want, shorter) == grant_size(view, want, cluster)
 
 
 # -- plan_lease ---------------------------------------------------------------------------

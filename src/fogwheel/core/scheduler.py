@@ -139,6 +139,15 @@ def reliability(node: NodeView) -> float:
     return (node.done + 1) / (node.done + node.lost + 2)
 
 
+def pending_bound(want: int, total_slots: int) -> int:
+    """The most pending tasks that `grant_size` can tell apart for a node asking for `want`
+    in a fleet of at most `total_slots` slots: from this many on, its grant and its reason
+    are the same however long the queue (the fair share is at least `want`, the queue
+    longer than any free slots). So the store counts the queue only up to here, and a
+    million queued tasks cost a lease what this many do."""
+    return max(0, want) * max(1, total_slots) + 1
+
+
 def grant_size(node: NodeView, want: int, cluster: ClusterView) -> tuple[int, str]:
     """How many tasks `node` may lease now, and the clause that explains the number."""
     room = node.slots * MAX_HELD_PER_SLOT - node.held

@@ -299,7 +299,7 @@ _COUNT_FINISHED = (
 _FINISH_SEQ = (
     update(tasks).where(tasks.c.id == bindparam("b_id")).values(finish_seq=bindparam("seq"))
 )
-_LOCK_TASKS = {
+LOCK_TASKS = {
     skip: select(tasks.c.id)
     .where(tasks.c.id.in_(bindparam("ids", expanding=True)))
     .order_by(tasks.c.id)
@@ -331,7 +331,7 @@ def lock_tasks(c: Connection, ids: Sequence[int], *, skip_locked: bool = False) 
         return []
     if c.dialect.name == "sqlite":
         return sorted(set(ids))
-    return list(c.execute(_LOCK_TASKS[skip_locked], {"ids": sorted(set(ids))}).scalars())
+    return list(c.execute(LOCK_TASKS[skip_locked], {"ids": sorted(set(ids))}).scalars())
 
 
 # -- row helpers ------------------------------------------------------------------------------
