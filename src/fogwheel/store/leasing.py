@@ -15,7 +15,17 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Integer, Text, bindparam, delete, func, select, update
+from sqlalchemy import (
+    Connection,
+    Integer,
+    Text,
+    bindparam,
+    delete,
+    func,
+    select,
+    union_all,
+    update,
+)
 
 from fogwheel.core import intake, owners, scheduler, trust, uptime
 from fogwheel.core import quota as inflight
@@ -177,7 +187,18 @@ _KEEP_RESULT = (
 )
 _FAMILY = select(tasks.c.id, tasks.c.replica_of).where(tasks.c.id.in_(_ids()))
 _GROUPS: Any = bindparam("groups", expanding=True)
-_MEMBERS = select(tasks.c.id).where(tasks.c.id.in_(_GROUPS) | tasks.c.replica_of.in_(_GROUPS))
+# A group's rows: its head and its copies, each half through its own index (as one OR over
+# both lists the planner scanned the table once it held a few hundred values: 14 ms).
+_GROUP_ROWS = union_all(
+    select(tasks.c.id, tasks.c.replica_of).where(tasks.c.id.in_(_GROUPS)),
+    select(tasks.c.id, tasks.c.replica_of).where(tasks.c.replica_of.in_(_GROUPS)),
+)
+_RAN = select(attempts.c.task_id, attempts.c.node_id).where(
+    attempts.c.task_id.in_(_ids()),
+    # a node that holds a copy or produced a result is barred; one that only lost a copy (or
+    # refused it) may still check the others
+    attempts.c.digest.is_not(None) | attempts.c.outcome.is_(None),
+)
 _VOTERS = select(attempts.c.node_id).where(  # every node with a result in these tasks
     attempts.c.task_id.in_(_ids()), attempts.c.digest.is_not(None)
 )
@@ -444,7 +465,7 @@ class LeasingStore(VerifyStore):
             groups = sorted({r.replica_of or r.id for r in family})
             # In two statements, each through an index: joined in one, the planner hashed
             # the whole attempts table.
-            members = list(c.execute(_MEMBERS, {"groups": groups}).scalars())
+            members = [tid for tid, _ in c.execute(_GROUP_ROWS, {"groups": groups}).all()]
             voters = set(c.execute(_VOTERS, {"ids": members}).scalars())
             c.execute(_LOCK_NODES, {"nodes": sorted(voters | {reporter})}).all()
         return set(c.execute(LOCK_TASKS[skip_locked], {"ids": sorted(found)}).scalars())
@@ -708,17 +729,14 @@ class LeasingStore(VerifyStore):
         grouped = {r.replica_of or r.id for r in rows.values() if r.replica_of or r.replicas}
         ran: dict[int, set[str]] = defaultdict(set)
         if grouped:
-            for gid, nid in c.execute(
-                select(func.coalesce(tasks.c.replica_of, tasks.c.id), attempts.c.node_id)
-                .join(attempts, attempts.c.task_id == tasks.c.id)
-                .where(
-                    (tasks.c.id.in_(grouped)) | (tasks.c.replica_of.in_(grouped)),
-                    # a node that holds a copy or produced a result is barred; one that only
-                    # lost a copy (or refused it) may still check the others
-                    attempts.c.digest.is_not(None) | attempts.c.outcome.is_(None),
-                )
-            ).all():
-                ran[gid].add(nid)
+            # The groups' rows by index, then their attempts by index (joined in one
+            # statement, the planner hashed the whole attempts table: 8 ms at 20,000 tasks).
+            group_of = {
+                tid: head or tid
+                for tid, head in c.execute(_GROUP_ROWS, {"groups": sorted(grouped)}).all()
+            }
+            for tid, nid in c.execute(_RAN, {"ids": sorted(group_of)}).all():
+                ran[group_of[tid]].add(nid)
         # ... nor to a device of an owner, or on a network, that has (core/owners.py).
         barred = barred_groups(c, node_id, ran)
         # Locality: who holds the candidates' input blobs (only tasks that read blobs ask).
