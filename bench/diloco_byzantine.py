@@ -1,10 +1,12 @@
 """DiLoCo with 10 % of its devices poisoning, against the same run with none: loss, detection.
 
 Two runs of `workloads.diloco.Trainer` on two fresh local fogs of D single-slot devices and D
-workers (D = 10 by default), with the library's Byzantine defences as they are by default
-(the robust aggregate, the held-out check of every update, audits recomputed under the
-coordinator's quorum; docs/training.md): one in which `--poisoners` of the devices run with
-`FOGWHEEL_FAULT=poison:ATTACK` (node/faults.py), one in which every device is honest.
+workers (D = 10 by default), one worker a device (`TrainConfig.pin`: device i starts worker i,
+so the poisoners run workers 0..P-1 from the first round), with the library's Byzantine
+defences as they are by default (the robust aggregate, the held-out check of every update,
+audits recomputed under the coordinator's quorum; docs/training.md): one in which
+`--poisoners` of the devices run with `FOGWHEEL_FAULT=poison:ATTACK` (node/faults.py), one in
+which every device is honest.
 
     byzantine_loss_ratio   final validation loss, poisoned run / clean run (goal <= 1.03)
     byzantine_detected     poisoning devices the coordinator quarantined (a count; of
@@ -36,6 +38,10 @@ from fogwheel.node.faults import POISONS
 from fogwheel.workloads import diloco, transformer
 
 MODEL = transformer.ModelConfig(context=64, d_model=64, n_layers=2, n_heads=4, d_ff=256)
+# One worker a device: device i advertises the capability PIN + i and worker i's first task
+# needs it; its kept state keeps it there. Without it a fast device took a second worker in
+# round 1 and kept it, and on 2026-12-02 the poisoner of a 10-device run ran no task at all.
+PIN = "diloco-w"
 
 
 def progress(message: str) -> None:
@@ -50,14 +56,14 @@ def train_arm(
     t0 = time.perf_counter()
     with LocalFog(0, cores_per_node=1, workdir=work / name.replace(" ", "-")) as fog:
         liars = set()
-        for i in range(devices):
+        for i in range(devices):  # device i runs worker i (TrainConfig.pin)
             env = {"FOGWHEEL_FAULT": f"poison:{attack}"} if i < poisoners else None
-            node = fog.add_node(env=env)
+            node = fog.add_node("--capability", f"{PIN}{i}", env=env)
             if env:
                 liars.add(f"local-{node}")
         fog.wait_for_nodes(devices)
         with Client(fog.url, fog.api_key, replicas=1) as client:
-            config = diloco.TrainConfig(**{**settings, "workers": devices})
+            config = diloco.TrainConfig(**{**settings, "workers": devices, "pin": PIN})
             trainer = diloco.Trainer.start(client, config, work / f"run-{name.replace(' ', '-')}")
 
             def report(record: diloco.RoundRecord, run: diloco.Run) -> None:

@@ -201,20 +201,21 @@ def _settings(**kw: object):
 
 
 def _train(tmp: Path, poison: str | None, **kw: object):
-    """Four single-slot devices (one poisoning, if `poison`), four workers: the run, the
-    poisoner's node row (None when clean) and the run's log."""
+    """Four single-slot devices (one poisoning, if `poison`), four workers, one a device (the
+    poisoner runs worker 3: `TrainConfig.pin`): the run, the poisoner's node row (None when
+    clean) and the run's log."""
     from fogwheel.client import Client
     from fogwheel.localfog import LocalFog
     from fogwheel.workloads import diloco
 
     with LocalFog(0, lease_seconds=3.0, workdir=tmp / "fog") as fog:
-        for _ in range(3):
-            fog.add_node()
+        for k in range(3):
+            fog.add_node("--capability", f"w{k}")
         env = {"FOGWHEEL_FAULT": f"poison:{poison}"} if poison else None
-        liar = fog.add_node(env=env)
+        liar = fog.add_node("--capability", "w3", env=env)
         fog.wait_for_nodes(4)
         with Client(fog.url, fog.api_key) as client:
-            trainer = diloco.Trainer.start(client, _settings(**kw), tmp / "run")
+            trainer = diloco.Trainer.start(client, _settings(pin="w", **kw), tmp / "run")
             run = trainer.train()
             nodes = {n["name"]: n for n in client.nodes()}
     log = tmp / "run" / "train.log"
@@ -260,11 +261,6 @@ def _seed_auditing_everyone_in_rounds_two_and_three(rate: float) -> int:
 
 @needs_torch
 @pytest.mark.timeout(900)
-@pytest.mark.xfail(
-    strict=True,
-    reason="known broken: on a real fog the liar is quarantined but no update is undone "
-    "(undone == 0); the undo is unit-tested in core (updates_to_undo), not yet end to end",
-)
 def test_a_liar_caught_late_has_its_updates_since_its_last_verified_one_taken_out(
     tmp_path: Path,
 ) -> None:

@@ -466,6 +466,7 @@ class Client:
         client_token: str | None = None,
         env: Env | None = None,
         deadline: float | None = None,
+        needs: Sequence[Sequence[str]] | None = None,
         _futures: Sequence[TaskFuture] | None = None,
     ) -> list[TaskFuture]:
         """One job of many calls of `fn`; the lower layer under `submit` and `map`.
@@ -494,6 +495,9 @@ class Client:
         what it leaves there is kept under `keep_out`. An optimizer's state between rounds of
         training, say. Kept state differs between nodes, so such a job needs `replicas=1`.
 
+        `needs` (one list a call) are capabilities the node that runs the call must advertise
+        (`fogwheel node --capability`); a call no live node can take waits.
+
         `env` (default the client's `env`) is the Python environment the tasks import from
         (`fogwheel.Env`): resolved and uploaded before the job is submitted (docs/envs.md)."""
         env_sha = self.env_lock(env or self.env)
@@ -505,6 +509,8 @@ class Client:
             raise ValueError(f"{len(inputs)} input mappings for {len(calls)} calls")
         if keep is not None and len(keep) != len(calls):
             raise ValueError(f"{len(keep)} keep pairs for {len(calls)} calls")
+        if needs is not None and len(needs) != len(calls):
+            raise ValueError(f"{len(needs)} needs lists for {len(calls)} calls")
         kind = "python-files" if outputs else "python"
         futures: list[TaskFuture] = []
         for start in range(0, max(1, len(calls)), SUBMIT_CHUNK):
@@ -522,6 +528,8 @@ class Client:
                         task["keep_in"] = keep_in
                     if keep_out:
                         task["keep_out"] = keep_out
+                if needs is not None and needs[start + i]:
+                    task["needs"] = list(needs[start + i])
                 tasks.append(task)
             job = {
                 "name": name,

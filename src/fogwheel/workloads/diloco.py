@@ -72,6 +72,10 @@ class TrainConfig:
     aggregate: str = "centered-clip"  # mean | centered-clip | trimmed-mean | median
     audit_rate: float = 0.1  # a worker's round recomputed on a second device (diloco_guard)
     gauntlet_windows: int = 32  # held-out windows scoring each update (0: no such check)
+    # One worker a device: worker k's first task needs the capability f"{pin}{k}" (devices
+    # started with `fogwheel node --capability {pin}{k}`), and its kept state holds it there
+    # from then on (placement's sticky wait). None: any device, and a fast one may take two.
+    pin: str | None = None
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.rounds < 1 or self.inner_steps < 1 or self.batch < 1:
@@ -351,7 +355,7 @@ class Trainer:
         if initial is not None:
             from fogwheel.workloads import transformer
 
-            run.weights = _ref(client.put_blob(transformer.state_to_bytes(initial)))
+            run.weights = _ref(client.put_blob(transformer.state_to_bytes(initial), upload=True))
         trainer = cls(client, run, directory)
         run.initial_val_loss = trainer.initial_val
         trainer._checkpoint()
@@ -371,7 +375,7 @@ class Trainer:
         return self.run
 
     def round(self) -> RoundRecord:
-        from fogwheel.workloads import diloco_compress, diloco_fragments, diloco_math, transformer
+        from fogwheel.workloads import diloco_compress, diloco_fragments, diloco_math
 
         r = self.run.round
         sent = self.groups[diloco_fragments.synced(r, self.cfg.fragments)]
@@ -425,7 +429,7 @@ class Trainer:
                 continue
             deltas.append(delta)
             weights.append(float(out.value["samples"]))
-            kept_updates.append((k, delta, weights[-1], _ref(out.files["delta"])))
+            kept_updates.append((k, delta, weights[-1], self._durable(out.files["delta"], raw)))
             losses.append(float(out.value["loss"]))
             ran_before = f"w{k}" in self.run.last_round
             fresh = k in verified  # an audit starts AdamW afresh on purpose
@@ -434,9 +438,7 @@ class Trainer:
             self.run.last_round[f"w{k}"] = r
         counts = self.guard.finish(r, shapes, kept_updates, sorted(results), job_id, set(verified))
         val = diloco_math.evaluate(self.model, self.model_config, self.val, self.cfg.val_windows)
-        state = self.model.state_dict()
-        self.run.weights = _ref(self.client.put_blob(transformer.state_to_bytes(state)))
-        self.run.outer = _ref(self.client.put_blob(self.outer.state_bytes()))
+        saved = self._save_state()
         record = RoundRecord(
             round=r + 1,
             train_loss=sum(losses) / len(losses) if losses else float("nan"),
@@ -448,7 +450,7 @@ class Trainer:
             bytes_up=up,
             seconds=time.monotonic() - t0,
             job_id=job_id,
-            weights_sha=self.run.weights["sha"],
+            weights_sha=saved["sha"],
             bytes_up_max=peak,
             **counts,
         )
@@ -466,14 +468,17 @@ class Trainer:
         streaming = cfg.fragments > 1
         weights = self.client.put_blob(transformer.state_to_bytes(self.model.state_dict()))
         calls: list[tuple[tuple[dict[str, Any]], dict[str, Any]]] = []
-        inputs, keep = [], []
+        inputs, keep, needs = [], [], []
         for k in workers:
             last_ran = self.run.last_round.get(f"w{k}")
             calls.append(((task_spec(cfg, self.groups, r, k, last_ran, audit),), {}))
             inputs.append({"weights": weights, "shard": _blob(self.run.shards[k])})
-            last = self.run.last_round.get(f"w{k}")
-            prev = f"{self.run.run_id}/w{k}/r{last}" if last is not None else None
+            prev = f"{self.run.run_id}/w{k}/r{last_ran}" if last_ran is not None else None
             keep.append((prev, f"{self.run.run_id}/w{k}/r{r}"))
+            # A worker's first task goes to its own device (cfg.pin); later ones follow the
+            # kept state. Never an audit's: its second copy must run on another device.
+            pinned = cfg.pin is not None and last_ran is None and not audit
+            needs.append([f"{cfg.pin}{k}"] if pinned else [])
         return self.client.submit_many(
             diloco_fragments.streaming_task if streaming else inner_task,
             calls,
@@ -481,6 +486,7 @@ class Trainer:
             inputs=inputs,
             outputs=["delta"],
             keep=keep,
+            needs=needs if any(needs) else None,
             # workers' results differ by design: checked by decompress/check_norm; an audit
             # is a pure function of its inputs, so two devices must agree (diloco_guard)
             replicas=2 if audit else 1,
@@ -517,12 +523,28 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         if self.run.weights is None:
-            from fogwheel.workloads import transformer
-
-            state = self.model.state_dict()
-            self.run.weights = _ref(self.client.put_blob(transformer.state_to_bytes(state)))
-            self.run.outer = _ref(self.client.put_blob(self.outer.state_bytes()))
+            self._save_state()
         self.run.save(self.dir)
+
+    def _durable(self, blob: Blob, raw: bytes) -> dict[str, Any]:
+        """A pseudo-gradient's blob as the guard's ledger keeps it (sha and size), fetchable
+        later by those alone: a small output file travels inline in its task's result and the
+        coordinator keeps no copy of it, so such a one is uploaded (the undo reads it again)."""
+        if blob.data is not None:
+            blob = self.client.put_blob(raw, upload=True)
+        return _ref(blob)
+
+    def _save_state(self) -> dict[str, Any]:
+        """The global weights and the outer optimizer's state as blobs in `run` (the
+        weights' returned). Uploaded
+        even when small enough to travel inline: run.json keeps only their sha and size, and
+        `resume` and the guard's undo (which loads an earlier round's) fetch them by that."""
+        from fogwheel.workloads import transformer
+
+        state = transformer.state_to_bytes(self.model.state_dict())
+        self.run.weights = _ref(self.client.put_blob(state, upload=True))
+        self.run.outer = _ref(self.client.put_blob(self.outer.state_bytes(), upload=True))
+        return self.run.weights
 
     def _log(self, message: str) -> None:
         with open(self.dir / "train.log", "a") as f:
