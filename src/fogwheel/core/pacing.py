@@ -117,22 +117,14 @@ def paced_wait_s(fleet: Fleet, factor: float) -> float:
 
 
 def busy_wait_s(fleet: Fleet, factor: float) -> float:
-    """The mean wait between a busy node's syncs: the time the whole fleet takes to sync
-    once within the budget, times how far the process is over its load
-    (`live / budget * (factor - 1)`), up to MAX_WAIT_S after the jitter.
-
-    Continuous in the factor: 0 at 1, and growing with the overload. (It was `live * factor /
-    budget` once the factor passed 1: a pace that jumped from nothing to the whole fleet's
-    period, 33 s at 10,000 devices on one process, at the first sign of a queue, so that the
-    Pacer swung between throttling busy nodes hard and releasing them all at once, and the
-    fleet's tasks a second were set by that period rather than by the process's capacity;
-    bench/fleet.py, docs/benchmarks.md "Fleet".)
+    """The mean wait between a busy node's syncs: the whole fleet within the budget made
+    `factor` times smaller (`live * factor / budget`), up to MAX_WAIT_S after the jitter.
 
     No POLL_S floor: a small fleet under a large stretch still reports within a second."""
     cap = MAX_WAIT_S / (1 + JITTER)
     if not (fleet.budget > 0 and math.isfinite(fleet.budget)):
         return cap
-    return min(max(0, fleet.live) / fleet.budget * (_bounded(factor) - 1.0), cap)
+    return min(max(0, fleet.live) / fleet.budget * _bounded(factor), cap)
 
 
 def stretched(fleet: Fleet, factor: float, draw: float) -> float:
