@@ -115,7 +115,9 @@ def test_the_simulator_places_exactly_what_the_live_coordinator_leases(
         decided.append(live)
     # ... over a script that exercised quota, fair shares, retries after loss and probation
     assert len(decided[1]) == 2  # the new device holds its quota, not its want
-    assert any(dev.lost for dev in world.devices), "no lease was lost: the retry rules went untested"
+    assert any(dev.lost for dev in world.devices), (
+        "no lease was lost: the retry rules went untested"
+    )
     assert sum(map(len, decided)) > 20
     rows = {t: world.state[t].state for t in range(1, len(world.state))}
     assert TaskState.DONE in rows.values()
