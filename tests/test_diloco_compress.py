@@ -17,6 +17,7 @@ import pytest
 if os.environ.get("FOGWHEEL_REQUIRE_TORCH") != "1":
     pytest.importorskip("torch", reason="training needs the [ml] extra (PyTorch)")
 
+import numpy as np
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -69,6 +70,9 @@ def _shapes_of(delta: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
         ("int8", Dense("int8")),
         ("topk:0.02:2", TopK(0.02, 2)),
         ("topk:1:8", TopK(1.0, 8)),
+        ("topk:0.02:2:1", TopK(0.02, 2)),  # decay 1 is the plain spelling's
+        ("topk:0.02:2:0.95", TopK(0.02, 2, decay=0.95)),
+        ("topk:0.02:2:0", TopK(0.02, 2, decay=0.0)),
     ],
 )
 def test_compression_specs_parse(spec: str, codec: diloco_compress.Codec) -> None:
@@ -78,7 +82,8 @@ def test_compression_specs_parse(spec: str, codec: diloco_compress.Codec) -> Non
 
 @pytest.mark.parametrize(
     "spec", ["", "gzip", "topk", "topk:0.02", "topk:0:2", "topk:1.5:2", "topk:0.1:3",
-             "topk:nan:2", "topk:inf:2", "topk:0.1:2:9", "topk:x:2"],
+             "topk:nan:2", "topk:inf:2", "topk:0.1:2:9", "topk:x:2", "topk:0.1:2:1.5",
+             "topk:0.1:2:-0.1", "topk:0.1:2:nan", "topk:0.1:2:0.9:1"],
 )  # fmt: skip
 def test_bad_compression_specs_say_what_is_accepted(spec: str) -> None:
     with pytest.raises(ValueError, match=r"topk:DENSITY:BITS|density|bits"):
@@ -131,6 +136,39 @@ def test_error_feedback_delivers_every_coordinate_over_rounds() -> None:
         assert torch.allclose(total[n] + residual[n], rounds * t, rtol=1e-4, atol=1e-3)
         # and the residual stays bounded, so the mean sent converges to delta
         assert float((total[n] / rounds - t).abs().max()) < 0.25 * float(t.abs().max())
+
+
+def test_decayed_feedback_adds_decay_times_the_residual_and_stays_bounded() -> None:
+    delta = {"w": torch.randn(256, generator=torch.Generator().manual_seed(3))}
+    residual = {"w": torch.randn(256, generator=torch.Generator().manual_seed(4))}
+    for decay in (0.0, 0.5, 1.0):
+        out = encode(delta, TopK(0.1, 8, chunk=64, decay=decay), residual)
+        assert out.residual is not None
+        sent = decode(out.data, _shapes_of(delta))["w"]
+        # sent plus kept is exactly the decayed accumulation e <- decay x e + delta
+        want = delta["w"] + decay * residual["w"]
+        assert torch.allclose(sent + out.residual["w"], want, atol=1e-6)
+    # a coordinate never sent: plain feedback piles it up without end, a decay of d keeps
+    # it below |delta| / (1 - d)
+    small = {"w": torch.cat([torch.full((1,), 10.0), torch.full((63,), 0.01)])}
+    kept = {d: None for d in (1.0, 0.9)}
+    for _ in range(200):
+        for d in kept:
+            kept[d] = encode(small, TopK(1 / 64, 8, chunk=64, decay=d), kept[d]).residual
+    plain, decayed = kept[1.0], kept[0.9]
+    assert plain is not None and decayed is not None
+    assert float(plain["w"][1:].abs().max()) > 0.5  # 200 x 0.01, less what was sent
+    assert float(decayed["w"][1:].abs().max()) <= 0.01 / (1 - 0.9) + 1e-6
+
+
+def test_the_decay_is_not_on_the_wire() -> None:
+    delta = {"w": torch.randn(300, generator=torch.Generator().manual_seed(5))}
+    plain, decayed = TopK(0.05, 2), TopK(0.05, 2, decay=0.9)
+    assert encode(delta, plain).data == encode(delta, decayed).data  # no residual yet: equal
+    data = encode(delta, decayed).data
+    assert torch.equal(
+        decode(data, _shapes_of(delta), str(plain))["w"], decode(data, _shapes_of(delta))["w"]
+    )
 
 
 def test_a_residual_for_another_shape_is_ignored() -> None:
@@ -231,20 +269,43 @@ def test_header_fields_are_checked_before_use(change: dict[str, object], reason:
 
 
 def test_duplicate_or_out_of_chunk_offsets_and_bad_scales_are_refused() -> None:
+    # 48 values in chunks of 16, k = 4: l = 2, so each chunk's offsets are exactly 2 bytes,
+    # an 8-bit bitmap of the high parts (4 set) and 4 low parts of 2 bits
     raw, shapes = _valid(chunk=16)
-    chunks = math.ceil(48 / 16)
-    offsets_at = 28 + 4 * chunks
-    (first,) = struct.unpack_from("<H", raw, offsets_at)
-    dup = raw[:offsets_at] + struct.pack("<HH", first, first) + raw[offsets_at + 4 :]
+    at = 28 + 4 * math.ceil(48 / 16)
+    dup = raw[:at] + bytes([0b0000_0011, 0b0000_0000]) + raw[at + 2 :]  # offsets 0 0 ...
+    with pytest.raises(BadPseudoGradient, match="entries"):  # only 2 set: refused as such
+        decode(dup, shapes)
+    dup = raw[:at] + bytes([0b0000_1111, 0b0000_0000]) + raw[at + 2 :]  # 0, 0, 0, 0
     with pytest.raises(BadPseudoGradient, match="strictly increasing"):
         decode(dup, shapes)
-    outside = raw[:offsets_at] + struct.pack("<H", 16) + raw[offsets_at + 2 :]
+    too_many = raw[:at] + bytes([0b0001_1111]) + raw[at + 1 :]
+    with pytest.raises(BadPseudoGradient, match="entries"):
+        decode(too_many, shapes)
+    # 48 values in chunks of 20: the last chunk holds 8 values, k = 5, l = 0, a 13-bit bitmap;
+    # its 5 set bits at the end put every offset at 8, past the chunk
+    raw, shapes = _valid(chunk=20)
+    at = 28 + 4 * 3
+    bits = np.unpackbits(np.frombuffer(raw, np.uint8)[at:], bitorder="little")
+    start = 2 * diloco_compress._index_bits(20, 5)
+    bits[start : start + 13] = [0] * 8 + [1] * 5
+    outside = raw[:at] + np.packbits(bits, bitorder="little").tobytes()
     with pytest.raises(BadPseudoGradient, match="lie in their chunk"):
-        decode(outside, shapes)
+        decode(outside[: len(raw)], shapes)
+    raw, shapes = _valid(chunk=16)
     for bad in (math.nan, math.inf, -1.0):
         scaled = raw[:28] + struct.pack("<f", bad) + raw[32:]
         with pytest.raises(BadPseudoGradient, match="scales"):
             decode(scaled, shapes)
+
+
+def test_offsets_cost_about_log2_chunk_over_k_plus_2_bits() -> None:
+    # Elias-Fano: 82 offsets of a chunk of 4096 (2 %) in 82 x 5 + 82 + 128 bits, not 82 x 16
+    assert diloco_compress._index_bits(4096, 82) == 82 * 5 + 82 + 4096 // 32
+    for k in (1, 7, 82, 410, 4096):
+        assert diloco_compress._index_bits(4096, k) <= 16 * k
+    codec = TopK(0.02, 2)
+    assert encoded_size(115_008, codec) == 28 + 4 * 29 + (28 * 620 + 324 + 7) // 8 + 595
 
 
 @pytest.mark.parametrize(

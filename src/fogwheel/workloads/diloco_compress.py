@@ -3,9 +3,13 @@
 Top-k follows SparseLoCo (Sarfi et al. 2025, arXiv 2508.15706) and DeMo (Peng et al. 2024,
 arXiv 2411.19870): the parameters, flattened in name order, are cut into chunks of `chunk`
 elements (4096 by default), and from each chunk only the k = ceil(density x chunk) entries of
-largest magnitude are sent, each as a uint16 offset inside its chunk (cheap: 2 bytes, not an
-int64 index) and a `bits`-bit level (2, 4 or 8) of a uniform midrise quantiser whose scale is
-the chunk's largest selected magnitude (one float32 a chunk). What is not sent is not lost:
+largest magnitude are sent, each as its offset inside its chunk and a `bits`-bit level (2, 4
+or 8) of a uniform midrise quantiser whose scale is the chunk's largest selected magnitude (one
+float32 a chunk). A chunk's k sorted offsets are Elias-Fano coded (Elias 1974, Fano 1971):
+with l = floor(log2(chunk / k)), each offset's low l bits are written as they are and its high
+part in unary, one set bit a value in a bitmap of k + (chunk - 1) // 2**l + 1 bits: about
+l + 2 bits an offset (6-8 at 1-10 % density) where a uint16 took 16, since the offsets are
+sorted and distinct and the code spends no bits on their order. What is not sent is not lost:
 the worker keeps it as its ERROR FEEDBACK (Seide et al. 2014; Karimireddy et al. 2019) and
 adds it to its next pseudo-gradient, so every coordinate arrives eventually. The residual is
 computed from the very bytes that are sent, so the coordinator's decoded update plus the new
@@ -18,10 +22,13 @@ every offset inside its chunk and strictly increasing (no index twice), every sc
 Anything else is a `BadPseudoGradient`, never a crash, and the work it causes is bounded by
 the model's size, not by the bytes' claims.
 
-Layout of a top-k pseudo-gradient (little-endian): b"FWK1"; bits (u8); 0 (u8); k (u16);
+Layout of a top-k pseudo-gradient (little-endian): b"FWK2"; bits (u8); 0 (u8); k (u16);
 chunk (u32); elements (u64); layout digest (8 bytes, BLAKE2b of the names and shapes); then
-one float32 scale a chunk; then each chunk's k_c = min(k, chunk's length) uint16 offsets; then
+one float32 scale a chunk; then the offsets, a bit stream (least significant bit of each byte
+first, the last byte zero-padded) of each chunk's k_c = min(k, chunk's length) offsets in turn,
+Elias-Fano coded (the bitmap of the high parts, then the k_c low parts of l_c bits each); then
 every chunk's levels, `bits` bits each, packed low bits first, the last byte zero-padded.
+(FWK1, before 2026-12-02, sent each offset as a uint16.)
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from fogwheel.workloads.diloco_math import BadPseudoGradient, compress, decompre
 from fogwheel.workloads.transformer import MAGIC as DENSE_MAGIC
 from fogwheel.workloads.transformer import read_state, state_to_bytes
 
-TOPK_MAGIC = b"FWK1"
+TOPK_MAGIC = b"FWK2"
 TOPK_BITS = (2, 4, 8)
 DEFAULT_CHUNK = 4096
 MAX_CHUNK = 1 << 16  # offsets are uint16
@@ -63,11 +70,18 @@ class Dense:
 
 @dataclass(frozen=True)
 class TopK:
-    """The `density` largest of each chunk, `bits` bits a value, the rest kept as feedback."""
+    """The `density` largest of each chunk, `bits` bits a value, the rest kept as feedback.
+
+    `decay` is SparseLoCo's beta: the kept residual is multiplied by it before the next
+    pseudo-gradient is added (e <- decay x e + delta), so what was never sent fades instead of
+    piling up; 1 keeps it whole (plain error feedback), 0 keeps none. It is the worker's own
+    arithmetic, not on the wire: the coordinator decodes every decay alike.
+    """
 
     density: float
     bits: int
     chunk: int = DEFAULT_CHUNK
+    decay: float = 1.0
     feedback = True  # keeps what it did not send, as error feedback
 
     def __post_init__(self) -> None:
@@ -77,6 +91,8 @@ class TopK:
             raise ValueError(f"top-k bits must be one of {TOPK_BITS}, not {self.bits}")
         if not 1 <= self.chunk <= MAX_CHUNK:
             raise ValueError(f"top-k chunk must be 1..{MAX_CHUNK} elements, not {self.chunk}")
+        if not 0.0 <= self.decay <= 1.0:
+            raise ValueError(f"top-k error feedback decay must be in [0, 1], not {self.decay}")
 
     @property
     def k(self) -> int:
@@ -84,14 +100,16 @@ class TopK:
         return max(1, min(self.chunk, math.ceil(self.density * self.chunk)))
 
     def __str__(self) -> str:
-        return f"topk:{self.density:g}:{self.bits}"
+        tail = "" if self.decay == 1.0 else f":{self.decay:g}"
+        return f"topk:{self.density:g}:{self.bits}{tail}"
 
 
 Codec = Dense | TopK
 
 
 def parse_codec(spec: str) -> Codec:
-    """`none`, `fp32`, `fp16`, `int8` or `topk:DENSITY:BITS` (e.g. `topk:0.02:2`) as a Codec.
+    """`none`, `fp32`, `fp16`, `int8` or `topk:DENSITY:BITS[:DECAY]` (e.g. `topk:0.02:2`, or
+    `topk:0.02:2:0.95` for error feedback that decays by 0.95 a round) as a Codec.
 
     ValueError, saying what is accepted, for anything else.
     """
@@ -101,17 +119,18 @@ def parse_codec(spec: str) -> Codec:
     if text in ("fp16", "int8"):
         return Dense(text)  # type: ignore[arg-type]
     usage = (
-        "compression must be none, fp16, int8 or topk:DENSITY:BITS (density in (0, 1], bits "
-        "2, 4 or 8; e.g. topk:0.02:2)"
+        "compression must be none, fp16, int8 or topk:DENSITY:BITS[:DECAY] (density in (0, 1], "
+        "bits 2, 4 or 8, error feedback decay in [0, 1], 1 if left out; e.g. topk:0.02:2)"
     )
     parts = text.split(":")
-    if parts[0] != "topk" or len(parts) != 3:
+    if parts[0] != "topk" or len(parts) not in (3, 4):
         raise ValueError(f"{usage}, not {spec!r}")
     try:
         density, bits = float(parts[1]), int(parts[2])
-        if not math.isfinite(density):
-            raise ValueError(f"density {parts[1]} is not a number")
-        return TopK(density, bits)
+        decay = float(parts[3]) if len(parts) == 4 else 1.0
+        if not (math.isfinite(density) and math.isfinite(decay)):
+            raise ValueError(f"density {parts[1]} or decay {parts[3:]} is not a number")
+        return TopK(density, bits, decay=decay)
     except ValueError as e:
         raise ValueError(f"{usage}, not {spec!r} ({e})") from None
 
@@ -136,7 +155,48 @@ def encoded_size(elements: int, codec: TopK) -> int:
 def _size(elements: int, chunk: int, k: int, bits: int) -> int:
     full, rest, sent = _chunk_counts(elements, chunk, k)
     chunks = full + (1 if rest else 0)
-    return _HEADER.size + 4 * chunks + 2 * sent + (sent * bits + 7) // 8
+    index = full * _index_bits(chunk, k) + (_index_bits(rest, min(k, rest)) if rest else 0)
+    return _HEADER.size + 4 * chunks + (index + 7) // 8 + (sent * bits + 7) // 8
+
+
+# -- offsets: Elias-Fano, a chunk's k sorted offsets in about k x (log2(chunk / k) + 2) bits ----
+
+
+def _low_bits(length: int, k: int) -> int:
+    """l = floor(log2(length / k)): the bits of each offset written as they are."""
+    return (length // k).bit_length() - 1
+
+
+def _index_bits(length: int, k: int) -> int:
+    """The Elias-Fano bits of k distinct offsets in a chunk of `length`: the high parts'
+    bitmap (k set bits among k + (length - 1) // 2**l + 1) and k low parts of l bits."""
+    low = _low_bits(length, k)
+    return k + ((length - 1) >> low) + 1 + k * low
+
+
+def _ef_encode(offsets: np.ndarray, length: int) -> np.ndarray:
+    """Each row of sorted `offsets` (count, k) in a chunk of `length` as its row of bits."""
+    count, k = offsets.shape
+    low = _low_bits(length, k)
+    width = k + ((length - 1) >> low) + 1
+    bitmap = np.zeros((count, width), np.uint8)
+    bitmap[np.arange(count)[:, None], (offsets >> low) + np.arange(k)] = 1
+    lows = (offsets[:, :, None] >> np.arange(low)) & 1
+    return np.concatenate([bitmap, lows.reshape(count, k * low).astype(np.uint8)], axis=1)
+
+
+def _ef_decode(bits: np.ndarray, count: int, k: int, length: int) -> np.ndarray:
+    """`_ef_encode`'s inverse: (count, k) offsets, or BadPseudoGradient if a bitmap row does
+    not hold exactly k set bits (the caller checks range and order)."""
+    low = _low_bits(length, k)
+    width = k + ((length - 1) >> low) + 1
+    rows = bits.reshape(count, width + k * low)
+    bitmap = rows[:, :width]
+    if (bitmap.sum(axis=1, dtype=np.int64) != k).any():
+        raise BadPseudoGradient(f"top-k offsets: each chunk's bitmap must hold {k} entries")
+    high = np.nonzero(bitmap)[1].reshape(count, k) - np.arange(k)
+    lows = rows[:, width:].reshape(count, k, low).astype(np.int64)
+    return (high << low) | (lows << np.arange(low)).sum(axis=2, dtype=np.int64)
 
 
 # -- levels: a uniform midrise quantiser, 2**bits levels in [-scale, scale] ---------------------
@@ -198,13 +258,13 @@ def _blocks(flat: Tensor, chunk: int, k: int) -> list[tuple[Tensor, int]]:
 def _encode_topk(flat: Tensor, shapes: Mapping[str, tuple[int, ...]], codec: TopK) -> bytes:
     if not torch.isfinite(flat).all():
         raise BadPseudoGradient("cannot compress a pseudo-gradient with NaN or infinite values")
-    scales, offsets, levels = [], [], []
+    scales, index, levels = [], [], []
     for block, k in _blocks(flat, codec.chunk, codec.k):
         idx = torch.topk(block.abs(), k, dim=1, sorted=False).indices.sort(dim=1).values
         values = torch.gather(block, 1, idx)
         scale = values.abs().amax(dim=1, keepdim=True)
         scales.append(scale.reshape(-1))
-        offsets.append(idx.reshape(-1))
+        index.append(_ef_encode(idx.numpy(), block.shape[1]).reshape(-1))
         levels.append(_quantise(values, scale, codec.bits).reshape(-1))
     header = _HEADER.pack(
         TOPK_MAGIC, codec.bits, 0, codec.k, codec.chunk, flat.numel(), layout_digest(shapes)
@@ -213,7 +273,7 @@ def _encode_topk(flat: Tensor, shapes: Mapping[str, tuple[int, ...]], codec: Top
         [
             header,
             torch.cat(scales).numpy().astype("<f4").tobytes(),
-            torch.cat(offsets).numpy().astype("<u2").tobytes(),
+            np.packbits(np.concatenate(index), bitorder="little").tobytes(),
             _pack(torch.cat(levels).numpy(), codec.bits),
         ]
     )
@@ -242,20 +302,27 @@ def _decode_topk(data: bytes, shapes: Mapping[str, tuple[int, ...]]) -> Tensor:
     at = _HEADER.size
     scales = np.frombuffer(data, "<f4", chunks, at).astype(np.float32)
     at += 4 * chunks
-    offsets = np.frombuffer(data, "<u2", sent, at).astype(np.int64)
-    at += 2 * sent
+    spans = [(0, full, k, chunk)] if full else []
+    if rest:
+        spans.append((full, 1, min(k, rest), rest))
+    index_bits = sum(count * _index_bits(length, kc) for _, count, kc, length in spans)
+    stream = np.unpackbits(
+        np.frombuffer(data, np.uint8, (index_bits + 7) // 8, at), bitorder="little"
+    )
+    if stream[index_bits:].any():
+        raise BadPseudoGradient("top-k offsets: the last byte's padding bits must be zero")
+    at += (index_bits + 7) // 8
     levels = _unpack(data[at:], sent, bits)
     if sent * bits % 8 and data[-1] >> (sent * bits % 8):
         raise BadPseudoGradient("top-k levels: the last byte's padding bits must be zero")
     if not np.isfinite(scales).all() or (scales < 0).any():
         raise BadPseudoGradient("top-k scales must be finite and non-negative")
     flat = torch.zeros(elements, dtype=torch.float32)
-    spans = [(0, full, k, chunk)] if full else []
-    if rest:
-        spans.append((full, 1, min(k, rest), rest))
-    taken = 0
+    taken = read = 0
     for first, count, kc, length in spans:
-        offs = offsets[taken : taken + count * kc].reshape(count, kc)
+        span_bits = count * _index_bits(length, kc)
+        offs = _ef_decode(stream[read : read + span_bits], count, kc, length)
+        read += span_bits
         if (offs >= length).any() or (np.diff(offs, axis=1) <= 0).any():
             raise BadPseudoGradient("top-k offsets must lie in their chunk, strictly increasing")
         q = torch.from_numpy(levels[taken : taken + count * kc].reshape(count, kc).copy())
@@ -283,15 +350,15 @@ def encode(
     """`delta` (plus the kept `residual`, for top-k) as bytes, and the new residual.
 
     Dense codecs keep no residual (their error is below int8's half step). For top-k the
-    accumulated update is delta + residual; what the bytes carry is subtracted from it, and the
-    remainder is the new residual, float32, in `delta`'s names.
+    accumulated update is delta + decay x residual; what the bytes carry is subtracted from it,
+    and the remainder is the new residual, float32, in `delta`'s names.
     """
     if isinstance(codec, Dense):
         return Encoded(compress(delta, codec.dtype), None)
     shapes = {n: tuple(t.shape) for n, t in delta.items()}
     flat = _flatten(delta)
     if residual is not None and {n: tuple(t.shape) for n, t in residual.items()} == shapes:
-        flat = flat + _flatten(residual)
+        flat = flat + codec.decay * _flatten(residual)
     data = _encode_topk(flat, shapes, codec)
     sent = _decode_topk(data, shapes)
     return Encoded(data, _unflatten(flat - sent, shapes))
