@@ -110,6 +110,14 @@ def verdict(
         counts[d] = counts.get(d, 0) + 1
     if len(counts) == 1:  # one answer (the common case): it is the most voted, untied
         digest, votes = next(iter(counts.items()))
+        if votes >= quorum:  # every result agrees: nobody disputes
+            agreeing = tuple(sorted([n for n, _ in results]))
+            why = (
+                f"{votes} of {len(results)} results agree"
+                if quorum > 1
+                else f"accepted unchecked from {agreeing[0]}"
+            )
+            return Accept(digest, agreeing, (), why)
         tied = False
     else:
         digest, votes = max(counts.items(), key=_VOTES)  # the first most voted (most_common)

@@ -117,8 +117,10 @@ class Group:
 
     def __init__(self, quorum: int) -> None:
         self.members: list[int] = []  # its copies (check replicas and backups), in order
-        self.ran: set[str] = set()  # nodes holding or having answered a copy
-        self.involved: set[str] = set()  # every node that held a copy
+        # Sets of a node or two, kept as lists without repeats: an empty set weighs 216
+        # bytes, a list 56, and a million open groups' containers are most of the run's memory.
+        self.ran: list[str] = []  # nodes holding or having answered a copy
+        self.involved: list[str] = []  # every node that held a copy
         self.results: dict[str, str] = {}  # node -> digest
         self.quorum = quorum  # matching results it needs; 0: not drawn yet
         self.lost_on: dict[int, set[str]] | None = None  # copy (or itself) -> nodes that lost it
@@ -297,15 +299,17 @@ class World:
 
     def _lease(self, d: int, dev: Device, want: int, now: float) -> list[int]:
         held = dev.held
-        want = min(want, inflight.room(dev.quota, dev.cores, held))
+        room = inflight.room(dev.quota, dev.cores, held)
+        if room < want:
+            want = room
         if want <= 0:
             return []
         slots = dev.slots
-        view = scheduler.NodeView(
-            dev.name, slots, self.memory_mb, held, dev.done, dev.lost, NOTHING, dev.up_s
-        )
         out: list[int] = []
-        if self.pending.size:
+        if self.pending.size:  # else only a backup copy could be leased: no view to place by
+            view = scheduler.NodeView(
+                dev.name, slots, self.memory_mb, held, dev.done, dev.lost, NOTHING, dev.up_s
+            )
             grant = self._grant
             for a in self.place(dev, view, want):
                 t = a.task_id
@@ -316,7 +320,7 @@ class World:
         # Else no job is in its last wave, or none has a task due: no straggler to back up.
         if free > 0 and self._drained and now >= self._due_at - DUE_MARGIN_S:
             view = scheduler.NodeView(
-                view.id, slots, view.memory_mb, held, view.done, view.lost, NOTHING
+                dev.name, slots, self.memory_mb, held, dev.done, dev.lost, NOTHING
             )
             for a in self._backups(view, free, now):
                 copy = self._copy(a.task_id, backup=True)
@@ -449,21 +453,32 @@ class World:
 
     def _grant(self, dev: Device, t: int, now: float) -> None:
         name = dev.name
-        task = self.state[t]
-        if task.state is PENDING and not self.backup[t]:
-            self._dequeue(t)
-        self.state[t] = apply(task, Leased(name, now, self.lease_s))
+        state = self.state
+        task = state[t]
         g = self.group_of[t]
-        group = self._group(g)
-        group.ran.add(name)
-        group.involved.add(name)
+        j = self.job_of[t]
+        if task.state is PENDING and not self.backup[t]:  # _dequeue(t), inline
+            self.pending.discard((PRIORITY_SHIFT if g == t else 0) + t)
+            job = self.jobs[j]
+            job.pending -= 1
+            if not job.pending:
+                self._drained.add(j)
+                self._may_be_due(j)
+        state[t] = apply(task, Leased(name, now, self.lease_s))
+        group = self.groups[g]
+        if group is None:
+            group = self._group(g)
+        ran, involved = group.ran, group.involved
+        if name not in ran:
+            ran.append(name)
+        if name not in involved:
+            involved.append(name)
         cands = self._cands  # _changed(g), inline: t is g or one of its members
         cands.pop(PRIORITY_SHIFT + g, None)
         for m in group.members:
             cands.pop(m, None)
         dev.held += 1
         if g == t:
-            j = self.job_of[t]
             running = self.jobs[j].running
             running[t] = now
             if len(running) == 1:  # its oldest running task changed
@@ -505,14 +520,17 @@ class World:
         # job's `running` is in that order already; merged here by (leased_at, id).
         heapq.heapify(heads)
         name = view.id
-        me = frozenset({name})
         state, groups = self.state, self.groups
         cutoff = now - scheduler.BACKUP_MIN_S
         scanned = 0
         stragglers: list[scheduler.Straggler] = []
+        # plan_backups takes the `free` longest-running of those it does not pass over; the
+        # scan meets them longest-running first, so once it has `free`, only those running
+        # as long as the last (a tie, ordered by id) could still be taken: it stops there.
+        enough = -math.inf
         while heads and scanned < BACKUP_SCAN:
             at, t, j, items = heads[0]
-            if at >= cutoff:
+            if at >= cutoff or now - at < enough:
                 break
             following = next(items, None)
             if following is None:
@@ -523,22 +541,17 @@ class World:
             if holder is None or holder == name:
                 continue
             scanned += 1
-            # Only those plan_backups would not pass over as too young are built: the rest
-            # count toward the 64 read, as the store's rows do, and decide nothing.
+            # Only those plan_backups would not pass over (too young, or a copy already held
+            # or run by the asker) are built: the rest count toward the 64 read, as the
+            # store's rows do, and decide nothing.
             limit = after.get(j)
-            if limit is None or now - at <= limit:
+            if limit is None or now - at <= limit or name in _involved(groups[t]):
                 continue
             stragglers.append(
-                scheduler.Straggler(
-                    t,
-                    holder,
-                    now - at,
-                    jobs[j].typical,
-                    0,
-                    NOTHING,
-                    me if name in _involved(groups[t]) else NOTHING,
-                )
+                scheduler.Straggler(t, holder, now - at, jobs[j].typical, 0, NOTHING, NOTHING)
             )
+            if len(stragglers) == free:
+                enough = now - at
         if not scanned:
             return []
         self.counters.decisions += 1
@@ -550,10 +563,11 @@ class World:
         """Device `d` reports `digest` for `t` after `took` seconds (the right one is RIGHT)."""
         dev = self.devices[d]
         name = dev.name
-        task = self.state[t]
+        state = self.state
+        task = state[t]
         if task.state is not LEASED or task.node != name:
             return  # superseded: the lease was lost or the copy cancelled
-        self.state[t] = apply(task, dev.reported)
+        state[t] = apply(task, dev.reported)
         dev.held -= 1
         dev.done += 1
         self.counters.results += 1
@@ -563,7 +577,7 @@ class World:
         if g == t:  # only originals run as stragglers (copies are never in these)
             if job.running.pop(t, None) is None:
                 job.backed.pop(t, None)
-        else:
+        elif g in job.backed:  # else _copy_closed(g) has nothing to do
             self._copy_closed(g)
         took_ = job.took
         if len(took_) < MEDIAN_SAMPLE:
@@ -576,7 +590,9 @@ class World:
                 job.wait = scheduler.backup_after(typical)
                 self._cands.clear()
                 self._may_be_due(j)
-        group = self._group(g)
+        group = self.groups[g]
+        if group is None:
+            group = self._group(g)
         group.results[name] = digest
         members = group.members
         cands = self._cands
@@ -614,7 +630,8 @@ class World:
         lost_on = group.lost_on.setdefault(t, set())
         lost_on.add(task.node or "")
         self._most_lost = max(self._most_lost, len(lost_on))
-        group.ran.discard(task.node or "")
+        if (task.node or "") in group.ran:
+            group.ran.remove(task.node or "")
         self._changed(g)
         self._cands.pop(self._key(t), None)
         self._not_running(t)
@@ -637,7 +654,9 @@ class World:
         if state[g].state in SETTLED:
             return
         gone = self._quarantined_names
-        group = self._group(g)
+        group = self.groups[g]
+        if group is None:
+            group = self._group(g)
         results = group.results
         votes = [*results.items()]
         if gone and not gone.isdisjoint(results):  # else none of its voters is quarantined
@@ -710,7 +729,8 @@ class World:
         if task.state in OPEN:
             self._close(g, g)
         state[g] = apply(task, AGREED if ok else DISAGREED)
-        for m in _members(self.groups[g]):
+        group = self.groups[g]
+        for m in group.members if group is not None else ():
             task = state[m]
             if task.state is VERIFYING:
                 state[m] = apply(task, AGREED if ok else COPY_DISAGREED)
@@ -749,8 +769,17 @@ class World:
         if agreed:
             quota = dev.quota
             grown = inflight.grown(quota)
-            if grown != quota:
-                self._set_quota(dev, grown)
+            if grown != quota:  # _set_quota(dev, grown), inline
+                cores = dev.cores
+                if dev.live:
+                    busy = cores - dev.free
+                    before = dev.slots
+                    dev.slots = after = inflight.scheduling_slots(grown, cores)
+                    self.total_slots += after - before
+                    self.total_free += max(0, after - busy) - max(0, before - busy)
+                else:
+                    dev.slots = inflight.scheduling_slots(grown, cores)
+                dev.quota = grown
         else:
             dev.quarantined = True
             self._quarantined_names.add(dev.name)
@@ -806,7 +835,7 @@ def _members(group: Group | None) -> list[int] | tuple[()]:
     return group.members if group is not None else ()
 
 
-def _involved(group: Group | None) -> set[str] | tuple[()]:
+def _involved(group: Group | None) -> list[str] | tuple[()]:
     return group.involved if group is not None else ()
 
 
