@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fogwheel.core import scheduler
 from fogwheel.core.scheduler import (
     BACKUP_FACTOR,
     BACKUP_MIN_S,
@@ -768,3 +769,14 @@ def test_every_policy_keeps_the_same_bounds_and_rules(
     groups = [by_id[t].group or t for t in chosen]
     assert len(groups) == len(set(groups))  # never two copies of one task to one node
     assert len(chosen) == len(fair)  # a policy changes which tasks, never how many
+
+
+@given(st.integers(0, 10_000), st.integers(0, 10_000))
+def test_a_reasons_track_record_is_the_nodes_reliability_to_two_places(
+    done: int, lost: int
+) -> None:
+    # Given a node's finished and lost attempts, Then the kept clause reads as formatted afresh
+    node = NodeView("n", slots=1, memory_mb=1, done=done, lost=lost)
+    expected = f"reliability {reliability(node):.2f} ({done}/{done + lost})"
+    assert scheduler._track_record(done, lost) == expected
+    assert scheduler._track_record(done, lost) == expected  # and so does the kept one
