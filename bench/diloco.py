@@ -13,10 +13,11 @@ One model, one seed and one number of training samples, trained five ways in one
   D  C at the largest H with int8 pseudo-gradients;
   E  C at the largest H with each worker absent from a round with probability 0.25
      (`TrainConfig.absent_rate`): simulated churn, so E sees about 3/4 of the samples;
-  T  DiLoCo with top-k pseudo-gradients (`--topk`, default topk:0.02:2: 2 % of each chunk
-     of 4096, 2 bits a value, error feedback kept on the nodes) at H = `--topk-h` (15: about
-     1,250x fewer bytes than B), outer SGD without momentum (SparseLoCo: the error feedback is
-     the momentum), lr `--topk-outer-lr` (1.5);
+  T  DiLoCo with top-k pseudo-gradients (`--topk`, default topk:0.05:2:0.9: 5 % of each
+     chunk of 4096, 2 bits a value, Elias-Fano coded offsets, error feedback kept on the nodes
+     and decayed by 0.9 a round) at H = `--topk-h` (15: 1,116x fewer bytes than B), outer SGD
+     without momentum (SparseLoCo: the error feedback is the momentum), lr `--topk-outer-lr`
+     (1.5); docs/training.md, "Top-k to the goal", has the sweep behind these;
   S  Streaming DiLoCo (`--fragments` F, default 2) at the largest H, fp16: each round runs
      H / F inner steps and sends one fragment, so the peak bytes of one sync fall by ~F.
 
@@ -594,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outer-momentum", type=float, default=0.8, help="(0.8)")
     parser.add_argument("--absent-rate", type=float, default=0.25, help="E's churn (0.25)")
     parser.add_argument("--warm-start", type=int, default=150, help="shared warm start (150)")
-    parser.add_argument("--topk", default="topk:0.02:2", help="T's codec (topk:0.02:2)")
+    parser.add_argument("--topk", default="topk:0.05:2:0.9", help="T's codec (topk:0.05:2:0.9)")
     parser.add_argument("--topk-h", type=int, default=15, help="T's H (15)")
     parser.add_argument("--topk-outer-lr", type=float, default=1.5, help="T's outer lr (1.5)")
     parser.add_argument("--fragments", type=int, default=2, help="S's fragments (2)")
