@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -144,8 +145,18 @@ def fog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFog]:
                 job_id = futures[0].job_id
             r = httpx.get(f"{fog.url}/v1/jobs/{job_id}", headers=fog.headers, timeout=10)
             assert r.status_code == 200
+            # The access line is written once the response has gone out, so it can land a
+            # moment after the client has its answer: wait for it rather than race it.
+            _wait_for_line(fog, "coordinator.log", "GET /v1/jobs/{job_id} 200")
             fog.job_id = job_id  # type: ignore[attr-defined]
             yield fog
+
+
+def _wait_for_line(fog: LocalFog, name: str, text: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in (fog.dir / name).read_text():
+        assert time.monotonic() < deadline, f"{name} never logged {text!r}"
+        time.sleep(0.05)
 
 
 def _lines(fog: LocalFog, name: str) -> list[dict[str, Any]]:
