@@ -629,7 +629,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         figures = measure(args)
         if args.byzantine:  # its own two fogs of single-slot devices, once, the first seed
-            figures |= diloco_byzantine.bench_section(args, MODEL)
+            shards, _ = corpus.split_corpus(corpus.load_corpus(), args.workers)
+            warm = warm_start(args, args.seed, b"".join(shards))  # the arms' own start
+            initial = warm[0] if warm else None
+            figures |= diloco_byzantine.bench_section(args, MODEL, initial)
             met = diloco_byzantine.goal_met(figures)
             figures["goals"]["byzantine_within_3pct_all_detected"] = met
     except BenchmarkFailed as e:

@@ -6,7 +6,8 @@ so the poisoners run workers 0..P-1 from the first round), with the library's By
 defences as they are by default (the robust aggregate, the held-out check of every update,
 audits recomputed under the coordinator's quorum; docs/training.md): one in which
 `--poisoners` of the devices run with `FOGWHEEL_FAULT=poison:ATTACK` (node/faults.py), one in
-which every device is honest.
+which every device is honest. Both start from bench/diloco.py's warm start (`--warm-start`,
+150 steps of one-process AdamW, as its other DiLoCo arms do).
 
     byzantine_loss_ratio   final validation loss, poisoned run / clean run (goal <= 1.03)
     byzantine_detected     poisoning devices the coordinator quarantined (a count; of
@@ -24,6 +25,7 @@ Progress goes to stderr; the last line of stdout is one JSON object.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import shutil
 import sys
@@ -49,9 +51,15 @@ def progress(message: str) -> None:
 
 
 def train_arm(
-    settings: dict[str, Any], devices: int, poisoners: int, attack: str, work: Path
+    settings: dict[str, Any],
+    devices: int,
+    poisoners: int,
+    attack: str,
+    work: Path,
+    initial: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One run on a fresh fog: `poisoners` of the `devices` poison with `attack` (0: clean)."""
+    """One run on a fresh fog: `poisoners` of the `devices` poison with `attack` (0: clean),
+    from the weights `initial` (a warm start) or the seed's."""
     name = f"{attack} x{poisoners}" if poisoners else "clean"
     t0 = time.perf_counter()
     with LocalFog(0, cores_per_node=1, workdir=work / name.replace(" ", "-")) as fog:
@@ -64,7 +72,8 @@ def train_arm(
         fog.wait_for_nodes(devices)
         with Client(fog.url, fog.api_key, replicas=1) as client:
             config = diloco.TrainConfig(**{**settings, "workers": devices, "pin": PIN})
-            trainer = diloco.Trainer.start(client, config, work / f"run-{name.replace(' ', '-')}")
+            run_dir = work / f"run-{name.replace(' ', '-')}"
+            trainer = diloco.Trainer.start(client, config, run_dir, initial=initial)
 
             def report(record: diloco.RoundRecord, run: diloco.Run) -> None:
                 progress(
@@ -91,15 +100,20 @@ def train_arm(
 
 
 def measure(
-    settings: dict[str, Any], devices: int = 10, poisoners: int = 1, attack: str = "sign-flip"
+    settings: dict[str, Any],
+    devices: int = 10,
+    poisoners: int = 1,
+    attack: str = "sign-flip",
+    initial: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The byzantine figures: the poisoned run against the clean one, same settings."""
+    """The byzantine figures: the poisoned run against the clean one, same settings and the
+    same starting weights."""
     work = Path(tempfile.mkdtemp(prefix="fogwheel-bench-byzantine-"))
     try:
         progress(f"[byzantine] {devices} devices, {poisoners} poisoning ({attack})")
-        poisoned = train_arm(settings, devices, poisoners, attack, work)
+        poisoned = train_arm(settings, devices, poisoners, attack, work, initial)
         progress(f"[byzantine] {devices} devices, all honest")
-        clean = train_arm(settings, devices, 0, attack, work)
+        clean = train_arm(settings, devices, 0, attack, work, initial)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {
@@ -117,8 +131,13 @@ def measure(
     }
 
 
-def bench_section(args: argparse.Namespace, model: transformer.ModelConfig) -> dict[str, Any]:
-    """bench/diloco.py's byzantine section: its model, its largest H, its steps and rates."""
+def bench_section(
+    args: argparse.Namespace,
+    model: transformer.ModelConfig,
+    initial: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """bench/diloco.py's byzantine section: its model, its largest H, its steps and rates,
+    from its warm start (`initial`) like every other DiLoCo arm."""
     h = max(args.h)
     settings = {
         "model": model.to_dict(),
@@ -133,7 +152,22 @@ def bench_section(args: argparse.Namespace, model: transformer.ModelConfig) -> d
         "val_windows": args.val_windows,
         "round_timeout": 600.0,
     }
-    return measure(settings, args.byzantine_devices, 1, args.byzantine_attack)
+    return measure(settings, args.byzantine_devices, 1, args.byzantine_attack, initial)
+
+
+def warm_weights(steps: int, seed: int) -> dict[str, Any] | None:
+    """bench/diloco.py's warm start (its K = 4, batch 16, lr 3e-3): `steps` of one-process
+    AdamW from the seed's weights, the checkpoint its DiLoCo arms start from; None for 0."""
+    if steps <= 0:
+        return None
+    bench = importlib.import_module("diloco")  # bench/diloco.py, beside this file
+    from fogwheel.workloads import corpus
+
+    shards, _ = corpus.split_corpus(corpus.load_corpus(), 4)
+    options = argparse.Namespace(warm_start=steps, lr=3e-3, workers=4, batch=16)
+    progress(f"[byzantine] warm start: {steps} steps of one-process AdamW")
+    warm = bench.warm_start(options, seed, b"".join(shards))
+    return None if warm is None else warm[0]
 
 
 def goal_met(figures: dict[str, Any]) -> bool:
@@ -156,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--aggregate", default="centered-clip", help="(centered-clip)")
     parser.add_argument("--seed", type=int, default=0, help="(0)")
     parser.add_argument("--model", choices=["bench", "tiny"], default="bench", help="(bench)")
+    parser.add_argument(
+        "--warm-start", type=int, default=150,
+        help="steps of bench/diloco.py's warm start both runs begin from (150; bench model only)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     model = MODEL if args.model == "bench" else transformer.ModelConfig.tiny()
     settings = {
@@ -173,8 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         "round_timeout": 600.0,
     }
     t0 = time.perf_counter()
-    figures = measure(settings, args.devices, args.poisoners, args.attack)
+    initial = warm_weights(args.warm_start, args.seed) if args.model == "bench" else None
+    figures = measure(settings, args.devices, args.poisoners, args.attack, initial)
     figures |= {"steps": args.steps, "h": args.h, "model": args.model}
+    figures["warm_start"] = args.warm_start if initial is not None else 0
     figures["goal_met"] = goal_met(figures)
     figures["bench_wall_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(figures), flush=True)

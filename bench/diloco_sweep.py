@@ -8,8 +8,9 @@ fragments) run in that worker's directory, whose `keep/` stays there between rou
 moments, the error feedback, the streaming local weights) as a node keeps them; the spec is
 the driver's (`diloco.task_spec`), the pseudo-gradient is decoded and checked as the driver
 does (`diloco_compress.decode`, `diloco_math.check_norm`), and the guard's decisions are the
-driver's: audits planned by `diloco_guard.plan_audits` (an audited worker's task runs `fresh`:
-AdamW from zero, no error feedback, as on the fog; its copy is taken as verified), the
+driver's: audits planned by `diloco_guard.plan_audits` (an audited worker's task runs `fresh`
+in a directory of its own: AdamW from zero, no error feedback, as on the fog, while the
+worker's keep/ is left as it was for its next round; its copy is taken as verified), the
 held-out check by `diloco_guard.held_out_suspects` (suspects left out and audited next round),
 the step by `diloco_guard.outer_step` (the robust aggregate, then `OuterOptimizer` or
 `FragmentedOuter`). What the fog adds and this leaves out: placement (every worker keeps its
@@ -163,7 +164,8 @@ def simulate(
         kept: list[tuple[int, dict[str, torch.Tensor], float]] = []
         for k in present:
             spec = diloco.task_spec(cfg, groups, r, k, last_round.get(k), audit=k in audited)
-            where = work / f"w{k}"
+            # an audit runs apart, as on another device: the worker's keep/ stays as it was
+            where = work / (f"audit-r{r}-w{k}" if k in audited else f"w{k}")
             where.mkdir(exist_ok=True)
             (where / "weights").write_bytes(weights)
             (where / "shard").write_bytes(shards[k])
@@ -174,7 +176,10 @@ def simulate(
             delta = diloco_compress.decode(raw, sent_shapes, cfg.compression)
             diloco_math.check_norm(delta, diloco.MAX_DELTA_NORM)
             kept.append((k, delta, float(out["samples"])))
-            last_round[k] = r
+            if k in audited:
+                shutil.rmtree(where)
+            else:
+                last_round[k] = r
         judged = (
             diloco_guard.held_out_suspects(
                 model.state_dict(),

@@ -102,6 +102,35 @@ def _train_cli(fog: LocalFog, *args: str) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
+def test_train_pin_runs_each_worker_on_its_own_device_from_the_cli(tmp_path: Path) -> None:
+    # Three devices, two of them pinned (w0, w1) and a third free to take anything: with
+    # --pin w every round of worker k is sent by the device advertising w{k}.
+    with LocalFog(0, cores_per_node=1, workdir=tmp_path / "fog") as fog:
+        fog.add_node()  # a device with no pin: it must take no worker's round
+        pinned = [fog.add_node("--capability", f"w{k}") for k in range(2)]
+        fog.wait_for_nodes(3)
+        with Client(fog.url, fog.api_key) as client:
+            ids = {n["name"]: n["id"] for n in client.nodes()}
+        args = ["--model", "tiny", "--workers", "2", "--rounds", "3", "--inner-steps", "4",
+                "--audit-rate", "0", "--pin", "w", "--run-dir", str(tmp_path / "run")]  # fmt: skip
+        proc = _train_cli(fog, *args)
+        out, errs = proc.communicate(timeout=300)
+        assert proc.returncode == 0, errs
+        assert "trained 3 rounds" in out
+    ledger = json.loads((tmp_path / "run" / "run.json").read_text())["robust"]["ledger"]
+    senders = {(e["round"], e["worker"]): e["node"] for e in ledger}
+    assert len(senders) == 6, ledger
+    for (_, k), node in senders.items():
+        assert node == ids[f"local-{pinned[k]}"], (k, node, ids)
+
+
+def test_train_pin_refuses_a_prefix_with_spaces() -> None:
+    with pytest.raises(ValueError, match="pin must be a capability prefix"):
+        settings(pin="w 0")
+    with pytest.raises(ValueError, match="pin must be a capability prefix"):
+        settings(pin="")
+
+
 def test_a_run_resumed_after_the_driver_was_killed_gives_the_same_weights(tmp_path: Path) -> None:
     common = ["--model", "tiny", "--workers", "2", "--rounds", "4", "--inner-steps", "8",
               "--inner-lr", "0.003", "--seed", "5"]  # fmt: skip

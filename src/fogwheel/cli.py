@@ -1264,9 +1264,10 @@ def train(
         typer.Option(
             "--compress",
             "--compression",
-            help="Pseudo-gradients on the wire: none (fp32), fp16, int8, or topk:DENSITY:BITS "
-            "(the DENSITY largest of every 4096, BITS of 2, 4 or 8 a value, the rest kept on "
-            "the device as error feedback; e.g. topk:0.02:2).",
+            help="Pseudo-gradients on the wire: none (fp32), fp16, int8, or "
+            "topk:DENSITY:BITS[:DECAY] (the DENSITY largest of every 4096, BITS of 2, 4 or 8 "
+            "a value, the rest kept on the device as error feedback, decayed by DECAY a round, "
+            "default 1; e.g. topk:0.05:2:0.9).",
         ),
     ] = "fp16",
     fragments: Annotated[
@@ -1294,6 +1295,16 @@ def train(
             "coordinator's quorum (a liar is quarantined); suspects are audited always.",
         ),
     ] = 0.1,
+    pin: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PREFIX",
+            help="One worker a device: worker k's first round runs only on a device started "
+            "with `fogwheel node --capability PREFIXk` (e.g. --pin w for w0, w1, ...), and its "
+            "kept state holds it there after. Without it any device may take any worker, and "
+            "a fast one may take two.",
+        ),
+    ] = None,
     model: Annotated[
         str, typer.Option(help="small (about 0.8M parameters) or tiny (25K, for tests).")
     ] = "small",
@@ -1348,6 +1359,7 @@ def train(
                 fragments=fragments,
                 aggregate=aggregate,
                 audit_rate=audit_rate,
+                pin=pin,
                 seed=seed,
             )
         except ValueError as e:

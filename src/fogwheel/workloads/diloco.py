@@ -104,6 +104,13 @@ class TrainConfig:
             )
         if self.gauntlet_windows < 0:
             raise ValueError(f"gauntlet windows must be >= 0, not {self.gauntlet_windows}")
+        if self.pin is not None and (
+            not self.pin or len(self.pin) > 180 or any(c.isspace() or c == "\0" for c in self.pin)
+        ):
+            raise ValueError(
+                f"pin must be a capability prefix of 1-180 characters without spaces, not "
+                f"{self.pin!r} (worker k then needs the capability {{pin}}k, e.g. diloco-w0)"
+            )
 
     def present(self, rnd: int) -> list[int]:
         """The workers that take part in round `rnd` (all, unless churn is simulated); at
@@ -159,7 +166,7 @@ class Run:
     in_flight: int | None = None  # job id of the round being run
     submitting: str | None = None  # client token of a round being submitted (idempotent)
     workers_in_flight: list[int] = field(default_factory=list)  # its workers, in task order
-    last_round: dict[str, int] = field(default_factory=dict)  # worker -> last round it ran
+    last_round: dict[str, int] = field(default_factory=dict)  # worker -> round of its kept state
     history: list[RoundRecord] = field(default_factory=list)
     bytes_per_worker: dict[str, int] = field(default_factory=dict)
     initial_val_loss: float | None = None  # of the initial weights
@@ -435,7 +442,8 @@ class Trainer:
             fresh = k in verified  # an audit starts AdamW afresh on purpose
             restarted += 1 if ran_before and not out.value.get("restored") and not fresh else 0
         for k in results:
-            self.run.last_round[f"w{k}"] = r
+            if k not in verified:  # an audited worker's kept state is still its last round's
+                self.run.last_round[f"w{k}"] = r
         counts = self.guard.finish(r, shapes, kept_updates, sorted(results), job_id, set(verified))
         val = diloco_math.evaluate(self.model, self.model_config, self.val, self.cfg.val_windows)
         saved = self._save_state()
@@ -474,7 +482,11 @@ class Trainer:
             calls.append(((task_spec(cfg, self.groups, r, k, last_ran, audit),), {}))
             inputs.append({"weights": weights, "shard": _blob(self.run.shards[k])})
             prev = f"{self.run.run_id}/w{k}/r{last_ran}" if last_ran is not None else None
-            keep.append((prev, f"{self.run.run_id}/w{k}/r{r}"))
+            # An audit asks for the worker's kept state, so that one copy runs on the device
+            # being checked, but keeps nothing: the device's AdamW moments and error feedback
+            # stay as they were and carry on in the worker's next round (a fresh audit wiping
+            # them cost top-k 2.6 % of the loss: docs/training.md).
+            keep.append((prev, None if audit else f"{self.run.run_id}/w{k}/r{r}"))
             # A worker's first task goes to its own device (cfg.pin); later ones follow the
             # kept state. Never an audit's: its second copy must run on another device.
             pinned = cfg.pin is not None and last_ran is None and not audit

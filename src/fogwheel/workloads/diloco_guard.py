@@ -8,7 +8,9 @@ What `diloco.Trainer` asks of it each round (the decisions are core/update_audit
    weights, the shard and the seed (`diloco_math.inner_steps` is bitwise deterministic for
    them), and any honest device computes the same bytes. The task still asks for the
    worker's kept state (`keep_in`), so one copy goes to the device that ran the worker last:
-   the one being checked. The coordinator compares the copies and quarantines a device whose
+   the one being checked; it keeps nothing (no `keep_out`), so that device's AdamW moments and
+   error feedback are left as they were and the worker's next round carries on from them. The
+   coordinator compares the copies and quarantines a device whose
    copy disagrees with the agreed one (store/verify.py, core/trust.py): the trust machinery
    that checks every other job, not a judgement of the driver's.
 2. `judge`: every update that passed the format checks is scored on a held-out batch
