@@ -745,7 +745,7 @@ def run_setup(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "FOGWHEEL_ADMIN_KEY": "fwa_" + secrets.token_hex(16),
     }
     if args.sync_budget:
-        env["FOGWHEEL_SYNC_BUDGET"] = str(args.sync_budget * n)
+        env["FOGWHEEL_SYNC_BUDGET"] = str(args.sync_budget)  # per process (the set paces by all)
     if args.gone_after:
         env["FOGWHEEL_GONE_AFTER"] = str(args.gone_after)
     with contextlib.ExitStack() as stack:

@@ -30,9 +30,11 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from fogwheel.coordinator.syncpace import SyncPace
 from fogwheel.protocol import JobIn, Limits, NodeJoin, SyncIn, TaskIn, TaskReport, Value
 from fogwheel.store import Store
 from fogwheel.store.base import CONFLICTS
+from fogwheel.store.fleet import PROCESS_FORGET_S, PROCESS_GONE_S
 from tests.conftest import PG_URL, _pg_available
 
 TERMINAL = ("done", "failed", "cancelled")
@@ -376,6 +378,40 @@ def test_lease_expiry_runs_in_one_coordinator_at_a_time() -> None:
                 assert leader is not None  # a holds the duty: b skips its round
                 assert b.expire_leases(10.0) == []
             assert len(b.expire_leases(10.0)) == 2  # a's transaction ended: b's turn
+        finally:
+            a.close()
+            b.close()
+
+
+def test_the_coordinator_processes_on_one_database_pace_the_fleet_by_their_budgets_together() -> (
+    None
+):
+    # Each process has its budget of syncs a second; the fleet's syncs are spread over all
+    # of them, so two live processes ask each node to come twice as often as one would.
+    with pg_schema() as schema:
+        a, b = (Store(PG_URL, schema=schema) for _ in range(2))
+        a.create_schema()
+        try:
+            now = time.time()
+            for i in range(200):
+                info = NodeJoin(token="x" * 8, name=f"d{i}", cores=1, memory_mb=512, disk_mb=1000)
+                a.join_node(info, now, quota=4096)
+            assert b.processes_live == 1  # before any stamp: itself
+            assert a.process_seen("proc-a", now) == 1
+            assert b.process_seen("proc-b", now) == 2
+            assert a.process_seen("proc-a", now + 1) == 2  # a stamp again is not a third
+            pace = SyncPace(b, budget=10.0)  # 200 idle nodes over half of 2 x 10 a second
+            waits = [pace.answer(False, False).next_sync_s for _ in range(50)]
+            assert all(15.0 <= w <= 25.0 for w in waits), waits  # 20 s, jittered ±25 %
+            # a silent for PROCESS_GONE_S: b counts itself alone and paces for one process
+            assert b.process_seen("proc-b", now + 1 + PROCESS_GONE_S + 0.5) == 1
+            waits = [pace.answer(False, False).next_sync_s for _ in range(50)]
+            assert all(30.0 <= w <= 50.0 for w in waits), waits  # 40 s, jittered ±25 %
+            # the rows of processes long gone are deleted, the live one's kept
+            b.process_seen("proc-b", now + PROCESS_FORGET_S + 10)
+            with b.read() as c:
+                ids = c.execute(text("SELECT id FROM coordinator_processes")).scalars().all()
+            assert ids == ["proc-b"]
         finally:
             a.close()
             b.close()

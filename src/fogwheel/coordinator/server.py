@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import socket
 import ssl
 import time
@@ -55,6 +56,7 @@ from fogwheel.signing import (
     read_key_file,
 )
 from fogwheel.store import Store
+from fogwheel.store.fleet import PROCESS_SEEN_S
 from fogwheel.store.migrate import add_missing_columns
 from fogwheel.store.schema import coordinator_keys, metadata
 from fogwheel.store.sql import hash_secret, new_secret
@@ -94,7 +96,8 @@ class CoordinatorConfig:
     # threads for the sync routes: None is as many as the database pool holds connections
     # (4 on SQLite, 8 on PostgreSQL), so that no request waits for, or churns, a connection
     worker_threads: int | None = None
-    # syncs a second this coordinator set serves, all processes together (core/pacing.py)
+    # syncs a second one coordinator process serves; a set of processes on one database
+    # paces the fleet by this times the processes alive (store.process_seen, core/pacing.py)
     sync_budget: float = field(
         default_factory=lambda: float(os.environ.get("FOGWHEEL_SYNC_BUDGET") or DEFAULT_BUDGET)
     )
@@ -255,12 +258,14 @@ def build_app(config: CoordinatorConfig, store: Store) -> FastAPI:
             auth.peers = results.peers  # one channel: results and revocations
             results.peers.start()
         reaper = asyncio.create_task(_reap(store))
+        stamper = asyncio.create_task(_stamp(store))  # the live processes, for sync pacing
         sampler = asyncio.create_task(sample_forever(store, config.sample_s))  # the console's
         judge = asyncio.create_task(  # roll-outs promoted or rolled back (docs/rollouts.md)
             judge_forever(store, rollout_period_s(), app.state.agent_offers)
         )
         yield
         reaper.cancel()
+        stamper.cancel()
         sampler.cancel()
         judge.cancel()
         if results.peers is not None:
@@ -312,6 +317,20 @@ async def _reap(store: Store) -> None:
                 log.info("%d CDN shares placed on other nodes (repair)", placed)
         except Exception:
             log.exception("lease reaper failed; retrying")
+
+
+async def _stamp(store: Store) -> None:
+    """Stamp this process as live in the database, and count the live ones, every
+    PROCESS_SEEN_S (store.process_seen). SQLite has one process: nothing to count."""
+    if store.is_sqlite:
+        return
+    process_id = secrets.token_hex(16)
+    while True:
+        try:
+            await run_in_threadpool(store.process_seen, process_id, time.time())
+        except Exception:
+            log.exception("could not stamp this coordinator process as live; retrying")
+        await asyncio.sleep(PROCESS_SEEN_S)
 
 
 def serve(config: CoordinatorConfig, announce: bool = True) -> None:

@@ -4,6 +4,8 @@ The decisions are core/pacing.py's; this shell holds the window's queueing delay
 each sync waited for a worker thread) behind one lock (syncs are served by a thread pool),
 reads the clock, feeds the Pacer once a second, and stretches the store's lease period and
 gone horizon with the waits it asks (so a paced node neither loses its leases nor looks gone).
+`budget` is one process's: the fleet is paced by it times the coordinator processes alive on
+the database (`Store.processes_live`), since the nodes' syncs are spread over all of them.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class SyncPace:
             self.busy.add(now)
         fleet = pacing.Fleet(
             self.store.live_count(now),
-            self.budget,
+            self.budget * self.store.processes_live,  # the set's: each process serves its own
             work_waiting,
             self.gone_after_s,
             self.busy.per_s(now),

@@ -44,6 +44,7 @@ JITTER = 0.25  # each wait is drawn within ±25 % of the mean
 GONE_SHARE = 2 / 3  # the longest wait, as a share of the horizon after which a node is gone
 # Syncs a second that one coordinator process serves within a p99 of 100 ms on a 2-core
 # machine (bench/fleet.py, docs/benchmarks.md "Fleet"); FOGWHEEL_SYNC_BUDGET overrides it.
+# `Fleet.budget` is the set's: this times the processes alive (coordinator/syncpace.py).
 DEFAULT_BUDGET = 300.0
 # A sync that reports, renews or leases costs about five idle ones (bench/fleet.py: ~7 ms of
 # the coordinator's CPU against ~1.4 ms): the idle fleet gets what such syncs leave over ...

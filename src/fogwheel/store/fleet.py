@@ -29,6 +29,7 @@ from fogwheel.store.base import (
 from fogwheel.store.schema import (
     attempts,
     blob_holders,
+    coordinator_processes,
     jobs,
     nodes,
     principals,
@@ -39,6 +40,9 @@ from fogwheel.store.schema import (
 log = logging.getLogger("fogwheel.store")
 
 HEARTBEAT_FLUSH_S = 1.0  # idle syncs' last_seen are written in one statement this often
+PROCESS_SEEN_S = 2.0  # a coordinator process stamps its row this often ...
+PROCESS_GONE_S = 10.0  # ... and is counted among the live ones while its stamp is this recent
+PROCESS_FORGET_S = 3600.0  # rows of processes gone this long are deleted
 WORK_CACHE_S = 1.0  # how long "which jobs are in their last wave" and the live count are kept
 
 # An idle sync reads these and nothing else (built once: a statement per request costs more
@@ -128,6 +132,8 @@ class FleetStore(StoreBase):
         self._fleet_rows: dict[str, tuple[tuple[Any, ...], scheduler.NodeView]] = {}
         self._fleet_period = 1.0  # how long a snapshot of the fleet is reused (seconds)
         self._pending_at: tuple[float, bool] | None = None
+        # coordinator processes sharing the database, as `process_seen` last counted them
+        self.processes_live = 1
 
     # -- nodes ------------------------------------------------------------------------------
 
@@ -444,6 +450,32 @@ class FleetStore(StoreBase):
         self._pending_at = (now, pending)  # before _live_at: a reader that sees one sees both
         self._live_at = (now, int(n))
         return int(n)
+
+    def process_seen(self, process_id: str, now: float) -> int:
+        """Stamp this coordinator process as live and return how many are (itself included):
+        the processes that stamped within PROCESS_GONE_S. Sync pacing multiplies its per-process
+        budget by it (coordinator/syncpace.py), so that three processes on one database pace
+        the fleet as three times one, not each as if it served the whole fleet alone. A
+        process killed without a word drops out of the count PROCESS_GONE_S later."""
+        with self.tx() as c:
+            if not c.execute(
+                update(coordinator_processes)
+                .where(coordinator_processes.c.id == process_id)
+                .values(seen_at=now)
+            ).rowcount:
+                c.execute(coordinator_processes.insert().values(id=process_id, seen_at=now))
+            c.execute(
+                coordinator_processes.delete().where(
+                    coordinator_processes.c.seen_at < now - PROCESS_FORGET_S
+                )
+            )
+            n = c.execute(
+                select(func.count())
+                .select_from(coordinator_processes)
+                .where(coordinator_processes.c.seen_at >= now - PROCESS_GONE_S)
+            ).scalar_one()
+        self.processes_live = max(1, int(n))
+        return self.processes_live
 
     def work_pending(self, now: float) -> bool:
         """Whether tasks are pending, as last seen by `live_count` (for pacing only)."""

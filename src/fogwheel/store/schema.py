@@ -426,6 +426,15 @@ coordinator_keys = Table(
     Column("created_at", Float, nullable=False),
 )
 
+# The coordinator processes that share this database, each stamping its row every few seconds
+# (coordinator/server.py): sync pacing spreads the fleet over the budget of the live ones.
+coordinator_processes = Table(
+    "coordinator_processes",
+    metadata,
+    Column("id", String(64), primary_key=True),  # random, one per process start
+    Column("seen_at", Float, nullable=False),
+)
+
 # Roll-outs in small steps (core/rollout.py, store/rollouts.py): of an app's version or of the
 # node agent's, with their policy (JSON), where they stand, and every decision with its counts.
 rollouts = Table(
